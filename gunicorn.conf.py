@@ -1,0 +1,20 @@
+"""gunicorn settings; bind and workers come from LOGSVC_* variables."""
+from logsvc.config import Config
+
+_config = Config.from_env()
+
+worker_class = "gevent"
+bind = f"{_config.host}:{_config.port}"
+workers = _config.workers
+worker_connections = 2000
+# Streams stay open for hours; a worker is only killed when it stops answering.
+timeout = 60
+graceful_timeout = 10
+keepalive = 75
+accesslog = None
+
+
+def post_worker_init(worker):
+    from app import start_background
+
+    start_background(_config)

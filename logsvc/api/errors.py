@@ -1,0 +1,103 @@
+"""The one error shape, for every status and every endpoint:
+
+    {"statusCode": 403, "error": "Forbidden", "message": "..."}
+
+Views raise; this module renders. Nothing a client sends may produce a 500:
+an unexpected exception is logged (without the request's credentials) and
+answered in the same shape.
+"""
+import logging
+from http import HTTPStatus
+
+import orjson
+from flask import Response
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from .. import db
+from ..auth import Forbidden, Unauthenticated
+from ..ingest import PayloadError, PayloadTooLarge
+
+log = logging.getLogger("logsvc")
+
+
+class ApiError(Exception):
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(status, message, headers=None):
+    body = {"statusCode": status, "error": HTTPStatus(status).phrase, "message": message}
+    response = Response(orjson.dumps(body), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def validation_message(exc, where="query parameter"):
+    """'Invalid query parameter 'level': ...' from a marshmallow error."""
+    parts = []
+    for name, problems in sorted(_flatten(exc.messages)):
+        text = " ".join(problems)
+        if name == "_schema":
+            parts.append(text)
+        elif text == "Unknown field.":
+            parts.append(f"Unknown {where} '{name}'")
+        else:
+            parts.append(f"Invalid {where} '{name}': {text}")
+    return "; ".join(parts)
+
+
+def register(app):
+    @app.errorhandler(ApiError)
+    def api_error(exc):
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.errorhandler(ValidationError)
+    def invalid(exc):
+        return error_response(400, validation_message(exc))
+
+    @app.errorhandler(Unauthenticated)
+    def unauthenticated(exc):
+        return error_response(401, str(exc), {"WWW-Authenticate": 'Bearer realm="logsvc"'})
+
+    @app.errorhandler(Forbidden)
+    def forbidden(exc):
+        return error_response(403, str(exc))
+
+    @app.errorhandler(PayloadTooLarge)
+    def too_large(exc):
+        return error_response(413, str(exc))
+
+    @app.errorhandler(PayloadError)
+    def bad_payload(exc):
+        return error_response(400, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        headers = {}
+        if exc.code == 405:
+            headers["Allow"] = ", ".join(exc.valid_methods or ())
+        message = {404: "No such endpoint", 405: "Method not allowed on this endpoint",
+                   413: "Request body is too large"}.get(exc.code, exc.description)
+        return error_response(exc.code, message, headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        if db.is_locked_error(exc):
+            return error_response(503, "The store is busy; retry shortly", {"Retry-After": "1"})
+        log.exception("unexpected error: %s", type(exc).__name__)
+        return error_response(500, "Internal error")
+
+
+def _flatten(messages, prefix=""):
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                yield from _flatten(value, name)
+            else:
+                yield name, [str(v) for v in value] if isinstance(value, list) else [str(value)]

@@ -1,0 +1,24 @@
+"""Write endpoint: `POST /api/proxy-logs/_ingest`."""
+from flask import Blueprint, request
+
+from .. import auth, ingest
+from . import principal, state
+
+blueprint = Blueprint("ingest", __name__, url_prefix="/api/proxy-logs")
+
+
+@blueprint.route("/_ingest", methods=["HEAD"])
+def ingest_health():
+    # Log shippers (Vector's health check) probe with HEAD; it reveals nothing.
+    return "", 200
+
+
+@blueprint.post("/_ingest")
+def post_entries():
+    caller = principal()
+    auth.authorize(caller, auth.WRITE)
+    config = state().config
+    items = ingest.parse_payload(
+        request.get_data(cache=False), request.headers.get("Content-Type", ""),
+        request.headers.get("Content-Encoding", ""), config.max_request_bytes)
+    return ingest.ingest(items, config, caller.scope)

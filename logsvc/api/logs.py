@@ -1,0 +1,80 @@
+"""Read endpoints: query, stats, histogram."""
+import orjson
+from flask import Blueprint, Response, request
+
+from schemas.params import histogram_params, query_params, stats_params
+
+from .. import auth, entry, query, stats
+from . import principal, state
+from .errors import ApiError
+
+blueprint = Blueprint("logs", __name__, url_prefix="/api/proxy-logs")
+
+
+@blueprint.get("/_logs")
+def list_logs():
+    params = query_params.load(_args())
+    caller = principal()
+    project_id, container_id = auth.authorize(
+        caller, auth.READ, params.pop("project_id", None), params.pop("container_id", None))
+    if "cursor" in params:
+        _refuse_cursor(caller)
+    fmt = params.pop("format")
+    page = query.Page(
+        limit=params.pop("limit"), offset=params.pop("offset", 0),
+        order=params.pop("order", "asc"), last=params.pop("last", None),
+        after_id=params.pop("after_id", None),
+        include_request_body=params.pop("include_request_body"),
+        include_response_body=params.pop("include_response_body"))
+    filters = query.Filters(project_id=project_id, container_id=container_id, **params)
+    result = query.list_entries(filters, page)
+    if fmt == "json":
+        return Response(orjson.dumps(result), mimetype="application/json")
+    headers = {"X-Total-Count": str(result["total"]),
+               "X-Total-Exact": str(result["totalExact"]).lower()}
+    if "nextAfterId" in result and result["nextAfterId"] is not None:
+        headers["X-Next-After-Id"] = str(result["nextAfterId"])
+    if fmt == "ndjson":
+        body = b"".join(orjson.dumps(e) + b"\n" for e in result["entries"])
+        return Response(body, mimetype="application/x-ndjson", headers=headers)
+    body = "".join(entry.text_line(e) + "\n" for e in result["entries"])
+    return Response(body, mimetype="text/plain", headers=headers)
+
+
+@blueprint.get("/_logs/stats")
+def get_stats():
+    params = stats_params.load(_args())
+    project_id, container_id = auth.authorize(
+        principal(), auth.READ, params.get("project_id"), params.get("container_id"))
+    return stats.summary(project_id, container_id, params.get("since"), params.get("until"))
+
+
+@blueprint.get("/_logs/stats/histogram")
+def get_histogram():
+    params = histogram_params.load(_args())
+    project_id, container_id = auth.authorize(
+        principal(), auth.READ, params.get("project_id"), params.get("container_id"))
+    until = params.get("until") or entry.now_ms()
+    since = params.get("since") or until - 3_600_000
+    if since >= until:
+        raise ApiError(400, "Invalid query parameter 'since': Must be earlier than until.")
+    bucket_ms = stats.BUCKETS[params["bucket"]] * stats.MINUTE_MS
+    if (until - since) // bucket_ms > stats.MAX_BUCKETS:
+        raise ApiError(400, f"Invalid query parameter 'bucket': more than "
+                            f"{stats.MAX_BUCKETS} buckets; use a larger bucket")
+    return stats.histogram(params["bucket"], since, until, project_id, container_id)
+
+
+def _args():
+    """Query parameters, repeated ones joined by commas."""
+    return {key: ",".join(values) for key, values in request.args.lists()}
+
+
+def _refuse_cursor(caller):
+    if not caller.is_admin:
+        raise ApiError(403, "Caller is not permitted to use the cross-tenant cursor")
+    if not state().config.admin_fanout:
+        raise ApiError(400, "Invalid query parameter 'cursor': the cross-tenant cursor "
+                            "is disabled (LOGSVC_ADMIN_FANOUT=false)")
+    raise ApiError(400, "Invalid query parameter 'cursor': the cross-tenant cursor is "
+                        "not available in this version")

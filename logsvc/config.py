@@ -1,0 +1,84 @@
+"""Every setting of the service, read from the environment in one place.
+
+`Config.from_env()` is the only code that reads `os.environ`; everything else
+receives a `Config`. Tests build one with `Config.from_env({...})` or pass a
+dict of overrides to `create_app`.
+"""
+import dataclasses
+import os
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    admin_token: str = ""
+    jwt_secret: str = ""
+    rate_limit_per_min: int = 30
+    admin_fanout: bool = False
+    heartbeat_s: float = 15.0
+    ring_size: int = 5000
+    max_body_bytes: int = 65536
+    max_request_bytes: int = 16 * 1024 * 1024
+    retention_days: float = 7.0
+    max_rows: int = 50_000_000
+    prune_interval_s: float = 60.0
+    workers: int = 2
+    cursor_ttl_s: int = 300
+    db_threads: int = 8
+
+    @classmethod
+    def from_env(cls, environ=None):
+        env = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            name = "LOGSVC_" + field.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(name, field.type, raw)
+        return cls(**values)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def sqlite_path(self):
+        return Path(self.data_dir) / "logs.db"
+
+    @property
+    def retention_ms(self):
+        return int(self.retention_days * 86_400_000)
+
+
+def _parse(name, kind, raw):
+    try:
+        if kind in (int, "int"):
+            value = int(raw)
+            if value < 0:
+                raise ValueError
+            return value
+        if kind in (float, "float"):
+            value = float(raw)
+            if value < 0:
+                raise ValueError
+            return value
+        if kind in (bool, "bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind in (Path, "Path"):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None

@@ -1,0 +1,41 @@
+"""Prometheus metrics, read from the database at scrape time.
+
+Every number comes from the shared store rather than from per-process
+counters, so a scrape of any gunicorn worker gives the same answer.
+"""
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from . import db
+
+
+def render():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StoreCollector())
+    return generate_latest(registry)
+
+
+class _StoreCollector:
+    def collect(self):
+        by_level, last_id, oldest = db.call(_read)
+        entries = GaugeMetricFamily("logsvc_entries", "Entries stored, by level",
+                                    labels=["level"])
+        for level, n in sorted(by_level):
+            entries.add_metric([level], n)
+        yield entries
+        yield GaugeMetricFamily("logsvc_last_entry_id", "Highest entry id assigned",
+                                value=last_id)
+        yield GaugeMetricFamily("logsvc_oldest_entry_timestamp_seconds",
+                                "Timestamp of the oldest stored entry",
+                                value=(oldest or 0) / 1000)
+
+
+def _read():
+    database = db.database
+    by_level = list(database.execute_sql(
+        "SELECT level, SUM(n) FROM rollup_total GROUP BY level"))
+    (last_id,) = database.execute_sql(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)"
+    ).fetchone()
+    (oldest,) = database.execute_sql("SELECT MIN(ts_ms) FROM entry").fetchone()
+    return by_level, last_id, oldest

@@ -1,0 +1,144 @@
+"""Tables of the store.
+
+- `Entry`: one captured log entry. `id` is AUTOINCREMENT so an id is never
+  reused, even after the newest rows are deleted; it doubles as the live
+  tail's sequence number.
+- `EntryBody`: captured request/response bodies, kept apart so scans of
+  `entry` never read them.
+- `RollupTotal` / `RollupMinute`: entry counts per combination of the stats
+  dimensions (all time, and per minute). Ingest adds to them and retention
+  subtracts from them in the same transaction as the rows, so they always
+  equal a GROUP BY over `entry`. Dimension columns use '' for "none" because
+  a UNIQUE index treats NULLs as distinct and the upsert needs a key.
+- `Meta`: small key/value records (the schema version).
+- `Lease`: named, expiring locks shared by every process on the database
+  (who runs retention).
+"""
+import peewee
+from playhouse.sqlite_ext import AutoIncrementField
+
+from .db import database
+
+SCHEMA_VERSION = 1
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Entry(BaseModel):
+    id = AutoIncrementField()
+    trace_id = peewee.TextField()
+    ts_ms = peewee.BigIntegerField()
+    kind = peewee.TextField()
+    level = peewee.TextField()
+    project_id = peewee.TextField()
+    container_id = peewee.TextField(null=True)
+    service_name = peewee.TextField(null=True)
+    method = peewee.TextField(null=True)
+    url = peewee.TextField(null=True)
+    client_ip = peewee.TextField(null=True)
+    status = peewee.IntegerField(null=True)
+    source = peewee.TextField()
+    data = peewee.TextField(default="{}")
+    has_body = peewee.BooleanField(default=False)
+    body_truncated = peewee.BooleanField(default=False)
+
+    class Meta:
+        indexes = (
+            (("project_id", "container_id", "id"), False),
+            (("level", "id"), False),
+            (("kind", "id"), False),
+            (("service_name", "id"), False),
+            (("status", "id"), False),
+            (("method", "id"), False),
+            (("client_ip", "id"), False),
+            (("source", "id"), False),
+            (("trace_id",), False),
+            (("ts_ms",), False),
+        )
+
+
+class EntryBody(BaseModel):
+    entry = peewee.ForeignKeyField(Entry, primary_key=True, on_delete="CASCADE",
+                                   column_name="entry_id")
+    request_body = peewee.TextField(null=True)
+    response_body = peewee.TextField(null=True)
+
+
+ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name", "level",
+                     "kind", "status_class", "source")
+
+
+class RollupTotal(BaseModel):
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    service_name = peewee.TextField()
+    level = peewee.TextField()
+    kind = peewee.TextField()
+    status_class = peewee.TextField()
+    source = peewee.TextField()
+    n = peewee.BigIntegerField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey(*ROLLUP_DIMENSIONS)
+        table_settings = ["WITHOUT ROWID"]
+
+
+class RollupMinute(BaseModel):
+    minute = peewee.BigIntegerField()
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    service_name = peewee.TextField()
+    level = peewee.TextField()
+    kind = peewee.TextField()
+    status_class = peewee.TextField()
+    source = peewee.TextField()
+    n = peewee.BigIntegerField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("minute", *ROLLUP_DIMENSIONS)
+        table_settings = ["WITHOUT ROWID"]
+
+
+class Meta(BaseModel):
+    key = peewee.TextField(primary_key=True)
+    value = peewee.TextField()
+
+
+class Lease(BaseModel):
+    name = peewee.TextField(primary_key=True)
+    holder = peewee.TextField()
+    expires_ms = peewee.BigIntegerField()
+
+
+ALL_MODELS = (Entry, EntryBody, RollupTotal, RollupMinute, Meta, Lease)
+
+# Migrations from version N to N+1, each run in one transaction.
+MIGRATIONS = {}
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+def create_schema():
+    """Create the tables of a new store, or migrate an existing one."""
+    with database.atomic():
+        database.create_tables(ALL_MODELS, safe=True)
+        row = Meta.get_or_none(Meta.key == "schema_version")
+        if row is None:
+            Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
+            return
+        version = int(row.value)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the store has schema version {version}; this logsvc knows "
+                f"{SCHEMA_VERSION}. Upgrade logsvc."
+            )
+        while version < SCHEMA_VERSION:
+            MIGRATIONS[version]()
+            version += 1
+        Meta.update(value=str(version)).where(Meta.key == "schema_version").execute()

@@ -1,0 +1,181 @@
+"""Query-string parameters of the read endpoints.
+
+Each schema loads `request.args` (repeated parameters joined by commas) into
+plain values for the services; a bad value raises ValidationError whose
+message names the parameter. Unknown parameters are refused, so a typo
+(`levle=error`) is an error rather than a silently unfiltered answer.
+"""
+import re
+import time
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from logsvc import entry
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_STATUS = re.compile(r"^(?:(\d{3})|([1-5])xx|(\d{3})-(\d{3}))$", re.IGNORECASE)
+
+
+class Int(fields.Integer):
+    """An integer given as digits only ('1.5', '1e3' and ' 2' are refused)."""
+
+    def __init__(self, minimum=0, maximum=None, **kwargs):
+        super().__init__(strict=False, validate=validate.Range(min=minimum, max=maximum),
+                         **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not re.fullmatch(r"-?\d{1,18}", value):
+            raise ValidationError("Not a valid integer.")
+        return int(value)
+
+
+class Flag(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        lowered = str(value).lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValidationError("Must be true or false.")
+
+
+class Text(fields.String):
+    def __init__(self, max_length=256, **kwargs):
+        super().__init__(validate=validate.Length(min=1, max=max_length), **kwargs)
+
+
+class Choices(fields.Field):
+    """A comma-separated list of allowed values, returned as a tuple."""
+
+    def __init__(self, allowed=None, upper=False, max_length=128, **kwargs):
+        super().__init__(**kwargs)
+        self.allowed = allowed
+        self.upper = upper
+        self.max_length = max_length
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        items = [item.strip() for item in str(value).split(",")]
+        if not all(items):
+            raise ValidationError("Empty value in the list.")
+        if self.upper:
+            items = [item.upper() for item in items]
+        elif self.allowed:
+            items = [item.lower() for item in items]
+        for item in items:
+            if self.allowed and item not in self.allowed:
+                raise ValidationError(f"{item!r} is not one of: {', '.join(self.allowed)}.")
+            if len(item) > self.max_length:
+                raise ValidationError(f"Longer than {self.max_length} characters.")
+        return tuple(dict.fromkeys(items))
+
+
+class StatusSpec(fields.Field):
+    """'503', '5xx', '500-599', or a comma list of them -> ((low, high), ...)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        ranges = []
+        for item in str(value).split(","):
+            match = _STATUS.match(item.strip())
+            if not match:
+                raise ValidationError(f"{item!r} is not a status like 503, 5xx or 500-599.")
+            exact, klass, low, high = match.groups()
+            if exact:
+                ranges.append((int(exact), int(exact)))
+            elif klass:
+                ranges.append((int(klass) * 100, int(klass) * 100 + 99))
+            else:
+                low, high = int(low), int(high)
+                if low > high:
+                    raise ValidationError(f"{item!r}: the range is empty.")
+                ranges.append((low, high))
+        return tuple(ranges)
+
+
+class Instant(fields.Field):
+    """Epoch milliseconds, an ISO-8601 date-time, or a duration back from
+    now ('15m', '2h', '7d')."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = str(value).strip()
+        if re.fullmatch(r"\d{1,16}", text):
+            return int(text)
+        match = _DURATION.match(text)
+        if match:
+            return time.time_ns() // 1_000_000 - int(match[1]) * _DURATION_MS[match[2]]
+        try:
+            return entry.coerce_iso(text)
+        except ValueError:
+            raise ValidationError(
+                "Not epoch milliseconds, an ISO-8601 date-time or a duration like 15m."
+            ) from None
+
+
+def _check_range(data):
+    since, until = data.get("since"), data.get("until")
+    if since is not None and until is not None and since >= until:
+        raise ValidationError("Must be earlier than until.", "since")
+
+
+class ScopeParams(Schema):
+    project_id = Text(data_key="projectId")
+    container_id = Text(data_key="containerId")
+
+
+class QueryParams(ScopeParams):
+    limit = Int(maximum=5000, load_default=200)
+    offset = Int()
+    last = Int(minimum=1, maximum=5000)
+    after_id = Int(data_key="afterId")
+    cursor = Text(max_length=4096)
+    order = fields.String(validate=validate.OneOf(("asc", "desc")))
+    format = fields.String(validate=validate.OneOf(("json", "ndjson", "text")),
+                           load_default="json")
+    include_request_body = Flag(data_key="includeRequestBody", load_default=False)
+    include_response_body = Flag(data_key="includeResponseBody", load_default=False)
+    service_names = Choices(data_key="serviceName")
+    levels = Choices(entry.LEVELS, data_key="level")
+    kinds = Choices(entry.KINDS, data_key="kind")
+    methods = Choices(upper=True, max_length=16, data_key="method")
+    sources = Choices(entry.SOURCES, data_key="source")
+    trace_id = Text(max_length=128, data_key="traceId")
+    status_ranges = StatusSpec(data_key="status")
+    since = Instant()
+    until = Instant()
+    q = Text(max_length=1024)
+    client_ip = Text(max_length=64, data_key="clientIp")
+
+    @validates_schema
+    def check_paging(self, data, **kwargs):
+        _check_range(data)
+        if "last" in data and "after_id" in data:
+            raise ValidationError("Use either last or afterId, not both.", "last")
+        for name in ("last", "after_id"):
+            if name in data and "offset" in data:
+                raise ValidationError("offset cannot be combined with last or afterId.",
+                                      "offset")
+        if "last" in data and "order" in data:
+            raise ValidationError("last always returns the newest entries oldest first; "
+                                  "drop order.", "order")
+        if "after_id" in data and data.get("order") == "desc":
+            raise ValidationError("afterId pages in ascending order; drop order=desc.",
+                                  "order")
+
+
+class StatsParams(ScopeParams):
+    since = Instant()
+    until = Instant()
+
+    @validates_schema
+    def check_range(self, data, **kwargs):
+        _check_range(data)
+
+
+class HistogramParams(StatsParams):
+    bucket = fields.String(load_default="1m", validate=validate.OneOf(
+        ("1m", "5m", "10m", "15m", "30m", "1h", "3h", "6h", "12h", "1d")))
+
+
+query_params = QueryParams()
+stats_params = StatsParams()
+histogram_params = HistogramParams()
