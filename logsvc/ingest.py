@@ -111,6 +111,8 @@ def normalize(item, max_body_bytes, now=None):
         if rule is None:
             extra[key] = value
             continue
+        if value is None:  # JSON null means "not given"
+            continue
         try:
             known[rule[0]] = rule[1](value)
         except ValueError as exc:

@@ -1,5 +1,5 @@
 """The log entry, as accepted by ingest and as returned by queries."""
-from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load
+from marshmallow import INCLUDE, Schema, ValidationError, fields, missing, post_load
 
 from logsvc import entry as domain
 
@@ -17,7 +17,10 @@ class Coerced(fields.Field):
         super().__init__(**kwargs)
         self.coerce = coerce
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def deserialize(self, value, attr=None, data=None, **kwargs):
+        # JSON null means "not given", as on the ingest fast path.
+        if value is None or value is missing:
+            return missing
         try:
             return self.coerce(value)
         except ValueError as exc:
@@ -48,8 +51,7 @@ class EntryInSchema(Schema):
 
 for _name, (_key, _coerce) in domain.INPUT_FIELDS.items():
     EntryInSchema._declared_fields[_name] = Coerced(
-        _coerce, allow_none=True,
-        metadata={"type": _INPUT_TYPES.get(_name, "string")},
+        _coerce, metadata={"type": _INPUT_TYPES.get(_name, "string")},
     )
 
 

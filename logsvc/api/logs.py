@@ -54,8 +54,10 @@ def get_histogram():
     params = histogram_params.load(_args())
     project_id, container_id = auth.authorize(
         principal(), auth.READ, params.get("project_id"), params.get("container_id"))
-    until = params.get("until") or entry.now_ms()
-    since = params.get("since") or until - 3_600_000
+    until = params.get("until")
+    until = entry.now_ms() if until is None else until
+    since = params.get("since")
+    since = until - 3_600_000 if since is None else since
     if since >= until:
         raise ApiError(400, "Invalid query parameter 'since': Must be earlier than until.")
     bucket_ms = stats.BUCKETS[params["bucket"]] * stats.MINUTE_MS

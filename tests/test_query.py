@@ -1,0 +1,218 @@
+"""GET /api/proxy-logs/_logs: filters, paging modes, formats, bad input."""
+import orjson
+import pytest
+
+from logsvc import entry as domain
+from logsvc import query
+from schemas.entries import entries_schema
+from tests.conftest import LOGS, make_entry
+
+N = 60
+
+
+@pytest.fixture
+def filled(store):
+    store.ingest([make_entry(i) for i in range(N)])
+    return store
+
+
+def ids(page):
+    return [e["id"] for e in page["entries"]]
+
+
+def expected_ids(predicate):
+    return [i + 1 for i in range(N) if predicate(make_entry(i))]
+
+
+# --- the reference's quirks, fixed ----------------------------------------------
+
+def test_level_accepts_a_comma_separated_union(filled):
+    page = filled.page(level="warn,error")
+    assert ids(page) == expected_ids(lambda e: e["status"] in (404, 429, 500, 503))
+    assert page["total"] == len(ids(page)) and page["totalExact"] is True
+
+
+def test_repeated_level_parameters_are_a_union_too(filled):
+    assert filled.page(level=["warn", "error"])["total"] == filled.page(level="warn,error")["total"]
+
+
+def test_service_name_is_honoured(filled):
+    assert ids(filled.page(serviceName="billing-api")) == expected_ids(
+        lambda e: e["serviceName"] == "billing-api")
+
+
+@pytest.mark.parametrize("params", [{}, {"last": 5}, {"afterId": 3},
+                                    {"last": 5, "includeRequestBody": "true"},
+                                    {"afterId": 3, "includeResponseBody": "true"}])
+def test_every_paging_mode_answers_the_same_shape_with_real_ids(filled, params):
+    page = filled.page(**params)
+    assert {"entries", "total", "totalExact", "limit", "offset"} <= set(page)
+    assert all(e["id"] > 0 for e in page["entries"])
+
+
+# --- paging -----------------------------------------------------------------------
+
+def test_last_returns_the_newest_matching_entries_oldest_first(filled):
+    page = filled.page(last=4, kind="event")
+    want = expected_ids(lambda e: e["kind"] == "event")[-4:]
+    assert ids(page) == want
+    assert page["nextAfterId"] == want[-1]
+
+
+def test_after_id_returns_larger_ids_ascending_and_the_next_cursor(filled):
+    page = filled.page(afterId=10, limit=5)
+    assert ids(page) == [11, 12, 13, 14, 15]
+    assert page["nextAfterId"] == 15
+
+
+def test_after_id_past_the_end_keeps_the_cursor_for_polling(filled):
+    page = filled.page(afterId=N + 100)
+    assert page["entries"] == [] and page["nextAfterId"] == N + 100
+
+
+def test_an_after_id_sweep_sees_every_entry_exactly_once(filled):
+    seen, cursor = [], 0
+    while True:
+        page = filled.page(afterId=cursor, limit=7, projectId="proj_1")
+        if not page["entries"]:
+            break
+        seen += ids(page)
+        cursor = page["nextAfterId"]
+    assert seen == expected_ids(lambda e: e["projectId"] == "proj_1")
+
+
+def test_an_offset_sweep_sees_every_entry_exactly_once(filled):
+    seen, offset = [], 0
+    while True:
+        page = filled.page(limit=9, offset=offset, level="info,warn")
+        if not page["entries"]:
+            break
+        seen += ids(page)
+        offset += len(page["entries"])
+    assert seen == expected_ids(lambda e: e["status"] not in (500, 503))
+
+
+def test_order_desc_returns_newest_first(filled):
+    assert ids(filled.page(order="desc", limit=3)) == [N, N - 1, N - 2]
+
+
+def test_limit_zero_answers_only_the_total(filled):
+    page = filled.page(limit=0, kind="request")
+    assert page["entries"] == [] and page["total"] == N // 3
+
+
+def test_a_capped_total_is_flagged_as_a_lower_bound(filled, monkeypatch):
+    monkeypatch.setattr(query, "COUNT_CAP", 3)
+    page = filled.page(limit=2, method="GET")  # method is not a counter dimension
+    assert page["totalExact"] is False
+    assert page["total"] == 2 + 3
+    exact = filled.page(limit=2, method="GET", q="/v1/items/1")
+    assert exact["totalExact"] is True
+
+
+# --- filters ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("params, predicate", [
+    ({"projectId": "proj_2"}, lambda e: e["projectId"] == "proj_2"),
+    ({"containerId": "cnt_3"}, lambda e: e["containerId"] == "cnt_3"),
+    ({"projectId": "proj_1", "containerId": "cnt_1"},
+     lambda e: (e["projectId"], e["containerId"]) == ("proj_1", "cnt_1")),
+    ({"kind": "response"}, lambda e: e["kind"] == "response"),
+    ({"kind": "request,event"}, lambda e: e["kind"] != "response"),
+    ({"method": "post"}, lambda e: e["method"] == "POST"),
+    ({"source": "edge"}, lambda e: e["source"] == "edge"),
+    ({"traceId": "trace-7"}, lambda e: e["traceId"] == "trace-7"),
+    ({"clientIp": "10.0.0.3"}, lambda e: e["clientIp"] == "10.0.0.3"),
+    ({"status": "503"}, lambda e: e["status"] == 503),
+    ({"status": "5xx"}, lambda e: e["status"] in (500, 503)),
+    ({"status": "400-499"}, lambda e: e["status"] in (404, 429)),
+    ({"status": "2xx,302"}, lambda e: e["status"] in (200, 201, 302)),
+    ({"q": "ITEMS/1"}, lambda e: "/v1/items/1" in e["url"]),
+    ({"q": "%"}, lambda e: False),
+    ({"since": 1_800_000_010_000}, lambda e: e["tsMs"] >= 1_800_000_010_000),
+    ({"until": "2027-01-15T08:00:20Z"}, lambda e: e["tsMs"] < 1_800_000_020_000),
+    ({"since": 1_800_000_010_000, "until": 1_800_000_020_000},
+     lambda e: 1_800_000_010_000 <= e["tsMs"] < 1_800_000_020_000),
+    ({"serviceName": "user-api,webhook-svc", "level": "error"},
+     lambda e: e["serviceName"] != "billing-api" and e["status"] in (500, 503)),
+])
+def test_each_filter_selects_exactly_its_entries(filled, params, predicate):
+    page = filled.page(**params)
+    assert ids(page) == expected_ids(predicate)
+    assert page["total"] == len(ids(page)) and page["totalExact"] is True
+
+
+def test_since_accepts_a_duration_back_from_now(store):
+    now = domain.now_ms()
+    store.ingest([make_entry(0, tsMs=now - 3_600_000), make_entry(1, tsMs=now - 60_000)])
+    assert ids(store.page(since="5m")) == [2]
+
+
+# --- formats ---------------------------------------------------------------------
+
+def test_ndjson_format_is_one_entry_a_line_with_the_total_in_headers(filled):
+    response = filled.get(format="ndjson", limit=3)
+    assert response.mimetype == "application/x-ndjson"
+    lines = response.data.decode().splitlines()
+    assert [orjson.loads(line)["id"] for line in lines] == [1, 2, 3]
+    assert response.headers["X-Total-Count"] == str(N)
+
+
+def test_text_format_is_one_readable_line_per_entry(filled):
+    response = filled.get(format="text", last=1)
+    assert response.mimetype == "text/plain"
+    line = response.data.decode()
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert f"id={N}" in line and "/v1/items/59" in line and "WARN" in line
+
+
+def test_the_fast_rendering_matches_the_entry_schema(filled):
+    filled.ingest([make_entry(0, requestBody="a", responseBody=None)])
+    page = filled.page(includeRequestBody="true", includeResponseBody="true", last=3)
+    stored = page["entries"]
+    assert entries_schema.dump(stored) == stored
+
+
+# --- bad input -------------------------------------------------------------------
+
+@pytest.mark.parametrize("params, name", [
+    ({"limit": "-1"}, "limit"), ({"limit": "5001"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"limit": "1.5"}, "limit"), ({"offset": "-3"}, "offset"), ({"last": "0"}, "last"),
+    ({"last": "x"}, "last"), ({"afterId": "-1"}, "afterId"), ({"afterId": "1e3"}, "afterId"),
+    ({"level": "fatal"}, "level"), ({"level": "warn,"}, "level"), ({"kind": "trace"}, "kind"),
+    ({"source": "cdn"}, "source"), ({"order": "up"}, "order"), ({"format": "xml"}, "format"),
+    ({"status": "600x"}, "status"), ({"status": "599-500"}, "status"),
+    ({"since": "yesterday"}, "since"), ({"until": "2024-13-01"}, "until"),
+    ({"since": "2000", "until": "1000"}, "since"), ({"includeRequestBody": "maybe"},
+                                                    "includeRequestBody"),
+    ({"projectId": ""}, "projectId"), ({"traceId": "x" * 200}, "traceId"),
+    ({"levle": "error"}, "levle"), ({"last": "5", "afterId": "3"}, "last"),
+    ({"last": "5", "offset": "3"}, "offset"), ({"afterId": "5", "order": "desc"}, "order"),
+    ({"last": "5", "order": "asc"}, "order"),
+])
+def test_bad_parameters_are_a_400_naming_the_parameter(filled, params, name):
+    response = filled.get(**params)
+    assert response.status_code == 400
+    assert set(response.json) == {"statusCode", "error", "message"}
+    assert f"'{name}'" in response.json["message"] or name in response.json["message"]
+
+
+def test_cursor_is_refused_while_fanout_is_disabled(filled):
+    response = filled.get(cursor="start")
+    assert response.status_code == 400
+    assert "cursor" in response.json["message"]
+
+
+def test_delete_on_logs_is_405_in_the_error_shape(client, admin):
+    response = client.delete(LOGS, headers=admin)
+    assert response.status_code == 405
+    assert response.json == {"statusCode": 405, "error": "Method Not Allowed",
+                             "message": "Method not allowed on this endpoint"}
+    assert "GET" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize("path", ["/config", "/health", "/export", "/db/main", "/db/x/y"])
+def test_reference_internal_paths_are_404(client, admin, path):
+    response = client.get(LOGS + path, headers=admin)
+    assert response.status_code == 404
+    assert response.json["statusCode"] == 404

@@ -1,0 +1,112 @@
+"""Stats and histogram: served from counters that always equal a GROUP BY."""
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app import create_app
+from logsvc import db, retention
+from logsvc.entry import status_class
+from tests.conftest import ADMIN_TOKEN, Store, make_entry
+
+STATS = "/api/proxy-logs/_logs/stats"
+HISTOGRAM = STATS + "/histogram"
+BASE = 1_800_000_000_000
+
+
+def truth(project_id=None, container_id=None, since=None, until=None):
+    """The stats computed by brute force over every stored row."""
+    rows = db.call(lambda: list(db.database.execute_sql(
+        "SELECT project_id, container_id, service_name, level, kind, status, source, ts_ms "
+        "FROM entry")))
+    counts = {name: Counter() for name in
+              ("byProject", "byContainer", "byService", "byLevel", "byKind", "byStatus",
+               "bySource")}
+    total = 0
+    for project, container, service, level, kind, status, source, ts in rows:
+        if project_id is not None and project != project_id:
+            continue
+        if container_id is not None and container != container_id:
+            continue
+        if (since is not None and ts < since) or (until is not None and ts >= until):
+            continue
+        total += 1
+        for name, value in (("byProject", project), ("byContainer", container),
+                            ("byService", service), ("byLevel", level), ("byKind", kind),
+                            ("byStatus", status_class(status)), ("bySource", source)):
+            if value:
+                counts[name][value] += 1
+    return {"total": total, **{k: dict(v) for k, v in counts.items()}}
+
+
+entries = st.lists(st.builds(
+    lambda i, ts, status, level, container: make_entry(
+        i, tsMs=BASE + ts, status=status, level=level, containerId=container),
+    st.integers(0, 50), st.integers(0, 10 * 60_000), st.sampled_from([None, 200, 404, 503]),
+    st.sampled_from(["debug", "info", "warn", "error"]),
+    st.sampled_from([None, "cnt_a", "cnt_b"])), min_size=1, max_size=40)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(batches=st.lists(entries, min_size=1, max_size=3), max_rows=st.integers(0, 60),
+       window=st.tuples(st.integers(-1000, 11 * 60_000), st.integers(1, 11 * 60_000)),
+       scope=st.sampled_from([(None, None), ("proj_1", None), ("proj_2", "cnt_a")]))
+def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows, window, scope):
+    app = create_app({"data_dir": tmp_path_factory.mktemp("s"), "admin_token": ADMIN_TOKEN,
+                      "retention_days": 0})
+    store = Store(app.test_client())
+    for batch in batches:
+        store.ingest(batch)
+    config = app.extensions["logsvc"].config.replace(max_rows=max_rows)
+    retention.prune(config)
+    project_id, container_id = scope
+    params = {k: v for k, v in (("projectId", project_id), ("containerId", container_id)) if v}
+    assert store.page(STATS, **params) == truth(project_id, container_id)
+    since, length = BASE + window[0], window[1]
+    ranged = store.page(STATS, since=since, until=since + length, **params)
+    assert ranged == truth(project_id, container_id, since, since + length)
+
+
+def test_stats_has_every_breakdown(store):
+    store.ingest([make_entry(i) for i in range(8)])
+    stats = store.page(STATS)
+    assert stats["total"] == 8
+    assert stats["byStatus"] == {"2xx": 2, "3xx": 1, "4xx": 2, "5xx": 2}
+    assert stats["byKind"] == {"request": 3, "response": 3, "event": 2}
+    assert stats["bySource"] == {"backend": 4, "edge": 4}
+    assert stats["byLevel"] == {"info": 4, "warn": 2, "error": 2}
+
+
+def test_histogram_counts_per_bucket_and_level(store):
+    store.ingest([make_entry(0, tsMs=BASE + 1000, status=503),
+                  make_entry(1, tsMs=BASE + 2000, status=200),
+                  make_entry(2, tsMs=BASE + 6 * 60_000, status=200)])
+    result = store.page(HISTOGRAM, bucket="5m", since=BASE, until=BASE + 10 * 60_000)
+    assert result["bucketMs"] == 300_000
+    assert [(b["tsMs"], b["total"], b["byLevel"]) for b in result["buckets"]] == [
+        (BASE, 2, {"error": 1, "info": 1}), (BASE + 300_000, 1, {"info": 1})]
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"bucket": "7m"}, "bucket"), ({"since": "x"}, "since"),
+    ({"since": str(BASE), "until": str(BASE - 1)}, "since"),
+    ({"bucket": "1m", "since": "0", "until": str(BASE)}, "bucket"),
+    ({"projectId": ""}, "projectId"), ({"nope": "1"}, "nope"),
+])
+def test_histogram_bad_parameters_are_400(store, params, name):
+    response = store.get(HISTOGRAM, **params)
+    assert response.status_code == 400 and name in response.json["message"]
+
+
+@pytest.mark.parametrize("params", [{"since": "soon"}, {"containerId": "x" * 300},
+                                    {"level": "error"}])
+def test_stats_bad_parameters_are_400(store, params):
+    assert store.get(STATS, **params).status_code == 400
+
+
+def test_stats_cost_does_not_read_the_entry_table(store):
+    store.ingest([make_entry(i) for i in range(20)])
+    db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
+    assert store.page(STATS)["total"] == 20
