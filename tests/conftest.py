@@ -109,10 +109,11 @@ class Server:
         env = dict(os.environ, LOGSVC_DATA_DIR=str(self.data_dir), LOGSVC_PORT=str(self.port),
                    LOGSVC_HOST="127.0.0.1", LOGSVC_WORKERS=str(self.workers),
                    LOGSVC_ADMIN_TOKEN=ADMIN_TOKEN, **self.extra_env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

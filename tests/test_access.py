@@ -1,0 +1,81 @@
+"""Credentials on every endpoint, the one error shape, operations endpoints."""
+import os
+import stat
+
+import pytest
+
+from app import create_app
+from logsvc import auth
+from logsvc.config import Config, ConfigError
+from tests.conftest import INGEST, LOGS
+
+READ_PATHS = [LOGS, LOGS + "/stats", LOGS + "/stats/histogram", "/metrics"]
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic dXNlcjpwYXNz",
+                                           "Bearer", "test-admin-token"])
+def test_every_endpoint_but_healthz_needs_a_valid_credential(client, path, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    response = client.get(path, headers=headers)
+    assert response.status_code == 401
+    assert response.json["statusCode"] == 401 and response.json["error"] == "Unauthorized"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="logsvc"'
+
+
+def test_ingest_with_a_wrong_token_stores_nothing(client, store):
+    response = client.post(INGEST, json={"kind": "event"},
+                           headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401
+    assert store.page()["total"] == 0
+
+
+def test_healthz_answers_without_credentials(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json == {"status": "ok"}
+
+
+def test_metrics_reports_the_store(store):
+    store.ingest([{"kind": "event", "level": "warn"}, {"kind": "event"}])
+    text = store.get("/metrics").data.decode()
+    assert 'logsvc_entries{level="warn"} 1.0' in text
+    assert "logsvc_last_entry_id 2.0" in text
+
+
+def test_an_unknown_path_is_404_in_the_error_shape(client):
+    response = client.get("/api/nope")
+    assert response.json == {"statusCode": 404, "error": "Not Found",
+                             "message": "No such endpoint"}
+
+
+def test_the_generated_admin_token_is_private_and_stable(tmp_path):
+    config = Config(data_dir=tmp_path)
+    first = auth.load_admin_token(config)
+    assert stat.S_IMODE(os.stat(tmp_path / "admin_token").st_mode) == 0o600
+    assert auth.load_admin_token(config) == first
+    client = create_app({"data_dir": tmp_path, "admin_token": ""}).test_client()
+    ok = client.get(LOGS, headers={"Authorization": f"Bearer {first}"})
+    assert ok.status_code == 200
+
+
+def test_settings_come_from_the_environment():
+    config = Config.from_env({"LOGSVC_PORT": "9000", "LOGSVC_ADMIN_FANOUT": "true",
+                              "LOGSVC_RETENTION_DAYS": "1.5", "LOGSVC_DATA_DIR": "/x"})
+    assert (config.port, config.admin_fanout, config.retention_days, str(config.data_dir)) == (
+        9000, True, 1.5, "/x")
+    assert Config.from_env({}) == Config()
+
+
+@pytest.mark.parametrize("name, value", [("LOGSVC_PORT", "http"), ("LOGSVC_WORKERS", "-2"),
+                                         ("LOGSVC_ADMIN_FANOUT", "perhaps")])
+def test_a_bad_setting_is_named_in_the_error(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    from logsvc import db, models
+    create_app({"data_dir": tmp_path, "admin_token": "t"})
+    db.call(lambda: models.Meta.update(value="99").execute())
+    with pytest.raises(models.SchemaTooNew):
+        create_app({"data_dir": tmp_path, "admin_token": "t"})
