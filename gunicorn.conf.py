@@ -12,6 +12,9 @@ timeout = 60
 graceful_timeout = 10
 keepalive = 75
 accesslog = None
+# gunicorn's control socket defaults to one path per user, which two servers
+# on a host would fight over; logsvc does not use it.
+control_socket_disable = True
 
 
 def post_worker_init(worker):

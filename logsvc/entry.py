@@ -9,6 +9,8 @@ fast paths produce exactly what the schemas produce.
 import time
 import uuid
 
+import orjson
+
 KINDS = ("request", "response", "event")
 LEVELS = ("debug", "info", "warn", "error")
 SOURCES = ("backend", "edge")
@@ -206,8 +208,10 @@ def coerce_body(value):
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (dict, list)):
-        import orjson
-        return orjson.dumps(value).decode()
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError as exc:
+            raise ValueError(f"Not storable as JSON ({exc}).") from None
     raise ValueError("Not a valid string or JSON value.")
 
 
@@ -247,13 +251,22 @@ INPUT_FIELDS = {
 }
 
 
+class InvalidEntry(ValueError):
+    """An entry whose fields are each valid but which cannot be stored."""
+
+    def __init__(self, errors):
+        super().__init__(errors)
+        self.errors = errors
+
+
 def finish(fields, extra, max_body_bytes, now=None):
     """Complete a coerced entry: defaults, promotion, bodies, `data`.
 
     `fields` maps normalized keys (the first item of INPUT_FIELDS values) to
     coerced values; `extra` holds the unknown input fields, which go into
-    `data`. Returns the dict that ingest stores once it has settled the
-    scope (`project_id` is None when the entry names none).
+    `data`, stored as JSON text. Returns the dict that ingest stores once it
+    has settled the scope (`project_id` is None when the entry names none).
+    Raises InvalidEntry when `data` cannot be stored as JSON.
     """
     source = fields.get("source") or "backend"
     status = fields.get("status")
@@ -274,6 +287,10 @@ def finish(fields, extra, max_body_bytes, now=None):
         data["requestContentType"] = request_type
     if response_type:
         data["responseContentType"] = response_type
+    try:
+        data_json = orjson.dumps(data).decode()
+    except TypeError as exc:
+        raise InvalidEntry({"data": [f"Not storable as JSON ({exc})."]}) from None
     request_body, cut_request = cap_body(fields.get("request_body"), request_type, max_body_bytes)
     response_body, cut_response = cap_body(fields.get("response_body"), response_type, max_body_bytes)
     return {
@@ -289,7 +306,7 @@ def finish(fields, extra, max_body_bytes, now=None):
         "client_ip": fields.get("client_ip"),
         "status": status,
         "source": source,
-        "data": data,
+        "data": data_json,
         "request_body": request_body,
         "response_body": response_body,
         "body_truncated": bool(fields.get("body_truncated")) or cut_request or cut_response,

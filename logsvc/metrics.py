@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from . import db
+from .entry import LEVELS
 
 
 def render():
@@ -32,8 +33,9 @@ class _StoreCollector:
 
 def _read():
     database = db.database
-    by_level = list(database.execute_sql(
-        "SELECT level, SUM(n) FROM rollup_total GROUP BY level"))
+    sums = ", ".join(f"coalesce(SUM(level_{name}), 0)" for name in LEVELS)
+    row = database.execute_sql(f"SELECT {sums} FROM rollup_total").fetchone()
+    by_level = list(zip(LEVELS, row))
     (last_id,) = database.execute_sql(
         "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)"
     ).fetchone()

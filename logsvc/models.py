@@ -5,11 +5,12 @@
   tail's sequence number.
 - `EntryBody`: captured request/response bodies, kept apart so scans of
   `entry` never read them.
-- `RollupTotal` / `RollupMinute`: entry counts per combination of the stats
-  dimensions (all time, and per minute). Ingest adds to them and retention
-  subtracts from them in the same transaction as the rows, so they always
-  equal a GROUP BY over `entry`. Dimension columns use '' for "none" because
-  a UNIQUE index treats NULLs as distinct and the upsert needs a key.
+- `RollupTotal` / `RollupMinute`: entry counts per (project, container,
+  service), all time and per minute, with one column per level, kind,
+  status class and source. Ingest adds to them and retention subtracts from
+  them in the same transaction as the rows, so they always equal a GROUP BY
+  over `entry`. Key columns use '' for "none" because a primary key treats
+  NULLs as distinct and the upsert needs a key.
 - `Meta`: small key/value records (the schema version).
 - `Lease`: named, expiring locks shared by every process on the database
   (who runs retention).
@@ -18,6 +19,7 @@ import peewee
 from playhouse.sqlite_ext import AutoIncrementField
 
 from .db import database
+from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 
 SCHEMA_VERSION = 1
 
@@ -68,35 +70,40 @@ class EntryBody(BaseModel):
     response_body = peewee.TextField(null=True)
 
 
-ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name", "level",
-                     "kind", "status_class", "source")
+ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
+# One count column per value of each breakdown, beside the row total `n`.
+COUNT_COLUMNS = (
+    ("n",)
+    + tuple(f"level_{name}" for name in LEVELS)
+    + tuple(f"kind_{name}" for name in KINDS)
+    + tuple(f"status_{name}" for name in STATUS_CLASSES)
+    + tuple(f"source_{name}" for name in SOURCES)
+)
 
 
+def _counted(cls):
+    for name in COUNT_COLUMNS:
+        cls._meta.add_field(name, peewee.BigIntegerField(default=0))
+    return cls
+
+
+@_counted
 class RollupTotal(BaseModel):
     project_id = peewee.TextField()
     container_id = peewee.TextField()
     service_name = peewee.TextField()
-    level = peewee.TextField()
-    kind = peewee.TextField()
-    status_class = peewee.TextField()
-    source = peewee.TextField()
-    n = peewee.BigIntegerField()
 
     class Meta:
         primary_key = peewee.CompositeKey(*ROLLUP_DIMENSIONS)
         table_settings = ["WITHOUT ROWID"]
 
 
+@_counted
 class RollupMinute(BaseModel):
     minute = peewee.BigIntegerField()
     project_id = peewee.TextField()
     container_id = peewee.TextField()
     service_name = peewee.TextField()
-    level = peewee.TextField()
-    kind = peewee.TextField()
-    status_class = peewee.TextField()
-    source = peewee.TextField()
-    n = peewee.BigIntegerField()
 
     class Meta:
         primary_key = peewee.CompositeKey("minute", *ROLLUP_DIMENSIONS)

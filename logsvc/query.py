@@ -143,11 +143,12 @@ def _list_entries(filters, page):
 
 
 def _count(filters, cap=None):
-    rollup_where = _rollup_conditions(filters)
-    if rollup_where is not False:
-        query = RollupTotal.select(peewee.fn.SUM(RollupTotal.n))
-        if rollup_where is not None:
-            query = query.where(rollup_where)
+    pushed = _rollup_sum(filters)
+    if pushed is not None:
+        column, where = pushed
+        query = RollupTotal.select(peewee.fn.SUM(column))
+        if where is not None:
+            query = query.where(where)
         return int(query.scalar() or 0), True
     cap = cap or COUNT_CAP
     inner = Entry.select(Entry.id).where(conditions(filters)).limit(cap + 1)
@@ -155,34 +156,41 @@ def _count(filters, cap=None):
     return (cap, False) if n > cap else (n, True)
 
 
-def _rollup_conditions(f):
-    """The filters as conditions over RollupTotal; False when one of them is
-    not a counter dimension; None when there is nothing to filter."""
+def _rollup_sum(f):
+    """(expression to sum, where) over RollupTotal that counts the entries
+    matching `f`, or None when the counters cannot answer exactly: a filter
+    that is not a counter dimension, or two breakdown filters at once."""
     if (f.trace_id is not None or f.client_ip is not None or f.methods or f.q
             or f.since is not None or f.until is not None):
-        return False
+        return None
     classes = _status_classes(f.status_ranges)
-    if classes is False:
-        return False
+    if classes is None:
+        return None
     R = RollupTotal
+    breakdowns = [(prefix, values) for prefix, values in
+                  (("level", f.levels), ("kind", f.kinds), ("status", classes),
+                   ("source", f.sources)) if values]
+    if len(breakdowns) > 1:
+        return None
+    column = R.n
+    if breakdowns:
+        prefix, values = breakdowns[0]
+        column = reduce(operator.add, [getattr(R, f"{prefix}_{v}") for v in values])
     terms = []
     if f.project_id is not None:
         terms.append(R.project_id == f.project_id)
     if f.container_id is not None:
         terms.append(R.container_id == f.container_id)
-    for column, values in ((R.service_name, f.service_names), (R.level, f.levels),
-                           (R.kind, f.kinds), (R.source, f.sources),
-                           (R.status_class, classes)):
-        if values:
-            terms.append(column.in_(values))
-    return reduce(operator.and_, terms) if terms else None
+    if f.service_names:
+        terms.append(R.service_name.in_(f.service_names))
+    return column, (reduce(operator.and_, terms) if terms else None)
 
 
 def _status_classes(ranges):
-    """Status ranges as whole classes ('4xx', ...), or False if one is not."""
+    """Status ranges as whole classes ('4xx', ...), or None if one is not."""
     classes = []
     for low, high in ranges:
         if low % 100 != 0 or high % 100 != 99 or low < 100 or high > 599:
-            return False
+            return None
         classes.extend(f"{c}xx" for c in range(low // 100, high // 100 + 1))
-    return tuple(classes)
+    return tuple(dict.fromkeys(classes))

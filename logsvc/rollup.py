@@ -1,45 +1,62 @@
-"""Entry counts per minute and dimension combination, kept exact.
+"""Entry counts per minute and (project, container, service), kept exact.
 
-`add(conn, rows, sign)` runs inside the transaction that inserts (+1) or
+`add(conn, keys, sign)` runs inside the transaction that inserts (+1) or
 deletes (-1) the rows, so the counters always equal a GROUP BY over `entry`.
-Readers (`stats.py`, the `total` of a query) sum these small tables instead
-of scanning entries.
+A row of counters holds the total `n` and one column per level, kind,
+status class and source (see models.COUNT_COLUMNS); a batch touches one row
+per distinct (minute, project, container, service), which keeps the cost of
+the upserts well below the cost of the inserts they accompany.
 """
-from collections import Counter
+from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
+from .models import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
-from .entry import status_class
-from .models import ROLLUP_DIMENSIONS
+WIDTH = len(COUNT_COLUMNS)
+LEVEL_AT = {name: COUNT_COLUMNS.index(f"level_{name}") for name in LEVELS}
+KIND_AT = {name: COUNT_COLUMNS.index(f"kind_{name}") for name in KINDS}
+STATUS_AT = {c: COUNT_COLUMNS.index(f"status_{c}") for c in STATUS_CLASSES}
+SOURCE_AT = {name: COUNT_COLUMNS.index(f"source_{name}") for name in SOURCES}
 
-_DIMS = ", ".join(ROLLUP_DIMENSIONS)
-_PLACEHOLDERS = ", ".join("?" for _ in ROLLUP_DIMENSIONS)
-_UPSERT_TOTAL = (
-    f"INSERT INTO rollup_total ({_DIMS}, n) VALUES ({_PLACEHOLDERS}, ?) "
-    f"ON CONFLICT ({_DIMS}) DO UPDATE SET n = n + excluded.n"
-)
-_UPSERT_MINUTE = (
-    f"INSERT INTO rollup_minute (minute, {_DIMS}, n) VALUES (?, {_PLACEHOLDERS}, ?) "
-    f"ON CONFLICT (minute, {_DIMS}) DO UPDATE SET n = n + excluded.n"
-)
+_KEYS = ", ".join(ROLLUP_DIMENSIONS)
+_COUNTS = ", ".join(COUNT_COLUMNS)
+_SETS = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNT_COLUMNS)
+_MARKS = ", ".join("?" for _ in ROLLUP_DIMENSIONS + COUNT_COLUMNS)
+_UPSERT_TOTAL = (f"INSERT INTO rollup_total ({_KEYS}, {_COUNTS}) VALUES ({_MARKS}) "
+                 f"ON CONFLICT ({_KEYS}) DO UPDATE SET {_SETS}")
+_UPSERT_MINUTE = (f"INSERT INTO rollup_minute (minute, {_KEYS}, {_COUNTS}) "
+                  f"VALUES (?, {_MARKS}) ON CONFLICT (minute, {_KEYS}) DO UPDATE SET {_SETS}")
 
-# The dimensions of a stored row, in ROLLUP_DIMENSIONS order, from the
-# columns (ts_ms, project_id, container_id, service_name, level, kind,
-# status, source).
+# The columns of `entry` that `key_of` takes, in its argument order.
 ROW_SQL = "ts_ms, project_id, container_id, service_name, level, kind, status, source"
 
 
 def key_of(ts_ms, project_id, container_id, service_name, level, kind, status, source):
-    return (ts_ms // 60_000, project_id, container_id or "", service_name or "",
-            level, kind, status_class(status), source)
+    """(rollup key, positions of the count columns this entry adds to)."""
+    positions = (LEVEL_AT[level], KIND_AT[kind], SOURCE_AT[source])
+    if status is not None and 100 <= status <= 599:
+        positions += (STATUS_AT[f"{status // 100}xx"],)
+    return (ts_ms // 60_000, project_id, container_id or "", service_name or ""), positions
 
 
-def add(conn, keys, sign=1):
-    """Add `sign` times the count of each key (from `key_of`) to the counters."""
-    per_minute = Counter(keys)
-    totals = Counter()
-    for key, n in per_minute.items():
-        totals[key[1:]] += n
-    conn.executemany(_UPSERT_MINUTE, [(*key, sign * n) for key, n in per_minute.items()])
-    conn.executemany(_UPSERT_TOTAL, [(*key, sign * n) for key, n in totals.items()])
+def add(conn, keyed, sign=1):
+    """Add `sign` times each (key, positions) from `key_of` to the counters."""
+    per_minute = {}
+    for key, positions in keyed:
+        counts = per_minute.get(key)
+        if counts is None:
+            counts = per_minute[key] = [0] * WIDTH
+        counts[0] += sign
+        for at in positions:
+            counts[at] += sign
+    totals = {}
+    for key, counts in per_minute.items():
+        total = totals.get(key[1:])
+        if total is None:
+            totals[key[1:]] = list(counts)
+        else:
+            for at in range(WIDTH):
+                total[at] += counts[at]
+    conn.executemany(_UPSERT_MINUTE, [(*key, *counts) for key, counts in per_minute.items()])
+    conn.executemany(_UPSERT_TOTAL, [(*key, *counts) for key, counts in totals.items()])
     if sign < 0:
         minutes = sorted({key[0] for key in per_minute})
         conn.executemany("DELETE FROM rollup_minute WHERE minute = ? AND n <= 0",

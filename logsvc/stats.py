@@ -1,26 +1,33 @@
 """Counts for dashboards, read from the rollup counters.
 
-`summary` without a time range sums `rollup_total` (one row per dimension
-combination, so its cost does not depend on how many entries are stored).
-With `since`/`until` it sums `rollup_minute` over the whole minutes of the
-range and counts the partial minutes at either end straight from `entry`
-through its `ts_ms` index, so the answer is exact for any millisecond range.
+`summary` without a time range sums `rollup_total` (one row per project,
+container and service, so its cost does not depend on how many entries are
+stored). With `since`/`until` it sums `rollup_minute` over the whole minutes
+of the range and counts the partial minutes at either end straight from
+`entry` through its `ts_ms` index, so the answer is exact for any
+millisecond range.
 """
-from collections import Counter
-
 import peewee
 
 from . import db
-from .models import RollupMinute, RollupTotal
-from .rollup import ROW_SQL, key_of
+from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
+from .models import COUNT_COLUMNS, RollupMinute, RollupTotal
+from .rollup import ROW_SQL, WIDTH, key_of
 
 MINUTE_MS = 60_000
 BUCKETS = {"1m": 1, "5m": 5, "10m": 10, "15m": 15, "30m": 30, "1h": 60,
            "3h": 180, "6h": 360, "12h": 720, "1d": 1440}
 MAX_BUCKETS = 10_000
 
-_BREAKDOWNS = (("byLevel", 3), ("byProject", 0), ("byContainer", 1), ("byService", 2),
-               ("byKind", 4), ("byStatus", 5), ("bySource", 6))
+# Breakdowns read from count columns: name -> ((value, column index), ...)
+_COLUMN_BREAKDOWNS = {
+    "byLevel": tuple((v, COUNT_COLUMNS.index(f"level_{v}")) for v in LEVELS),
+    "byKind": tuple((v, COUNT_COLUMNS.index(f"kind_{v}")) for v in KINDS),
+    "byStatus": tuple((v, COUNT_COLUMNS.index(f"status_{v}")) for v in STATUS_CLASSES),
+    "bySource": tuple((v, COUNT_COLUMNS.index(f"source_{v}")) for v in SOURCES),
+}
+# Breakdowns read from key columns: name -> position in (project, container, service)
+_KEY_BREAKDOWNS = {"byProject": 0, "byContainer": 1, "byService": 2}
 
 
 def summary(project_id=None, container_id=None, since=None, until=None):
@@ -34,25 +41,27 @@ def histogram(bucket, since, until, project_id=None, container_id=None):
 
 
 def _summary(project_id, container_id, since, until):
-    counts = Counter()
+    counts = {}
     if since is None and until is None:
-        query = _scoped(RollupTotal.select(*_dims(RollupTotal), RollupTotal.n),
+        query = _scoped(RollupTotal.select(*_keys(RollupTotal), *_counts(RollupTotal)),
                         RollupTotal, project_id, container_id)
-        for row in query.tuples():
-            counts[row[:-1]] += row[-1]
+        _accumulate(counts, query.tuples())
     else:
         _add_range(counts, project_id, container_id, since, until)
-    result = {"total": sum(counts.values())}
-    for name, position in _BREAKDOWNS:
-        result[name] = {}
-    for key, n in counts.items():
-        if n <= 0:
+    result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_COLUMN_BREAKDOWNS)}}
+    for key, row in counts.items():
+        if row[0] <= 0:
             continue
-        for name, position in _BREAKDOWNS:
-            value = key[position]
-            if value:
-                bucket = result[name]
-                bucket[value] = bucket.get(value, 0) + n
+        result["total"] += row[0]
+        for name, position in _KEY_BREAKDOWNS.items():
+            if key[position]:
+                breakdown = result[name]
+                breakdown[key[position]] = breakdown.get(key[position], 0) + row[0]
+        for name, columns in _COLUMN_BREAKDOWNS.items():
+            breakdown = result[name]
+            for value, at in columns:
+                if row[at]:
+                    breakdown[value] = breakdown.get(value, 0) + row[at]
     return result
 
 
@@ -63,20 +72,17 @@ def _histogram(bucket, since, until, project_id, container_id):
     end = -(-until // size_ms) * size_ms
     M = RollupMinute
     bucket_of = (M.minute / minutes) * minutes if minutes > 1 else M.minute
-    query = (M.select(bucket_of.alias("b"), M.level, peewee.fn.SUM(M.n))
+    levels = [peewee.fn.SUM(getattr(M, f"level_{name}")) for name in LEVELS]
+    query = (M.select(bucket_of, *levels)
              .where((M.minute >= start // MINUTE_MS) & (M.minute < end // MINUTE_MS))
-             .group_by(bucket_of, M.level)
-             .order_by(bucket_of))
-    query = _scoped(query, M, project_id, container_id)
-    by_bucket = {}
-    for minute, level, n in query.tuples():
-        if n:
-            row = by_bucket.setdefault(minute * MINUTE_MS, Counter())
-            row[level] += n
+             .group_by(bucket_of))
+    by_bucket = {row[0] * MINUTE_MS: row[1:]
+                 for row in _scoped(query, M, project_id, container_id).tuples()}
     buckets = []
     for ts in range(start, end, size_ms):
-        levels = by_bucket.get(ts, Counter())
-        buckets.append({"tsMs": ts, "total": sum(levels.values()), "byLevel": dict(levels)})
+        sums = by_bucket.get(ts, ())
+        by_level = {name: n for name, n in zip(LEVELS, sums) if n}
+        buckets.append({"tsMs": ts, "total": sum(by_level.values()), "byLevel": by_level})
     return {"bucket": bucket, "bucketMs": size_ms, "since": start, "until": end,
             "buckets": buckets}
 
@@ -92,11 +98,10 @@ def _add_range(counts, project_id, container_id, since, until):
         _add_raw(counts, project_id, container_id, low, high)
         return
     M = RollupMinute
-    query = (M.select(*_dims(M), peewee.fn.SUM(M.n))
+    query = (M.select(*_keys(M), *[peewee.fn.SUM(c) for c in _counts(M)])
              .where((M.minute >= first_full) & (M.minute < end_full))
-             .group_by(*_dims(M)))
-    for row in _scoped(query, M, project_id, container_id).tuples():
-        counts[row[:-1]] += row[-1]
+             .group_by(*_keys(M)))
+    _accumulate(counts, _scoped(query, M, project_id, container_id).tuples())
     _add_raw(counts, project_id, container_id, low, first_full * MINUTE_MS)
     _add_raw(counts, project_id, container_id, end_full * MINUTE_MS, high)
 
@@ -114,12 +119,32 @@ def _add_raw(counts, project_id, container_id, low, high):
         sql += " AND container_id = ?"
         params.append(container_id)
     for row in db.database.execute_sql(sql, params):
-        counts[key_of(*row)[1:]] += 1
+        key, positions = key_of(*row)
+        target = counts.get(key[1:])
+        if target is None:
+            target = counts[key[1:]] = [0] * WIDTH
+        target[0] += 1
+        for at in positions:
+            target[at] += 1
 
 
-def _dims(model):
-    return (model.project_id, model.container_id, model.service_name, model.level,
-            model.kind, model.status_class, model.source)
+def _accumulate(counts, rows):
+    for row in rows:
+        key = row[:3]
+        target = counts.get(key)
+        if target is None:
+            counts[key] = list(row[3:])
+        else:
+            for at, n in enumerate(row[3:]):
+                target[at] += n
+
+
+def _keys(model):
+    return (model.project_id, model.container_id, model.service_name)
+
+
+def _counts(model):
+    return tuple(getattr(model, name) for name in COUNT_COLUMNS)
 
 
 def _scoped(query, model, project_id, container_id):

@@ -46,7 +46,10 @@ class EntryInSchema(Schema):
                 known[domain.INPUT_FIELDS[key][0]] = value
             else:
                 extra[key] = value
-        return domain.finish(known, extra, self.max_body_bytes)
+        try:
+            return domain.finish(known, extra, self.max_body_bytes)
+        except domain.InvalidEntry as exc:
+            raise ValidationError(exc.errors) from None
 
 
 for _name, (_key, _coerce) in domain.INPUT_FIELDS.items():

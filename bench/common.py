@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: data, a server to measure, statistics."""
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-admin-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+sys.path.insert(0, str(ROOT))
+
+
+def entries(n, start=0, now_ms=None):
+    """`n` varied entries like a proxy writes them."""
+    rng = random.Random(start)
+    now_ms = now_ms or int(time.time() * 1000)
+    statuses = [200] * 12 + [201, 204, 301, 304, 400, 401, 404, 404, 429, 500, 502, 503]
+    out = []
+    for i in range(start, start + n):
+        status = rng.choice(statuses)
+        container = rng.randrange(200)  # each container has one project and service
+        out.append({
+            "traceId": f"{rng.getrandbits(128):032x}",
+            "tsMs": now_ms - (n - (i - start)) * 5,
+            "kind": ("request", "response")[i % 2],
+            "level": "info",
+            "projectId": f"proj_{container % 20}",
+            "containerId": f"cnt_{container}",
+            "serviceName": f"svc-{container % 12}",
+            "method": rng.choice(("GET", "GET", "GET", "POST", "PUT", "DELETE")),
+            "url": f"/v1/items/{rng.randrange(100000)}?page={i % 7}",
+            "clientIp": f"203.0.113.{i % 250}",
+            "status": status,
+            "source": ("backend", "edge")[i % 2],
+            "data": {"bytesIn": rng.randrange(5000), "durationMs": rng.randrange(900),
+                     "userAgent": "bench/1.0"},
+        })
+    return out
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data_dir, workers=1):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, LOGSVC_DATA_DIR=str(data_dir), LOGSVC_PORT=str(self.port),
+                   LOGSVC_WORKERS=str(workers), LOGSVC_ADMIN_TOKEN=TOKEN,
+                   LOGSVC_RETENTION_DAYS="0", LOGSVC_MAX_ROWS="1000000000")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def timed(fn, repeat):
+    """Per-call wall times in milliseconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def p50(times):
+    return statistics.median(times)
+
+
+def p99(times):
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def sqlite_connect(path):
+    import sqlite3
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("PRAGMA synchronous=full")
+    return conn
