@@ -10,15 +10,11 @@ dimensions (exact, and cheap at any size); otherwise it is a count capped at
 reached.
 """
 import dataclasses
-import operator
-from functools import reduce
 
 import orjson
-import peewee
 
 from . import db
 from .entry import COLUMNS, row_to_dict
-from .models import Entry, EntryBody, RollupTotal
 
 COUNT_CAP = 10_000
 MAX_LIMIT = 5000
@@ -66,72 +62,81 @@ def count(filters, cap=None):
     return db.call(_count, filters, cap)
 
 
-def conditions(filters):
-    """The peewee expression for `filters` over `Entry` (None: everything)."""
+def where_sql(filters):
+    """The filters as an SQL condition over `entry` and its parameters.
+
+    Written by hand rather than through peewee's query builder: compiling
+    the builder's expression costs more than running the query on an
+    indexed page, and this is the hottest read path."""
     f = filters
-    terms = []
-    if f.project_id is not None:
-        terms.append(Entry.project_id == f.project_id)
-    if f.container_id is not None:
-        terms.append(Entry.container_id == f.container_id)
-    for column, values in ((Entry.service_name, f.service_names), (Entry.level, f.levels),
-                           (Entry.kind, f.kinds), (Entry.method, f.methods),
-                           (Entry.source, f.sources)):
+    terms, params = [], []
+    for column, value in (("project_id", f.project_id), ("container_id", f.container_id),
+                          ("trace_id", f.trace_id), ("client_ip", f.client_ip)):
+        if value is not None:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    for column, values in (("service_name", f.service_names), ("level", f.levels),
+                           ("kind", f.kinds), ("method", f.methods), ("source", f.sources)):
         if len(values) == 1:
-            terms.append(column == values[0])
+            terms.append(f"{column} = ?")
         elif values:
-            terms.append(column.in_(values))
-    if f.trace_id is not None:
-        terms.append(Entry.trace_id == f.trace_id)
-    if f.client_ip is not None:
-        terms.append(Entry.client_ip == f.client_ip)
+            terms.append(f"{column} IN ({', '.join('?' * len(values))})")
+        params.extend(values)
     if f.status_ranges:
-        terms.append(reduce(operator.or_, [
-            (Entry.status == low) if low == high else Entry.status.between(low, high)
-            for low, high in f.status_ranges]))
+        parts = []
+        for low, high in f.status_ranges:
+            parts.append("status = ?" if low == high else "status BETWEEN ? AND ?")
+            params.extend((low,) if low == high else (low, high))
+        terms.append(f"({' OR '.join(parts)})")
     if f.since is not None:
-        terms.append(Entry.ts_ms >= f.since)
+        terms.append("ts_ms >= ?")
+        params.append(f.since)
     if f.until is not None:
-        terms.append(Entry.ts_ms < f.until)
+        terms.append("ts_ms < ?")
+        params.append(f.until)
     if f.q:
-        terms.append(Entry.url.contains(f.q))
-    return reduce(operator.and_, terms) if terms else None
+        # LIKE is case-insensitive for ASCII in SQLite; % and _ match literally.
+        terms.append("url LIKE ? ESCAPE '\\'")
+        escaped = f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params.append(f"%{escaped}%")
+    return (" AND ".join(terms) if terms else "1"), params
+
+
+_SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)
 
 
 def _list_entries(filters, page):
     with_bodies = page.include_request_body or page.include_response_body
-    columns = [getattr(Entry, name) for name in COLUMNS]
-    query = Entry.select(*columns)
+    where, params = where_sql(filters)
+    sql = _SELECT
     if with_bodies:
-        query = (query
-                 .select_extend(EntryBody.request_body, EntryBody.response_body)
-                 .join(EntryBody, join_type=peewee.JOIN.LEFT_OUTER,
-                       on=(EntryBody.entry == Entry.id)))
-    where = conditions(filters)
+        sql += (", b.request_body, b.response_body FROM entry e "
+                "LEFT JOIN entry_body b ON b.entry_id = e.id")
+    else:
+        sql += " FROM entry e"
+    sql += f" WHERE {where}"
     if page.after_id is not None:
-        after = Entry.id > page.after_id
-        where = after if where is None else (where & after)
-    if where is not None:
-        query = query.where(where)
+        sql += " AND e.id > ?"
+        params.append(page.after_id)
     if page.last is not None:
         limit = page.last
-        query = query.order_by(Entry.id.desc()).limit(limit)
+        sql += " ORDER BY e.id DESC LIMIT ?"
+        params.append(limit)
     else:
         limit = page.limit
-        order = Entry.id.desc() if page.order == "desc" else Entry.id.asc()
-        query = query.order_by(order).limit(limit).offset(page.offset)
-    rows = list(query.tuples())
+        sql += f" ORDER BY e.id {'DESC' if page.order == 'desc' else 'ASC'} LIMIT ? OFFSET ?"
+        params.extend((limit, page.offset))
+    rows = db.database.execute_sql(sql, params).fetchall()
     if page.last is not None:
         rows.reverse()
     width = len(COLUMNS)
     entries = []
     for row in rows:
-        head = row[:width]
         bodies = None
         if with_bodies:
             bodies = (row[width], row[width + 1],
                       page.include_request_body, page.include_response_body)
-        item = row_to_dict(head, bodies)
+        item = row_to_dict(row[:width], bodies)
         item["data"] = orjson.Fragment(item["data"])
         entries.append(item)
     total, exact = _count(filters, page.offset + limit + COUNT_CAP)
@@ -145,45 +150,48 @@ def _list_entries(filters, page):
 def _count(filters, cap=None):
     pushed = _rollup_sum(filters)
     if pushed is not None:
-        column, where = pushed
-        query = RollupTotal.select(peewee.fn.SUM(column))
-        if where is not None:
-            query = query.where(where)
-        return int(query.scalar() or 0), True
+        column, where, params = pushed
+        (n,) = db.database.execute_sql(
+            f"SELECT coalesce(SUM({column}), 0) FROM rollup_total WHERE {where}",
+            params).fetchone()
+        return n, True
     cap = cap or COUNT_CAP
-    inner = Entry.select(Entry.id).where(conditions(filters)).limit(cap + 1)
-    (n,) = Entry.select(peewee.fn.COUNT(1)).from_(inner.alias("m")).tuples().get()
+    where, params = where_sql(filters)
+    (n,) = db.database.execute_sql(
+        f"SELECT count(*) FROM (SELECT 1 FROM entry e WHERE {where} LIMIT ?)",
+        [*params, cap + 1]).fetchone()
     return (cap, False) if n > cap else (n, True)
 
 
 def _rollup_sum(f):
-    """(expression to sum, where) over RollupTotal that counts the entries
-    matching `f`, or None when the counters cannot answer exactly: a filter
-    that is not a counter dimension, or two breakdown filters at once."""
+    """(column sum, condition, parameters) over `rollup_total` that counts
+    the entries matching `f`, or None when the counters cannot answer
+    exactly: a filter that is not a counter dimension, or two breakdown
+    filters at once (the counters hold each breakdown, not their product)."""
     if (f.trace_id is not None or f.client_ip is not None or f.methods or f.q
             or f.since is not None or f.until is not None):
         return None
     classes = _status_classes(f.status_ranges)
     if classes is None:
         return None
-    R = RollupTotal
     breakdowns = [(prefix, values) for prefix, values in
                   (("level", f.levels), ("kind", f.kinds), ("status", classes),
                    ("source", f.sources)) if values]
     if len(breakdowns) > 1:
         return None
-    column = R.n
+    column = "n"
     if breakdowns:
         prefix, values = breakdowns[0]
-        column = reduce(operator.add, [getattr(R, f"{prefix}_{v}") for v in values])
-    terms = []
-    if f.project_id is not None:
-        terms.append(R.project_id == f.project_id)
-    if f.container_id is not None:
-        terms.append(R.container_id == f.container_id)
+        column = " + ".join(f"{prefix}_{value}" for value in values)
+    terms, params = [], []
+    for name, value in (("project_id", f.project_id), ("container_id", f.container_id)):
+        if value is not None:
+            terms.append(f"{name} = ?")
+            params.append(value)
     if f.service_names:
-        terms.append(R.service_name.in_(f.service_names))
-    return column, (reduce(operator.and_, terms) if terms else None)
+        terms.append(f"service_name IN ({', '.join('?' * len(f.service_names))})")
+        params.extend(f.service_names)
+    return column, (" AND ".join(terms) if terms else "1"), params
 
 
 def _status_classes(ranges):
