@@ -79,3 +79,17 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path):
     db.call(lambda: models.Meta.update(value="99").execute())
     with pytest.raises(models.SchemaTooNew):
         create_app({"data_dir": tmp_path, "admin_token": "t"})
+
+
+def test_database_url_can_name_the_sqlite_file(tmp_path, admin):
+    path = tmp_path / "elsewhere.db"
+    client = create_app({"data_dir": tmp_path / "data", "admin_token": "test-admin-token",
+                         "database_url": f"sqlite:///{path}"}).test_client()
+    client.post(INGEST, json={"kind": "event"}, headers=admin)
+    assert path.exists() and client.get(LOGS, headers=admin).json["total"] == 1
+
+
+def test_an_unsupported_database_url_is_refused(tmp_path):
+    from logsvc.db import UnsupportedDatabase
+    with pytest.raises(UnsupportedDatabase, match="not supported"):
+        create_app({"data_dir": tmp_path, "database_url": "mysql://x/y"})

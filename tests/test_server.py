@@ -115,3 +115,20 @@ def test_python_app_py_prints_a_working_curl_line(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def test_workers_prune_in_the_background(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_MAX_ROWS": "30", "LOGSVC_PRUNE_INTERVAL_S": "0.2"})
+    server.start()
+    try:
+        post_batch(server.url, [make_entry(i, tsMs=None) for i in range(100)])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            page = requests.get(server.url + LOGS, params={"limit": 5000}, headers=HEADERS,
+                                timeout=10).json()
+            if page["total"] == 30:
+                break
+            time.sleep(0.2)
+        assert [e["id"] for e in page["entries"]] == list(range(71, 101))
+    finally:
+        server.stop()
