@@ -11,7 +11,7 @@ import sys
 
 from flask import Flask
 
-from logsvc import auth, db, models
+from logsvc import auth, db, limits, models
 from logsvc.api import blueprints, errors
 from logsvc.config import Config, ConfigError
 
@@ -22,6 +22,8 @@ class Services:
 
     config: Config
     authenticator: auth.Authenticator
+    limiter: limits.RateLimiter
+    server_secret: str  # signs cursors
 
 
 def create_app(config=None):
@@ -37,7 +39,9 @@ def create_app(config=None):
     db.call(models.create_schema)
     app.extensions["logsvc"] = Services(
         config=config,
-        authenticator=auth.Authenticator(auth.load_admin_token(config)),
+        authenticator=auth.Authenticator(auth.load_admin_token(config), config.jwt_secret),
+        limiter=limits.RateLimiter(config.data_dir, config.rate_limit_per_min),
+        server_secret=auth.load_secret(config, "server_secret"),
     )
     errors.register(app)
     for blueprint in blueprints():

@@ -14,6 +14,10 @@
 - `Meta`: small key/value records (the schema version).
 - `Lease`: named, expiring locks shared by every process on the database
   (who runs retention).
+- `ApiToken`, `User`, `Session`: the scoped callers and browser sessions
+  (secrets kept only as digests or slow hashes).
+- `DestroyedScope`: containers destroyed by the operator.
+- `PruneLog`: the id ranges retention removed, and when.
 """
 import peewee
 from playhouse.sqlite_ext import AutoIncrementField
@@ -121,7 +125,56 @@ class Lease(BaseModel):
     expires_ms = peewee.BigIntegerField()
 
 
-ALL_MODELS = (Entry, EntryBody, RollupTotal, RollupMinute, Meta, Lease)
+class ApiToken(BaseModel):
+    """A scoped bearer token. Only a SHA-256 digest of its secret is kept."""
+    id = peewee.AutoField()
+    name = peewee.TextField()
+    secret_digest = peewee.TextField()
+    project_id = peewee.TextField()
+    container_id = peewee.TextField(null=True)
+    capabilities = peewee.TextField()  # JSON object
+    created_ms = peewee.BigIntegerField()
+    revoked_ms = peewee.BigIntegerField(null=True)
+
+
+class User(BaseModel):
+    """A scoped HTTP Basic user; the password is kept as a slow hash."""
+    username = peewee.TextField(primary_key=True)
+    password_hash = peewee.TextField()
+    project_id = peewee.TextField()
+    container_id = peewee.TextField(null=True)
+    capabilities = peewee.TextField()
+    created_ms = peewee.BigIntegerField()
+
+
+class Session(BaseModel):
+    """A browser session (cookie); only a digest of the cookie is kept."""
+    digest = peewee.TextField(primary_key=True)
+    principal = peewee.TextField()  # JSON: the principal it was opened for
+    token_id = peewee.IntegerField(null=True)
+    username = peewee.TextField(null=True)
+    expires_ms = peewee.BigIntegerField()
+
+
+class DestroyedScope(BaseModel):
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    destroyed_ms = peewee.BigIntegerField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("project_id", "container_id")
+
+
+class PruneLog(BaseModel):
+    """Id ranges removed by retention, so a cursor sweep knows it lost rows."""
+    id = peewee.AutoField()
+    ts_ms = peewee.BigIntegerField(index=True)
+    min_id = peewee.BigIntegerField()
+    max_id = peewee.BigIntegerField()
+
+
+ALL_MODELS = (Entry, EntryBody, RollupTotal, RollupMinute, Meta, Lease, ApiToken, User,
+              Session, DestroyedScope, PruneLog)
 
 # Migrations from version N to N+1, each run in one transaction.
 MIGRATIONS = {}

@@ -47,6 +47,7 @@ class Page:
     order: str = "asc"
     last: int = None
     after_id: int = None
+    max_id: int = None  # a cursor sweep's snapshot
     include_request_body: bool = False
     include_response_body: bool = False
 
@@ -118,6 +119,9 @@ def _list_entries(filters, page):
     if page.after_id is not None:
         sql += " AND e.id > ?"
         params.append(page.after_id)
+    if page.max_id is not None:
+        sql += " AND e.id <= ?"
+        params.append(page.max_id)
     if page.last is not None:
         limit = page.last
         sql += " ORDER BY e.id DESC LIMIT ?"

@@ -16,17 +16,19 @@ import gevent
 from . import db, rollup
 from .db import database
 from .entry import now_ms
-from .models import Lease
+from .models import Lease, PruneLog
 
 log = logging.getLogger("logsvc.retention")
 BATCH = 2000
 LEASE_NAME = "retention"
+PRUNE_LOG_KEEP_MS = 86_400_000  # longer than any cursor snapshot lives
 
 
 def prune(config, now=None, batch=BATCH):
     """Delete what retention says must go. Returns the number of entries removed."""
     now = now_ms() if now is None else now
     removed = 0
+    db.call(_forget_prunes_before, now - PRUNE_LOG_KEEP_MS)
     if config.retention_ms:
         cutoff = now - config.retention_ms
         while True:
@@ -74,6 +76,10 @@ def take_lease(name, holder, seconds):
         return True
 
 
+def _forget_prunes_before(ts_ms):
+    PruneLog.delete().where(PruneLog.ts_ms < ts_ms).execute()
+
+
 def _row_count():
     (n,) = database.execute_sql("SELECT coalesce(SUM(n), 0) FROM rollup_total").fetchone()
     return n
@@ -90,4 +96,5 @@ def _delete_batch(where, params):
         conn.executemany("DELETE FROM entry_body WHERE entry_id = ?", ids)
         conn.executemany("DELETE FROM entry WHERE id = ?", ids)
         rollup.add(conn, [rollup.key_of(*row[1:]) for row in rows], sign=-1)
+        PruneLog.create(ts_ms=now_ms(), min_id=min(ids)[0], max_id=max(ids)[0])
         return len(rows)

@@ -16,7 +16,10 @@ from werkzeug.exceptions import HTTPException
 
 from .. import db
 from ..auth import Forbidden, Unauthenticated
+from ..cursor import BadCursor
 from ..ingest import PayloadError, PayloadTooLarge
+from ..limits import RateLimited
+from ..principals import Conflict, NotFound
 
 log = logging.getLogger("logsvc")
 
@@ -67,6 +70,22 @@ def register(app):
     @app.errorhandler(Forbidden)
     def forbidden(exc):
         return error_response(403, str(exc))
+
+    @app.errorhandler(RateLimited)
+    def rate_limited(exc):
+        return error_response(429, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.errorhandler(BadCursor)
+    def bad_cursor(exc):
+        return error_response(400, str(exc))
+
+    @app.errorhandler(NotFound)
+    def not_found(exc):
+        return error_response(404, str(exc))
+
+    @app.errorhandler(Conflict)
+    def conflict(exc):
+        return error_response(409, str(exc))
 
     @app.errorhandler(PayloadTooLarge)
     def too_large(exc):

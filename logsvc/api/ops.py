@@ -1,7 +1,7 @@
 """Operations: health and metrics."""
 from flask import Blueprint, Response
 
-from .. import db, metrics
+from .. import auth, db, metrics
 from . import principal
 from .errors import ApiError
 
@@ -19,6 +19,5 @@ def healthz():
 
 @blueprint.get("/metrics")
 def get_metrics():
-    if not principal().is_admin:
-        raise ApiError(403, "Metrics need the admin token")
+    auth.require_admin(principal())
     return Response(metrics.render(), mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,77 @@
+"""The operator's API: `/api/proxy-logs/_admin/...`, admin token only (an
+Authorization header: a browser session never administers)."""
+from flask import Blueprint, request
+from marshmallow import ValidationError
+
+from schemas.admin import token_create, user_create
+
+from .. import auth, principals, retention, store
+from . import principal, state
+from .errors import ApiError, validation_message
+
+blueprint = Blueprint("admin", __name__, url_prefix="/api/proxy-logs/_admin")
+
+
+@blueprint.before_request
+def operator_only():
+    auth.require_admin(principal())
+
+
+@blueprint.post("/tokens")
+def create_token():
+    body = _body(token_create)
+    return principals.create_token(body["name"], body["project_id"], body["container_id"],
+                                   body["capabilities"]), 201
+
+
+@blueprint.get("/tokens")
+def list_tokens():
+    return {"tokens": principals.list_tokens()}
+
+
+@blueprint.delete("/tokens/<int:token_id>")
+def revoke_token(token_id):
+    return principals.revoke_token(token_id)
+
+
+@blueprint.post("/users")
+def create_user():
+    body = _body(user_create)
+    return principals.create_user(body["username"], body["password"], body["project_id"],
+                                  body["container_id"], body["capabilities"]), 201
+
+
+@blueprint.get("/users")
+def list_users():
+    return {"users": principals.list_users()}
+
+
+@blueprint.delete("/users/<username>")
+def delete_user(username):
+    principals.delete_user(username)
+    return {"username": username, "deleted": True}
+
+
+@blueprint.post("/scopes/<project_id>/<container_id>/destroy")
+def destroy_scope(project_id, container_id):
+    return store.destroy_scope(project_id, container_id, state().config)
+
+
+@blueprint.post("/clear")
+def clear():
+    return store.clear()
+
+
+@blueprint.post("/prune")
+def prune():
+    return {"removed": retention.prune(state().config)}
+
+
+def _body(schema):
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "The body must be a JSON object")
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise ApiError(422, validation_message(exc, "field")) from None

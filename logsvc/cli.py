@@ -1,0 +1,113 @@
+"""Operator commands: `python -m logsvc <command>`.
+
+They work on the store named by the LOGSVC_* settings (the same ones the
+server reads), directly, without a running server; for example, to create
+the first tenant token:
+
+    python -m logsvc tokens create --name ci --project proj_a
+"""
+import argparse
+import getpass
+import json
+import sys
+
+from . import db, models, principals, retention, store
+from .config import Config, ConfigError
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        config = Config.from_env()
+        db.init(config)
+        db.call(models.create_schema)
+        result = args.run(args, config)
+    except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
+        print(f"logsvc: {exc}", file=sys.stderr)
+        return 2
+    except (principals.NotFound, principals.Conflict, ValueError) as exc:
+        print(f"logsvc: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _capabilities(args):
+    return {"logs": not args.no_logs, "ingest": args.ingest}
+
+
+def _tokens_create(args, config):
+    return principals.create_token(args.name, args.project, args.container, _capabilities(args))
+
+
+def _users_create(args, config):
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {args.username}: ")
+    if len(password) < 8:
+        raise ValueError("the password needs at least 8 characters")
+    return principals.create_user(args.username, password, args.project, args.container,
+                                  _capabilities(args))
+
+
+def _clear(args, config):
+    if not args.yes:
+        raise ValueError("clear deletes every entry; pass --yes to confirm")
+    return store.clear()
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m logsvc",
+                                     description="Operate a logsvc store.")
+    commands = parser.add_subparsers(title="commands")
+
+    tokens = commands.add_parser("tokens", help="scoped API tokens").add_subparsers()
+    create = tokens.add_parser("create", help="create a token; its secret is printed once")
+    create.add_argument("--name", required=True)
+    _scope_arguments(create)
+    create.set_defaults(run=_tokens_create)
+    tokens.add_parser("list", help="list tokens (never their secrets)").set_defaults(
+        run=lambda args, config: principals.list_tokens())
+    revoke = tokens.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(run=lambda args, config: principals.revoke_token(args.id))
+
+    users = commands.add_parser("users", help="HTTP Basic users").add_subparsers()
+    create = users.add_parser("create", help="create a user (password prompted)")
+    create.add_argument("--username", required=True)
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+    _scope_arguments(create)
+    create.set_defaults(run=_users_create)
+    users.add_parser("list", help="list users").set_defaults(
+        run=lambda args, config: principals.list_users())
+    delete = users.add_parser("delete", help="delete a user")
+    delete.add_argument("username")
+    delete.set_defaults(run=lambda args, config: principals.delete_user(args.username)
+                        or {"username": args.username, "deleted": True})
+
+    scopes = commands.add_parser("scopes", help="tenant scopes").add_subparsers()
+    destroy = scopes.add_parser("destroy", help="destroy a container's scope")
+    destroy.add_argument("project")
+    destroy.add_argument("container")
+    destroy.set_defaults(run=lambda args, config: store.destroy_scope(
+        args.project, args.container, config))
+
+    clear = commands.add_parser("clear", help="delete every entry (ids jump by 10000)")
+    clear.add_argument("--yes", action="store_true", help="confirm")
+    clear.set_defaults(run=_clear)
+    commands.add_parser("prune", help="run retention now").set_defaults(
+        run=lambda args, config: {"removed": retention.prune(config)})
+    return parser
+
+
+def _scope_arguments(command):
+    command.add_argument("--project", required=True, help="project id")
+    command.add_argument("--container", default=None, help="container id (default: all)")
+    command.add_argument("--no-logs", action="store_true", help="do not grant reading")
+    command.add_argument("--ingest", action="store_true", help="grant writing")

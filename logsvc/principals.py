@@ -1,0 +1,204 @@
+"""Scoped callers: API tokens, Basic users and browser sessions.
+
+Secrets are never stored: a token's secret and a session cookie are kept as
+SHA-256 digests (they are long random values, so a fast digest is enough),
+a password as werkzeug's scrypt hash. Every comparison is constant-time.
+
+A token reads `lst_<id>.<secret>`: the id finds the row, the digest of the
+secret is compared with `hmac.compare_digest`.
+
+Checking a password costs ~100 ms of CPU by design, which Basic auth would
+pay on every request; a successful check is remembered for
+`_VERIFIED_TTL_S` under a digest of the credentials (never the password),
+and only while the user still exists with the same hash.
+"""
+import functools
+import hashlib
+import hmac
+import secrets
+import time
+
+import orjson
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from . import db
+from .auth import CAPABILITIES, Principal, granted_capabilities
+from .db import database
+from .entry import now_ms
+from .models import ApiToken, Session, User
+
+TOKEN_PREFIX = "lst_"
+SESSION_TTL_MS = 12 * 3_600_000
+_VERIFIED_TTL_S = 60
+_verified = {}  # digest of "user:password" -> (password hash, monotonic deadline)
+
+
+class Conflict(ValueError):
+    pass
+
+
+class NotFound(LookupError):
+    pass
+
+
+# --- tokens -------------------------------------------------------------------
+
+def create_token(name, project_id, container_id, capabilities):
+    """Store a new token; return its description and, once, its secret."""
+    secret = secrets.token_urlsafe(32)
+    row = db.call(lambda: ApiToken.create(
+        name=name, secret_digest=_digest(secret), project_id=project_id,
+        container_id=container_id, capabilities=_caps_json(capabilities),
+        created_ms=now_ms()))
+    return {**describe_token(row), "token": f"{TOKEN_PREFIX}{row.id}.{secret}"}
+
+
+def list_tokens():
+    return [describe_token(row) for row in
+            db.call(lambda: list(ApiToken.select().order_by(ApiToken.id)))]
+
+
+def revoke_token(token_id):
+    def revoke():
+        with database.atomic():
+            row = ApiToken.get_or_none(ApiToken.id == token_id)
+            if row is None:
+                raise NotFound(f"No token with id {token_id}")
+            if row.revoked_ms is None:
+                row.revoked_ms = now_ms()
+                row.save()
+                Session.delete().where(Session.token_id == token_id).execute()
+            return describe_token(row)
+    return db.call(revoke)
+
+
+def describe_token(row):
+    return {"id": row.id, "name": row.name, "projectId": row.project_id,
+            "containerId": row.container_id, "capabilities": orjson.loads(row.capabilities),
+            "createdMs": row.created_ms, "revokedMs": row.revoked_ms}
+
+
+def principal_for_token(credential):
+    """The principal of a `lst_<id>.<secret>` token, or None."""
+    if not credential.startswith(TOKEN_PREFIX):
+        return None
+    token_id, _, secret = credential[len(TOKEN_PREFIX):].partition(".")
+    if not token_id.isdigit() or not secret or len(token_id) > 18:
+        return None
+    row = db.call(lambda: ApiToken.get_or_none(ApiToken.id == int(token_id)))
+    if row is None or row.revoked_ms is not None:
+        _digest(secret)  # same work whether or not the id exists
+        return None
+    if not hmac.compare_digest(_digest(secret), row.secret_digest):
+        return None
+    return _principal(f"token:{row.id}", row)
+
+
+# --- users --------------------------------------------------------------------
+
+def create_user(username, password, project_id, container_id, capabilities):
+    password_hash = db.call(generate_password_hash, password)
+
+    def create():
+        with database.atomic():
+            if User.get_or_none(User.username == username):
+                raise Conflict(f"User {username!r} already exists")
+            return User.create(username=username, password_hash=password_hash,
+                               project_id=project_id, container_id=container_id,
+                               capabilities=_caps_json(capabilities), created_ms=now_ms())
+    return describe_user(db.call(create))
+
+
+def list_users():
+    return [describe_user(row) for row in
+            db.call(lambda: list(User.select().order_by(User.username)))]
+
+
+def delete_user(username):
+    def delete():
+        with database.atomic():
+            if not User.delete().where(User.username == username).execute():
+                raise NotFound(f"No user {username!r}")
+            Session.delete().where(Session.username == username).execute()
+    db.call(delete)
+
+
+def describe_user(row):
+    return {"username": row.username, "projectId": row.project_id,
+            "containerId": row.container_id, "capabilities": orjson.loads(row.capabilities),
+            "createdMs": row.created_ms}
+
+
+def principal_for_password(username, password):
+    """The principal of a Basic user whose password matches, or None."""
+    row = db.call(lambda: User.get_or_none(User.username == username))
+    key = _digest(f"{len(username)}:{username}:{password}")
+    remembered = _verified.get(key)
+    if row is not None and remembered and remembered[0] == row.password_hash \
+            and remembered[1] > time.monotonic():
+        return _principal(f"user:{row.username}", row)
+    stored = row.password_hash if row is not None else _dummy_hash()
+    if not db.call(check_password_hash, stored, password) or row is None:
+        return None
+    if len(_verified) > 10_000:
+        _verified.clear()
+    _verified[key] = (row.password_hash, time.monotonic() + _VERIFIED_TTL_S)
+    return _principal(f"user:{row.username}", row)
+
+
+# --- sessions -----------------------------------------------------------------
+
+def open_session(principal):
+    """Store a session for `principal`; return the cookie value."""
+    cookie = secrets.token_urlsafe(32)
+    kind, _, ref = principal.name.partition(":")
+    expires = now_ms() + SESSION_TTL_MS
+    if principal.expires_ms:
+        expires = min(expires, principal.expires_ms)
+    db.call(lambda: Session.create(
+        digest=_digest(cookie), principal=orjson.dumps(_principal_fields(principal)).decode(),
+        token_id=int(ref) if kind == "token" else None,
+        username=ref if kind == "user" else None, expires_ms=expires))
+    return cookie, expires
+
+
+def principal_for_session(cookie):
+    row = db.call(lambda: Session.get_or_none(Session.digest == _digest(cookie)))
+    if row is None or row.expires_ms <= now_ms():
+        return None
+    fields = orjson.loads(row.principal)
+    fields["capabilities"] = tuple(fields["capabilities"])
+    return Principal(**fields)
+
+
+def close_session(cookie):
+    db.call(lambda: Session.delete().where(Session.digest == _digest(cookie)).execute())
+
+
+# --- helpers ------------------------------------------------------------------
+
+def _principal(name, row):
+    return Principal(name=name, project_id=row.project_id, container_id=row.container_id,
+                     capabilities=granted_capabilities(orjson.loads(row.capabilities)))
+
+
+def _principal_fields(principal):
+    return {"name": principal.name, "project_id": principal.project_id,
+            "container_id": principal.container_id,
+            "capabilities": list(principal.capabilities), "is_admin": principal.is_admin}
+
+
+def _caps_json(capabilities):
+    return orjson.dumps({c: capabilities.get(c) is True for c in CAPABILITIES}).decode()
+
+
+def _digest(secret):
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+
+@functools.cache
+def _dummy_hash():
+    """Checked against when the user does not exist, so that an unknown name
+    costs as much time as a wrong password."""
+    return generate_password_hash(secrets.token_urlsafe(16))

@@ -1,0 +1,64 @@
+"""Operator actions on the whole store: clear it, destroy a scope.
+
+`clear` removes every entry, body and counter in one transaction and moves
+the id sequence at least 10 000 past the old highest id, so that no client
+can mistake a new entry for one it has already seen. `destroy_scope` marks a
+container as gone, revokes the tokens and users bound to exactly it, and
+writes a `scope-destroyed` event entry into it (which is how live streams
+learn of it).
+"""
+import orjson
+
+from . import db, ingest
+from .db import database
+from .entry import now_ms
+from .models import ApiToken, DestroyedScope, Meta, PruneLog, Session, User
+
+ID_GAP_AFTER_CLEAR = 10_000
+
+
+def clear():
+    """Empty the store. Returns {"removed", "nextId"}."""
+    def run():
+        with database.atomic():
+            conn = database.connection()
+            (seq,) = conn.execute("SELECT coalesce((SELECT seq FROM sqlite_sequence "
+                                  "WHERE name = 'entry'), 0)").fetchone()
+            (removed,) = conn.execute("SELECT coalesce(SUM(n), 0) FROM rollup_total").fetchone()
+            for table in ("entry_body", "entry", "rollup_total", "rollup_minute"):
+                conn.execute(f"DELETE FROM {table}")
+            next_seq = seq + ID_GAP_AFTER_CLEAR
+            conn.execute("INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('entry', ?)",
+                         (next_seq,))
+            now = now_ms()
+            if seq:
+                PruneLog.create(ts_ms=now, min_id=1, max_id=seq)
+            Meta.replace(key="cleared", value=orjson.dumps(
+                {"atMs": now, "throughId": seq, "nextId": next_seq + 1}).decode()).execute()
+            return {"removed": removed, "nextId": next_seq + 1}
+    return db.call(run)
+
+
+def destroy_scope(project_id, container_id, config):
+    """Mark the container destroyed; revoke its tokens and users."""
+    def run():
+        with database.atomic():
+            DestroyedScope.replace(project_id=project_id, container_id=container_id,
+                                   destroyed_ms=now_ms()).execute()
+            bound = ((ApiToken.project_id == project_id)
+                     & (ApiToken.container_id == container_id)
+                     & ApiToken.revoked_ms.is_null())
+            token_ids = [t.id for t in ApiToken.select(ApiToken.id).where(bound)]
+            ApiToken.update(revoked_ms=now_ms()).where(ApiToken.id.in_(token_ids)).execute()
+            usernames = [u.username for u in User.select(User.username).where(
+                (User.project_id == project_id) & (User.container_id == container_id))]
+            User.delete().where(User.username.in_(usernames)).execute()
+            Session.delete().where(Session.token_id.in_(token_ids)
+                                   | Session.username.in_(usernames)).execute()
+            return len(token_ids), len(usernames)
+    revoked, removed = db.call(run)
+    event = {"kind": "event", "level": "warn", "projectId": project_id,
+             "containerId": container_id, "data": {"event": "scope-destroyed"}}
+    result = ingest.ingest([event], config)
+    return {"projectId": project_id, "containerId": container_id,
+            "eventId": result["firstId"], "revokedTokens": revoked, "removedUsers": removed}
