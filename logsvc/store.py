@@ -28,8 +28,11 @@ def clear():
             for table in ("entry_body", "entry", "rollup_total", "rollup_minute"):
                 conn.execute(f"DELETE FROM {table}")
             next_seq = seq + ID_GAP_AFTER_CLEAR
-            conn.execute("INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('entry', ?)",
-                         (next_seq,))
+            # sqlite_sequence has no unique key: update the row, or add it.
+            if not conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'entry'",
+                                (next_seq,)).rowcount:
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('entry', ?)",
+                             (next_seq,))
             now = now_ms()
             if seq:
                 PruneLog.create(ts_ms=now, min_id=1, max_id=seq)
