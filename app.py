@@ -11,8 +11,8 @@ import sys
 
 from flask import Flask
 
-from logsvc import auth, db, limits, models
-from logsvc.api import blueprints, errors
+from logsvc import auth, db, limits, models, tail
+from logsvc.api import blueprints, errors, stream
 from logsvc.config import Config, ConfigError
 
 
@@ -24,6 +24,7 @@ class Services:
     authenticator: auth.Authenticator
     limiter: limits.RateLimiter
     server_secret: str  # signs cursors
+    tailer: tail.Tailer  # started by the first live-tail subscriber
 
 
 def create_app(config=None):
@@ -42,10 +43,12 @@ def create_app(config=None):
         authenticator=auth.Authenticator(auth.load_admin_token(config), config.jwt_secret),
         limiter=limits.RateLimiter(config.data_dir, config.rate_limit_per_min),
         server_secret=auth.load_secret(config, "server_secret"),
+        tailer=tail.Tailer(config.ring_size),
     )
     errors.register(app)
     for blueprint in blueprints():
         app.register_blueprint(blueprint)
+    stream.sock.init_app(app)
     return app
 
 

@@ -32,6 +32,7 @@ class Config:
     prune_interval_s: float = 60.0
     workers: int = 2
     cursor_ttl_s: int = 300
+    max_streams_per_scope: int = 50
     db_threads: int = 8
 
     @classmethod

@@ -34,7 +34,7 @@ def page(cursor, filters, page_size, include_request_body, include_response_body
          secret, ttl_s):
     """(entries, next cursor or None) for one page of the sweep."""
     if cursor == "start":
-        state = {"h": db.call(_high_water), "a": 0, "t": now_ms()}
+        state = {"h": db.call(query.high_water), "a": 0, "t": now_ms()}
     else:
         state = decode(cursor, secret)
     if now_ms() - state["t"] > ttl_s * 1000 or db.call(_lost_rows, state):
@@ -68,12 +68,6 @@ def decode(cursor, secret):
 def _sign(payload, secret):
     digest = hmac.new(secret.encode(), payload, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=")
-
-
-def _high_water():
-    (seq,) = db.database.execute_sql(
-        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)").fetchone()
-    return seq
 
 
 def _lost_rows(state):

@@ -14,8 +14,9 @@
 - `Meta`: small key/value records (the schema version).
 - `Lease`: named, expiring locks shared by every process on the database
   (who runs retention).
-- `ApiToken`, `User`, `Session`: the scoped callers and browser sessions
-  (secrets kept only as digests or slow hashes).
+- `ApiToken`, `User`, `Session`, `WsToken`: the scoped callers, browser
+  sessions and WebSocket tickets (secrets kept only as digests or slow
+  hashes).
 - `DestroyedScope`: containers destroyed by the operator.
 - `PruneLog`: the id ranges retention removed, and when.
 """
@@ -156,6 +157,13 @@ class Session(BaseModel):
     expires_ms = peewee.BigIntegerField()
 
 
+class WsToken(BaseModel):
+    """A single-use WebSocket ticket; only a digest of it is kept."""
+    digest = peewee.TextField(primary_key=True)
+    principal = peewee.TextField()  # JSON: the principal it was issued to
+    expires_ms = peewee.BigIntegerField()
+
+
 class DestroyedScope(BaseModel):
     project_id = peewee.TextField()
     container_id = peewee.TextField()
@@ -174,7 +182,7 @@ class PruneLog(BaseModel):
 
 
 ALL_MODELS = (Entry, EntryBody, RollupTotal, RollupMinute, Meta, Lease, ApiToken, User,
-              Session, DestroyedScope, PruneLog)
+              Session, WsToken, DestroyedScope, PruneLog)
 
 # Migrations from version N to N+1, each run in one transaction.
 MIGRATIONS = {}

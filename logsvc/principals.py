@@ -1,4 +1,5 @@
-"""Scoped callers: API tokens, Basic users and browser sessions.
+"""Scoped callers: API tokens, Basic users, browser sessions and WebSocket
+tickets.
 
 Secrets are never stored: a token's secret and a session cookie are kept as
 SHA-256 digests (they are long random values, so a fast digest is enough),
@@ -25,7 +26,7 @@ from . import db
 from .auth import CAPABILITIES, Principal, granted_capabilities
 from .db import database
 from .entry import now_ms
-from .models import ApiToken, Session, User
+from .models import ApiToken, Session, User, WsToken
 
 TOKEN_PREFIX = "lst_"
 SESSION_TTL_MS = 12 * 3_600_000
@@ -166,13 +167,43 @@ def principal_for_session(cookie):
     row = db.call(lambda: Session.get_or_none(Session.digest == _digest(cookie)))
     if row is None or row.expires_ms <= now_ms():
         return None
-    fields = orjson.loads(row.principal)
-    fields["capabilities"] = tuple(fields["capabilities"])
-    return Principal(**fields)
+    return _from_fields(row.principal)
 
 
 def close_session(cookie):
     db.call(lambda: Session.delete().where(Session.digest == _digest(cookie)).execute())
+
+
+# --- WebSocket tickets ----------------------------------------------------------
+
+WS_TOKEN_TTL_MS = 120_000
+
+
+def issue_ws_token(principal):
+    """A single-use ticket for `principal`, valid two minutes, on any worker."""
+    ticket = secrets.token_urlsafe(32)
+    now = now_ms()
+
+    def store():
+        with database.atomic():
+            WsToken.delete().where(WsToken.expires_ms < now).execute()
+            WsToken.create(digest=_digest(ticket), expires_ms=now + WS_TOKEN_TTL_MS,
+                           principal=orjson.dumps(_principal_fields(principal)).decode())
+    db.call(store)
+    return ticket
+
+
+def redeem_ws_token(ticket):
+    """The principal a ticket was issued to, once; None if unknown, used or expired."""
+    def take():
+        with database.atomic():
+            row = WsToken.get_or_none(WsToken.digest == _digest(ticket))
+            if row is None:
+                return None
+            WsToken.delete().where(WsToken.digest == row.digest).execute()
+            return row if row.expires_ms > now_ms() else None
+    row = db.call(take)
+    return None if row is None else _from_fields(row.principal)
 
 
 # --- helpers ------------------------------------------------------------------
@@ -182,10 +213,17 @@ def _principal(name, row):
                      capabilities=granted_capabilities(orjson.loads(row.capabilities)))
 
 
+def _from_fields(text):
+    fields = orjson.loads(text)
+    fields["capabilities"] = tuple(fields["capabilities"])
+    return Principal(**fields)
+
+
 def _principal_fields(principal):
     return {"name": principal.name, "project_id": principal.project_id,
             "container_id": principal.container_id,
-            "capabilities": list(principal.capabilities), "is_admin": principal.is_admin}
+            "capabilities": list(principal.capabilities), "is_admin": principal.is_admin,
+            "expires_ms": principal.expires_ms}
 
 
 def _caps_json(capabilities):

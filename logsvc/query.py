@@ -58,6 +58,65 @@ def list_entries(filters, page):
     return db.call(_list_entries, filters, page)
 
 
+def entries_after(filters, after_id, limit, max_id=None):
+    """Matching entries with after_id < id <= max_id, ascending, without a
+    total (the live tail's catch-up). Runs on a database thread."""
+    return db.call(_entries_after, filters, after_id, limit, max_id)
+
+
+def last_entries(filters, n, max_id):
+    """The newest `n` matching entries with id <= max_id, oldest first."""
+    def run():
+        where, params = where_sql(filters)
+        rows = db.database.execute_sql(
+            f"{_SELECT} FROM entry e WHERE {where} AND e.id <= ? ORDER BY e.id DESC LIMIT ?",
+            [*params, max_id, n]).fetchall()
+        return [render_row(row) for row in reversed(rows)]
+    return db.call(run)
+
+
+def high_water():
+    """The highest id ever assigned (entries up to it are committed)."""
+    (seq,) = db.database.execute_sql(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)").fetchone()
+    return seq
+
+
+def rows_after(after_id, limit):
+    """Every stored row (COLUMNS order) with an id above `after_id`, ascending."""
+    return db.database.execute_sql(
+        f"{_SELECT} FROM entry e WHERE e.id > ? ORDER BY e.id LIMIT ?",
+        (after_id, limit)).fetchall()
+
+
+def matches(f, entry):
+    """Whether an entry (API shape) passes `f`: the in-memory twin of
+    `where_sql`, used on the live tail's ring (a test pins that they agree)."""
+    if f.project_id is not None and entry["projectId"] != f.project_id:
+        return False
+    if f.container_id is not None and entry["containerId"] != f.container_id:
+        return False
+    if f.trace_id is not None and entry["traceId"] != f.trace_id:
+        return False
+    if f.client_ip is not None and entry["clientIp"] != f.client_ip:
+        return False
+    for values, key in ((f.service_names, "serviceName"), (f.levels, "level"),
+                        (f.kinds, "kind"), (f.methods, "method"), (f.sources, "source")):
+        if values and entry[key] not in values:
+            return False
+    if f.status_ranges:
+        status = entry["status"]
+        if status is None or not any(low <= status <= high for low, high in f.status_ranges):
+            return False
+    if f.since is not None and entry["tsMs"] < f.since:
+        return False
+    if f.until is not None and entry["tsMs"] >= f.until:
+        return False
+    if f.q and f.q.lower() not in (entry["url"] or "").lower():
+        return False
+    return True
+
+
 def count(filters, cap=None):
     """(total, exact) of the entries matching `filters`."""
     return db.call(_count, filters, cap)
@@ -140,15 +199,32 @@ def _list_entries(filters, page):
         if with_bodies:
             bodies = (row[width], row[width + 1],
                       page.include_request_body, page.include_response_body)
-        item = row_to_dict(row[:width], bodies)
-        item["data"] = orjson.Fragment(item["data"])
-        entries.append(item)
+        entries.append(render_row(row[:width], bodies))
     total, exact = _count(filters, page.offset + limit + COUNT_CAP)
     result = {"entries": entries, "total": max(total, page.offset + len(entries)),
               "totalExact": exact, "limit": limit, "offset": page.offset}
     if page.last is not None or page.after_id is not None:
         result["nextAfterId"] = rows[-1][0] if rows else page.after_id
     return result
+
+
+def _entries_after(filters, after_id, limit, max_id):
+    where, params = where_sql(filters)
+    sql = f"{_SELECT} FROM entry e WHERE {where} AND e.id > ?"
+    params.append(after_id)
+    if max_id is not None:
+        sql += " AND e.id <= ?"
+        params.append(max_id)
+    sql += " ORDER BY e.id LIMIT ?"
+    params.append(limit)
+    return [render_row(row) for row in db.database.execute_sql(sql, params).fetchall()]
+
+
+def render_row(row, bodies=None):
+    """An `entry` row as the API's entry, `data` kept as its stored JSON text."""
+    item = row_to_dict(row, bodies)
+    item["data"] = orjson.Fragment(item["data"])
+    return item
 
 
 def _count(filters, cap=None):

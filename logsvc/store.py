@@ -42,6 +42,24 @@ def clear():
     return db.call(run)
 
 
+def cleared_marker():
+    """The record of the last clear (None if never); it changes with each clear."""
+    row = database.execute_sql("SELECT value FROM meta WHERE key = 'cleared'").fetchone()
+    return row[0] if row else None
+
+
+def cleared_through():
+    """The highest id removed by the last clear (0 if never)."""
+    marker = cleared_marker()
+    return orjson.loads(marker)["throughId"] if marker else 0
+
+
+def is_destroyed(project_id, container_id):
+    return DestroyedScope.select().where(
+        (DestroyedScope.project_id == project_id)
+        & (DestroyedScope.container_id == container_id)).exists()
+
+
 def destroy_scope(project_id, container_id, config):
     """Mark the container destroyed; revoke its tokens and users."""
     def run():

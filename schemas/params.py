@@ -176,6 +176,25 @@ class HistogramParams(StatsParams):
         ("1m", "5m", "10m", "15m", "30m", "1h", "3h", "6h", "12h", "1d")))
 
 
+class StreamParams(ScopeParams):
+    """Filters of the live tail (SSE and WebSocket)."""
+    service_names = Choices(data_key="serviceName")
+    levels = Choices(entry.LEVELS, data_key="level")
+    kinds = Choices(entry.KINDS, data_key="kind")
+    methods = Choices(upper=True, max_length=16, data_key="method")
+    sources = Choices(entry.SOURCES, data_key="source")
+    trace_id = Text(max_length=128, data_key="traceId")
+    status_ranges = StatusSpec(data_key="status")
+    replay = Int(maximum=1000, load_default=100)
+    last_event_id = Int(data_key="lastEventId")
+
+
+class WebSocketParams(StreamParams):
+    token = fields.String()
+
+
 query_params = QueryParams()
+stream_params = StreamParams()
+websocket_params = WebSocketParams()
 stats_params = StatsParams()
 histogram_params = HistogramParams()

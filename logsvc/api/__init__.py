@@ -43,6 +43,6 @@ def reader():
 
 
 def blueprints():
-    from . import admin, ingest, logs, ops, session
+    from . import admin, ingest, logs, ops, session, stream
     return (ops.blueprint, logs.blueprint, ingest.blueprint, admin.blueprint,
-            session.blueprint)
+            session.blueprint, stream.blueprint)

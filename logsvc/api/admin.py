@@ -54,12 +54,16 @@ def delete_user(username):
 
 @blueprint.post("/scopes/<project_id>/<container_id>/destroy")
 def destroy_scope(project_id, container_id):
-    return store.destroy_scope(project_id, container_id, state().config)
+    result = store.destroy_scope(project_id, container_id, state().config)
+    state().tailer.notify()
+    return result
 
 
 @blueprint.post("/clear")
 def clear():
-    return store.clear()
+    result = store.clear()
+    state().tailer.notify()
+    return result
 
 
 @blueprint.post("/prune")

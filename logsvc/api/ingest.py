@@ -21,4 +21,7 @@ def post_entries():
     items = ingest.parse_payload(
         request.get_data(cache=False), request.headers.get("Content-Type", ""),
         request.headers.get("Content-Encoding", ""), config.max_request_bytes)
-    return ingest.ingest(items, config, caller.scope)
+    result = ingest.ingest(items, config, caller.scope)
+    if result["accepted"]:
+        state().tailer.notify()  # this process's subscribers need not wait for a poll
+    return result

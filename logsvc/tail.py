@@ -1,0 +1,234 @@
+"""The live tail: one tailer per process, many subscriptions.
+
+Ownership and flow:
+- The `Tailer` greenlet (one per process, started by the first subscriber)
+  follows the database by id: it reads the entries with an id above the
+  last one it saw, in id order, renders each once, and appends it to the
+  `ring` of the LOGSVC_RING_SIZE most recent entries. It runs its query on a
+  database thread, wakes at once when this process commits an ingest
+  (`notify`), and otherwise polls every POLL_S, so entries written by other
+  workers or hosts arrive within that delay. SQLite hands out ids in commit
+  order (one writer at a time), so following "id > last seen" never skips
+  an entry.
+- A `Subscription` (one per SSE or WebSocket client) keeps only its
+  position: the highest id it has examined. When its position is inside
+  the ring it reads the ring; when it has fallen behind the ring (a slow
+  client, or a resume from long ago) it reads pages from the database until
+  it is back inside. Nothing is queued per subscriber, so a slow or stalled
+  client holds no more than one page and never slows ingest, the tailer or
+  other subscribers; and because positions are ids, nothing is skipped or
+  repeated.
+- A clear by the operator is seen by the tailer (the `cleared` record in
+  `meta` changes): every subscription ends with a reset.
+"""
+import bisect
+
+import gevent
+import gevent.event
+import orjson
+
+from . import db, query, store
+
+POLL_S = 0.05
+FETCH = 1000
+PAGE = 500  # most entries one subscription handles at a time
+
+
+class Reset(Exception):
+    """The store was cleared, or the client's position is ahead of it."""
+
+
+def subscribe(tailer, filters, last_event_id=None, replay=100, destroyed_scope=None):
+    """Open a subscription. Returns (opening events, Subscription).
+
+    Without `last_event_id` the opening is ("replay", (entries, id)): the
+    newest `replay` matching entries, and the id to resume from. With it,
+    the subscription resumes right after that id, and the opening holds a
+    ("gap", {"fromId", "toId"}) event when retention already removed
+    entries of that range. Raises Reset when the id is ahead of the store
+    or from before the last clear.
+    """
+    tailer.start()
+    high, cleared_through = db.call(_position_and_clear)
+    if last_event_id is None:
+        entries = query.last_entries(filters, replay, high) if replay else []
+        newest = entries[-1]["id"] if entries else high
+        subscription = Subscription(tailer, filters, high, destroyed_scope)
+        return [("replay", (entries, newest))], subscription
+    if last_event_id > high or 0 < last_event_id <= cleared_through:
+        raise Reset()
+    opening = []
+    gap = db.call(_gap_after, last_event_id, high)
+    if gap:
+        opening.append(("gap", {"fromId": gap[0], "toId": gap[1]}))
+    return opening, Subscription(tailer, filters, last_event_id, destroyed_scope)
+
+
+class Tailer:
+    def __init__(self, ring_size):
+        self.ring_size = ring_size
+        self.ids = []  # ids of the ring, ascending
+        self.items = []  # (entry dict, rendered JSON bytes), same order
+        self.position = None  # highest id seen
+        self.generation = 0  # bumped by a clear
+        self.changed = gevent.event.Event()
+        self._wake = gevent.event.Event()
+        self._cleared = None
+        self._greenlet = None
+
+    def start(self):
+        if self._greenlet is None:
+            self.position, self._cleared = db.call(_high_water_and_clear)
+            self._greenlet = gevent.spawn(self._run)
+        return self
+
+    def notify(self):
+        self._wake.set()
+
+    def oldest_in_ring(self):
+        return self.ids[0] if self.ids else None
+
+    def since(self, position, limit):
+        """Ring items with an id above `position`, at most `limit`."""
+        start = bisect.bisect_right(self.ids, position)
+        return self.items[start:start + limit]
+
+    def _run(self):
+        while True:
+            try:
+                self._step()
+            except Exception:  # noqa: BLE001 - the tailer must outlive a bad moment
+                gevent.sleep(1)
+                continue
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+
+    def _step(self):
+        while True:
+            rows, cleared = db.call(_fetch, self.position, FETCH)
+            if cleared != self._cleared:
+                self._cleared = cleared
+                self.ids, self.items = [], []
+                self.generation += 1
+                self.position = db.call(_high_water_and_clear)[0]
+                self._broadcast()
+                return
+            if not rows:
+                return
+            for row in rows:
+                entry = query.render_row(row)
+                self.ids.append(row[0])
+                self.items.append((entry, orjson.dumps(entry)))
+            self.position = rows[-1][0]
+            if len(self.ids) > self.ring_size * 2:
+                cut = len(self.ids) - self.ring_size
+                self.ids, self.items = self.ids[cut:], self.items[cut:]
+            self._broadcast()
+            if len(rows) < FETCH:
+                return
+
+    def _broadcast(self):
+        changed, self.changed = self.changed, gevent.event.Event()
+        changed.set()
+
+
+class Subscription:
+    """What one client is owed: entries matching `filters` after `position`.
+
+    `events(heartbeat_s)` yields ("entries", [(entry, json), ...]),
+    ("heartbeat", None), ("scope-destroyed", None) (then stops) and raises
+    Reset when the store was cleared under it.
+    """
+
+    def __init__(self, tailer, filters, position, destroyed_scope=None):
+        self.tailer = tailer
+        self.filters = filters
+        self.position = position
+        self.generation = tailer.generation
+        self.destroyed_scope = destroyed_scope  # (project, container) that ends it
+
+    def events(self, heartbeat_s):
+        while True:
+            changed = self.tailer.changed
+            if self.tailer.generation != self.generation:
+                raise Reset()
+            batch = self._next_batch()
+            if batch:
+                ending = self._destroy_event(batch)
+                if ending is not None:
+                    if ending:
+                        yield "entries", batch[:ending]
+                    yield "scope-destroyed", None
+                    return
+                yield "entries", batch
+                continue
+            if not changed.wait(heartbeat_s):
+                yield "heartbeat", None
+
+    def _next_batch(self):
+        tailer = self.tailer
+        oldest = tailer.oldest_in_ring()
+        if self.position >= tailer.position:
+            return []
+        if oldest is None or self.position < oldest - 1:
+            return self._from_database(tailer.position)
+        batch = []
+        while not batch:
+            items = tailer.since(self.position, PAGE)
+            if not items:
+                break
+            self.position = items[-1][0]["id"]
+            batch = [item for item in items if query.matches(self.filters, item[0])]
+        return batch
+
+    def _from_database(self, upto):
+        entries = query.entries_after(self.filters, self.position, PAGE, upto)
+        if len(entries) < PAGE:
+            self.position = upto
+        else:
+            self.position = entries[-1]["id"]
+        return [(entry, orjson.dumps(entry)) for entry in entries]
+
+    def _destroy_event(self, batch):
+        """Index just past the entry that destroys this subscription's
+        container, or None."""
+        if self.destroyed_scope is None:
+            return None
+        project_id, container_id = self.destroyed_scope
+        for index, (entry, rendered) in enumerate(batch):
+            if (entry["kind"] == "event" and entry["projectId"] == project_id
+                    and entry["containerId"] == container_id
+                    and b"scope-destroyed" in rendered
+                    and orjson.loads(rendered)["data"].get("event") == "scope-destroyed"):
+                return index + 1
+        return None
+
+
+def _position_and_clear():
+    return query.high_water(), store.cleared_through()
+
+
+def _gap_after(last_id, high):
+    """(first, last) id of the entries after `last_id` that are gone
+    (retention removed them), or None. The range may hold entries that a
+    filter would not have passed: it says where loss is possible."""
+    (pruned_to,) = db.database.execute_sql(
+        "SELECT max(max_id) FROM prune_log WHERE max_id > ?", (last_id,)).fetchone()
+    (oldest,) = db.database.execute_sql("SELECT min(id) FROM entry").fetchone()
+    missing_to = high if oldest is None else oldest - 1
+    marker = store.cleared_marker()
+    if marker:
+        # Ids between the last clear's highest and its next id never existed.
+        cleared = orjson.loads(marker)
+        if cleared["throughId"] <= last_id and missing_to < cleared["nextId"]:
+            missing_to = last_id
+    end = max(pruned_to or 0, missing_to)
+    return (last_id + 1, end) if end > last_id else None
+
+
+def _fetch(after_id, limit):
+    return query.rows_after(after_id, limit), store.cleared_marker()
+
+
+def _high_water_and_clear():
+    return query.high_water(), store.cleared_marker()
