@@ -9,7 +9,9 @@ workers = _config.workers
 worker_connections = 2000
 # Streams stay open for hours; a worker is only killed when it stops answering.
 timeout = 60
-graceful_timeout = 10
+# Open streams never finish by themselves; on shutdown they are cut after
+# this and their clients resume elsewhere with Last-Event-ID.
+graceful_timeout = 5
 keepalive = 75
 accesslog = None
 # gunicorn's control socket defaults to one path per user, which two servers

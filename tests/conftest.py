@@ -106,9 +106,12 @@ class Server:
         self.log = Path(data_dir) / "gunicorn.log"
 
     def start(self):
+        # A short heartbeat lets streams notice closed clients, so that
+        # stopping the server does not wait for them.
         env = dict(os.environ, LOGSVC_DATA_DIR=str(self.data_dir), LOGSVC_PORT=str(self.port),
                    LOGSVC_HOST="127.0.0.1", LOGSVC_WORKERS=str(self.workers),
-                   LOGSVC_ADMIN_TOKEN=ADMIN_TOKEN, **self.extra_env)
+                   LOGSVC_ADMIN_TOKEN=ADMIN_TOKEN, LOGSVC_HEARTBEAT_S="1")
+        env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],

@@ -1,0 +1,414 @@
+"""Live tail through a real gunicorn with two gevent workers, read with
+clients nobody here wrote (sseclient-py, websocket-client)."""
+import sqlite3
+import struct
+import threading
+import time
+
+import pytest
+import requests
+import sseclient
+import websocket
+
+from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, Server, make_entry
+
+STREAM = LOGS + "/stream"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+_opened = []
+
+
+@pytest.fixture(autouse=True)
+def close_connections():
+    """Streams and sockets opened by a test are closed after it."""
+    yield
+    while _opened:
+        opened = _opened.pop()
+        try:
+            opened.close()
+        except OSError:
+            pass  # the server closed it first
+        if isinstance(opened, websocket.WebSocket):
+            opened.shutdown()
+
+
+def connect(url):
+    ws = websocket.create_connection(url, timeout=10)
+    _opened.append(ws)
+    return ws
+
+
+def ingest(server, entries, headers=ADMIN):
+    response = requests.post(server.url + INGEST, json=entries, timeout=30,
+                             headers={**headers, "Connection": "close"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def events(server, headers=ADMIN, **params):
+    response = requests.get(server.url + STREAM, params=params, stream=True,
+                            headers={**headers, "Connection": "close"}, timeout=(5, 20))
+    _opened.append(response)
+    assert response.status_code == 200, response.text
+    return response, sseclient.SSEClient(response).events()
+
+
+def take(stream, n):
+    """The next `n` live entries (as dicts) from an sseclient event stream."""
+    import json
+    got = []
+    while len(got) < n:
+        event = next(stream)
+        assert event.event == "message", event.event
+        payload = json.loads(event.data)
+        assert int(event.id) == payload["id"]
+        got.append(payload)
+    return got
+
+
+def entries(n, **overrides):
+    return [make_entry(i, tsMs=None, url=f"/e/{i}", **overrides) for i in range(n)]
+
+
+@pytest.fixture
+def fast_server(tmp_path):
+    instance = Server(tmp_path, env={"LOGSVC_HEARTBEAT_S": "0.5"}).start()
+    yield instance
+    instance.stop()
+
+
+def test_the_stream_starts_with_retry_and_a_replay_frame_then_live_frames(fast_server):
+    ingest(fast_server, entries(5))
+    response, stream = events(fast_server, replay=3)
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    first = next(stream)
+    import json
+    replay = json.loads(first.data)
+    assert [e["id"] for e in replay] == [3, 4, 5] and first.id == "5"
+    ingest(fast_server, entries(2))
+    assert [e["id"] for e in take(stream, 2)] == [6, 7]
+    response.close()
+
+
+def test_the_stream_opens_with_a_retry_hint(fast_server):
+    response = requests.get(fast_server.url + STREAM, stream=True, headers=ADMIN,
+                            timeout=(5, 5))
+    _opened.append(response)
+    assert next(response.iter_lines()) == b"retry: 2000"
+    response.close()
+
+
+def test_heartbeats_arrive_while_idle(fast_server):
+    response = requests.get(fast_server.url + STREAM, params={"replay": 0}, stream=True,
+                            headers=ADMIN, timeout=(5, 5))
+    _opened.append(response)
+    start = time.monotonic()
+    lines = response.iter_lines()
+    seen = []
+    while time.monotonic() - start < 2.5:
+        seen.append(next(lines))
+        if seen.count(b":") >= 3:
+            break
+    response.close()
+    assert seen.count(b":") >= 3
+
+
+@pytest.mark.parametrize("how", ["header", "parameter"])
+def test_resume_inside_the_ring_misses_and_repeats_nothing(fast_server, how):
+    ingest(fast_server, entries(3))
+    response, stream = events(fast_server, replay=0)
+    next(stream)  # the position frame
+    ingest(fast_server, entries(4))
+    got = take(stream, 2)
+    response.close()
+    ingest(fast_server, entries(5))
+    last = str(got[-1]["id"])
+    headers = {**ADMIN, "Last-Event-ID": last} if how == "header" else ADMIN
+    params = {} if how == "header" else {"lastEventId": last}
+    response, stream = events(fast_server, headers=headers, **params)
+    assert [e["id"] for e in take(stream, 7)] == list(range(6, 13))
+    response.close()
+
+
+def test_resume_beyond_the_ring_reads_the_database(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_RING_SIZE": "10"}).start()
+    try:
+        ingest(server, entries(2))
+        for _ in range(6):
+            ingest(server, entries(50))
+        response, stream = events(server, headers={**ADMIN, "Last-Event-ID": "1"})
+        assert [e["id"] for e in take(stream, 301)] == list(range(2, 303))
+        response.close()
+    finally:
+        server.stop()
+
+
+def test_a_restart_is_not_a_reset(tmp_path):
+    server = Server(tmp_path).start()
+    ingest(server, entries(5))
+    server.stop()
+    server = Server(tmp_path).start()
+    try:
+        ingest(server, entries(2))
+        response, stream = events(server, headers={**ADMIN, "Last-Event-ID": "4"})
+        assert [e["id"] for e in take(stream, 3)] == [5, 6, 7]
+        response.close()
+    finally:
+        server.stop()
+
+
+def test_an_entry_reaches_subscribers_on_every_worker(fast_server):
+    streams = [events(fast_server, replay=0) for _ in range(8)]
+    for _, stream in streams:
+        next(stream)
+    for batch in range(3):  # fresh connections: ingests land on either worker
+        ingest(fast_server, entries(2))
+    for response, stream in streams:
+        assert [e["id"] for e in take(stream, 6)] == list(range(1, 7))
+        response.close()
+
+
+def test_a_slow_reader_twenty_thousand_behind_gets_everything_while_a_fast_one_keeps_up(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_RING_SIZE": "1000"}).start()
+    try:
+        slow_response, slow = events(server, replay=0)
+        next(slow)
+        fast_response, fast = events(server, replay=0)
+        next(fast)
+        fast_ids = []
+        reader = threading.Thread(target=lambda: fast_ids.extend(
+            e["id"] for e in take(fast, 20_000)))
+        reader.start()
+        for _ in range(20):
+            ingest(server, entries(1000))
+        reader.join(timeout=120)
+        assert fast_ids == list(range(1, 20_001))
+        assert [e["id"] for e in take(slow, 20_000)] == list(range(1, 20_001))
+        slow_response.close()
+        fast_response.close()
+    finally:
+        server.stop()
+
+
+def test_a_blocked_database_call_does_not_freeze_other_streams(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_HEARTBEAT_S": "0.2"}, workers=1).start()
+    try:
+        response = requests.get(server.url + STREAM, params={"replay": 0}, stream=True,
+                                headers=ADMIN, timeout=(5, 5))
+        _opened.append(response)
+        lines = response.iter_lines()
+        next(lines)
+        holder = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
+        _opened.append(holder)
+        holder.execute("BEGIN IMMEDIATE")  # ingest now waits on SQLite's lock
+        writer = threading.Thread(target=ingest, args=(server, entries(1)))
+        writer.start()
+        stamps = []
+        start = time.monotonic()
+        while time.monotonic() - start < 1.5:
+            if next(lines) == b":":
+                stamps.append(time.monotonic())
+        holder.execute("ROLLBACK")
+        writer.join(timeout=30)
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert len(stamps) >= 5 and max(gaps) < 0.6, gaps
+        response.close()
+    finally:
+        server.stop()
+
+
+def test_a_clear_resets_open_streams_and_old_positions(fast_server):
+    ingest(fast_server, entries(3))
+    response, stream = events(fast_server, replay=0)
+    next(stream)
+    requests.post(fast_server.url + "/api/proxy-logs/_admin/clear", headers=ADMIN)
+    assert next(stream).event == "reset"
+    with pytest.raises(StopIteration):
+        next(stream)
+    response, stream = events(fast_server, headers={**ADMIN, "Last-Event-ID": "2"})
+    assert next(stream).event == "reset"
+
+
+def test_an_id_ahead_of_the_store_is_a_reset(fast_server):
+    ingest(fast_server, entries(3))
+    _, stream = events(fast_server, headers={**ADMIN, "Last-Event-ID": "1000"})
+    assert next(stream).event == "reset"
+
+
+def test_a_gap_is_announced_when_retention_removed_entries(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_MAX_ROWS": "20"}).start()
+    try:
+        ingest(server, entries(50))
+        requests.post(server.url + "/api/proxy-logs/_admin/prune", headers=ADMIN)
+        response, stream = events(server, headers={**ADMIN, "Last-Event-ID": "5"})
+        gap = next(stream)
+        assert gap.event == "gap"
+        import json
+        assert json.loads(gap.data) == {"fromId": 6, "toId": 30}
+        assert [e["id"] for e in take(stream, 20)] == list(range(31, 51))
+        response.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("how", ["admin-api", "ingested-event"])
+def test_a_destroyed_container_ends_its_streams_and_refuses_reconnects(fast_server, how):
+    ingest(fast_server, entries(5))
+    scope = {"projectId": "proj_1", "containerId": "cnt_1"}
+    response, stream = events(fast_server, replay=0, **scope)
+    next(stream)
+    other_response, other = events(fast_server, replay=0, projectId="proj_1",
+                                   containerId="cnt_2")
+    next(other)
+    if how == "admin-api":
+        requests.post(fast_server.url + "/api/proxy-logs/_admin/scopes/proj_1/cnt_1/destroy",
+                      headers=ADMIN)
+    else:
+        ingest(fast_server, [{"kind": "event", **scope, "data": {"event": "scope-destroyed"}}])
+    event = next(stream)
+    while event.event == "message":
+        event = next(stream)
+    assert event.event == "scope-destroyed"
+    with pytest.raises(StopIteration):
+        next(stream)
+    ingest(fast_server, [make_entry(0, tsMs=None, projectId="proj_1", containerId="cnt_2")])
+    assert take(other, 1)[0]["containerId"] == "cnt_2"
+    other_response.close()
+    if how == "admin-api":
+        again = requests.get(fast_server.url + STREAM, params=scope, headers=ADMIN)
+        assert again.status_code == 410 and again.json()["statusCode"] == 410
+
+
+def test_streams_are_scoped_to_the_caller(fast_server):
+    token = requests.post(fast_server.url + "/api/proxy-logs/_admin/tokens", headers=ADMIN,
+                          json={"name": "t", "projectId": "proj_1"}, timeout=10).json()["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    response, stream = events(fast_server, headers=bearer, replay=0)
+    next(stream)
+    ingest(fast_server, entries(9))
+    assert {e["projectId"] for e in take(stream, 3)} == {"proj_1"}
+    response.close()
+    foreign = requests.get(fast_server.url + STREAM, params={"projectId": "proj_2"},
+                           headers=bearer)
+    assert foreign.status_code == 403
+    assert requests.get(fast_server.url + STREAM, timeout=10).status_code == 401
+
+
+def test_stream_filters_are_honoured(fast_server):
+    response, stream = events(fast_server, replay=0, level="warn,error", kind="request",
+                              serviceName="user-api,webhook-svc", status="4xx,5xx")
+    next(stream)
+    ingest(fast_server, [make_entry(i, tsMs=None) for i in range(60)])
+    got = take(stream, 4)
+    want = [i + 1 for i in range(60) if (lambda e: e["kind"] == "request"
+            and e["serviceName"] != "billing-api" and e["status"] in (404, 429, 500, 503))(
+            make_entry(i))][:4]
+    assert [e["id"] for e in got] == want
+    response.close()
+
+
+@pytest.mark.parametrize("params, headers, name", [
+    ({"level": "loud"}, {}, "level"), ({"replay": "-1"}, {}, "replay"),
+    ({"lastEventId": "x"}, {}, "lastEventId"), ({}, {"Last-Event-ID": "abc"}, "Last-Event-ID"),
+    ({"since": "1h"}, {}, "since"),
+])
+def test_bad_stream_parameters_are_400(fast_server, params, headers, name):
+    response = requests.get(fast_server.url + STREAM, params=params,
+                            headers={**ADMIN, **headers})
+    assert response.status_code == 400 and name in response.json()["message"]
+
+
+def test_concurrent_streams_per_scope_are_capped(tmp_path):
+    server = Server(tmp_path, workers=1, env={"LOGSVC_MAX_STREAMS_PER_SCOPE": "2"}).start()
+    try:
+        token = requests.post(server.url + "/api/proxy-logs/_admin/tokens", headers=ADMIN,
+                              json={"name": "t", "projectId": "p"}, timeout=10).json()["token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        open_ = [events(server, headers=bearer, replay=0) for _ in range(2)]
+        third = requests.get(server.url + STREAM, headers=bearer)
+        assert third.status_code == 429 and third.headers["Retry-After"] == "2"
+        open_[0][0].close()
+        time.sleep(2.5)  # the server notices at its next heartbeat (1 s here)
+        response, _ = events(server, headers=bearer, replay=0)
+        response.close()
+    finally:
+        server.stop()
+
+
+# --- WebSocket ---------------------------------------------------------------------
+
+def ws_url(server, **params):
+    from urllib.parse import urlencode
+    return server.url.replace("http://", "ws://") + "/api/ws/logs?" + urlencode(params)
+
+
+def ticket(server, headers=ADMIN):
+    response = requests.get(server.url + "/api/ws-token", headers=headers)
+    assert response.json()["status"] == "success"
+    return response.json()["token"]
+
+
+def close_code(ws):
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", data[:2])[0]
+
+
+def test_websocket_replays_then_streams_one_json_entry_per_message(fast_server):
+    import json
+    ingest(fast_server, entries(4))
+    ws = connect(ws_url(fast_server, token=ticket(fast_server), replay=2))
+    assert [json.loads(ws.recv())["id"] for _ in range(2)] == [3, 4]  # the subscription is open
+    ws.send("ping")
+    assert ws.recv() == "pong"
+    ingest(fast_server, entries(2))
+    assert [json.loads(ws.recv())["id"] for _ in range(2)] == [5, 6]
+    ws.close()
+
+
+def test_websocket_resumes_from_last_event_id(fast_server):
+    import json
+    ingest(fast_server, entries(6))
+    ws = connect(ws_url(fast_server, token=ticket(fast_server), lastEventId=3))
+    assert [json.loads(ws.recv())["id"] for _ in range(3)] == [4, 5, 6]
+    ws.close()
+
+
+def test_websocket_close_codes(fast_server):
+    ws = connect(ws_url(fast_server))
+    assert close_code(ws) == 4001
+    for bad in ("made-up", ""):
+        if bad:
+            ws = connect(ws_url(fast_server, token=bad))
+            assert close_code(ws) == 4003
+    used = ticket(fast_server)
+    connect(ws_url(fast_server, token=used)).close()
+    ws = connect(ws_url(fast_server, token=used))
+    assert close_code(ws) == 4003
+
+
+def test_websocket_is_scoped_to_the_ticket_holder(fast_server):
+    import json
+    token = requests.post(fast_server.url + "/api/proxy-logs/_admin/tokens", headers=ADMIN,
+                          json={"name": "t", "projectId": "proj_2"}, timeout=10).json()["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    ws = connect(ws_url(fast_server, token=ticket(fast_server, bearer), lastEventId=0))
+    ingest(fast_server, entries(9))
+    assert {json.loads(ws.recv())["projectId"] for _ in range(3)} == {"proj_2"}
+    ws.close()
+    ws = connect(ws_url(fast_server, token=ticket(fast_server, bearer),
+                                            projectId="proj_1"))
+    assert close_code(ws) == 4003
+
+
+def test_websocket_tells_of_a_reset(fast_server):
+    import json
+    ingest(fast_server, entries(2))
+    ws = connect(ws_url(fast_server, token=ticket(fast_server), replay=0))
+    requests.post(fast_server.url + "/api/proxy-logs/_admin/clear", headers=ADMIN)
+    assert json.loads(ws.recv()) == {"event": "reset"}
+    assert close_code(ws) == 1000
