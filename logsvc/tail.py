@@ -75,11 +75,13 @@ class Tailer:
         self._wake = gevent.event.Event()
         self._cleared = None
         self._greenlet = None
+        self._ready = gevent.event.Event()
 
     def start(self):
+        """Start following (once per process); return when positioned."""
         if self._greenlet is None:
-            self.position, self._cleared = db.call(_high_water_and_clear)
             self._greenlet = gevent.spawn(self._run)
+        self._ready.wait()
         return self
 
     def notify(self):
@@ -94,6 +96,12 @@ class Tailer:
         return self.items[start:start + limit]
 
     def _run(self):
+        while not self._ready.is_set():
+            try:
+                self.position, self._cleared = db.call(_high_water_and_clear)
+                self._ready.set()
+            except Exception:  # noqa: BLE001 - retried until the store answers
+                gevent.sleep(1)
         while True:
             try:
                 self._step()

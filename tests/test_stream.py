@@ -407,8 +407,8 @@ def test_websocket_is_scoped_to_the_ticket_holder(fast_server):
 
 def test_websocket_tells_of_a_reset(fast_server):
     import json
-    ingest(fast_server, entries(2))
-    ws = connect(ws_url(fast_server, token=ticket(fast_server), replay=0))
+    last = ingest(fast_server, entries(2))["lastId"]
+    ws = connect(ws_url(fast_server, token=ticket(fast_server), lastEventId=last))
     requests.post(fast_server.url + "/api/proxy-logs/_admin/clear", headers=ADMIN)
     assert json.loads(ws.recv()) == {"event": "reset"}
     assert close_code(ws) == 1000

@@ -1,0 +1,160 @@
+"""Live-tail latency, memory per subscriber, and a soak, in one run.
+
+    .venv/bin/python bench/tail.py [--subscribers 1000] [--rate 2000] [--seconds 30] [--soak 0]
+
+Starts gunicorn (two gevent workers) and opens `--subscribers` SSE streams,
+each following one container (as tenants do), while a writer ingests
+`--rate` entries a second spread over those containers in batches every
+50 ms. For every entry a subscriber receives, latency is the time from the
+moment the writer sent it to the moment the frame arrived. Reference, in
+the same run: the writer's own request latency (send to committed 200),
+which every delivery includes.
+
+Memory per idle subscriber: the workers' resident memory before and after
+the streams are opened, before any entry is written, divided by their
+number. `--soak N` then keeps the load on for N seconds and samples the
+workers' memory every 10 s.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+import orjson  # noqa: E402
+import requests  # noqa: E402
+
+from common import HEADERS, TOKEN, Server, p50, p99  # noqa: E402
+
+_TS = re.compile(rb'"url":"/bench/(\d+\.\d+)"')
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def worker_pids(server):
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def subscribe(port, container, latencies, ready):
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall((f"GET /api/proxy-logs/_logs/stream?replay=0&projectId=bench"
+                  f"&containerId={container} HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {TOKEN}\r\n\r\n").encode())
+    buffer = b""
+    opened = False
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        now = time.time()
+        buffer += chunk
+        if not opened and b"\nid: " in buffer:
+            opened = True
+            ready.append(container)
+        end = buffer.rfind(b"\n") + 1  # only whole lines
+        for sent in _TS.findall(buffer, 0, end):
+            latencies.append((now - float(sent)) * 1000)
+        buffer = buffer[end:]
+
+
+def write(url, rate, seconds, containers, acks, stop):
+    session = requests.Session()
+    headers = {**HEADERS, "Content-Type": "application/x-ndjson"}
+    per_batch = max(1, rate // 20)
+    deadline = time.time() + seconds
+    n = 0
+    while time.time() < deadline and not stop:
+        tick = time.time()
+        lines = []
+        for _ in range(per_batch):
+            lines.append(orjson.dumps({"kind": "request", "projectId": "bench",
+                                       "containerId": f"c{n % containers}",
+                                       "url": f"/bench/{time.time():.6f}", "status": 200}))
+            n += 1
+        sent = time.time()
+        response = session.post(url + "/api/proxy-logs/_ingest", data=b"\n".join(lines),
+                                headers=headers)
+        assert response.ok, response.text
+        acks.append((time.time() - sent) * 1000)
+        gevent.sleep(max(0, 0.05 - (time.time() - tick)))
+    return n
+
+
+def main():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--soak", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(data_dir, workers=2)
+        try:
+            port = int(server.url.rsplit(":", 1)[1])
+            pids = worker_pids(server)
+            for _ in range(5):  # warm both workers (tailer, pools)
+                requests.get(server.url + "/api/proxy-logs/_logs?limit=1", headers=HEADERS)
+            before = rss_kib(pids)
+            latencies, ready = [], []
+            readers = [gevent.spawn(subscribe, port, f"c{i}", latencies, ready)
+                       for i in range(args.subscribers)]
+            deadline = time.time() + 60
+            while len(ready) < args.subscribers:
+                if time.time() > deadline:
+                    raise SystemExit(f"only {len(ready)} of {args.subscribers} streams opened")
+                gevent.sleep(0.1)
+            gevent.sleep(1)
+            after = rss_kib(pids)
+            per_sub = (after - before) / args.subscribers
+            print(f"memory: {per_sub:.1f} KiB per idle subscriber "
+                  f"({before / 1024:.0f} -> {after / 1024:.0f} MiB in both workers)")
+            acks = []
+            total = write(server.url, args.rate, args.seconds, args.subscribers, acks, [])
+            gevent.sleep(1)
+            print(f"latency, {args.subscribers} subscribers, {total / args.seconds:,.0f} "
+                  f"entries/s for {args.seconds}s: delivered {len(latencies):,} of {total:,}; "
+                  f"p50 {p50(latencies):.1f} ms, p99 {p99(latencies):.1f} ms "
+                  f"(reference: ingest request p50 {p50(acks):.1f} ms, p99 {p99(acks):.1f} ms)")
+            if args.soak:
+                samples = []
+                stop = []
+                writer = gevent.spawn(write, server.url, args.rate, args.soak,
+                                      args.subscribers, [], stop)
+                start = time.time()
+                while not writer.dead:
+                    samples.append(rss_kib(pids) / 1024)
+                    gevent.sleep(10)
+                    del latencies[:]
+                print(f"soak {args.soak}s: worker memory MiB at each 10 s: "
+                      + " ".join(f"{m:.0f}" for m in samples)
+                      + f"; first minute median {statistics.median(samples[:6]):.0f}, "
+                        f"last minute median {statistics.median(samples[-6:]):.0f} "
+                        f"({time.time() - start:.0f}s)")
+            for reader in readers:
+                reader.kill()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
