@@ -128,7 +128,8 @@ def test_a_project_principal_may_narrow_to_one_of_its_containers(tenants, client
     assert {e["containerId"] for e in page["entries"]} == {"cnt_1"}
 
 
-@pytest.mark.parametrize("path", READS + [INGEST])
+@pytest.mark.parametrize("path", READS + [INGEST, "/api/session", "/api/ws-token",
+                                  LOGS + "/stream"])
 @pytest.mark.parametrize("case", ["none", "garbage", "revoked", "expired-jwt", "forged-jwt",
                                   "alg-none", "wrong-password", "unknown-user", "jwt-no-exp",
                                   "jwt-hs512"])
@@ -152,7 +153,8 @@ def test_bad_credentials_are_401_everywhere(tenants, client, path, case):
             {"projectId": "proj_1", "exp": int(time.time()) + 60}, JWT_SECRET * 2,
             algorithm="HS512")},
     }[case]()
-    response = client.open(path, method="POST" if path == INGEST else "GET", headers=headers,
+    method = "POST" if path in (INGEST, "/api/session") else "GET"
+    response = client.open(path, method=method, headers=headers,
                            json={"kind": "event"} if path == INGEST else None)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -214,6 +216,25 @@ def test_revoking_a_token_ends_its_sessions(tenants, client):
     client.post("/api/session", headers=headers)
     client.delete(f"{ADMIN}/tokens/{created['id']}", headers=tenants.admin)
     assert client.get(LOGS).status_code == 401
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_ws_ticket_is_issued_for_the_callers_scope(tenants, client, kind):
+    from logsvc import principals
+    headers = tenants.make(kind, "proj_1", "cnt_1")
+    response = client.get("/api/ws-token", headers=headers)
+    assert response.status_code == 200 and response.json["status"] == "success"
+    holder = principals.redeem_ws_token(response.json["token"])
+    assert (holder.project_id, holder.container_id) == ("proj_1", "cnt_1")
+    assert principals.redeem_ws_token(response.json["token"]) is None  # single use
+
+
+def test_an_expired_ws_ticket_is_refused(tenants, client):
+    from logsvc import db, principals
+    from logsvc.models import WsToken
+    ticket = client.get("/api/ws-token", headers=tenants.admin).json["token"]
+    db.call(lambda: WsToken.update(expires_ms=0).execute())
+    assert principals.redeem_ws_token(ticket) is None
 
 
 def test_a_stale_cookie_is_401(client):

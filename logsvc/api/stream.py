@@ -13,7 +13,7 @@ import gevent
 import gevent.lock
 import orjson
 from flask import Blueprint, Response, request
-from flask_sock import Sock
+from flask_sock import ConnectionClosed, Sock
 from marshmallow import ValidationError
 
 from schemas.params import stream_params, websocket_params
@@ -102,10 +102,12 @@ def _ws_session(ws, subscription_args):
             ws.send(text)
 
     def answer_pings():
-        while True:
-            message = ws.receive()
-            if message == "ping":
-                send("pong")
+        try:
+            while True:
+                if ws.receive() == "ping":
+                    send("pong")
+        except ConnectionClosed:
+            pass  # the client left; the sending loop notices and ends
 
     pinger = gevent.spawn(answer_pings)
     try:
