@@ -6,7 +6,7 @@ from logsvc import entry as domain
 # OpenAPI types of the ingested fields, for the generated description.
 _INPUT_TYPES = {
     "tsMs": "integer", "status": "integer", "data": "object",
-    "bodyTruncated": "boolean", "timestamp": ["string", "number"], "id": "integer",
+    "bodyTruncated": "boolean", "id": "integer",
 }
 
 
@@ -53,9 +53,9 @@ class EntryInSchema(Schema):
 
 
 for _name, (_key, _coerce) in domain.INPUT_FIELDS.items():
-    EntryInSchema._declared_fields[_name] = Coerced(
-        _coerce, metadata={"type": _INPUT_TYPES.get(_name, "string")},
-    )
+    # `timestamp` takes an ISO string or epoch seconds: no single type.
+    _type = {} if _name == "timestamp" else {"type": _INPUT_TYPES.get(_name, "string")}
+    EntryInSchema._declared_fields[_name] = Coerced(_coerce, metadata=_type)
 
 
 class EntrySchema(Schema):

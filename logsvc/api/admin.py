@@ -29,7 +29,7 @@ def list_tokens():
     return {"tokens": principals.list_tokens()}
 
 
-@blueprint.delete("/tokens/<int:token_id>")
+@blueprint.delete("/tokens/<int(max=9223372036854775807):token_id>")
 def revoke_token(token_id):
     return principals.revoke_token(token_id)
 

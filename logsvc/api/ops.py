@@ -1,7 +1,10 @@
-"""Operations: health and metrics."""
+"""Operations: health, metrics, and the API's own description."""
+import functools
+from importlib import resources
+
 from flask import Blueprint, Response
 
-from .. import auth, db, metrics
+from .. import auth, db, metrics, openapi
 from . import principal
 from .errors import ApiError
 
@@ -21,3 +24,19 @@ def healthz():
 def get_metrics():
     auth.require_admin(principal())
     return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
+
+
+@blueprint.get("/api/proxy-logs/openapi.json")
+def openapi_document():
+    return _document()
+
+
+@blueprint.get("/api/proxy-logs/docs")
+def docs_page():
+    page = resources.files("logsvc").joinpath("static/docs.html").read_bytes()
+    return Response(page, mimetype="text/html")
+
+
+@functools.cache
+def _document():
+    return openapi.build()

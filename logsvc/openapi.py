@@ -1,0 +1,154 @@
+"""The OpenAPI 3 description of the API, generated from the marshmallow
+schemas (apispec). Served at /api/proxy-logs/openapi.json; the docs page
+at /api/proxy-logs/docs renders it without any external asset."""
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from schemas import admin as admin_schemas
+from schemas import entries, params, responses
+
+from . import __version__
+
+_ERROR = {"description": "The one error shape",
+          "content": {"application/json": {"schema": "Error"}}}
+_NDJSON = "application/x-ndjson"
+
+
+def build():
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="logsvc", version=__version__, openapi_version="3.0.3", plugins=[plugin],
+        info={"description": "Store, search, count and live-tail HTTP proxy logs."},
+    )
+    _map_fields(plugin)
+    for scheme, definition in (
+            ("bearer", {"type": "http", "scheme": "bearer"}),
+            ("basic", {"type": "http", "scheme": "basic"}),
+            ("session", {"type": "apiKey", "in": "cookie", "name": "logsvc_session"})):
+        spec.components.security_scheme(scheme, definition)
+    for name, schema in (
+            ("Error", responses.ErrorSchema), ("Entry", entries.EntrySchema),
+            ("EntryIn", entries.EntryInSchema), ("QueryResult", responses.QueryResultSchema),
+            ("Stats", responses.StatsSchema), ("Histogram", responses.HistogramSchema),
+            ("IngestResult", responses.IngestResultSchema), ("Token", responses.TokenSchema),
+            ("TokenList", responses.TokenListSchema), ("User", responses.UserSchema),
+            ("UserList", responses.UserListSchema), ("TokenCreate", admin_schemas.TokenCreate),
+            ("UserCreate", admin_schemas.UserCreate), ("Destroyed", responses.DestroyedSchema),
+            ("Cleared", responses.ClearedSchema), ("Pruned", responses.PrunedSchema),
+            ("Session", responses.SessionSchema), ("WsToken", responses.WsTokenSchema),
+            ("Health", responses.HealthSchema), ("DeletedUser", responses.DeletedUserSchema)):
+        spec.components.schema(name, schema=schema)
+    for path, operations in _paths().items():
+        spec.path(path=path, operations=operations)
+    return spec.to_dict()
+
+
+def _paths():
+    read = [{"bearer": []}, {"basic": []}, {"session": []}]
+    write = [{"bearer": []}, {"basic": []}]
+    admin = [{"bearer": []}]
+    prefix = "/api/proxy-logs"
+    return {
+        f"{prefix}/_logs": {"get": _op(
+            "Search entries", read, params.QueryParams, {
+                "200": {"description": "A page of entries (json), or one entry a line "
+                                       "(ndjson, text; a cursor sweep ends with a trailer)",
+                        "content": {"application/json": {"schema": "QueryResult"},
+                                    _NDJSON: {"schema": {"type": "string"}},
+                                    "text/plain": {"schema": {"type": "string"}}}},
+                "410": {"description": "The cursor's snapshot is gone",
+                        "content": {_NDJSON: {"schema": {"type": "string"}}}}})},
+        f"{prefix}/_logs/stats": {"get": _op(
+            "Counts by level, project, container, service, kind, status class, source",
+            read, params.StatsParams, _json("Stats"))},
+        f"{prefix}/_logs/stats/histogram": {"get": _op(
+            "Counts per time bucket and level", read, params.HistogramParams,
+            _json("Histogram"))},
+        f"{prefix}/_logs/stream": {"get": {
+            **_op("Live tail over Server-Sent Events", read, params.StreamParams, {
+                "200": {"description": "An endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "410": _ERROR}),
+            "parameters": [{"in": "query", "schema": params.StreamParams},
+                           {"in": "header", "name": "Last-Event-ID", "required": False,
+                            "schema": {"type": "string"}}]}},
+        f"{prefix}/_ingest": {
+            "post": {**_op("Store entries", write, None, _json("IngestResult")),
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": {"oneOf": [
+                             {"$ref": "#/components/schemas/EntryIn"},
+                             {"type": "array", "items": {"$ref": "#/components/schemas/EntryIn"}}]}},
+                         _NDJSON: {"schema": {"type": "string"}}}}},
+            "head": {"summary": "Health check for log shippers", "security": [],
+                     "responses": {"200": {"description": "Ready"}}}},
+        f"{prefix}/_admin/tokens": {
+            "post": _body_op("Create a scoped API token (the secret is shown once)", "TokenCreate",
+                             "Token", "201"),
+            "get": _op("List tokens", admin, None, _json("TokenList"))},
+        f"{prefix}/_admin/tokens/{{tokenId}}": {"delete": {
+            **_op("Revoke a token", admin, None, _json("Token")),
+            "parameters": [_path_param("tokenId", "integer")]}},
+        f"{prefix}/_admin/users": {
+            "post": _body_op("Create a Basic user", "UserCreate", "User", "201"),
+            "get": _op("List users", admin, None, _json("UserList"))},
+        f"{prefix}/_admin/users/{{username}}": {"delete": {
+            **_op("Delete a user", admin, None, _json("DeletedUser")),
+            "parameters": [_path_param("username", "string")]}},
+        f"{prefix}/_admin/scopes/{{projectId}}/{{containerId}}/destroy": {"post": {
+            **_op("Destroy a container's scope", admin, None, _json("Destroyed")),
+            "parameters": [_path_param("projectId", "string"),
+                           _path_param("containerId", "string")]}},
+        f"{prefix}/_admin/clear": {"post": _op("Delete every entry", admin, None,
+                                               _json("Cleared"))},
+        f"{prefix}/_admin/prune": {"post": _op("Run retention now", admin, None,
+                                               _json("Pruned"))},
+        "/api/session": {
+            "post": _op("Open a browser session (sets an HttpOnly cookie)", write, None,
+                        _json("Session")),
+            "delete": _op("End the browser session", [{"session": []}, {}], None,
+                          _json("Session"))},
+        "/api/ws-token": {"get": _op("A single-use WebSocket ticket (120 s)", read, None,
+                                     _json("WsToken"))},
+        "/healthz": {"get": {"summary": "The database answers", "security": [],
+                             "responses": {**_json("Health"), "503": _ERROR}}},
+        "/metrics": {"get": _op("Prometheus metrics", admin, None, {
+            "200": {"description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+        f"{prefix}/openapi.json": {"get": {
+            "summary": "This document", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object"}}}}}}},
+    }
+
+
+def _op(summary, security, query_schema, answers):
+    operation = {"summary": summary, "security": security,
+                 "responses": {**answers, "default": _ERROR}}
+    if query_schema is not None:
+        operation["parameters"] = [{"in": "query", "schema": query_schema}]
+    return operation
+
+
+def _body_op(summary, body, answer, status):
+    operation = _op(summary, [{"bearer": []}], None, {status: _json(answer)["200"]})
+    operation["requestBody"] = {"required": True, "content": {
+        "application/json": {"schema": body}}}
+    return operation
+
+
+def _json(schema):
+    return {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+
+
+def _path_param(name, kind):
+    return {"in": "path", "name": name, "required": True, "schema": {"type": kind}}
+
+
+def _map_fields(plugin):
+    plugin.map_to_openapi_type(params.Int, "integer", None)
+    plugin.map_to_openapi_type(params.Flag, "boolean", None)
+    plugin.map_to_openapi_type(params.Text, "string", None)
+    for field in (params.Choices, params.StatusSpec, params.Instant):
+        plugin.map_to_openapi_type(field, "string", None)
+
