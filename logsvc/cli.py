@@ -1,23 +1,33 @@
-"""Operator commands: `python -m logsvc <command>`.
+"""The command line: `python -m logsvc <command>`.
 
-They work on the store named by the LOGSVC_* settings (the same ones the
-server reads), directly, without a running server; for example, to create
-the first tenant token:
+Operator commands (tokens, users, scopes, clear, prune) work on the store
+named by the LOGSVC_* settings directly, without a running server; for
+example, to create the first tenant token:
 
     python -m logsvc tokens create --name ci --project proj_a
+
+Client commands (tail, query, stats, ingest; see terminal.py) talk to a
+running server.
 """
 import argparse
 import getpass
 import json
 import sys
 
-from . import db, models, principals, retention, store
+from . import db, models, principals, retention, store, terminal
 from .config import Config, ConfigError
 
 
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "remote", None):
+        try:
+            config = Config.from_env()
+        except ConfigError as exc:
+            print(f"logsvc: {exc}", file=sys.stderr)
+            return 2
+        return terminal.run(args, config)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
@@ -103,6 +113,7 @@ def _parser():
     clear.set_defaults(run=_clear)
     commands.add_parser("prune", help="run retention now").set_defaults(
         run=lambda args, config: {"removed": retention.prune(config)})
+    terminal.add_commands(commands)
     return parser
 
 

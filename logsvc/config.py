@@ -34,6 +34,10 @@ class Config:
     cursor_ttl_s: int = 300
     max_streams_per_scope: int = 50
     db_threads: int = 8
+    # Where the command-line client finds a server, and the token it sends
+    # (default: the admin token in the data dir, when it is readable).
+    url: str = ""
+    token: str = ""
 
     @classmethod
     def from_env(cls, environ=None):
@@ -53,6 +57,10 @@ class Config:
     @property
     def sqlite_path(self):
         return Path(self.data_dir) / "logs.db"
+
+    @property
+    def server_url(self):
+        return self.url or f"http://{self.host}:{self.port}"
 
     @property
     def retention_ms(self):

@@ -96,10 +96,10 @@ def free_port():
 class Server:
     """A real gunicorn with gevent workers on a loopback port."""
 
-    def __init__(self, data_dir, workers=2, env=None):
+    def __init__(self, data_dir, workers=2, env=None, port=None):
         self.data_dir = data_dir
         self.workers = workers
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
         self.proc = None
@@ -110,7 +110,8 @@ class Server:
         # stopping the server does not wait for them.
         env = dict(os.environ, LOGSVC_DATA_DIR=str(self.data_dir), LOGSVC_PORT=str(self.port),
                    LOGSVC_HOST="127.0.0.1", LOGSVC_WORKERS=str(self.workers),
-                   LOGSVC_ADMIN_TOKEN=ADMIN_TOKEN, LOGSVC_HEARTBEAT_S="1")
+                   LOGSVC_ADMIN_TOKEN=ADMIN_TOKEN, LOGSVC_HEARTBEAT_S="1",
+                   GUNICORN_CMD_ARGS="--graceful-timeout 1")
         env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

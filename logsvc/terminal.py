@@ -1,0 +1,187 @@
+"""Command-line client commands that talk to a running server:
+`tail`, `query`, `stats` and `ingest`.
+
+They find the server at LOGSVC_URL (default http://LOGSVC_HOST:LOGSVC_PORT)
+and send LOGSVC_TOKEN (default: the admin token in the data dir); `--url`
+and `--token` override both. Exit codes: 0 done, 1 the server refused
+(4xx), 3 the server could not be reached, 130 interrupted.
+"""
+import json
+import os
+import sys
+
+import orjson
+import requests
+
+from .client import ApiError, Client, Gap, Reset
+from .entry import text_line
+
+COLOURS = {"debug": "\033[2m", "info": "", "warn": "\033[33m", "error": "\033[31m"}
+RESET = "\033[0m"
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 3, 130
+
+
+def add_commands(commands):
+    tail = commands.add_parser("tail", help="follow entries live (resumes where it stopped)")
+    _filters(tail)
+    tail.add_argument("--json", action="store_true", help="one JSON entry a line")
+    tail.add_argument("--replay", type=int, default=10, help="recent entries to show first")
+    tail.add_argument("--since-id", type=int, help="start after this entry id")
+    tail.add_argument("--state-file", help="remember the last id here and resume from it")
+    tail.set_defaults(remote=_tail)
+
+    query = commands.add_parser("query", help="search entries")
+    _filters(query)
+    query.add_argument("--limit", type=int, default=50)
+    query.add_argument("--last", type=int, help="the newest N entries")
+    query.add_argument("--q", help="substring of the url")
+    query.add_argument("--since", help="epoch ms, ISO-8601 or a duration like 15m")
+    query.add_argument("--until")
+    query.add_argument("--ndjson", action="store_true", help="one JSON entry a line")
+    query.set_defaults(remote=_query)
+
+    stats = commands.add_parser("stats", help="counts by level, service, status…")
+    stats.add_argument("--project")
+    stats.add_argument("--container")
+    stats.add_argument("--since")
+    stats.set_defaults(remote=_stats)
+
+    ingest = commands.add_parser("ingest", help="send a file of entries (NDJSON or a JSON array)")
+    ingest.add_argument("file", help="path, or - for standard input")
+    ingest.add_argument("--batch", type=int, default=1000)
+    ingest.set_defaults(remote=_ingest)
+
+    for command in (tail, query, stats, ingest):
+        command.add_argument("--url", help="server URL (LOGSVC_URL)")
+        command.add_argument("--token", help="bearer token (LOGSVC_TOKEN)")
+
+
+def run(args, config):
+    client = Client(args.url or config.server_url, token=args.token or _default_token(config))
+    try:
+        args.remote(args, client)
+    except ApiError as exc:
+        print(f"logsvc: the server refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except requests.ConnectionError:
+        print(f"logsvc: cannot reach {client.base_url}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def _tail(args, client):
+    position = args.since_id
+    if position is None and args.state_file and os.path.exists(args.state_file):
+        with open(args.state_file) as handle:
+            text = handle.read().strip()
+            position = int(text) if text.isdigit() else None
+    colour = sys.stdout.isatty()
+    for item in client.stream(last_event_id=position, replay=args.replay, **_filter_params(args)):
+        if isinstance(item, Gap):
+            print(f"-- entries {item.from_id}..{item.to_id} may be missing (retention) --",
+                  file=sys.stderr)
+            continue
+        if isinstance(item, Reset):
+            print("-- the store was reset; following from now --", file=sys.stderr)
+            _remember(args.state_file, "")
+            continue
+        _print_entry(item, args.json, colour)
+        _remember(args.state_file, str(item["id"]))
+
+
+def _query(args, client):
+    params = dict(_filter_params(args), q=args.q, since=args.since, until=args.until)
+    if args.last:
+        params["last"] = args.last
+    else:
+        params["limit"] = args.limit
+    page = client.list(**params)
+    colour = sys.stdout.isatty()
+    for entry in page["entries"]:
+        _print_entry(entry, args.ndjson, colour)
+    if not args.ndjson:
+        exact = "" if page["totalExact"] else "at least "
+        print(f"-- {len(page['entries'])} of {exact}{page['total']} --", file=sys.stderr)
+
+
+def _stats(args, client):
+    stats = client.stats(projectId=args.project, containerId=args.container, since=args.since)
+    print(f"total  {stats['total']:>12,}")
+    for name in ("byLevel", "byStatus", "byKind", "bySource", "byService", "byProject",
+                 "byContainer"):
+        if stats[name]:
+            print(f"\n{name[2:].lower()}")
+            for key, n in sorted(stats[name].items(), key=lambda kv: -kv[1])[:20]:
+                print(f"  {key:<30} {n:>12,}")
+
+
+def _ingest(args, client):
+    handle = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
+    with handle:
+        raw = handle.read()
+    stripped = raw.lstrip()
+    if stripped.startswith(b"["):
+        items = orjson.loads(raw)
+    else:
+        items = [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+    total = {"accepted": 0, "rejected": []}
+    for start in range(0, len(items), args.batch):
+        answer = client.ingest(items[start:start + args.batch], batch_size=args.batch)
+        total["accepted"] += answer["accepted"]
+        total["rejected"] += [{**r, "index": r["index"] + start} for r in answer["rejected"]]
+        _progress(min(start + args.batch, len(items)), len(items))
+    print(file=sys.stderr)
+    print(json.dumps({"accepted": total["accepted"], "rejected": len(total["rejected"]),
+                      "firstRejected": total["rejected"][:5]}))
+    if total["rejected"] and not total["accepted"]:
+        raise ApiError(422, "every entry was rejected")
+
+
+def _progress(done, total, width=30):
+    filled = width * done // total if total else width
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} entries",
+          end="", file=sys.stderr, flush=True)
+
+
+def _print_entry(entry, as_json, colour):
+    if as_json:
+        print(orjson.dumps(entry).decode(), flush=True)
+        return
+    line = text_line(entry)
+    if colour and COLOURS.get(entry["level"]):
+        line = f"{COLOURS[entry['level']]}{line}{RESET}"
+    print(line, flush=True)
+
+
+def _remember(path, value):
+    if path:
+        with open(path + ".tmp", "w") as handle:
+            handle.write(value)
+        os.replace(path + ".tmp", path)
+
+
+def _filters(command):
+    for flag in ("project", "container", "service", "level", "kind", "method", "source",
+                 "status", "trace"):
+        command.add_argument(f"--{flag}")
+
+
+def _filter_params(args):
+    return {"projectId": args.project, "containerId": args.container,
+            "serviceName": args.service, "level": args.level, "kind": args.kind,
+            "method": args.method, "source": args.source, "status": args.status,
+            "traceId": args.trace}
+
+
+def _default_token(config):
+    if config.token:
+        return config.token
+    try:
+        with open(os.path.join(config.data_dir, "admin_token")) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None

@@ -1,0 +1,187 @@
+"""The Python client and the command line against real servers."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from logsvc.client import BadRequest, Client, Forbidden, Gap, Reset, Unauthorized
+from tests.conftest import ADMIN_TOKEN, ROOT, Server, make_entry
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def entries(n, start=0):
+    return [make_entry(i, tsMs=None, url=f"/c/{i}") for i in range(start, start + n)]
+
+
+@pytest.fixture
+def client(server):
+    return Client(server.url, token=ADMIN_TOKEN)
+
+
+def test_ingest_batches_and_a_keyset_sweep_sees_every_entry_once(client):
+    answer = client.ingest(entries(2500) + [{"kind": "nope"}], batch_size=1000)
+    assert answer["accepted"] == 2500 and answer["rejected"][0]["index"] == 2500
+    assert [e["id"] for e in client.iter_entries(page_size=300)] == list(range(1, 2501))
+    errors = list(client.iter_entries(page_size=300, level=["error"]))
+    assert {e["level"] for e in errors} == {"error"}
+    assert client.stats()["total"] == 2500
+    assert client.histogram(bucket="5m", since="1h")["bucketMs"] == 300_000
+    assert client.list(last=3)["nextAfterId"] == 2500
+
+
+def test_errors_are_typed(server, client):
+    with pytest.raises(Unauthorized):
+        Client(server.url, token="wrong").list()
+    with pytest.raises(BadRequest) as bad:
+        client.list(level="loud")
+    assert "level" in bad.value.message
+    token = requests.post(server.url + "/api/proxy-logs/_admin/tokens", headers=ADMIN,
+                          json={"name": "t", "projectId": "p1"}, timeout=10).json()["token"]
+    with pytest.raises(Forbidden):
+        Client(server.url, token=token).list(projectId="p2")
+
+
+def test_a_rate_limited_client_waits_and_succeeds(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_RATE_LIMIT_PER_MIN": "30"}).start()
+    try:
+        token = requests.post(server.url + "/api/proxy-logs/_admin/tokens", headers=ADMIN,
+                              json={"name": "t", "projectId": "p1"}, timeout=10).json()["token"]
+        scoped = Client(server.url, token=token)
+        for _ in range(30):
+            scoped.stats()
+        started = time.monotonic()
+        assert scoped.stats()["total"] == 0  # the 31st waits out Retry-After
+        assert time.monotonic() - started >= 1.5
+    finally:
+        server.stop()
+
+
+class Collector:
+    """Runs client.stream in a thread and keeps what it yields."""
+
+    def __init__(self, client, **kwargs):
+        self.items = []
+        self.thread = threading.Thread(target=self._run, args=(client, kwargs), daemon=True)
+        self.thread.start()
+
+    def _run(self, client, kwargs):
+        for item in client.stream(**kwargs):
+            self.items.append(item)
+
+    def ids(self):
+        return [i["id"] for i in self.items if isinstance(i, dict)]
+
+    def wait_for(self, predicate, seconds=20):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out with {self.items[-5:]}")
+
+
+def test_the_stream_survives_a_server_kill_and_restart_without_gap_or_duplicate(tmp_path):
+    server = Server(tmp_path).start()
+    client = Client(server.url, token=ADMIN_TOKEN)
+    collector = Collector(client, max_backoff=0.5)
+    time.sleep(0.5)
+    client.ingest(entries(5))
+    collector.wait_for(lambda c: len(c.ids()) == 5)
+    server.kill()
+    time.sleep(1)  # the client finds nothing listening and retries
+    restarted = Server(tmp_path, port=server.port).start()
+    try:
+        client.ingest(entries(5, start=5))
+        collector.wait_for(lambda c: len(c.ids()) == 10)
+        time.sleep(0.5)
+        assert collector.ids() == list(range(1, 11))
+    finally:
+        restarted.stop()
+
+
+def test_the_stream_surfaces_a_reset_and_follows_the_new_store(server, client):
+    client.ingest(entries(3))
+    collector = Collector(client, last_event_id=0)
+    collector.wait_for(lambda c: len(c.ids()) == 3)
+    requests.post(server.url + "/api/proxy-logs/_admin/clear", headers=ADMIN, timeout=10)
+    collector.wait_for(lambda c: any(isinstance(i, Reset) for i in c.items))
+    time.sleep(0.5)
+    answer = client.ingest(entries(2))
+    collector.wait_for(lambda c: len(c.ids()) == 5)
+    assert collector.ids()[3:] == [answer["firstId"], answer["lastId"]]
+
+
+def test_the_stream_surfaces_a_gap(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_MAX_ROWS": "20"}).start()
+    try:
+        client = Client(server.url, token=ADMIN_TOKEN)
+        client.ingest(entries(50))
+        requests.post(server.url + "/api/proxy-logs/_admin/prune", headers=ADMIN, timeout=10)
+        collector = Collector(client, last_event_id=5)
+        collector.wait_for(lambda c: len(c.ids()) == 20)
+        assert collector.items[0] == Gap(6, 30)
+    finally:
+        server.stop()
+
+
+# --- the command line ------------------------------------------------------------
+
+def cli(server, *args, token=ADMIN_TOKEN, stdin=None, timeout=60):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env.update(LOGSVC_URL=server.url if server else "http://127.0.0.1:9", LOGSVC_TOKEN=token)
+    return subprocess.run([sys.executable, "-m", "logsvc", *args], cwd=ROOT, env=env,
+                          input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_ingest_query_and_stats(server, tmp_path):
+    path = tmp_path / "entries.ndjson"
+    path.write_text("\n".join(json.dumps(e) for e in entries(40)))
+    done = cli(server, "ingest", str(path), "--batch", "15")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["accepted"] == 40
+    assert "40/40 entries" in done.stderr
+    found = cli(server, "query", "--level", "error", "--ndjson", "--limit", "100")
+    lines = [json.loads(line) for line in found.stdout.splitlines()]
+    assert lines and {e["level"] for e in lines} == {"error"}
+    table = cli(server, "query", "--last", "2")
+    assert "id=40" in table.stdout and "-- 2 of 40 --" in table.stderr
+    stats = cli(server, "stats")
+    assert "total" in stats.stdout and "40" in stats.stdout and "level" in stats.stdout
+
+
+def test_cli_tail_resumes_from_its_state_file(server, tmp_path):
+    state = tmp_path / "tail.state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env.update(LOGSVC_URL=server.url, LOGSVC_TOKEN=ADMIN_TOKEN)
+
+    def run_tail(wait_for):
+        with subprocess.Popen([sys.executable, "-m", "logsvc", "tail", "--json", "--replay", "0",
+                               "--state-file", str(state)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True) as proc:
+            time.sleep(1.5)
+            wait_for()
+            seen = [json.loads(proc.stdout.readline())["id"] for _ in range(3)]
+            deadline = time.monotonic() + 5  # the id is remembered right after it is shown
+            while state.read_text() != str(seen[-1]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.terminate()
+            proc.stdout.close()
+        return seen
+
+    client = Client(server.url, token=ADMIN_TOKEN)
+    assert run_tail(lambda: client.ingest(entries(3))) == [1, 2, 3]
+    assert state.read_text() == "3"
+    client.ingest(entries(3, start=3))  # written while no tail runs
+    assert run_tail(lambda: None) == [4, 5, 6]
+
+
+def test_cli_exit_codes(server):
+    assert cli(server, "query", token="wrong").returncode == 1
+    assert cli(None, "stats").returncode == 3
+    assert cli(server, "query", "--help").returncode == 0
