@@ -122,7 +122,18 @@ class ScopeParams(Schema):
     container_id = Text(data_key="containerId")
 
 
-class QueryParams(ScopeParams):
+class FilterParams(ScopeParams):
+    """The filters shared by searches and the live tail."""
+    service_names = Choices(data_key="serviceName")
+    levels = Choices(entry.LEVELS, data_key="level")
+    kinds = Choices(entry.KINDS, data_key="kind")
+    methods = Choices(upper=True, max_length=16, data_key="method")
+    sources = Choices(entry.SOURCES, data_key="source")
+    trace_id = Text(max_length=128, data_key="traceId")
+    status_ranges = StatusSpec(data_key="status")
+
+
+class QueryParams(FilterParams):
     limit = Int(maximum=5000, load_default=200)
     offset = Int()
     last = Int(minimum=1, maximum=5000)
@@ -133,13 +144,6 @@ class QueryParams(ScopeParams):
                            load_default="json")
     include_request_body = Flag(data_key="includeRequestBody", load_default=False)
     include_response_body = Flag(data_key="includeResponseBody", load_default=False)
-    service_names = Choices(data_key="serviceName")
-    levels = Choices(entry.LEVELS, data_key="level")
-    kinds = Choices(entry.KINDS, data_key="kind")
-    methods = Choices(upper=True, max_length=16, data_key="method")
-    sources = Choices(entry.SOURCES, data_key="source")
-    trace_id = Text(max_length=128, data_key="traceId")
-    status_ranges = StatusSpec(data_key="status")
     since = Instant()
     until = Instant()
     q = Text(max_length=1024)
@@ -176,15 +180,8 @@ class HistogramParams(StatsParams):
         ("1m", "5m", "10m", "15m", "30m", "1h", "3h", "6h", "12h", "1d")))
 
 
-class StreamParams(ScopeParams):
-    """Filters of the live tail (SSE and WebSocket)."""
-    service_names = Choices(data_key="serviceName")
-    levels = Choices(entry.LEVELS, data_key="level")
-    kinds = Choices(entry.KINDS, data_key="kind")
-    methods = Choices(upper=True, max_length=16, data_key="method")
-    sources = Choices(entry.SOURCES, data_key="source")
-    trace_id = Text(max_length=128, data_key="traceId")
-    status_ranges = StatusSpec(data_key="status")
+class StreamParams(FilterParams):
+    """Parameters of the live tail (SSE and WebSocket)."""
     replay = Int(maximum=1000, load_default=100)
     last_event_id = Int(data_key="lastEventId")
 
