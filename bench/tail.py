@@ -10,10 +10,11 @@ moment the writer sent it to the moment the frame arrived. Reference, in
 the same run: the writer's own request latency (send to committed 200),
 which every delivery includes.
 
-Memory per idle subscriber: the workers' resident memory before and after
-the streams are opened, before any entry is written, divided by their
-number. `--soak N` then keeps the load on for N seconds and samples the
-workers' memory every 10 s.
+Memory per idle subscriber: the workers' resident anonymous memory
+(RssAnon: the heap, not the file pages SQLite reads) before and after the
+streams are opened, before any entry is written, divided by their number.
+`--soak N` then keeps the load on for N seconds and samples the same figure
+every 10 s.
 """
 from gevent import monkey
 
@@ -37,12 +38,13 @@ from common import HEADERS, TOKEN, Server, p50, p99  # noqa: E402
 _TS = re.compile(rb'"url":"/bench/(\d+\.\d+)"')
 
 
-def rss_kib(pids):
+def rss_kib(pids, field="RssAnon:"):
+    """Resident memory of the workers that is theirs alone (not file pages)."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     total += int(line.split()[1])
     return total
 
@@ -52,8 +54,13 @@ def worker_pids(server):
     return [int(p) for p in out.stdout.split()]
 
 
-def subscribe(port, container, latencies, ready):
-    sock = socket.create_connection(("127.0.0.1", port))
+def subscribe(port, container, latencies, ready, failures=None):
+    try:
+        sock = socket.create_connection(("127.0.0.1", port))
+    except OSError as exc:
+        if failures is not None:
+            failures.append(repr(exc))
+        return
     sock.sendall((f"GET /api/proxy-logs/_logs/stream?replay=0&projectId=bench"
                   f"&containerId={container} HTTP/1.1\r\nHost: x\r\n"
                   f"Authorization: Bearer {TOKEN}\r\n\r\n").encode())
@@ -62,6 +69,8 @@ def subscribe(port, container, latencies, ready):
     while True:
         chunk = sock.recv(65536)
         if not chunk:
+            if not opened and failures is not None:
+                failures.append(buffer[:200])
             return
         now = time.time()
         buffer += chunk
@@ -115,13 +124,14 @@ def main():
             for _ in range(5):  # warm both workers (tailer, pools)
                 requests.get(server.url + "/api/proxy-logs/_logs?limit=1", headers=HEADERS)
             before = rss_kib(pids)
-            latencies, ready = [], []
-            readers = [gevent.spawn(subscribe, port, f"c{i}", latencies, ready)
+            latencies, ready, failures = [], [], []
+            readers = [gevent.spawn(subscribe, port, f"c{i}", latencies, ready, failures)
                        for i in range(args.subscribers)]
             deadline = time.time() + 60
             while len(ready) < args.subscribers:
                 if time.time() > deadline:
-                    raise SystemExit(f"only {len(ready)} of {args.subscribers} streams opened")
+                    raise SystemExit(f"only {len(ready)} of {args.subscribers} streams opened: "
+                                     f"{failures[:3]}")
                 gevent.sleep(0.1)
             gevent.sleep(1)
             after = rss_kib(pids)

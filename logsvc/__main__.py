@@ -1,5 +1,11 @@
 import sys
 
-from .cli import main
+if len(sys.argv) > 1 and sys.argv[1] in ("proxy", "demo"):
+    # These serve HTTP under gevent: patch before anything imports socket.
+    from gevent import monkey
+
+    monkey.patch_all()
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

@@ -21,6 +21,9 @@ from .config import Config, ConfigError
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "demo", False):
+        from . import demo
+        return demo.run(Config.from_env(), args.proxy_port)
     if getattr(args, "remote", None):
         try:
             config = Config.from_env()
@@ -114,6 +117,9 @@ def _parser():
     commands.add_parser("prune", help="run retention now").set_defaults(
         run=lambda args, config: {"removed": retention.prune(config)})
     terminal.add_commands(commands)
+    demo = commands.add_parser("demo", help="logsvc + a capturing proxy + live traffic")
+    demo.add_argument("--proxy-port", type=int, default=8081)
+    demo.set_defaults(demo=True)
     return parser
 
 

@@ -27,7 +27,9 @@ SQLITE_PRAGMAS = {
     "synchronous": "full",
     "foreign_keys": 1,
     "busy_timeout": 30_000,
-    "cache_size": -64_000,
+    # Per connection, and every database thread has one: keep it modest and
+    # let the operating system's file cache hold the rest.
+    "cache_size": -8_000,
     "temp_store": "memory",
 }
 

@@ -75,12 +75,14 @@ def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20
     return _ndjson(body)
 
 
-def ingest(items, config, scope=None):
+def ingest(items, config, scope=None, grouped=True):
     """Validate `items` and store the accepted entries.
 
     `scope` is None for the operator, or the (project_id, container_id) a
     scoped writer is bound to: its entries take that scope when they name
-    none, and are rejected when they name another.
+    none, and are rejected when they name another. `grouped=False` writes
+    in a transaction of its own, for callers outside the server's greenlets
+    (the capture middleware's local sink thread).
     Returns {"accepted", "rejected", "firstId", "lastId"}.
     """
     accepted = []
@@ -97,7 +99,10 @@ def ingest(items, config, scope=None):
             accepted.append(fields)
     first_id = last_id = None
     if accepted:
-        first_id, last_id = _committer.commit(accepted)
+        if grouped:
+            first_id, last_id = _committer.commit(accepted)
+        else:
+            first_id, last_id = db.call(_write, accepted)
     return {"accepted": len(accepted), "rejected": rejected,
             "firstId": first_id, "lastId": last_id}
 

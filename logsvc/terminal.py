@@ -1,5 +1,6 @@
 """Command-line client commands that talk to a running server:
-`tail`, `query`, `stats` and `ingest`.
+`tail`, `query`, `stats`, `ingest`, `import` (access logs) and `proxy`
+(a capturing reverse proxy that sends what it sees to the server).
 
 They find the server at LOGSVC_URL (default http://LOGSVC_HOST:LOGSVC_PORT)
 and send LOGSVC_TOKEN (default: the admin token in the data dir); `--url`
@@ -51,7 +52,28 @@ def add_commands(commands):
     ingest.add_argument("--batch", type=int, default=1000)
     ingest.set_defaults(remote=_ingest)
 
-    for command in (tail, query, stats, ingest):
+    importer = commands.add_parser(
+        "import", help="send an existing access log (nginx combined, Caddy or Traefik JSON)")
+    importer.add_argument("file")
+    importer.add_argument("--format", choices=("auto", "nginx", "caddy", "traefik"),
+                          default="auto")
+    importer.add_argument("--service")
+    importer.add_argument("--project")
+    importer.add_argument("--container")
+    importer.add_argument("--batch", type=int, default=1000)
+    importer.set_defaults(remote=_import)
+
+    edge = commands.add_parser("proxy", help="run a capturing reverse proxy")
+    edge.add_argument("--listen", default="127.0.0.1:8081", help="host:port to serve on")
+    edge.add_argument("--upstream", required=True, help="URL to forward to")
+    edge.add_argument("--service")
+    edge.add_argument("--project")
+    edge.add_argument("--container")
+    edge.add_argument("--trusted-proxy", action="append", default=[],
+                      help="address whose X-Forwarded-For is believed (repeatable)")
+    edge.set_defaults(remote=_proxy)
+
+    for command in (tail, query, stats, ingest, importer, edge):
         command.add_argument("--url", help="server URL (LOGSVC_URL)")
         command.add_argument("--token", help="bearer token (LOGSVC_TOKEN)")
 
@@ -141,9 +163,53 @@ def _ingest(args, client):
         raise ApiError(422, "every entry was rejected")
 
 
-def _progress(done, total, width=30):
+def _import(args, client):
+    from .importer import parse_line
+
+    labels = {k: v for k, v in (("serviceName", args.service), ("projectId", args.project),
+                                ("containerId", args.container)) if v}
+    size = os.path.getsize(args.file)
+    batch, skipped, sent = [], 0, {"accepted": 0, "rejected": 0}
+
+    def send():
+        answer = client.ingest(batch, batch_size=args.batch)
+        sent["accepted"] += answer["accepted"]
+        sent["rejected"] += len(answer["rejected"])
+        batch.clear()
+
+    with open(args.file, "rb") as handle:
+        for line in handle:
+            entry = parse_line(line.decode("utf-8", "replace"), args.format)
+            if entry is None:
+                skipped += line.strip() != b""
+                continue
+            batch.append({**entry, **labels})
+            if len(batch) >= args.batch:
+                send()
+                _progress(handle.tell(), size, unit="bytes")
+        if batch:
+            send()
+    _progress(size, size, unit="bytes")
+    print(file=sys.stderr)
+    print(json.dumps({**sent, "unreadable": skipped}))
+
+
+def _proxy(args, client):
+    from . import proxy
+    from .capture import HttpSink
+
+    sink = HttpSink(client.base_url, client.session.headers.get("Authorization", "")[7:])
+    app = proxy.build(args.upstream, sink, service_name=args.service,
+                      project_id=args.project, container_id=args.container,
+                      trusted_proxies=args.trusted_proxy)
+    print(f"proxy on http://{args.listen} -> {args.upstream}, entries to {client.base_url}",
+          file=sys.stderr, flush=True)
+    proxy.serve(args.listen, app)
+
+
+def _progress(done, total, width=30, unit="entries"):
     filled = width * done // total if total else width
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} entries",
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} {unit}",
           end="", file=sys.stderr, flush=True)
 
 

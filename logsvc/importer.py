@@ -1,0 +1,86 @@
+"""Turn existing access logs into entries: nginx/Apache combined format,
+Caddy's JSON access log and Traefik's JSON access log.
+
+`parse_line(line, fmt)` returns an entry (kind `response`, source `edge`)
+or None for a line it cannot read; `fmt` is "auto" (decided per line),
+"nginx", "caddy" or "traefik".
+"""
+import re
+from datetime import datetime
+
+import orjson
+
+_COMBINED = re.compile(
+    r'^(?P<ip>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" '
+    r'(?P<status>\d{3}) (?P<bytes>\d+|-)(?: "(?P<referer>[^"]*)" "(?P<agent>[^"]*)")?')
+
+
+def parse_line(line, fmt="auto"):
+    line = line.strip()
+    if not line:
+        return None
+    if fmt == "auto":
+        fmt = "json" if line.startswith("{") else "nginx"
+    try:
+        if fmt == "nginx":
+            return _combined(line)
+        record = orjson.loads(line)
+        if not isinstance(record, dict):
+            return None
+        if fmt == "caddy" or (fmt == "json" and "request" in record):
+            return _caddy(record)
+        if fmt == "traefik" or (fmt == "json" and "RequestMethod" in record):
+            return _traefik(record)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _combined(line):
+    match = _COMBINED.match(line)
+    if not match:
+        return None
+    method, _, rest = match["request"].partition(" ")
+    url = rest.rsplit(" ", 1)[0] if " HTTP/" in rest else rest
+    when = datetime.strptime(match["time"], "%d/%b/%Y:%H:%M:%S %z")
+    data = {"bytesOut": 0 if match["bytes"] == "-" else int(match["bytes"])}
+    if match["agent"]:
+        data["userAgent"] = match["agent"]
+    if match["referer"] and match["referer"] != "-":
+        data["referer"] = match["referer"]
+    return _entry(int(when.timestamp() * 1000), method or None, url or None, match["ip"],
+                  int(match["status"]), data)
+
+
+def _caddy(record):
+    request = record["request"]
+    headers = request.get("headers") or {}
+    agent = (headers.get("User-Agent") or [None])[0]
+    data = {"bytesOut": record.get("size"), "bytesIn": record.get("bytes_read"),
+            "durationMs": round(float(record.get("duration", 0)) * 1000, 3),
+            "host": request.get("host"), "userAgent": agent}
+    return _entry(int(float(record["ts"]) * 1000), request.get("method"), request.get("uri"),
+                  request.get("client_ip") or request.get("remote_ip"), record.get("status"),
+                  data)
+
+
+def _traefik(record):
+    started = datetime.fromisoformat(record["StartUTC"].replace("Z", "+00:00")[:32])
+    data = {"bytesOut": record.get("DownstreamContentSize"),
+            "bytesIn": record.get("RequestContentSize"),
+            "durationMs": round(int(record.get("Duration", 0)) / 1e6, 3),
+            "host": record.get("RequestHost"), "userAgent": record.get("request_User-Agent"),
+            "router": record.get("RouterName")}
+    entry = _entry(int(started.timestamp() * 1000), record.get("RequestMethod"),
+                   record.get("RequestPath"), record.get("ClientHost"),
+                   record.get("DownstreamStatus"), data)
+    if record.get("ServiceName"):
+        entry["serviceName"] = record["ServiceName"]
+    return entry
+
+
+def _entry(ts_ms, method, url, client_ip, status, data):
+    status = status if isinstance(status, int) and 100 <= status <= 599 else None
+    return {"kind": "response", "source": "edge", "tsMs": ts_ms, "method": method,
+            "url": url, "clientIp": client_ip, "status": status,
+            "data": {k: v for k, v in data.items() if v is not None}}
