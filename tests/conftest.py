@@ -118,17 +118,18 @@ class Server:
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.log.read_text()[-2000:]}")
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("gunicorn did not start")
+        self.kill()
+        raise RuntimeError(f"gunicorn did not start: {self.log.read_text()[-2000:]}")
 
     def kill(self):
         """SIGKILL the whole process group: master and workers, no cleanup."""

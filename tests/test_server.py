@@ -63,8 +63,10 @@ def test_every_acknowledged_entry_survives_a_kill_9(tmp_path):
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(2.0)
-    server.kill()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 400 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.kill()  # with requests in flight
     stop.set()
     for thread in threads:
         thread.join()
