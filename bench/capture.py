@@ -8,17 +8,23 @@ proxy's throughput, each beside its reference in one run.
 - Proxy: requests per second and MB/s through `python -m logsvc proxy`
   against the same upstream reached directly, 8 clients at once.
 """
-import argparse
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-import requests
+if "--upstream-port" in sys.argv:  # the upstream process serves under gevent
+    from gevent import monkey
 
-from common import ROOT, TOKEN, Server, free_port, p50
+    monkey.patch_all()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import requests  # noqa: E402
+
+from common import ROOT, TOKEN, Server, free_port, p50  # noqa: E402
 
 BODY = b'{"items": [1, 2, 3], "total": 3}'
 
@@ -74,8 +80,6 @@ def main():
     parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_port:  # the upstream process
-        from gevent import monkey
-        monkey.patch_all()
         from gevent.pywsgi import WSGIServer
         WSGIServer(("127.0.0.1", args.upstream_port), big_app, log=None).serve_forever()
     from logsvc.capture import CaptureMiddleware, HttpSink
