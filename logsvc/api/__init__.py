@@ -43,6 +43,6 @@ def reader():
 
 
 def blueprints():
-    from . import admin, ingest, logs, ops, session, stream
+    from . import admin, ingest, logs, ops, session, stream, ui
     return (ops.blueprint, logs.blueprint, ingest.blueprint, admin.blueprint,
-            session.blueprint, stream.blueprint)
+            session.blueprint, stream.blueprint, ui.blueprint)
