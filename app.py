@@ -76,7 +76,7 @@ def main():
     start_background(config)
     url = f"http://{config.host}:{server.server_port}"
     token = auth.load_admin_token(config)
-    print(f"logsvc listening on {url} (data in {config.data_dir})", flush=True)
+    print(f"logsvc listening on {url} (data in {config.data_dir}); web UI at {url}/", flush=True)
     print(f"  curl -H 'Authorization: Bearer {token}' '{url}/api/proxy-logs/_logs?last=20&format=text'",
           flush=True)
     try:
