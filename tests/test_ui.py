@@ -181,3 +181,22 @@ def test_the_page_loads_nothing_from_elsewhere(server):
     for path in ("/", "/ui/app.js", "/ui/app.css"):
         text = requests.get(server.url + path, timeout=10).text
         assert "http://" not in text and "https://" not in text
+
+
+def test_new_entries_do_not_move_the_rows_a_reader_scrolled_to(browser, server):
+    ingest(server, [make_entry(i, tsMs=None) for i in range(80)])
+    sign_in(browser, server)
+    wait(lambda: len(row_ids(browser)) == 50)  # the replay
+    top_row = browser.execute_script(
+        "const list = document.querySelector('.list'); list.scrollTop = 400;"
+        "const rows = [...document.querySelectorAll('#entries tbody tr')];"
+        "const box = list.getBoundingClientRect();"
+        "return rows.find(r => r.getBoundingClientRect().top >= box.top + 30).dataset.id")
+    ingest(server, [make_entry(i, tsMs=None) for i in range(10)])
+    wait(lambda: len(row_ids(browser)) == 60)
+    still = browser.execute_script(
+        "const list = document.querySelector('.list');"
+        "const rows = [...document.querySelectorAll('#entries tbody tr')];"
+        "const box = list.getBoundingClientRect();"
+        "return rows.find(r => r.getBoundingClientRect().top >= box.top + 30).dataset.id")
+    assert still == top_row

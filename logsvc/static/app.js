@@ -212,9 +212,13 @@ function clearRows() { document.querySelector("#entries tbody").replaceChildren(
 
 function prepend(entries) {
   const body = document.querySelector("#entries tbody");
+  const list = document.querySelector(".list");
+  const before = list.scrollHeight;
   const rows = entries.map(row);
   body.prepend(...rows.reverse());
   while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
+  // A reader who scrolled down keeps looking at the same rows.
+  if (list.scrollTop > 0) list.scrollTop += list.scrollHeight - before;
 }
 
 function appendRows(entries) { document.querySelector("#entries tbody").append(...entries.map(row)); }
