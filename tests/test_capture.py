@@ -353,3 +353,40 @@ def test_fluent_bit_json_lines_payloads_are_accepted(client, admin):
 def test_a_json_array_batch_is_accepted(client, admin):
     response = client.post(INGEST, json=[{"kind": "event"}, {"kind": "event"}], headers=admin)
     assert response.json["accepted"] == 2
+
+
+def test_the_local_sink_writes_into_the_store_of_this_host(tmp_path):
+    from app import create_app
+    from logsvc.capture import LocalSink
+    from logsvc.config import Config
+    sink = LocalSink(Config(data_dir=tmp_path, admin_token=ADMIN_TOKEN), flush_s=0.05)
+    Client(CaptureMiddleware(flask_app(), sink, project_id="here")).post("/items", json={})
+    assert sink.flush(timeout=10) and sink.sent == 2
+    client = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN}).test_client()
+    page = client.get(LOGS, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json
+    assert [e["kind"] for e in page["entries"]] == ["request", "response"]
+    assert {e["projectId"] for e in page["entries"]} == {"here"}
+
+
+def test_the_demo_shows_live_traffic_within_seconds(tmp_path):
+    port, proxy_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env.update(LOGSVC_DATA_DIR=str(tmp_path), LOGSVC_PORT=str(port))
+    with subprocess.Popen([sys.executable, "-m", "logsvc", "demo", "--proxy-port",
+                           str(proxy_port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as demo:
+        try:
+            assert f"127.0.0.1:{port}" in demo.stdout.readline()
+            token = (tmp_path / "admin_token").read_text().strip()
+            deadline = time.monotonic() + 20
+            stats = {}
+            while time.monotonic() < deadline and len(stats.get("byService", {})) < 2:
+                time.sleep(0.5)
+                stats = requests.get(f"http://127.0.0.1:{port}{LOGS}/stats", timeout=10,
+                                     headers={"Authorization": f"Bearer {token}"}).json()
+            assert stats["byKind"]["request"] > 0 and stats["bySource"] == {"edge": stats["total"]}
+            assert len(stats["byService"]) >= 2
+        finally:
+            demo.terminate()
+            demo.wait(timeout=10)
+            demo.stdout.close()
