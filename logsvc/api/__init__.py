@@ -34,6 +34,11 @@ def principal(allow_cookie=False):
     return found
 
 
+def query_args():
+    """The query string as a dict, repeated parameters joined by commas."""
+    return {key: ",".join(values) for key, values in request.args.lists()}
+
+
 def reader():
     """The caller of a read endpoint, counted against its scope's rate limit."""
     found = principal(allow_cookie=True)

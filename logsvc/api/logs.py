@@ -5,7 +5,7 @@ from flask import Blueprint, Response, request
 from schemas.params import histogram_params, query_params, stats_params
 
 from .. import auth, cursor, entry, query, stats
-from . import reader, state
+from . import query_args, reader, state
 from .errors import ApiError
 
 blueprint = Blueprint("logs", __name__, url_prefix="/api/proxy-logs")
@@ -15,7 +15,7 @@ _CURSOR_EXCLUSIVE = ("last", "after_id", "offset", "order")
 
 @blueprint.get("/_logs")
 def list_logs():
-    params = query_params.load(_args())
+    params = query_params.load(query_args())
     caller = reader()
     project_id, container_id = auth.authorize(
         caller, auth.READ, params.pop("project_id", None), params.pop("container_id", None))
@@ -45,7 +45,7 @@ def list_logs():
 
 @blueprint.get("/_logs/stats")
 def get_stats():
-    params = stats_params.load(_args())
+    params = stats_params.load(query_args())
     project_id, container_id = auth.authorize(
         reader(), auth.READ, params.get("project_id"), params.get("container_id"))
     return stats.summary(project_id, container_id, params.get("since"), params.get("until"))
@@ -53,7 +53,7 @@ def get_stats():
 
 @blueprint.get("/_logs/stats/histogram")
 def get_histogram():
-    params = histogram_params.load(_args())
+    params = histogram_params.load(query_args())
     project_id, container_id = auth.authorize(
         reader(), auth.READ, params.get("project_id"), params.get("container_id"))
     until = params.get("until")
@@ -98,7 +98,3 @@ def _sweep(caller, params, project_id, container_id):
     lines.append(orjson.dumps({"__trailer": True, "nextCursor": next_cursor}))
     return Response(b"\n".join(lines) + b"\n", mimetype="application/x-ndjson")
 
-
-def _args():
-    """Query parameters, repeated ones joined by commas."""
-    return {key: ",".join(values) for key, values in request.args.lists()}

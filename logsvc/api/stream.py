@@ -20,7 +20,7 @@ from schemas.params import stream_params, websocket_params
 
 from .. import auth, db, principals, query, store, tail
 from ..limits import RateLimited
-from . import principal, reader, state
+from . import query_args, reader, state
 from .errors import ApiError, validation_message
 
 blueprint = Blueprint("stream", __name__)
@@ -36,7 +36,7 @@ WS_TOO_MANY = 4029
 
 @blueprint.get("/api/proxy-logs/_logs/stream")
 def sse():
-    params = stream_params.load(_args())
+    params = stream_params.load(query_args())
     caller = reader()
     header = request.headers.get("Last-Event-ID")
     if header is not None and "last_event_id" not in params:
@@ -75,7 +75,7 @@ def ws_logs(ws):
         ws.close(WS_BAD_TOKEN, "token invalid, expired or already used")
         return
     try:
-        params = websocket_params.load(_args())
+        params = websocket_params.load(query_args())
         params.pop("token", None)
         if not caller.is_admin:
             state().limiter.hit(caller.scope_key)
@@ -206,6 +206,3 @@ def _sse_response(frames):
     return Response(frames, mimetype="text/event-stream", headers={
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-
-def _args():
-    return {key: ",".join(values) for key, values in request.args.lists()}
