@@ -37,12 +37,12 @@ def create_app(config=None):
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     db.init(config)
-    db.call(models.create_schema)
+    db.call(models.create_schema, config.partition_rows)
     app.extensions["logsvc"] = Services(
         config=config,
         authenticator=auth.Authenticator(auth.load_admin_token(config), config.jwt_secret),
         limiter=limits.RateLimiter(config.data_dir, config.rate_limit_per_min),
-        server_secret=auth.load_secret(config, "server_secret"),
+        server_secret=db.call(models.shared_secret, "server"),
         tailer=tail.Tailer(config.ring_size),
     )
     errors.register(app)

@@ -323,7 +323,7 @@ class LocalSink(_QueuedSink):
         from . import db, models
         self.config = config
         db.init(config)
-        db.call(models.create_schema)
+        db.call(models.create_schema, config.partition_rows)
         super().__init__(**kwargs)
 
     def send(self, batch):

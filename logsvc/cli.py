@@ -37,7 +37,7 @@ def main(argv=None):
     try:
         config = Config.from_env()
         db.init(config)
-        db.call(models.create_schema)
+        db.call(models.create_schema, config.partition_rows)
         result = args.run(args, config)
     except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)

@@ -1,27 +1,39 @@
-"""The database handle and where its calls run.
+"""The database handle, its two engines, and where its calls run.
 
 `database` is declared once, unbound, and bound by `init(config)` in the
-application factory (or by the CLI and benchmarks).
+application factory (or by the CLI and benchmarks) to one of:
 
-Concurrency: SQLite calls block the calling OS thread (a long query, or a
-writer waiting on another process's lock for up to `busy_timeout`). Under
+- SQLite (the default): `<data dir>/logs.db`, or `sqlite:///path`;
+- PostgreSQL: `postgresql://user@host:port/dbname?options=...`, for several
+  hosts over one store.
+
+Concurrency: a database call blocks the calling OS thread (a long query, a
+writer waiting on another process's lock, a PostgreSQL round trip). Under
 gevent that would freeze every stream of the worker, so request code runs
 database work through `call(fn, *args)`, which executes `fn` on a thread of
 gevent's thread pool while the calling greenlet yields. Each pool thread
-keeps its own SQLite connection (peewee keeps connection state per thread),
-so connections are opened once per thread, not per request. Without gevent's
-hub running (plain scripts), `call` simply runs the function on a pool
-thread just the same.
+keeps its own connection (peewee keeps connection state per thread), so the
+pool of `LOGSVC_DB_THREADS` threads is also the worker's connection pool:
+connections are opened once per thread, never per request, and at most that
+many per worker. psycopg2 releases the GIL while it waits on the server.
+
+Hand-written SQL uses `?` placeholders; `sql()` turns them into psycopg2's
+`%s` on PostgreSQL, and `execute`/`executemany` run it on either engine.
 """
 import sqlite3
+import threading
+import time
+from urllib.parse import unquote, urlsplit
 
 import gevent
 import peewee
 
 database = peewee.DatabaseProxy()
 
+# Set on every connection. WAL mode is set once, by `enable_wal`: it is
+# kept in the file, and asking for it on each connect can fail at once with
+# "database is locked" while another process opens the file.
 SQLITE_PRAGMAS = {
-    "journal_mode": "wal",
     # FULL: a commit is on disk before ingest answers 200, also across a
     # power loss; batches keep the fsync cost per request, not per entry.
     "synchronous": "full",
@@ -38,26 +50,132 @@ class UnsupportedDatabase(ValueError):
     pass
 
 
+class PostgresDatabase(peewee.PostgresqlDatabase):
+    """peewee's PostgreSQL database that remembers every connection it
+    opens, so that `close_all` can close them from any thread."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._opened = []
+        self._opened_lock = threading.Lock()
+
+    def _connect(self):
+        conn = super()._connect()
+        with self._opened_lock:
+            self._opened = [c for c in self._opened if not c.closed]
+            self._opened.append(conn)
+        return conn
+
+    def close_all(self):
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+_postgres = False
+_converted = {}
+
+
 def init(config):
     """Bind `database` to the store named by `config` and return it."""
-    url = config.database_url
-    if url and not url.startswith("sqlite"):
+    global _postgres
+    url = config.database_url or ""
+    previous = database.obj
+    if url.startswith(("postgresql://", "postgres://")):
+        bound = _postgres_database(url)
+        _postgres = True
+    elif url and not url.startswith("sqlite:///"):
         raise UnsupportedDatabase(
             f"LOGSVC_DATABASE_URL={url.split(':', 1)[0]}://... is not supported; "
-            "use the SQLite default"
+            "use sqlite:///path or postgresql://..."
         )
-    path = config.sqlite_path
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
     else:
-        config.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    bound = peewee.SqliteDatabase(
-        str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
-        check_same_thread=False,
-    )
+        path = config.sqlite_path
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+        else:
+            config.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        enable_wal(str(path))
+        bound = peewee.SqliteDatabase(
+            str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
+            check_same_thread=False,
+        )
+        _postgres = False
     database.initialize(bound)
+    if isinstance(previous, PostgresDatabase):
+        previous.close_all()
     _configure_pool(config.db_threads)
     return bound
+
+
+def _is_locked(exc):
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def enable_wal(path, patience_s=30.0):
+    deadline = time.monotonic() + patience_s
+    conn = sqlite3.connect(path, timeout=patience_s)
+    try:
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=wal")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def _postgres_database(url):
+    try:
+        import psycopg2  # noqa: F401 - fail here, with a clear message
+    except ImportError:  # pragma: no cover - psycopg2 is in requirements.txt
+        raise UnsupportedDatabase("PostgreSQL needs psycopg2: pip install -r requirements.txt") from None
+    parts = urlsplit(url)
+    name = unquote(parts.path.lstrip("/"))
+    if not name:
+        raise UnsupportedDatabase("LOGSVC_DATABASE_URL must name the database: postgresql://host/dbname")
+    # The whole URL goes to libpq as the connection string; peewee needs the name.
+    return PostgresDatabase(name, dsn=url)
+
+
+def is_postgres():
+    return _postgres
+
+
+def sql(text):
+    """`text` with `?` placeholders in the current engine's parameter style."""
+    if not _postgres:
+        return text
+    converted = _converted.get(text)
+    if converted is None:
+        converted = _converted[text] = text.replace("%", "%%").replace("?", "%s")
+    return converted
+
+
+def execute(text, params=()):
+    """Run one statement (`?` placeholders) and return its cursor."""
+    return database.execute_sql(sql(text), params)
+
+
+def executemany(text, rows):
+    """Run one statement (`?` placeholders) once per row, in as few round
+    trips as the engine allows."""
+    if not rows:
+        return
+    if _postgres:
+        from psycopg2.extras import execute_batch
+
+        with database.connection().cursor() as cursor:
+            execute_batch(cursor, sql(text), rows, page_size=1000)
+    else:
+        database.connection().executemany(text, rows)
 
 
 def call(fn, *args, **kwargs):
@@ -74,10 +192,28 @@ def _capture(fn, args, kwargs):
     try:
         return True, fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - re-raised by call()
+        _drop_broken_connection()
         return False, exc
 
 
-def is_locked_error(exc):
+def _drop_broken_connection():
+    """After a lost PostgreSQL connection (server restart, network), forget
+    it so that this thread's next call connects again."""
+    if not _postgres:
+        return
+    conn = getattr(database.obj._state, "conn", None)
+    if conn is not None and conn.closed:
+        database.obj._state.reset()
+
+
+def is_transient_error(exc):
+    """Whether a retry shortly may succeed: SQLite busy past its timeout, or
+    on PostgreSQL a lost connection, a deadlock or a serialization failure."""
+    if _postgres:
+        import psycopg2
+
+        return isinstance(exc, (peewee.OperationalError, peewee.InterfaceError,
+                                psycopg2.OperationalError, psycopg2.InterfaceError))
     return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and (
         "locked" in str(exc) or "busy" in str(exc)
     )

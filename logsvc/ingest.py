@@ -17,8 +17,17 @@ request finds no flush running takes everything queued (up to
 while the other greenlets keep parsing and validating the next requests.
 Each request waits until the transaction holding its entries has committed,
 and learns its own contiguous id range. If that transaction fails, every
-request in it fails and nothing of it is stored. Other processes are
-serialised by SQLite itself (BEGIN IMMEDIATE with a busy timeout).
+request in it fails and nothing of it is stored.
+
+Ids and commit order: a transaction takes its ids by adding its size to the
+`id_sequence` row as its first write, and holds that row's lock until it
+commits. Other writers, in this process or on any host, wait on the lock,
+so ids are handed out and committed in the same order: whoever can see id
+N can see every id below it. That is what lets the live tail follow the
+store with `id > last seen` and never skip an entry that commits late. A
+transaction that fails releases the row unchanged, so its ids are taken
+again by the next one and no hole is left. On SQLite the database lock
+(BEGIN IMMEDIATE with a busy timeout) gives the same order.
 """
 import zlib
 
@@ -26,7 +35,7 @@ import gevent.event
 import gevent.lock
 import orjson
 
-from . import db, entry, rollup
+from . import db, entry, partitions, rollup
 from .db import database
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
@@ -186,17 +195,27 @@ _INSERT_ENTRY = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_BODY = "INSERT INTO entry_body (entry_id, request_body, response_body) VALUES (?, ?, ?)"
+_TAKE_IDS = "UPDATE id_sequence SET last_id = last_id + ? WHERE name = 'entry' RETURNING last_id"
 
 
 def _write(entries):
     """Insert a batch in one transaction; return its first and last id."""
+    try:
+        return _write_batch(entries)
+    except BaseException:
+        if db.is_postgres():
+            partitions.forget()  # it may have made partitions that rolled back
+        raise
+
+
+def _write_batch(entries):
     key_of = rollup.key_of
+    postgres = db.is_postgres()
     with database.atomic():
-        conn = database.connection()
-        (seq,) = conn.execute(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)"
-        ).fetchone()
-        first = seq + 1
+        (last,) = db.execute(_TAKE_IDS, (len(entries),)).fetchone()
+        first = last - len(entries) + 1
+        if postgres:
+            partitions.ensure(first, last)
         rows = []
         bodies = []
         keys = []
@@ -213,11 +232,25 @@ def _write(entries):
             keys.append(key_of(e["ts_ms"], e["project_id"], e["container_id"],
                                e["service_name"], e["level"], e["kind"],
                                e["status"], e["source"]))
-        conn.executemany(_INSERT_ENTRY, rows)
-        if bodies:
-            conn.executemany(_INSERT_BODY, bodies)
-        rollup.add(conn, keys)
-    return first, first + len(entries) - 1
+        if postgres:
+            _insert_values(_INSERT_ENTRY, rows)
+            _insert_values(_INSERT_BODY, bodies)
+        else:
+            db.executemany(_INSERT_ENTRY, rows)
+            db.executemany(_INSERT_BODY, bodies)
+        rollup.add(keys)
+    return first, last
+
+
+def _insert_values(insert, rows):
+    """PostgreSQL: many rows per INSERT statement."""
+    if not rows:
+        return
+    from psycopg2.extras import execute_values
+
+    head = insert.split(" VALUES ", 1)[0]
+    with database.connection().cursor() as cursor:
+        execute_values(cursor, head + " VALUES %s", rows, page_size=2000)
 
 
 def _check_scope(fields, scope):

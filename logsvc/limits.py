@@ -5,10 +5,14 @@ stats, histogram; stream and WebSocket connects; ws-token), with bursts up
 to that many. The limit is a GCRA token bucket: one row per scope holding
 its "theoretical arrival time", updated in one short transaction.
 
-The rows live in `<data dir>/limits.db`, a small SQLite file of their own,
-so every gunicorn worker of a host counts against the same budget without
-touching the log store's write lock. Several hosts each keep their own
-file: with N hosts a scope can make up to N times the limit.
+Where the rows live depends on the store:
+
+- SQLite: `<data dir>/limits.db`, a small SQLite file of their own, so every
+  gunicorn worker of the host counts against the same budget without
+  touching the log store's write lock.
+- PostgreSQL: the `rate_bucket` table of the store, updated by one
+  statement (row lock, no transaction of its own), so every worker of every
+  host shares one budget per scope.
 """
 import sqlite3
 import threading
@@ -36,8 +40,18 @@ class RateLimiter:
         """Count one read for `scope_key`; raise RateLimited when over."""
         if not self.per_minute:
             return
-        if not db.call(self._take, scope_key, time.time()):
+        take = self._take_shared if db.is_postgres() else self._take
+        if not db.call(take, scope_key, time.time()):
             raise RateLimited()
+
+    def _take_shared(self, key, now):
+        interval = 60.0 / self.per_minute
+        row = db.execute(
+            "INSERT INTO rate_bucket (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
+            "SET tat = greatest(rate_bucket.tat, ?) + ? "
+            "WHERE greatest(rate_bucket.tat, ?) + ? - ? <= 60 RETURNING tat",
+            (key, now + interval, now, interval, now, interval, now)).fetchone()
+        return row is not None
 
     def _take(self, key, now):
         conn = self._connection()
@@ -56,9 +70,9 @@ class RateLimiter:
     def _connection(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            db.enable_wal(self.path)
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=wal")
             conn.execute("PRAGMA synchronous=off")  # losing a count on power loss is fine
             conn.execute("CREATE TABLE IF NOT EXISTS bucket (scope TEXT PRIMARY KEY, tat REAL)")
             self._local.conn = conn

@@ -6,7 +6,7 @@ counters, so a scrape of any gunicorn worker gives the same answer.
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from . import db
+from . import db, query
 from .entry import LEVELS
 
 
@@ -32,12 +32,9 @@ class _StoreCollector:
 
 
 def _read():
-    database = db.database
-    sums = ", ".join(f"coalesce(SUM(level_{name}), 0)" for name in LEVELS)
-    row = database.execute_sql(f"SELECT {sums} FROM rollup_total").fetchone()
+    sums = ", ".join(f"CAST(coalesce(SUM(level_{name}), 0) AS BIGINT)" for name in LEVELS)
+    row = db.execute(f"SELECT {sums} FROM rollup_total").fetchone()
     by_level = list(zip(LEVELS, row))
-    (last_id,) = database.execute_sql(
-        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)"
-    ).fetchone()
-    (oldest,) = database.execute_sql("SELECT MIN(ts_ms) FROM entry").fetchone()
+    last_id = query.high_water()
+    (oldest,) = db.execute("SELECT MIN(ts_ms) FROM entry").fetchone()
     return by_level, last_id, oldest

@@ -1,8 +1,10 @@
 """Tables of the store.
 
-- `Entry`: one captured log entry. `id` is AUTOINCREMENT so an id is never
-  reused, even after the newest rows are deleted; it doubles as the live
-  tail's sequence number.
+- `Entry`: one captured log entry. Its `id` doubles as the live tail's
+  sequence number: ingest assigns ids from `IdSequence` (see ingest.py), so
+  an id is never reused, even after the newest rows are deleted, and ids
+  become visible in the order they were assigned. On PostgreSQL `entry`
+  and `entry_body` are partitioned by id range (see partitions.py).
 - `EntryBody`: captured request/response bodies, kept apart so scans of
   `entry` never read them.
 - `RollupTotal` / `RollupMinute`: entry counts per (project, container,
@@ -11,7 +13,9 @@
   them in the same transaction as the rows, so they always equal a GROUP BY
   over `entry`. Key columns use '' for "none" because a primary key treats
   NULLs as distinct and the upsert needs a key.
-- `Meta`: small key/value records (the schema version).
+- `IdSequence`: the last id handed out, per sequence ('entry').
+- `Meta`: small key/value records (the schema version, the partition size).
+- `RateBucket`: the rate limit's state per scope (PostgreSQL only).
 - `Lease`: named, expiring locks shared by every process on the database
   (who runs retention).
 - `ApiToken`, `User`, `Session`, `WsToken`: the scoped callers, browser
@@ -21,12 +25,12 @@
 - `PruneLog`: the id ranges retention removed, and when.
 """
 import peewee
-from playhouse.sqlite_ext import AutoIncrementField
 
+from . import db
 from .db import database
 from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class BaseModel(peewee.Model):
@@ -36,7 +40,8 @@ class BaseModel(peewee.Model):
 
 
 class Entry(BaseModel):
-    id = AutoIncrementField()
+    # INTEGER PRIMARY KEY on SQLite (the rowid), BIGINT on PostgreSQL.
+    id = peewee.BigIntegerField(primary_key=True)
     trace_id = peewee.TextField()
     ts_ms = peewee.BigIntegerField()
     kind = peewee.TextField()
@@ -115,6 +120,18 @@ class RollupMinute(BaseModel):
         table_settings = ["WITHOUT ROWID"]
 
 
+class IdSequence(BaseModel):
+    name = peewee.TextField(primary_key=True)
+    last_id = peewee.BigIntegerField()
+
+
+class RateBucket(BaseModel):
+    """PostgreSQL: the rate limit's state per scope, shared by every host
+    (SQLite keeps it in a file of its own, see limits.py)."""
+    scope = peewee.TextField(primary_key=True)
+    tat = peewee.DoubleField()
+
+
 class Meta(BaseModel):
     key = peewee.TextField(primary_key=True)
     value = peewee.TextField()
@@ -181,21 +198,71 @@ class PruneLog(BaseModel):
     max_id = peewee.BigIntegerField()
 
 
-ALL_MODELS = (Entry, EntryBody, RollupTotal, RollupMinute, Meta, Lease, ApiToken, User,
-              Session, WsToken, DestroyedScope, PruneLog)
+ALL_MODELS = (Entry, EntryBody, RollupTotal, RollupMinute, IdSequence, RateBucket, Meta, Lease,
+              ApiToken, User, Session, WsToken, DestroyedScope, PruneLog)
+
+
+def _v1_to_v2():
+    # Version 1 (SQLite only) took entry ids from sqlite_sequence.
+    db.execute("UPDATE id_sequence SET last_id = max(last_id, coalesce("
+               "(SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)) WHERE name = 'entry'")
+
 
 # Migrations from version N to N+1, each run in one transaction.
-MIGRATIONS = {}
+MIGRATIONS = {1: _v1_to_v2}
+
+
+def shared_secret(name):
+    """A random secret kept in `meta`, made by whichever process asks first
+    and the same for every process and host on this store (it signs
+    cursors, which may come back to any host)."""
+    import secrets
+
+    with database.atomic():
+        (Meta.insert(key=f"secret:{name}", value=secrets.token_urlsafe(32))
+         .on_conflict_ignore().execute())
+        return Meta.get(Meta.key == f"secret:{name}").value
 
 
 class SchemaTooNew(RuntimeError):
     pass
 
 
-def create_schema():
-    """Create the tables of a new store, or migrate an existing one."""
+def _stored_version():
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except peewee.DatabaseError:  # a new store: no meta table yet
+        return None
+    return int(row[0]) if row else None
+
+
+def create_schema(partition_rows=1_000_000):
+    """Create the tables of a new store, or migrate an existing one.
+    `partition_rows` (PostgreSQL) is the id range of one partition; the
+    first process to create the store decides it for every host."""
+    postgres = db.is_postgres()
+    if _stored_version() == SCHEMA_VERSION:
+        # The usual start of a worker: nothing to create, and no DDL that
+        # would lock tables that the writers of other hosts are using.
+        return
+    for model in (RollupTotal, RollupMinute):
+        model._meta.table_settings = [] if postgres else ["WITHOUT ROWID"]
+    Entry._meta.table_settings = ["PARTITION BY RANGE (id)"] if postgres else []
+    EntryBody._meta.table_settings = ["PARTITION BY RANGE (entry_id)"] if postgres else []
     with database.atomic():
+        if postgres:
+            # Every worker of every host runs this at start: one at a time.
+            db.execute("SELECT pg_advisory_xact_lock(7106737)")
         database.create_tables(ALL_MODELS, safe=True)
+        if postgres:
+            # Partitions are dropped whole by retention, bodies with their
+            # entries: a foreign key between the two would forbid that.
+            db.execute("ALTER TABLE entry_body DROP CONSTRAINT IF EXISTS entry_body_entry_id_fkey")
+        (IdSequence.insert(name="entry", last_id=0)
+         .on_conflict_ignore().execute())
+        if postgres:
+            (Meta.insert(key="partition_rows", value=str(max(1, partition_rows)))
+             .on_conflict_ignore().execute())
         row = Meta.get_or_none(Meta.key == "schema_version")
         if row is None:
             Meta.create(key="schema_version", value=str(SCHEMA_VERSION))

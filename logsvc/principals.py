@@ -200,7 +200,10 @@ def redeem_ws_token(ticket):
             row = WsToken.get_or_none(WsToken.digest == _digest(ticket))
             if row is None:
                 return None
-            WsToken.delete().where(WsToken.digest == row.digest).execute()
+            # Only the process whose delete removed the row may use it: two
+            # hosts redeeming the same ticket at once get one success.
+            if not WsToken.delete().where(WsToken.digest == row.digest).execute():
+                return None
             return row if row.expires_ms > now_ms() else None
     row = db.call(take)
     return None if row is None else _from_fields(row.principal)

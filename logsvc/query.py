@@ -68,7 +68,7 @@ def last_entries(filters, n, max_id):
     """The newest `n` matching entries with id <= max_id, oldest first."""
     def run():
         where, params = where_sql(filters)
-        rows = db.database.execute_sql(
+        rows = db.execute(
             f"{_SELECT} FROM entry e WHERE {where} AND e.id <= ? ORDER BY e.id DESC LIMIT ?",
             [*params, max_id, n]).fetchall()
         return [render_row(row) for row in reversed(rows)]
@@ -76,15 +76,15 @@ def last_entries(filters, n, max_id):
 
 
 def high_water():
-    """The highest id ever assigned (entries up to it are committed)."""
-    (seq,) = db.database.execute_sql(
-        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)").fetchone()
-    return seq
+    """The highest id ever assigned and committed (every entry up to it is
+    visible: ids are committed in order, see ingest.py)."""
+    (last_id,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
+    return last_id
 
 
 def rows_after(after_id, limit):
     """Every stored row (COLUMNS order) with an id above `after_id`, ascending."""
-    return db.database.execute_sql(
+    return db.execute(
         f"{_SELECT} FROM entry e WHERE e.id > ? ORDER BY e.id LIMIT ?",
         (after_id, limit)).fetchall()
 
@@ -155,11 +155,11 @@ def where_sql(filters):
         terms.append("ts_ms < ?")
         params.append(f.until)
     if f.q:
-        # LIKE is case-insensitive for ASCII in SQLite; % and _ match literally.
-        terms.append("url LIKE ? ESCAPE '\\'")
+        # Case-insensitive (SQLite's LIKE is, for ASCII); % and _ match literally.
+        terms.append(f"url {'ILIKE' if db.is_postgres() else 'LIKE'} ? ESCAPE '\\'")
         escaped = f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         params.append(f"%{escaped}%")
-    return (" AND ".join(terms) if terms else "1"), params
+    return (" AND ".join(terms) if terms else "TRUE"), params
 
 
 _SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)
@@ -189,7 +189,7 @@ def _list_entries(filters, page):
         limit = page.limit
         sql += f" ORDER BY e.id {'DESC' if page.order == 'desc' else 'ASC'} LIMIT ? OFFSET ?"
         params.extend((limit, page.offset))
-    rows = db.database.execute_sql(sql, params).fetchall()
+    rows = db.execute(sql, params).fetchall()
     if page.last is not None:
         rows.reverse()
     width = len(COLUMNS)
@@ -217,7 +217,7 @@ def _entries_after(filters, after_id, limit, max_id):
         params.append(max_id)
     sql += " ORDER BY e.id LIMIT ?"
     params.append(limit)
-    return [render_row(row) for row in db.database.execute_sql(sql, params).fetchall()]
+    return [render_row(row) for row in db.execute(sql, params).fetchall()]
 
 
 def render_row(row, bodies=None):
@@ -231,14 +231,14 @@ def _count(filters, cap=None):
     pushed = _rollup_sum(filters)
     if pushed is not None:
         column, where, params = pushed
-        (n,) = db.database.execute_sql(
-            f"SELECT coalesce(SUM({column}), 0) FROM rollup_total WHERE {where}",
+        (n,) = db.execute(
+            f"SELECT CAST(coalesce(SUM({column}), 0) AS BIGINT) FROM rollup_total WHERE {where}",
             params).fetchone()
         return n, True
     cap = cap or COUNT_CAP
     where, params = where_sql(filters)
-    (n,) = db.database.execute_sql(
-        f"SELECT count(*) FROM (SELECT 1 FROM entry e WHERE {where} LIMIT ?)",
+    (n,) = db.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM entry e WHERE {where} LIMIT ?) AS matched",
         [*params, cap + 1]).fetchone()
     return (cap, False) if n > cap else (n, True)
 
@@ -271,7 +271,7 @@ def _rollup_sum(f):
     if f.service_names:
         terms.append(f"service_name IN ({', '.join('?' * len(f.service_names))})")
         params.extend(f.service_names)
-    return column, (" AND ".join(terms) if terms else "1"), params
+    return column, (" AND ".join(terms) if terms else "TRUE"), params
 
 
 def _status_classes(ranges):

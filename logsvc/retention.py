@@ -13,10 +13,10 @@ import socket
 
 import gevent
 
-from . import db, rollup
+from . import db, partitions, query, rollup
 from .db import database
 from .entry import now_ms
-from .models import Lease, PruneLog
+from .models import PruneLog
 
 log = logging.getLogger("logsvc.retention")
 BATCH = 2000
@@ -29,8 +29,10 @@ def prune(config, now=None, batch=BATCH):
     now = now_ms() if now is None else now
     removed = 0
     db.call(_forget_prunes_before, now - PRUNE_LOG_KEEP_MS)
-    if config.retention_ms:
-        cutoff = now - config.retention_ms
+    cutoff = now - config.retention_ms if config.retention_ms else None
+    if db.is_postgres():
+        removed += db.call(_drop_partitions, cutoff, config.max_rows)
+    if cutoff is not None:
         while True:
             n = db.call(_delete_batch, "ts_ms < ? ORDER BY ts_ms LIMIT ?", (cutoff, batch))
             removed += n
@@ -41,7 +43,7 @@ def prune(config, now=None, batch=BATCH):
         excess = db.call(_row_count) - config.max_rows
         if excess <= 0:
             break
-        removed += db.call(_delete_batch, "1 ORDER BY id LIMIT ?", (min(excess, batch),))
+        removed += db.call(_delete_batch, "TRUE ORDER BY id LIMIT ?", (min(excess, batch),))
         gevent.sleep(0)
     return removed
 
@@ -65,15 +67,18 @@ def take_lease(name, holder, seconds):
     """Take or renew the named lease; True if `holder` now holds it."""
     now = now_ms()
     with database.atomic():
-        current = Lease.get_or_none(Lease.name == name)
-        if current is None:
-            Lease.create(name=name, holder=holder, expires_ms=now + int(seconds * 1000))
-            return True
-        if current.holder != holder and current.expires_ms > now:
-            return False
-        (Lease.update(holder=holder, expires_ms=now + int(seconds * 1000))
-         .where(Lease.name == name).execute())
-        return True
+        # One statement: processes on other hosts may race for the lease.
+        db.execute("INSERT INTO lease (name, holder, expires_ms) VALUES (?, ?, ?) "
+                   "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                   "expires_ms = excluded.expires_ms "
+                   "WHERE lease.holder = excluded.holder OR lease.expires_ms <= ?",
+                   (name, holder, now + int(seconds * 1000), now))
+        (current,) = db.execute("SELECT holder FROM lease WHERE name = ?", (name,)).fetchone()
+        return current == holder
+
+
+def _drop_partitions(cutoff, max_rows):
+    return partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
 
 
 def _forget_prunes_before(ts_ms):
@@ -81,20 +86,19 @@ def _forget_prunes_before(ts_ms):
 
 
 def _row_count():
-    (n,) = database.execute_sql("SELECT coalesce(SUM(n), 0) FROM rollup_total").fetchone()
+    (n,) = db.execute("SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()
     return n
 
 
 def _delete_batch(where, params):
     with database.atomic():
-        conn = database.connection()
-        rows = conn.execute(
+        rows = db.execute(
             f"SELECT id, {rollup.ROW_SQL} FROM entry WHERE {where}", params).fetchall()
         if not rows:
             return 0
         ids = [(row[0],) for row in rows]
-        conn.executemany("DELETE FROM entry_body WHERE entry_id = ?", ids)
-        conn.executemany("DELETE FROM entry WHERE id = ?", ids)
-        rollup.add(conn, [rollup.key_of(*row[1:]) for row in rows], sign=-1)
+        db.executemany("DELETE FROM entry_body WHERE entry_id = ?", ids)
+        db.executemany("DELETE FROM entry WHERE id = ?", ids)
+        rollup.add([rollup.key_of(*row[1:]) for row in rows], sign=-1)
         PruneLog.create(ts_ms=now_ms(), min_id=min(ids)[0], max_id=max(ids)[0])
         return len(rows)

@@ -1,12 +1,13 @@
 """Entry counts per minute and (project, container, service), kept exact.
 
-`add(conn, keys, sign)` runs inside the transaction that inserts (+1) or
+`add(keys, sign)` runs inside the transaction that inserts (+1) or
 deletes (-1) the rows, so the counters always equal a GROUP BY over `entry`.
 A row of counters holds the total `n` and one column per level, kind,
 status class and source (see models.COUNT_COLUMNS); a batch touches one row
 per distinct (minute, project, container, service), which keeps the cost of
 the upserts well below the cost of the inserts they accompany.
 """
+from . import db
 from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 from .models import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
@@ -18,12 +19,16 @@ SOURCE_AT = {name: COUNT_COLUMNS.index(f"source_{name}") for name in SOURCES}
 
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 _COUNTS = ", ".join(COUNT_COLUMNS)
-_SETS = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNT_COLUMNS)
+
+def _sets(table):
+    return ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in COUNT_COLUMNS)
+
+
 _MARKS = ", ".join("?" for _ in ROLLUP_DIMENSIONS + COUNT_COLUMNS)
 _UPSERT_TOTAL = (f"INSERT INTO rollup_total ({_KEYS}, {_COUNTS}) VALUES ({_MARKS}) "
-                 f"ON CONFLICT ({_KEYS}) DO UPDATE SET {_SETS}")
+                 f"ON CONFLICT ({_KEYS}) DO UPDATE SET {_sets('rollup_total')}")
 _UPSERT_MINUTE = (f"INSERT INTO rollup_minute (minute, {_KEYS}, {_COUNTS}) "
-                  f"VALUES (?, {_MARKS}) ON CONFLICT (minute, {_KEYS}) DO UPDATE SET {_SETS}")
+                  f"VALUES (?, {_MARKS}) ON CONFLICT (minute, {_KEYS}) DO UPDATE SET {_sets('rollup_minute')}")
 
 # The columns of `entry` that `key_of` takes, in its argument order.
 ROW_SQL = "ts_ms, project_id, container_id, service_name, level, kind, status, source"
@@ -37,16 +42,18 @@ def key_of(ts_ms, project_id, container_id, service_name, level, kind, status, s
     return (ts_ms // 60_000, project_id, container_id or "", service_name or ""), positions
 
 
-def add(conn, keyed, sign=1):
-    """Add `sign` times each (key, positions) from `key_of` to the counters."""
+def add(keyed, sign=1, weights=None):
+    """Add `sign` times each (key, positions) from `key_of` to the counters
+    (times its weight, when `weights` gives one per key)."""
     per_minute = {}
-    for key, positions in keyed:
+    for index, (key, positions) in enumerate(keyed):
         counts = per_minute.get(key)
         if counts is None:
             counts = per_minute[key] = [0] * WIDTH
-        counts[0] += sign
+        step = sign if weights is None else sign * weights[index]
+        counts[0] += step
         for at in positions:
-            counts[at] += sign
+            counts[at] += step
     totals = {}
     for key, counts in per_minute.items():
         total = totals.get(key[1:])
@@ -55,10 +62,11 @@ def add(conn, keyed, sign=1):
         else:
             for at in range(WIDTH):
                 total[at] += counts[at]
-    conn.executemany(_UPSERT_MINUTE, [(*key, *counts) for key, counts in per_minute.items()])
-    conn.executemany(_UPSERT_TOTAL, [(*key, *counts) for key, counts in totals.items()])
+    # In key order, so that concurrent transactions lock rows in one order.
+    db.executemany(_UPSERT_MINUTE, sorted((*key, *counts) for key, counts in per_minute.items()))
+    db.executemany(_UPSERT_TOTAL, sorted((*key, *counts) for key, counts in totals.items()))
     if sign < 0:
         minutes = sorted({key[0] for key in per_minute})
-        conn.executemany("DELETE FROM rollup_minute WHERE minute = ? AND n <= 0",
-                         [(m,) for m in minutes])
-        conn.execute("DELETE FROM rollup_total WHERE n <= 0")
+        db.executemany("DELETE FROM rollup_minute WHERE minute = ? AND n <= 0",
+                       [(m,) for m in minutes])
+        db.execute("DELETE FROM rollup_total WHERE n <= 0")

@@ -72,7 +72,7 @@ def _histogram(bucket, since, until, project_id, container_id):
     end = -(-until // size_ms) * size_ms
     M = RollupMinute
     bucket_of = (M.minute / minutes) * minutes if minutes > 1 else M.minute
-    levels = [peewee.fn.SUM(getattr(M, f"level_{name}")) for name in LEVELS]
+    levels = [peewee.fn.SUM(getattr(M, f"level_{name}")).cast("BIGINT") for name in LEVELS]
     query = (M.select(bucket_of, *levels)
              .where((M.minute >= start // MINUTE_MS) & (M.minute < end // MINUTE_MS))
              .group_by(bucket_of))
@@ -98,7 +98,7 @@ def _add_range(counts, project_id, container_id, since, until):
         _add_raw(counts, project_id, container_id, low, high)
         return
     M = RollupMinute
-    query = (M.select(*_keys(M), *[peewee.fn.SUM(c) for c in _counts(M)])
+    query = (M.select(*_keys(M), *[peewee.fn.SUM(c).cast("BIGINT") for c in _counts(M)])
              .where((M.minute >= first_full) & (M.minute < end_full))
              .group_by(*_keys(M)))
     _accumulate(counts, _scoped(query, M, project_id, container_id).tuples())
@@ -118,7 +118,7 @@ def _add_raw(counts, project_id, container_id, low, high):
     if container_id is not None:
         sql += " AND container_id = ?"
         params.append(container_id)
-    for row in db.database.execute_sql(sql, params):
+    for row in db.execute(sql, params):
         key, positions = key_of(*row)
         target = counts.get(key[1:])
         if target is None:

@@ -21,30 +21,29 @@ def clear():
     """Empty the store. Returns {"removed", "nextId"}."""
     def run():
         with database.atomic():
-            conn = database.connection()
-            (seq,) = conn.execute("SELECT coalesce((SELECT seq FROM sqlite_sequence "
-                                  "WHERE name = 'entry'), 0)").fetchone()
-            (removed,) = conn.execute("SELECT coalesce(SUM(n), 0) FROM rollup_total").fetchone()
+            # Taking the sequence row first waits for, and then holds off,
+            # every writer: nothing commits between the count and the delete.
+            (next_seq,) = db.execute(
+                "UPDATE id_sequence SET last_id = last_id + ? WHERE name = 'entry' "
+                "RETURNING last_id", (ID_GAP_AFTER_CLEAR,)).fetchone()
+            seq = next_seq - ID_GAP_AFTER_CLEAR
+            (removed,) = db.execute(
+                "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()
             for table in ("entry_body", "entry", "rollup_total", "rollup_minute"):
-                conn.execute(f"DELETE FROM {table}")
-            next_seq = seq + ID_GAP_AFTER_CLEAR
-            # sqlite_sequence has no unique key: update the row, or add it.
-            if not conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'entry'",
-                                (next_seq,)).rowcount:
-                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('entry', ?)",
-                             (next_seq,))
+                db.execute(f"DELETE FROM {table}")
             now = now_ms()
             if seq:
                 PruneLog.create(ts_ms=now, min_id=1, max_id=seq)
-            Meta.replace(key="cleared", value=orjson.dumps(
-                {"atMs": now, "throughId": seq, "nextId": next_seq + 1}).decode()).execute()
+            marker = orjson.dumps({"atMs": now, "throughId": seq, "nextId": next_seq + 1}).decode()
+            (Meta.insert(key="cleared", value=marker)
+             .on_conflict(conflict_target=[Meta.key], update={Meta.value: marker}).execute())
             return {"removed": removed, "nextId": next_seq + 1}
     return db.call(run)
 
 
 def cleared_marker():
     """The record of the last clear (None if never); it changes with each clear."""
-    row = database.execute_sql("SELECT value FROM meta WHERE key = 'cleared'").fetchone()
+    row = db.execute("SELECT value FROM meta WHERE key = 'cleared'").fetchone()
     return row[0] if row else None
 
 
@@ -64,8 +63,11 @@ def destroy_scope(project_id, container_id, config):
     """Mark the container destroyed; revoke its tokens and users."""
     def run():
         with database.atomic():
-            DestroyedScope.replace(project_id=project_id, container_id=container_id,
-                                   destroyed_ms=now_ms()).execute()
+            now = now_ms()
+            (DestroyedScope.insert(project_id=project_id, container_id=container_id,
+                                   destroyed_ms=now)
+             .on_conflict(conflict_target=[DestroyedScope.project_id, DestroyedScope.container_id],
+                          update={DestroyedScope.destroyed_ms: now}).execute())
             bound = ((ApiToken.project_id == project_id)
                      & (ApiToken.container_id == container_id)
                      & ApiToken.revoked_ms.is_null())

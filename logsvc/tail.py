@@ -220,9 +220,9 @@ def _gap_after(last_id, high):
     """(first, last) id of the entries after `last_id` that are gone
     (retention removed them), or None. The range may hold entries that a
     filter would not have passed: it says where loss is possible."""
-    (pruned_to,) = db.database.execute_sql(
+    (pruned_to,) = db.execute(
         "SELECT max(max_id) FROM prune_log WHERE max_id > ?", (last_id,)).fetchone()
-    (oldest,) = db.database.execute_sql("SELECT min(id) FROM entry").fetchone()
+    (oldest,) = db.execute("SELECT min(id) FROM entry").fetchone()
     missing_to = high if oldest is None else oldest - 1
     marker = store.cleared_marker()
     if marker:

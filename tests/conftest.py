@@ -19,6 +19,71 @@ LOGS = "/api/proxy-logs/_logs"
 INGEST = "/api/proxy-logs/_ingest"
 
 
+# The whole suite runs on both engines. PostgreSQL is the server at
+# LOGSVC_TEST_POSTGRES_URL (default: the local one, database `test`); each
+# test gets a schema of its own, dropped afterwards.
+POSTGRES_URL = os.environ.get("LOGSVC_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_reason():
+    try:
+        import psycopg2
+
+        psycopg2.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"no PostgreSQL reachable at {POSTGRES_URL}: {str(exc).strip()}"
+    return None
+
+
+_POSTGRES_MISSING = []
+
+
+def postgres_missing():
+    if not _POSTGRES_MISSING:
+        _POSTGRES_MISSING.append(_postgres_reason())
+    return _POSTGRES_MISSING[0]
+
+
+def postgres_schema_url(schema):
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def engine(request, monkeypatch):
+    """Which store the test runs on; on PostgreSQL, LOGSVC_DATABASE_URL names
+    a fresh schema for the app factory and for every server it starts."""
+    if request.param == "sqlite":
+        if request.node.get_closest_marker("postgres_only"):
+            pytest.skip(request.node.get_closest_marker("postgres_only").args[0])
+        monkeypatch.delenv("LOGSVC_DATABASE_URL", raising=False)
+        yield "sqlite"
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip(request.node.get_closest_marker("sqlite_only").args[0])
+    reason = postgres_missing()
+    if reason:
+        pytest.skip(reason)
+    import psycopg2
+
+    schema = f"t_{os.getpid()}_{time.monotonic_ns()}"
+    def run(statement):
+        conn = psycopg2.connect(POSTGRES_URL)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '20s'")
+                cursor.execute(statement)
+        finally:
+            conn.close()
+
+    run(f"CREATE SCHEMA {schema}")
+    monkeypatch.setenv("LOGSVC_DATABASE_URL", postgres_schema_url(schema))
+    yield "postgresql"
+    run(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture
 def app(tmp_path):
     return create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN})

@@ -193,7 +193,8 @@ def test_the_cursor_does_not_mix_with_other_paging(fanout, extra):
 # --- CLI ----------------------------------------------------------------------
 
 def cli(tmp_path, *args, stdin=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env["LOGSVC_DATA_DIR"] = str(tmp_path)
     return subprocess.run([sys.executable, "-m", "logsvc", *args], cwd=ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=60)

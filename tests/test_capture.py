@@ -197,7 +197,8 @@ def edge(server):
     upstream_port, proxy_port = free_port(), free_port()
     upstream = subprocess.Popen([sys.executable, str(ROOT / "tests" / "upstream.py"),
                                  str(upstream_port)], cwd=ROOT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_URL=server.url, LOGSVC_TOKEN=ADMIN_TOKEN)
     proxy = subprocess.Popen([sys.executable, "-m", "logsvc", "proxy", "--listen",
                               f"127.0.0.1:{proxy_port}", "--upstream",
@@ -308,7 +309,8 @@ def test_the_import_command_sends_a_file_with_progress(server, tmp_path):
     lines = [NGINX.replace("12/Jun/2024:14:33:54 +0000", recent)] * 25 + ["garbage"]
     path = tmp_path / "access.log"
     path.write_text("\n".join(lines))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_URL=server.url, LOGSVC_TOKEN=ADMIN_TOKEN)
     done = subprocess.run([sys.executable, "-m", "logsvc", "import", str(path), "--service",
                            "nginx", "--batch", "10"], cwd=ROOT, env=env, capture_output=True,
@@ -370,7 +372,8 @@ def test_the_local_sink_writes_into_the_store_of_this_host(tmp_path):
 
 def test_the_demo_shows_live_traffic_within_seconds(tmp_path):
     port, proxy_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_DATA_DIR=str(tmp_path), LOGSVC_PORT=str(port))
     with subprocess.Popen([sys.executable, "-m", "logsvc", "demo", "--proxy-port",
                            str(proxy_port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,

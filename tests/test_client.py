@@ -133,7 +133,8 @@ def test_the_stream_surfaces_a_gap(tmp_path):
 # --- the command line ------------------------------------------------------------
 
 def cli(server, *args, token=ADMIN_TOKEN, stdin=None, timeout=60):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_URL=server.url if server else "http://127.0.0.1:9", LOGSVC_TOKEN=token)
     return subprocess.run([sys.executable, "-m", "logsvc", *args], cwd=ROOT, env=env,
                           input=stdin, capture_output=True, text=True, timeout=timeout)
@@ -157,7 +158,8 @@ def test_cli_ingest_query_and_stats(server, tmp_path):
 
 def test_cli_tail_resumes_from_its_state_file(server, tmp_path):
     state = tmp_path / "tail.state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_URL=server.url, LOGSVC_TOKEN=ADMIN_TOKEN)
 
     def run_tail(wait_for):

@@ -1,4 +1,6 @@
 """Retention by age and by row cap, one process at a time."""
+import pytest
+
 from logsvc import db, retention
 from logsvc.entry import now_ms
 from tests.conftest import make_entry
@@ -47,3 +49,65 @@ def test_only_one_process_holds_the_retention_lease(app):
 def test_an_expired_lease_passes_to_another_process(app):
     assert db.call(retention.take_lease, "retention", "host-a:1", -1)
     assert db.call(retention.take_lease, "retention", "host-b:2", 60)
+
+
+# --- PostgreSQL: whole partitions ---------------------------------------------------
+
+PARTITIONED = "entry is partitioned by id range on PostgreSQL only"
+
+
+def partition_app(tmp_path):
+    from app import create_app
+    from tests.conftest import ADMIN_TOKEN
+
+    return create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "partition_rows": 100})
+
+
+def stored_partitions():
+    from logsvc import partitions
+
+    return db.call(partitions.listed)
+
+
+def count_and_oldest():
+    return db.call(lambda: db.execute(
+        "SELECT count(*), min(id) FROM entry").fetchone())
+
+
+@pytest.mark.postgres_only(PARTITIONED)
+def test_the_row_cap_drops_whole_partitions_and_keeps_the_counters_exact(tmp_path):
+    from tests.conftest import Store
+
+    app = partition_app(tmp_path)
+    store = Store(app.test_client())
+    for start in range(0, 350, 50):
+        store.ingest([make_entry(i, requestBody="b") for i in range(start, start + 50)])
+    assert stored_partitions() == [0, 1, 2, 3]
+    removed = retention.prune(config_of(app, max_rows=120), batch=7)
+    assert removed == 230
+    assert stored_partitions() == [2, 3]  # 1..100 and 101..200 went whole
+    assert count_and_oldest() == (120, 231)
+    stats = store.page("/api/proxy-logs/_logs/stats")
+    assert stats["total"] == 120
+    assert sum(stats["byLevel"].values()) == 120
+    (bodies,) = db.call(lambda: db.execute("SELECT count(*) FROM entry_body").fetchone())
+    assert bodies == 120
+    ranges = db.call(lambda: db.execute(
+        "SELECT min_id, max_id FROM prune_log ORDER BY min_id").fetchall())
+    assert ranges[:2] == [(1, 100), (101, 200)]
+
+
+@pytest.mark.postgres_only(PARTITIONED)
+def test_age_drops_every_expired_partition_but_the_one_being_filled(tmp_path):
+    from tests.conftest import Store
+
+    app = partition_app(tmp_path)
+    store = Store(app.test_client())
+    now = now_ms()
+    store.ingest([make_entry(i, tsMs=now - 1000 + i) for i in range(250)])
+    later = now + 8 * 86_400_000  # everything is older than the 7 days by then
+    removed = retention.prune(config_of(app), now=later)
+    assert removed == 250
+    assert stored_partitions() == [2]  # 201..300 still takes new ids
+    assert store.page("/api/proxy-logs/_logs/stats")["total"] == 0
+    assert store.ingest([make_entry(1)])["firstId"] == 251

@@ -98,7 +98,8 @@ def test_every_acknowledged_entry_survives_a_kill_9(tmp_path):
 
 def test_python_app_py_prints_a_working_curl_line(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_DATA_DIR=str(tmp_path / "data"), LOGSVC_PORT=str(port))
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

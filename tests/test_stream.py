@@ -1,5 +1,6 @@
 """Live tail through a real gunicorn with two gevent workers, read with
 clients nobody here wrote (sseclient-py, websocket-client)."""
+import os
 import sqlite3
 import struct
 import threading
@@ -193,7 +194,23 @@ def test_a_slow_reader_twenty_thousand_behind_gets_everything_while_a_fast_one_k
         server.stop()
 
 
-def test_a_blocked_database_call_does_not_freeze_other_streams(tmp_path):
+def hold_the_write_lock(engine, tmp_path):
+    """Another process's open write transaction: ingest waits behind it.
+    Returns a function that ends it."""
+    if engine == "sqlite":
+        holder = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg2
+
+        holder = psycopg2.connect(os.environ["LOGSVC_DATABASE_URL"])
+        with holder.cursor() as cursor:
+            cursor.execute("UPDATE id_sequence SET last_id = last_id WHERE name = 'entry'")
+    _opened.append(holder)
+    return holder.rollback
+
+
+def test_a_blocked_database_call_does_not_freeze_other_streams(tmp_path, engine):
     server = Server(tmp_path, env={"LOGSVC_HEARTBEAT_S": "0.2"}, workers=1).start()
     try:
         response = requests.get(server.url + STREAM, params={"replay": 0}, stream=True,
@@ -201,9 +218,7 @@ def test_a_blocked_database_call_does_not_freeze_other_streams(tmp_path):
         _opened.append(response)
         lines = response.iter_lines()
         next(lines)
-        holder = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
-        _opened.append(holder)
-        holder.execute("BEGIN IMMEDIATE")  # ingest now waits on SQLite's lock
+        release = hold_the_write_lock(engine, tmp_path)  # ingest now waits
         writer = threading.Thread(target=ingest, args=(server, entries(1)))
         writer.start()
         stamps = []
@@ -211,7 +226,7 @@ def test_a_blocked_database_call_does_not_freeze_other_streams(tmp_path):
         while time.monotonic() - start < 1.5:
             if next(lines) == b":":
                 stamps.append(time.monotonic())
-        holder.execute("ROLLBACK")
+        release()
         writer.join(timeout=30)
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
         assert len(stamps) >= 5 and max(gaps) < 0.6, gaps

@@ -106,8 +106,10 @@ def register(app):
 
     @app.errorhandler(Exception)
     def unexpected(exc):
-        if db.is_locked_error(exc):
-            return error_response(503, "The store is busy; retry shortly", {"Retry-After": "1"})
+        if db.is_transient_error(exc):
+            log.warning("store unavailable: %s", type(exc).__name__)
+            return error_response(503, "The store is busy or unreachable; retry shortly",
+                                  {"Retry-After": "1"})
         log.exception("unexpected error: %s", type(exc).__name__)
         return error_response(500, "Internal error")
 

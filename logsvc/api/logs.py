@@ -1,6 +1,6 @@
 """Read endpoints: query, stats, histogram."""
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from schemas.params import histogram_params, query_params, stats_params
 

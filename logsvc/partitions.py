@@ -1,0 +1,100 @@
+"""PostgreSQL: `entry` and `entry_body` partitioned by id range.
+
+Partition n holds the ids n*R+1 .. (n+1)*R, where R is the store's
+`partition_rows` (kept in `meta`, decided when the store was created, the
+same on every host). `entry_p<n>` and `entry_body_p<n>` are created
+together by the writer that first needs them, while it holds the id
+sequence's row lock, so two writers never race to create one.
+
+Retention drops a whole partition once every entry in it is expired (or
+the row cap says it must go): it subtracts the partition's share of the
+rollup counters with one GROUP BY, records the id range in `prune_log` and
+drops both tables, all in one transaction. That costs the same at 100
+million rows as at one million; only the partition that straddles the
+cutoff is pruned row by row.
+"""
+import threading
+
+from . import db, rollup
+from .entry import now_ms
+from .models import PruneLog
+
+_lock = threading.Lock()
+_state = {"bound": None, "rows": None, "covered": -1}
+
+
+def partition_rows():
+    if _state["bound"] is not db.database.obj:  # a new store was bound (tests, CLI)
+        with _lock:
+            _state.update(bound=db.database.obj, rows=None, covered=-1)
+    if _state["rows"] is None:
+        (value,) = db.execute("SELECT value FROM meta WHERE key = 'partition_rows'").fetchone()
+        _state["rows"] = int(value)
+    return _state["rows"]
+
+
+def forget():
+    """Drop what this process remembers (a new store was bound)."""
+    with _lock:
+        _state.update(rows=None, covered=-1)
+
+
+def ensure(first_id, last_id):
+    """Create the partitions that ids first_id..last_id fall into. Runs in
+    the writer's transaction, after it took its ids."""
+    size = partition_rows()
+    with _lock:
+        if last_id <= _state["covered"]:
+            return
+    for n in range((first_id - 1) // size, (last_id - 1) // size + 1):
+        low, high = n * size + 1, (n + 1) * size + 1
+        db.execute(f"CREATE TABLE IF NOT EXISTS entry_p{n} PARTITION OF entry "
+                   f"FOR VALUES FROM ({low}) TO ({high})")
+        db.execute(f"CREATE TABLE IF NOT EXISTS entry_body_p{n} PARTITION OF entry_body "
+                   f"FOR VALUES FROM ({low}) TO ({high})")
+    with _lock:
+        # Only when ids are handed out from below: a partition once made
+        # is there for every later writer of this process.
+        _state["covered"] = max(_state["covered"], ((last_id - 1) // size + 1) * size)
+
+
+def listed():
+    """The partition numbers of `entry`, oldest first."""
+    rows = db.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'entry'::regclass").fetchall()
+    return sorted(int(name[len("entry_p"):]) for (name,) in rows)
+
+
+_GROUPS = ("SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
+           "kind, status, source, count(*) FROM {table} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
+
+
+def drop_expired(cutoff_ms, excess_rows, high_water):
+    """Drop the oldest partitions that retention may remove whole: every
+    entry older than `cutoff_ms` (None: no age limit), or no more rows than
+    `excess_rows` still over the row cap. Never the partition holding
+    `high_water`, which writers may still be filling. Returns the number of
+    entries removed. Each partition is one transaction."""
+    size = partition_rows()
+    removed = 0
+    for n in listed():
+        if (n + 1) * size > high_water:
+            break
+        table = f"entry_p{n}"
+        with db.database.atomic():
+            count, newest, low, high = db.execute(
+                f"SELECT count(*), max(ts_ms), min(id), max(id) FROM {table}").fetchone()
+            expired = count == 0 or (cutoff_ms is not None and newest < cutoff_ms)
+            if not expired and count > excess_rows:
+                break
+            if count:
+                groups = db.execute(_GROUPS.format(table=table)).fetchall()
+                rollup.add([rollup.key_of(*row[:8]) for row in groups], sign=-1,
+                           weights=[row[8] for row in groups])
+                PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
+            db.execute(f"DROP TABLE entry_body_p{n}")
+            db.execute(f"DROP TABLE {table}")
+        removed += count
+        excess_rows -= count
+    return removed
