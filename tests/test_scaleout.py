@@ -166,12 +166,14 @@ def test_a_websocket_ticket_from_one_host_is_good_once_on_either(hosts):
         assert json.loads(ws.recv())["url"] == "/over/ws"
     finally:
         ws.close()
+        ws.shutdown()
     again = a.url.replace("http://", "ws://") + f"/api/ws/logs?token={ticket}&replay=1"
     ws = websocket.create_connection(again, timeout=10)
     try:
         assert close_code(ws) == 4003  # a used ticket is a bad ticket
     finally:
         ws.close()
+        ws.shutdown()
 
 
 @pytest.mark.postgres_only("on SQLite each host keeps its own rate limit file")
