@@ -119,7 +119,8 @@ class Authenticator:
         project_id = claims.get("projectId")
         container_id = claims.get("containerId")
         if not isinstance(project_id, str) or not project_id or not (
-                container_id is None or (isinstance(container_id, str) and container_id)):
+                container_id is None or (isinstance(container_id, str) and container_id)) or (
+                "\x00" in project_id + (container_id or "")):
             raise Unauthenticated("The JWT must carry a projectId (and may carry a containerId)")
         return Principal(name=f"jwt:{claims.get('sub', '')}", project_id=project_id,
                          container_id=container_id,
@@ -191,7 +192,7 @@ def _basic(credential):
     except (binascii.Error, UnicodeDecodeError):
         raise Unauthenticated("Malformed Basic credentials") from None
     username, sep, password = decoded.partition(":")
-    if not sep or not username:
+    if not sep or not username or "\x00" in decoded:
         raise Unauthenticated("Malformed Basic credentials")
     return username, password
 

@@ -67,6 +67,10 @@ def cap_body(body, content_type, max_bytes):
         return None, False
     if is_excluded_content_type(content_type):
         return None, True
+    if "\x00" in body:
+        # NUL cannot be stored in a PostgreSQL text column; both engines
+        # store the same body, with U+FFFD in its place.
+        body = body.replace("\x00", "\ufffd")
     encoded = body.encode("utf-8", "surrogatepass")
     if len(encoded) <= max_bytes:
         return body, False
@@ -133,6 +137,8 @@ def _text(max_len, lower=False, upper=False):
             raise ValueError("Not a valid string.")
         if not value or len(value) > max_len:
             raise ValueError(f"Length must be between 1 and {max_len}.")
+        if "\x00" in value:
+            raise ValueError("Must not contain NUL characters.")
         if lower:
             return value.lower()
         if upper:

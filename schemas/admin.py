@@ -3,7 +3,13 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from logsvc.auth import CAPABILITIES
 
-_ID = validate.Length(min=1, max=128)
+
+def _no_nul(value):
+    if "\x00" in value:
+        raise ValidationError("Must not contain NUL characters.")
+
+
+_ID = validate.And(validate.Length(min=1, max=128), _no_nul)
 
 
 class Capabilities(fields.Dict):
@@ -28,11 +34,12 @@ class ScopeFields(Schema):
 
 
 class TokenCreate(ScopeFields):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = fields.String(required=True, validate=validate.And(validate.Length(min=1, max=200),
+                                                              _no_nul))
 
 
 class UserCreate(ScopeFields):
-    username = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    username = fields.String(required=True, validate=_ID)
     password = fields.String(required=True, validate=validate.Length(min=8, max=1024))
 
     @validates("username")

@@ -1,4 +1,5 @@
 """Credentials on every endpoint, the one error shape, operations endpoints."""
+import base64
 import os
 import stat
 
@@ -93,3 +94,15 @@ def test_an_unsupported_database_url_is_refused(tmp_path):
     from logsvc.db import UnsupportedDatabase
     with pytest.raises(UnsupportedDatabase, match="not supported"):
         create_app({"data_dir": tmp_path, "database_url": "mysql://x/y"})
+
+
+def test_nul_in_the_path_query_or_credentials_is_refused_not_a_500(client, admin):
+    response = client.get(LOGS + "?projectId=a%00b", headers=admin)
+    assert response.status_code == 400 and "'projectId'" in response.json["message"]
+    response = client.post("/api/proxy-logs/_admin/scopes/p%00/c/destroy", headers=admin)
+    assert response.status_code == 400
+    basic = "Basic " + base64.b64encode(b"a\x00b:password").decode()
+    assert client.get(LOGS, headers={"Authorization": basic}).status_code == 401
+    created = client.post("/api/proxy-logs/_admin/tokens", headers=admin,
+                          json={"name": "n", "projectId": "p\x00"})
+    assert created.status_code in (400, 422) and "projectId" in created.json["message"]

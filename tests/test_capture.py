@@ -361,7 +361,8 @@ def test_the_local_sink_writes_into_the_store_of_this_host(tmp_path):
     from app import create_app
     from logsvc.capture import LocalSink
     from logsvc.config import Config
-    sink = LocalSink(Config(data_dir=tmp_path, admin_token=ADMIN_TOKEN), flush_s=0.05)
+    config = Config.from_env().replace(data_dir=tmp_path, admin_token=ADMIN_TOKEN)
+    sink = LocalSink(config, flush_s=0.05)
     Client(CaptureMiddleware(flask_app(), sink, project_id="here")).post("/items", json={})
     assert sink.flush(timeout=10) and sink.sent == 2
     client = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN}).test_client()

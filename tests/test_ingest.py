@@ -182,6 +182,16 @@ def _bodies(store, **params):
     return store.page(includeRequestBody="true", includeResponseBody="true", **params)["entries"]
 
 
+def test_nul_is_refused_in_fields_and_replaced_in_bodies_on_both_engines(store):
+    result = store.ingest([make_entry(0, url="/a\u0000b"),
+                           make_entry(1, requestBody="x\u0000y", data={"k": "v\u0000"})])
+    assert result["rejected"] == [{"index": 0,
+                                   "errors": {"url": ["Must not contain NUL characters."]}}]
+    stored = _bodies(store)[0]
+    assert stored["requestBody"] == "x\ufffdy"
+    assert stored["data"]["k"] == "v\u0000"  # kept: data is stored as JSON text
+
+
 def test_bodies_are_returned_only_when_asked_for(store):
     store.ingest([make_entry(0, requestBody="req", responseBody='{"ok":true}')])
     plain = store.page()["entries"][0]

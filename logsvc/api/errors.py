@@ -54,7 +54,23 @@ def validation_message(exc, where="query parameter"):
     return "; ".join(parts)
 
 
+def _refuse_nul():
+    """No stored text may hold NUL (PostgreSQL cannot), so a request that
+    brings one in its path or query string is refused before any view runs."""
+    from flask import request
+
+    if "\x00" in request.path:
+        return error_response(400, "The path must not contain NUL characters")
+    for key, value in request.args.items(multi=True):
+        if "\x00" in key or "\x00" in value:
+            return error_response(400, f"Invalid query parameter '{key.replace(chr(0), '')}': "
+                                       "must not contain NUL characters")
+    return None
+
+
 def register(app):
+    app.before_request(_refuse_nul)
+
     @app.errorhandler(ApiError)
     def api_error(exc):
         return error_response(exc.status, exc.message, exc.headers)
