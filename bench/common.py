@@ -51,12 +51,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, data_dir, workers=1):
+    def __init__(self, data_dir, workers=1, database_url=""):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, LOGSVC_DATA_DIR=str(data_dir), LOGSVC_PORT=str(self.port),
                    LOGSVC_WORKERS=str(workers), LOGSVC_ADMIN_TOKEN=TOKEN,
-                   LOGSVC_RETENTION_DAYS="0", LOGSVC_MAX_ROWS="1000000000")
+                   LOGSVC_RETENTION_DAYS="0", LOGSVC_MAX_ROWS="1000000000",
+                   LOGSVC_DATABASE_URL=database_url)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

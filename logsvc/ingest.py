@@ -29,6 +29,7 @@ transaction that fails releases the row unchanged, so its ids are taken
 again by the next one and no hole is left. On SQLite the database lock
 (BEGIN IMMEDIATE with a busy timeout) gives the same order.
 """
+import io
 import zlib
 
 import gevent.event
@@ -189,6 +190,9 @@ class _Malformed:
         self.reason = reason
 
 
+_ENTRY_COLUMNS = ("id", "trace_id", "ts_ms", "kind", "level", "project_id", "container_id",
+                  "service_name", "method", "url", "client_ip", "status", "source", "data",
+                  "has_body", "body_truncated")
 _INSERT_ENTRY = (
     "INSERT INTO entry (id, trace_id, ts_ms, kind, level, project_id, container_id, "
     "service_name, method, url, client_ip, status, source, data, has_body, body_truncated) "
@@ -233,8 +237,8 @@ def _write_batch(entries):
                                e["service_name"], e["level"], e["kind"],
                                e["status"], e["source"]))
         if postgres:
-            _insert_values(_INSERT_ENTRY, rows)
-            _insert_values(_INSERT_BODY, bodies)
+            _copy("entry", _ENTRY_COLUMNS, rows)
+            _copy("entry_body", ("entry_id", "request_body", "response_body"), bodies)
         else:
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)
@@ -242,15 +246,37 @@ def _write_batch(entries):
     return first, last
 
 
-def _insert_values(insert, rows):
-    """PostgreSQL: many rows per INSERT statement."""
+def _copy(table, columns, rows):
+    """PostgreSQL: stream the rows with COPY (about three times the speed of
+    multi-row INSERTs), in the same transaction."""
     if not rows:
         return
-    from psycopg2.extras import execute_values
-
-    head = insert.split(" VALUES ", 1)[0]
+    text = _copy_text
+    lines = ["\t".join([text(value) for value in row]) for row in rows]
+    lines.append("")
     with database.connection().cursor() as cursor:
-        execute_values(cursor, head + " VALUES %s", rows, page_size=2000)
+        cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN",
+                           io.StringIO("\n".join(lines)))
+
+
+_COPY_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value):
+    """One value in COPY's text format."""
+    kind = type(value)
+    if kind is str:
+        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+            return value.translate(_COPY_ESCAPES)
+        return value
+    if kind is int:
+        return str(value)
+    if value is None:
+        return _COPY_NULL
+    if kind is bool:
+        return "t" if value else "f"
+    return str(value)
 
 
 def _check_scope(fields, scope):

@@ -63,10 +63,25 @@ def add(keyed, sign=1, weights=None):
             for at in range(WIDTH):
                 total[at] += counts[at]
     # In key order, so that concurrent transactions lock rows in one order.
-    db.executemany(_UPSERT_MINUTE, sorted((*key, *counts) for key, counts in per_minute.items()))
-    db.executemany(_UPSERT_TOTAL, sorted((*key, *counts) for key, counts in totals.items()))
+    _upsert(_UPSERT_MINUTE, sorted((*key, *counts) for key, counts in per_minute.items()))
+    _upsert(_UPSERT_TOTAL, sorted((*key, *counts) for key, counts in totals.items()))
     if sign < 0:
         minutes = sorted({key[0] for key in per_minute})
         db.executemany("DELETE FROM rollup_minute WHERE minute = ? AND n <= 0",
                        [(m,) for m in minutes])
         db.execute("DELETE FROM rollup_total WHERE n <= 0")
+
+
+def _upsert(statement, rows):
+    if not db.is_postgres():
+        db.executemany(statement, rows)
+        return
+    if not rows:
+        return
+    # One multi-row statement: its keys are distinct, as ON CONFLICT needs.
+    from psycopg2.extras import execute_values
+
+    head, tail = statement.split(" VALUES ", 1)
+    tail = tail.split(") ", 1)[1]
+    with db.database.connection().cursor() as cursor:
+        execute_values(cursor, f"{head} VALUES %s {tail}", rows, page_size=len(rows))

@@ -192,6 +192,16 @@ def test_nul_is_refused_in_fields_and_replaced_in_bodies_on_both_engines(store):
     assert stored["data"]["k"] == "v\u0000"  # kept: data is stored as JSON text
 
 
+def test_text_with_tabs_newlines_backslashes_and_unicode_is_stored_as_sent(store):
+    tricky = "a\tb\nc\rd\\e \\N \\. é 日本 🙂"
+    store.ingest([make_entry(0, url=tricky, serviceName="\\N", requestBody=tricky,
+                             responseBody="\\N", data={"k": tricky})])
+    stored = _bodies(store)[0]
+    assert (stored["url"], stored["serviceName"], stored["requestBody"],
+            stored["responseBody"], stored["data"]["k"]) == (tricky, "\\N", tricky, "\\N", tricky)
+    assert store.page(q="\\e \\N")["total"] == 1
+
+
 def test_bodies_are_returned_only_when_asked_for(store):
     store.ingest([make_entry(0, requestBody="req", responseBody='{"ok":true}')])
     plain = store.page()["entries"][0]
