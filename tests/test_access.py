@@ -8,7 +8,7 @@ import pytest
 from app import create_app
 from logsvc import auth
 from logsvc.config import Config, ConfigError
-from tests.conftest import INGEST, LOGS
+from tests.conftest import ADMIN_TOKEN, INGEST, LOGS
 
 READ_PATHS = [LOGS, LOGS + "/stats", LOGS + "/stats/histogram", "/metrics"]
 
@@ -80,6 +80,25 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path):
     db.call(lambda: models.Meta.update(value="99").execute())
     with pytest.raises(models.SchemaTooNew):
         create_app({"data_dir": tmp_path, "admin_token": "t"})
+
+
+@pytest.mark.sqlite_only("version 1 stores were SQLite only")
+def test_a_version_1_store_is_migrated_and_keeps_its_id_sequence(tmp_path, admin):
+    import sqlite3
+
+    create_app({"data_dir": tmp_path, "admin_token": "t"})
+    old = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
+    # What version 1 left: ids counted in sqlite_sequence, no id_sequence row yet.
+    old.execute("CREATE TABLE v1_autoincrement (id INTEGER PRIMARY KEY AUTOINCREMENT)")
+    old.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('entry', 500)")
+    old.execute("DELETE FROM id_sequence")
+    old.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    old.close()
+    client = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN}).test_client()
+    assert client.post(INGEST, json={"kind": "event"}, headers=admin).json["firstId"] == 501
+    from logsvc import db
+    assert db.call(lambda: db.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == ("2",)
 
 
 def test_database_url_can_name_the_sqlite_file(tmp_path, admin):
