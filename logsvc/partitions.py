@@ -88,8 +88,14 @@ def drop_expired(cutoff_ms, excess_rows, high_water):
             expired = count == 0 or (cutoff_ms is not None and newest < cutoff_ms)
             if not expired and count > excess_rows:
                 break
+            groups = db.execute(_GROUPS.format(table=table)).fetchall() if count else []
+            # Dropping a partition needs the parents to itself. Taken before
+            # any counter row is touched, so a writer (which holds `entry`
+            # while it waits for counter rows) never waits on us in a cycle.
+            # The partition is below the high-water mark: nobody writes to
+            # it any more, so what was read above still holds.
+            db.execute("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
             if count:
-                groups = db.execute(_GROUPS.format(table=table)).fetchall()
                 rollup.add([rollup.key_of(*row[:8]) for row in groups], sign=-1,
                            weights=[row[8] for row in groups])
                 PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from logsvc import entry, ingest
 from schemas.entries import EntryInSchema
-from tests.conftest import INGEST, LOGS, make_entry
+from tests.conftest import INGEST, make_entry
 
 
 def post(client, admin, body, content_type="application/json", **headers):
