@@ -97,8 +97,13 @@ def _delete_batch(where, params):
         if not rows:
             return 0
         ids = [(row[0],) for row in rows]
-        db.executemany("DELETE FROM entry_body WHERE entry_id = ?", ids)
-        db.executemany("DELETE FROM entry WHERE id = ?", ids)
+        if db.is_postgres():  # one statement each, the ids as an array
+            id_array = [row[0] for row in rows]
+            db.execute("DELETE FROM entry_body WHERE entry_id = ANY(?)", (id_array,))
+            db.execute("DELETE FROM entry WHERE id = ANY(?)", (id_array,))
+        else:
+            db.executemany("DELETE FROM entry_body WHERE entry_id = ?", ids)
+            db.executemany("DELETE FROM entry WHERE id = ?", ids)
         rollup.add([rollup.key_of(*row[1:]) for row in rows], sign=-1)
         PruneLog.create(ts_ms=now_ms(), min_id=min(ids)[0], max_id=max(ids)[0])
         return len(rows)
