@@ -43,7 +43,7 @@ def create_app(config=None):
         authenticator=auth.Authenticator(auth.load_admin_token(config), config.jwt_secret),
         limiter=limits.RateLimiter(config.data_dir, config.rate_limit_per_min),
         server_secret=db.call(models.shared_secret, "server"),
-        tailer=tail.Tailer(config.ring_size),
+        tailer=tail.Tailer(config.ring_size, config.tail_poll_s),
     )
     errors.register(app)
     for blueprint in blueprints():

@@ -25,6 +25,8 @@ class Config:
     admin_fanout: bool = False
     heartbeat_s: float = 15.0
     ring_size: int = 5000
+    # How often the live tail looks for entries it was not told about.
+    tail_poll_s: float = 0.05
     max_body_bytes: int = 65536
     max_request_bytes: int = 16 * 1024 * 1024
     retention_days: float = 7.0

@@ -199,6 +199,7 @@ _INSERT_ENTRY = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_BODY = "INSERT INTO entry_body (entry_id, request_body, response_body) VALUES (?, ?, ?)"
+TAIL_CHANNEL = "logsvc_entries"  # PostgreSQL NOTIFY channel of committed ingests
 _TAKE_IDS = "UPDATE id_sequence SET last_id = last_id + ? WHERE name = 'entry' RETURNING last_id"
 
 
@@ -243,6 +244,9 @@ def _write_batch(entries):
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)
         rollup.add(keys)
+        if postgres:
+            # Delivered at commit: wakes the live tail of every host.
+            db.execute(f"NOTIFY {TAIL_CHANNEL}")
     return first, last
 
 

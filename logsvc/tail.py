@@ -6,10 +6,13 @@ Ownership and flow:
   last one it saw, in id order, renders each once, and appends it to the
   `ring` of the LOGSVC_RING_SIZE most recent entries. It runs its query on a
   database thread, wakes at once when this process commits an ingest
-  (`notify`), and otherwise polls every POLL_S, so entries written by other
-  workers or hosts arrive within that delay. SQLite hands out ids in commit
-  order (one writer at a time), so following "id > last seen" never skips
-  an entry.
+  (`notify`), and otherwise polls every LOGSVC_TAIL_POLL_S, so entries
+  written by other workers or hosts arrive within that delay. On PostgreSQL
+  every committed ingest also sends NOTIFY, and a listener greenlet per
+  process wakes the tailer on it, so other hosts' entries arrive at once;
+  the poll remains as the fallback. Ids become visible in the order they
+  were handed out on both engines (see ingest.py), so following "id > last
+  seen" never skips an entry.
 - A `Subscription` (one per SSE or WebSocket client) keeps only its
   position: the highest id it has examined. When its position is inside
   the ring it reads the ring; when it has fallen behind the ring (a slow
@@ -22,13 +25,16 @@ Ownership and flow:
   `meta` changes): every subscription ends with a reset.
 """
 import bisect
+import logging
 
 import gevent
 import gevent.event
 import orjson
 
 from . import db, query, store
+from .ingest import TAIL_CHANNEL
 
+log = logging.getLogger("logsvc.tail")
 POLL_S = 0.05
 FETCH = 1000
 PAGE = 500  # most entries one subscription handles at a time
@@ -65,8 +71,9 @@ def subscribe(tailer, filters, last_event_id=None, replay=100, destroyed_scope=N
 
 
 class Tailer:
-    def __init__(self, ring_size):
+    def __init__(self, ring_size, poll_s=POLL_S):
         self.ring_size = ring_size
+        self.poll_s = poll_s
         self.ids = []  # ids of the ring, ascending
         self.items = []  # (entry dict, rendered JSON bytes), same order
         self.position = None  # highest id seen
@@ -81,6 +88,8 @@ class Tailer:
         """Start following (once per process); return when positioned."""
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
+            if db.is_postgres():
+                gevent.spawn(self._listen, db.database.obj)
         self._ready.wait()
         return self
 
@@ -108,8 +117,34 @@ class Tailer:
             except Exception:  # noqa: BLE001 - the tailer must outlive a bad moment
                 gevent.sleep(1)
                 continue
-            self._wake.wait(POLL_S)
+            self._wake.wait(self.poll_s)
             self._wake.clear()
+
+    def _listen(self, database):
+        """PostgreSQL: wake the tailer whenever any host commits an ingest.
+        One connection of its own per process, waited on by the hub; if it
+        breaks, the poll carries on alone until it is back."""
+        from gevent.socket import wait_read
+
+        while db.database.obj is database:
+            conn = None
+            try:
+                conn = db.call(_listen_connection, database)
+                while db.database.obj is database:
+                    try:
+                        wait_read(conn.fileno(), timeout=30)
+                    except TimeoutError:
+                        pass  # poll anyway: it notices a broken connection
+                    conn.poll()
+                    if conn.notifies:
+                        conn.notifies.clear()
+                        self.notify()
+            except Exception as exc:  # noqa: BLE001 - the poll covers the gap
+                log.warning("live tail listener: %s; retrying", type(exc).__name__)
+                gevent.sleep(1)
+            finally:
+                if conn is not None:
+                    conn.close()
 
     def _step(self):
         while True:
@@ -210,6 +245,16 @@ class Subscription:
                     and orjson.loads(rendered)["data"].get("event") == "scope-destroyed"):
                 return index + 1
         return None
+
+
+def _listen_connection(database):
+    import psycopg2
+
+    conn = psycopg2.connect(database=database.database, **database.connect_params)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f"LISTEN {TAIL_CHANNEL}")
+    return conn
 
 
 def _position_and_clear():

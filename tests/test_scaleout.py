@@ -24,9 +24,8 @@ STREAM = LOGS + "/stream"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-@pytest.fixture
-def hosts(tmp_path, engine):
-    env = {"LOGSVC_ADMIN_FANOUT": "true", "LOGSVC_RATE_LIMIT_PER_MIN": "6"}
+def two_hosts(tmp_path, engine, **settings):
+    env = {"LOGSVC_ADMIN_FANOUT": "true", "LOGSVC_RATE_LIMIT_PER_MIN": "6", **settings}
     if engine == "sqlite":
         env["LOGSVC_DATABASE_URL"] = f"sqlite:///{tmp_path / 'shared.db'}"
     started = []
@@ -34,10 +33,19 @@ def hosts(tmp_path, engine):
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
             started.append(Server(tmp_path / name, env=env).start())
-        yield started
-    finally:
+    except Exception:
         for server in started:
             server.stop()
+        raise
+    return started
+
+
+@pytest.fixture
+def hosts(tmp_path, engine):
+    started = two_hosts(tmp_path, engine)
+    yield started
+    for server in started:
+        server.stop()
 
 
 def post(server, entries, headers=ADMIN):
@@ -70,6 +78,27 @@ def test_an_entry_ingested_on_one_host_reaches_subscribers_on_the_other(hosts):
         assert time.monotonic() - started < 5
     finally:
         response.close()
+
+
+@pytest.mark.postgres_only("on SQLite the poll is what crosses processes")
+def test_on_postgresql_other_hosts_are_woken_by_notify_not_by_the_poll(tmp_path, engine):
+    a, b = two_hosts(tmp_path, engine, LOGSVC_TAIL_POLL_S="60")
+    try:
+        response, stream = subscribe(b, replay=0)
+        try:
+            for n in range(3):
+                started = time.monotonic()
+                post(a, [make_entry(n, tsMs=None, url=f"/woken/{n}")])
+                event = next(stream)
+                while event.event != "message":
+                    event = next(stream)
+                assert json.loads(event.data)["url"] == f"/woken/{n}"
+                assert time.monotonic() - started < 5  # far inside the 60 s poll
+        finally:
+            response.close()
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_eight_writers_on_two_hosts_and_four_tails_see_every_id_once_in_order(hosts):
@@ -122,7 +151,10 @@ def test_eight_writers_on_two_hosts_and_four_tails_see_every_id_once_in_order(ho
     for writer in writers:
         writer.join(timeout=120)
     assert not failures, failures
-    stop_at[0] = max(written)
+    # A last entry after all others tells each tail that it has seen everything.
+    stop_at[0] = max(written) + 1
+    final = post(a, [make_entry(0, tsMs=None, url="/last")])["firstId"]
+    written.append(final)
     for reader in readers:
         reader.join(timeout=60)
     expected = sorted(written)
