@@ -115,9 +115,11 @@ def main():
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--soak", type=int, default=0)
+    parser.add_argument("--database-url", default="",
+                        help="run the server on this store (e.g. a PostgreSQL URL); default SQLite")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data_dir:
-        server = Server(data_dir, workers=2)
+        server = Server(data_dir, workers=2, database_url=args.database_url)
         try:
             port = int(server.url.rsplit(":", 1)[1])
             pids = worker_pids(server)

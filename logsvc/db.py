@@ -21,7 +21,6 @@ Hand-written SQL uses `?` placeholders; `sql()` turns them into psycopg2's
 `%s` on PostgreSQL, and `execute`/`executemany` run it on either engine.
 """
 import sqlite3
-import threading
 import time
 from urllib.parse import unquote, urlsplit
 
@@ -57,7 +56,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._opened = []
-        self._opened_lock = threading.Lock()
+        self._opened_lock = os_lock()
 
     def _connect(self):
         conn = super()._connect()
@@ -74,6 +73,15 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                 conn.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+
+
+def os_lock():
+    """A lock of the operating system, also when gevent has patched
+    `threading`: the database threads are real threads, and a gevent lock
+    shared between them can stall."""
+    from gevent import monkey
+
+    return monkey.get_original("_thread", "allocate_lock")()
 
 
 _postgres = False
@@ -105,6 +113,10 @@ def init(config):
             check_same_thread=False,
         )
         _postgres = False
+    # peewee serialises connect/close with a threading.Lock, which is
+    # gevent's once gevent has patched threading: shared between database
+    # threads, it can stall them. Give it a lock of the operating system.
+    bound._lock = os_lock()
     database.initialize(bound)
     if isinstance(previous, PostgresDatabase):
         previous.close_all()

@@ -13,13 +13,11 @@ drops both tables, all in one transaction. That costs the same at 100
 million rows as at one million; only the partition that straddles the
 cutoff is pruned row by row.
 """
-import threading
-
 from . import db, rollup
 from .entry import now_ms
 from .models import PruneLog
 
-_lock = threading.Lock()
+_lock = db.os_lock()
 _state = {"bound": None, "rows": None, "covered": -1}
 
 

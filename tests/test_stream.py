@@ -427,3 +427,31 @@ def test_websocket_tells_of_a_reset(fast_server):
     requests.post(fast_server.url + "/api/proxy-logs/_admin/clear", headers=ADMIN)
     assert json.loads(ws.recv()) == {"event": "reset"}
     assert close_code(ws) == 1000
+
+
+def test_many_streams_opening_at_once_on_a_fresh_worker_all_open(tmp_path):
+    """Every database thread connects at the same moment: none may stall
+    (peewee's connect lock must be a real lock, not gevent's)."""
+    server = Server(tmp_path, workers=1).start()
+    try:
+        opened, failures = [], []
+
+        def open_one(n):
+            try:
+                response = requests.get(server.url + STREAM, stream=True, timeout=(5, 20),
+                                        params={"replay": 0, "containerId": f"c{n}"},
+                                        headers={**ADMIN, "Connection": "close"})
+                _opened.append(response)
+                next(response.iter_lines())
+                opened.append(n)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=open_one, args=(n,)) for n in range(60)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not failures and len(opened) == 60, failures[:3]
+    finally:
+        server.stop()
