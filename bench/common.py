@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: data, a server to measure, statistics."""
+import contextlib
 import os
 import random
 import socket
@@ -99,3 +100,42 @@ def sqlite_connect(path):
     conn.execute("PRAGMA journal_mode=wal")
     conn.execute("PRAGMA synchronous=full")
     return conn
+
+
+def post_batches(url, bodies, concurrency, per_body):
+    """POST the NDJSON `bodies` to `url`'s ingest with `concurrency` requests
+    in flight; returns entries per second (each body holds `per_body`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {**HEADERS, "Content-Type": "application/x-ndjson"}
+    sessions = [requests.Session() for _ in range(concurrency)]
+
+    def send(numbered):
+        number, body = numbered
+        response = sessions[number % concurrency].post(
+            url + "/api/proxy-logs/_ingest", data=body, headers=headers)
+        assert response.json()["accepted"] == per_body, response.text
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        start = time.perf_counter()
+        list(pool.map(send, enumerate(bodies)))
+        return len(bodies) * per_body / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def postgres_schema(url, name):
+    """A schema of its own in the PostgreSQL at `url`, dropped afterwards.
+    Yields the URL that selects it."""
+    import psycopg2
+
+    schema = f"{name}_{os.getpid()}_{time.monotonic_ns()}"
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE SCHEMA {schema}")
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()

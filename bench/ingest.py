@@ -12,13 +12,11 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
-import requests
 
-from common import HEADERS, Server, entries, sqlite_connect
+from common import Server, entries, post_batches, sqlite_connect
 
 BATCH = 1000
 
@@ -28,19 +26,7 @@ def http_rate(batches, data_dir, concurrency):
     try:
         bodies = [b"\n".join(orjson.dumps(e) for e in entries(BATCH, start=i * BATCH))
                   for i in range(batches)]
-        headers = {**HEADERS, "Content-Type": "application/x-ndjson"}
-        sessions = [requests.Session() for _ in range(concurrency)]
-
-        def send(numbered):
-            number, body = numbered
-            response = sessions[number % concurrency].post(
-                server.url + "/api/proxy-logs/_ingest", data=body, headers=headers)
-            assert response.json()["accepted"] == BATCH, response.text
-
-        with ThreadPoolExecutor(concurrency) as pool:
-            start = time.perf_counter()
-            list(pool.map(send, enumerate(bodies)))
-            return batches * BATCH / (time.perf_counter() - start)
+        return post_batches(server.url, bodies, concurrency, BATCH)
     finally:
         server.stop()
 

@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -31,7 +30,7 @@ import psycopg2
 import requests
 from psycopg2.extras import execute_values
 
-from common import HEADERS, Server, entries, p50, timed
+from common import HEADERS, Server, entries, p50, post_batches, postgres_schema, timed
 
 BATCH = 1000
 LOGS = "/api/proxy-logs/_logs"
@@ -40,24 +39,8 @@ COLUMNS = ("id", "trace_id", "ts_ms", "kind", "level", "project_id", "container_
            "has_body", "body_truncated")
 
 
-def schema_url(url, schema):
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-
-
 def post_all(server, bodies, concurrency=2):
-    headers = {**HEADERS, "Content-Type": "application/x-ndjson"}
-    sessions = [requests.Session() for _ in range(concurrency)]
-
-    def send(numbered):
-        number, body = numbered
-        response = sessions[number % concurrency].post(
-            server.url + "/api/proxy-logs/_ingest", data=body, headers=headers)
-        assert response.json()["accepted"] == BATCH, response.text
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        start = time.perf_counter()
-        list(pool.map(send, enumerate(bodies)))
-        return len(bodies) * BATCH / (time.perf_counter() - start)
+    return post_batches(server.url, bodies, concurrency, BATCH)
 
 
 def ndjson(first_batch, batches):
@@ -128,16 +111,10 @@ def main():
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
-    admin = psycopg2.connect(args.url)
-    admin.autocommit = True
     results = {"sqlite": [], "postgresql": [], "values": [], "copy": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(args.rounds):
-            schema = f"bench_{round_no}_{int(time.time())}"
-            with admin.cursor() as cursor:
-                cursor.execute(f"CREATE SCHEMA {schema}")
-            url = schema_url(args.url, schema)
-            try:
+            with postgres_schema(args.url, "bench_ingest") as url:
                 for engine, database_url in (("sqlite", ""), ("postgresql", url)):
                     server = Server(Path(tmp) / f"{engine}{round_no}", database_url=database_url)
                     try:
@@ -152,9 +129,6 @@ def main():
                     conn.close()
                 results["values"].append(values)
                 results["copy"].append(copy)
-            finally:
-                with admin.cursor() as cursor:
-                    cursor.execute(f"DROP SCHEMA {schema} CASCADE")
             print(f"round {round_no + 1}: " + "  ".join(
                 f"{k} {v[-1]:,.0f}/s" for k, v in results.items()), file=sys.stderr)
         rate = {k: statistics.median(v) for k, v in results.items()}
@@ -164,11 +138,7 @@ def main():
               f"{rate['values']:,.0f}/s (ratio {rate['postgresql'] / rate['values']:.2f}), "
               f"raw COPY {rate['copy']:,.0f}/s (ratio {rate['postgresql'] / rate['copy']:.2f})")
 
-        schema = f"bench_q_{int(time.time())}"
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE SCHEMA {schema}")
-        url = schema_url(args.url, schema)
-        try:
+        with postgres_schema(args.url, "bench_query") as url:
             batches = args.rows // BATCH
             for engine, database_url in (("sqlite", ""), ("postgresql", url)):
                 server = Server(Path(tmp) / f"q_{engine}", database_url=database_url)
@@ -192,11 +162,6 @@ def main():
                 raw = p50(timed(raw_page, args.repeat))
             conn.close()
             print(f"the same page and total straight in SQL with psycopg2: p50 {raw:.2f} ms")
-        finally:
-            with admin.cursor() as cursor:
-                cursor.execute(f"DROP SCHEMA {schema} CASCADE")
-    admin.close()
-
 
 if __name__ == "__main__":
     main()

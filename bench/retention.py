@@ -21,7 +21,7 @@ import time
 
 import psycopg2
 
-from common import entries
+from common import entries, postgres_schema
 
 
 
@@ -51,18 +51,12 @@ def main():
     args = parser.parse_args()
     from logsvc import retention
 
-    admin = psycopg2.connect(args.url)
-    admin.autocommit = True
     half = args.rows // 2
     times = {"partitions": [], "batches": [], "raw": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(args.rounds):
             for mode in times:
-                schema = f"bench_ret_{mode}_{round_no}_{int(time.time())}"
-                with admin.cursor() as cursor:
-                    cursor.execute(f"CREATE SCHEMA {schema}")
-                url = f"{args.url}{'&' if '?' in args.url else '?'}options=-csearch_path%3D{schema}"
-                try:
+                with postgres_schema(args.url, f"bench_retention_{mode}") as url:
                     size = args.partition if mode == "partitions" else args.rows * 10
                     config = fill(url, tmp, args.rows, size)
                     start = time.perf_counter()
@@ -77,9 +71,6 @@ def main():
                         removed = retention.prune(config.replace(max_rows=args.rows - half))
                         assert removed == half, removed
                     times[mode].append(time.perf_counter() - start)
-                finally:
-                    with admin.cursor() as cursor:
-                        cursor.execute(f"DROP SCHEMA {schema} CASCADE")
                 print(f"round {round_no + 1} {mode}: {times[mode][-1]:.2f} s", file=sys.stderr)
     t = {k: statistics.median(v) for k, v in times.items()}
     print(f"retention, {half:,} of {args.rows:,} entries removed: whole partitions "

@@ -9,7 +9,6 @@ many writers on both hosts every tail sees every id exactly once, in order.
 import json
 import os
 import random
-import struct
 import threading
 import time
 
@@ -19,6 +18,7 @@ import sseclient
 import websocket
 
 from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, Server, make_entry
+from tests.test_stream import close_code
 
 STREAM = LOGS + "/stream"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -177,13 +177,6 @@ def test_a_cursor_begun_on_one_host_continues_on_the_other(hosts):
         seen += [entry["id"] for entry in lines[:-1]]
         cursor, turn = lines[-1]["nextCursor"], turn + 1
     assert seen == list(range(1, 13)) and turn == 3
-
-
-def close_code(ws):
-    while True:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return struct.unpack("!H", data[:2])[0]
 
 
 def test_a_websocket_ticket_from_one_host_is_good_once_on_either(hosts):
