@@ -226,9 +226,7 @@ def is_transient_error(exc):
 
         return isinstance(exc, (peewee.OperationalError, peewee.InterfaceError,
                                 psycopg2.OperationalError, psycopg2.InterfaceError))
-    return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and (
-        "locked" in str(exc) or "busy" in str(exc)
-    )
+    return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and _is_locked(exc)
 
 
 def _configure_pool(size):

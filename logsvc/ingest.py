@@ -193,12 +193,16 @@ class _Malformed:
 _ENTRY_COLUMNS = ("id", "trace_id", "ts_ms", "kind", "level", "project_id", "container_id",
                   "service_name", "method", "url", "client_ip", "status", "source", "data",
                   "has_body", "body_truncated")
-_INSERT_ENTRY = (
-    "INSERT INTO entry (id, trace_id, ts_ms, kind, level, project_id, container_id, "
-    "service_name, method, url, client_ip, status, source, data, has_body, body_truncated) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_BODY = "INSERT INTO entry_body (entry_id, request_body, response_body) VALUES (?, ?, ?)"
+_BODY_COLUMNS = ("entry_id", "request_body", "response_body")
+
+
+def _insert_sql(table, columns):
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})")
+
+
+_INSERT_ENTRY = _insert_sql("entry", _ENTRY_COLUMNS)
+_INSERT_BODY = _insert_sql("entry_body", _BODY_COLUMNS)
 TAIL_CHANNEL = "logsvc_entries"  # PostgreSQL NOTIFY channel of committed ingests
 _TAKE_IDS = "UPDATE id_sequence SET last_id = last_id + ? WHERE name = 'entry' RETURNING last_id"
 
@@ -239,7 +243,7 @@ def _write_batch(entries):
                                e["status"], e["source"]))
         if postgres:
             _copy("entry", _ENTRY_COLUMNS, rows)
-            _copy("entry_body", ("entry_id", "request_body", "response_body"), bodies)
+            _copy("entry_body", _BODY_COLUMNS, bodies)
         else:
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)

@@ -24,6 +24,8 @@
 - `DestroyedScope`: containers destroyed by the operator.
 - `PruneLog`: the id ranges retention removed, and when.
 """
+import secrets
+
 import peewee
 
 from . import db
@@ -216,8 +218,6 @@ def shared_secret(name):
     """A random secret kept in `meta`, made by whichever process asks first
     and the same for every process and host on this store (it signs
     cursors, which may come back to any host)."""
-    import secrets
-
     with database.atomic():
         (Meta.insert(key=f"secret:{name}", value=secrets.token_urlsafe(32))
          .on_conflict_ignore().execute())

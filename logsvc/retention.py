@@ -96,14 +96,13 @@ def _delete_batch(where, params):
             f"SELECT id, {rollup.ROW_SQL} FROM entry WHERE {where}", params).fetchall()
         if not rows:
             return 0
-        ids = [(row[0],) for row in rows]
+        ids = [row[0] for row in rows]
         if db.is_postgres():  # one statement each, the ids as an array
-            id_array = [row[0] for row in rows]
-            db.execute("DELETE FROM entry_body WHERE entry_id = ANY(?)", (id_array,))
-            db.execute("DELETE FROM entry WHERE id = ANY(?)", (id_array,))
+            db.execute("DELETE FROM entry_body WHERE entry_id = ANY(?)", (ids,))
+            db.execute("DELETE FROM entry WHERE id = ANY(?)", (ids,))
         else:
-            db.executemany("DELETE FROM entry_body WHERE entry_id = ?", ids)
-            db.executemany("DELETE FROM entry WHERE id = ?", ids)
+            db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM entry WHERE id = ?", [(i,) for i in ids])
         rollup.add([rollup.key_of(*row[1:]) for row in rows], sign=-1)
-        PruneLog.create(ts_ms=now_ms(), min_id=min(ids)[0], max_id=max(ids)[0])
+        PruneLog.create(ts_ms=now_ms(), min_id=min(ids), max_id=max(ids))
         return len(rows)

@@ -20,15 +20,19 @@ SOURCE_AT = {name: COUNT_COLUMNS.index(f"source_{name}") for name in SOURCES}
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 _COUNTS = ", ".join(COUNT_COLUMNS)
 
-def _sets(table):
-    return ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in COUNT_COLUMNS)
+
+def _upsert_parts(table, keys):
+    """(INSERT head, ON CONFLICT clause, placeholders of one row) of the
+    counter upsert into `table`, keyed on `keys`."""
+    columns = f"{keys}, {_COUNTS}"
+    sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in COUNT_COLUMNS)
+    marks = ", ".join("?" for _ in columns.split(", "))
+    return (f"INSERT INTO {table} ({columns})",
+            f"ON CONFLICT ({keys}) DO UPDATE SET {sets}", f"({marks})")
 
 
-_MARKS = ", ".join("?" for _ in ROLLUP_DIMENSIONS + COUNT_COLUMNS)
-_UPSERT_TOTAL = (f"INSERT INTO rollup_total ({_KEYS}, {_COUNTS}) VALUES ({_MARKS}) "
-                 f"ON CONFLICT ({_KEYS}) DO UPDATE SET {_sets('rollup_total')}")
-_UPSERT_MINUTE = (f"INSERT INTO rollup_minute (minute, {_KEYS}, {_COUNTS}) "
-                  f"VALUES (?, {_MARKS}) ON CONFLICT (minute, {_KEYS}) DO UPDATE SET {_sets('rollup_minute')}")
+_UPSERT_TOTAL = _upsert_parts("rollup_total", _KEYS)
+_UPSERT_MINUTE = _upsert_parts("rollup_minute", f"minute, {_KEYS}")
 
 # The columns of `entry` that `key_of` takes, in its argument order.
 ROW_SQL = "ts_ms, project_id, container_id, service_name, level, kind, status, source"
@@ -72,16 +76,15 @@ def add(keyed, sign=1, weights=None):
         db.execute("DELETE FROM rollup_total WHERE n <= 0")
 
 
-def _upsert(statement, rows):
-    if not db.is_postgres():
-        db.executemany(statement, rows)
-        return
+def _upsert(parts, rows):
     if not rows:
+        return
+    head, conflict, marks = parts
+    if not db.is_postgres():
+        db.executemany(f"{head} VALUES {marks} {conflict}", rows)
         return
     # One multi-row statement: its keys are distinct, as ON CONFLICT needs.
     from psycopg2.extras import execute_values
 
-    head, tail = statement.split(" VALUES ", 1)
-    tail = tail.split(") ", 1)[1]
     with db.database.connection().cursor() as cursor:
-        execute_values(cursor, f"{head} VALUES %s {tail}", rows, page_size=len(rows))
+        execute_values(cursor, f"{head} VALUES %s {conflict}", rows, page_size=len(rows))

@@ -1,3 +1,4 @@
+import functools
 import gzip
 import os
 import signal
@@ -36,13 +37,7 @@ def _postgres_reason():
     return None
 
 
-_POSTGRES_MISSING = []
-
-
-def postgres_missing():
-    if not _POSTGRES_MISSING:
-        _POSTGRES_MISSING.append(_postgres_reason())
-    return _POSTGRES_MISSING[0]
+postgres_missing = functools.cache(_postgres_reason)
 
 
 def postgres_schema_url(schema):
