@@ -20,6 +20,7 @@ control_socket_disable = True
 
 
 def post_worker_init(worker):
-    from app import start_background
+    from logsvc.server import start_background
 
-    start_background(_config)
+    if hasattr(worker.wsgi, "extensions"):  # not gunicorn's stand-in for an app that failed
+        start_background(worker.wsgi)

@@ -1,4 +1,4 @@
 """WSGI entry point for gunicorn: `gunicorn -c gunicorn.conf.py wsgi:app`."""
-from app import create_app
+from logsvc.server import create_app
 
 app = create_app()

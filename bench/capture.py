@@ -1,7 +1,7 @@
 """Cost of capturing: the WSGI middleware per request, and the capturing
 proxy's throughput, each beside its reference in one run.
 
-    .venv/bin/python bench/capture.py [--calls 5000] [--requests 2000]
+    .venv/bin/python -m bench.capture [--calls 5000] [--requests 2000]
 
 - Middleware: p50 time of one call of a small WSGI app, bare and wrapped in
   CaptureMiddleware (its HttpSink sending to a real logsvc meanwhile).
@@ -15,16 +15,16 @@ if "--upstream-port" in sys.argv:  # the upstream process serves under gevent
 
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-import requests  # noqa: E402
+import requests
 
-from common import ROOT, TOKEN, Server, free_port, p50  # noqa: E402
+from bench.common import ROOT, TOKEN, Server, free_port, p50
 
 BODY = b'{"items": [1, 2, 3], "total": 3}'
 

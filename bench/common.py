@@ -1,20 +1,22 @@
-"""Shared pieces of the benchmarks: data, a server to measure, statistics."""
+"""Shared pieces of the benchmarks: data, a server to measure, statistics.
+
+Run a benchmark from the checkout as a module: `.venv/bin/python -m bench.ingest`.
+"""
 import contextlib
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from logsvc.testing import ROOT, free_port
+from logsvc.testing import Server as _Server
+
+__all__ = ["ROOT", "free_port"]
+
 TOKEN = "bench-admin-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
-sys.path.insert(0, str(ROOT))
 
 
 def entries(n, start=0, now_ms=None):
@@ -45,34 +47,13 @@ def entries(n, start=0, now_ms=None):
     return out
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, data_dir, workers=1, database_url=""):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, LOGSVC_DATA_DIR=str(data_dir), LOGSVC_PORT=str(self.port),
-                   LOGSVC_WORKERS=str(workers), LOGSVC_ADMIN_TOKEN=TOKEN,
-                   LOGSVC_RETENTION_DAYS="0", LOGSVC_MAX_ROWS="1000000000",
-                   LOGSVC_DATABASE_URL=database_url)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
+def Server(data_dir, workers=1, database_url=""):
+    """A started gunicorn with production settings, except that nothing is
+    pruned while a benchmark runs."""
+    env = {"LOGSVC_RETENTION_DAYS": "0", "LOGSVC_MAX_ROWS": "1000000000",
+           "LOGSVC_DATABASE_URL": database_url, "LOGSVC_HEARTBEAT_S": "15",
+           "GUNICORN_CMD_ARGS": ""}
+    return _Server(data_dir, workers=workers, env=env, token=TOKEN).start()
 
 
 def timed(fn, repeat):

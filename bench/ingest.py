@@ -1,6 +1,6 @@
 """Ingest throughput over HTTP against raw sqlite3 executemany, in one run.
 
-    .venv/bin/python bench/ingest.py [--batches 30] [--rounds 3]
+    .venv/bin/python -m bench.ingest [--batches 30] [--rounds 3]
 
 logsvc: NDJSON batches of 1000 entries posted to one gunicorn gevent worker
 (validation, body rules, rollup counters, commit to disk before the 200).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from common import Server, entries, post_batches, sqlite_connect
+from bench.common import Server, entries, post_batches, sqlite_connect
 
 BATCH = 1000
 

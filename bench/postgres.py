@@ -1,7 +1,7 @@
 """PostgreSQL against SQLite on the same workload, and against raw psycopg2
 on the same schema, in one run.
 
-    .venv/bin/python bench/postgres.py [--url postgresql://postgres@127.0.0.1/test]
+    .venv/bin/python -m bench.postgres [--url postgresql://postgres@127.0.0.1/test]
                                        [--batches 30] [--rows 200000] [--repeat 200]
 
 Ingest: NDJSON batches of 1000 posted to one gunicorn gevent worker, with
@@ -30,7 +30,7 @@ import psycopg2
 import requests
 from psycopg2.extras import execute_values
 
-from common import HEADERS, Server, entries, p50, post_batches, postgres_schema, timed
+from bench.common import HEADERS, Server, entries, p50, post_batches, postgres_schema, timed
 
 BATCH = 1000
 LOGS = "/api/proxy-logs/_logs"

@@ -1,7 +1,7 @@
 """Query, stats and traceId lookup latency over HTTP against the same work
 straight in SQL, at two store sizes, in one run.
 
-    .venv/bin/python bench/query.py [--sizes 100000,1000000] [--repeat 200]
+    .venv/bin/python -m bench.query [--sizes 100000,1000000] [--repeat 200]
 
 For each size the store is filled through the ingest service, then one
 gunicorn gevent worker serves it while we time, side by side:
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import requests
 
-from common import HEADERS, Server, entries, p50, timed
+from bench.common import HEADERS, Server, entries, p50, timed
 
 LOGS = "/api/proxy-logs/_logs"
 
 
 def fill(data_dir, start, stop):
-    from app import create_app
-    from logsvc import ingest
+    from logsvc.server import create_app
+    from logsvc.store import ingest
     app = create_app({"data_dir": data_dir, "admin_token": "x", "retention_days": 0,
                       "max_rows": 10**9})
     config = app.extensions["logsvc"].config
@@ -41,8 +41,8 @@ def fill(data_dir, start, stop):
 def measure(data_dir, size, repeat):
     conn = sqlite3.connect(Path(data_dir) / "logs.db")
     trace_ids = [row[0] for row in conn.execute(
-        "SELECT trace_id FROM entry WHERE id IN (%s)" % ",".join(
-            str(random.randrange(1, size)) for _ in range(50)))]
+        "SELECT trace_id FROM entry WHERE id IN ({})".format(",".join(
+            str(random.randrange(1, size)) for _ in range(50))))]
     server = Server(data_dir)
     session = requests.Session()
     session.headers.update(HEADERS)

@@ -1,7 +1,7 @@
 """Retention on PostgreSQL: dropping whole partitions against deleting the
 same rows in batches, and against one plain DELETE, in one run.
 
-    .venv/bin/python bench/retention.py [--rows 400000] [--partition 100000]
+    .venv/bin/python -m bench.retention [--rows 400000] [--partition 100000]
                                         [--url postgresql://postgres@127.0.0.1/test]
 
 Three stores (schemas of their own) get the same `--rows` entries through
@@ -21,16 +21,15 @@ import time
 
 import psycopg2
 
-from common import entries, postgres_schema
-
+from bench.common import entries, postgres_schema
 
 
 def fill(url, tmp, rows, partition_rows):
     import os
 
     os.environ["LOGSVC_DATABASE_URL"] = url
-    from app import create_app
-    from logsvc import ingest
+    from logsvc.server import create_app
+    from logsvc.store import ingest
 
     app = create_app({"data_dir": tmp, "admin_token": "x", "partition_rows": partition_rows,
                       "retention_days": 0, "max_rows": 10**9})
@@ -49,7 +48,7 @@ def main():
     parser.add_argument("--partition", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    from logsvc import retention
+    from logsvc.store import retention
 
     half = args.rows // 2
     times = {"partitions": [], "batches": [], "raw": []}

@@ -1,6 +1,6 @@
 """Live-tail latency, memory per subscriber, and a soak, in one run.
 
-    .venv/bin/python bench/tail.py [--subscribers 1000] [--rate 2000] [--seconds 30] [--soak 0]
+    .venv/bin/python -m bench.tail [--subscribers 1000] [--rate 2000] [--seconds 30] [--soak 0]
 
 Starts gunicorn (two gevent workers) and opens `--subscribers` SSE streams,
 each following one container (as tenants do), while a writer ingests
@@ -33,7 +33,7 @@ import gevent  # noqa: E402
 import orjson  # noqa: E402
 import requests  # noqa: E402
 
-from common import HEADERS, TOKEN, Server, p50, p99  # noqa: E402
+from bench.common import HEADERS, TOKEN, Server, p50, p99  # noqa: E402
 
 _TS = re.compile(rb'"url":"/bench/(\d+\.\d+)"')
 

@@ -6,6 +6,6 @@ if len(sys.argv) > 1 and sys.argv[1] in ("proxy", "demo"):
 
     monkey.patch_all()
 
-from .cli import main  # noqa: E402
+from logsvc.cli import main
 
 sys.exit(main())

@@ -14,15 +14,17 @@ import getpass
 import json
 import sys
 
-from . import db, models, principals, retention, store, terminal
+from .access import credentials
+from .client import terminal
 from .config import Config, ConfigError
+from .store import db, models, operations, retention
 
 
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "demo", False):
-        from . import demo
+        from logsvc import demo
         return demo.run(Config.from_env(), args.proxy_port)
     if getattr(args, "remote", None):
         try:
@@ -42,7 +44,7 @@ def main(argv=None):
     except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 2
-    except (principals.NotFound, principals.Conflict, ValueError) as exc:
+    except (credentials.NotFound, credentials.Conflict, ValueError) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
@@ -54,7 +56,7 @@ def _capabilities(args):
 
 
 def _tokens_create(args, config):
-    return principals.create_token(args.name, args.project, args.container, _capabilities(args))
+    return credentials.create_token(args.name, args.project, args.container, _capabilities(args))
 
 
 def _users_create(args, config):
@@ -64,14 +66,14 @@ def _users_create(args, config):
         password = getpass.getpass(f"Password for {args.username}: ")
     if len(password) < 8:
         raise ValueError("the password needs at least 8 characters")
-    return principals.create_user(args.username, password, args.project, args.container,
+    return credentials.create_user(args.username, password, args.project, args.container,
                                   _capabilities(args))
 
 
 def _clear(args, config):
     if not args.yes:
         raise ValueError("clear deletes every entry; pass --yes to confirm")
-    return store.clear()
+    return operations.clear()
 
 
 def _parser():
@@ -85,10 +87,10 @@ def _parser():
     _scope_arguments(create)
     create.set_defaults(run=_tokens_create)
     tokens.add_parser("list", help="list tokens (never their secrets)").set_defaults(
-        run=lambda args, config: principals.list_tokens())
+        run=lambda args, config: credentials.list_tokens())
     revoke = tokens.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id", type=int)
-    revoke.set_defaults(run=lambda args, config: principals.revoke_token(args.id))
+    revoke.set_defaults(run=lambda args, config: credentials.revoke_token(args.id))
 
     users = commands.add_parser("users", help="HTTP Basic users").add_subparsers()
     create = users.add_parser("create", help="create a user (password prompted)")
@@ -98,17 +100,17 @@ def _parser():
     _scope_arguments(create)
     create.set_defaults(run=_users_create)
     users.add_parser("list", help="list users").set_defaults(
-        run=lambda args, config: principals.list_users())
+        run=lambda args, config: credentials.list_users())
     delete = users.add_parser("delete", help="delete a user")
     delete.add_argument("username")
-    delete.set_defaults(run=lambda args, config: principals.delete_user(args.username)
+    delete.set_defaults(run=lambda args, config: credentials.delete_user(args.username)
                         or {"username": args.username, "deleted": True})
 
     scopes = commands.add_parser("scopes", help="tenant scopes").add_subparsers()
     destroy = scopes.add_parser("destroy", help="destroy a container's scope")
     destroy.add_argument("project")
     destroy.add_argument("container")
-    destroy.set_defaults(run=lambda args, config: store.destroy_scope(
+    destroy.set_defaults(run=lambda args, config: operations.destroy_scope(
         args.project, args.container, config))
 
     clear = commands.add_parser("clear", help="delete every entry (ids jump by 10000)")

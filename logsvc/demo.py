@@ -14,8 +14,9 @@ import gevent
 import requests
 from gevent.pywsgi import WSGIServer
 
-from . import auth, proxy, retention
-from .capture import HttpSink
+from .access.authenticator import load_admin_token
+from .capture import HttpSink, proxy
+from .server import create_app, start_background
 
 ROUTES = {  # first path segment -> (service, container)
     "users": ("user-api", "cnt_users"),
@@ -25,14 +26,12 @@ ROUTES = {  # first path segment -> (service, container)
 
 
 def run(config, proxy_port):
-    from app import create_app
-
     app = create_app(config)
     logs = WSGIServer((config.host, config.port), app, log=None)
     logs.start()
-    gevent.spawn(retention.run_forever, config)
+    start_background(app)
     logs_url = f"http://{config.host}:{logs.server_port}"
-    token = auth.load_admin_token(config)
+    token = load_admin_token(config)
     upstream = WSGIServer(("127.0.0.1", 0), _upstream, log=None)
     upstream.start()
     sink = HttpSink(logs_url, token)

@@ -8,6 +8,7 @@ fast paths produce exactly what the schemas produce.
 """
 import time
 import uuid
+from datetime import UTC
 
 import orjson
 
@@ -181,7 +182,7 @@ def coerce_ts_ms(value):
 
 
 def coerce_iso(value):
-    from datetime import datetime, timezone
+    from datetime import datetime
     if not isinstance(value, str):
         raise ValueError("Not a valid ISO-8601 date-time.")
     try:
@@ -189,7 +190,7 @@ def coerce_iso(value):
     except ValueError:
         raise ValueError("Not a valid ISO-8601 date-time.") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
 

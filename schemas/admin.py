@@ -1,7 +1,7 @@
 """Bodies of the operator's admin API."""
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from logsvc.auth import CAPABILITIES
+from logsvc.access.principal import CAPABILITIES
 
 
 def _no_nul(value):
@@ -46,17 +46,6 @@ class UserCreate(ScopeFields):
     def no_colon(self, value, **kwargs):
         if ":" in value:
             raise ValidationError("Must not contain ':' (HTTP Basic separates on it).")
-
-
-class TokenOut(Schema):
-    id = fields.Integer()
-    name = fields.String()
-    projectId = fields.String()
-    containerId = fields.String(allow_none=True)
-    capabilities = fields.Dict()
-    createdMs = fields.Integer()
-    revokedMs = fields.Integer(allow_none=True)
-    token = fields.String(metadata={"description": "The secret; returned once, at creation"})
 
 
 token_create = TokenCreate()

@@ -84,6 +84,4 @@ class EntrySchema(Schema):
         return domain.iso_from_ms(obj["tsMs"])
 
 
-entry_in_schema = EntryInSchema()
-entry_schema = EntrySchema()
 entries_schema = EntrySchema(many=True)

@@ -11,6 +11,8 @@ import time
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from logsvc import entry
+from logsvc.store.query import MAX_LIMIT
+from logsvc.store.stats import BUCKETS
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -134,9 +136,9 @@ class FilterParams(ScopeParams):
 
 
 class QueryParams(FilterParams):
-    limit = Int(maximum=5000, load_default=200)
+    limit = Int(maximum=MAX_LIMIT, load_default=200)
     offset = Int()
-    last = Int(minimum=1, maximum=5000)
+    last = Int(minimum=1, maximum=MAX_LIMIT)
     after_id = Int(data_key="afterId")
     cursor = Text(max_length=4096)
     order = fields.String(validate=validate.OneOf(("asc", "desc")))
@@ -176,8 +178,7 @@ class StatsParams(ScopeParams):
 
 
 class HistogramParams(StatsParams):
-    bucket = fields.String(load_default="1m", validate=validate.OneOf(
-        ("1m", "5m", "10m", "15m", "30m", "1h", "3h", "6h", "12h", "1d")))
+    bucket = fields.String(load_default="1m", validate=validate.OneOf(tuple(BUCKETS)))
 
 
 class StreamParams(FilterParams):

@@ -5,10 +5,9 @@ import stat
 
 import pytest
 
-from app import create_app
-from logsvc import auth
+from logsvc.access import authenticator as auth
 from logsvc.config import Config, ConfigError
-from tests.conftest import ADMIN_TOKEN, INGEST, LOGS
+from logsvc.testing import INGEST, LOGS
 
 READ_PATHS = [LOGS, LOGS + "/stats", LOGS + "/stats/histogram", "/metrics"]
 
@@ -49,12 +48,12 @@ def test_an_unknown_path_is_404_in_the_error_shape(client):
                              "message": "No such endpoint"}
 
 
-def test_the_generated_admin_token_is_private_and_stable(tmp_path):
+def test_the_generated_admin_token_is_private_and_stable(tmp_path, make_app):
     config = Config(data_dir=tmp_path)
     first = auth.load_admin_token(config)
     assert stat.S_IMODE(os.stat(tmp_path / "admin_token").st_mode) == 0o600
     assert auth.load_admin_token(config) == first
-    client = create_app({"data_dir": tmp_path, "admin_token": ""}).test_client()
+    client = make_app(admin_token="").test_client()
     ok = client.get(LOGS, headers={"Authorization": f"Bearer {first}"})
     assert ok.status_code == 200
 
@@ -74,19 +73,19 @@ def test_a_bad_setting_is_named_in_the_error(name, value):
         Config.from_env({name: value})
 
 
-def test_a_store_from_a_newer_version_is_refused(tmp_path):
-    from logsvc import db, models
-    create_app({"data_dir": tmp_path, "admin_token": "t"})
+def test_a_store_from_a_newer_version_is_refused(make_app):
+    from logsvc.store import db, models
+    make_app()
     db.call(lambda: models.Meta.update(value="99").execute())
     with pytest.raises(models.SchemaTooNew):
-        create_app({"data_dir": tmp_path, "admin_token": "t"})
+        make_app()
 
 
 @pytest.mark.sqlite_only("version 1 stores were SQLite only")
-def test_a_version_1_store_is_migrated_and_keeps_its_id_sequence(tmp_path, admin):
+def test_a_version_1_store_is_migrated_and_keeps_its_id_sequence(tmp_path, make_app, admin):
     import sqlite3
 
-    create_app({"data_dir": tmp_path, "admin_token": "t"})
+    make_app()
     old = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
     # What version 1 left: ids counted in sqlite_sequence, no id_sequence row yet.
     old.execute("CREATE TABLE v1_autoincrement (id INTEGER PRIMARY KEY AUTOINCREMENT)")
@@ -94,25 +93,24 @@ def test_a_version_1_store_is_migrated_and_keeps_its_id_sequence(tmp_path, admin
     old.execute("DELETE FROM id_sequence")
     old.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     old.close()
-    client = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN}).test_client()
+    client = make_app().test_client()
     assert client.post(INGEST, json={"kind": "event"}, headers=admin).json["firstId"] == 501
-    from logsvc import db
+    from logsvc.store import db
     assert db.call(lambda: db.execute(
         "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == ("2",)
 
 
-def test_database_url_can_name_the_sqlite_file(tmp_path, admin):
+def test_database_url_can_name_the_sqlite_file(tmp_path, make_app, admin):
     path = tmp_path / "elsewhere.db"
-    client = create_app({"data_dir": tmp_path / "data", "admin_token": "test-admin-token",
-                         "database_url": f"sqlite:///{path}"}).test_client()
+    client = make_app(data_dir=tmp_path / "data", database_url=f"sqlite:///{path}").test_client()
     client.post(INGEST, json={"kind": "event"}, headers=admin)
     assert path.exists() and client.get(LOGS, headers=admin).json["total"] == 1
 
 
-def test_an_unsupported_database_url_is_refused(tmp_path):
-    from logsvc.db import UnsupportedDatabase
+def test_an_unsupported_database_url_is_refused(make_app):
+    from logsvc.store.db import UnsupportedDatabase
     with pytest.raises(UnsupportedDatabase, match="not supported"):
-        create_app({"data_dir": tmp_path, "database_url": "mysql://x/y"})
+        make_app(database_url="mysql://x/y")
 
 
 def test_nul_in_the_path_query_or_credentials_is_refused_not_a_500(client, admin):

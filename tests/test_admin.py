@@ -8,9 +8,8 @@ import orjson
 import pytest
 import requests
 
-from app import create_app
-from logsvc import retention
-from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
+from logsvc.store import retention
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
 
 ADMIN = "/api/proxy-logs/_admin"
 TOKEN_BODY = {"name": "ci", "projectId": "proj_1", "containerId": None,
@@ -104,8 +103,8 @@ def test_destroying_a_scope_revokes_its_credentials_and_records_an_event(store, 
         "event", "cnt_1", {"event": "scope-destroyed"})
 
 
-def test_prune_runs_retention_now(tmp_path):
-    app = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "max_rows": 5})
+def test_prune_runs_retention_now(make_app):
+    app = make_app(max_rows=5)
     store = Store(app.test_client())
     store.ingest([make_entry(i, tsMs=None) for i in range(8)])
     assert store.client.post(ADMIN + "/prune", headers=store.headers).json == {"removed": 3}
@@ -114,8 +113,8 @@ def test_prune_runs_retention_now(tmp_path):
 # --- fanout cursor ---------------------------------------------------------------
 
 @pytest.fixture
-def fanout(tmp_path):
-    app = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "admin_fanout": True})
+def fanout(make_app):
+    app = make_app(admin_fanout=True)
     return Store(app.test_client())
 
 
@@ -155,9 +154,8 @@ def test_a_tampered_cursor_is_400(fanout):
         assert response.status_code == 400 and "cursor" in response.json["message"]
 
 
-def test_an_expired_snapshot_is_410_with_a_trailer(tmp_path):
-    app = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "admin_fanout": True,
-                      "cursor_ttl_s": 0})
+def test_an_expired_snapshot_is_410_with_a_trailer(make_app):
+    app = make_app(admin_fanout=True, cursor_ttl_s=0)
     store = Store(app.test_client())
     store.ingest([make_entry(i, tsMs=None) for i in range(10)])
     _, _, trailer = sweep_page(store, "start", limit=3)
@@ -200,12 +198,12 @@ def cli(tmp_path, *args, stdin=None):
                           input=stdin, capture_output=True, text=True, timeout=60)
 
 
-def test_the_cli_creates_a_first_tenant_token_that_the_server_accepts(tmp_path):
+def test_the_cli_creates_a_first_tenant_token_that_the_server_accepts(tmp_path, make_app):
     done = cli(tmp_path, "tokens", "create", "--name", "first", "--project", "proj_1",
                "--ingest")
     assert done.returncode == 0, done.stderr
     token = json.loads(done.stdout)["token"]
-    client = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN}).test_client()
+    client = make_app().test_client()
     bearer = {"Authorization": f"Bearer {token}"}
     assert client.post(INGEST, json={"kind": "event"}, headers=bearer).json["accepted"] == 1
     assert client.get(LOGS, headers=bearer).json["entries"][0]["projectId"] == "proj_1"
@@ -225,6 +223,7 @@ def test_the_cli_manages_users_and_refuses_clear_without_yes(tmp_path):
 
 # --- across real workers ---------------------------------------------------------
 
+@pytest.mark.server
 def test_the_rate_limit_holds_across_two_workers_and_secrets_stay_out_of_logs(tmp_path):
     server = Server(tmp_path, env={"LOGSVC_RATE_LIMIT_PER_MIN": "10"}).start()
     try:

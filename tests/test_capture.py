@@ -15,8 +15,8 @@ import requests
 from werkzeug.test import Client
 
 from logsvc.capture import CaptureMiddleware, HttpSink
-from logsvc.importer import parse_line
-from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, ROOT, free_port
+from logsvc.capture.importer import parse_line
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, free_port
 
 
 class Client(Client):
@@ -173,8 +173,9 @@ def test_the_app_keeps_serving_when_logsvc_is_unreachable():
     assert sink.dropped >= 80  # 100 entries, at most 10 queued
 
 
+@pytest.mark.server
 def test_the_sink_retries_until_logsvc_comes_up(tmp_path):
-    from tests.conftest import Server
+    from logsvc.testing import Server
     port = free_port()
     sink = HttpSink(f"http://127.0.0.1:{port}", ADMIN_TOKEN, flush_s=0.1, max_backoff_s=0.5)
     Client(CaptureMiddleware(flask_app(), sink, project_id="late")).post("/items", json={})
@@ -356,15 +357,15 @@ def test_a_json_array_batch_is_accepted(client, admin):
     assert response.json["accepted"] == 2
 
 
-def test_the_local_sink_writes_into_the_store_of_this_host(tmp_path):
-    from app import create_app
+def test_the_local_sink_writes_into_the_store_of_this_host(tmp_path, make_app):
     from logsvc.capture import LocalSink
     from logsvc.config import Config
     config = Config.from_env().replace(data_dir=tmp_path, admin_token=ADMIN_TOKEN)
     sink = LocalSink(config, flush_s=0.05)
     Client(CaptureMiddleware(flask_app(), sink, project_id="here")).post("/items", json={})
     assert sink.flush(timeout=10) and sink.sent == 2
-    client = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN}).test_client()
+    sink.store.close()
+    client = make_app().test_client()
     page = client.get(LOGS, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json
     assert [e["kind"] for e in page["entries"]] == ["request", "response"]
     assert {e["projectId"] for e in page["entries"]} == {"here"}

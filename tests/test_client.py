@@ -10,7 +10,9 @@ import pytest
 import requests
 
 from logsvc.client import BadRequest, Client, Forbidden, Gap, Reset, Unauthorized
-from tests.conftest import ADMIN_TOKEN, ROOT, Server, make_entry
+from logsvc.testing import ADMIN_TOKEN, ROOT, Server, make_entry
+
+pytestmark = pytest.mark.server  # real gunicorn servers
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logsvc import entry, ingest
+from logsvc import entry
+from logsvc.store import ingest
+from logsvc.testing import INGEST, make_entry
 from schemas.entries import EntryInSchema
-from tests.conftest import INGEST, make_entry
 
 
 def post(client, admin, body, content_type="application/json", **headers):
@@ -57,9 +58,8 @@ def test_a_gzip_bomb_is_refused_with_413(app, client, admin):
     assert response.json["statusCode"] == 413
 
 
-def test_a_request_over_the_size_cap_is_refused_with_413(tmp_path):
-    from app import create_app
-    small = create_app({"data_dir": tmp_path, "admin_token": "t", "max_request_bytes": 1000})
+def test_a_request_over_the_size_cap_is_refused_with_413(make_app):
+    small = make_app(admin_token="t", max_request_bytes=1000)
     response = small.test_client().post(
         INGEST, data=orjson.dumps([make_entry(i) for i in range(50)]),
         content_type="application/json", headers={"Authorization": "Bearer t"})
@@ -213,11 +213,9 @@ def test_bodies_are_returned_only_when_asked_for(store):
         "req", '{"ok":true}', False)
 
 
-def test_bodies_over_the_cap_are_cut_and_flagged(tmp_path):
-    from app import create_app
-    from tests.conftest import Store
-    store = Store(create_app({"data_dir": tmp_path, "admin_token": "test-admin-token",
-                              "max_body_bytes": 10}).test_client())
+def test_bodies_over_the_cap_are_cut_and_flagged(make_app):
+    from logsvc.testing import Store
+    store = Store(make_app(max_body_bytes=10).test_client())
     store.ingest([make_entry(0, requestBody="é" * 8, responseBody="short")])
     entry = _bodies(store)[0]
     assert entry["requestBody"] == "é" * 5  # 10 bytes, cut on a character boundary
@@ -242,7 +240,7 @@ def test_json_bodies_are_stored_as_their_text(store):
 
 
 def test_bodies_are_kept_apart_from_the_entry_rows(app, store):
-    from logsvc import db
+    from logsvc.store import db
     store.ingest([make_entry(0, requestBody="secret-ish payload")])
     row = db.call(lambda: db.database.execute_sql("SELECT * FROM entry").fetchone())
     assert "secret-ish payload" not in repr(row)

@@ -3,9 +3,9 @@ import orjson
 import pytest
 
 from logsvc import entry as domain
-from logsvc import query
+from logsvc.store import query
+from logsvc.testing import LOGS, make_entry
 from schemas.entries import entries_schema
-from tests.conftest import LOGS, make_entry
 
 N = 60
 

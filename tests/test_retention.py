@@ -1,9 +1,9 @@
 """Retention by age and by row cap, one process at a time."""
 import pytest
 
-from logsvc import db, retention
 from logsvc.entry import now_ms
-from tests.conftest import make_entry
+from logsvc.store import db, retention
+from logsvc.testing import make_entry
 
 
 def config_of(app, **changes):
@@ -56,15 +56,10 @@ def test_an_expired_lease_passes_to_another_process(app):
 PARTITIONED = "entry is partitioned by id range on PostgreSQL only"
 
 
-def partition_app(tmp_path):
-    from app import create_app
-    from tests.conftest import ADMIN_TOKEN
-
-    return create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "partition_rows": 100})
 
 
 def stored_partitions():
-    from logsvc import partitions
+    from logsvc.store import partitions
 
     return db.call(partitions.listed)
 
@@ -75,10 +70,10 @@ def count_and_oldest():
 
 
 @pytest.mark.postgres_only(PARTITIONED)
-def test_the_row_cap_drops_whole_partitions_and_keeps_the_counters_exact(tmp_path):
-    from tests.conftest import Store
+def test_the_row_cap_drops_whole_partitions_and_keeps_the_counters_exact(make_app):
+    from logsvc.testing import Store
 
-    app = partition_app(tmp_path)
+    app = make_app(partition_rows=100)
     store = Store(app.test_client())
     for start in range(0, 350, 50):
         store.ingest([make_entry(i, requestBody="b") for i in range(start, start + 50)])
@@ -98,10 +93,10 @@ def test_the_row_cap_drops_whole_partitions_and_keeps_the_counters_exact(tmp_pat
 
 
 @pytest.mark.postgres_only(PARTITIONED)
-def test_age_drops_every_expired_partition_but_the_one_being_filled(tmp_path):
-    from tests.conftest import Store
+def test_age_drops_every_expired_partition_but_the_one_being_filled(make_app):
+    from logsvc.testing import Store
 
-    app = partition_app(tmp_path)
+    app = make_app(partition_rows=100)
     store = Store(app.test_client())
     now = now_ms()
     store.ingest([make_entry(i, tsMs=now - 1000 + i) for i in range(250)])

@@ -17,8 +17,9 @@ import requests
 import sseclient
 import websocket
 
-from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, Server, make_entry
-from tests.test_stream import close_code
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, Server, close_code, make_entry
+
+pytestmark = pytest.mark.server  # real gunicorn servers
 
 STREAM = LOGS + "/stream"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -9,9 +9,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
+import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, free_port, make_entry
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, free_port, make_entry
+
+pytestmark = pytest.mark.server  # real gunicorn servers
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

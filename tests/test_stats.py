@@ -5,10 +5,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import create_app
-from logsvc import db, retention
 from logsvc.entry import status_class
-from tests.conftest import ADMIN_TOKEN, Store, make_entry
+from logsvc.server import create_app
+from logsvc.store import db, retention
+from logsvc.testing import ADMIN_TOKEN, Store, make_entry
 
 STATS = "/api/proxy-logs/_logs/stats"
 HISTOGRAM = STATS + "/histogram"
@@ -67,6 +67,7 @@ def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows,
     since, length = BASE + window[0], window[1]
     ranged = store.page(STATS, since=since, until=since + length, **params)
     assert ranged == truth(project_id, container_id, since, since + length)
+    app.extensions["logsvc"].store.close()
 
 
 def test_stats_has_every_breakdown(store):

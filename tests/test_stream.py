@@ -11,7 +11,9 @@ import requests
 import sseclient
 import websocket
 
-from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, Server, make_entry
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, Server, make_entry
+
+pytestmark = pytest.mark.server  # real gunicorn servers
 
 STREAM = LOGS + "/stream"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -165,7 +167,7 @@ def test_an_entry_reaches_subscribers_on_every_worker(fast_server):
     streams = [events(fast_server, replay=0) for _ in range(8)]
     for _, stream in streams:
         next(stream)
-    for batch in range(3):  # fresh connections: ingests land on either worker
+    for _ in range(3):  # fresh connections: ingests land on either worker
         ingest(fast_server, entries(2))
     for response, stream in streams:
         assert [e["id"] for e in take(stream, 6)] == list(range(1, 7))

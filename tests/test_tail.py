@@ -5,8 +5,9 @@ import gevent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logsvc import ingest, query, tail
-from tests.conftest import make_entry
+from logsvc.store import ingest, query, tail
+from logsvc.store.filters import Filters, matches
+from logsvc.testing import make_entry
 
 
 def config_of(app):
@@ -15,7 +16,7 @@ def config_of(app):
 
 def test_the_tailer_sees_writes_of_other_processes_without_being_told(app):
     tailer = tail.Tailer(100)
-    _, subscription = tail.subscribe(tailer, query.Filters(), replay=0)
+    _, subscription = tail.subscribe(tailer, Filters(), replay=0)
     ingest.ingest([make_entry(1, tsMs=None)], config_of(app))  # no notify(): like another worker
     started = time.monotonic()
     events = subscription.events(heartbeat_s=5)
@@ -26,7 +27,7 @@ def test_the_tailer_sees_writes_of_other_processes_without_being_told(app):
 
 def test_a_subscription_behind_the_ring_catches_up_from_the_database(app):
     tailer = tail.Tailer(ring_size=5)
-    _, subscription = tail.subscribe(tailer, query.Filters(levels=("error",)), replay=0)
+    _, subscription = tail.subscribe(tailer, Filters(levels=("error",)), replay=0)
     for _ in range(10):
         ingest.ingest([make_entry(i, tsMs=None) for i in range(16)], config_of(app))
     gevent.sleep(0.3)
@@ -42,7 +43,7 @@ def test_a_subscription_behind_the_ring_catches_up_from_the_database(app):
 
 
 filters = st.builds(
-    query.Filters,
+    Filters,
     project_id=st.sampled_from([None, "proj_1"]),
     container_id=st.sampled_from([None, "cnt_2"]),
     service_names=st.sampled_from([(), ("user-api",), ("user-api", "webhook-svc")]),
@@ -64,14 +65,14 @@ filters = st.builds(
 def test_the_in_memory_filter_agrees_with_the_sql_filter(store, f):
     if not store.page(limit=0)["total"]:
         store.ingest([make_entry(i, url=f"/v1/items/{i}_x%") for i in range(60)])
-    every = query.entries_after(query.Filters(), 0, 1000)
+    every = query.entries_after(Filters(), 0, 1000)
     by_sql = [e["id"] for e in query.entries_after(f, 0, 1000)]
-    assert [e["id"] for e in every if query.matches(f, e)] == by_sql
+    assert [e["id"] for e in every if matches(f, e)] == by_sql
 
 
 def test_subscribers_arriving_together_share_one_tailer_and_see_each_entry_once(app):
     tailer = tail.Tailer(100)
-    opening = [gevent.spawn(tail.subscribe, tailer, query.Filters(), None, 0)
+    opening = [gevent.spawn(tail.subscribe, tailer, Filters(), None, 0)
                for _ in range(20)]
     gevent.joinall(opening, raise_error=True)
     ingest.ingest([make_entry(i, tsMs=None) for i in range(5)], config_of(app))

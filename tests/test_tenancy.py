@@ -6,8 +6,7 @@ import time
 import jwt
 import pytest
 
-from app import create_app
-from tests.conftest import ADMIN_TOKEN, INGEST, LOGS, Store, make_entry
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, Store, make_entry
 
 JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
 STATS = LOGS + "/stats"
@@ -18,9 +17,8 @@ FOREIGN = "Caller is not permitted to read logs for this scope"
 
 
 @pytest.fixture
-def app(tmp_path):
-    return create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN,
-                       "jwt_secret": JWT_SECRET, "rate_limit_per_min": 0})
+def app(make_app):
+    return make_app(jwt_secret=JWT_SECRET, rate_limit_per_min=0)
 
 
 @pytest.fixture
@@ -220,7 +218,7 @@ def test_revoking_a_token_ends_its_sessions(tenants, client):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_ws_ticket_is_issued_for_the_callers_scope(tenants, client, kind):
-    from logsvc import principals
+    from logsvc.access import credentials as principals
     headers = tenants.make(kind, "proj_1", "cnt_1")
     response = client.get("/api/ws-token", headers=headers)
     assert response.status_code == 200 and response.json["status"] == "success"
@@ -230,8 +228,9 @@ def test_a_ws_ticket_is_issued_for_the_callers_scope(tenants, client, kind):
 
 
 def test_an_expired_ws_ticket_is_refused(tenants, client):
-    from logsvc import db, principals
-    from logsvc.models import WsToken
+    from logsvc.access import credentials as principals
+    from logsvc.store import db
+    from logsvc.store.models import WsToken
     ticket = client.get("/api/ws-token", headers=tenants.admin).json["token"]
     db.call(lambda: WsToken.update(expires_ms=0).execute())
     assert principals.redeem_ws_token(ticket) is None
@@ -244,8 +243,8 @@ def test_a_stale_cookie_is_401(client):
 
 # --- rate limits ---------------------------------------------------------------
 
-def test_reads_are_rate_limited_per_scope(tmp_path):
-    app = create_app({"data_dir": tmp_path, "admin_token": ADMIN_TOKEN, "rate_limit_per_min": 5})
+def test_reads_are_rate_limited_per_scope(make_app):
+    app = make_app(rate_limit_per_min=5)
     client = app.test_client()
     tenants = Tenants(client, Store(client))
     first, _ = tenants.token("proj_1")
@@ -263,7 +262,7 @@ def test_reads_are_rate_limited_per_scope(tmp_path):
 
 
 def test_the_budget_refills_over_the_minute(tmp_path):
-    from logsvc.limits import RateLimiter
+    from logsvc.access.limits import RateLimiter
     limiter = RateLimiter(tmp_path, per_minute=60)
     start = 1_000_000.0
     assert all(limiter._take("s", start) for _ in range(60))

@@ -7,13 +7,14 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from tests.conftest import ADMIN_TOKEN, INGEST, Server, make_entry
+from logsvc.testing import ADMIN_TOKEN, INGEST, Server, make_entry
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver "
-                                       "(installed by .ci/run)")
+pytestmark = [pytest.mark.server,
+              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="needs Debian's chromium and chromium-driver "
+                                        "(installed by .ci/run)")]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 

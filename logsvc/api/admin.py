@@ -3,10 +3,12 @@ Authorization header: a browser session never administers)."""
 from flask import Blueprint, request
 from marshmallow import ValidationError
 
+from logsvc.access import credentials
+from logsvc.access.principal import require_admin
+from logsvc.store import operations, retention
 from schemas.admin import token_create, user_create
 
-from .. import auth, principals, retention, store
-from . import principal, state
+from . import caller, state
 from .errors import ApiError, validation_message
 
 blueprint = Blueprint("admin", __name__, url_prefix="/api/proxy-logs/_admin")
@@ -14,54 +16,54 @@ blueprint = Blueprint("admin", __name__, url_prefix="/api/proxy-logs/_admin")
 
 @blueprint.before_request
 def operator_only():
-    auth.require_admin(principal())
+    require_admin(caller())
 
 
 @blueprint.post("/tokens")
 def create_token():
     body = _body(token_create)
-    return principals.create_token(body["name"], body["project_id"], body["container_id"],
+    return credentials.create_token(body["name"], body["project_id"], body["container_id"],
                                    body["capabilities"]), 201
 
 
 @blueprint.get("/tokens")
 def list_tokens():
-    return {"tokens": principals.list_tokens()}
+    return {"tokens": credentials.list_tokens()}
 
 
 @blueprint.delete("/tokens/<int(max=9223372036854775807):token_id>")
 def revoke_token(token_id):
-    return principals.revoke_token(token_id)
+    return credentials.revoke_token(token_id)
 
 
 @blueprint.post("/users")
 def create_user():
     body = _body(user_create)
-    return principals.create_user(body["username"], body["password"], body["project_id"],
+    return credentials.create_user(body["username"], body["password"], body["project_id"],
                                   body["container_id"], body["capabilities"]), 201
 
 
 @blueprint.get("/users")
 def list_users():
-    return {"users": principals.list_users()}
+    return {"users": credentials.list_users()}
 
 
 @blueprint.delete("/users/<username>")
 def delete_user(username):
-    principals.delete_user(username)
+    credentials.delete_user(username)
     return {"username": username, "deleted": True}
 
 
 @blueprint.post("/scopes/<project_id>/<container_id>/destroy")
 def destroy_scope(project_id, container_id):
-    result = store.destroy_scope(project_id, container_id, state().config)
+    result = operations.destroy_scope(project_id, container_id, state().config)
     state().tailer.notify()
     return result
 
 
 @blueprint.post("/clear")
 def clear():
-    result = store.clear()
+    result = operations.clear()
     state().tailer.notify()
     return result
 

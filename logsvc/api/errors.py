@@ -14,12 +14,14 @@ from flask import Response
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from .. import db
-from ..auth import Forbidden, Unauthenticated
-from ..cursor import BadCursor
-from ..ingest import PayloadError, PayloadTooLarge
-from ..limits import RateLimited
-from ..principals import Conflict, NotFound
+from logsvc.access.credentials import Conflict, NotFound
+from logsvc.access.limits import RateLimited
+from logsvc.access.principal import Forbidden, Unauthenticated
+from logsvc.store import db
+from logsvc.store.cursor import BadCursor
+from logsvc.store.ingest import PayloadError, PayloadTooLarge
+from logsvc.store.query import InvalidParameter
+from logsvc.store.tail import ScopeDestroyed
 
 log = logging.getLogger("logsvc")
 
@@ -92,8 +94,13 @@ def register(app):
         return error_response(429, str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.errorhandler(BadCursor)
-    def bad_cursor(exc):
+    @app.errorhandler(InvalidParameter)
+    def bad_parameter(exc):
         return error_response(400, str(exc))
+
+    @app.errorhandler(ScopeDestroyed)
+    def destroyed(exc):
+        return error_response(410, "This container's scope was destroyed")
 
     @app.errorhandler(NotFound)
     def not_found(exc):

@@ -1,8 +1,10 @@
 """Write endpoint: `POST /api/proxy-logs/_ingest`."""
 from flask import Blueprint, request
 
-from .. import auth, ingest
-from . import principal, state
+from logsvc.access.principal import WRITE, authorize
+from logsvc.store import ingest
+
+from . import caller, state
 
 blueprint = Blueprint("ingest", __name__, url_prefix="/api/proxy-logs")
 
@@ -15,13 +17,13 @@ def ingest_health():
 
 @blueprint.post("/_ingest")
 def post_entries():
-    caller = principal()
-    auth.authorize(caller, auth.WRITE)
+    found = caller()
+    authorize(found, WRITE)
     config = state().config
     items = ingest.parse_payload(
         request.get_data(cache=False), request.headers.get("Content-Type", ""),
         request.headers.get("Content-Encoding", ""), config.max_request_bytes)
-    result = ingest.ingest(items, config, caller.scope)
+    result = ingest.ingest(items, config, found.scope)
     if result["accepted"]:
         state().tailer.notify()  # this process's subscribers need not wait for a poll
     return result

@@ -4,8 +4,10 @@ from importlib import resources
 
 from flask import Blueprint, Response
 
-from .. import auth, db, metrics, openapi
-from . import principal
+from logsvc.access.principal import require_admin
+from logsvc.store import db, metrics
+
+from . import caller, openapi
 from .errors import ApiError
 
 blueprint = Blueprint("ops", __name__)
@@ -15,14 +17,14 @@ blueprint = Blueprint("ops", __name__)
 def healthz():
     try:
         db.call(lambda: db.database.execute_sql("SELECT 1").fetchone())
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever the reason, the store is not answering
         raise ApiError(503, "The database does not answer") from None
     return {"status": "ok"}
 
 
 @blueprint.get("/metrics")
 def get_metrics():
-    auth.require_admin(principal())
+    require_admin(caller())
     return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
@@ -33,7 +35,7 @@ def openapi_document():
 
 @blueprint.get("/api/proxy-logs/docs")
 def docs_page():
-    page = resources.files("logsvc").joinpath("static/docs.html").read_bytes()
+    page = resources.files("logsvc.api").joinpath("static/docs.html").read_bytes()
     return Response(page, mimetype="text/html")
 
 

@@ -6,7 +6,6 @@ events and `:` heartbeats; the WebSocket sends one JSON entry per text
 message, control messages as JSON objects with an `event` key, and answers
 `ping` with `pong`.
 """
-import collections
 import contextlib
 
 import gevent
@@ -16,17 +15,18 @@ from flask import Blueprint, Response, request
 from flask_sock import ConnectionClosed, Sock
 from marshmallow import ValidationError
 
+from logsvc.access import credentials
+from logsvc.access.limits import RateLimited
+from logsvc.access.principal import READ, Forbidden, authorize
+from logsvc.store import tail
+from logsvc.store.filters import Filters
 from schemas.params import stream_params, websocket_params
 
-from .. import auth, db, principals, query, store, tail
-from ..limits import RateLimited
 from . import query_args, reader, state
 from .errors import ApiError, validation_message
 
 blueprint = Blueprint("stream", __name__)
 sock = Sock()
-
-_open_streams = collections.Counter()  # per scope, in this process
 
 WS_NO_TOKEN = 4001
 WS_BAD_TOKEN = 4003
@@ -37,14 +37,14 @@ WS_TOO_MANY = 4029
 @blueprint.get("/api/proxy-logs/_logs/stream")
 def sse():
     params = stream_params.load(query_args())
-    caller = reader()
+    found = reader()
     header = request.headers.get("Last-Event-ID")
     if header is not None and "last_event_id" not in params:
         if not header.strip().isdigit():
             raise ApiError(400, "Invalid header 'Last-Event-ID': not an entry id")
         params["last_event_id"] = int(header.strip())
-    subscription_args = _subscription_args(caller, params)
-    slot = _stream_slot(caller)
+    subscription_args = _subscription_args(found, params)
+    slot = _slot(found)
     try:
         opening, subscription = tail.subscribe(*subscription_args)
     except tail.Reset:
@@ -59,9 +59,9 @@ def sse():
 
 @blueprint.get("/api/ws-token")
 def ws_token():
-    caller = reader()
-    auth.authorize(caller, auth.READ)
-    return {"status": "success", "token": principals.issue_ws_token(caller)}
+    found = reader()
+    authorize(found, READ)
+    return {"status": "success", "token": credentials.issue_ws_token(found)}
 
 
 @sock.route("/api/ws/logs")
@@ -70,21 +70,20 @@ def ws_logs(ws):
     if not ticket:
         ws.close(WS_NO_TOKEN, "token required")
         return
-    caller = principals.redeem_ws_token(ticket)
-    if caller is None:
+    found = credentials.redeem_ws_token(ticket)
+    if found is None:
         ws.close(WS_BAD_TOKEN, "token invalid, expired or already used")
         return
     try:
         params = websocket_params.load(query_args())
         params.pop("token", None)
-        if not caller.is_admin:
-            state().limiter.hit(caller.scope_key)
-        subscription_args = _subscription_args(caller, params)
-        slot = _stream_slot(caller)
+        reader(found)
+        subscription_args = _subscription_args(found, params)
+        slot = _slot(found)
     except ValidationError as exc:
         ws.close(WS_BAD_REQUEST, validation_message(exc)[:120])
         return
-    except auth.Forbidden as exc:
+    except Forbidden as exc:
         ws.close(WS_BAD_TOKEN, str(exc)[:120])
         return
     except (RateLimited, ApiError) as exc:
@@ -126,9 +125,10 @@ def _ws_session(ws, subscription_args):
                     for _, rendered in value:
                         send(rendered.decode())
                 elif kind == "scope-destroyed":
-                    send('{"event":"scope-destroyed"}')
-                    ws.close(1000, "scope destroyed")
-                    return
+                    raise tail.ScopeDestroyed()
+        except tail.ScopeDestroyed:
+            send('{"event":"scope-destroyed"}')
+            ws.close(1000, "scope destroyed")
         except tail.Reset:
             send('{"event":"reset"}')
             ws.close(1000, "reset")
@@ -136,41 +136,21 @@ def _ws_session(ws, subscription_args):
         pinger.kill()
 
 
-def _subscription_args(caller, params):
-    """(tailer, filters, last id, replay, destroyed scope) for `caller`, or raise."""
-    project_id, container_id = auth.authorize(
-        caller, auth.READ, params.pop("project_id", None), params.pop("container_id", None))
-    destroyed_scope = (project_id, container_id) if project_id and container_id else None
-    if destroyed_scope and db.call(store.is_destroyed, *destroyed_scope):
-        raise ApiError(410, "This container's scope was destroyed")
+def _subscription_args(found, params):
+    """(tailer, filters, last id, replay) for `found`, or raise."""
+    project_id, container_id = authorize(
+        found, READ, params.pop("project_id", None), params.pop("container_id", None))
     last_event_id = params.pop("last_event_id", None)
     replay = params.pop("replay")
-    filters = query.Filters(project_id=project_id, container_id=container_id, **params)
-    return state().tailer, filters, last_event_id, replay, destroyed_scope
+    filters = Filters(project_id=project_id, container_id=container_id, **params)
+    return state().tailer, filters, last_event_id, replay
 
 
-class _Slot:
-    """One of the scope's concurrent streams in this process."""
-
-    def __init__(self, key):
-        self.key = key
-
-    def close(self):
-        if self.key is not None:
-            _open_streams[self.key] -= 1
-            if _open_streams[self.key] <= 0:
-                del _open_streams[self.key]
-            self.key = None
-
-
-def _stream_slot(caller):
-    if caller.is_admin:
-        return _Slot(None)
-    key = caller.scope_key
-    if _open_streams[key] >= state().config.max_streams_per_scope:
-        raise ApiError(429, "Too many open streams for this scope", {"Retry-After": "2"})
-    _open_streams[key] += 1
-    return _Slot(key)
+def _slot(found):
+    try:
+        return state().streams.take(None if found.is_admin else found.scope_key)
+    except tail.TooManyStreams as exc:
+        raise ApiError(429, str(exc), {"Retry-After": "2"}) from None
 
 
 def _sse_frames(opening, subscription, heartbeat_s, slot):

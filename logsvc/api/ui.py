@@ -2,7 +2,7 @@
 through `/api/session` and then reads with the session cookie."""
 from flask import Blueprint, send_from_directory
 
-blueprint = Blueprint("ui", __name__, static_folder="../static", static_url_path="/ui")
+blueprint = Blueprint("ui", __name__, static_folder="static", static_url_path="/ui")
 
 
 @blueprint.get("/")

@@ -17,9 +17,14 @@ import hmac
 
 import orjson
 
+from logsvc.entry import now_ms
+
 from . import db, query
-from .entry import now_ms
 from .models import PruneLog
+from .query import InvalidParameter
+
+# Paging parameters that a sweep decides itself.
+_EXCLUSIVE = ("last", "after_id", "offset", "order")
 
 
 class BadCursor(ValueError):
@@ -28,6 +33,18 @@ class BadCursor(ValueError):
 
 class SnapshotExpired(Exception):
     pass
+
+
+def check_sweep(params, enabled):
+    """Refuse a sweep that the settings or the other parameters rule out:
+    the cross-tenant cursor is off unless LOGSVC_ADMIN_FANOUT is set, and a
+    sweep pages by itself."""
+    if not enabled:
+        raise InvalidParameter("cursor", "the cross-tenant cursor is disabled "
+                                          "(LOGSVC_ADMIN_FANOUT=false)")
+    if any(name in params for name in _EXCLUSIVE):
+        raise InvalidParameter("cursor", "it cannot be combined with last, afterId, "
+                                          "offset or order")
 
 
 def page(cursor, filters, page_size, include_request_body, include_response_body,

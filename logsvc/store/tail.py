@@ -23,15 +23,22 @@ Ownership and flow:
   repeated.
 - A clear by the operator is seen by the tailer (the `cleared` record in
   `meta` changes): every subscription ends with a reset.
+- `StreamSlots` caps the open streams of each scope in this process
+  (LOGSVC_MAX_STREAMS_PER_SCOPE); a stream holds its slot until it ends.
+- The tailer and its listener are greenlets of their own: they work on the
+  store the tailer was made for (`db.use`), not on whatever store the
+  greenlet that started them had.
 """
 import bisect
+import collections
 import logging
 
 import gevent
 import gevent.event
 import orjson
 
-from . import db, query, store
+from . import db, operations, query
+from .filters import matches
 from .ingest import TAIL_CHANNEL
 
 log = logging.getLogger("logsvc.tail")
@@ -44,8 +51,52 @@ class Reset(Exception):
     """The store was cleared, or the client's position is ahead of it."""
 
 
-def subscribe(tailer, filters, last_event_id=None, replay=100, destroyed_scope=None):
+class ScopeDestroyed(Exception):
+    """The container the stream is scoped to was destroyed (410)."""
+
+
+class TooManyStreams(Exception):
+    """The scope has as many open streams in this process as it may (429)."""
+
+
+class StreamSlots:
+    """Open streams per scope in this process, at most `per_scope` each.
+    The operator's streams (key None) are not counted."""
+
+    def __init__(self, per_scope):
+        self.per_scope = per_scope
+        self._open = collections.Counter()
+
+    def take(self, key):
+        """A slot for one more stream of `key`; raises TooManyStreams."""
+        if key is not None:
+            if self._open[key] >= self.per_scope:
+                raise TooManyStreams("Too many open streams for this scope")
+            self._open[key] += 1
+        return _Slot(self, key)
+
+    def _release(self, key):
+        self._open[key] -= 1
+        if self._open[key] <= 0:
+            del self._open[key]
+
+
+class _Slot:
+    def __init__(self, slots, key):
+        self._slots, self._key = slots, key
+
+    def close(self):
+        """Give the slot back (once; later calls do nothing)."""
+        if self._key is not None:
+            self._slots._release(self._key)
+        self._key = None
+
+
+def subscribe(tailer, filters, last_event_id=None, replay=100):
     """Open a subscription. Returns (opening events, Subscription).
+
+    A stream whose filters name one container ends when that container is
+    destroyed; if it already is, ScopeDestroyed is raised here.
 
     Without `last_event_id` the opening is ("replay", (entries, id)): the
     newest `replay` matching entries, and the id to resume from. With it,
@@ -54,12 +105,21 @@ def subscribe(tailer, filters, last_event_id=None, replay=100, destroyed_scope=N
     entries of that range. Raises Reset when the id is ahead of the store
     or from before the last clear.
     """
+    destroyed_scope = None
+    if filters.project_id and filters.container_id:
+        destroyed_scope = (filters.project_id, filters.container_id)
+        if db.call(operations.is_destroyed, *destroyed_scope):
+            raise ScopeDestroyed("This container's scope was destroyed")
     tailer.start()
+    # Taken before the position is read: a clear that lands after this
+    # point is seen by the subscription as a generation change (Reset),
+    # whether or not the read below already reflects it.
+    generation = tailer.generation
     high, cleared_through = db.call(_position_and_clear)
     if last_event_id is None:
         entries = query.last_entries(filters, replay, high) if replay else []
         newest = entries[-1]["id"] if entries else high
-        subscription = Subscription(tailer, filters, high, destroyed_scope)
+        subscription = Subscription(tailer, filters, high, destroyed_scope, generation)
         return [("replay", (entries, newest))], subscription
     if last_event_id > high or 0 < last_event_id <= cleared_through:
         raise Reset()
@@ -67,11 +127,12 @@ def subscribe(tailer, filters, last_event_id=None, replay=100, destroyed_scope=N
     gap = db.call(_gap_after, last_event_id, high)
     if gap:
         opening.append(("gap", {"fromId": gap[0], "toId": gap[1]}))
-    return opening, Subscription(tailer, filters, last_event_id, destroyed_scope)
+    return opening, Subscription(tailer, filters, last_event_id, destroyed_scope, generation)
 
 
 class Tailer:
-    def __init__(self, ring_size, poll_s=POLL_S):
+    def __init__(self, ring_size, poll_s=POLL_S, store=None):
+        self.store = store or db.current()
         self.ring_size = ring_size
         self.poll_s = poll_s
         self.ids = []  # ids of the ring, ascending
@@ -88,8 +149,8 @@ class Tailer:
         """Start following (once per process); return when positioned."""
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
-            if db.is_postgres():
-                gevent.spawn(self._listen, db.database.obj)
+            if self.store.postgres:
+                gevent.spawn(self._listen)
         self._ready.wait()
         return self
 
@@ -105,6 +166,7 @@ class Tailer:
         return self.items[start:start + limit]
 
     def _run(self):
+        db.use(self.store)
         while not self._ready.is_set():
             try:
                 self.position, self._cleared = db.call(_high_water_and_clear)
@@ -120,17 +182,19 @@ class Tailer:
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
-    def _listen(self, database):
+    def _listen(self):
         """PostgreSQL: wake the tailer whenever any host commits an ingest.
         One connection of its own per process, waited on by the hub; if it
         breaks, the poll carries on alone until it is back."""
         from gevent.socket import wait_read
 
-        while db.database.obj is database:
+        db.use(self.store)
+        database = self.store.database
+        while not self.store.closed:
             conn = None
             try:
                 conn = db.call(_listen_connection, database)
-                while db.database.obj is database:
+                while not self.store.closed:
                     try:
                         wait_read(conn.fileno(), timeout=30)
                     except TimeoutError:
@@ -183,11 +247,11 @@ class Subscription:
     Reset when the store was cleared under it.
     """
 
-    def __init__(self, tailer, filters, position, destroyed_scope=None):
+    def __init__(self, tailer, filters, position, destroyed_scope=None, generation=None):
         self.tailer = tailer
         self.filters = filters
         self.position = position
-        self.generation = tailer.generation
+        self.generation = tailer.generation if generation is None else generation
         self.destroyed_scope = destroyed_scope  # (project, container) that ends it
 
     def events(self, heartbeat_s):
@@ -221,7 +285,7 @@ class Subscription:
             if not items:
                 break
             self.position = items[-1][0]["id"]
-            batch = [item for item in items if query.matches(self.filters, item[0])]
+            batch = [item for item in items if matches(self.filters, item[0])]
         return batch
 
     def _from_database(self, upto):
@@ -258,7 +322,7 @@ def _listen_connection(database):
 
 
 def _position_and_clear():
-    return query.high_water(), store.cleared_through()
+    return query.high_water(), operations.cleared_through()
 
 
 def _gap_after(last_id, high):
@@ -269,7 +333,7 @@ def _gap_after(last_id, high):
         "SELECT max(max_id) FROM prune_log WHERE max_id > ?", (last_id,)).fetchone()
     (oldest,) = db.execute("SELECT min(id) FROM entry").fetchone()
     missing_to = high if oldest is None else oldest - 1
-    marker = store.cleared_marker()
+    marker = operations.cleared_marker()
     if marker:
         # Ids between the last clear's highest and its next id never existed.
         cleared = orjson.loads(marker)
@@ -280,8 +344,8 @@ def _gap_after(last_id, high):
 
 
 def _fetch(after_id, limit):
-    return query.rows_after(after_id, limit), store.cleared_marker()
+    return query.rows_after(after_id, limit), operations.cleared_marker()
 
 
 def _high_water_and_clear():
-    return query.high_water(), store.cleared_marker()
+    return query.high_water(), operations.cleared_marker()

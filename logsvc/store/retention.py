@@ -13,9 +13,10 @@ import socket
 
 import gevent
 
+from logsvc.entry import now_ms
+
 from . import db, partitions, query, rollup
 from .db import database
-from .entry import now_ms
 from .models import PruneLog
 
 log = logging.getLogger("logsvc.retention")
@@ -48,8 +49,11 @@ def prune(config, now=None, batch=BATCH):
     return removed
 
 
-def run_forever(config, holder=None):
-    """Prune every `prune_interval_s` while this process holds the lease."""
+def run_forever(config, holder=None, store=None):
+    """Prune every `prune_interval_s` while this process holds the lease
+    (on `store`, by default the current one)."""
+    if store is not None:
+        db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     lease_s = max(config.prune_interval_s * 3, 30)
     while True:

@@ -7,8 +7,9 @@ status class and source (see models.COUNT_COLUMNS); a batch touches one row
 per distinct (minute, project, container, service), which keeps the cost of
 the upserts well below the cost of the inserts they accompany.
 """
+from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
+
 from . import db
-from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 from .models import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
 WIDTH = len(COUNT_COLUMNS)

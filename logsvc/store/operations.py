@@ -9,10 +9,11 @@ learn of it).
 """
 import orjson
 
+from logsvc.entry import now_ms
+
 from . import db, ingest
 from .db import database
-from .entry import now_ms
-from .models import ApiToken, DestroyedScope, Meta, PruneLog, Session, User
+from .models import ApiToken, DestroyedScope, IdSequence, Meta, PruneLog, Session, User
 
 ID_GAP_AFTER_CLEAR = 10_000
 
@@ -23,9 +24,7 @@ def clear():
         with database.atomic():
             # Taking the sequence row first waits for, and then holds off,
             # every writer: nothing commits between the count and the delete.
-            (next_seq,) = db.execute(
-                "UPDATE id_sequence SET last_id = last_id + ? WHERE name = 'entry' "
-                "RETURNING last_id", (ID_GAP_AFTER_CLEAR,)).fetchone()
+            next_seq = IdSequence.take(ID_GAP_AFTER_CLEAR)
             seq = next_seq - ID_GAP_AFTER_CLEAR
             (removed,) = db.execute(
                 "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()

@@ -28,9 +28,10 @@ import secrets
 
 import peewee
 
+from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
+
 from . import db
 from .db import database
-from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 
 SCHEMA_VERSION = 2
 
@@ -125,6 +126,21 @@ class RollupMinute(BaseModel):
 class IdSequence(BaseModel):
     name = peewee.TextField(primary_key=True)
     last_id = peewee.BigIntegerField()
+
+    @classmethod
+    def take(cls, count):
+        """Hand out `count` entry ids; returns the last. Run it first in the
+        writing transaction: the row lock it takes orders every writer (see
+        ingest.py) until the transaction ends."""
+        (last,) = db.execute("UPDATE id_sequence SET last_id = last_id + ? "
+                             "WHERE name = 'entry' RETURNING last_id", (count,)).fetchone()
+        return last
+
+    @classmethod
+    def high_water(cls):
+        """The highest entry id handed out and committed."""
+        (last,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
+        return last
 
 
 class RateBucket(BaseModel):

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import db
+from logsvc.store import db
 
 RETRY_AFTER_S = 2
 

@@ -9,15 +9,18 @@ millisecond range.
 """
 import peewee
 
+from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
+
 from . import db
-from .entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 from .models import COUNT_COLUMNS, RollupMinute, RollupTotal
+from .query import InvalidParameter
 from .rollup import ROW_SQL, WIDTH, key_of
 
 MINUTE_MS = 60_000
 BUCKETS = {"1m": 1, "5m": 5, "10m": 10, "15m": 15, "30m": 30, "1h": 60,
            "3h": 180, "6h": 360, "12h": 720, "1d": 1440}
 MAX_BUCKETS = 10_000
+DEFAULT_HISTOGRAM_MS = 3_600_000
 
 # Breakdowns read from count columns: name -> ((value, column index), ...)
 _COLUMN_BREAKDOWNS = {
@@ -35,8 +38,16 @@ def summary(project_id=None, container_id=None, since=None, until=None):
     return db.call(_summary, project_id, container_id, since, until)
 
 
-def histogram(bucket, since, until, project_id=None, container_id=None):
-    """Entries per time bucket and level over [since, until), whole buckets."""
+def histogram(bucket, since=None, until=None, project_id=None, container_id=None):
+    """Entries per time bucket and level over [since, until), whole buckets.
+    `until` defaults to now, `since` to an hour before `until`; a range of
+    more than MAX_BUCKETS buckets is refused."""
+    until = now_ms() if until is None else until
+    since = until - DEFAULT_HISTOGRAM_MS if since is None else since
+    if since >= until:
+        raise InvalidParameter("since", "Must be earlier than until.")
+    if (until - since) // (BUCKETS[bucket] * MINUTE_MS) > MAX_BUCKETS:
+        raise InvalidParameter("bucket", f"more than {MAX_BUCKETS} buckets; use a larger bucket")
     return db.call(_histogram, bucket, since, until, project_id, container_id)
 
 

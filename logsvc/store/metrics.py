@@ -6,8 +6,9 @@ counters, so a scrape of any gunicorn worker gives the same answer.
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from logsvc.entry import LEVELS
+
 from . import db, query
-from .entry import LEVELS
 
 
 def render():

@@ -10,11 +10,12 @@ The per-entry path calls the domain coercers directly instead of
 `EntryInSchema.load` (about four times faster); `tests/test_ingest.py` pins
 that both give the same result.
 
-Concurrency (group commit): the writes of one process go through
-`_committer`. A request appends its validated entries to a queue; whichever
-request finds no flush running takes everything queued (up to
-`GROUP_MAX_ENTRIES`) and writes it in one transaction on a database thread,
-while the other greenlets keep parsing and validating the next requests.
+Concurrency (group commit): the writes of one process to one store go
+through that store's `_GroupCommit` (`db.current().committer`). A
+request appends its validated entries to a queue; whichever request
+finds no flush running takes everything queued (up to `GROUP_MAX_ENTRIES`)
+and writes it in one transaction on a database thread, while the other
+greenlets keep parsing and validating the next requests.
 Each request waits until the transaction holding its entries has committed,
 and learns its own contiguous id range. If that transaction fails, every
 request in it fails and nothing of it is stored.
@@ -36,8 +37,11 @@ import gevent.event
 import gevent.lock
 import orjson
 
-from . import db, entry, partitions, rollup
+from logsvc import entry
+
+from . import db, partitions, rollup
 from .db import database
+from .models import IdSequence
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
                 "application/x-jsonlines", "application/json-lines")
@@ -51,10 +55,6 @@ class PayloadError(ValueError):
 
 class PayloadTooLarge(PayloadError):
     """The request, or its decompressed body, exceeds the size cap (413)."""
-
-
-class ScopeViolation(Exception):
-    pass
 
 
 def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20):
@@ -110,7 +110,7 @@ def ingest(items, config, scope=None, grouped=True):
     first_id = last_id = None
     if accepted:
         if grouped:
-            first_id, last_id = _committer.commit(accepted)
+            first_id, last_id = _committer().commit(accepted)
         else:
             first_id, last_id = db.call(_write, accepted)
     return {"accepted": len(accepted), "rejected": rejected,
@@ -171,16 +171,24 @@ class _GroupCommit:
             size += len(entries)
         try:
             first, _ = db.call(_write, [e for entries, _ in group for e in entries])
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+        except BaseException as exc:
+            # Every waiting request learns of it (also of a kill or a
+            # timeout of this greenlet), so none waits for a flush forever.
             for _, done in group:
                 done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         for entries, done in group:
             done.set((first, first + len(entries) - 1))
             first += len(entries)
 
 
-_committer = _GroupCommit()
+def _committer():
+    store = db.current()
+    if store.committer is None:
+        store.committer = _GroupCommit()
+    return store.committer
 
 
 class _Malformed:
@@ -190,9 +198,7 @@ class _Malformed:
         self.reason = reason
 
 
-_ENTRY_COLUMNS = ("id", "trace_id", "ts_ms", "kind", "level", "project_id", "container_id",
-                  "service_name", "method", "url", "client_ip", "status", "source", "data",
-                  "has_body", "body_truncated")
+_ENTRY_COLUMNS = entry.COLUMNS
 _BODY_COLUMNS = ("entry_id", "request_body", "response_body")
 
 
@@ -204,7 +210,6 @@ def _insert_sql(table, columns):
 _INSERT_ENTRY = _insert_sql("entry", _ENTRY_COLUMNS)
 _INSERT_BODY = _insert_sql("entry_body", _BODY_COLUMNS)
 TAIL_CHANNEL = "logsvc_entries"  # PostgreSQL NOTIFY channel of committed ingests
-_TAKE_IDS = "UPDATE id_sequence SET last_id = last_id + ? WHERE name = 'entry' RETURNING last_id"
 
 
 def _write(entries):
@@ -221,7 +226,7 @@ def _write_batch(entries):
     key_of = rollup.key_of
     postgres = db.is_postgres()
     with database.atomic():
-        (last,) = db.execute(_TAKE_IDS, (len(entries),)).fetchone()
+        last = IdSequence.take(len(entries))
         first = last - len(entries) + 1
         if postgres:
             partitions.ensure(first, last)

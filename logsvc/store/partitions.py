@@ -13,36 +13,35 @@ drops both tables, all in one transaction. That costs the same at 100
 million rows as at one million; only the partition that straddles the
 cutoff is pruned row by row.
 """
-from . import db, rollup
-from .entry import now_ms
-from .models import PruneLog
+from logsvc.entry import now_ms
 
-_lock = db.os_lock()
-_state = {"bound": None, "rows": None, "covered": -1}
+from . import db, rollup
+from .models import PruneLog
 
 
 def partition_rows():
-    if _state["bound"] is not db.database.obj:  # a new store was bound (tests, CLI)
-        with _lock:
-            _state.update(bound=db.database.obj, rows=None, covered=-1)
-    if _state["rows"] is None:
+    state = db.current().partitions
+    if state["rows"] is None:
         (value,) = db.execute("SELECT value FROM meta WHERE key = 'partition_rows'").fetchone()
-        _state["rows"] = int(value)
-    return _state["rows"]
+        state["rows"] = int(value)
+    return state["rows"]
 
 
 def forget():
-    """Drop what this process remembers (a new store was bound)."""
-    with _lock:
-        _state.update(rows=None, covered=-1)
+    """Drop what this process remembers of the current store's partitions
+    (a transaction that made some rolled back)."""
+    store = db.current()
+    with store.lock:
+        store.partitions.update(rows=None, covered=-1)
 
 
 def ensure(first_id, last_id):
     """Create the partitions that ids first_id..last_id fall into. Runs in
     the writer's transaction, after it took its ids."""
     size = partition_rows()
-    with _lock:
-        if last_id <= _state["covered"]:
+    store = db.current()
+    with store.lock:
+        if last_id <= store.partitions["covered"]:
             return
     for n in range((first_id - 1) // size, (last_id - 1) // size + 1):
         low, high = n * size + 1, (n + 1) * size + 1
@@ -50,10 +49,11 @@ def ensure(first_id, last_id):
                    f"FOR VALUES FROM ({low}) TO ({high})")
         db.execute(f"CREATE TABLE IF NOT EXISTS entry_body_p{n} PARTITION OF entry_body "
                    f"FOR VALUES FROM ({low}) TO ({high})")
-    with _lock:
+    with store.lock:
         # Only when ids are handed out from below: a partition once made
         # is there for every later writer of this process.
-        _state["covered"] = max(_state["covered"], ((last_id - 1) // size + 1) * size)
+        state = store.partitions
+        state["covered"] = max(state["covered"], ((last_id - 1) // size + 1) * size)
 
 
 def listed():

@@ -4,10 +4,9 @@ at /api/proxy-logs/docs renders it without any external asset."""
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
+from logsvc import __version__
 from schemas import admin as admin_schemas
 from schemas import entries, params, responses
-
-from . import __version__
 
 _ERROR = {"description": "The one error shape",
           "content": {"application/json": {"schema": "Error"}}}

@@ -14,8 +14,9 @@ import sys
 import orjson
 import requests
 
-from .client import ApiError, Client, Gap, Reset
-from .entry import text_line
+from logsvc.entry import text_line
+
+from . import ApiError, Client, Gap, Reset
 
 COLOURS = {"debug": "\033[2m", "info": "", "warn": "\033[33m", "error": "\033[31m"}
 RESET = "\033[0m"
@@ -142,7 +143,7 @@ def _stats(args, client):
 
 
 def _ingest(args, client):
-    handle = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
+    handle = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     with handle:
         raw = handle.read()
     stripped = raw.lstrip()
@@ -164,7 +165,7 @@ def _ingest(args, client):
 
 
 def _import(args, client):
-    from .importer import parse_line
+    from logsvc.capture.importer import parse_line
 
     labels = {k: v for k, v in (("serviceName", args.service), ("projectId", args.project),
                                 ("containerId", args.container)) if v}
@@ -195,8 +196,7 @@ def _import(args, client):
 
 
 def _proxy(args, client):
-    from . import proxy
-    from .capture import HttpSink
+    from logsvc.capture import HttpSink, proxy
 
     sink = HttpSink(client.base_url, client.session.headers.get("Authorization", "")[7:])
     app = proxy.build(args.upstream, sink, service_name=args.service,

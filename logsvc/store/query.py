@@ -1,8 +1,7 @@
 """Search stored entries: filters, paging modes and the `total`.
 
-Services take plain values: a `Filters` (what to match; the caller's scope
-is already folded into `project_id`/`container_id` by `auth.authorize`) and
-a `Page` (how to page). `list_entries` runs its SQL on a database thread.
+Services take plain values: a `Filters` (what to match, see filters.py)
+and a `Page` (how to page). `list_entries` runs its SQL on a database thread.
 
 `total` comes from the rollup counters when every filter is one of their
 dimensions (exact, and cheap at any size); otherwise it is a count capped at
@@ -13,31 +12,22 @@ import dataclasses
 
 import orjson
 
+from logsvc.entry import COLUMNS, row_to_dict
+
 from . import db
-from .entry import COLUMNS, row_to_dict
+from .filters import where_sql
+from .models import IdSequence
 
 COUNT_CAP = 10_000
-MAX_LIMIT = 5000
+MAX_LIMIT = 5000  # entries in one page (`limit`, `last`)
 
 
-@dataclasses.dataclass(frozen=True)
-class Filters:
-    project_id: str = None
-    container_id: str = None
-    service_names: tuple = ()
-    levels: tuple = ()
-    kinds: tuple = ()
-    methods: tuple = ()
-    sources: tuple = ()
-    trace_id: str = None
-    status_ranges: tuple = ()  # ((low, high), ...) inclusive
-    since: int = None  # epoch ms, inclusive
-    until: int = None  # epoch ms, exclusive
-    q: str = None  # case-insensitive substring of url
-    client_ip: str = None
+class InvalidParameter(ValueError):
+    """A request parameter that a service cannot use (400)."""
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+    def __init__(self, name, message):
+        super().__init__(f"Invalid query parameter '{name}': {message}")
+        self.name = name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +68,7 @@ def last_entries(filters, n, max_id):
 def high_water():
     """The highest id ever assigned and committed (every entry up to it is
     visible: ids are committed in order, see ingest.py)."""
-    (last_id,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
-    return last_id
+    return IdSequence.high_water()
 
 
 def rows_after(after_id, limit):
@@ -87,79 +76,6 @@ def rows_after(after_id, limit):
     return db.execute(
         f"{_SELECT} FROM entry e WHERE e.id > ? ORDER BY e.id LIMIT ?",
         (after_id, limit)).fetchall()
-
-
-def matches(f, entry):
-    """Whether an entry (API shape) passes `f`: the in-memory twin of
-    `where_sql`, used on the live tail's ring (a test pins that they agree)."""
-    if f.project_id is not None and entry["projectId"] != f.project_id:
-        return False
-    if f.container_id is not None and entry["containerId"] != f.container_id:
-        return False
-    if f.trace_id is not None and entry["traceId"] != f.trace_id:
-        return False
-    if f.client_ip is not None and entry["clientIp"] != f.client_ip:
-        return False
-    for values, key in ((f.service_names, "serviceName"), (f.levels, "level"),
-                        (f.kinds, "kind"), (f.methods, "method"), (f.sources, "source")):
-        if values and entry[key] not in values:
-            return False
-    if f.status_ranges:
-        status = entry["status"]
-        if status is None or not any(low <= status <= high for low, high in f.status_ranges):
-            return False
-    if f.since is not None and entry["tsMs"] < f.since:
-        return False
-    if f.until is not None and entry["tsMs"] >= f.until:
-        return False
-    if f.q and f.q.lower() not in (entry["url"] or "").lower():
-        return False
-    return True
-
-
-def count(filters, cap=None):
-    """(total, exact) of the entries matching `filters`."""
-    return db.call(_count, filters, cap)
-
-
-def where_sql(filters):
-    """The filters as an SQL condition over `entry` and its parameters.
-
-    Written by hand rather than through peewee's query builder: compiling
-    the builder's expression costs more than running the query on an
-    indexed page, and this is the hottest read path."""
-    f = filters
-    terms, params = [], []
-    for column, value in (("project_id", f.project_id), ("container_id", f.container_id),
-                          ("trace_id", f.trace_id), ("client_ip", f.client_ip)):
-        if value is not None:
-            terms.append(f"{column} = ?")
-            params.append(value)
-    for column, values in (("service_name", f.service_names), ("level", f.levels),
-                           ("kind", f.kinds), ("method", f.methods), ("source", f.sources)):
-        if len(values) == 1:
-            terms.append(f"{column} = ?")
-        elif values:
-            terms.append(f"{column} IN ({', '.join('?' * len(values))})")
-        params.extend(values)
-    if f.status_ranges:
-        parts = []
-        for low, high in f.status_ranges:
-            parts.append("status = ?" if low == high else "status BETWEEN ? AND ?")
-            params.extend((low,) if low == high else (low, high))
-        terms.append(f"({' OR '.join(parts)})")
-    if f.since is not None:
-        terms.append("ts_ms >= ?")
-        params.append(f.since)
-    if f.until is not None:
-        terms.append("ts_ms < ?")
-        params.append(f.until)
-    if f.q:
-        # Case-insensitive (SQLite's LIKE is, for ASCII); % and _ match literally.
-        terms.append(f"url {'ILIKE' if db.is_postgres() else 'LIKE'} ? ESCAPE '\\'")
-        escaped = f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        params.append(f"%{escaped}%")
-    return (" AND ".join(terms) if terms else "TRUE"), params
 
 
 _SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)

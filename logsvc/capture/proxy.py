@@ -11,7 +11,7 @@ client's response ends early and the same kind of event is recorded.
 """
 import requests
 
-from .capture import CaptureMiddleware
+from .middleware import CaptureMiddleware
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -44,7 +44,7 @@ class ReverseProxy:
         if length and length.isdigit() and int(length) > 0:
             body = _Sized(environ["wsgi.input"], int(length))
         elif environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-            body = _stream(environ["wsgi.input"], None)
+            body = _stream(environ["wsgi.input"])
         try:
             upstream = self.session.request(environ["REQUEST_METHOD"], url, data=body,
                                             headers=headers, stream=True,
@@ -124,7 +124,7 @@ class _Sized:
         return chunk
 
 
-def _stream(wsgi_input, length):
+def _stream(wsgi_input):
     """A chunked request body, relayed chunk by chunk."""
     while True:
         chunk = wsgi_input.read(CHUNK)

@@ -14,7 +14,6 @@ pay on every request; a successful check is remembered for
 and only while the user still exists with the same hash.
 """
 import functools
-import hashlib
 import hmac
 import secrets
 import time
@@ -22,16 +21,17 @@ import time
 import orjson
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from . import db
-from .auth import CAPABILITIES, Principal, granted_capabilities
-from .db import database
-from .entry import now_ms
-from .models import ApiToken, Session, User, WsToken
+from logsvc.entry import now_ms
+from logsvc.store import db
+from logsvc.store.db import database
+from logsvc.store.models import ApiToken, Session, User, WsToken
+
+from .principal import CAPABILITIES, Principal, granted_capabilities
+from .secret import digest
 
 TOKEN_PREFIX = "lst_"
 SESSION_TTL_MS = 12 * 3_600_000
 _VERIFIED_TTL_S = 60
-_verified = {}  # digest of "user:password" -> (password hash, monotonic deadline)
 
 
 class Conflict(ValueError):
@@ -48,7 +48,7 @@ def create_token(name, project_id, container_id, capabilities):
     """Store a new token; return its description and, once, its secret."""
     secret = secrets.token_urlsafe(32)
     row = db.call(lambda: ApiToken.create(
-        name=name, secret_digest=_digest(secret), project_id=project_id,
+        name=name, secret_digest=digest(secret), project_id=project_id,
         container_id=container_id, capabilities=_caps_json(capabilities),
         created_ms=now_ms()))
     return {**describe_token(row), "token": f"{TOKEN_PREFIX}{row.id}.{secret}"}
@@ -88,9 +88,9 @@ def principal_for_token(credential):
         return None
     row = db.call(lambda: ApiToken.get_or_none(ApiToken.id == int(token_id)))
     if row is None or row.revoked_ms is not None:
-        _digest(secret)  # same work whether or not the id exists
+        digest(secret)  # same work whether or not the id exists
         return None
-    if not hmac.compare_digest(_digest(secret), row.secret_digest):
+    if not hmac.compare_digest(digest(secret), row.secret_digest):
         return None
     return _principal(f"token:{row.id}", row)
 
@@ -130,20 +130,22 @@ def describe_user(row):
             "createdMs": row.created_ms}
 
 
-def principal_for_password(username, password):
-    """The principal of a Basic user whose password matches, or None."""
+def principal_for_password(username, password, verified):
+    """The principal of a Basic user whose password matches, or None.
+    `verified` is the caller's memory of recent successful checks: digest
+    of the credentials -> (password hash, monotonic deadline)."""
     row = db.call(lambda: User.get_or_none(User.username == username))
-    key = _digest(f"{len(username)}:{username}:{password}")
-    remembered = _verified.get(key)
+    key = digest(f"{len(username)}:{username}:{password}")
+    remembered = verified.get(key)
     if row is not None and remembered and remembered[0] == row.password_hash \
             and remembered[1] > time.monotonic():
         return _principal(f"user:{row.username}", row)
     stored = row.password_hash if row is not None else _dummy_hash()
     if not db.call(check_password_hash, stored, password) or row is None:
         return None
-    if len(_verified) > 10_000:
-        _verified.clear()
-    _verified[key] = (row.password_hash, time.monotonic() + _VERIFIED_TTL_S)
+    if len(verified) > 10_000:
+        verified.clear()
+    verified[key] = (row.password_hash, time.monotonic() + _VERIFIED_TTL_S)
     return _principal(f"user:{row.username}", row)
 
 
@@ -157,21 +159,21 @@ def open_session(principal):
     if principal.expires_ms:
         expires = min(expires, principal.expires_ms)
     db.call(lambda: Session.create(
-        digest=_digest(cookie), principal=orjson.dumps(_principal_fields(principal)).decode(),
+        digest=digest(cookie), principal=orjson.dumps(_principal_fields(principal)).decode(),
         token_id=int(ref) if kind == "token" else None,
         username=ref if kind == "user" else None, expires_ms=expires))
     return cookie, expires
 
 
 def principal_for_session(cookie):
-    row = db.call(lambda: Session.get_or_none(Session.digest == _digest(cookie)))
+    row = db.call(lambda: Session.get_or_none(Session.digest == digest(cookie)))
     if row is None or row.expires_ms <= now_ms():
         return None
     return _from_fields(row.principal)
 
 
 def close_session(cookie):
-    db.call(lambda: Session.delete().where(Session.digest == _digest(cookie)).execute())
+    db.call(lambda: Session.delete().where(Session.digest == digest(cookie)).execute())
 
 
 # --- WebSocket tickets ----------------------------------------------------------
@@ -187,7 +189,7 @@ def issue_ws_token(principal):
     def store():
         with database.atomic():
             WsToken.delete().where(WsToken.expires_ms < now).execute()
-            WsToken.create(digest=_digest(ticket), expires_ms=now + WS_TOKEN_TTL_MS,
+            WsToken.create(digest=digest(ticket), expires_ms=now + WS_TOKEN_TTL_MS,
                            principal=orjson.dumps(_principal_fields(principal)).decode())
     db.call(store)
     return ticket
@@ -197,7 +199,7 @@ def redeem_ws_token(ticket):
     """The principal a ticket was issued to, once; None if unknown, used or expired."""
     def take():
         with database.atomic():
-            row = WsToken.get_or_none(WsToken.digest == _digest(ticket))
+            row = WsToken.get_or_none(WsToken.digest == digest(ticket))
             if row is None:
                 return None
             # Only the process whose delete removed the row may use it: two
@@ -233,8 +235,6 @@ def _caps_json(capabilities):
     return orjson.dumps({c: capabilities.get(c) is True for c in CAPABILITIES}).decode()
 
 
-def _digest(secret):
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 

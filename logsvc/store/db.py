@@ -1,8 +1,18 @@
 """The database handle, its two engines, and where its calls run.
 
-`database` is declared once, unbound, and bound by `init(config)` in the
-application factory (or by the CLI and benchmarks) to one of:
+`init(config)` opens a `Store`: one database, SQLite or PostgreSQL, and
+what this process keeps about it (the ingest group commit, the partition
+bookkeeping). The models and the hand-written SQL reach it through
+`database`, a proxy declared once that resolves to the *current* store:
 
+- the store the calling code selected with `use(store)` (the application
+  selects its own before each request, so two applications in one process
+  each work on their own store), else
+- the store opened last by `init` (the CLI, benchmarks, scripts).
+
+`call(fn)` runs `fn` on a database thread with the caller's current store.
+
+Engines:
 - SQLite (the default): `<data dir>/logs.db`, or `sqlite:///path`;
 - PostgreSQL: `postgresql://user@host:port/dbname?options=...`, for several
   hosts over one store.
@@ -20,6 +30,8 @@ many per worker. psycopg2 releases the GIL while it waits on the server.
 Hand-written SQL uses `?` placeholders; `sql()` turns them into psycopg2's
 `%s` on PostgreSQL, and `execute`/`executemany` run it on either engine.
 """
+import contextlib
+import contextvars
 import sqlite3
 import time
 from urllib.parse import unquote, urlsplit
@@ -27,7 +39,28 @@ from urllib.parse import unquote, urlsplit
 import gevent
 import peewee
 
-database = peewee.DatabaseProxy()
+
+class _CurrentDatabase(peewee.DatabaseProxy):
+    """The database of the current store (see `current`)."""
+
+    __slots__ = ()
+
+    @property
+    def obj(self):
+        store = current()
+        return None if store is None else store.database
+
+    def __setattr__(self, name, value):
+        if name == "obj":  # peewee's initialize(None) at construction
+            if value is not None:
+                raise TypeError("open a store with db.init(config), select one with db.use(store)")
+            return
+        object.__setattr__(self, name, value)
+
+
+database = _CurrentDatabase()
+_selected = contextvars.ContextVar("logsvc_store", default=None)
+_last_opened = None
 
 # Set on every connection. WAL mode is set once, by `enable_wal`: it is
 # kept in the file, and asking for it on each connect can fail at once with
@@ -84,18 +117,34 @@ def os_lock():
     return monkey.get_original("_thread", "allocate_lock")()
 
 
-_postgres = False
 _converted = {}
 
 
+class Store:
+    """One opened database and what this process keeps about it."""
+
+    def __init__(self, database, postgres):
+        self.database = database
+        self.postgres = postgres
+        self.committer = None  # ingest's group commit, made by the first write
+        self.partitions = {"rows": None, "covered": -1}  # see partitions.py
+        self.lock = os_lock()
+        self.closed = False
+
+    def close(self):
+        """Close this store's connections (every thread's, on PostgreSQL)."""
+        self.closed = True
+        if isinstance(self.database, PostgresDatabase):
+            self.database.close_all()
+
+
 def init(config):
-    """Bind `database` to the store named by `config` and return it."""
-    global _postgres
+    """Open the store named by `config`, make it the current one, and return it."""
+    global _last_opened
     url = config.database_url or ""
-    previous = database.obj
     if url.startswith(("postgresql://", "postgres://")):
         bound = _postgres_database(url)
-        _postgres = True
+        postgres = True
     elif url and not url.startswith("sqlite:///"):
         raise UnsupportedDatabase(
             f"LOGSVC_DATABASE_URL={url.split(':', 1)[0]}://... is not supported; "
@@ -112,16 +161,36 @@ def init(config):
             str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
             check_same_thread=False,
         )
-        _postgres = False
+        postgres = False
     # peewee serialises connect/close with a threading.Lock, which is
     # gevent's once gevent has patched threading: shared between database
     # threads, it can stall them. Give it a lock of the operating system.
     bound._lock = os_lock()
-    database.initialize(bound)
-    if isinstance(previous, PostgresDatabase):
-        previous.close_all()
+    store = Store(bound, postgres)
+    _last_opened = store
+    use(store)
     _configure_pool(config.db_threads)
-    return bound
+    return store
+
+
+def current():
+    """The store that code running here works on (see the module's docstring)."""
+    return _selected.get() or _last_opened
+
+
+def use(store):
+    """Make `store` current for the rest of this greenlet or thread."""
+    _selected.set(store)
+
+
+@contextlib.contextmanager
+def using(store):
+    """Make `store` current inside the block."""
+    token = _selected.set(store)
+    try:
+        yield store
+    finally:
+        _selected.reset(token)
 
 
 def _is_locked(exc):
@@ -158,12 +227,13 @@ def _postgres_database(url):
 
 
 def is_postgres():
-    return _postgres
+    store = current()
+    return store is not None and store.postgres
 
 
 def sql(text):
     """`text` with `?` placeholders in the current engine's parameter style."""
-    if not _postgres:
+    if not is_postgres():
         return text
     converted = _converted.get(text)
     if converted is None:
@@ -181,7 +251,7 @@ def executemany(text, rows):
     trips as the engine allows."""
     if not rows:
         return
-    if _postgres:
+    if is_postgres():
         from psycopg2.extras import execute_batch
 
         with database.connection().cursor() as cursor:
@@ -191,27 +261,29 @@ def executemany(text, rows):
 
 
 def call(fn, *args, **kwargs):
-    """Run `fn(*args, **kwargs)` on a database thread; the greenlet yields.
-    An exception raised by `fn` is raised here, in the caller."""
-    ok, value = gevent.get_hub().threadpool.apply(_capture, (fn, args, kwargs))
+    """Run `fn(*args, **kwargs)` on a database thread, on the caller's
+    current store; the greenlet yields. An exception raised by `fn` is
+    raised here, in the caller."""
+    ok, value = gevent.get_hub().threadpool.apply(_capture, (current(), fn, args, kwargs))
     if ok:
         return value
     raise value
 
 
-def _capture(fn, args, kwargs):
+def _capture(store, fn, args, kwargs):
     # Returned rather than raised, so the pool does not report it as a crash.
-    try:
-        return True, fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - re-raised by call()
-        _drop_broken_connection()
-        return False, exc
+    with using(store):
+        try:
+            return True, fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by call()
+            _drop_broken_connection()
+            return False, exc
 
 
 def _drop_broken_connection():
     """After a lost PostgreSQL connection (server restart, network), forget
     it so that this thread's next call connects again."""
-    if not _postgres:
+    if not is_postgres():
         return
     conn = getattr(database.obj._state, "conn", None)
     if conn is not None and conn.closed:
@@ -221,7 +293,7 @@ def _drop_broken_connection():
 def is_transient_error(exc):
     """Whether a retry shortly may succeed: SQLite busy past its timeout, or
     on PostgreSQL a lost connection, a deadlock or a serialization failure."""
-    if _postgres:
+    if is_postgres():
         import psycopg2
 
         return isinstance(exc, (peewee.OperationalError, peewee.InterfaceError,

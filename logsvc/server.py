@@ -1,0 +1,94 @@
+"""The application: `create_app` builds it, `serve` runs the embedded server.
+
+`create_app` opens the store, creates or migrates its schema, and binds
+everything that belongs to one application to it (`Services`): two
+applications in one process work on two stores and share nothing.
+"""
+import dataclasses
+import logging
+import sys
+
+from flask import Flask
+
+from .access import authenticator, limits
+from .api import blueprints, errors, stream
+from .config import Config, ConfigError
+from .store import db, models, retention, tail
+
+
+@dataclasses.dataclass
+class Services:
+    """What the views reach through `logsvc.api.state()`."""
+
+    config: Config
+    store: db.Store
+    authenticator: authenticator.Authenticator
+    limiter: limits.RateLimiter
+    server_secret: str  # signs cursors
+    tailer: tail.Tailer  # started by the first live-tail subscriber
+    streams: tail.StreamSlots
+
+
+def create_app(config=None):
+    """Build the application. `config` is a Config, a dict of Config field
+    overrides on top of the environment, or None for the environment."""
+    if config is None:
+        config = Config.from_env()
+    elif isinstance(config, dict):
+        config = Config.from_env().replace(**config)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    store = db.init(config)
+    db.call(models.create_schema, config.partition_rows)
+    app.extensions["logsvc"] = Services(
+        config=config,
+        store=store,
+        authenticator=authenticator.Authenticator(authenticator.load_admin_token(config),
+                                                  config.jwt_secret),
+        limiter=limits.RateLimiter(config.data_dir, config.rate_limit_per_min),
+        server_secret=db.call(models.shared_secret, "server"),
+        tailer=tail.Tailer(config.ring_size, config.tail_poll_s, store),
+        streams=tail.StreamSlots(config.max_streams_per_scope),
+    )
+    # Each request works on this application's store.
+    app.before_request(lambda: db.use(store))
+    errors.register(app)
+    for blueprint in blueprints():
+        app.register_blueprint(blueprint)
+    stream.sock.init_app(app)
+    return app
+
+
+def start_background(app):
+    """Background work of a serving process: retention under a lease."""
+    import gevent
+
+    services = app.extensions["logsvc"]
+    return gevent.spawn(retention.run_forever, services.config, store=services.store)
+
+
+def serve():
+    """Run the embedded gevent server on the environment's settings (the
+    caller has monkey-patched). Returns the process's exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = Config.from_env()
+        app = create_app(config)
+    except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
+        print(f"logsvc: {exc}", file=sys.stderr)
+        return 2
+    from gevent.pywsgi import WSGIServer
+
+    server = WSGIServer((config.host, config.port), app, log=None)
+    server.init_socket()
+    start_background(app)
+    url = f"http://{config.host}:{server.server_port}"
+    token = authenticator.load_admin_token(config)
+    print(f"logsvc listening on {url} (data in {config.data_dir}); web UI at {url}/", flush=True)
+    print(f"  curl -H 'Authorization: Bearer {token}' '{url}/api/proxy-logs/_logs?last=20&format=text'",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0

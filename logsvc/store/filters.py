@@ -1,0 +1,159 @@
+"""What a search or a live tail matches: one table of filters, two forms.
+
+Each filter is a small object bound to one field of `Filters`. It renders
+itself as an SQL condition over `entry` (searches, the tail's catch-up from
+the database) and tests an entry in its API shape (the tail's in-memory
+ring). Both forms come from the same object, so they cannot drift apart;
+`FILTERS` lists every one, and a field of `Filters` without a filter is
+an error at import time.
+
+The SQL is written by hand rather than through peewee's query builder:
+compiling the builder's expression costs more than running the query on
+an indexed page, and this is the hottest read path.
+"""
+import dataclasses
+import functools
+
+from . import db
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """The filters of one request; None or () means "any". The caller's
+    scope is already folded into `project_id`/`container_id`."""
+
+    project_id: str = None
+    container_id: str = None
+    service_names: tuple = ()
+    levels: tuple = ()
+    kinds: tuple = ()
+    methods: tuple = ()
+    sources: tuple = ()
+    trace_id: str = None
+    status_ranges: tuple = ()  # ((low, high), ...) inclusive
+    since: int = None  # epoch ms, inclusive
+    until: int = None  # epoch ms, exclusive
+    q: str = None  # case-insensitive substring of url
+    client_ip: str = None
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @functools.cached_property
+    def active(self):
+        """(filter, value) for each filter that is set."""
+        return tuple((item, getattr(self, item.field)) for item in FILTERS
+                     if getattr(self, item.field) not in (None, ()))
+
+
+class Equals:
+    """`column = value`."""
+
+    def __init__(self, field, column, key):
+        self.field, self.column, self.key = field, column, key
+
+    def sql(self, value):
+        return f"{self.column} = ?", [value]
+
+    def test(self, value, entry):
+        return entry[self.key] == value
+
+
+class OneOf(Equals):
+    """`column IN (values)`: a comma-separated union."""
+
+    def sql(self, values):
+        if len(values) == 1:
+            return f"{self.column} = ?", list(values)
+        return f"{self.column} IN ({', '.join('?' * len(values))})", list(values)
+
+    def test(self, values, entry):
+        return entry[self.key] in values
+
+
+class StatusIn:
+    """The status lies in one of the inclusive ranges."""
+
+    field = "status_ranges"
+
+    def sql(self, ranges):
+        parts, params = [], []
+        for low, high in ranges:
+            parts.append("status = ?" if low == high else "status BETWEEN ? AND ?")
+            params.extend((low,) if low == high else (low, high))
+        return f"({' OR '.join(parts)})", params
+
+    def test(self, ranges, entry):
+        status = entry["status"]
+        return status is not None and any(low <= status <= high for low, high in ranges)
+
+
+class AtOrAfter:
+    field = "since"
+
+    def sql(self, value):
+        return "ts_ms >= ?", [value]
+
+    def test(self, value, entry):
+        return entry["tsMs"] >= value
+
+
+class Before:
+    field = "until"
+
+    def sql(self, value):
+        return "ts_ms < ?", [value]
+
+    def test(self, value, entry):
+        return entry["tsMs"] < value
+
+
+class UrlContains:
+    """A case-insensitive substring of the url; % and _ match literally."""
+
+    field = "q"
+
+    def sql(self, value):
+        escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # SQLite's LIKE ignores the case of ASCII letters; PostgreSQL needs ILIKE.
+        operator = "ILIKE" if db.is_postgres() else "LIKE"
+        return f"url {operator} ? ESCAPE '\\'", [f"%{escaped}%"]
+
+    def test(self, value, entry):
+        return value.lower() in (entry["url"] or "").lower()
+
+
+FILTERS = (
+    Equals("project_id", "project_id", "projectId"),
+    Equals("container_id", "container_id", "containerId"),
+    Equals("trace_id", "trace_id", "traceId"),
+    Equals("client_ip", "client_ip", "clientIp"),
+    OneOf("service_names", "service_name", "serviceName"),
+    OneOf("levels", "level", "level"),
+    OneOf("kinds", "kind", "kind"),
+    OneOf("methods", "method", "method"),
+    OneOf("sources", "source", "source"),
+    StatusIn(),
+    AtOrAfter(),
+    Before(),
+    UrlContains(),
+)
+
+_unfiltered = {f.name for f in dataclasses.fields(Filters)} - {f.field for f in FILTERS}
+if _unfiltered:
+    raise AssertionError(f"Filters fields without a filter: {sorted(_unfiltered)}")
+
+
+def where_sql(filters):
+    """The filters as an SQL condition over `entry` and its parameters."""
+    terms, params = [], []
+    for item, value in filters.active:
+        term, values = item.sql(value)
+        terms.append(term)
+        params.extend(values)
+    return (" AND ".join(terms) if terms else "TRUE"), params
+
+
+def matches(filters, entry):
+    """Whether an entry (API shape) passes `filters`, as `where_sql` would."""
+    return all(item.test(value, entry) for item, value in filters.active)
