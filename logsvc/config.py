@@ -36,6 +36,8 @@ class Config:
     cursor_ttl_s: int = 300
     max_streams_per_scope: int = 50
     db_threads: int = 8
+    # SQLite: checkpoint and truncate the write-ahead log past this size.
+    wal_checkpoint_mb: int = 16
     # PostgreSQL: entry ids per partition (fixed when the store is created).
     partition_rows: int = 1_000_000
     # Where the command-line client finds a server, and the token it sends

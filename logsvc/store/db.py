@@ -75,6 +75,9 @@ SQLITE_PRAGMAS = {
     # let the operating system's file cache hold the rest.
     "cache_size": -8_000,
     "temp_store": "memory",
+    # After a checkpoint lets the write-ahead log start over, SQLite cuts
+    # the file back to this size (see wal.py for what keeps it small).
+    "journal_size_limit": 16 * 1024 * 1024,
 }
 
 
