@@ -1,0 +1,381 @@
+"""A busy multi-tenant proxy's day, in logsvc and in ClickHouse, in one run.
+
+    .venv/bin/pip install -r requirements-bench.txt
+    .venv/bin/python -m bench.scale [--entries 1000000] [--repeat 11]
+        [--database-url postgresql://...] [--no-chdb]
+
+The corpus (seeded, the same for both sides): 200 projects with a Zipf-like
+share of the traffic, 10 containers each, 20 services; 60 % 200s and a tail
+of 3xx/4xx/5xx; urls `/v1/<resource>/<id>`; `data` with bytesIn, durationMs
+and userAgent; a fifth of the entries carry a JSON response body of
+0.5-2 KB; timestamps over the last 23 hours.
+
+logsvc: the default server (`gunicorn -c gunicorn.conf.py`, two gevent
+workers), fed gzip NDJSON of 5,000 entries per request with 4 requests in
+flight; every question is asked over HTTP. Disk is everything in the data
+directory once ingest has finished.
+
+ClickHouse (embedded, `chdb`): MergeTree ORDER BY (projectId, serviceName,
+tsMs), LowCardinality strings, ZSTD on the bodies, and the skip indexes of
+the OpenTelemetry exporter (bloom_filter on the trace id, tokenbf_v1 on the
+body, ngrambf_v1 on the url); fed in-process, 5,000 rows per INSERT.
+
+Prints one table of medians and logsvc/chdb ratios.
+"""
+import argparse
+import gzip
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import orjson
+import requests
+
+from bench.common import HEADERS, Server, postgres_schema
+
+PROJECTS, CONTAINERS_PER_PROJECT, SERVICES = 200, 10, 20
+PER_REQUEST, IN_FLIGHT = 5_000, 4
+DAY_MS = 23 * 3_600_000
+RESOURCES = ("users", "orders", "invoices", "carts", "products", "sessions", "payments",
+             "webhooks", "teams", "files", "search", "reports", "tokens", "events", "plans")
+STATUSES = ((200, 600), (201, 60), (204, 40), (301, 10), (302, 20), (304, 40), (400, 40),
+            (401, 30), (403, 20), (404, 70), (409, 10), (422, 20), (429, 30), (500, 40),
+            (502, 15), (503, 15), (504, 10))
+AGENTS = ("Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0", "curl/8.11.0",
+          "python-requests/2.32.3", "okhttp/4.12.0", "Go-http-client/2.0")
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+         "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo")
+# A word that only a few response bodies hold: the full-text question.
+RARE_WORD = "zanzibar"
+
+
+def corpus(n, seed=7, now_ms=None):
+    """Yield `n` entries (dicts in the ingest shape), oldest first."""
+    rng = random.Random(seed)
+    now_ms = now_ms or int(time.time() * 1000)
+    start = now_ms - DAY_MS
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(PROJECTS)]
+    cumulative, total = [], 0.0
+    for w in weights:
+        total += w
+        cumulative.append(total)
+    statuses = [s for s, _ in STATUSES]
+    status_cum = []
+    acc = 0
+    for _, w in STATUSES:
+        acc += w
+        status_cum.append(acc)
+    for i in range(n):
+        project = _pick(cumulative, rng.random() * total)
+        container = rng.randrange(CONTAINERS_PER_PROJECT)
+        status = statuses[_pick(status_cum, rng.random() * acc)]
+        resource = RESOURCES[rng.randrange(len(RESOURCES))]
+        level = "error" if status >= 500 else "warn" if status >= 400 else "info"
+        kind = "event" if rng.random() < 0.02 else ("request", "response")[i % 2]
+        duration = min(60_000, int(math.exp(rng.gauss(3.5, 1.2))))
+        entry = {
+            "traceId": f"{rng.getrandbits(128):032x}",
+            "tsMs": start + i * DAY_MS // n + rng.randrange(2000),
+            "kind": kind,
+            "level": level,
+            "projectId": f"proj_{project:03d}",
+            "containerId": f"cnt_{project:03d}_{container}",
+            "serviceName": f"svc-{(project * 7 + container) % SERVICES:02d}",
+            "method": rng.choice(("GET", "GET", "GET", "POST", "POST", "PUT", "DELETE")),
+            "url": f"/v1/{resource}/{rng.randrange(1, 100_000)}",
+            "clientIp": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            "status": status if kind != "event" else None,
+            "source": ("backend", "edge")[i % 2],
+            "data": {"bytesIn": rng.randrange(20_000), "durationMs": duration,
+                     "userAgent": AGENTS[rng.randrange(len(AGENTS))]},
+        }
+        if rng.random() < 0.2:
+            entry["responseBody"] = _body(rng, resource, status, i)
+        yield entry
+
+
+def _pick(cumulative, x):
+    lo, hi = 0, len(cumulative) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cumulative[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _body(rng, resource, status, i):
+    size = rng.randrange(500, 2000)
+    items = []
+    text = 2
+    while text < size:
+        item = {"id": rng.randrange(10**9), "email": f"user{rng.randrange(10**6)}@example.com",
+                "name": " ".join(rng.choice(WORDS) for _ in range(3)),
+                "status": rng.choice(("active", "pending", "closed"))}
+        items.append(item)
+        text += 110
+    body = {"resource": resource, "items": items}
+    if status >= 400:
+        body["error"] = {"code": f"E{status}{rng.randrange(100):02d}",
+                         "message": f"{resource} request failed"}
+    if i % 997 == 0:
+        body["note"] = f"routed via {RARE_WORD} gateway"
+    return json.dumps(body, separators=(",", ":"))
+
+
+def batches(n, seed=7, now_ms=None):
+    """The corpus as lists of PER_REQUEST entries."""
+    batch = []
+    for entry in corpus(n, seed, now_ms):
+        batch.append(entry)
+        if len(batch) == PER_REQUEST:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def disk_bytes(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def median_ms(fn, repeat):
+    fn()  # warm
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+class Logsvc:
+    def __init__(self, data_dir, database_url=""):
+        self.data_dir = data_dir
+        self.server = Server(data_dir, workers=2, database_url=database_url)
+        self.session = requests.Session()
+        self.session.headers.update(HEADERS)
+
+    def load(self, bodies, count):
+        headers = {**HEADERS, "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
+        sessions = [requests.Session() for _ in range(IN_FLIGHT)]
+
+        def send(numbered):
+            number, (body, size) = numbered
+            response = sessions[number % IN_FLIGHT].post(
+                self.server.url + "/api/proxy-logs/_ingest", data=body, headers=headers,
+                timeout=600)
+            assert response.status_code == 200 and response.json()["accepted"] == size, \
+                response.text[:300]
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            list(pool.map(send, enumerate(bodies)))
+        return count / (time.perf_counter() - start)
+
+    def get(self, path, **params):
+        response = self.session.get(self.server.url + path, params=params, timeout=600)
+        assert response.status_code == 200, (path, params, response.text[:300])
+        return response.json()
+
+    def stop(self):
+        self.server.stop()
+
+
+CH_SCHEMA = """
+CREATE TABLE logs (
+    id UInt64,
+    traceId String CODEC(ZSTD(1)),
+    tsMs Int64 CODEC(Delta, ZSTD(1)),
+    kind LowCardinality(String),
+    level LowCardinality(String),
+    projectId LowCardinality(String),
+    containerId LowCardinality(String),
+    serviceName LowCardinality(String),
+    method LowCardinality(String),
+    url String CODEC(ZSTD(1)),
+    clientIp String CODEC(ZSTD(1)),
+    status Nullable(UInt16),
+    source LowCardinality(String),
+    data String CODEC(ZSTD(1)),
+    responseBody String CODEC(ZSTD(1)),
+    INDEX idx_trace traceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_body responseBody TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1,
+    INDEX idx_url url TYPE ngrambf_v1(3, 32768, 3, 0) GRANULARITY 1
+) ENGINE = MergeTree ORDER BY (projectId, serviceName, tsMs)
+"""
+
+
+class ClickHouse:
+    def __init__(self, path):
+        from chdb import session
+
+        self.path = path
+        self.session = session.Session(str(path))
+        self.session.query(CH_SCHEMA)
+
+    def load(self, rows_batches, count):
+        elapsed = 0.0
+        for text in rows_batches:
+            start = time.perf_counter()
+            self.session.query("INSERT INTO logs FORMAT JSONEachRow " + text)
+            elapsed += time.perf_counter() - start
+        return count / elapsed
+
+    def query(self, sql):
+        return self.session.query(sql, "JSONCompact")
+
+    def close(self):
+        self.session.close()
+
+
+def ch_rows(batch, first_id):
+    out = []
+    for offset, e in enumerate(batch):
+        out.append(orjson.dumps({
+            "id": first_id + offset, "traceId": e["traceId"], "tsMs": e["tsMs"],
+            "kind": e["kind"], "level": e["level"], "projectId": e["projectId"],
+            "containerId": e["containerId"], "serviceName": e["serviceName"],
+            "method": e["method"], "url": e["url"], "clientIp": e["clientIp"],
+            "status": e["status"], "source": e["source"],
+            "data": orjson.dumps(e["data"]).decode(),
+            "responseBody": e.get("responseBody") or ""}))
+    return b"\n".join(out).decode()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=11)
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--no-chdb", action="store_true")
+    parser.add_argument("--keep", help="directory to keep both stores in")
+    args = parser.parse_args()
+
+    now_ms = int(time.time() * 1000)
+    print(f"building the corpus: {args.entries:,} entries ...", flush=True)
+    ours, theirs, sample = [], [], None
+    next_id = 1
+    for batch in batches(args.entries, now_ms=now_ms):
+        ours.append((gzip.compress(b"\n".join(orjson.dumps(e) for e in batch), 1), len(batch)))
+        if not args.no_chdb:
+            theirs.append(ch_rows(batch, next_id))
+        next_id += len(batch)
+        if sample is None:
+            sample = batch
+    mid_project = "proj_010"
+    trace_id = sample[1234]["traceId"]
+    url_part = sample[4321]["url"].rsplit("/", 1)[0] + "/4242"
+    hour_ago = now_ms - 3_600_000
+    day_ago = now_ms - 24 * 3_600_000
+
+    root = Path(args.keep or tempfile.mkdtemp(prefix="logsvc-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    results = {}
+    try:
+        ctx = (postgres_schema(args.database_url, "bench_scale") if args.database_url
+               else _nothing())
+        with ctx as database_url:
+            ours_dir = root / "logsvc"
+            logsvc = Logsvc(ours_dir, database_url or "")
+            try:
+                print("logsvc: ingesting ...", flush=True)
+                results["ingest (entries/s)"] = [logsvc.load(ours, args.entries)]
+                time.sleep(1)
+                results["disk per entry (B)"] = [disk_bytes(ours_dir) / args.entries]
+                logs = "/api/proxy-logs/_logs"
+                questions = {
+                    "level=error&order=desc&limit=200":
+                        lambda: logsvc.get(logs, level="error", order="desc", limit=200),
+                    "projectId=…&order=desc&limit=200":
+                        lambda: logsvc.get(logs, projectId=mid_project, order="desc", limit=200),
+                    "traceId=…": lambda: logsvc.get(logs, traceId=trace_id),
+                    "url substring (q=)": lambda: logsvc.get(logs, q=url_part, limit=200),
+                    "/stats": lambda: logsvc.get(logs + "/stats"),
+                    "/stats?since=1h": lambda: logsvc.get(logs + "/stats", since=hour_ago),
+                    "/stats?projectId=…&since=1h":
+                        lambda: logsvc.get(logs + "/stats", projectId=mid_project, since=hour_ago),
+                    "histogram 24h/5m": lambda: logsvc.get(logs + "/stats/histogram", bucket="5m",
+                                                           since=day_ago, until=now_ms),
+                }
+                for name, ask in questions.items():
+                    print(f"logsvc: {name}", flush=True)
+                    results[name] = [median_ms(ask, args.repeat)]
+                results["a word in response bodies"] = [None]
+            finally:
+                logsvc.stop()
+
+        if not args.no_chdb:
+            ch = ClickHouse(root / "chdb")
+            try:
+                print("chdb: inserting ...", flush=True)
+                results["ingest (entries/s)"].append(ch.load(theirs, args.entries))
+                results["disk per entry (B)"].append(disk_bytes(root / "chdb") / args.entries)
+                breakdowns = ("GROUP BY GROUPING SETS ((), (level), (projectId), (containerId), "
+                              "(serviceName), (kind), (intDiv(status, 100)), (source))")
+                sel = ("SELECT level, projectId, containerId, serviceName, kind, "
+                       "intDiv(status, 100), source, count() FROM logs")
+                sql = {
+                    "level=error&order=desc&limit=200":
+                        "SELECT * FROM logs WHERE level = 'error' ORDER BY tsMs DESC LIMIT 200",
+                    "projectId=…&order=desc&limit=200":
+                        f"SELECT * FROM logs WHERE projectId = '{mid_project}' "
+                        "ORDER BY tsMs DESC LIMIT 200",
+                    "traceId=…": f"SELECT * FROM logs WHERE traceId = '{trace_id}'",
+                    "url substring (q=)": f"SELECT * FROM logs WHERE url LIKE '%{url_part}%' "
+                                          "ORDER BY tsMs DESC LIMIT 200",
+                    "a word in response bodies":
+                        f"SELECT * FROM logs WHERE hasToken(responseBody, '{RARE_WORD}') "
+                        "ORDER BY tsMs DESC LIMIT 200",
+                    "/stats": f"{sel} {breakdowns}",
+                    "/stats?since=1h": f"{sel} WHERE tsMs >= {hour_ago} {breakdowns}",
+                    "/stats?projectId=…&since=1h":
+                        f"{sel} WHERE projectId = '{mid_project}' AND tsMs >= {hour_ago} {breakdowns}",
+                    "histogram 24h/5m":
+                        f"SELECT intDiv(tsMs, 300000) AS b, level, count() FROM logs "
+                        f"WHERE tsMs >= {day_ago} AND tsMs < {now_ms} GROUP BY b, level",
+                }
+                for name, text in sql.items():
+                    print(f"chdb: {name}", flush=True)
+                    results[name].append(median_ms(lambda text=text: ch.query(text), args.repeat))
+            finally:
+                ch.close()
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    engine = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"\n{args.entries:,} entries, logsvc on {engine}, p50 of {args.repeat} (ms unless noted)")
+    print("| question | logsvc | chdb | logsvc/chdb |\n|---|---|---|---|")
+    for name, values in results.items():
+        ours_v = values[0]
+        theirs_v = values[1] if len(values) > 1 else None
+        ratio = (f"{ours_v / theirs_v:.2f}" if ours_v is not None and theirs_v else "—")
+        print(f"| {name} | {_fmt(ours_v)} | {_fmt(theirs_v)} | {ratio} |")
+
+
+def _fmt(value):
+    if value is None:
+        return "not possible"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+class _nothing:
+    def __enter__(self):
+        return ""
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
