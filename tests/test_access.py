@@ -95,9 +95,10 @@ def test_a_version_1_store_is_migrated_and_keeps_its_id_sequence(tmp_path, make_
     old.close()
     client = make_app().test_client()
     assert client.post(INGEST, json={"kind": "event"}, headers=admin).json["firstId"] == 501
-    from logsvc.store import db
+    from logsvc.store import db, models
     assert db.call(lambda: db.execute(
-        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == ("2",)
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == (
+            str(models.SCHEMA_VERSION),)
 
 
 def test_database_url_can_name_the_sqlite_file(tmp_path, make_app, admin):

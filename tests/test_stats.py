@@ -12,7 +12,8 @@ from logsvc.testing import ADMIN_TOKEN, Store, make_entry
 
 STATS = "/api/proxy-logs/_logs/stats"
 HISTOGRAM = STATS + "/histogram"
-BASE = 1_800_000_000_000
+BASE = 1_800_000_000_000  # a whole hour
+HOUR = 3_600_000
 
 
 def truth(project_id=None, container_id=None, since=None, until=None):
@@ -43,7 +44,8 @@ def truth(project_id=None, container_id=None, since=None, until=None):
 entries = st.lists(st.builds(
     lambda i, ts, status, level, container: make_entry(
         i, tsMs=BASE + ts, status=status, level=level, containerId=container),
-    st.integers(0, 50), st.integers(0, 10 * 60_000), st.sampled_from([None, 200, 404, 503]),
+    st.integers(0, 50), st.one_of(st.integers(0, 10 * 60_000), st.integers(0, 4 * HOUR)),
+    st.sampled_from([None, 200, 404, 503]),
     st.sampled_from(["debug", "info", "warn", "error"]),
     st.sampled_from([None, "cnt_a", "cnt_b"])), min_size=1, max_size=40)
 
@@ -51,9 +53,12 @@ entries = st.lists(st.builds(
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batches=st.lists(entries, min_size=1, max_size=3), max_rows=st.integers(0, 60),
-       window=st.tuples(st.integers(-1000, 11 * 60_000), st.integers(1, 11 * 60_000)),
+       window=st.tuples(st.integers(-1000, 11 * 60_000) | st.integers(-HOUR, 4 * HOUR),
+                        st.integers(1, 11 * 60_000) | st.integers(1, 5 * HOUR)),
+       bucket=st.sampled_from(["1m", "5m", "1h", "3h"]),
        scope=st.sampled_from([(None, None), ("proj_1", None), ("proj_2", "cnt_a")]))
-def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows, window, scope):
+def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows, window, scope,
+                                            bucket):
     app = create_app({"data_dir": tmp_path_factory.mktemp("s"), "admin_token": ADMIN_TOKEN,
                       "retention_days": 0})
     store = Store(app.test_client())
@@ -67,6 +72,10 @@ def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows,
     since, length = BASE + window[0], window[1]
     ranged = store.page(STATS, since=since, until=since + length, **params)
     assert ranged == truth(project_id, container_id, since, since + length)
+    histogram = store.page(HISTOGRAM, bucket=bucket, since=since, until=since + length, **params)
+    for item in histogram["buckets"]:
+        expected = truth(project_id, container_id, item["tsMs"], item["tsMs"] + histogram["bucketMs"])
+        assert (item["total"], item["byLevel"]) == (expected["total"], expected["byLevel"])
     app.extensions["logsvc"].store.close()
 
 
@@ -111,3 +120,33 @@ def test_stats_cost_does_not_read_the_entry_table(store):
     store.ingest([make_entry(i) for i in range(20)])
     db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
     assert store.page(STATS)["total"] == 20
+
+
+def test_a_version_2_store_gains_hourly_counters_that_answer_exactly(make_app):
+    """Version 2 kept counters per minute and all time only; opening it
+    builds the hourly and all-scopes minute counters from them."""
+    from logsvc.store import models
+    app = make_app()
+    store = Store(app.test_client())
+    store.ingest([make_entry(i, tsMs=BASE + i * 7 * 60_000 + i) for i in range(60)])
+    questions = [(STATS, {}), (STATS, {"since": BASE + 1234, "until": BASE + 5 * HOUR + 17}),
+                 (STATS, {"projectId": "proj_1", "since": BASE + HOUR, "until": BASE + 4 * HOUR}),
+                 (HISTOGRAM, {"bucket": "1h", "since": BASE, "until": BASE + 8 * HOUR}),
+                 (HISTOGRAM, {"bucket": "5m", "since": BASE, "until": BASE + 8 * HOUR}),
+                 (HISTOGRAM, {"bucket": "5m", "since": BASE, "until": BASE + 8 * HOUR,
+                              "projectId": "proj_2", "containerId": "cnt_2"})]
+    before = [store.page(path, **params) for path, params in questions]
+    assert before[1]["total"] > 0 and before[3]["buckets"][2]["total"] > 0
+
+    def make_version_2():
+        for table in ("rollup_hour", "rollup_minute_all"):
+            db.execute(f"DROP TABLE {table}")
+        models.Meta.update(value="2").where(models.Meta.key == "schema_version").execute()
+    db.call(make_version_2)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    assert [store.page(path, **params) for path, params in questions] == before
+    version = db.call(lambda: db.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone())
+    assert version == (str(models.SCHEMA_VERSION),)

@@ -7,12 +7,15 @@
   and `entry_body` are partitioned by id range (see partitions.py).
 - `EntryBody`: captured request/response bodies, kept apart so scans of
   `entry` never read them.
-- `RollupTotal` / `RollupMinute`: entry counts per (project, container,
-  service), all time and per minute, with one column per level, kind,
-  status class and source. Ingest adds to them and retention subtracts from
-  them in the same transaction as the rows, so they always equal a GROUP BY
-  over `entry`. Key columns use '' for "none" because a primary key treats
-  NULLs as distinct and the upsert needs a key.
+- `RollupTotal` / `RollupHour` / `RollupMinute`: entry counts per
+  (project, container, service), all time, per hour and per minute, and
+  `RollupMinuteAll`: per minute over every scope (what an unfiltered
+  histogram reads). One column per level, kind, status class and source.
+  Ingest adds to them and retention subtracts from them in the same
+  transaction as the rows, so they always equal a GROUP BY over `entry`
+  (see rollup.py, and stats.py for which question reads which). Key
+  columns use '' for "none" because a primary key treats NULLs as distinct
+  and the upsert needs a key.
 - `IdSequence`: the last id handed out, per sequence ('entry').
 - `Meta`: small key/value records (the schema version, the partition size).
 - `RateBucket`: the rate limit's state per scope (PostgreSQL only).
@@ -33,7 +36,7 @@ from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 from . import db
 from .db import database
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class BaseModel(peewee.Model):
@@ -112,8 +115,20 @@ class RollupTotal(BaseModel):
 
 
 @_counted
+class RollupHour(BaseModel):
+    hour = peewee.BigIntegerField()  # ts_ms // 3_600_000
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    service_name = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", *ROLLUP_DIMENSIONS)
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_counted
 class RollupMinute(BaseModel):
-    minute = peewee.BigIntegerField()
+    minute = peewee.BigIntegerField()  # ts_ms // 60_000
     project_id = peewee.TextField()
     container_id = peewee.TextField()
     service_name = peewee.TextField()
@@ -121,6 +136,19 @@ class RollupMinute(BaseModel):
     class Meta:
         primary_key = peewee.CompositeKey("minute", *ROLLUP_DIMENSIONS)
         table_settings = ["WITHOUT ROWID"]
+        # A tenant's histogram and recent stats read one project's minutes.
+        indexes = ((("project_id", "container_id", "minute"), False),)
+
+
+@_counted
+class RollupMinuteAll(BaseModel):
+    minute = peewee.BigIntegerField(primary_key=True)
+
+    class Meta:
+        table_settings = ["WITHOUT ROWID"]
+
+
+ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll)
 
 
 class IdSequence(BaseModel):
@@ -216,7 +244,7 @@ class PruneLog(BaseModel):
     max_id = peewee.BigIntegerField()
 
 
-ALL_MODELS = (Entry, EntryBody, RollupTotal, RollupMinute, IdSequence, RateBucket, Meta, Lease,
+ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
               ApiToken, User, Session, WsToken, DestroyedScope, PruneLog)
 
 
@@ -226,8 +254,23 @@ def _v1_to_v2():
                "(SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)) WHERE name = 'entry'")
 
 
+def _v2_to_v3():
+    # Version 2 kept counters per minute and all time; the hourly and the
+    # all-scopes minute counters are sums of the minute counters.
+    sums = ", ".join(f"SUM({c})" for c in COUNT_COLUMNS)
+    columns = ", ".join(COUNT_COLUMNS)
+    keys = ", ".join(ROLLUP_DIMENSIONS)
+    db.execute("DELETE FROM rollup_hour")
+    db.execute(f"INSERT INTO rollup_hour (hour, {keys}, {columns}) "
+               f"SELECT minute / 60, {keys}, {sums} FROM rollup_minute "
+               f"GROUP BY minute / 60, {keys}")
+    db.execute("DELETE FROM rollup_minute_all")
+    db.execute(f"INSERT INTO rollup_minute_all (minute, {columns}) "
+               f"SELECT minute, {sums} FROM rollup_minute GROUP BY minute")
+
+
 # Migrations from version N to N+1, each run in one transaction.
-MIGRATIONS = {1: _v1_to_v2}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def shared_secret(name):
@@ -261,7 +304,7 @@ def create_schema(partition_rows=1_000_000):
         # The usual start of a worker: nothing to create, and no DDL that
         # would lock tables that the writers of other hosts are using.
         return
-    for model in (RollupTotal, RollupMinute):
+    for model in ROLLUP_MODELS:
         model._meta.table_settings = [] if postgres else ["WITHOUT ROWID"]
     Entry._meta.table_settings = ["PARTITION BY RANGE (id)"] if postgres else []
     EntryBody._meta.table_settings = ["PARTITION BY RANGE (entry_id)"] if postgres else []

@@ -13,7 +13,16 @@ from logsvc.entry import now_ms
 
 from . import db, ingest
 from .db import database
-from .models import ApiToken, DestroyedScope, IdSequence, Meta, PruneLog, Session, User
+from .models import (
+    ROLLUP_MODELS,
+    ApiToken,
+    DestroyedScope,
+    IdSequence,
+    Meta,
+    PruneLog,
+    Session,
+    User,
+)
 
 ID_GAP_AFTER_CLEAR = 10_000
 
@@ -28,7 +37,7 @@ def clear():
             seq = next_seq - ID_GAP_AFTER_CLEAR
             (removed,) = db.execute(
                 "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()
-            for table in ("entry_body", "entry", "rollup_total", "rollup_minute"):
+            for table in ("entry_body", "entry", *(model._meta.table_name for model in ROLLUP_MODELS)):
                 db.execute(f"DELETE FROM {table}")
             now = now_ms()
             if seq:

@@ -1,11 +1,17 @@
-"""Entry counts per minute and (project, container, service), kept exact.
+"""Entry counts at several resolutions, kept exact.
 
 `add(keys, sign)` runs inside the transaction that inserts (+1) or
 deletes (-1) the rows, so the counters always equal a GROUP BY over `entry`.
 A row of counters holds the total `n` and one column per level, kind,
-status class and source (see models.COUNT_COLUMNS); a batch touches one row
-per distinct (minute, project, container, service), which keeps the cost of
-the upserts well below the cost of the inserts they accompany.
+status class and source (see models.COUNT_COLUMNS). The tiers:
+
+    rollup_minute      (minute, project, container, service)
+    rollup_hour        (hour, project, container, service)
+    rollup_total       (project, container, service)
+    rollup_minute_all  (minute)
+
+A batch touches one row per distinct key of each tier; batches arrive
+roughly in time order, so that is about one row per distinct scope.
 """
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 
@@ -32,8 +38,15 @@ def _upsert_parts(table, keys):
             f"ON CONFLICT ({keys}) DO UPDATE SET {sets}", f"({marks})")
 
 
-_UPSERT_TOTAL = _upsert_parts("rollup_total", _KEYS)
-_UPSERT_MINUTE = _upsert_parts("rollup_minute", f"minute, {_KEYS}")
+# (table, upsert statement parts, key of the tier from a minute key; None:
+# the minute key itself)
+TIERS = (
+    ("rollup_minute", _upsert_parts("rollup_minute", f"minute, {_KEYS}"), None),
+    ("rollup_hour", _upsert_parts("rollup_hour", f"hour, {_KEYS}"),
+     lambda key: (key[0] // 60, *key[1:])),
+    ("rollup_total", _upsert_parts("rollup_total", _KEYS), lambda key: key[1:]),
+    ("rollup_minute_all", _upsert_parts("rollup_minute_all", "minute"), lambda key: key[:1]),
+)
 
 # The columns of `entry` that `key_of` takes, in its argument order.
 ROW_SQL = "ts_ms, project_id, container_id, service_name, level, kind, status, source"
@@ -59,22 +72,33 @@ def add(keyed, sign=1, weights=None):
         counts[0] += step
         for at in positions:
             counts[at] += step
-    totals = {}
-    for key, counts in per_minute.items():
-        total = totals.get(key[1:])
-        if total is None:
-            totals[key[1:]] = list(counts)
+    for table, parts, tier_key in TIERS:
+        if tier_key is None:
+            rows = per_minute
         else:
-            for at in range(WIDTH):
-                total[at] += counts[at]
-    # In key order, so that concurrent transactions lock rows in one order.
-    _upsert(_UPSERT_MINUTE, sorted((*key, *counts) for key, counts in per_minute.items()))
-    _upsert(_UPSERT_TOTAL, sorted((*key, *counts) for key, counts in totals.items()))
-    if sign < 0:
-        minutes = sorted({key[0] for key in per_minute})
-        db.executemany("DELETE FROM rollup_minute WHERE minute = ? AND n <= 0",
-                       [(m,) for m in minutes])
+            rows = {}
+            for key, counts in per_minute.items():
+                key = tier_key(key)
+                into = rows.get(key)
+                if into is None:
+                    rows[key] = list(counts)
+                else:
+                    for at in range(WIDTH):
+                        into[at] += counts[at]
+        # In key order, so that concurrent transactions lock rows in one order.
+        _upsert(parts, sorted((*key, *counts) for key, counts in rows.items()))
+        if sign < 0:
+            _drop_empty(table, rows)
+
+
+def _drop_empty(table, rows):
+    """Delete the rows of `table` that a subtraction left at zero."""
+    if table == "rollup_total":
         db.execute("DELETE FROM rollup_total WHERE n <= 0")
+        return
+    column = "hour" if table == "rollup_hour" else "minute"
+    db.executemany(f"DELETE FROM {table} WHERE {column} = ? AND n <= 0",
+                   [(t,) for t in sorted({key[0] for key in rows})])
 
 
 def _upsert(parts, rows):

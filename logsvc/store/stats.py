@@ -1,36 +1,69 @@
-"""Counts for dashboards, read from the rollup counters.
+"""Counts for dashboards, read from the rollup counters and summed in SQL.
 
-`summary` without a time range sums `rollup_total` (one row per project,
-container and service, so its cost does not depend on how many entries are
-stored). With `since`/`until` it sums `rollup_minute` over the whole minutes
-of the range and counts the partial minutes at either end straight from
-`entry` through its `ts_ms` index, so the answer is exact for any
-millisecond range.
+A summary is four aggregate statements over one *source*: rows shaped
+(project, container, service, n, <count columns>) that together count
+exactly the entries of the question.
+
+- No time range: `rollup_total`, one row per scope.
+- A time range [since, until): whole hours from `rollup_hour`, the whole
+  minutes around them from `rollup_minute`, and the partial minutes at
+  either end straight from `entry` through its `ts_ms` index, so the answer
+  is exact to the millisecond while the rows read stay about
+  (scopes × (hours + 2 × 59 minutes)), whatever the length of the range.
+
+The database does the summing; Python only shapes the answer, so the cost
+follows the size of the answer (the number of projects, containers and
+services in it), not the number of entries.
+
+A histogram's buckets are whole buckets: hourly and longer ones read
+`rollup_hour`; shorter ones read `rollup_minute_all` when no scope is asked
+for and `rollup_minute` (through its (project, container, minute) index)
+when one is.
 """
-import peewee
-
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
 from . import db
-from .models import COUNT_COLUMNS, RollupMinute, RollupTotal
+from .models import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 from .query import InvalidParameter
-from .rollup import ROW_SQL, WIDTH, key_of
 
 MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
 BUCKETS = {"1m": 1, "5m": 5, "10m": 10, "15m": 15, "30m": 30, "1h": 60,
            "3h": 180, "6h": 360, "12h": 720, "1d": 1440}
 MAX_BUCKETS = 10_000
 DEFAULT_HISTOGRAM_MS = 3_600_000
 
-# Breakdowns read from count columns: name -> ((value, column index), ...)
-_COLUMN_BREAKDOWNS = {
-    "byLevel": tuple((v, COUNT_COLUMNS.index(f"level_{v}")) for v in LEVELS),
-    "byKind": tuple((v, COUNT_COLUMNS.index(f"kind_{v}")) for v in KINDS),
-    "byStatus": tuple((v, COUNT_COLUMNS.index(f"status_{v}")) for v in STATUS_CLASSES),
-    "bySource": tuple((v, COUNT_COLUMNS.index(f"source_{v}")) for v in SOURCES),
-}
-# Breakdowns read from key columns: name -> position in (project, container, service)
-_KEY_BREAKDOWNS = {"byProject": 0, "byContainer": 1, "byService": 2}
+_BREAKDOWN_OF_PREFIX = {"level": "byLevel", "kind": "byKind", "status": "byStatus",
+                        "source": "bySource"}
+# Breakdowns read from key columns: name -> column
+_KEY_BREAKDOWNS = {"byProject": "project_id", "byContainer": "container_id",
+                   "byService": "service_name"}
+_KEYS = ", ".join(ROLLUP_DIMENSIONS)
+_COLUMNS = ", ".join(COUNT_COLUMNS)
+
+
+def _entry_expression(column):
+    """SQL over `entry` that gives 1 where the count column `column` counts
+    the row, else 0 (the same rule as rollup.key_of)."""
+    if column == "n":
+        return "1"
+    prefix, value = column.split("_", 1)
+    if prefix == "status":
+        low = int(value[0]) * 100
+        return f"CASE WHEN status >= {low} AND status < {low + 100} THEN 1 ELSE 0 END"
+    return f"CASE WHEN {prefix} = '{value}' THEN 1 ELSE 0 END"
+
+
+# `entry` rows in the shape of a counter row.
+_ENTRY_AS_COUNTERS = (
+    "SELECT project_id, coalesce(container_id, '') AS container_id, "
+    "coalesce(service_name, '') AS service_name, "
+    + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
+    + " FROM entry"
+)
+assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
+           (("level", LEVELS), ("kind", KINDS), ("status", STATUS_CLASSES),
+            ("source", SOURCES)) for v in vs)
 
 
 def summary(project_id=None, container_id=None, since=None, until=None):
@@ -52,28 +85,87 @@ def histogram(bucket, since=None, until=None, project_id=None, container_id=None
 
 
 def _summary(project_id, container_id, since, until):
-    counts = {}
     if since is None and until is None:
-        query = _scoped(RollupTotal.select(*_keys(RollupTotal), *_counts(RollupTotal)),
-                        RollupTotal, project_id, container_id)
-        _accumulate(counts, query.tuples())
+        parts = [_tier_part("rollup_total", None, None, None, project_id, container_id)]
     else:
-        _add_range(counts, project_id, container_id, since, until)
-    result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_COLUMN_BREAKDOWNS)}}
-    for key, row in counts.items():
-        if row[0] <= 0:
-            continue
-        result["total"] += row[0]
-        for name, position in _KEY_BREAKDOWNS.items():
-            if key[position]:
-                breakdown = result[name]
-                breakdown[key[position]] = breakdown.get(key[position], 0) + row[0]
-        for name, columns in _COLUMN_BREAKDOWNS.items():
-            breakdown = result[name]
-            for value, at in columns:
-                if row[at]:
-                    breakdown[value] = breakdown.get(value, 0) + row[at]
+        parts = _range_parts(0 if since is None else since,
+                             2**62 if until is None else until, project_id, container_id)
+    result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
+    if not parts:
+        return result
+    source = " UNION ALL ".join(sql for sql, _ in parts)
+    params = [p for _, part_params in parts for p in part_params]
+    sums = ", ".join(f"CAST(coalesce(SUM({c}), 0) AS BIGINT)" for c in COUNT_COLUMNS)
+    row = db.execute(f"SELECT {sums} FROM ({source}) AS counted", params).fetchone()
+    result["total"] = row[0]
+    if not row[0]:
+        return result
+    for column, n in zip(COUNT_COLUMNS[1:], row[1:]):
+        if n:
+            prefix, value = column.split("_", 1)
+            result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
+    for name, key in _KEY_BREAKDOWNS.items():
+        result[name] = dict(db.execute(
+            f"SELECT {key}, CAST(SUM(n) AS BIGINT) FROM ({source}) AS counted "
+            f"WHERE {key} <> '' GROUP BY {key} HAVING SUM(n) > 0", params).fetchall())
     return result
+
+
+def _range_parts(low, high, project_id, container_id):
+    """The (sql, params) parts whose rows count the entries with
+    low <= ts_ms < high exactly: whole hours, whole minutes, partial minutes."""
+    parts = []
+    if high <= low:
+        return parts
+    first_minute = -(-low // MINUTE_MS)  # the first minute wholly inside
+    end_minute = high // MINUTE_MS  # minutes before this one are wholly inside
+    if first_minute >= end_minute:
+        return [_entry_part(low, high, project_id, container_id)]
+    first_hour = -(-first_minute // 60)
+    end_hour = end_minute // 60
+    if first_hour < end_hour:
+        parts.append(_tier_part("rollup_hour", "hour", first_hour, end_hour,
+                                project_id, container_id))
+        minute_spans = ((first_minute, first_hour * 60), (end_hour * 60, end_minute))
+    else:
+        minute_spans = ((first_minute, end_minute),)
+    for start, end in minute_spans:
+        if start < end:
+            parts.append(_tier_part("rollup_minute", "minute", start, end,
+                                    project_id, container_id))
+    for start, end in ((low, first_minute * MINUTE_MS), (end_minute * MINUTE_MS, high)):
+        if start < end:
+            parts.append(_entry_part(start, end, project_id, container_id))
+    return parts
+
+
+def _tier_part(table, time_column, start, end, project_id, container_id):
+    where, params = _scope_where(project_id, container_id)
+    if time_column is not None:
+        where.append(f"{time_column} >= ? AND {time_column} < ?")
+        params += [start, end]
+    sql = f"SELECT {_KEYS}, {_COLUMNS} FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql, params
+
+
+def _entry_part(low, high, project_id, container_id):
+    where, params = _scope_where(project_id, container_id)
+    where.append("ts_ms >= ? AND ts_ms < ?")
+    params += [low, high]
+    return f"{_ENTRY_AS_COUNTERS} WHERE " + " AND ".join(where), params
+
+
+def _scope_where(project_id, container_id):
+    where, params = [], []
+    if project_id is not None:
+        where.append("project_id = ?")
+        params.append(project_id)
+    if container_id is not None:
+        where.append("container_id = ?")
+        params.append(container_id)
+    return where, params
 
 
 def _histogram(bucket, since, until, project_id, container_id):
@@ -81,14 +173,21 @@ def _histogram(bucket, since, until, project_id, container_id):
     size_ms = minutes * MINUTE_MS
     start = since // size_ms * size_ms
     end = -(-until // size_ms) * size_ms
-    M = RollupMinute
-    bucket_of = (M.minute / minutes) * minutes if minutes > 1 else M.minute
-    levels = [peewee.fn.SUM(getattr(M, f"level_{name}")).cast("BIGINT") for name in LEVELS]
-    query = (M.select(bucket_of, *levels)
-             .where((M.minute >= start // MINUTE_MS) & (M.minute < end // MINUTE_MS))
-             .group_by(bucket_of))
-    by_bucket = {row[0] * MINUTE_MS: row[1:]
-                 for row in _scoped(query, M, project_id, container_id).tuples()}
+    where, params = _scope_where(project_id, container_id)
+    if minutes % 60 == 0:
+        table, unit, per_bucket = "rollup_hour", "hour", minutes // 60
+    elif where:
+        table, unit, per_bucket = "rollup_minute", "minute", minutes
+    else:
+        table, unit, per_bucket = "rollup_minute_all", "minute", minutes
+    unit_ms = HOUR_MS if unit == "hour" else MINUTE_MS
+    where.append(f"{unit} >= ? AND {unit} < ?")
+    params += [start // unit_ms, end // unit_ms]
+    bucket_of = f"({unit} / {per_bucket}) * {per_bucket}" if per_bucket > 1 else unit
+    levels = ", ".join(f"CAST(SUM(level_{name}) AS BIGINT)" for name in LEVELS)
+    rows = db.execute(f"SELECT {bucket_of} AS b, {levels} FROM {table} "
+                      f"WHERE {' AND '.join(where)} GROUP BY b", params).fetchall()
+    by_bucket = {row[0] * unit_ms: row[1:] for row in rows}
     buckets = []
     for ts in range(start, end, size_ms):
         sums = by_bucket.get(ts, ())
@@ -96,71 +195,3 @@ def _histogram(bucket, since, until, project_id, container_id):
         buckets.append({"tsMs": ts, "total": sum(by_level.values()), "byLevel": by_level})
     return {"bucket": bucket, "bucketMs": size_ms, "since": start, "until": end,
             "buckets": buckets}
-
-
-def _add_range(counts, project_id, container_id, since, until):
-    low = 0 if since is None else since
-    high = 2**62 if until is None else until
-    if high <= low:
-        return
-    first_full = -(-low // MINUTE_MS)  # first minute wholly inside the range
-    end_full = high // MINUTE_MS  # minutes before this one are wholly inside
-    if first_full >= end_full:
-        _add_raw(counts, project_id, container_id, low, high)
-        return
-    M = RollupMinute
-    query = (M.select(*_keys(M), *[peewee.fn.SUM(c).cast("BIGINT") for c in _counts(M)])
-             .where((M.minute >= first_full) & (M.minute < end_full))
-             .group_by(*_keys(M)))
-    _accumulate(counts, _scoped(query, M, project_id, container_id).tuples())
-    _add_raw(counts, project_id, container_id, low, first_full * MINUTE_MS)
-    _add_raw(counts, project_id, container_id, end_full * MINUTE_MS, high)
-
-
-def _add_raw(counts, project_id, container_id, low, high):
-    """Count entries with low <= ts_ms < high (less than a minute's worth)."""
-    if high <= low:
-        return
-    sql = f"SELECT {ROW_SQL} FROM entry WHERE ts_ms >= ? AND ts_ms < ?"
-    params = [low, high]
-    if project_id is not None:
-        sql += " AND project_id = ?"
-        params.append(project_id)
-    if container_id is not None:
-        sql += " AND container_id = ?"
-        params.append(container_id)
-    for row in db.execute(sql, params):
-        key, positions = key_of(*row)
-        target = counts.get(key[1:])
-        if target is None:
-            target = counts[key[1:]] = [0] * WIDTH
-        target[0] += 1
-        for at in positions:
-            target[at] += 1
-
-
-def _accumulate(counts, rows):
-    for row in rows:
-        key = row[:3]
-        target = counts.get(key)
-        if target is None:
-            counts[key] = list(row[3:])
-        else:
-            for at, n in enumerate(row[3:]):
-                target[at] += n
-
-
-def _keys(model):
-    return (model.project_id, model.container_id, model.service_name)
-
-
-def _counts(model):
-    return tuple(getattr(model, name) for name in COUNT_COLUMNS)
-
-
-def _scoped(query, model, project_id, container_id):
-    if project_id is not None:
-        query = query.where(model.project_id == project_id)
-    if container_id is not None:
-        query = query.where(model.container_id == container_id)
-    return query
