@@ -121,32 +121,3 @@ def test_stats_cost_does_not_read_the_entry_table(store):
     db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
     assert store.page(STATS)["total"] == 20
 
-
-def test_a_version_2_store_gains_hourly_counters_that_answer_exactly(make_app):
-    """Version 2 kept counters per minute and all time only; opening it
-    builds the hourly and all-scopes minute counters from them."""
-    from logsvc.store import models
-    app = make_app()
-    store = Store(app.test_client())
-    store.ingest([make_entry(i, tsMs=BASE + i * 7 * 60_000 + i) for i in range(60)])
-    questions = [(STATS, {}), (STATS, {"since": BASE + 1234, "until": BASE + 5 * HOUR + 17}),
-                 (STATS, {"projectId": "proj_1", "since": BASE + HOUR, "until": BASE + 4 * HOUR}),
-                 (HISTOGRAM, {"bucket": "1h", "since": BASE, "until": BASE + 8 * HOUR}),
-                 (HISTOGRAM, {"bucket": "5m", "since": BASE, "until": BASE + 8 * HOUR}),
-                 (HISTOGRAM, {"bucket": "5m", "since": BASE, "until": BASE + 8 * HOUR,
-                              "projectId": "proj_2", "containerId": "cnt_2"})]
-    before = [store.page(path, **params) for path, params in questions]
-    assert before[1]["total"] > 0 and before[3]["buckets"][2]["total"] > 0
-
-    def make_version_2():
-        for table in ("rollup_hour", "rollup_minute_all"):
-            db.execute(f"DROP TABLE {table}")
-        models.Meta.update(value="2").where(models.Meta.key == "schema_version").execute()
-    db.call(make_version_2)
-    app.extensions["logsvc"].store.close()
-
-    store = Store(make_app().test_client())
-    assert [store.page(path, **params) for path, params in questions] == before
-    version = db.call(lambda: db.execute(
-        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone())
-    assert version == (str(models.SCHEMA_VERSION),)

@@ -41,7 +41,7 @@ from logsvc import entry
 
 from . import db, partitions, rollup
 from .db import database
-from .models import IdSequence
+from .models import IdSequence, pack_body
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
                 "application/x-jsonlines", "application/json-lines")
@@ -199,7 +199,8 @@ class _Malformed:
 
 
 _ENTRY_COLUMNS = entry.COLUMNS
-_BODY_COLUMNS = ("entry_id", "request_body", "response_body")
+_BODY_COLUMNS = ("entry_id", "request_body", "request_body_z", "response_body",
+                 "response_body_z")
 
 
 def _insert_sql(table, columns):
@@ -242,7 +243,8 @@ def _write_batch(entries):
                          e["source"], e["data"], has_body,
                          e["body_truncated"]))
             if has_body:
-                bodies.append((entry_id, e["request_body"], e["response_body"]))
+                bodies.append((entry_id, *pack_body(e["request_body"]),
+                               *pack_body(e["response_body"])))
             keys.append(key_of(e["ts_ms"], e["project_id"], e["container_id"],
                                e["service_name"], e["level"], e["kind"],
                                e["status"], e["source"]))
@@ -289,6 +291,8 @@ def _copy_text(value):
         return _COPY_NULL
     if kind is bool:
         return "t" if value else "f"
+    if kind is bytes:  # bytea, hex format; COPY itself takes one backslash
+        return "\\\\x" + value.hex()
     return str(value)
 
 

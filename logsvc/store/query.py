@@ -16,7 +16,7 @@ from logsvc.entry import COLUMNS, row_to_dict
 
 from . import db
 from .filters import where_sql
-from .models import IdSequence
+from .models import IdSequence, unpack_body
 
 COUNT_CAP = 10_000
 MAX_LIMIT = 5000  # entries in one page (`limit`, `last`)
@@ -86,7 +86,8 @@ def _list_entries(filters, page):
     where, params = where_sql(filters)
     sql = _SELECT
     if with_bodies:
-        sql += (", b.request_body, b.response_body FROM entry e "
+        sql += (", b.request_body, b.request_body_z, b.response_body, b.response_body_z "
+                "FROM entry e "
                 "LEFT JOIN entry_body b ON b.entry_id = e.id")
     else:
         sql += " FROM entry e"
@@ -113,7 +114,8 @@ def _list_entries(filters, page):
     for row in rows:
         bodies = None
         if with_bodies:
-            bodies = (row[width], row[width + 1],
+            bodies = (unpack_body(row[width], row[width + 1]),
+                      unpack_body(row[width + 2], row[width + 3]),
                       page.include_request_body, page.include_response_body)
         entries.append(render_row(row[:width], bodies))
     total, exact = _count(filters, page.offset + limit + COUNT_CAP)

@@ -1,8 +1,9 @@
 """Counts for dashboards, read from the rollup counters and summed in SQL.
 
-A summary is four aggregate statements over one *source*: rows shaped
-(project, container, service, n, <count columns>) that together count
-exactly the entries of the question.
+A summary is one statement over a *source*: rows shaped (project,
+container, service, n, <count columns>) that together count exactly the
+entries of the question, summed per scope once and then into the total
+and the breakdowns.
 
 - No time range: `rollup_total`, one row per scope.
 - A time range [since, until): whole hours from `rollup_hour`, the whole
@@ -95,20 +96,34 @@ def _summary(project_id, container_id, since, until):
         return result
     source = " UNION ALL ".join(sql for sql, _ in parts)
     params = [p for _, part_params in parts for p in part_params]
-    sums = ", ".join(f"CAST(coalesce(SUM({c}), 0) AS BIGINT)" for c in COUNT_COLUMNS)
-    row = db.execute(f"SELECT {sums} FROM ({source}) AS counted", params).fetchone()
-    result["total"] = row[0]
-    if not row[0]:
-        return result
-    for column, n in zip(COUNT_COLUMNS[1:], row[1:]):
-        if n:
-            prefix, value = column.split("_", 1)
-            result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
-    for name, key in _KEY_BREAKDOWNS.items():
-        result[name] = dict(db.execute(
-            f"SELECT {key}, CAST(SUM(n) AS BIGINT) FROM ({source}) AS counted "
-            f"WHERE {key} <> '' GROUP BY {key} HAVING SUM(n) > 0", params).fetchall())
+    rows = db.execute(_SUMMARY_SQL.format(source=source), params).fetchall()
+    for kind, key, *counts in rows:
+        if kind == "total":
+            result["total"] = counts[0] or 0
+            for column, n in zip(COUNT_COLUMNS[1:], counts[1:]):
+                if n:
+                    prefix, value = column.split("_", 1)
+                    result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
+        else:
+            result[kind][key] = counts[0]
     return result
+
+
+def _summary_sql():
+    """One statement: the source summed per scope once (MATERIALIZED), then
+    the total row and the three key breakdowns from those sums."""
+    per_scope = ", ".join(f"SUM({c}) AS {c}" for c in COUNT_COLUMNS)
+    sums = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
+    blanks = ", ".join("NULL" for _ in COUNT_COLUMNS[1:])
+    selects = [f"SELECT 'total', '', {sums} FROM scoped"]
+    for name, key in _KEY_BREAKDOWNS.items():
+        selects.append(f"SELECT '{name}', {key}, CAST(SUM(n) AS BIGINT), {blanks} FROM scoped "
+                       f"WHERE {key} <> '' GROUP BY {key} HAVING SUM(n) > 0")
+    return (f"WITH scoped AS MATERIALIZED (SELECT {_KEYS}, {per_scope} "
+            f"FROM ({{source}}) AS counted GROUP BY {_KEYS}) " + " UNION ALL ".join(selects))
+
+
+_SUMMARY_SQL = _summary_sql()
 
 
 def _range_parts(low, high, project_id, container_id):
@@ -151,19 +166,23 @@ def _tier_part(table, time_column, start, end, project_id, container_id):
 
 
 def _entry_part(low, high, project_id, container_id):
-    where, params = _scope_where(project_id, container_id)
+    # A partial minute holds few entries: found through the ts_ms index. The
+    # scope is compared as an expression so that the planner does not pick
+    # the scope's index instead, which would visit all of its entries.
+    where, params = _scope_where(project_id, container_id, indexed=False)
     where.append("ts_ms >= ? AND ts_ms < ?")
     params += [low, high]
     return f"{_ENTRY_AS_COUNTERS} WHERE " + " AND ".join(where), params
 
 
-def _scope_where(project_id, container_id):
+def _scope_where(project_id, container_id, indexed=True):
     where, params = [], []
+    wrap = "{}" if indexed else "{} || ''"
     if project_id is not None:
-        where.append("project_id = ?")
+        where.append(f"{wrap.format('project_id')} = ?")
         params.append(project_id)
     if container_id is not None:
-        where.append("container_id = ?")
+        where.append(f"{wrap.format('container_id')} = ?")
         params.append(container_id)
     return where, params
 

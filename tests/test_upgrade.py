@@ -1,0 +1,52 @@
+"""A store written by the previous version opens in place: counters and
+bodies answer exactly as before."""
+from logsvc.store import db, models
+from logsvc.testing import Store, make_entry
+
+LOGS = "/api/proxy-logs/_logs"
+STATS = LOGS + "/stats"
+HISTOGRAM = STATS + "/histogram"
+BASE = 1_800_000_000_000  # a whole hour
+HOUR = 3_600_000
+OLD_BODY = '{"kept": "as text by version 2", "tab": "\t", "slash": "\\\\"}' * 5
+
+
+def make_version_2():
+    """Turn this store back into what version 2 wrote: no hourly or
+    all-scopes counters, bodies as text only."""
+    for table in ("rollup_hour", "rollup_minute_all"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("UPDATE entry_body SET response_body = ? WHERE entry_id = 3", (OLD_BODY,))
+    for column in ("request_body_z", "response_body_z"):
+        db.execute(f"ALTER TABLE entry_body DROP COLUMN {column}")
+    models.Meta.update(value="2").where(models.Meta.key == "schema_version").execute()
+
+
+def test_a_version_2_store_gains_hourly_counters_and_keeps_its_bodies(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    entries = [make_entry(i, tsMs=BASE + i * 7 * 60_000 + i) for i in range(60)]
+    entries[2]["responseBody"] = "short"
+    store.ingest(entries)
+    questions = [(STATS, {}), (STATS, {"since": BASE + 1234, "until": BASE + 5 * HOUR + 17}),
+                 (STATS, {"projectId": "proj_1", "since": BASE + HOUR, "until": BASE + 4 * HOUR}),
+                 (HISTOGRAM, {"bucket": "1h", "since": BASE, "until": BASE + 8 * HOUR}),
+                 (HISTOGRAM, {"bucket": "5m", "since": BASE, "until": BASE + 8 * HOUR}),
+                 (HISTOGRAM, {"bucket": "5m", "since": BASE, "until": BASE + 8 * HOUR,
+                              "projectId": "proj_2", "containerId": "cnt_2"})]
+    before = [store.page(path, **params) for path, params in questions]
+    assert before[1]["total"] > 0 and before[3]["buckets"][2]["total"] > 0
+    db.call(make_version_2)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    assert [store.page(path, **params) for path, params in questions] == before
+    page = store.page(LOGS, limit=3, includeResponseBody="true")
+    assert page["entries"][2]["responseBody"] == OLD_BODY
+    # New bodies go to the compressed column again.
+    store.ingest([make_entry(99, responseBody=OLD_BODY)])
+    assert store.page(LOGS, order="desc", limit=1,
+                      includeResponseBody="true")["entries"][0]["responseBody"] == OLD_BODY
+    assert db.call(lambda: db.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == (
+            str(models.SCHEMA_VERSION),)
