@@ -19,6 +19,8 @@ def make_version_2():
     db.execute("UPDATE entry_body SET response_body = ? WHERE entry_id = 3", (OLD_BODY,))
     for column in ("request_body_z", "response_body_z"):
         db.execute(f"ALTER TABLE entry_body DROP COLUMN {column}")
+    for column in ("kind", "source"):
+        db.execute(f"CREATE INDEX entry_{column}_id ON entry ({column}, id)")
     models.Meta.update(value="2").where(models.Meta.key == "schema_version").execute()
 
 
@@ -50,3 +52,7 @@ def test_a_version_2_store_gains_hourly_counters_and_keeps_its_bodies(make_app):
     assert db.call(lambda: db.execute(
         "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == (
             str(models.SCHEMA_VERSION),)
+    indexes = db.call(lambda: db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index'" if not db.is_postgres() else
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall())
+    assert {"entry_kind_id", "entry_source_id"}.isdisjoint(name for (name,) in indexes)
