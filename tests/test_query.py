@@ -3,7 +3,7 @@ import orjson
 import pytest
 
 from logsvc import entry as domain
-from logsvc.store import query
+from logsvc.store import db, query
 from logsvc.testing import LOGS, make_entry
 from schemas.entries import entries_schema
 
@@ -108,6 +108,22 @@ def test_a_capped_total_is_flagged_as_a_lower_bound(filled, monkeypatch):
     assert page["total"] == 2 + 3
     exact = filled.page(limit=2, method="GET", q="/v1/items/1")
     assert exact["totalExact"] is True
+
+
+def test_a_time_range_total_comes_from_the_counters_exactly(store, monkeypatch):
+    """Beyond the count cap, a total with since/until is still exact: whole
+    hours and minutes come from the counters, partial minutes from entries."""
+    monkeypatch.setattr(query, "COUNT_CAP", 3)
+    base = 1_800_000_000_000  # a whole hour
+    store.ingest([make_entry(i, tsMs=base + i * 61_000 + i) for i in range(300)])
+    since, until = base + 90_000, base + 4 * 3_600_000 + 30_000
+    wanted = [i for i in range(300) if since <= base + i * 61_000 + i < until and i % 8 in (5, 6)]
+    page = store.page(limit=1, level="error", since=since, until=until)
+    assert (page["total"], page["totalExact"]) == (len(wanted), True)
+    # Whole minutes only: the counters alone answer, even with no entry left.
+    db.call(lambda: db.execute("DELETE FROM entry"))
+    page = store.page(limit=0, since=base + 60_000, until=base + 2 * 3_600_000)
+    assert (page["total"], page["totalExact"]) == (118, True)
 
 
 # --- filters ---------------------------------------------------------------------

@@ -288,9 +288,11 @@ def _v1_to_v2():
 def _v2_to_v3():
     # Version 3 keeps long bodies compressed in columns of their own (the
     # bodies already stored stay as they are: text is read as before).
-    blob = "BYTEA" if db.is_postgres() else "BLOB"
     for column in ("request_body_z", "response_body_z"):
-        db.execute(f"ALTER TABLE entry_body ADD COLUMN {column} {blob}")
+        if db.is_postgres():
+            db.execute(f"ALTER TABLE entry_body ADD COLUMN IF NOT EXISTS {column} BYTEA")
+        elif column not in {c.name for c in database.get_columns("entry_body")}:
+            db.execute(f"ALTER TABLE entry_body ADD COLUMN {column} BLOB")
     # Indexes that version 3 does without (see Entry).
     for index in ("entry_kind_id", "entry_source_id"):
         db.execute(f"DROP INDEX IF EXISTS {index}")

@@ -4,7 +4,8 @@ Services take plain values: a `Filters` (what to match, see filters.py)
 and a `Page` (how to page). `list_entries` runs its SQL on a database thread.
 
 `total` comes from the rollup counters when every filter is one of their
-dimensions (exact, and cheap at any size); otherwise it is a count capped at
+dimensions or the time range (exact to the millisecond, and cheap at any
+size: see rollup.counted); otherwise it is a count capped at
 `offset + limit + COUNT_CAP` rows, and `totalExact` says whether the cap was
 reached.
 """
@@ -14,7 +15,7 @@ import orjson
 
 from logsvc.entry import COLUMNS, row_to_dict
 
-from . import db
+from . import db, rollup
 from .filters import where_sql
 from .models import IdSequence, unpack_body
 
@@ -149,9 +150,13 @@ def _count(filters, cap=None):
     pushed = _rollup_sum(filters)
     if pushed is not None:
         column, where, params = pushed
+        source = rollup.counted(filters.project_id, filters.container_id,
+                                filters.since, filters.until)
+        if source is None:
+            return 0, True
         (n,) = db.execute(
-            f"SELECT CAST(coalesce(SUM({column}), 0) AS BIGINT) FROM rollup_total WHERE {where}",
-            params).fetchone()
+            f"SELECT CAST(coalesce(SUM({column}), 0) AS BIGINT) FROM ({source[0]}) AS counted "
+            f"WHERE {where}", [*source[1], *params]).fetchone()
         return n, True
     cap = cap or COUNT_CAP
     where, params = where_sql(filters)
@@ -162,12 +167,12 @@ def _count(filters, cap=None):
 
 
 def _rollup_sum(f):
-    """(column sum, condition, parameters) over `rollup_total` that counts
-    the entries matching `f`, or None when the counters cannot answer
-    exactly: a filter that is not a counter dimension, or two breakdown
-    filters at once (the counters hold each breakdown, not their product)."""
-    if (f.trace_id is not None or f.client_ip is not None or f.methods or f.q
-            or f.since is not None or f.until is not None):
+    """(column sum, condition, parameters) over `rollup.counted` rows (the
+    scope and time range already applied) that counts the entries matching
+    `f`, or None when the counters cannot answer exactly: a filter that is
+    not a counter dimension, or two breakdown filters at once (the counters
+    hold each breakdown, not their product)."""
+    if f.trace_id is not None or f.client_ip is not None or f.methods or f.q:
         return None
     classes = _status_classes(f.status_ranges)
     if classes is None:
@@ -182,10 +187,6 @@ def _rollup_sum(f):
         prefix, values = breakdowns[0]
         column = " + ".join(f"{prefix}_{value}" for value in values)
     terms, params = [], []
-    for name, value in (("project_id", f.project_id), ("container_id", f.container_id)):
-        if value is not None:
-            terms.append(f"{name} = ?")
-            params.append(value)
     if f.service_names:
         terms.append(f"service_name IN ({', '.join('?' * len(f.service_names))})")
         params.extend(f.service_names)

@@ -113,3 +113,115 @@ def _upsert(parts, rows):
 
     with db.database.connection().cursor() as cursor:
         execute_values(cursor, f"{head} VALUES %s {conflict}", rows, page_size=len(rows))
+
+
+# Reading: rows shaped like a counter row (project, container, service,
+# <count columns>) that together count exactly the entries asked for.
+
+MINUTE_MS = 60_000
+
+
+def counted(project_id=None, container_id=None, since=None, until=None):
+    """(sql, params) of rows (project_id, container_id, service_name,
+    <COUNT_COLUMNS>) whose sums count exactly the entries of the scope with
+    since <= ts_ms < until (None: unbounded), or None when none can match.
+
+    Without a range: `rollup_total`. With one: whole hours from
+    `rollup_hour`, the whole minutes around them from `rollup_minute`, and
+    the partial minutes at either end from `entry` itself, so the rows read
+    stay about scopes × (hours + 2 × 59 minutes) for any range, exact to
+    the millisecond."""
+    if since is None and until is None:
+        parts = [_tier_part("rollup_total", None, None, None, project_id, container_id)]
+    else:
+        parts = _range_parts(0 if since is None else since,
+                             2**62 if until is None else until, project_id, container_id)
+    if not parts:
+        return None
+    return (" UNION ALL ".join(sql for sql, _ in parts),
+            [p for _, part_params in parts for p in part_params])
+
+
+def _entry_expression(column):
+    """SQL over `entry` that gives 1 where the count column `column` counts
+    the row, else 0 (the same rule as rollup.key_of)."""
+    if column == "n":
+        return "1"
+    prefix, value = column.split("_", 1)
+    if prefix == "status":
+        low = int(value[0]) * 100
+        return f"CASE WHEN status >= {low} AND status < {low + 100} THEN 1 ELSE 0 END"
+    return f"CASE WHEN {prefix} = '{value}' THEN 1 ELSE 0 END"
+
+
+# `entry` rows in the shape of a counter row.
+_ENTRY_AS_COUNTERS = (
+    "SELECT project_id, coalesce(container_id, '') AS container_id, "
+    "coalesce(service_name, '') AS service_name, "
+    + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
+    + " FROM entry"
+)
+assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
+           (("level", LEVELS), ("kind", KINDS), ("status", STATUS_CLASSES),
+            ("source", SOURCES)) for v in vs)
+
+
+def _range_parts(low, high, project_id, container_id):
+    """The (sql, params) parts whose rows count the entries with
+    low <= ts_ms < high exactly: whole hours, whole minutes, partial minutes."""
+    parts = []
+    if high <= low:
+        return parts
+    first_minute = -(-low // MINUTE_MS)  # the first minute wholly inside
+    end_minute = high // MINUTE_MS  # minutes before this one are wholly inside
+    if first_minute >= end_minute:
+        return [_entry_part(low, high, project_id, container_id)]
+    first_hour = -(-first_minute // 60)
+    end_hour = end_minute // 60
+    if first_hour < end_hour:
+        parts.append(_tier_part("rollup_hour", "hour", first_hour, end_hour,
+                                project_id, container_id))
+        minute_spans = ((first_minute, first_hour * 60), (end_hour * 60, end_minute))
+    else:
+        minute_spans = ((first_minute, end_minute),)
+    for start, end in minute_spans:
+        if start < end:
+            parts.append(_tier_part("rollup_minute", "minute", start, end,
+                                    project_id, container_id))
+    for start, end in ((low, first_minute * MINUTE_MS), (end_minute * MINUTE_MS, high)):
+        if start < end:
+            parts.append(_entry_part(start, end, project_id, container_id))
+    return parts
+
+
+def _tier_part(table, time_column, start, end, project_id, container_id):
+    where, params = scope_where(project_id, container_id)
+    if time_column is not None:
+        where.append(f"{time_column} >= ? AND {time_column} < ?")
+        params += [start, end]
+    sql = f"SELECT {_KEYS}, {_COUNTS} FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql, params
+
+
+def _entry_part(low, high, project_id, container_id):
+    # A partial minute holds few entries: found through the ts_ms index. The
+    # scope is compared as an expression so that the planner does not pick
+    # the scope's index instead, which would visit all of its entries.
+    where, params = scope_where(project_id, container_id, indexed=False)
+    where.append("ts_ms >= ? AND ts_ms < ?")
+    params += [low, high]
+    return f"{_ENTRY_AS_COUNTERS} WHERE " + " AND ".join(where), params
+
+
+def scope_where(project_id, container_id, indexed=True):
+    where, params = [], []
+    wrap = "{}" if indexed else "{} || ''"
+    if project_id is not None:
+        where.append(f"{wrap.format('project_id')} = ?")
+        params.append(project_id)
+    if container_id is not None:
+        where.append(f"{wrap.format('container_id')} = ?")
+        params.append(container_id)
+    return where, params

@@ -21,13 +21,13 @@ A histogram's buckets are whole buckets: hourly and longer ones read
 for and `rollup_minute` (through its (project, container, minute) index)
 when one is.
 """
-from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
+from logsvc.entry import LEVELS, now_ms
 
-from . import db
+from . import db, rollup
 from .models import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 from .query import InvalidParameter
 
-MINUTE_MS = 60_000
+MINUTE_MS = rollup.MINUTE_MS
 HOUR_MS = 3_600_000
 BUCKETS = {"1m": 1, "5m": 5, "10m": 10, "15m": 15, "30m": 30, "1h": 60,
            "3h": 180, "6h": 360, "12h": 720, "1d": 1440}
@@ -40,31 +40,6 @@ _BREAKDOWN_OF_PREFIX = {"level": "byLevel", "kind": "byKind", "status": "byStatu
 _KEY_BREAKDOWNS = {"byProject": "project_id", "byContainer": "container_id",
                    "byService": "service_name"}
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
-_COLUMNS = ", ".join(COUNT_COLUMNS)
-
-
-def _entry_expression(column):
-    """SQL over `entry` that gives 1 where the count column `column` counts
-    the row, else 0 (the same rule as rollup.key_of)."""
-    if column == "n":
-        return "1"
-    prefix, value = column.split("_", 1)
-    if prefix == "status":
-        low = int(value[0]) * 100
-        return f"CASE WHEN status >= {low} AND status < {low + 100} THEN 1 ELSE 0 END"
-    return f"CASE WHEN {prefix} = '{value}' THEN 1 ELSE 0 END"
-
-
-# `entry` rows in the shape of a counter row.
-_ENTRY_AS_COUNTERS = (
-    "SELECT project_id, coalesce(container_id, '') AS container_id, "
-    "coalesce(service_name, '') AS service_name, "
-    + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
-    + " FROM entry"
-)
-assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
-           (("level", LEVELS), ("kind", KINDS), ("status", STATUS_CLASSES),
-            ("source", SOURCES)) for v in vs)
 
 
 def summary(project_id=None, container_id=None, since=None, until=None):
@@ -86,17 +61,11 @@ def histogram(bucket, since=None, until=None, project_id=None, container_id=None
 
 
 def _summary(project_id, container_id, since, until):
-    if since is None and until is None:
-        parts = [_tier_part("rollup_total", None, None, None, project_id, container_id)]
-    else:
-        parts = _range_parts(0 if since is None else since,
-                             2**62 if until is None else until, project_id, container_id)
+    source = rollup.counted(project_id, container_id, since, until)
     result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
-    if not parts:
+    if source is None:
         return result
-    source = " UNION ALL ".join(sql for sql, _ in parts)
-    params = [p for _, part_params in parts for p in part_params]
-    rows = db.execute(_SUMMARY_SQL.format(source=source), params).fetchall()
+    rows = db.execute(_SUMMARY_SQL.format(source=source[0]), source[1]).fetchall()
     for kind, key, *counts in rows:
         if kind == "total":
             result["total"] = counts[0] or 0
@@ -126,73 +95,12 @@ def _summary_sql():
 _SUMMARY_SQL = _summary_sql()
 
 
-def _range_parts(low, high, project_id, container_id):
-    """The (sql, params) parts whose rows count the entries with
-    low <= ts_ms < high exactly: whole hours, whole minutes, partial minutes."""
-    parts = []
-    if high <= low:
-        return parts
-    first_minute = -(-low // MINUTE_MS)  # the first minute wholly inside
-    end_minute = high // MINUTE_MS  # minutes before this one are wholly inside
-    if first_minute >= end_minute:
-        return [_entry_part(low, high, project_id, container_id)]
-    first_hour = -(-first_minute // 60)
-    end_hour = end_minute // 60
-    if first_hour < end_hour:
-        parts.append(_tier_part("rollup_hour", "hour", first_hour, end_hour,
-                                project_id, container_id))
-        minute_spans = ((first_minute, first_hour * 60), (end_hour * 60, end_minute))
-    else:
-        minute_spans = ((first_minute, end_minute),)
-    for start, end in minute_spans:
-        if start < end:
-            parts.append(_tier_part("rollup_minute", "minute", start, end,
-                                    project_id, container_id))
-    for start, end in ((low, first_minute * MINUTE_MS), (end_minute * MINUTE_MS, high)):
-        if start < end:
-            parts.append(_entry_part(start, end, project_id, container_id))
-    return parts
-
-
-def _tier_part(table, time_column, start, end, project_id, container_id):
-    where, params = _scope_where(project_id, container_id)
-    if time_column is not None:
-        where.append(f"{time_column} >= ? AND {time_column} < ?")
-        params += [start, end]
-    sql = f"SELECT {_KEYS}, {_COLUMNS} FROM {table}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return sql, params
-
-
-def _entry_part(low, high, project_id, container_id):
-    # A partial minute holds few entries: found through the ts_ms index. The
-    # scope is compared as an expression so that the planner does not pick
-    # the scope's index instead, which would visit all of its entries.
-    where, params = _scope_where(project_id, container_id, indexed=False)
-    where.append("ts_ms >= ? AND ts_ms < ?")
-    params += [low, high]
-    return f"{_ENTRY_AS_COUNTERS} WHERE " + " AND ".join(where), params
-
-
-def _scope_where(project_id, container_id, indexed=True):
-    where, params = [], []
-    wrap = "{}" if indexed else "{} || ''"
-    if project_id is not None:
-        where.append(f"{wrap.format('project_id')} = ?")
-        params.append(project_id)
-    if container_id is not None:
-        where.append(f"{wrap.format('container_id')} = ?")
-        params.append(container_id)
-    return where, params
-
-
 def _histogram(bucket, since, until, project_id, container_id):
     minutes = BUCKETS[bucket]
     size_ms = minutes * MINUTE_MS
     start = since // size_ms * size_ms
     end = -(-until // size_ms) * size_ms
-    where, params = _scope_where(project_id, container_id)
+    where, params = rollup.scope_where(project_id, container_id)
     if minutes % 60 == 0:
         table, unit, per_bucket = "rollup_hour", "hour", minutes // 60
     elif where:
