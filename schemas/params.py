@@ -11,6 +11,7 @@ import time
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from logsvc import entry
+from logsvc.store import fulltext
 from logsvc.store.query import MAX_LIMIT
 from logsvc.store.stats import BUCKETS
 
@@ -124,6 +125,22 @@ class ScopeParams(Schema):
     container_id = Text(data_key="containerId")
 
 
+class Search(Text):
+    """`q`: full-text search, checked here so that a query FTS5 or
+    PostgreSQL could not run is a 400 naming `q`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=1024, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            fulltext.parse(value)
+        except ValueError as exc:
+            raise ValidationError(f"{exc} (see the search syntax in the README)") from None
+        return value
+
+
 class FilterParams(ScopeParams):
     """The filters shared by searches and the live tail."""
     service_names = Choices(data_key="serviceName")
@@ -133,6 +150,7 @@ class FilterParams(ScopeParams):
     sources = Choices(entry.SOURCES, data_key="source")
     trace_id = Text(max_length=128, data_key="traceId")
     status_ranges = StatusSpec(data_key="status")
+    q = Search()
 
 
 class QueryParams(FilterParams):
@@ -148,7 +166,6 @@ class QueryParams(FilterParams):
     include_response_body = Flag(data_key="includeResponseBody", load_default=False)
     since = Instant()
     until = Instant()
-    q = Text(max_length=1024)
     client_ip = Text(max_length=64, data_key="clientIp")
 
     @validates_schema

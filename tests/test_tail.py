@@ -55,7 +55,7 @@ filters = st.builds(
     status_ranges=st.sampled_from([(), ((500, 599),), ((404, 404), (200, 299))]),
     since=st.sampled_from([None, 1_800_000_020_000]),
     until=st.sampled_from([None, 1_800_000_040_000]),
-    q=st.sampled_from([None, "ITEMS/1", "%", "_"]),
+    q=st.sampled_from([None, "ITEMS/1", "items/1*", "v1 -items/2*", '"n":3 OR "n":4']),
     client_ip=st.sampled_from([None, "10.0.0.3"]),
 )
 

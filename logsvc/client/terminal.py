@@ -36,7 +36,7 @@ def add_commands(commands):
     _filters(query)
     query.add_argument("--limit", type=int, default=50)
     query.add_argument("--last", type=int, help="the newest N entries")
-    query.add_argument("--q", help="substring of the url")
+    query.add_argument("--q", help="words or \"a phrase\" in the url, bodies or data")
     query.add_argument("--since", help="epoch ms, ISO-8601 or a duration like 15m")
     query.add_argument("--until")
     query.add_argument("--ndjson", action="store_true", help="one JSON entry a line")

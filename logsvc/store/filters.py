@@ -14,7 +14,9 @@ an indexed page, and this is the hottest read path.
 import dataclasses
 import functools
 
-from . import db
+import orjson
+
+from . import fulltext
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Filters:
     status_ranges: tuple = ()  # ((low, high), ...) inclusive
     since: int = None  # epoch ms, inclusive
     until: int = None  # epoch ms, exclusive
-    q: str = None  # case-insensitive substring of url
+    q: str = None  # full-text search, see fulltext.py
     client_ip: str = None
 
     def replace(self, **changes):
@@ -108,19 +110,21 @@ class Before:
         return entry["tsMs"] < value
 
 
-class UrlContains:
-    """A case-insensitive substring of the url; % and _ match literally."""
+class FullText:
+    """Words and phrases over url, bodies and data (see fulltext.py)."""
 
     field = "q"
 
     def sql(self, value):
-        escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        # SQLite's LIKE ignores the case of ASCII letters; PostgreSQL needs ILIKE.
-        operator = "ILIKE" if db.is_postgres() else "LIKE"
-        return f"url {operator} ? ESCAPE '\\'", [f"%{escaped}%"]
+        return fulltext.where_sql(value)
 
     def test(self, value, entry):
-        return value.lower() in (entry["url"] or "").lower()
+        data = entry["data"]  # a dict, or an orjson.Fragment of the stored text
+        if not isinstance(data, str):
+            data = orjson.dumps(data).decode()
+        text = fulltext.document(entry["url"], entry.get("requestBody"),
+                                 entry.get("responseBody"), data)
+        return fulltext.matches(fulltext.parse(value), text)
 
 
 FILTERS = (
@@ -136,7 +140,7 @@ FILTERS = (
     StatusIn(),
     AtOrAfter(),
     Before(),
-    UrlContains(),
+    FullText(),
 )
 
 _unfiltered = {f.name for f in dataclasses.fields(Filters)} - {f.field for f in FILTERS}

@@ -39,9 +39,10 @@ import orjson
 
 from logsvc import entry
 
-from . import db, partitions, rollup
+from . import db, fulltext, partitions, rollup
+from .bodies import pack_body
 from .db import database
-from .models import IdSequence, pack_body
+from .models import IdSequence
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
                 "application/x-jsonlines", "application/json-lines")
@@ -201,6 +202,8 @@ class _Malformed:
 _ENTRY_COLUMNS = entry.COLUMNS
 _BODY_COLUMNS = ("entry_id", "request_body", "request_body_z", "response_body",
                  "response_body_z")
+# PostgreSQL: every entry has a body row, holding its full-text document.
+_PG_BODY_COLUMNS = (*_BODY_COLUMNS, "doc")
 
 
 def _insert_sql(table, columns):
@@ -233,6 +236,7 @@ def _write_batch(entries):
             partitions.ensure(first, last)
         rows = []
         bodies = []
+        documents = []
         keys = []
         for offset, e in enumerate(entries):
             entry_id = first + offset
@@ -242,18 +246,25 @@ def _write_batch(entries):
                          e["method"], e["url"], e["client_ip"], e["status"],
                          e["source"], e["data"], has_body,
                          e["body_truncated"]))
-            if has_body:
+            text = fulltext.document(e["url"], e["request_body"], e["response_body"], e["data"])
+            if postgres:
                 bodies.append((entry_id, *pack_body(e["request_body"]),
-                               *pack_body(e["response_body"])))
+                               *pack_body(e["response_body"]), fulltext.tsvector(text)))
+            else:
+                documents.append((entry_id, text))
+                if has_body:
+                    bodies.append((entry_id, *pack_body(e["request_body"]),
+                                   *pack_body(e["response_body"])))
             keys.append(key_of(e["ts_ms"], e["project_id"], e["container_id"],
                                e["service_name"], e["level"], e["kind"],
                                e["status"], e["source"]))
         if postgres:
             _copy("entry", _ENTRY_COLUMNS, rows)
-            _copy("entry_body", _BODY_COLUMNS, bodies)
+            _copy("entry_body", _PG_BODY_COLUMNS, bodies)
         else:
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)
+            fulltext.insert_sqlite(documents)
         rollup.add(keys)
         if postgres:
             # Delivered at commit: wakes the live tail of every host.

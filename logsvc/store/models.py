@@ -8,7 +8,8 @@
 - `EntryBody`: captured request/response bodies, kept apart so scans of
   `entry` never read them. A body of BODY_COMPRESS_FROM bytes or more is
   kept zlib-compressed in the `_z` column (about a third of its size for
-  JSON), a shorter one as text; see `pack_body` / `unpack_body`.
+  JSON), a shorter one as text (see bodies.py). On PostgreSQL every entry
+  has a row, whose `doc` is its full-text index entry (see fulltext.py).
 - `RollupTotal` / `RollupHour` / `RollupMinute`: entry counts per
   (project, container, service), all time, per hour and per minute, and
   `RollupMinuteAll`: per minute over every scope (what an unfiltered
@@ -30,13 +31,12 @@
 - `PruneLog`: the id ranges retention removed, and when.
 """
 import secrets
-import zlib
 
 import peewee
 
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 
-from . import db
+from . import db, fulltext
 from .db import database
 
 SCHEMA_VERSION = 3
@@ -90,31 +90,6 @@ class EntryBody(BaseModel):
     response_body = peewee.TextField(null=True)
     request_body_z = peewee.BlobField(null=True)
     response_body_z = peewee.BlobField(null=True)
-
-
-# Bodies shorter than this gain too little from compression to pay for it.
-BODY_COMPRESS_FROM = 128
-# zlib level 6: bench/scale.py's bodies shrink to 34 % of their size (level 1:
-# 35 %, zstd level 3: 35 %, zstd with a trained dictionary: 20 %, at the cost
-# of keeping dictionaries in step across processes).
-BODY_ZLIB_LEVEL = 6
-
-
-def pack_body(text):
-    """(text, compressed) columns for a body (either may be None)."""
-    if text is None or len(text) < BODY_COMPRESS_FROM:
-        return text, None
-    raw = text.encode()
-    packed = zlib.compress(raw, BODY_ZLIB_LEVEL)
-    if len(packed) >= len(raw):
-        return text, None
-    return None, packed
-
-
-def unpack_body(text, packed):
-    if packed is None:
-        return text
-    return zlib.decompress(packed).decode()
 
 
 ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
@@ -308,6 +283,8 @@ def _v2_to_v3():
     db.execute("DELETE FROM rollup_minute_all")
     db.execute(f"INSERT INTO rollup_minute_all (minute, {columns}) "
                f"SELECT minute, {sums} FROM rollup_minute GROUP BY minute")
+    # Version 3 indexes url, bodies and data for `q`.
+    fulltext.rebuild()
 
 
 # Migrations from version N to N+1, each run in one transaction.
@@ -354,6 +331,7 @@ def create_schema(partition_rows=1_000_000):
             # Every worker of every host runs this at start: one at a time.
             db.execute("SELECT pg_advisory_xact_lock(7106737)")
         database.create_tables(ALL_MODELS, safe=True)
+        fulltext.create()
         if postgres:
             # Partitions are dropped whole by retention, bodies with their
             # entries: a foreign key between the two would forbid that.

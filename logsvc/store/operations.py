@@ -11,7 +11,7 @@ import orjson
 
 from logsvc.entry import now_ms
 
-from . import db, ingest
+from . import db, fulltext, ingest
 from .db import database
 from .models import (
     ROLLUP_MODELS,
@@ -37,6 +37,8 @@ def clear():
             seq = next_seq - ID_GAP_AFTER_CLEAR
             (removed,) = db.execute(
                 "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()
+            if not db.is_postgres():
+                fulltext.clear_sqlite()
             for table in ("entry_body", "entry", *(model._meta.table_name for model in ROLLUP_MODELS)):
                 db.execute(f"DELETE FROM {table}")
             now = now_ms()

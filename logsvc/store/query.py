@@ -16,8 +16,9 @@ import orjson
 from logsvc.entry import COLUMNS, row_to_dict
 
 from . import db, rollup
+from .bodies import unpack_body
 from .filters import where_sql
-from .models import IdSequence, unpack_body
+from .models import IdSequence
 
 COUNT_CAP = 10_000
 MAX_LIMIT = 5000  # entries in one page (`limit`, `last`)

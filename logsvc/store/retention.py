@@ -15,7 +15,7 @@ import gevent
 
 from logsvc.entry import now_ms
 
-from . import db, partitions, query, rollup
+from . import db, fulltext, partitions, query, rollup
 from .db import database
 from .models import PruneLog
 
@@ -105,6 +105,7 @@ def _delete_batch(where, params):
             db.execute("DELETE FROM entry_body WHERE entry_id = ANY(?)", (ids,))
             db.execute("DELETE FROM entry WHERE id = ANY(?)", (ids,))
         else:
+            fulltext.delete_sqlite(ids)
             db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
             db.executemany("DELETE FROM entry WHERE id = ?", [(i,) for i in ids])
         rollup.add([rollup.key_of(*row[1:]) for row in rows], sign=-1)

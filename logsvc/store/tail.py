@@ -277,7 +277,9 @@ class Subscription:
         oldest = tailer.oldest_in_ring()
         if self.position >= tailer.position:
             return []
-        if oldest is None or self.position < oldest - 1:
+        # The ring holds entries without their bodies: a full-text search
+        # asks the database, which has them (and their index).
+        if oldest is None or self.position < oldest - 1 or self.filters.q:
             return self._from_database(tailer.position)
         batch = []
         while not batch:

@@ -1,0 +1,231 @@
+"""Full-text search: `q` over an entry's url, request and response bodies and
+`data`, through an index.
+
+An entry's *document* is its url, bodies and `data` JSON as stored (bodies
+after the size cap), one per line. Its *words* are the runs of letters and
+digits, lowercased: `user42@example.com` is the words `user42 example com`,
+`/v1/orders/8812` is `v1 orders 8812`, `"E50312"` is `e50312`.
+
+The syntax of `q` (what `parse` accepts):
+
+    timeout                  entries with the word
+    connection timeout       both words, anywhere (AND)
+    "connection reset"       the words next to each other, in that order
+    user42@example.com       a term with several words is a phrase
+    /v1/orders/8812          ... so a path matches its segments in order
+    inv*                     a word starting with `inv`
+    timeout OR refused       either (OR binds looser than AND)
+    timeout -healthz         the first and not the second (also: NOT healthz)
+
+Anything else is a ValueError with a message for the 400: an unclosed
+quote, a term without a letter or digit (`%`), only negative terms, more
+than MAX_TERMS terms.
+
+Indexes (see `create`):
+- SQLite: `entry_fts`, an FTS5 table without content (the documents are
+  not stored twice), rowid = entry id. FTS5 tokenizes with `unicode61`
+  (letters and digits, lowercased, diacritics kept), the same rule as
+  `words`. Deleting a row of such a table needs its document again, so
+  retention rebuilds the documents of what it deletes (`delete_sqlite`).
+- PostgreSQL: `entry_body.doc`, a tsvector of the words (built here, not by
+  a text search configuration, so that both engines split text the same
+  way), under a GIN index; every entry has an `entry_body` row. Retention
+  drops or deletes it with the entry.
+
+The live tail evaluates `matches` over the entries' documents for entries
+it holds in memory without bodies; a subscription with `q` reads its
+entries from the database instead (see tail.py).
+"""
+import dataclasses
+import re
+
+from . import db
+from .bodies import unpack_body
+
+MAX_TERMS = 16
+_WORD = re.compile(r"[^\W_]+")
+_TERM = re.compile(r'-?"[^"]*"\*?|\S+')
+
+
+@dataclasses.dataclass(frozen=True)
+class Phrase:
+    words: tuple
+    prefix: bool = False  # the last word is a prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Every positive phrase and none of the negative ones."""
+    positive: tuple
+    negative: tuple = ()
+
+
+def words(text):
+    return _WORD.findall(text.lower())
+
+
+def document(url, request_body, response_body, data):
+    """The searchable text of an entry, from its stored values."""
+    return "\n".join(part for part in (url, request_body, response_body, data) if part)
+
+
+def parse(q):
+    """`q` as a tuple of Groups (any of them matches). ValueError if invalid."""
+    if q.count('"') % 2:
+        raise ValueError("a quote is not closed")
+    groups, positive, negative = [], [], []
+    negate_next = False
+    terms = _TERM.findall(q)
+    if len([t for t in terms if t not in ("OR", "AND", "NOT")]) > MAX_TERMS:
+        raise ValueError(f"more than {MAX_TERMS} terms")
+    for term in terms:
+        if term == "OR":
+            groups.append(_group(positive, negative))
+            positive, negative = [], []
+            continue
+        if term == "AND":
+            continue
+        if term == "NOT":
+            negate_next = True
+            continue
+        negated = negate_next
+        negate_next = False
+        if term.startswith("-") and len(term) > 1:
+            negated, term = True, term[1:]
+        prefix = term.endswith("*")
+        found = words(term.rstrip("*").strip('"'))
+        if not found:
+            raise ValueError(f"'{term}' has no letter or digit to search for")
+        (negative if negated else positive).append(Phrase(tuple(found), prefix))
+    groups.append(_group(positive, negative))
+    return tuple(groups)
+
+
+def _group(positive, negative):
+    if not positive:
+        raise ValueError("each part of the search needs a word to find, not only words "
+                         "to leave out")
+    return Group(tuple(positive), tuple(negative))
+
+
+def to_fts5(groups):
+    """The FTS5 MATCH expression of parsed `groups`."""
+    def phrase(p):
+        return '"' + " ".join(p.words) + '"' + (" *" if p.prefix else "")
+
+    parts = []
+    for group in groups:
+        text = " AND ".join(phrase(p) for p in group.positive)
+        if group.negative:
+            text = f"({text}) NOT ({' OR '.join(phrase(p) for p in group.negative)})"
+        parts.append(f"({text})")
+    return " OR ".join(parts)
+
+
+def to_tsquery(groups):
+    """The tsquery text of parsed `groups` (lexemes are our own words)."""
+    def phrase(p):
+        lexemes = [f"'{w}'" for w in p.words]
+        if p.prefix:
+            lexemes[-1] += ":*"
+        return "(" + " <-> ".join(lexemes) + ")"
+
+    parts = []
+    for group in groups:
+        terms = [phrase(p) for p in group.positive] + [f"!{phrase(p)}" for p in group.negative]
+        parts.append("(" + " & ".join(terms) + ")")
+    return " | ".join(parts)
+
+
+def matches(groups, text):
+    """Whether `text` (a document) matches parsed `groups`."""
+    found = words(text)
+    return any(all(_has(found, p) for p in g.positive)
+               and not any(_has(found, p) for p in g.negative) for g in groups)
+
+
+def _has(found, phrase):
+    size = len(phrase.words)
+    head, last = phrase.words[:-1], phrase.words[-1]
+    for start in range(len(found) - size + 1):
+        if tuple(found[start:start + size - 1]) != head:
+            continue
+        word = found[start + size - 1]
+        if word == last or (phrase.prefix and word.startswith(last)):
+            return True
+    return False
+
+
+def tsvector(text):
+    """A tsvector literal of `text`'s words and positions."""
+    positions = {}
+    for at, word in enumerate(words(text), start=1):
+        positions.setdefault(word, []).append(min(at, 16383))
+    return " ".join(f"'{word}':{','.join(map(str, spots[:256]))}"
+                    for word, spots in positions.items())
+
+
+def where_sql(q):
+    """(condition over `entry e`, params) selecting the entries matching `q`."""
+    groups = parse(q)
+    if db.is_postgres():
+        return ("e.id IN (SELECT entry_id FROM entry_body WHERE doc @@ CAST(? AS tsquery))",
+                [to_tsquery(groups)])
+    return "e.id IN (SELECT rowid FROM entry_fts WHERE entry_fts MATCH ?)", [to_fts5(groups)]
+
+
+# --- the index -------------------------------------------------------------------
+
+def create():
+    """Create the index (idempotent; part of the schema)."""
+    if db.is_postgres():
+        db.execute("ALTER TABLE entry_body ADD COLUMN IF NOT EXISTS doc tsvector")
+        db.execute("CREATE INDEX IF NOT EXISTS entry_body_doc ON entry_body USING GIN (doc)")
+    else:
+        db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS entry_fts USING fts5("
+                   "doc, content='', tokenize='unicode61 remove_diacritics 0')")
+
+
+def insert_sqlite(rows):
+    """Index (entry id, document) pairs (SQLite)."""
+    db.executemany("INSERT INTO entry_fts (rowid, doc) VALUES (?, ?)", rows)
+
+
+def delete_sqlite(ids):
+    """Remove entries from the index (SQLite), before their rows are
+    deleted: FTS5 needs each one's document to find its words."""
+    marks = ", ".join("?" for _ in ids)
+    rows = db.execute(
+        "SELECT e.id, e.url, b.request_body, b.request_body_z, b.response_body, "
+        f"b.response_body_z, e.data FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
+        f"WHERE e.id IN ({marks})", list(ids)).fetchall()
+    db.executemany(
+        "INSERT INTO entry_fts (entry_fts, rowid, doc) VALUES ('delete', ?, ?)",
+        [(row[0], document(row[1], unpack_body(row[2], row[3]), unpack_body(row[4], row[5]),
+                           row[6])) for row in rows])
+
+
+def clear_sqlite():
+    db.execute("INSERT INTO entry_fts (entry_fts) VALUES ('delete-all')")
+
+
+def rebuild():
+    """Index every stored entry (the upgrade of a store made before the index)."""
+    after = 0
+    while True:
+        rows = db.execute(
+            "SELECT e.id, e.url, b.request_body, b.request_body_z, b.response_body, "
+            "b.response_body_z, e.data FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
+            "WHERE e.id > ? ORDER BY e.id LIMIT 5000", (after,)).fetchall()
+        if not rows:
+            return
+        docs = [(row[0], document(row[1], unpack_body(row[2], row[3]),
+                                  unpack_body(row[4], row[5]), row[6])) for row in rows]
+        if db.is_postgres():
+            db.executemany("INSERT INTO entry_body (entry_id) VALUES (?) "
+                           "ON CONFLICT (entry_id) DO NOTHING", [(i,) for i, _ in docs])
+            db.executemany("UPDATE entry_body SET doc = CAST(? AS tsvector) WHERE entry_id = ?",
+                           [(tsvector(text), i) for i, text in docs])
+        else:
+            insert_sqlite(docs)
+        after = rows[-1][0]

@@ -1,0 +1,124 @@
+"""`q`: words and phrases over url, bodies and data, through an index."""
+import gevent
+import pytest
+
+from logsvc.store import db, fulltext, retention, tail
+from logsvc.store.filters import Filters
+from logsvc.testing import LOGS, make_entry
+
+BODY = ('{"error": {"code": "E50312", "message": "upstream connection reset by peer"}, '
+        '"user": "ada.lovelace@example.com", "items": [' + ", ".join(
+            f'{{"id": {n}, "name": "widget {n}"}}' for n in range(60)) + "]}")
+
+
+@pytest.fixture
+def searchable(store):
+    store.ingest([
+        make_entry(0, url="/v1/orders/8812", projectId="proj_a"),
+        make_entry(1, url="/v1/users/42", responseBody=BODY, projectId="proj_a"),
+        make_entry(2, url="/v1/users/43", requestBody='{"note": "connection timeout"}',
+                   projectId="proj_b"),
+        make_entry(3, url="/healthz", data={"route": "/internal/zanzibar"}, projectId="proj_b"),
+        make_entry(4, url="/v1/invoices/7", responseBody="short body: reset connection"),
+    ])
+    return store
+
+
+def found(store, **params):
+    page = store.page(**params)
+    assert page["totalExact"] is True
+    return [e["id"] for e in page["entries"]]
+
+
+@pytest.mark.parametrize("q, ids", [
+    ("E50312", [2]),                            # an error code inside a compressed body
+    ("ada.lovelace@example.com", [2]),          # an email: a phrase of its words
+    ("/v1/orders/8812", [1]),                   # a path: its segments in order
+    ("orders/8812", [1]),
+    ("8812/orders", []),
+    ('"connection reset"', [2]),                # a phrase: order matters ...
+    ('"reset connection"', [5]),
+    ("reset connection", [2, 5]),               # ... words alone do not
+    ("connection", [2, 3, 5]),                  # request bodies are searched too
+    ("zanzibar", [4]),                          # and data
+    ("invoic*", [5]),                           # prefix
+    ("CONNECTION TIMEOUT", [3]),                # case does not matter
+    ("timeout OR zanzibar", [3, 4]),
+    ("connection -timeout", [2, 5]),
+    ("connection NOT reset", [3]),
+    ("widget 59", [2]),
+])
+def test_q_finds_words_and_phrases_in_url_bodies_and_data(searchable, q, ids):
+    assert found(searchable, q=q) == ids
+
+
+def test_q_combines_with_filters_and_paging(searchable):
+    assert found(searchable, q="connection", projectId="proj_a") == [2]
+    assert found(searchable, q="connection", order="desc", limit=1, offset=1) == [3]
+    page = searchable.page(q="connection", limit=1)
+    assert page["total"] == 3
+    assert found(searchable, q="v1", last=2) == [3, 5]
+
+
+def fts_rowids(word):
+    """SQLite: the ids the index itself holds for `word` (not filtered by
+    the entry table), so that a stale index entry would show."""
+    return db.call(lambda: [r[0] for r in db.execute(
+        "SELECT rowid FROM entry_fts WHERE entry_fts MATCH ? ORDER BY rowid",
+        (f'"{word}"',)).fetchall()])
+
+
+def test_retention_and_clear_remove_entries_from_the_index(make_app, store):
+    from logsvc.testing import Store
+    app = make_app(retention_days=0, max_rows=2)
+    store = Store(app.test_client())
+    store.ingest([make_entry(i, url=f"/v1/word{i}", responseBody=BODY if i == 1 else None)
+                  for i in range(4)])
+    assert retention.prune(app.extensions["logsvc"].config) == 2
+    assert found(store, q="word0 OR word1 OR E50312") == []
+    assert found(store, q="word2 OR word3") == [3, 4]
+    if not db.is_postgres():
+        assert fts_rowids("word1") == [] and fts_rowids("e50312") == []
+        assert fts_rowids("word3") == [4]
+    assert store.client.post("/api/proxy-logs/_admin/clear",
+                             headers=store.headers).status_code == 200
+    assert found(store, q="word3") == []
+    if not db.is_postgres():
+        assert fts_rowids("word3") == [] and fts_rowids("v1") == []
+    store.ingest([make_entry(9, url="/v1/word3")])
+    assert len(found(store, q="word3")) == 1
+
+
+def test_the_live_tail_filters_by_q_including_bodies(app):
+    from logsvc.store import ingest
+    config = app.extensions["logsvc"].config
+    tailer = tail.Tailer(100)
+    opening, subscription = tail.subscribe(tailer, Filters(q="E50312 OR zanzibar"), None, 0)
+    ingest.ingest([make_entry(0), make_entry(1, responseBody=BODY),
+                   make_entry(2, data={"where": "zanzibar"}), make_entry(3)], config)
+    seen = []
+    for kind, batch in subscription.events(heartbeat_s=0.3):
+        if kind == "heartbeat":
+            break
+        seen += [e["id"] for e, _ in batch]
+    assert seen == [2, 3]
+    gevent.sleep(0)
+
+
+@pytest.mark.parametrize("path", [LOGS, LOGS + "/stream"])
+@pytest.mark.parametrize("q", ["%", '"open', "-alone", "a OR -b"])
+def test_a_search_that_cannot_run_is_a_400_naming_q(store, path, q):
+    response = store.get(path, q=q)
+    assert response.status_code == 400 and "'q'" in response.json["message"]
+
+
+def test_the_parser_and_the_predicate_agree_with_the_syntax():
+    groups = fulltext.parse('"a b" c* -d OR e')
+    assert groups == (
+        fulltext.Group((fulltext.Phrase(("a", "b")), fulltext.Phrase(("c",), True)),
+                       (fulltext.Phrase(("d",)),)),
+        fulltext.Group((fulltext.Phrase(("e",)),)))
+    assert fulltext.to_fts5(groups) == '(("a b" AND "c" *) NOT ("d")) OR ("e")'
+    assert fulltext.to_tsquery(groups) == "(('a' <-> 'b') & ('c':*) & !('d')) | (('e'))"
+    assert fulltext.matches(groups, "x a b cat") and not fulltext.matches(groups, "a b cat d")
+    assert fulltext.matches(groups, "e d") and not fulltext.matches(groups, "b a cat")
