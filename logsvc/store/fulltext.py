@@ -43,7 +43,12 @@ from . import db
 from .bodies import unpack_body
 
 MAX_TERMS = 16
+# Longer runs of letters and digits (base64 or hex blobs in bodies) are
+# left out of documents: nobody searches for them, and PostgreSQL refuses
+# lexemes over 2 KB.
+MAX_WORD = 200
 _WORD = re.compile(r"[^\W_]+")
+_TOO_LONG = re.compile(r"[^\W_]{" + str(MAX_WORD + 1) + ",}")
 _TERM = re.compile(r'-?"[^"]*"\*?|\S+')
 
 
@@ -66,7 +71,8 @@ def words(text):
 
 def document(url, request_body, response_body, data):
     """The searchable text of an entry, from its stored values."""
-    return "\n".join(part for part in (url, request_body, response_body, data) if part)
+    text = "\n".join(part for part in (url, request_body, response_body, data) if part)
+    return _TOO_LONG.sub(" ", text) if len(text) > MAX_WORD else text
 
 
 def parse(q):
