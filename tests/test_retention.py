@@ -106,3 +106,19 @@ def test_age_drops_every_expired_partition_but_the_one_being_filled(make_app):
     assert stored_partitions() == [2]  # 201..300 still takes new ids
     assert store.page("/api/proxy-logs/_logs/stats")["total"] == 0
     assert store.ingest([make_entry(1)])["firstId"] == 251
+
+
+@pytest.mark.postgres_only(PARTITIONED)
+def test_new_partitions_are_analyzed_once(make_app):
+    from logsvc.store import partitions
+    from logsvc.testing import Store
+
+    store = Store(make_app(partition_rows=100).test_client())
+    store.ingest([make_entry(i) for i in range(150)])
+    assert sorted(db.call(partitions.analyze_new)) == [
+        "entry_body_p0", "entry_body_p1", "entry_p0", "entry_p1"]
+    assert db.call(partitions.analyze_new) == []
+    (tuples,) = db.call(lambda: db.execute(
+        "SELECT reltuples FROM pg_class WHERE relname = 'entry_p0' "
+        "AND relnamespace = current_schema()::regnamespace").fetchone())
+    assert tuples == 100

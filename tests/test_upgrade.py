@@ -21,6 +21,9 @@ def make_version_2():
         db.execute(f"ALTER TABLE entry_body DROP COLUMN {column}")
     for column in ("kind", "source"):
         db.execute(f"CREATE INDEX entry_{column}_id ON entry ({column}, id)")
+    db.execute("DROP INDEX entry_project_id_id_container_id")
+    db.execute("CREATE INDEX entry_project_id_container_id_id ON entry "
+               "(project_id, container_id, id)")
     # No full-text index; on PostgreSQL, body rows only for entries with bodies.
     if db.is_postgres():
         db.execute("ALTER TABLE entry_body DROP COLUMN doc")
@@ -64,4 +67,6 @@ def test_a_version_2_store_gains_hourly_counters_and_keeps_its_bodies(make_app):
     indexes = db.call(lambda: db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index'" if not db.is_postgres() else
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall())
-    assert {"entry_kind_id", "entry_source_id"}.isdisjoint(name for (name,) in indexes)
+    names = {name for (name,) in indexes}
+    assert "entry_project_id_id_container_id" in names
+    assert {"entry_kind_id", "entry_source_id", "entry_project_id_container_id_id"}.isdisjoint(names)

@@ -62,6 +62,8 @@ def run_forever(config, holder=None, store=None):
                 removed = prune(config)
                 if removed:
                     log.info("retention removed %d entries", removed)
+                if db.is_postgres():
+                    db.call(partitions.analyze_new)
         except Exception:
             log.exception("retention run failed")
         gevent.sleep(config.prune_interval_s)
