@@ -127,6 +127,6 @@ def test_the_parser_and_the_predicate_agree_with_the_syntax():
 def test_a_body_with_a_huge_blob_is_stored_and_its_words_found(store):
     blob = "QUJD" * 2000  # one 8,000-letter run, as base64 or hex bodies have
     store.ingest([make_entry(0, responseBody=f"before {blob} after", requestBody=blob)])
-    assert found(store, q='"before after"') == [1]  # the blob is left out of the words
+    assert found(store, q="before after") == [1]
     page = store.page(limit=1, includeResponseBody="true")
     assert page["entries"][0]["responseBody"] == f"before {blob} after"

@@ -43,12 +43,10 @@ from . import db
 from .bodies import unpack_body
 
 MAX_TERMS = 16
-# Longer runs of letters and digits (base64 or hex blobs in bodies) are
-# left out of documents: nobody searches for them, and PostgreSQL refuses
-# lexemes over 2 KB.
+# PostgreSQL refuses lexemes over 2 KB (base64 or hex blobs in bodies):
+# longer words are left out of its index; nobody searches for them.
 MAX_WORD = 200
 _WORD = re.compile(r"[^\W_]+")
-_TOO_LONG = re.compile(r"[^\W_]{" + str(MAX_WORD + 1) + ",}")
 _TERM = re.compile(r'-?"[^"]*"\*?|\S+')
 
 
@@ -71,8 +69,7 @@ def words(text):
 
 def document(url, request_body, response_body, data):
     """The searchable text of an entry, from its stored values."""
-    text = "\n".join(part for part in (url, request_body, response_body, data) if part)
-    return _TOO_LONG.sub(" ", text) if len(text) > MAX_WORD else text
+    return "\n".join(part for part in (url, request_body, response_body, data) if part)
 
 
 def parse(q):
@@ -166,7 +163,8 @@ def tsvector(text):
     """A tsvector literal of `text`'s words and positions."""
     positions = {}
     for at, word in enumerate(words(text), start=1):
-        positions.setdefault(word, []).append(min(at, 16383))
+        if len(word) <= MAX_WORD:
+            positions.setdefault(word, []).append(min(at, 16383))
     return " ".join(f"'{word}':{','.join(map(str, spots[:256]))}"
                     for word, spots in positions.items())
 

@@ -80,11 +80,7 @@ def add(keyed, sign=1, weights=None):
             for key, counts in per_minute.items():
                 key = tier_key(key)
                 into = rows.get(key)
-                if into is None:
-                    rows[key] = list(counts)
-                else:
-                    for at in range(WIDTH):
-                        into[at] += counts[at]
+                rows[key] = counts if into is None else [a + b for a, b in zip(into, counts)]
         # In key order, so that concurrent transactions lock rows in one order.
         _upsert(parts, sorted((*key, *counts) for key, counts in rows.items()))
         if sign < 0:
