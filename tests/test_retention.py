@@ -109,16 +109,23 @@ def test_age_drops_every_expired_partition_but_the_one_being_filled(make_app):
 
 
 @pytest.mark.postgres_only(PARTITIONED)
-def test_new_partitions_are_analyzed_once(make_app):
+def test_partitions_are_analyzed_when_new_and_again_when_they_grew(make_app):
+    import time
+
     from logsvc.store import partitions
     from logsvc.testing import Store
 
-    store = Store(make_app(partition_rows=100).test_client())
+    store = Store(make_app(partition_rows=5000).test_client())
     store.ingest([make_entry(i) for i in range(150)])
-    assert sorted(db.call(partitions.analyze_new)) == [
-        "entry_body_p0", "entry_body_p1", "entry_p0", "entry_p1"]
-    assert db.call(partitions.analyze_new) == []
+    assert sorted(db.call(partitions.analyze_stale)) == ["entry_body_p0", "entry_p0"]
+    assert db.call(partitions.analyze_stale) == []
+    store.ingest([make_entry(i) for i in range(150, 2200)])
+    deadline = time.monotonic() + 5  # the statistics views lag a little
+    analyzed = []
+    while "entry_p0" not in analyzed and time.monotonic() < deadline:
+        analyzed += db.call(partitions.analyze_stale)
+        time.sleep(0.1)
     (tuples,) = db.call(lambda: db.execute(
         "SELECT reltuples FROM pg_class WHERE relname = 'entry_p0' "
         "AND relnamespace = current_schema()::regnamespace").fetchone())
-    assert tuples == 100
+    assert "entry_p0" in analyzed and tuples == 2200

@@ -63,7 +63,7 @@ def run_forever(config, holder=None, store=None):
                 if removed:
                     log.info("retention removed %d entries", removed)
                 if db.is_postgres():
-                    db.call(partitions.analyze_new)
+                    db.call(partitions.analyze_stale)
         except Exception:
             log.exception("retention run failed")
         gevent.sleep(config.prune_interval_s)
