@@ -13,7 +13,7 @@ from flask import Flask
 from .access import authenticator, limits
 from .api import blueprints, errors, stream
 from .config import Config, ConfigError
-from .store import db, models, retention, tail, wal
+from .store import db, models, retention, tail
 
 
 @dataclasses.dataclass
@@ -60,14 +60,11 @@ def create_app(config=None):
 
 
 def start_background(app):
-    """Background work of a serving process: retention under a lease, and
-    (SQLite) keeping the write-ahead log small."""
+    """Background work of a serving process: retention under a lease."""
     import gevent
 
     services = app.extensions["logsvc"]
-    config = services.config
-    gevent.spawn(wal.run_forever, services.store, config.wal_checkpoint_mb * 1024 * 1024)
-    return gevent.spawn(retention.run_forever, config, store=services.store)
+    return gevent.spawn(retention.run_forever, services.config, store=services.store)
 
 
 def serve():

@@ -2,6 +2,7 @@
 live tails and readers are attached (they keep SQLite's own checkpoint
 from ever restarting the log)."""
 import os
+import random
 import threading
 import time
 
@@ -14,12 +15,16 @@ from logsvc.testing import INGEST, LOGS, Server, gz, make_entry
 STREAM = LOGS + "/stream"
 BATCHES, PER_BATCH, WRITERS, TAILS = 60, 5_000, 4, 10
 WAL_LIMIT = 64 * 1024 * 1024
-BODY = orjson.dumps({"items": [{"id": n, "name": "x" * 20, "ok": True} for n in range(12)]}).decode()
+BODY = orjson.dumps({"items": [{"id": n, "name": f"item {n}", "ok": True} for n in range(40)]}).decode()
 
 
 def batch(number, now_ms):
+    """A batch like a proxy's: random trace ids, so that every batch
+    touches pages all over the trace index (what makes the log grow)."""
     first = number * PER_BATCH
+    rng = random.Random(number)
     entries = [make_entry(first + i, projectId=f"proj_{(first + i) % 10}",
+                          traceId=f"{rng.getrandbits(128):032x}",
                           tsMs=now_ms - 3_600_000 + (first + i) // 100,
                           responseBody=BODY if i % 2 else None)
                for i in range(PER_BATCH)]

@@ -76,7 +76,7 @@ SQLITE_PRAGMAS = {
     "cache_size": -8_000,
     "temp_store": "memory",
     # After a checkpoint lets the write-ahead log start over, SQLite cuts
-    # the file back to this size (see wal.py for what keeps it small).
+    # the file back to this size (wal.py keeps it from outgrowing it).
     "journal_size_limit": 16 * 1024 * 1024,
 }
 
@@ -133,6 +133,9 @@ class Store:
         self.partitions = {"rows": None, "covered": -1}  # see partitions.py
         self.lock = os_lock()
         self.closed = False
+        # SQLite: checkpoint the write-ahead log before a write once it is
+        # larger than this (bytes; 0: leave it to SQLite). See wal.py.
+        self.wal_limit = 0
 
     def close(self):
         """Close this store's connections (every thread's, on PostgreSQL)."""
@@ -170,6 +173,8 @@ def init(config):
     # threads, it can stall them. Give it a lock of the operating system.
     bound._lock = os_lock()
     store = Store(bound, postgres)
+    if not postgres:
+        store.wal_limit = config.wal_checkpoint_mb * 1024 * 1024
     _last_opened = store
     use(store)
     _configure_pool(config.db_threads)

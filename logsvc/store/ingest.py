@@ -39,7 +39,7 @@ import orjson
 
 from logsvc import entry
 
-from . import db, fulltext, partitions, rollup
+from . import db, fulltext, partitions, rollup, wal
 from .bodies import pack_body
 from .db import database
 from .models import IdSequence
@@ -229,6 +229,7 @@ def _write(entries):
 def _write_batch(entries):
     key_of = rollup.key_of
     postgres = db.is_postgres()
+    wal.before_write(db.current())
     with database.atomic():
         last = IdSequence.take(len(entries))
         first = last - len(entries) + 1

@@ -1,41 +1,43 @@
 """Keeping SQLite's write-ahead log bounded under sustained ingest.
 
 SQLite's own checkpoint runs after commits in PASSIVE mode: it copies
-what it can into the database file but never waits for readers, and the
-log only starts over from its beginning once no reader is using it. A
-busy node always has a reader (live tails poll every 50 ms, dashboards
-query), so the log never starts over and grows by every committed page.
+what it can into the database file but never waits for readers or
+writers, and the log only starts over from its beginning once nobody is
+using it. A busy node always has someone (live tails poll every 50 ms,
+dashboards query, and under sustained ingest the workers' writers take
+turns without a gap), so the log never starts over and grows by every page
+written: 1.2 GB while loading ten million entries when a background
+checkpoint competed with the writers for the write lock.
 
-`run_forever` (one greenlet per serving process, SQLite only) watches the
-size of `logs.db-wal` and, past `limit_bytes`, runs a TRUNCATE checkpoint:
-it waits (at most CHECKPOINT_WAIT_MS) for the readers of older snapshots
-to finish their statement, which takes milliseconds since every read is a
-single statement, copies the log into the database and truncates it to
-zero. Writers wait while it runs; readers do not. When several processes
-try at once, one does the work and the others find it done.
-`journal_size_limit` (see db.SQLITE_PRAGMAS) additionally caps what a log
-that SQLite restarted on its own keeps on disk.
+So the writers keep it bounded themselves: before each write transaction
+(`before_write`, on the database thread, outside any transaction) a
+writer looks at the log's size and, past the store's `wal_limit`
+(`LOGSVC_WAL_CHECKPOINT_MB`), runs a TRUNCATE checkpoint before writing.
+Every writer of every process does the same, so while the log is too big
+no write starts; the checkpoint then waits only for the statements that
+read older snapshots (single statements: milliseconds), copies the log
+into the database and cuts the file to zero. A writer that finds another
+process checkpointing waits for it. The log stays under the limit plus
+what one write transaction per process adds.
 """
 import logging
 import os
+import time
 
-import gevent
+from gevent import monkey
 
 from . import db
 
 log = logging.getLogger(__name__)
 
-CHECK_S = 0.25
 CHECKPOINT_WAIT_MS = 5_000
-
-
-def wal_path(store):
-    return f"{store.database.database}-wal"
+PATIENCE_S = 60.0
+_sleep = monkey.get_original("time", "sleep")  # this runs on a real thread
 
 
 def wal_size(store):
     try:
-        return os.path.getsize(wal_path(store))
+        return os.path.getsize(f"{store.database.database}-wal")
     except OSError:
         return 0
 
@@ -52,17 +54,16 @@ def checkpoint():
     return not busy
 
 
-def run_forever(store, limit_bytes, check_s=CHECK_S):
-    """Checkpoint whenever the log outgrows `limit_bytes`, until the store closes."""
-    if store.postgres or limit_bytes <= 0:
+def before_write(store):
+    """Checkpoint first if the log outgrew the store's limit (SQLite)."""
+    if not store.wal_limit or wal_size(store) <= store.wal_limit:
         return
-    db.use(store)
-    while not store.closed:
-        gevent.sleep(check_s)
-        if wal_size(store) <= limit_bytes:
-            continue
-        try:
-            if not db.call(checkpoint):
-                log.info("WAL checkpoint postponed: readers or another checkpoint busy")
-        except Exception as exc:  # noqa: BLE001 - tried again at the next check
-            log.warning("WAL checkpoint failed: %s", exc)
+    deadline = time.monotonic() + PATIENCE_S
+    while wal_size(store) > store.wal_limit:
+        if checkpoint():
+            return
+        if time.monotonic() > deadline:
+            # Write anyway: losing the batch would be worse than a big log.
+            log.warning("WAL checkpoint kept busy for %.0f s; writing anyway", PATIENCE_S)
+            return
+        _sleep(0.01)
