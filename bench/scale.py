@@ -28,13 +28,13 @@ ngram index); the body question is a word on both (`hasToken` on theirs).
 Prints one table of medians and logsvc/chdb ratios.
 """
 import argparse
+import contextlib
 import gzip
 import json
 import math
 import os
 import random
 import shutil
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +43,7 @@ from pathlib import Path
 import orjson
 import requests
 
-from bench.common import HEADERS, Server, postgres_schema
+from bench.common import HEADERS, Server, p50, postgres_schema, timed
 
 PROJECTS, CONTAINERS_PER_PROJECT, SERVICES = 200, 10, 20
 PER_REQUEST, IN_FLIGHT = 5_000, 4
@@ -154,12 +154,7 @@ def disk_bytes(path):
 
 def median_ms(fn, repeat):
     fn()  # warm
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return p50(timed(fn, repeat))
 
 
 class Logsvc:
@@ -300,7 +295,7 @@ def main():
     results = {}
     try:
         ctx = (postgres_schema(args.database_url, "bench_scale") if args.database_url
-               else _nothing())
+               else contextlib.nullcontext(""))
         with ctx as database_url:
             ours_dir = root / "logsvc"
             logsvc = Logsvc(ours_dir, database_url or "")
@@ -392,14 +387,6 @@ def _fmt(value):
     if value is None:
         return "not possible"
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
-class _nothing:
-    def __enter__(self):
-        return ""
-
-    def __exit__(self, *exc):
-        return False
 
 
 if __name__ == "__main__":

@@ -203,14 +203,20 @@ def delete_sqlite(ids):
     """Remove entries from the index (SQLite), before their rows are
     deleted: FTS5 needs each one's document to find its words."""
     marks = ", ".join("?" for _ in ids)
-    rows = db.execute(
-        "SELECT e.id, e.url, b.request_body, b.request_body_z, b.response_body, "
-        f"b.response_body_z, e.data FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
-        f"WHERE e.id IN ({marks})", list(ids)).fetchall()
-    db.executemany(
-        "INSERT INTO entry_fts (entry_fts, rowid, doc) VALUES ('delete', ?, ?)",
-        [(row[0], document(row[1], unpack_body(row[2], row[3]), unpack_body(row[4], row[5]),
-                           row[6])) for row in rows])
+    db.executemany("INSERT INTO entry_fts (entry_fts, rowid, doc) VALUES ('delete', ?, ?)",
+                   _stored_documents(f"e.id IN ({marks})", list(ids)))
+
+
+def _stored_documents(where, params, limit=None):
+    """(entry id, document) of the stored entries matching `where`, by id."""
+    sql = ("SELECT e.id, e.url, b.request_body, b.request_body_z, b.response_body, "
+           "b.response_body_z, e.data FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
+           f"WHERE {where} ORDER BY e.id")
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    rows = db.execute(sql, params).fetchall()
+    return [(row[0], document(row[1], unpack_body(row[2], row[3]),
+                              unpack_body(row[4], row[5]), row[6])) for row in rows]
 
 
 def clear_sqlite():
@@ -221,14 +227,9 @@ def rebuild():
     """Index every stored entry (the upgrade of a store made before the index)."""
     after = 0
     while True:
-        rows = db.execute(
-            "SELECT e.id, e.url, b.request_body, b.request_body_z, b.response_body, "
-            "b.response_body_z, e.data FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
-            "WHERE e.id > ? ORDER BY e.id LIMIT 5000", (after,)).fetchall()
-        if not rows:
+        docs = _stored_documents("e.id > ?", [after], limit=5000)
+        if not docs:
             return
-        docs = [(row[0], document(row[1], unpack_body(row[2], row[3]),
-                                  unpack_body(row[4], row[5]), row[6])) for row in rows]
         if db.is_postgres():
             db.executemany("INSERT INTO entry_body (entry_id) VALUES (?) "
                            "ON CONFLICT (entry_id) DO NOTHING", [(i,) for i, _ in docs])
@@ -236,4 +237,4 @@ def rebuild():
                            [(tsvector(text), i) for i, text in docs])
         else:
             insert_sqlite(docs)
-        after = rows[-1][0]
+        after = docs[-1][0]

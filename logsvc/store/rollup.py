@@ -38,14 +38,15 @@ def _upsert_parts(table, keys):
             f"ON CONFLICT ({keys}) DO UPDATE SET {sets}", f"({marks})")
 
 
-# (table, upsert statement parts, key of the tier from a minute key; None:
-# the minute key itself)
+# (table, its time column or None, upsert statement parts, key of the tier
+# from a minute key; None: the minute key itself)
 TIERS = (
-    ("rollup_minute", _upsert_parts("rollup_minute", f"minute, {_KEYS}"), None),
-    ("rollup_hour", _upsert_parts("rollup_hour", f"hour, {_KEYS}"),
+    ("rollup_minute", "minute", _upsert_parts("rollup_minute", f"minute, {_KEYS}"), None),
+    ("rollup_hour", "hour", _upsert_parts("rollup_hour", f"hour, {_KEYS}"),
      lambda key: (key[0] // 60, *key[1:])),
-    ("rollup_total", _upsert_parts("rollup_total", _KEYS), lambda key: key[1:]),
-    ("rollup_minute_all", _upsert_parts("rollup_minute_all", "minute"), lambda key: key[:1]),
+    ("rollup_total", None, _upsert_parts("rollup_total", _KEYS), lambda key: key[1:]),
+    ("rollup_minute_all", "minute", _upsert_parts("rollup_minute_all", "minute"),
+     lambda key: key[:1]),
 )
 
 # The columns of `entry` that `key_of` takes, in its argument order.
@@ -72,7 +73,7 @@ def add(keyed, sign=1, weights=None):
         counts[0] += step
         for at in positions:
             counts[at] += step
-    for table, parts, tier_key in TIERS:
+    for table, time_column, parts, tier_key in TIERS:
         if tier_key is None:
             rows = per_minute
         else:
@@ -84,16 +85,15 @@ def add(keyed, sign=1, weights=None):
         # In key order, so that concurrent transactions lock rows in one order.
         _upsert(parts, sorted((*key, *counts) for key, counts in rows.items()))
         if sign < 0:
-            _drop_empty(table, rows)
+            _drop_empty(table, time_column, rows)
 
 
-def _drop_empty(table, rows):
+def _drop_empty(table, time_column, rows):
     """Delete the rows of `table` that a subtraction left at zero."""
-    if table == "rollup_total":
-        db.execute("DELETE FROM rollup_total WHERE n <= 0")
+    if time_column is None:
+        db.execute(f"DELETE FROM {table} WHERE n <= 0")
         return
-    column = "hour" if table == "rollup_hour" else "minute"
-    db.executemany(f"DELETE FROM {table} WHERE {column} = ? AND n <= 0",
+    db.executemany(f"DELETE FROM {table} WHERE {time_column} = ? AND n <= 0",
                    [(t,) for t in sorted({key[0] for key in rows})])
 
 

@@ -247,11 +247,11 @@ class Subscription:
     Reset when the store was cleared under it.
     """
 
-    def __init__(self, tailer, filters, position, destroyed_scope=None, generation=None):
+    def __init__(self, tailer, filters, position, destroyed_scope, generation):
         self.tailer = tailer
         self.filters = filters
         self.position = position
-        self.generation = tailer.generation if generation is None else generation
+        self.generation = generation  # the tailer's, taken before `position` was read
         self.destroyed_scope = destroyed_scope  # (project, container) that ends it
 
     def events(self, heartbeat_s):
