@@ -35,7 +35,8 @@ def raw_rate(batches, schema_from, path):
     conn = sqlite_connect(path)
     for (sql,) in sqlite_connect(schema_from).execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name LIKE 'entry%' "
-            "ORDER BY type DESC"):
+            # the full-text index's own tables come with its CREATE VIRTUAL TABLE
+            "AND name NOT LIKE 'entry^_fts^_%' ESCAPE '^' ORDER BY type DESC"):
         conn.execute(sql)
     cols = ("traceId", "tsMs", "kind", "level", "projectId", "containerId", "serviceName",
             "method", "url", "clientIp", "status", "source")
