@@ -6,6 +6,7 @@ directly so they do not pay marshmallow's per-row cost. Both call the same
 rules (`promote_level`, `cap_body`, `iso_from_ms`), and tests pin that the
 fast paths produce exactly what the schemas produce.
 """
+import re
 import time
 import uuid
 from datetime import UTC
@@ -26,7 +27,10 @@ DEFAULT_PROJECT = "default"
 # Columns of `entry` in the order the fast paths read and write them.
 COLUMNS = ("id", "trace_id", "ts_ms", "kind", "level", "project_id",
            "container_id", "service_name", "method", "url", "client_ip",
-           "status", "source", "data", "has_body", "body_truncated")
+           "status", "source", "data", "has_body", "body_truncated",
+           "duration_ms", "route")
+MAX_DURATION_MS = 86_400_000
+MAX_ROUTE = 256
 
 
 def promote_level(level, status):
@@ -96,13 +100,14 @@ def row_to_dict(row, bodies=None):
     """
     (id_, trace_id, ts_ms, kind, level, project_id, container_id,
      service_name, method, url, client_ip, status, source, data,
-     _has_body, body_truncated) = row
+     _has_body, body_truncated, duration_ms, route) = row
     out = {
         "id": id_, "traceId": trace_id, "tsMs": ts_ms, "tsIso": iso_from_ms(ts_ms),
         "kind": kind, "level": level, "projectId": project_id,
         "containerId": container_id, "serviceName": service_name,
         "method": method, "url": url, "clientIp": client_ip, "status": status,
-        "source": source, "data": data,
+        "source": source, "durationMs": _number(duration_ms), "route": route,
+        "data": data,
     }
     if bodies is not None:
         request_body, response_body, with_request, with_response = bodies
@@ -114,12 +119,52 @@ def row_to_dict(row, bodies=None):
     return out
 
 
+def _number(value):
+    """A float that holds a whole number as an int (12, not 12.0)."""
+    if value is None or not value.is_integer():
+        return value
+    return int(value)
+
+
+# --- Routes ------------------------------------------------------------------
+# A route is the url's path with the query string dropped and each id-like
+# segment replaced by `{id}`, so `/v1/users/8812?x=1` and `/v1/users/9` are
+# both `/v1/users/{id}`. Id-like: only digits; a UUID; 16 or more hex
+# digits; or 16 or more letters, digits, `-` and `_` with at least one digit
+# and one letter (opaque tokens such as `ord_9fKq2xLm3Np7`). Anything else
+# (`v1`, `users`, `me`, `2fa`) is kept.
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_LONG_HEX = re.compile(r"[0-9a-fA-F]{16,}")
+_TOKEN = re.compile(r"(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{16,}", re.ASCII)
+
+
+def _id_like(segment):
+    return (segment.isascii() and segment.isdigit()) or bool(
+        _UUID.fullmatch(segment) or _LONG_HEX.fullmatch(segment) or _TOKEN.fullmatch(segment))
+
+
+def derive_route(url):
+    """The route of `url` (None when it has no path)."""
+    if not url:
+        return None
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    if "://" in path[:16]:  # an absolute url: drop the scheme and host
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    if not path:
+        return None
+    route = "/".join("{id}" if _id_like(s) else s for s in path.split("/"))
+    return route[:MAX_ROUTE]
+
+
 def text_line(entry):
     """One human-readable line for `format=text`."""
     status = entry["status"] if entry["status"] is not None else "-"
     scope = entry["projectId"] + (f"/{entry['containerId']}" if entry["containerId"] else "")
+    duration = entry.get("durationMs")
     parts = [entry["tsIso"], f"{entry['level'].upper():<5}", f"{entry['kind']:<8}",
              entry["method"] or "-", entry["url"] or "-", str(status),
+             "-" if duration is None else f"{duration}ms",
              entry["serviceName"] or "-", scope, f"trace={entry['traceId']}",
              f"id={entry['id']}"]
     return " ".join(parts)
@@ -228,6 +273,15 @@ def coerce_bool(value):
     return value
 
 
+def coerce_duration(value):
+    """Milliseconds: a number from 0 to a day (24 h)."""
+    if type(value) not in (int, float):
+        raise ValueError("Not a valid number (milliseconds).")
+    if not 0 <= value <= MAX_DURATION_MS:  # also refuses NaN
+        raise ValueError(f"Must be between 0 and {MAX_DURATION_MS}.")
+    return float(value)
+
+
 def coerce_ignored(value):
     return None
 
@@ -254,6 +308,8 @@ INPUT_FIELDS = {
     "requestContentType": ("request_content_type", _text(256)),
     "responseContentType": ("response_content_type", _text(256)),
     "bodyTruncated": ("body_truncated", coerce_bool),
+    "durationMs": ("duration_ms", coerce_duration),
+    "route": ("route", _text(MAX_ROUTE)),
     "id": ("id", coerce_ignored),
 }
 
@@ -288,6 +344,16 @@ def finish(fields, extra, max_body_bytes, now=None):
         ts_ms = now_ms() if now is None else now
     data = dict(fields.get("data") or {})
     data.update(extra)
+    duration = fields.get("duration_ms")
+    if duration is None and "durationMs" in data:
+        # Shippers and the first capture clients put it in `data`: lifted
+        # into the field when it is a valid duration, else left where it is.
+        try:
+            duration = coerce_duration(data["durationMs"])
+        except ValueError:
+            pass
+        else:
+            del data["durationMs"]
     request_type = fields.get("request_content_type")
     response_type = fields.get("response_content_type")
     if request_type:
@@ -317,4 +383,6 @@ def finish(fields, extra, max_body_bytes, now=None):
         "request_body": request_body,
         "response_body": response_body,
         "body_truncated": bool(fields.get("body_truncated")) or cut_request or cut_response,
+        "duration_ms": duration,
+        "route": fields.get("route") or derive_route(fields.get("url")),
     }

@@ -6,7 +6,7 @@ from logsvc import entry as domain
 # OpenAPI types of the ingested fields, for the generated description.
 _INPUT_TYPES = {
     "tsMs": "integer", "status": "integer", "data": "object",
-    "bodyTruncated": "boolean", "id": "integer",
+    "bodyTruncated": "boolean", "id": "integer", "durationMs": "number",
 }
 
 
@@ -75,6 +75,9 @@ class EntrySchema(Schema):
     clientIp = fields.String(allow_none=True)
     status = fields.Integer(allow_none=True)
     source = fields.String(required=True)
+    durationMs = fields.Float(allow_none=True, metadata={"description": "Milliseconds"})
+    route = fields.String(allow_none=True, metadata={
+        "description": "The url's path with id-like segments as {id}"})
     data = fields.Dict()
     requestBody = fields.String(allow_none=True)
     responseBody = fields.String(allow_none=True)

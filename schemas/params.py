@@ -141,6 +141,25 @@ class Search(Text):
         return value
 
 
+class Milliseconds(fields.Field):
+    """A duration in milliseconds: digits with an optional fraction."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = str(value).strip()
+        if not re.fullmatch(r"\d{1,8}(\.\d{1,6})?", text):
+            raise ValidationError("Not a number of milliseconds like 250 or 12.5.")
+        number = float(text)
+        if number > entry.MAX_DURATION_MS:
+            raise ValidationError(f"Must be at most {entry.MAX_DURATION_MS}.")
+        return number
+
+
+def _check_durations(data):
+    low, high = data.get("min_duration_ms"), data.get("max_duration_ms")
+    if low is not None and high is not None and low > high:
+        raise ValidationError("Must not exceed maxDurationMs.", "minDurationMs")
+
+
 class FilterParams(ScopeParams):
     """The filters shared by searches and the live tail."""
     service_names = Choices(data_key="serviceName")
@@ -151,6 +170,13 @@ class FilterParams(ScopeParams):
     trace_id = Text(max_length=128, data_key="traceId")
     status_ranges = StatusSpec(data_key="status")
     q = Search()
+    routes = Choices(max_length=entry.MAX_ROUTE, data_key="route")
+    min_duration_ms = Milliseconds(data_key="minDurationMs")
+    max_duration_ms = Milliseconds(data_key="maxDurationMs")
+
+    @validates_schema
+    def check_durations(self, data, **kwargs):
+        _check_durations(data)
 
 
 class QueryParams(FilterParams):
@@ -159,7 +185,7 @@ class QueryParams(FilterParams):
     last = Int(minimum=1, maximum=MAX_LIMIT)
     after_id = Int(data_key="afterId")
     cursor = Text(max_length=4096)
-    order = fields.String(validate=validate.OneOf(("asc", "desc")))
+    order = fields.String(validate=validate.OneOf(("asc", "desc", "slowest")))
     format = fields.String(validate=validate.OneOf(("json", "ndjson", "text")),
                            load_default="json")
     include_request_body = Flag(data_key="includeRequestBody", load_default=False)
@@ -180,8 +206,8 @@ class QueryParams(FilterParams):
         if "last" in data and "order" in data:
             raise ValidationError("last always returns the newest entries oldest first; "
                                   "drop order.", "order")
-        if "after_id" in data and data.get("order") == "desc":
-            raise ValidationError("afterId pages in ascending order; drop order=desc.",
+        if "after_id" in data and data.get("order") in ("desc", "slowest"):
+            raise ValidationError("afterId pages in ascending order of id; drop order.",
                                   "order")
 
 

@@ -24,8 +24,35 @@ class _Counts(fields.Dict):
         super().__init__(keys=fields.String(), values=fields.Integer(), required=True, **kwargs)
 
 
+def _ms(description, **kwargs):
+    return fields.Float(allow_none=True, required=True,
+                        metadata={"description": description}, **kwargs)
+
+
+class LatencySchema(Schema):
+    count = fields.Integer(required=True, metadata={"description": "Entries with a duration"})
+    p50 = _ms("Median duration (ms), within 1 %")
+    p90 = _ms("90th percentile (ms), within 1 %")
+    p95 = _ms("95th percentile (ms), within 1 %")
+    p99 = _ms("99th percentile (ms), within 1 %")
+    max = _ms("Longest duration (ms), exact")
+
+
+class RouteSchema(Schema):
+    route = fields.String(required=True)
+    total = fields.Integer(required=True, metadata={"description": "Entries on the route"})
+    errors = fields.Integer(required=True, metadata={"description": "Of them, level error"})
+    timed = fields.Integer(required=True, metadata={"description": "Of them, with a duration"})
+    p50 = _ms("Median duration (ms)")
+    p95 = _ms("95th percentile (ms)")
+    p99 = _ms("99th percentile (ms)")
+
+
 class StatsSchema(Schema):
     total = fields.Integer(required=True)
+    latency = fields.Nested(LatencySchema, required=True)
+    byRoute = fields.List(fields.Nested(RouteSchema), required=True,
+                          metadata={"description": "The busiest routes, most calls first"})
     byLevel = _Counts()
     byProject = _Counts()
     byContainer = _Counts()
@@ -39,6 +66,8 @@ class BucketSchema(Schema):
     tsMs = fields.Integer(required=True)
     total = fields.Integer(required=True)
     byLevel = _Counts()
+    p50 = _ms("Median duration (ms) of the bucket's entries")
+    p95 = _ms("95th percentile duration (ms)")
 
 
 class HistogramSchema(Schema):

@@ -1,4 +1,5 @@
 """Stats and histogram: served from counters that always equal a GROUP BY."""
+import math
 from collections import Counter
 
 import pytest
@@ -17,15 +18,19 @@ HOUR = 3_600_000
 
 
 def truth(project_id=None, container_id=None, since=None, until=None):
-    """The stats computed by brute force over every stored row."""
+    """The stats computed by brute force over every stored row; `latency`
+    and `byRoute` hold exact values (see assert_stats)."""
     rows = db.call(lambda: list(db.database.execute_sql(
-        "SELECT project_id, container_id, service_name, level, kind, status, source, ts_ms "
-        "FROM entry")))
+        "SELECT project_id, container_id, service_name, level, kind, status, source, ts_ms, "
+        "duration_ms, route FROM entry")))
     counts = {name: Counter() for name in
               ("byProject", "byContainer", "byService", "byLevel", "byKind", "byStatus",
                "bySource")}
     total = 0
-    for project, container, service, level, kind, status, source, ts in rows:
+    durations = []
+    routes = {}
+    for (project, container, service, level, kind, status, source, ts, duration,
+         route) in rows:
         if project_id is not None and project != project_id:
             continue
         if container_id is not None and container != container_id:
@@ -38,16 +43,67 @@ def truth(project_id=None, container_id=None, since=None, until=None):
                             ("byStatus", status_class(status)), ("bySource", source)):
             if value:
                 counts[name][value] += 1
-    return {"total": total, **{k: dict(v) for k, v in counts.items()}}
+        if duration is not None:
+            durations.append(duration)
+        if route is not None:
+            calls = routes.setdefault(route, [0, 0, []])
+            calls[0] += 1
+            calls[1] += level == "error"
+            if duration is not None:
+                calls[2].append(duration)
+    latency = {"count": len(durations), "max": max(durations) if durations else None,
+               **{f"p{p}": exact_percentile(durations, p) for p in (50, 90, 95, 99)}}
+    by_route = [{"route": route, "total": n, "errors": errors, "timed": len(timed),
+                 **{f"p{p}": exact_percentile(timed, p) for p in (50, 95, 99)}}
+                for route, (n, errors, timed) in
+                sorted(routes.items(), key=lambda item: (-item[1][0], item[0]))][:20]
+    return {"total": total, **{k: dict(v) for k, v in counts.items()},
+            "latency": latency, "byRoute": by_route}
 
 
+def exact_percentile(values, p):
+    """Nearest rank: the ceil(p/100 * n)-th smallest."""
+    if not values:
+        return None
+    return sorted(values)[max(1, math.ceil(p / 100 * len(values))) - 1]
+
+
+def near(got, exact):
+    """Within the counters' 1 % (and the answer's rounding to a microsecond)."""
+    if exact is None:
+        return got is None
+    return got is not None and abs(got - exact) <= 0.01 * exact + 0.0015
+
+
+def assert_stats(got, want):
+    """Counts, calls, errors and max exactly; percentiles within 1 %."""
+    got, want = dict(got), dict(want)
+    got_latency, want_latency = got.pop("latency"), want.pop("latency")
+    got_routes, want_routes = got.pop("byRoute"), want.pop("byRoute")
+    assert got == want
+    assert got_latency["count"] == want_latency["count"]
+    assert got_latency["max"] == want_latency["max"]
+    for p in (50, 90, 95, 99):
+        assert near(got_latency[f"p{p}"], want_latency[f"p{p}"]), (p, got_latency, want_latency)
+    assert [{k: r[k] for k in ("route", "total", "errors", "timed")} for r in got_routes] == [
+        {k: r[k] for k in ("route", "total", "errors", "timed")} for r in want_routes]
+    for mine, exact in zip(got_routes, want_routes):
+        for p in (50, 95, 99):
+            assert near(mine[f"p{p}"], exact[f"p{p}"]), (p, mine, exact)
+
+
+durations = st.one_of(st.none(), st.integers(0, 3), st.floats(0, 86_400_000),
+                      st.floats(0.5, 2000).map(lambda d: round(d, 1)))
 entries = st.lists(st.builds(
-    lambda i, ts, status, level, container: make_entry(
-        i, tsMs=BASE + ts, status=status, level=level, containerId=container),
+    lambda i, ts, status, level, container, duration, url: make_entry(
+        i, tsMs=BASE + ts, status=status, level=level, containerId=container,
+        durationMs=duration, url=url),
     st.integers(0, 50), st.one_of(st.integers(0, 10 * 60_000), st.integers(0, 4 * HOUR)),
     st.sampled_from([None, 200, 404, 503]),
     st.sampled_from(["debug", "info", "warn", "error"]),
-    st.sampled_from([None, "cnt_a", "cnt_b"])), min_size=1, max_size=40)
+    st.sampled_from([None, "cnt_a", "cnt_b"]), durations,
+    st.sampled_from([None, "/v1/a/1", "/v1/a/22?x=1", "/v1/b", "/v2/c/9/d"])),
+    min_size=1, max_size=40)
 
 
 @settings(max_examples=30, deadline=None,
@@ -68,14 +124,16 @@ def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows,
     retention.prune(config)
     project_id, container_id = scope
     params = {k: v for k, v in (("projectId", project_id), ("containerId", container_id)) if v}
-    assert store.page(STATS, **params) == truth(project_id, container_id)
+    assert_stats(store.page(STATS, **params), truth(project_id, container_id))
     since, length = BASE + window[0], window[1]
     ranged = store.page(STATS, since=since, until=since + length, **params)
-    assert ranged == truth(project_id, container_id, since, since + length)
+    assert_stats(ranged, truth(project_id, container_id, since, since + length))
     histogram = store.page(HISTOGRAM, bucket=bucket, since=since, until=since + length, **params)
     for item in histogram["buckets"]:
         expected = truth(project_id, container_id, item["tsMs"], item["tsMs"] + histogram["bucketMs"])
         assert (item["total"], item["byLevel"]) == (expected["total"], expected["byLevel"])
+        for p in (50, 95):
+            assert near(item[f"p{p}"], expected["latency"][f"p{p}"]), (item, expected)
     app.extensions["logsvc"].store.close()
 
 

@@ -167,6 +167,9 @@ def init(config):
             str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
             check_same_thread=False,
         )
+        from . import sketch  # the latency counters' merge (PostgreSQL: models.py)
+
+        bound.register_function(sketch.merge_stored, "logsvc_sketch_add", 2, deterministic=True)
         postgres = False
     # peewee serialises connect/close with a threading.Lock, which is
     # gevent's once gevent has patched threading: shared between database

@@ -37,6 +37,9 @@ class Filters:
     until: int = None  # epoch ms, exclusive
     q: str = None  # full-text search, see fulltext.py
     client_ip: str = None
+    routes: tuple = ()
+    min_duration_ms: float = None  # inclusive
+    max_duration_ms: float = None  # inclusive
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -110,6 +113,21 @@ class Before:
         return entry["tsMs"] < value
 
 
+class Duration:
+    """`durationMs` at least (`low`) or at most the value; entries without
+    a duration never match."""
+
+    def __init__(self, field, low):
+        self.field, self.low = field, low
+
+    def sql(self, value):
+        return (f"duration_ms {'>=' if self.low else '<='} ?"), [value]
+
+    def test(self, value, entry):
+        duration = entry["durationMs"]
+        return duration is not None and (duration >= value if self.low else duration <= value)
+
+
 class FullText:
     """Words and phrases over url, bodies and data (see fulltext.py)."""
 
@@ -137,6 +155,9 @@ FILTERS = (
     OneOf("kinds", "kind", "kind"),
     OneOf("methods", "method", "method"),
     OneOf("sources", "source", "source"),
+    OneOf("routes", "route", "route"),
+    Duration("min_duration_ms", low=True),
+    Duration("max_duration_ms", low=False),
     StatusIn(),
     AtOrAfter(),
     Before(),

@@ -39,7 +39,7 @@ import orjson
 
 from logsvc import entry
 
-from . import db, fulltext, partitions, rollup, wal
+from . import db, fulltext, partitions, rollup, sketch, wal
 from .bodies import pack_body
 from .db import database
 from .models import IdSequence
@@ -199,7 +199,7 @@ class _Malformed:
         self.reason = reason
 
 
-_ENTRY_COLUMNS = entry.COLUMNS
+_ENTRY_COLUMNS = (*entry.COLUMNS, "lat_bucket")
 _BODY_COLUMNS = ("entry_id", "request_body", "request_body_z", "response_body",
                  "response_body_z")
 # PostgreSQL: every entry has a body row, holding its full-text document.
@@ -227,7 +227,7 @@ def _write(entries):
 
 
 def _write_batch(entries):
-    key_of = rollup.key_of
+    bucket_of = sketch.bucket_of
     postgres = db.is_postgres()
     wal.before_write(db.current())
     with database.atomic():
@@ -238,15 +238,17 @@ def _write_batch(entries):
         rows = []
         bodies = []
         documents = []
-        keys = []
+        counted = []
         for offset, e in enumerate(entries):
             entry_id = first + offset
             has_body = e["request_body"] is not None or e["response_body"] is not None
+            duration = e["duration_ms"]
+            bucket = bucket_of(duration)
             rows.append((entry_id, e["trace_id"], e["ts_ms"], e["kind"], e["level"],
                          e["project_id"], e["container_id"], e["service_name"],
                          e["method"], e["url"], e["client_ip"], e["status"],
                          e["source"], e["data"], has_body,
-                         e["body_truncated"]))
+                         e["body_truncated"], duration, e["route"], bucket))
             text = fulltext.document(e["url"], e["request_body"], e["response_body"], e["data"])
             if postgres:
                 bodies.append((entry_id, *pack_body(e["request_body"]),
@@ -256,9 +258,9 @@ def _write_batch(entries):
                 if has_body:
                     bodies.append((entry_id, *pack_body(e["request_body"]),
                                    *pack_body(e["response_body"])))
-            keys.append(key_of(e["ts_ms"], e["project_id"], e["container_id"],
-                               e["service_name"], e["level"], e["kind"],
-                               e["status"], e["source"]))
+            counted.append((e["ts_ms"], e["project_id"], e["container_id"],
+                            e["service_name"], e["level"], e["kind"], e["status"],
+                            e["source"], e["route"], bucket, duration))
         if postgres:
             _copy("entry", _ENTRY_COLUMNS, rows)
             _copy("entry_body", _PG_BODY_COLUMNS, bodies)
@@ -266,7 +268,7 @@ def _write_batch(entries):
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)
             fulltext.insert_sqlite(documents)
-        rollup.add(keys)
+        rollup.add(counted)
         if postgres:
             # Delivered at commit: wakes the live tail of every host.
             db.execute(f"NOTIFY {TAIL_CHANNEL}")

@@ -34,12 +34,11 @@ import secrets
 
 import peewee
 
-from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
-
-from . import db, fulltext
+from . import db, fulltext, rollup
 from .db import database
+from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class BaseModel(peewee.Model):
@@ -66,6 +65,11 @@ class Entry(BaseModel):
     data = peewee.TextField(default="{}")
     has_body = peewee.BooleanField(default=False)
     body_truncated = peewee.BooleanField(default=False)
+    duration_ms = peewee.DoubleField(null=True)
+    route = peewee.TextField(null=True)
+    # The duration's bucket in the latency counters' layout (sketch.py),
+    # so that sums over raw rows use exactly the counters' buckets.
+    lat_bucket = peewee.SmallIntegerField(null=True)
 
     class Meta:
         # Each index costs 15-45 bytes per entry. `kind` and `source` have
@@ -85,6 +89,12 @@ class Entry(BaseModel):
         )
 
 
+# `order=slowest` walks this backwards; entries without a duration are not
+# in it (partial index).
+Entry.add_index(peewee.ModelIndex(Entry, (Entry.duration_ms,), name="entry_duration_ms",
+                                  where=Entry.duration_ms.is_null(False)))
+
+
 class EntryBody(BaseModel):
     entry = peewee.ForeignKeyField(Entry, primary_key=True, on_delete="CASCADE",
                                    column_name="entry_id")
@@ -94,21 +104,23 @@ class EntryBody(BaseModel):
     response_body_z = peewee.BlobField(null=True)
 
 
-ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
-# One count column per value of each breakdown, beside the row total `n`.
-COUNT_COLUMNS = (
-    ("n",)
-    + tuple(f"level_{name}" for name in LEVELS)
-    + tuple(f"kind_{name}" for name in KINDS)
-    + tuple(f"status_{name}" for name in STATUS_CLASSES)
-    + tuple(f"source_{name}" for name in SOURCES)
-)
+def _latency(cls):
+    # A latency sketch (sketch.py) and the exact longest duration.
+    cls._meta.add_field("lat", peewee.TextField(null=True))
+    cls._meta.add_field("lat_max", peewee.DoubleField(null=True))
+    return cls
 
 
 def _counted(cls):
     for name in COUNT_COLUMNS:
         cls._meta.add_field(name, peewee.BigIntegerField(default=0))
-    return cls
+    return _latency(cls)
+
+
+def _route_counted(cls):
+    for name in ROUTE_COUNT_COLUMNS:
+        cls._meta.add_field(name, peewee.BigIntegerField(default=0))
+    return _latency(cls)
 
 
 @_counted
@@ -157,7 +169,78 @@ class RollupMinuteAll(BaseModel):
         table_settings = ["WITHOUT ROWID"]
 
 
-ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll)
+@_counted
+class RollupHourAll(BaseModel):
+    hour = peewee.BigIntegerField(primary_key=True)
+
+    class Meta:
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_counted
+class RollupTotalAll(BaseModel):
+    one = peewee.SmallIntegerField(primary_key=True)  # always 0: one row
+
+    class Meta:
+        table_settings = ["WITHOUT ROWID"]
+
+
+# Per route: calls, errors and latency. Per project and hour, per container
+# all time, and over every scope per minute, hour and all time.
+@_route_counted
+class RollupRouteHour(BaseModel):
+    hour = peewee.BigIntegerField()
+    project_id = peewee.TextField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "project_id", "route")
+        table_settings = ["WITHOUT ROWID"]
+        indexes = ((("project_id", "hour"), False),)
+
+
+@_route_counted
+class RollupRouteTotal(BaseModel):
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("project_id", "container_id", "route")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_route_counted
+class RollupRouteMinuteAll(BaseModel):
+    minute = peewee.BigIntegerField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("minute", "route")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_route_counted
+class RollupRouteHourAll(BaseModel):
+    hour = peewee.BigIntegerField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "route")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_route_counted
+class RollupRouteTotalAll(BaseModel):
+    route = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_settings = ["WITHOUT ROWID"]
+
+
+ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll, RollupHourAll,
+                 RollupTotalAll, RollupRouteHour, RollupRouteTotal, RollupRouteMinuteAll,
+                 RollupRouteHourAll, RollupRouteTotalAll)
 
 
 class IdSequence(BaseModel):
@@ -291,8 +374,77 @@ def _v2_to_v3():
     fulltext.rebuild()
 
 
+# Columns that version 4 added to tables that existed before it: added
+# before create_tables, whose indexes may use them.
+_V4_COLUMNS = {
+    "entry": (("duration_ms", "DOUBLE PRECISION", "REAL"), ("route", "TEXT", "TEXT"),
+              ("lat_bucket", "SMALLINT", "INTEGER")),
+    **{table: (("lat", "TEXT", "TEXT"), ("lat_max", "DOUBLE PRECISION", "REAL"))
+       for table in ("rollup_minute", "rollup_hour", "rollup_total", "rollup_minute_all")},
+}
+
+
+def _add_v4_columns():
+    postgres = db.is_postgres()
+    for table, columns in _V4_COLUMNS.items():
+        if not database.table_exists(table):
+            continue
+        present = {c.name for c in database.get_columns(table)}
+        for name, pg_type, sqlite_type in columns:
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} "
+                           f"{pg_type if postgres else sqlite_type}")
+
+
+def _v3_to_v4():
+    # Version 4 has durations and routes. Entries stored before keep a
+    # numeric data.durationMs in `data` and gain it as their duration too.
+    from logsvc.entry import MAX_DURATION_MS, derive_route
+
+    from . import sketch
+
+    if db.is_postgres():
+        number = ("CASE WHEN jsonb_typeof(data::jsonb -> 'durationMs') = 'number' "
+                  "THEN (data::jsonb ->> 'durationMs')::float8 END")
+    else:
+        number = ("CASE WHEN json_type(data, '$.durationMs') IN ('integer', 'real') "
+                  "THEN json_extract(data, '$.durationMs') END")
+    after = 0
+    while True:
+        rows = db.execute(f"SELECT id, url, {number} FROM entry WHERE id > ? "
+                          f"ORDER BY id LIMIT 20000", (after,)).fetchall()
+        if not rows:
+            break
+        after = rows[-1][0]
+        updates = []
+        for entry_id, url, duration in rows:
+            if duration is not None and not 0 <= duration <= MAX_DURATION_MS:
+                duration = None
+            route = derive_route(url)
+            if duration is not None or route is not None:
+                updates.append((duration, route, sketch.bucket_of(duration), entry_id))
+        db.executemany("UPDATE entry SET duration_ms = ?, route = ?, lat_bucket = ? "
+                       "WHERE id = ?", updates)
+    # Every counter is rebuilt from the entries, with latency and routes.
+    rollup.rebuild()
+
+
 # Migrations from version N to N+1, each run in one transaction.
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+
+# PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
+_PG_SKETCH_ADD = """
+CREATE OR REPLACE FUNCTION logsvc_sketch_add(a text, b text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN a IS NULL OR a = '' THEN nullif(b, '')
+              WHEN b IS NULL OR b = '' THEN a
+              ELSE (SELECT jsonb_object_agg(k, s)::text FROM (
+                      SELECT k, SUM(v::bigint) AS s FROM (
+                        SELECT key, value FROM jsonb_each_text(a::jsonb)
+                        UNION ALL SELECT key, value FROM jsonb_each_text(b::jsonb)) AS t(k, v)
+                      GROUP BY k HAVING SUM(v::bigint) <> 0) AS u) END
+$$
+"""
 
 
 def shared_secret(name):
@@ -334,6 +486,9 @@ def create_schema(partition_rows=1_000_000):
         if postgres:
             # Every worker of every host runs this at start: one at a time.
             db.execute("SELECT pg_advisory_xact_lock(7106737)")
+        if postgres:
+            db.execute(_PG_SKETCH_ADD)
+        _add_v4_columns()
         database.create_tables(ALL_MODELS, safe=True)
         fulltext.create()
         if postgres:

@@ -83,7 +83,8 @@ def listed():
 
 
 _GROUPS = ("SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
-           "kind, status, source, count(*) FROM {table} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8")
+           "kind, status, source, route, lat_bucket, MAX(duration_ms), count(*) "
+           "FROM {table} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10")
 
 
 def drop_expired(cutoff_ms, excess_rows, high_water):
@@ -111,12 +112,14 @@ def drop_expired(cutoff_ms, excess_rows, high_water):
             # The partition is below the high-water mark: nobody writes to
             # it any more, so what was read above still holds.
             db.execute("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
-            if count:
-                rollup.add([rollup.key_of(*row[:8]) for row in groups], sign=-1,
-                           weights=[row[8] for row in groups])
-                PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
             db.execute(f"DROP TABLE entry_body_p{n}")
             db.execute(f"DROP TABLE {table}")
+            if count:
+                # After the drop: the longest durations left are recomputed
+                # from the entries that remain.
+                rollup.add([row[:11] for row in groups], sign=-1,
+                           weights=[row[11] for row in groups])
+                PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
         removed += count
         excess_rows -= count
     return removed

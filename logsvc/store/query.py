@@ -83,7 +83,15 @@ def rows_after(after_id, limit):
 _SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)
 
 
+# `slowest`: longest first, the newest first among equal durations, so that
+# offset paging is stable. Only entries with a duration (see list_entries).
+_ORDER = {"asc": "e.id ASC", "desc": "e.id DESC",
+          "slowest": "e.duration_ms DESC, e.id DESC"}
+
+
 def _list_entries(filters, page):
+    if page.order == "slowest" and filters.min_duration_ms is None:
+        filters = filters.replace(min_duration_ms=0.0)
     with_bodies = page.include_request_body or page.include_response_body
     where, params = where_sql(filters)
     sql = _SELECT
@@ -106,7 +114,7 @@ def _list_entries(filters, page):
         params.append(limit)
     else:
         limit = page.limit
-        sql += f" ORDER BY e.id {'DESC' if page.order == 'desc' else 'ASC'} LIMIT ? OFFSET ?"
+        sql += f" ORDER BY {_ORDER[page.order]} LIMIT ? OFFSET ?"
         params.extend((limit, page.offset))
     rows = db.execute(sql, params).fetchall()
     if page.last is not None:

@@ -110,6 +110,6 @@ def _delete_batch(where, params):
             fulltext.delete_sqlite(ids)
             db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
             db.executemany("DELETE FROM entry WHERE id = ?", [(i,) for i in ids])
-        rollup.add([rollup.key_of(*row[1:]) for row in rows], sign=-1)
+        rollup.add([row[1:] for row in rows], sign=-1)
         PruneLog.create(ts_ms=now_ms(), min_id=min(ids), max_id=max(ids))
         return len(rows)

@@ -1,22 +1,44 @@
-"""Entry counts at several resolutions, kept exact.
+"""Entry counts and latency at several resolutions, kept exact.
 
-`add(keys, sign)` runs inside the transaction that inserts (+1) or
-deletes (-1) the rows, so the counters always equal a GROUP BY over `entry`.
-A row of counters holds the total `n` and one column per level, kind,
-status class and source (see models.COUNT_COLUMNS). The tiers:
+`add(rows, sign)` runs inside the transaction that inserts (+1) or deletes
+(-1) the rows, so the counters always equal a GROUP BY over `entry`.
+
+Scope counters: the total `n` and one column per level, kind, status class
+and source (COUNT_COLUMNS), a latency sketch `lat` (sketch.py) and
+the longest duration `lat_max`:
 
     rollup_minute      (minute, project, container, service)
     rollup_hour        (hour, project, container, service)
     rollup_total       (project, container, service)
-    rollup_minute_all  (minute)
+    rollup_minute_all / rollup_hour_all / rollup_total_all   (every scope)
+
+Route counters: calls `n`, `errors` (level error) and `lat`, for the
+entries that have a route:
+
+    rollup_route_hour  (hour, project, route)
+    rollup_route_total (project, container, route)
+    rollup_route_minute_all / rollup_route_hour_all / rollup_route_total_all
 
 A batch touches one row per distinct key of each tier; batches arrive
-roughly in time order, so that is about one row per distinct scope.
+roughly in time order, so that is about one row per distinct scope (and
+route). Subtraction cannot lower a maximum by itself: after retention,
+the rows whose `lat_max` may have been a removed entry's are recomputed
+from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 """
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
 
-from . import db
-from .models import COUNT_COLUMNS, ROLLUP_DIMENSIONS
+from . import db, sketch
+
+ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
+# One count column per value of each breakdown, beside the row total `n`.
+COUNT_COLUMNS = (
+    ("n",)
+    + tuple(f"level_{name}" for name in LEVELS)
+    + tuple(f"kind_{name}" for name in KINDS)
+    + tuple(f"status_{name}" for name in STATUS_CLASSES)
+    + tuple(f"source_{name}" for name in SOURCES)
+)
+ROUTE_COUNT_COLUMNS = ("n", "errors")
 
 WIDTH = len(COUNT_COLUMNS)
 LEVEL_AT = {name: COUNT_COLUMNS.index(f"level_{name}") for name in LEVELS}
@@ -24,77 +46,208 @@ KIND_AT = {name: COUNT_COLUMNS.index(f"kind_{name}") for name in KINDS}
 STATUS_AT = {c: COUNT_COLUMNS.index(f"status_{c}") for c in STATUS_CLASSES}
 SOURCE_AT = {name: COUNT_COLUMNS.index(f"source_{name}") for name in SOURCES}
 
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 _COUNTS = ", ".join(COUNT_COLUMNS)
 
 
-def _upsert_parts(table, keys):
-    """(INSERT head, ON CONFLICT clause, placeholders of one row) of the
-    counter upsert into `table`, keyed on `keys`."""
-    columns = f"{keys}, {_COUNTS}"
-    sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in COUNT_COLUMNS)
-    marks = ", ".join("?" for _ in columns.split(", "))
-    return (f"INSERT INTO {table} ({columns})",
-            f"ON CONFLICT ({keys}) DO UPDATE SET {sets}", f"({marks})")
+class Tier:
+    """One counter table: its key columns, its time column (None: all
+    time), the time unit in minutes, and how its key is made from the base
+    key of its family ((minute, project, container, service) for scope
+    counters, (minute, project, container, route) for route counters)."""
+
+    def __init__(self, table, keys, time_column, counts, key_from):
+        self.table, self.keys, self.time_column = table, keys, time_column
+        self.counts, self.key_from = counts, key_from
+        self.minutes = {"minute": 1, "hour": 60, None: None}[time_column]
+        self.unit_ms = None if self.minutes is None else self.minutes * MINUTE_MS
+        self.with_max = counts is COUNT_COLUMNS
+        columns = [*keys, *counts, "lat"] + (["lat_max"] if self.with_max else [])
+        sets = [f"{c} = {table}.{c} + excluded.{c}" for c in counts]
+        sets.append(f"lat = logsvc_sketch_add({table}.lat, excluded.lat)")
+        marks = ", ".join("?" for _ in columns)
+        head = f"INSERT INTO {table} ({', '.join(columns)})"
+        conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        # Subtracting leaves lat_max to refresh_max.
+        self.subtract_sql = (head, conflict + ", ".join(sets), f"({marks})")
+        if self.with_max:
+            sets.append(f"lat_max = CASE WHEN excluded.lat_max IS NULL OR "
+                        f"{table}.lat_max >= excluded.lat_max THEN {table}.lat_max "
+                        f"ELSE excluded.lat_max END")
+        self.add_sql = (head, conflict + ", ".join(sets), f"({marks})")
 
 
-# (table, its time column or None, upsert statement parts, key of the tier
-# from a minute key; None: the minute key itself)
-TIERS = (
-    ("rollup_minute", "minute", _upsert_parts("rollup_minute", f"minute, {_KEYS}"), None),
-    ("rollup_hour", "hour", _upsert_parts("rollup_hour", f"hour, {_KEYS}"),
-     lambda key: (key[0] // 60, *key[1:])),
-    ("rollup_total", None, _upsert_parts("rollup_total", _KEYS), lambda key: key[1:]),
-    ("rollup_minute_all", "minute", _upsert_parts("rollup_minute_all", "minute"),
-     lambda key: key[:1]),
-)
+_SCOPE = ("project_id", "container_id", "service_name")
+TIERS = {t.table: t for t in (
+    Tier("rollup_minute", ("minute", *_SCOPE), "minute", COUNT_COLUMNS, lambda k: k),
+    Tier("rollup_hour", ("hour", *_SCOPE), "hour", COUNT_COLUMNS,
+         lambda k: (k[0] // 60, *k[1:])),
+    Tier("rollup_total", _SCOPE, None, COUNT_COLUMNS, lambda k: k[1:]),
+    Tier("rollup_minute_all", ("minute",), "minute", COUNT_COLUMNS, lambda k: k[:1]),
+    Tier("rollup_hour_all", ("hour",), "hour", COUNT_COLUMNS, lambda k: (k[0] // 60,)),
+    Tier("rollup_total_all", ("one",), None, COUNT_COLUMNS, lambda k: (0,)),
+)}
+ROUTE_TIERS = {t.table: t for t in (
+    Tier("rollup_route_hour", ("hour", "project_id", "route"), "hour", ROUTE_COUNT_COLUMNS,
+         lambda k: (k[0] // 60, k[1], k[3])),
+    Tier("rollup_route_total", ("project_id", "container_id", "route"), None,
+         ROUTE_COUNT_COLUMNS, lambda k: k[1:]),
+    Tier("rollup_route_minute_all", ("minute", "route"), "minute", ROUTE_COUNT_COLUMNS,
+         lambda k: (k[0], k[3])),
+    Tier("rollup_route_hour_all", ("hour", "route"), "hour", ROUTE_COUNT_COLUMNS,
+         lambda k: (k[0] // 60, k[3])),
+    Tier("rollup_route_total_all", ("route",), None, ROUTE_COUNT_COLUMNS,
+         lambda k: (k[3],)),
+)}
 
-# The columns of `entry` that `key_of` takes, in its argument order.
-ROW_SQL = "ts_ms, project_id, container_id, service_name, level, kind, status, source"
+# The columns of `entry` that `add` takes, in order.
+ROW_SQL = ("ts_ms, project_id, container_id, service_name, level, kind, status, source, "
+           "route, lat_bucket, duration_ms")
 
 
-def key_of(ts_ms, project_id, container_id, service_name, level, kind, status, source):
-    """(rollup key, positions of the count columns this entry adds to)."""
-    positions = (LEVEL_AT[level], KIND_AT[kind], SOURCE_AT[source])
-    if status is not None and 100 <= status <= 599:
-        positions += (STATUS_AT[f"{status // 100}xx"],)
-    return (ts_ms // 60_000, project_id, container_id or "", service_name or ""), positions
-
-
-def add(keyed, sign=1, weights=None):
-    """Add `sign` times each (key, positions) from `key_of` to the counters
-    (times its weight, when `weights` gives one per key)."""
-    per_minute = {}
-    for index, (key, positions) in enumerate(keyed):
-        counts = per_minute.get(key)
-        if counts is None:
-            counts = per_minute[key] = [0] * WIDTH
+def add(rows, sign=1, weights=None):
+    """Add `sign` times each row (ROW_SQL's columns) to the counters (times
+    its weight, when `weights` gives one per row; the row's duration is then
+    the longest of those it stands for)."""
+    scopes, routes = {}, {}
+    error_at = LEVEL_AT["error"]
+    for index, (ts_ms, project_id, container_id, service_name, level, kind, status,
+                source, route, bucket, duration) in enumerate(rows):
         step = sign if weights is None else sign * weights[index]
+        minute = ts_ms // MINUTE_MS
+        container_id = container_id or ""
+        key = (minute, project_id, container_id, service_name or "")
+        into = scopes.get(key)
+        if into is None:
+            into = scopes[key] = [[0] * WIDTH, {}, None]
+        counts = into[0]
         counts[0] += step
-        for at in positions:
-            counts[at] += step
-    for table, time_column, parts, tier_key in TIERS:
-        if tier_key is None:
-            rows = per_minute
-        else:
-            rows = {}
-            for key, counts in per_minute.items():
-                key = tier_key(key)
-                into = rows.get(key)
-                rows[key] = counts if into is None else [a + b for a, b in zip(into, counts)]
-        # In key order, so that concurrent transactions lock rows in one order.
-        _upsert(parts, sorted((*key, *counts) for key, counts in rows.items()))
-        if sign < 0:
-            _drop_empty(table, time_column, rows)
+        counts[LEVEL_AT[level]] += step
+        counts[KIND_AT[kind]] += step
+        counts[SOURCE_AT[source]] += step
+        if status is not None and 100 <= status <= 599:
+            counts[STATUS_AT[f"{status // 100}xx"]] += step
+        if bucket is not None:
+            into[1][bucket] = into[1].get(bucket, 0) + step
+            if into[2] is None or duration > into[2]:
+                into[2] = duration
+        if route is not None:
+            key = (minute, project_id, container_id, route)
+            into = routes.get(key)
+            if into is None:
+                into = routes[key] = [[0, 0], {}, None]
+            into[0][0] += step
+            if LEVEL_AT[level] == error_at:
+                into[0][1] += step
+            if bucket is not None:
+                into[1][bucket] = into[1].get(bucket, 0) + step
+    for tiers, base in ((TIERS, scopes), (ROUTE_TIERS, routes)):
+        for tier in tiers.values():
+            folded = _fold(tier, base)
+            parts = tier.add_sql if sign > 0 else tier.subtract_sql
+            rows_out = []
+            for key, (counts, lat, longest) in folded.items():
+                row = (*key, *counts, sketch.dumps(lat))
+                rows_out.append(row + ((longest if sign > 0 else None,) if tier.with_max else ()))
+            # In key order, so that concurrent transactions lock rows in one order.
+            rows_out.sort(key=lambda r: r[:len(tier.keys)])
+            _upsert(parts, rows_out)
+            if sign < 0:
+                _drop_empty(tier, folded)
+                if tier.with_max:
+                    _refresh_max(tier, folded)
 
 
-def _drop_empty(table, time_column, rows):
-    """Delete the rows of `table` that a subtraction left at zero."""
-    if time_column is None:
-        db.execute(f"DELETE FROM {table} WHERE n <= 0")
+def rebuild():
+    """Recount every counter from `entry` (a schema upgrade)."""
+    for table in (*TIERS, *ROUTE_TIERS):
+        db.execute(f"DELETE FROM {table}")
+    groups = db.execute(
+        "SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
+        "kind, status, source, route, lat_bucket, MAX(duration_ms), count(*) FROM entry "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10").fetchall()
+    for start in range(0, len(groups), 50_000):
+        chunk = groups[start:start + 50_000]
+        add([row[:11] for row in chunk], weights=[row[11] for row in chunk])
+
+
+def _fold(tier, base):
+    """The base accumulators summed per key of `tier`."""
+    out = {}
+    key_from = tier.key_from
+    for key, (counts, lat, longest) in base.items():
+        key = key_from(key)
+        into = out.get(key)
+        if into is None:
+            out[key] = [list(counts), dict(lat), longest]
+            continue
+        into[0] = [a + b for a, b in zip(into[0], counts)]
+        for bucket, n in lat.items():
+            into[1][bucket] = into[1].get(bucket, 0) + n
+        if longest is not None and (into[2] is None or longest > into[2]):
+            into[2] = longest
+    return out
+
+
+def _drop_empty(tier, folded):
+    """Delete the rows of `tier` that a subtraction left at zero."""
+    if tier.time_column is None:
+        db.execute(f"DELETE FROM {tier.table} WHERE n <= 0")
         return
-    db.executemany(f"DELETE FROM {table} WHERE {time_column} = ? AND n <= 0",
-                   [(t,) for t in sorted({key[0] for key in rows})])
+    db.executemany(f"DELETE FROM {tier.table} WHERE {tier.time_column} = ? AND n <= 0",
+                   [(t,) for t in sorted({key[0] for key in folded})])
+
+
+# Where a tier's lat_max is recomputed from: (finer table, its time column,
+# the keys it shares with the tier's key, in order).
+_MAX_SOURCES = {
+    "rollup_hour": ("rollup_minute", "minute"),
+    "rollup_total": ("rollup_hour", "hour"),
+    "rollup_minute_all": ("rollup_minute", "minute"),
+    "rollup_hour_all": ("rollup_minute_all", "minute"),
+    "rollup_total_all": ("rollup_hour_all", "hour"),
+}
+
+
+def _refresh_max(tier, folded):
+    """After a subtraction: recompute lat_max of the surviving rows whose
+    maximum may have been among the removed rows' (the removed longest is
+    at least the row's). Tiers are refreshed finest first."""
+    keys = [(key, longest) for key, (_, _, longest) in folded.items() if longest is not None]
+    if not keys:
+        return
+    table = tier.table
+    match = " AND ".join(f"{c} = ?" for c in tier.keys)
+    if table == "rollup_minute":
+        # From the entries left in that minute, one grouped read per minute.
+        for minute in sorted({key[0] for key, _ in keys}):
+            start = minute * MINUTE_MS
+            rows = db.execute(
+                "SELECT project_id, coalesce(container_id, ''), coalesce(service_name, ''), "
+                "MAX(duration_ms) FROM entry WHERE ts_ms >= ? AND ts_ms < ? "
+                "AND duration_ms IS NOT NULL GROUP BY 1, 2, 3",
+                (start, start + MINUTE_MS)).fetchall()
+            found = {tuple(row[:3]): row[3] for row in rows}
+            db.executemany(
+                f"UPDATE {table} SET lat_max = ? WHERE {match} AND lat_max <= ?",
+                [(found.get(key[1:]), *key, longest) for key, longest in keys
+                 if key[0] == minute])
+        return
+    finer, finer_time = _MAX_SOURCES[table]
+    shared = [c for c in tier.keys if c != tier.time_column and c != "one"]
+    where = [f"f.{c} = {table}.{c}" for c in shared]
+    if tier.time_column is not None:
+        per = 60 if tier.time_column == "hour" and finer_time == "minute" else 1
+        where.append(f"f.{finer_time} >= {table}.{tier.time_column} * {per} "
+                     f"AND f.{finer_time} < ({table}.{tier.time_column} + 1) * {per}")
+    condition = " AND ".join(where) or "TRUE"
+    db.executemany(
+        f"UPDATE {table} SET lat_max = (SELECT MAX(f.lat_max) FROM {finer} f "
+        f"WHERE {condition}) WHERE {match} AND lat_max <= ?",
+        [(*key, longest) for key, longest in keys])
 
 
 def _upsert(parts, rows):
@@ -111,36 +264,65 @@ def _upsert(parts, rows):
         execute_values(cursor, f"{head} VALUES %s {conflict}", rows, page_size=len(rows))
 
 
-# Reading: rows shaped like a counter row (project, container, service,
-# <count columns>) that together count exactly the entries asked for.
+def split_range(low, high, units_ms):
+    """[low, high) cut into spans of whole units, largest first, and what
+    is left at either end: [(unit_ms or None for raw, start, end)], where
+    start/end count units (or are epoch ms for raw spans)."""
+    if high <= low:
+        return []
+    if not units_ms:
+        return [(None, low, high)]
+    unit, finer = units_ms[0], units_ms[1:]
+    first, end = -(-low // unit), high // unit
+    if first >= end:
+        return split_range(low, high, finer)
+    return (split_range(low, first * unit, finer) + [(unit, first, end)]
+            + split_range(end * unit, high, finer))
 
-MINUTE_MS = 60_000
+
+# Reading. Each question is split by time (split_range) into whole hours,
+# whole minutes and the partial minutes at either end; whole units come from
+# the counter tiers, the rest from `entry` itself through its ts_ms index,
+# so an answer is exact to the millisecond while the rows read stay about
+# scopes × (hours + 2 × 59 minutes), whatever the length of the range.
+
+_WHOLE = 2**62
 
 
 def counted(project_id=None, container_id=None, since=None, until=None):
     """(sql, params) of rows (project_id, container_id, service_name,
     <COUNT_COLUMNS>) whose sums count exactly the entries of the scope with
-    since <= ts_ms < until (None: unbounded), or None when none can match.
-
-    Without a range: `rollup_total`. With one: whole hours from
-    `rollup_hour`, the whole minutes around them from `rollup_minute`, and
-    the partial minutes at either end from `entry` itself, so the rows read
-    stay about scopes × (hours + 2 × 59 minutes) for any range, exact to
-    the millisecond."""
-    if since is None and until is None:
-        parts = [_tier_part("rollup_total", None, None, None, project_id, container_id)]
-    else:
-        parts = _range_parts(0 if since is None else since,
-                             2**62 if until is None else until, project_id, container_id)
+    since <= ts_ms < until (None: unbounded), or None when none can match."""
+    parts = []
+    for unit, start, end in _spans(since, until, (HOUR_MS, MINUTE_MS)):
+        if unit is None:
+            parts.append(_entry_part(start, end, project_id, container_id))
+        else:
+            parts.append(_tier_part(_SCOPE_TIER[None if unit == "total" else unit], start, end,
+                                    project_id, container_id))
     if not parts:
         return None
     return (" UNION ALL ".join(sql for sql, _ in parts),
             [p for _, part_params in parts for p in part_params])
 
 
+_SCOPE_TIER = {None: "rollup_total", HOUR_MS: "rollup_hour", MINUTE_MS: "rollup_minute"}
+_ALL_TIER = {None: "rollup_total_all", HOUR_MS: "rollup_hour_all",
+             MINUTE_MS: "rollup_minute_all"}
+
+
+def _spans(since, until, units):
+    """(unit or None, start, end) spans; one (None-unit total) span of
+    ("total", None, None) without a range."""
+    if since is None and until is None:
+        return [("total", None, None)]
+    return split_range(0 if since is None else since,
+                       _WHOLE if until is None else until, units)
+
+
 def _entry_expression(column):
     """SQL over `entry` that gives 1 where the count column `column` counts
-    the row, else 0 (the same rule as rollup.key_of)."""
+    the row, else 0 (the same rule as `add`)."""
     if column == "n":
         return "1"
     prefix, value = column.split("_", 1)
@@ -162,53 +344,33 @@ assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
             ("source", SOURCES)) for v in vs)
 
 
-def _range_parts(low, high, project_id, container_id):
-    """The (sql, params) parts whose rows count the entries with
-    low <= ts_ms < high exactly: whole hours, whole minutes, partial minutes."""
-    parts = []
-    if high <= low:
-        return parts
-    first_minute = -(-low // MINUTE_MS)  # the first minute wholly inside
-    end_minute = high // MINUTE_MS  # minutes before this one are wholly inside
-    if first_minute >= end_minute:
-        return [_entry_part(low, high, project_id, container_id)]
-    first_hour = -(-first_minute // 60)
-    end_hour = end_minute // 60
-    if first_hour < end_hour:
-        parts.append(_tier_part("rollup_hour", "hour", first_hour, end_hour,
-                                project_id, container_id))
-        minute_spans = ((first_minute, first_hour * 60), (end_hour * 60, end_minute))
-    else:
-        minute_spans = ((first_minute, end_minute),)
-    for start, end in minute_spans:
-        if start < end:
-            parts.append(_tier_part("rollup_minute", "minute", start, end,
-                                    project_id, container_id))
-    for start, end in ((low, first_minute * MINUTE_MS), (end_minute * MINUTE_MS, high)):
-        if start < end:
-            parts.append(_entry_part(start, end, project_id, container_id))
-    return parts
-
-
-def _tier_part(table, time_column, start, end, project_id, container_id):
+def _tier_part(table, start, end, project_id, container_id, select=None, also=None):
+    tier = TIERS.get(table) or ROUTE_TIERS[table]
     where, params = scope_where(project_id, container_id)
-    if time_column is not None:
-        where.append(f"{time_column} >= ? AND {time_column} < ?")
+    if also:
+        where.append(also)
+    if start is not None and tier.time_column is not None:
+        where.append(f"{tier.time_column} >= ? AND {tier.time_column} < ?")
         params += [start, end]
-    sql = f"SELECT {_KEYS}, {_COUNTS} FROM {table}"
+    sql = f"SELECT {select or f'{_KEYS}, {_COUNTS}'} FROM {table}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     return sql, params
 
 
-def _entry_part(low, high, project_id, container_id):
+def _raw_where(low, high, project_id, container_id):
     # A partial minute holds few entries: found through the ts_ms index. The
     # scope is compared as an expression so that the planner does not pick
     # the scope's index instead, which would visit all of its entries.
     where, params = scope_where(project_id, container_id, indexed=False)
     where.append("ts_ms >= ? AND ts_ms < ?")
     params += [low, high]
-    return f"{_ENTRY_AS_COUNTERS} WHERE " + " AND ".join(where), params
+    return " AND ".join(where), params
+
+
+def _entry_part(low, high, project_id, container_id):
+    where, params = _raw_where(low, high, project_id, container_id)
+    return f"{_ENTRY_AS_COUNTERS} WHERE {where}", params
 
 
 def scope_where(project_id, container_id, indexed=True):
@@ -221,3 +383,70 @@ def scope_where(project_id, container_id, indexed=True):
         where.append(f"{wrap.format('container_id')} = ?")
         params.append(container_id)
     return where, params
+
+
+def latency(project_id=None, container_id=None, since=None, until=None):
+    """({bucket: count}, longest) of the durations of the scope's entries
+    with since <= ts_ms < until: the sketches of whole units merged, the
+    partial minutes counted from `entry`. Unscoped questions read the
+    all-scope tiers (a row per minute or hour), scoped ones the scope's."""
+    names = _ALL_TIER if project_id is None and container_id is None else _SCOPE_TIER
+    counts, longest = {}, None
+    for unit, start, end in _spans(since, until, (HOUR_MS, MINUTE_MS)):
+        if unit is None:
+            where, params = _raw_where(start, end, project_id, container_id)
+            rows = db.execute(
+                f"SELECT lat_bucket, count(*), MAX(duration_ms) FROM entry WHERE {where} "
+                f"AND lat_bucket IS NOT NULL GROUP BY lat_bucket", params).fetchall()
+            for bucket, n, top in rows:
+                counts[bucket] = counts.get(bucket, 0) + n
+                longest = top if longest is None or top > longest else longest
+            continue
+        sql, params = _tier_part(names[None if unit == "total" else unit], start, end,
+                                 project_id, container_id, select="lat, lat_max",
+                                 also="lat IS NOT NULL")
+        for lat, top in db.execute(sql, params).fetchall():
+            sketch.add(counts, lat)
+            if top is not None and (longest is None or top > longest):
+                longest = top
+    return counts, longest
+
+
+def routes(project_id=None, container_id=None, since=None, until=None):
+    """{route: [calls, errors, {bucket: count}]} for the scope's entries
+    with since <= ts_ms < until. Tiers by scope: every scope reads the
+    all-scope route tiers (minutes, hours); a project reads its hours and
+    counts the rest of the range from `entry`; a container reads its
+    all-time row, and counts a range from `entry`."""
+    if project_id is None and container_id is None:
+        tables = {None: "rollup_route_total_all", HOUR_MS: "rollup_route_hour_all",
+                  MINUTE_MS: "rollup_route_minute_all"}
+    elif container_id is None:
+        tables = {None: "rollup_route_total", HOUR_MS: "rollup_route_hour"}
+    else:
+        tables = {None: "rollup_route_total"}
+    units = tuple(u for u in (HOUR_MS, MINUTE_MS) if u in tables)
+    out = {}
+    for unit, start, end in _spans(since, until, units):
+        if unit is None:
+            where, params = _raw_where(start, end, project_id, container_id)
+            rows = db.execute(
+                f"SELECT route, lat_bucket, count(*), "
+                f"SUM(CASE WHEN level = 'error' THEN 1 ELSE 0 END) FROM entry "
+                f"WHERE {where} AND route IS NOT NULL GROUP BY route, lat_bucket",
+                params).fetchall()
+            for route, bucket, n, errors in rows:
+                into = out.setdefault(route, [0, 0, {}])
+                into[0] += n
+                into[1] += errors
+                if bucket is not None:
+                    into[2][bucket] = into[2].get(bucket, 0) + n
+            continue
+        sql, params = _tier_part(tables[None if unit == "total" else unit], start, end,
+                                 project_id, container_id, select="route, n, errors, lat")
+        for route, n, errors, lat in db.execute(sql, params).fetchall():
+            into = out.setdefault(route, [0, 0, {}])
+            into[0] += n
+            into[1] += errors
+            sketch.add(into[2], lat)
+    return out

@@ -17,15 +17,20 @@ follows the size of the answer (the number of projects, containers and
 services in it), not the number of entries.
 
 A histogram's buckets are whole buckets: hourly and longer ones read
-`rollup_hour`; shorter ones read `rollup_minute_all` when no scope is asked
-for and `rollup_minute` (through its (project, container, minute) index)
-when one is.
+`rollup_hour_all` when no scope is asked for and `rollup_hour` when one is;
+shorter ones read `rollup_minute_all` or `rollup_minute` (through its
+(project, minute) index). Each bucket's p50 and p95 come from the latency
+sketches of the same rows, merged (sketch.py).
+
+`latency` and `byRoute` read the latency and route counters the same way
+(rollup.latency, rollup.routes); percentiles are within 1 % of the exact
+nearest-rank value, and `max` is exact.
 """
 from logsvc.entry import LEVELS, now_ms
 
-from . import db, rollup
-from .models import COUNT_COLUMNS, ROLLUP_DIMENSIONS
+from . import db, rollup, sketch
 from .query import InvalidParameter
+from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
 MINUTE_MS = rollup.MINUTE_MS
 HOUR_MS = 3_600_000
@@ -42,9 +47,35 @@ _KEY_BREAKDOWNS = {"byProject": "project_id", "byContainer": "container_id",
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 
 
-def summary(project_id=None, container_id=None, since=None, until=None):
-    """{total, byLevel, byProject, byContainer, byService, byKind, byStatus, bySource}."""
-    return db.call(_summary, project_id, container_id, since, until)
+TOP_ROUTES = 20
+
+
+def summary(project_id=None, container_id=None, since=None, until=None, top_routes=TOP_ROUTES):
+    """{total, byLevel, byProject, byContainer, byService, byKind, byStatus,
+    bySource, latency, byRoute}."""
+    def run():
+        result = _summary(project_id, container_id, since, until)
+        counts, longest = rollup.latency(project_id, container_id, since, until)
+        result["latency"] = sketch.summary(counts, longest)
+        result["byRoute"] = _by_route(rollup.routes(project_id, container_id, since, until),
+                                      top_routes)
+        return result
+    return db.call(run)
+
+
+def _by_route(routes, top):
+    """The `top` routes by calls, busiest first (ties by name)."""
+    ranked = sorted(routes.items(), key=lambda item: (-item[1][0], item[0]))
+    out = []
+    for route, (calls, errors, counts) in ranked[:top]:
+        if calls <= 0:
+            continue
+        timed = sum(counts.values())
+        row = {"route": route, "total": calls, "errors": errors, "timed": timed}
+        for p in (50, 95, 99):
+            row[f"p{p}"] = sketch.percentile(counts, p, timed) if timed else None
+        out.append(row)
+    return out
 
 
 def histogram(bucket, since=None, until=None, project_id=None, container_id=None):
@@ -102,7 +133,8 @@ def _histogram(bucket, since, until, project_id, container_id):
     end = -(-until // size_ms) * size_ms
     where, params = rollup.scope_where(project_id, container_id)
     if minutes % 60 == 0:
-        table, unit, per_bucket = "rollup_hour", "hour", minutes // 60
+        table = "rollup_hour" if where else "rollup_hour_all"
+        unit, per_bucket = "hour", minutes // 60
     elif where:
         table, unit, per_bucket = "rollup_minute", "minute", minutes
     else:
@@ -112,13 +144,32 @@ def _histogram(bucket, since, until, project_id, container_id):
     params += [start // unit_ms, end // unit_ms]
     bucket_of = f"({unit} / {per_bucket}) * {per_bucket}" if per_bucket > 1 else unit
     levels = ", ".join(f"CAST(SUM(level_{name}) AS BIGINT)" for name in LEVELS)
+    condition = " AND ".join(where)
     rows = db.execute(f"SELECT {bucket_of} AS b, {levels} FROM {table} "
-                      f"WHERE {' AND '.join(where)} GROUP BY b", params).fetchall()
+                      f"WHERE {condition} GROUP BY b", params).fetchall()
     by_bucket = {row[0] * unit_ms: row[1:] for row in rows}
+    # Latency per bucket: the sketches of its rows merged.
+    sketches = {}
+    for b, lat, longest in db.execute(
+            f"SELECT {bucket_of} AS b, lat, lat_max FROM {table} "
+            f"WHERE {condition} AND lat IS NOT NULL", params):
+        into = sketches.setdefault(b * unit_ms, [{}, None])
+        sketch.add(into[0], lat)
+        if longest is not None and (into[1] is None or longest > into[1]):
+            into[1] = longest
     buckets = []
     for ts in range(start, end, size_ms):
         sums = by_bucket.get(ts, ())
         by_level = {name: n for name, n in zip(LEVELS, sums) if n}
-        buckets.append({"tsMs": ts, "total": sum(by_level.values()), "byLevel": by_level})
+        item = {"tsMs": ts, "total": sum(by_level.values()), "byLevel": by_level,
+                "p50": None, "p95": None}
+        timed = sketches.get(ts)
+        if timed:
+            counts, longest = timed
+            total = sum(counts.values())
+            if total > 0:
+                item["p50"] = sketch.percentile(counts, 50, total, longest)
+                item["p95"] = sketch.percentile(counts, 95, total, longest)
+        buckets.append(item)
     return {"bucket": bucket, "bucketMs": size_ms, "since": start, "until": end,
             "buckets": buckets}

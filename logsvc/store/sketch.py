@@ -1,0 +1,110 @@
+"""Latency counters that merge: a fixed log-scale bucket layout.
+
+A duration d > 0 ms falls in bucket ceil(log(d) / log(GAMMA)) + OFFSET,
+which holds the durations in (GAMMA^(i-1-OFFSET), GAMMA^(i-OFFSET)]. The
+bucket's representative value 2·GAMMA^(i-OFFSET) / (GAMMA + 1) is within
+(GAMMA - 1) / (GAMMA + 1) < 1 % of every duration in it, so a percentile
+read from bucket counts is within 1 % of the exact one (the DDSketch
+argument). Durations of 0 have bucket 0; durations below 0.001 ms count as
+0.001 ms. Buckets run up to 1,271 (a day).
+
+A sketch is a {bucket: count} dict; stored, a JSON object of those
+(`{"215": 3, "230": 1}`) in the `lat` column of every counter row, beside
+`lat_max`, the exact longest duration. Sketches add and subtract bucket by
+bucket, so they follow inserts and retention exactly like the other
+counters (see rollup.py). Each entry keeps its bucket (`entry.lat_bucket`)
+so that counts over raw rows use the very same layout.
+
+Percentiles are nearest-rank: p95 of n durations is the ceil(0.95·n)-th
+smallest. The answer is the representative of the bucket holding that
+rank, capped at the exact maximum.
+"""
+import math
+
+import orjson
+
+GAMMA = 1.02
+OFFSET = 350
+_LOG_GAMMA = math.log(GAMMA)
+_FLOOR_MS = 0.001
+PERCENTILES = (50, 90, 95, 99)
+
+
+def bucket_of(duration_ms):
+    if duration_ms is None:
+        return None
+    if duration_ms <= 0:
+        return 0
+    return max(1, math.ceil(math.log(max(duration_ms, _FLOOR_MS)) / _LOG_GAMMA) + OFFSET)
+
+
+def value_of(bucket):
+    """The representative duration of a bucket."""
+    if bucket <= 0:
+        return 0.0
+    return 2 * GAMMA ** (bucket - OFFSET) / (GAMMA + 1)
+
+
+def dumps(counts):
+    """A sketch as stored (None when empty)."""
+    kept = {str(k): v for k, v in counts.items() if v}
+    return orjson.dumps(kept).decode() if kept else None
+
+
+def loads(text):
+    return {int(k): v for k, v in orjson.loads(text).items()} if text else {}
+
+
+def add(into, text):
+    """Add a stored sketch into the dict `into`."""
+    if text:
+        for key, n in orjson.loads(text).items():
+            key = int(key)
+            into[key] = into.get(key, 0) + n
+    return into
+
+
+def merge_stored(a, b):
+    """Two stored sketches added (the SQLite function behind the upsert;
+    PostgreSQL has the same as `logsvc_sketch_add`, see models.py)."""
+    if not a:
+        return b or None
+    if not b:
+        return a
+    return dumps(add(loads(a), b))
+
+
+def percentile(counts, p, total=None, maximum=None):
+    """The nearest-rank p-th percentile of a {bucket: count} sketch."""
+    total = sum(counts.values()) if total is None else total
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(p / 100 * total))
+    seen = 0
+    for bucket in sorted(counts):
+        seen += counts[bucket]
+        if seen >= rank:
+            value = value_of(bucket)
+            if maximum is not None:
+                value = min(value, maximum)
+            return _rounded(value)
+    return _rounded(maximum) if maximum is not None else None
+
+
+def summary(counts, maximum, percentiles=PERCENTILES):
+    """{count, p50, p90, p95, p99, max} of a sketch and its exact maximum."""
+    total = sum(counts.values())
+    out = {"count": total}
+    for p in percentiles:
+        out[f"p{p}"] = percentile(counts, p, total, maximum) if total else None
+    out["max"] = _whole(maximum) if total and maximum is not None else None
+    return out
+
+
+def _whole(value):
+    return int(value) if float(value).is_integer() else value
+
+
+def _rounded(value):
+    """Milliseconds to the microsecond; whole numbers as ints."""
+    return _whole(round(value, 3))
