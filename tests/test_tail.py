@@ -57,6 +57,9 @@ filters = st.builds(
     until=st.sampled_from([None, 1_800_000_040_000]),
     q=st.sampled_from([None, "ITEMS/1", "items/1*", "v1 -items/2*", '"n":3 OR "n":4']),
     client_ip=st.sampled_from([None, "10.0.0.3"]),
+    routes=st.sampled_from([(), ("/v1/items/{id}",), ("/v1/items/3_x%", "/v2")]),
+    min_duration_ms=st.sampled_from([None, 0.0, 10.5]),
+    max_duration_ms=st.sampled_from([None, 10.5, 30.0]),
 )
 
 
@@ -64,7 +67,9 @@ filters = st.builds(
 @given(f=filters)
 def test_the_in_memory_filter_agrees_with_the_sql_filter(store, f):
     if not store.page(limit=0)["total"]:
-        store.ingest([make_entry(i, url=f"/v1/items/{i}_x%") for i in range(60)])
+        store.ingest([make_entry(i, url=f"/v1/items/{i}_x%" if i % 4 else f"/v1/items/{i}",
+                                 durationMs=None if i % 5 == 0 else i * 0.75)
+                      for i in range(60)])
     every = query.entries_after(Filters(), 0, 1000)
     by_sql = [e["id"] for e in query.entries_after(f, 0, 1000)]
     assert [e["id"] for e in every if matches(f, e)] == by_sql

@@ -11,9 +11,63 @@ HOUR = 3_600_000
 OLD_BODY = '{"kept": "as text by version 2", "tab": "\t", "slash": "\\\\"}' * 5
 
 
+def make_version_3():
+    """Turn this store back into what version 3 wrote: no durations or
+    routes (a duration stayed in `data`), no latency or route counters."""
+    for table in ("rollup_hour_all", "rollup_total_all", "rollup_route_hour",
+                  "rollup_route_total", "rollup_route_minute_all", "rollup_route_hour_all",
+                  "rollup_route_total_all"):
+        db.execute(f"DROP TABLE {table}")
+    if db.is_postgres():
+        db.execute("UPDATE entry SET data = jsonb_set(data::jsonb, '{durationMs}', "
+                   "to_jsonb(duration_ms))::text WHERE duration_ms IS NOT NULL")
+    else:
+        db.execute("UPDATE entry SET data = json_set(data, '$.durationMs', duration_ms) "
+                   "WHERE duration_ms IS NOT NULL")
+    db.execute("DROP INDEX entry_duration_ms")
+    for column in ("duration_ms", "route", "lat_bucket"):
+        db.execute(f"ALTER TABLE entry DROP COLUMN {column}")
+    for table in ("rollup_minute", "rollup_hour", "rollup_total", "rollup_minute_all"):
+        for column in ("lat", "lat_max"):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    models.Meta.update(value="3").where(models.Meta.key == "schema_version").execute()
+
+
+def test_a_version_3_store_gains_durations_routes_and_their_counters(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    entries = [make_entry(i, tsMs=BASE + i * 7 * 60_000 + i, durationMs=(i * 37) % 900 + 0.5)
+               for i in range(60)]
+    entries[5]["durationMs"] = None
+    entries[6].update(durationMs=None, data={"durationMs": "slow"})  # stays in data only
+    store.ingest(entries)
+    questions = [(STATS, {}), (STATS, {"since": BASE + 1234, "until": BASE + 5 * HOUR + 17}),
+                 (STATS, {"projectId": "proj_1", "since": BASE + HOUR, "until": BASE + 4 * HOUR}),
+                 (STATS, {"projectId": "proj_2", "containerId": "cnt_2"}),
+                 (HISTOGRAM, {"bucket": "1h", "since": BASE, "until": BASE + 8 * HOUR}),
+                 (HISTOGRAM, {"bucket": "5m", "since": BASE, "until": BASE + 8 * HOUR,
+                              "projectId": "proj_2"}),
+                 (LOGS, {"order": "slowest", "limit": 10}),
+                 (LOGS, {"route": "/v1/items/{id}", "minDurationMs": 300})]
+    before = [store.page(path, **params) for path, params in questions]
+    assert before[0]["latency"]["count"] == 58 and before[0]["byRoute"][0]["total"] == 60
+    db.call(make_version_3)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    after = [store.page(path, **params) for path, params in questions]
+    # Entries stored before keep their duration in `data` as well.
+    for page in (before[-2], before[-1], after[-2], after[-1]):
+        for item in page["entries"]:
+            item["data"].pop("durationMs", None)
+    assert after == before
+    assert store.page(LOGS, limit=10)["entries"][6]["data"] == {"durationMs": "slow"}
+
+
 def make_version_2():
     """Turn this store back into what version 2 wrote: no hourly or
     all-scopes counters, bodies as text only."""
+    make_version_3()
     for table in ("rollup_hour", "rollup_minute_all"):
         db.execute(f"DROP TABLE {table}")
     db.execute("UPDATE entry_body SET response_body = ? WHERE entry_id = 3", (OLD_BODY,))

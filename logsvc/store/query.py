@@ -181,7 +181,8 @@ def _rollup_sum(f):
     `f`, or None when the counters cannot answer exactly: a filter that is
     not a counter dimension, or two breakdown filters at once (the counters
     hold each breakdown, not their product)."""
-    if f.trace_id is not None or f.client_ip is not None or f.methods or f.q:
+    if (f.trace_id is not None or f.client_ip is not None or f.methods or f.q or f.routes
+            or f.min_duration_ms is not None or f.max_duration_ms is not None):
         return None
     classes = _status_classes(f.status_ranges)
     if classes is None:

@@ -1,0 +1,153 @@
+"""Durations and routes: the fields, their filters, `order=slowest`, and
+percentiles from the counters measured against exact ones."""
+import math
+import random
+
+import pytest
+
+from logsvc.entry import derive_route
+from logsvc.store import retention
+from logsvc.testing import make_entry
+
+LOGS = "/api/proxy-logs/_logs"
+STATS = LOGS + "/stats"
+HISTOGRAM = STATS + "/histogram"
+BASE = 1_800_000_000_000  # a whole hour
+
+
+@pytest.mark.parametrize("url, route", [
+    ("/v1/users/8812", "/v1/users/{id}"),
+    ("/v1/users/8812/orders?page=2#top", "/v1/users/{id}/orders"),
+    ("/v1/files/550e8400-e29b-41d4-a716-446655440000", "/v1/files/{id}"),
+    ("/blobs/9f86d081884c7d659a2feaa0c55ad015", "/blobs/{id}"),
+    ("/v1/orders/ord_9fKq2xLm3Np7Qw", "/v1/orders/{id}"),
+    ("https://api.example.com/v2/teams/12/members", "/v2/teams/{id}/members"),
+    ("/v1/me", "/v1/me"), ("/2fa/setup", "/2fa/setup"), ("/", "/"),
+    ("/health-check-endpoint", "/health-check-endpoint"),
+])
+def test_the_route_rule(url, route):
+    assert derive_route(url) == route
+
+
+def test_duration_and_route_are_fields_of_an_entry(store):
+    store.ingest([
+        make_entry(0, durationMs=12.5),
+        make_entry(1, data={"durationMs": 40, "userAgent": "curl"}),  # lifted from data
+        make_entry(2, data={"durationMs": "slow"}),  # not a number: stays in data
+        make_entry(3, route="/v1/items/:id", durationMs=0),  # its own route is kept
+        make_entry(4, url=None),
+    ])
+    entries = store.page()["entries"]
+    assert [(e["durationMs"], e["route"]) for e in entries] == [
+        (12.5, "/v1/items/{id}"), (40, "/v1/items/{id}"), (None, "/v1/items/{id}"),
+        (0, "/v1/items/:id"), (None, None)]
+    assert entries[1]["data"] == {"userAgent": "curl"}
+    assert entries[2]["data"] == {"durationMs": "slow"}
+
+
+@pytest.mark.parametrize("value", [-1, 86_400_001, "12", True, float("inf")])
+def test_a_bad_duration_is_rejected_naming_it(store, value):
+    entry = make_entry(0, durationMs=value)
+    body = ('[{"durationMs": 1e999}]' if value == float("inf") else None)
+    response = store.client.post("/api/proxy-logs/_ingest", headers=store.headers,
+                                 json=None if body else [entry], data=body,
+                                 content_type="application/json")
+    rejected = response.json["rejected"] if response.status_code == 200 else None
+    if rejected is not None:
+        assert rejected[0]["errors"].keys() == {"durationMs"}
+    else:  # 1e999 is not JSON orjson takes: the request is refused whole
+        assert response.status_code == 400
+    assert store.page()["total"] == 0
+
+
+def test_duration_and_route_filters(store):
+    store.ingest([make_entry(i, url=f"/v1/{'users' if i % 2 else 'teams'}/{i}",
+                             durationMs=None if i == 0 else i * 10.0) for i in range(12)])
+    ids = lambda **params: [e["id"] for e in store.page(**params)["entries"]]  # noqa: E731
+    assert ids(minDurationMs=50, maxDurationMs="80.5") == [6, 7, 8, 9]
+    assert ids(route="/v1/users/{id}", minDurationMs=70) == [8, 10, 12]
+    assert ids(route="/v1/users/{id},/v1/teams/{id}", maxDurationMs=20) == [2, 3]
+    assert store.page(minDurationMs=0)["total"] == 11
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"minDurationMs": "abc"}, "minDurationMs"), ({"maxDurationMs": "-3"}, "maxDurationMs"),
+    ({"maxDurationMs": "1e3"}, "maxDurationMs"), ({"minDurationMs": "99999999"}, "minDurationMs"),
+    ({"minDurationMs": "5", "maxDurationMs": "4"}, "minDurationMs"),
+    ({"order": "fastest"}, "order"), ({"order": "slowest", "afterId": "3"}, "order"),
+    ({"route": ""}, "route"),
+])
+def test_bad_latency_parameters_are_400_naming_them(store, params, name):
+    response = store.get(LOGS, **params)
+    assert response.status_code == 400 and name in response.json["message"]
+
+
+def test_slowest_lists_longest_first_with_stable_pages(store):
+    durations = [None, 5, 50, 5, 700, 50, 0.25, None, 50, 9000]
+    store.ingest([make_entry(i, durationMs=d) for i, d in enumerate(durations)])
+    pages = [store.page(order="slowest", limit=3, offset=offset) for offset in (0, 3, 6)]
+    listed = [(e["durationMs"], e["id"]) for page in pages for e in page["entries"]]
+    assert listed == [(9000, 10), (700, 5), (50, 9), (50, 6), (50, 3), (5, 4), (5, 2),
+                      (0.25, 7)]
+    assert pages[0]["total"] == 8
+    assert [e["id"] for e in store.page(order="slowest", level="error")["entries"]] == [6, 7]
+
+
+def lognormal(rng, n):
+    return [round(math.exp(rng.gauss(3.5, 1.2)), 3) for _ in range(n)]
+
+
+def bimodal(rng, n):  # a cache: fast hits, slow misses
+    return [round(rng.uniform(0.2, 2.0), 3) if rng.random() < 0.8 else
+            round(rng.uniform(800, 2500), 1) for _ in range(n)]
+
+
+def exact(values, p):
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def assert_near(got, values):
+    for p in (50, 90, 95, 99):
+        want = exact(values, p)
+        assert abs(got[f"p{p}"] - want) <= 0.01 * want + 0.0015, (p, got, want)
+    assert got["max"] == max(values) and got["count"] == len(values)
+
+
+@pytest.mark.parametrize("shape", [lognormal, bimodal])
+def test_percentiles_are_within_one_percent_also_after_retention(app, store, shape):
+    rng = random.Random(shape.__name__)
+    values = shape(rng, 3000)
+    store.ingest([make_entry(i, tsMs=BASE + i * 1000, durationMs=d, url=f"/v1/{'abc'[i % 3]}/x",
+                             projectId="p", containerId="c", status=200)
+                  for i, d in enumerate(values)])
+    assert_near(store.page(STATS)["latency"], values)
+    assert_near(store.page(STATS, projectId="p", since=BASE + 1_234_567)["latency"],
+                values[1235:])
+    routes = {r["route"]: r for r in store.page(STATS, projectId="p")["byRoute"]}
+    for k in range(3):
+        mine = values[k::3]
+        route = routes[f"/v1/{'abc'[k]}/x"]
+        assert route["total"] == len(mine)
+        for p in (50, 95, 99):
+            assert abs(route[f"p{p}"] - exact(mine, p)) <= 0.01 * exact(mine, p) + 0.0015
+    # Retention removes the oldest 1,700 (and with them, perhaps, the longest).
+    config = app.extensions["logsvc"].config.replace(max_rows=1300)
+    retention.prune(config)
+    kept = values[1700:]
+    assert_near(store.page(STATS)["latency"], kept)
+    assert_near(store.page(STATS, projectId="p", containerId="c")["latency"], kept)
+    hour = store.page(HISTOGRAM, bucket="1h", since=BASE, until=BASE + 3_600_000)["buckets"][0]
+    for p in (50, 95):
+        assert abs(hour[f"p{p}"] - exact(kept[:1900], p)) <= 0.01 * exact(kept[:1900], p)
+
+
+def test_route_table_counts_calls_and_errors(store):
+    store.ingest([make_entry(i, url=f"/v1/users/{i}", status=(200, 503)[i % 4 == 0],
+                             durationMs=i) for i in range(8)]
+                 + [make_entry(8, url="/v1/teams/1", durationMs=None)])
+    by_route = store.page(STATS)["byRoute"]
+    assert [(r["route"], r["total"], r["errors"], r["timed"]) for r in by_route] == [
+        ("/v1/users/{id}", 8, 2, 8), ("/v1/teams/{id}", 1, 0, 0)]
+    assert by_route[1]["p95"] is None
+    assert store.page(STATS)["latency"]["count"] == 8
