@@ -211,16 +211,22 @@ class QueryParams(FilterParams):
                                   "order")
 
 
-class StatsParams(ScopeParams):
+class RangeParams(FilterParams):
+    """Stats and histogram: the filters of a search, without paging."""
     since = Instant()
     until = Instant()
+    client_ip = Text(max_length=64, data_key="clientIp")
 
     @validates_schema
     def check_range(self, data, **kwargs):
         _check_range(data)
 
 
-class HistogramParams(StatsParams):
+class StatsParams(RangeParams):
+    top_routes = Int(minimum=1, maximum=200, data_key="topRoutes", load_default=20)
+
+
+class HistogramParams(RangeParams):
     bucket = fields.String(load_default="1m", validate=validate.OneOf(tuple(BUCKETS)))
 
 

@@ -169,7 +169,7 @@ def test_histogram_bad_parameters_are_400(store, params, name):
 
 
 @pytest.mark.parametrize("params", [{"since": "soon"}, {"containerId": "x" * 300},
-                                    {"level": "error"}])
+                                    {"limit": "5"}, {"level": "fatal"}])
 def test_stats_bad_parameters_are_400(store, params):
     assert store.get(STATS, **params).status_code == 400
 
@@ -179,3 +179,57 @@ def test_stats_cost_does_not_read_the_entry_table(store):
     db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
     assert store.page(STATS)["total"] == 20
 
+
+
+def summary_of(entries):
+    """What /stats should say about exactly these entries (API shape)."""
+    counts = {name: Counter() for name in
+              ("byProject", "byContainer", "byService", "byLevel", "byKind", "byStatus",
+               "bySource")}
+    durations, routes = [], {}
+    for e in entries:
+        for name, value in (("byProject", e["projectId"]), ("byContainer", e["containerId"]),
+                            ("byService", e["serviceName"]), ("byLevel", e["level"]),
+                            ("byKind", e["kind"]), ("byStatus", status_class(e["status"])),
+                            ("bySource", e["source"])):
+            if value:
+                counts[name][value] += 1
+        if e["durationMs"] is not None:
+            durations.append(e["durationMs"])
+        if e["route"] is not None:
+            calls = routes.setdefault(e["route"], [0, 0, []])
+            calls[0] += 1
+            calls[1] += e["level"] == "error"
+            if e["durationMs"] is not None:
+                calls[2].append(e["durationMs"])
+    return {"total": len(entries), **{k: dict(v) for k, v in counts.items()},
+            "latency": {"count": len(durations), "max": max(durations, default=None),
+                        **{f"p{p}": exact_percentile(durations, p) for p in (50, 90, 95, 99)}},
+            "byRoute": [{"route": r, "total": n, "errors": errors, "timed": len(timed),
+                         **{f"p{p}": exact_percentile(timed, p) for p in (50, 95, 99)}}
+                        for r, (n, errors, timed) in
+                        sorted(routes.items(), key=lambda item: (-item[1][0], item[0]))][:20]}
+
+
+@pytest.mark.parametrize("filters", [
+    {"serviceName": "billing-api"}, {"level": "error,warn", "projectId": "proj_1"},
+    {"route": "/v1/items/{id}"}, {"minDurationMs": "40", "maxDurationMs": "300"},
+    {"q": "items"}, {"status": "5xx", "kind": "response"}, {"method": "GET", "since": str(BASE)},
+    {"clientIp": "10.0.0.3", "containerId": "cnt_2"},
+])
+def test_stats_and_histogram_follow_every_filter(store, filters):
+    store.ingest([make_entry(i, tsMs=BASE - 600_000 + i * 20_000, durationMs=(i * 29) % 500,
+                             url=(f"/v1/items/{i}", f"/v2/teams/{i}/x", None)[i % 3])
+                  for i in range(90)])
+    matching = store.page(limit=5000, **filters)["entries"]
+    assert 0 < len(matching) < 90
+    assert_stats(store.page(STATS, **filters), summary_of(matching))
+    filters.pop("since", None)
+    matching = store.page(limit=5000, **filters)["entries"]
+    histogram = store.page(HISTOGRAM, bucket="5m", since=BASE - 600_000, until=BASE + 1_800_000,
+                           **filters)
+    for item in histogram["buckets"]:
+        inside = [e for e in matching if item["tsMs"] <= e["tsMs"] < item["tsMs"] + 300_000]
+        assert item["total"] == len(inside)
+        expected = summary_of(inside)["latency"]
+        assert near(item["p95"], expected["p95"]) and near(item["p50"], expected["p50"])

@@ -48,18 +48,22 @@ def list_logs():
 @blueprint.get("/_logs/stats")
 def get_stats():
     params = stats_params.load(query_args())
-    project_id, container_id = authorize(
-        reader(), READ, params.get("project_id"), params.get("container_id"))
-    return stats.summary(project_id, container_id, params.get("since"), params.get("until"))
+    top_routes = params.pop("top_routes")
+    return stats.summary(_filters(params), top_routes)
 
 
 @blueprint.get("/_logs/stats/histogram")
 def get_histogram():
     params = histogram_params.load(query_args())
+    bucket = params.pop("bucket")
+    return stats.histogram(bucket, _filters(params))
+
+
+def _filters(params):
+    """The filters of a stats question, the caller's scope folded in."""
     project_id, container_id = authorize(
-        reader(), READ, params.get("project_id"), params.get("container_id"))
-    return stats.histogram(params["bucket"], params.get("since"), params.get("until"),
-                           project_id, container_id)
+        reader(), READ, params.pop("project_id", None), params.pop("container_id", None))
+    return Filters(project_id=project_id, container_id=container_id, **params)
 
 
 def _sweep(params, project_id, container_id):

@@ -12,7 +12,11 @@ import orjson
 
 _COMBINED = re.compile(
     r'^(?P<ip>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" '
-    r'(?P<status>\d{3}) (?P<bytes>\d+|-)(?: "(?P<referer>[^"]*)" "(?P<agent>[^"]*)")?')
+    r'(?P<status>\d{3}) (?P<bytes>\d+|-)(?: "(?P<referer>[^"]*)" "(?P<agent>[^"]*)")?'
+    r'(?P<rest>.*)$')
+# nginx's $request_time (seconds, millisecond resolution) after the combined
+# fields: `... "agent" 0.123` or `... rt=0.123` / `request_time=0.123`.
+_REQUEST_TIME = re.compile(r'(?:^|\s)(?:rt=|request_time=)?"?(\d+\.\d{1,6})"?(?:\s|$)')
 
 
 def parse_line(line, fmt="auto"):
@@ -48,8 +52,10 @@ def _combined(line):
         data["userAgent"] = match["agent"]
     if match["referer"] and match["referer"] != "-":
         data["referer"] = match["referer"]
+    timed = _REQUEST_TIME.search(match["rest"] or "")
     return _entry(int(when.timestamp() * 1000), method or None, url or None, match["ip"],
-                  int(match["status"]), data)
+                  int(match["status"]), data,
+                  round(float(timed[1]) * 1000, 3) if timed else None)
 
 
 def _caddy(record):
@@ -57,30 +63,34 @@ def _caddy(record):
     headers = request.get("headers") or {}
     agent = (headers.get("User-Agent") or [None])[0]
     data = {"bytesOut": record.get("size"), "bytesIn": record.get("bytes_read"),
-            "durationMs": round(float(record.get("duration", 0)) * 1000, 3),
             "host": request.get("host"), "userAgent": agent}
+    duration = record.get("duration")  # seconds
     return _entry(int(float(record["ts"]) * 1000), request.get("method"), request.get("uri"),
                   request.get("client_ip") or request.get("remote_ip"), record.get("status"),
-                  data)
+                  data, None if duration is None else round(float(duration) * 1000, 3))
 
 
 def _traefik(record):
     started = datetime.fromisoformat(record["StartUTC"].replace("Z", "+00:00")[:32])
     data = {"bytesOut": record.get("DownstreamContentSize"),
             "bytesIn": record.get("RequestContentSize"),
-            "durationMs": round(int(record.get("Duration", 0)) / 1e6, 3),
             "host": record.get("RequestHost"), "userAgent": record.get("request_User-Agent"),
             "router": record.get("RouterName")}
+    duration = record.get("Duration")  # nanoseconds
     entry = _entry(int(started.timestamp() * 1000), record.get("RequestMethod"),
                    record.get("RequestPath"), record.get("ClientHost"),
-                   record.get("DownstreamStatus"), data)
+                   record.get("DownstreamStatus"), data,
+                   None if duration is None else round(int(duration) / 1e6, 3))
     if record.get("ServiceName"):
         entry["serviceName"] = record["ServiceName"]
     return entry
 
 
-def _entry(ts_ms, method, url, client_ip, status, data):
+def _entry(ts_ms, method, url, client_ip, status, data, duration_ms=None):
     status = status if isinstance(status, int) and 100 <= status <= 599 else None
-    return {"kind": "response", "source": "edge", "tsMs": ts_ms, "method": method,
-            "url": url, "clientIp": client_ip, "status": status,
-            "data": {k: v for k, v in data.items() if v is not None}}
+    entry = {"kind": "response", "source": "edge", "tsMs": ts_ms, "method": method,
+             "url": url, "clientIp": client_ip, "status": status,
+             "data": {k: v for k, v in data.items() if v is not None}}
+    if duration_ms is not None and 0 <= duration_ms <= 86_400_000:
+        entry["durationMs"] = duration_ms
+    return entry

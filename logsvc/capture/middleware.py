@@ -143,10 +143,10 @@ class _Call:
                                           m.max_body_bytes)
         status = self.status if self.error is None else (self.status or 500)
         response = {**common, "kind": "response", "tsMs": now_ms(), "status": status,
+                    "durationMs": round((time.perf_counter() - self.started) * 1000, 3),
                     "responseBody": response_body or None,
                     "bodyTruncated": cut_out or self.bytes_out > m.max_body_bytes,
                     "data": {"bytesOut": self.bytes_out,
-                             "durationMs": round((time.perf_counter() - self.started) * 1000, 3),
                              "responseHeaders": m.headers_of(self.response_headers)}}
         if response_type:
             response["responseContentType"] = response_type

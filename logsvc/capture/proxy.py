@@ -9,6 +9,8 @@ reached the client gets a 502 (504 on a timeout) and an `event` entry with
 level `error` is recorded; when it dies in the middle of a response, the
 client's response ends early and the same kind of event is recorded.
 """
+import time
+
 import requests
 
 from .middleware import CaptureMiddleware
@@ -29,6 +31,7 @@ class ReverseProxy:
         self.session = requests.Session()
 
     def __call__(self, environ, start_response):
+        environ["logsvc.proxy_started"] = time.perf_counter()
         url = self.upstream + (environ.get("PATH_INFO") or "/")
         if environ.get("QUERY_STRING"):
             url += "?" + environ["QUERY_STRING"]
@@ -80,6 +83,8 @@ class ReverseProxy:
                           "status": status, "method": environ.get("REQUEST_METHOD"),
                           "url": environ.get("PATH_INFO"), "traceId":
                           environ.get("HTTP_X_REQUEST_ID"), **self.labels,
+                          "durationMs": round((time.perf_counter() - environ.get(
+                              "logsvc.proxy_started", time.perf_counter())) * 1000, 3),
                           "data": {"event": "upstream-error", "upstream": self.upstream,
                                    "message": message[:500]}})
 

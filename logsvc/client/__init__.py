@@ -101,7 +101,16 @@ class Client:
             after = page["nextAfterId"]
 
     def stats(self, **filters):
+        """Counts, `latency` ({count, p50, p90, p95, p99, max}) and `byRoute`."""
         return self._get("/api/proxy-logs/_logs/stats", filters).json()
+
+    def latency(self, **filters):
+        """{count, p50, p90, p95, p99, max} of the durations, in ms."""
+        return self.stats(**filters)["latency"]
+
+    def routes(self, top=20, **filters):
+        """The busiest routes: [{route, total, errors, timed, p50, p95, p99}]."""
+        return self.stats(topRoutes=top, **filters)["byRoute"]
 
     def histogram(self, bucket="1m", **filters):
         return self._get("/api/proxy-logs/_logs/stats/histogram",

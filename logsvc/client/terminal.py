@@ -39,6 +39,8 @@ def add_commands(commands):
     query.add_argument("--q", help="words or \"a phrase\" in the url, bodies or data")
     query.add_argument("--since", help="epoch ms, ISO-8601 or a duration like 15m")
     query.add_argument("--until")
+    query.add_argument("--slowest", action="store_true",
+                       help="longest duration first (entries with a duration)")
     query.add_argument("--ndjson", action="store_true", help="one JSON entry a line")
     query.set_defaults(remote=_query)
 
@@ -46,6 +48,8 @@ def add_commands(commands):
     stats.add_argument("--project")
     stats.add_argument("--container")
     stats.add_argument("--since")
+    stats.add_argument("--until")
+    stats.add_argument("--routes", type=int, default=20, help="rows of the route table")
     stats.set_defaults(remote=_stats)
 
     ingest = commands.add_parser("ingest", help="send a file of entries (NDJSON or a JSON array)")
@@ -122,6 +126,8 @@ def _query(args, client):
         params["last"] = args.last
     else:
         params["limit"] = args.limit
+    if args.slowest:
+        params["order"] = "slowest"
     page = client.list(**params)
     colour = sys.stdout.isatty()
     for entry in page["entries"]:
@@ -132,7 +138,8 @@ def _query(args, client):
 
 
 def _stats(args, client):
-    stats = client.stats(projectId=args.project, containerId=args.container, since=args.since)
+    stats = client.stats(projectId=args.project, containerId=args.container, since=args.since,
+                         until=args.until, topRoutes=args.routes)
     print(f"total  {stats['total']:>12,}")
     for name in ("byLevel", "byStatus", "byKind", "bySource", "byService", "byProject",
                  "byContainer"):
@@ -140,6 +147,21 @@ def _stats(args, client):
             print(f"\n{name[2:].lower()}")
             for key, n in sorted(stats[name].items(), key=lambda kv: -kv[1])[:20]:
                 print(f"  {key:<30} {n:>12,}")
+    latency = stats["latency"]
+    if latency["count"]:
+        print(f"\nlatency (ms) over {latency['count']:,} timed entries")
+        print("  " + "  ".join(f"{name} {_ms(latency[name])}"
+                               for name in ("p50", "p90", "p95", "p99", "max")))
+    if stats["byRoute"]:
+        print(f"\n{'route':<40} {'calls':>10} {'errors':>7} {'p50':>9} {'p95':>9} {'p99':>9}")
+        for row in stats["byRoute"]:
+            rate = f"{row['errors'] / row['total']:.1%}" if row["total"] else "-"
+            print(f"{row['route'][:40]:<40} {row['total']:>10,} {rate:>7} "
+                  f"{_ms(row['p50']):>9} {_ms(row['p95']):>9} {_ms(row['p99']):>9}")
+
+
+def _ms(value):
+    return "-" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
 def _ingest(args, client):
@@ -232,15 +254,18 @@ def _remember(path, value):
 
 def _filters(command):
     for flag in ("project", "container", "service", "level", "kind", "method", "source",
-                 "status", "trace"):
+                 "status", "trace", "route"):
         command.add_argument(f"--{flag}")
+    command.add_argument("--min-duration", help="at least this many milliseconds")
+    command.add_argument("--max-duration", help="at most this many milliseconds")
 
 
 def _filter_params(args):
     return {"projectId": args.project, "containerId": args.container,
             "serviceName": args.service, "level": args.level, "kind": args.kind,
             "method": args.method, "source": args.source, "status": args.status,
-            "traceId": args.trace}
+            "traceId": args.trace, "route": args.route,
+            "minDurationMs": args.min_duration, "maxDurationMs": args.max_duration}
 
 
 def _default_token(config):

@@ -332,12 +332,12 @@ def _entry_expression(column):
     return f"CASE WHEN {prefix} = '{value}' THEN 1 ELSE 0 END"
 
 
-# `entry` rows in the shape of a counter row.
-_ENTRY_AS_COUNTERS = (
+# `entry` rows in the shape of a counter row (`entry e`).
+ENTRY_AS_COUNTERS = (
     "SELECT project_id, coalesce(container_id, '') AS container_id, "
     "coalesce(service_name, '') AS service_name, "
     + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
-    + " FROM entry"
+    + " FROM entry e"
 )
 assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
            (("level", LEVELS), ("kind", KINDS), ("status", STATUS_CLASSES),
@@ -370,7 +370,7 @@ def _raw_where(low, high, project_id, container_id):
 
 def _entry_part(low, high, project_id, container_id):
     where, params = _raw_where(low, high, project_id, container_id)
-    return f"{_ENTRY_AS_COUNTERS} WHERE {where}", params
+    return f"{ENTRY_AS_COUNTERS} WHERE {where}", params
 
 
 def scope_where(project_id, container_id, indexed=True):

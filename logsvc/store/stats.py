@@ -29,6 +29,7 @@ nearest-rank value, and `max` is exact.
 from logsvc.entry import LEVELS, now_ms
 
 from . import db, rollup, sketch
+from .filters import where_sql
 from .query import InvalidParameter
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
@@ -48,19 +49,59 @@ _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 
 
 TOP_ROUTES = 20
+# Filters the counters answer; any other sends the question to `entry`.
+_COUNTED = {"project_id", "container_id", "since", "until"}
 
 
-def summary(project_id=None, container_id=None, since=None, until=None, top_routes=TOP_ROUTES):
+def from_counters(filters):
+    return all(item.field in _COUNTED for item, _ in filters.active)
+
+
+def summary(filters, top_routes=TOP_ROUTES):
     """{total, byLevel, byProject, byContainer, byService, byKind, byStatus,
-    bySource, latency, byRoute}."""
+    bySource, latency, byRoute} of the entries matching `filters`: from the
+    counters when the filters are a scope and a time range, else counted
+    over the matching entries (through the same indexes as a search)."""
+    f = filters
     def run():
-        result = _summary(project_id, container_id, since, until)
-        counts, longest = rollup.latency(project_id, container_id, since, until)
+        if from_counters(f):
+            scope = (f.project_id, f.container_id, f.since, f.until)
+            result = _summarize(rollup.counted(*scope))
+            counts, longest = rollup.latency(*scope)
+            routes = rollup.routes(*scope)
+        else:
+            where, params = where_sql(f)
+            result = _summarize((f"{rollup.ENTRY_AS_COUNTERS} WHERE {where}", params))
+            counts, longest = _raw_latency(where, params)
+            routes = _raw_routes(where, params)
         result["latency"] = sketch.summary(counts, longest)
-        result["byRoute"] = _by_route(rollup.routes(project_id, container_id, since, until),
-                                      top_routes)
+        result["byRoute"] = _by_route(routes, top_routes)
         return result
     return db.call(run)
+
+
+def _raw_latency(where, params):
+    counts, longest = {}, None
+    for bucket, n, top in db.execute(
+            f"SELECT lat_bucket, count(*), MAX(duration_ms) FROM entry e WHERE {where} "
+            f"AND lat_bucket IS NOT NULL GROUP BY lat_bucket", params):
+        counts[bucket] = n
+        longest = top if longest is None or top > longest else longest
+    return counts, longest
+
+
+def _raw_routes(where, params):
+    out = {}
+    for route, bucket, n, errors in db.execute(
+            f"SELECT route, lat_bucket, count(*), SUM(CASE WHEN level = 'error' THEN 1 "
+            f"ELSE 0 END) FROM entry e WHERE {where} AND route IS NOT NULL "
+            f"GROUP BY route, lat_bucket", params):
+        into = out.setdefault(route, [0, 0, {}])
+        into[0] += n
+        into[1] += errors
+        if bucket is not None:
+            into[2][bucket] = n
+    return out
 
 
 def _by_route(routes, top):
@@ -78,21 +119,21 @@ def _by_route(routes, top):
     return out
 
 
-def histogram(bucket, since=None, until=None, project_id=None, container_id=None):
-    """Entries per time bucket and level over [since, until), whole buckets.
-    `until` defaults to now, `since` to an hour before `until`; a range of
-    more than MAX_BUCKETS buckets is refused."""
-    until = now_ms() if until is None else until
-    since = until - DEFAULT_HISTOGRAM_MS if since is None else since
+def histogram(bucket, filters):
+    """Entries per time bucket and level over [since, until), whole buckets,
+    with each bucket's p50 and p95 duration. `until` defaults to now,
+    `since` to an hour before `until`; a range of more than MAX_BUCKETS
+    buckets is refused."""
+    until = now_ms() if filters.until is None else filters.until
+    since = until - DEFAULT_HISTOGRAM_MS if filters.since is None else filters.since
     if since >= until:
         raise InvalidParameter("since", "Must be earlier than until.")
     if (until - since) // (BUCKETS[bucket] * MINUTE_MS) > MAX_BUCKETS:
         raise InvalidParameter("bucket", f"more than {MAX_BUCKETS} buckets; use a larger bucket")
-    return db.call(_histogram, bucket, since, until, project_id, container_id)
+    return db.call(_histogram, bucket, since, until, filters)
 
 
-def _summary(project_id, container_id, since, until):
-    source = rollup.counted(project_id, container_id, since, until)
+def _summarize(source):
     result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
     if source is None:
         return result
@@ -126,19 +167,42 @@ def _summary_sql():
 _SUMMARY_SQL = _summary_sql()
 
 
-def _histogram(bucket, since, until, project_id, container_id):
+def _histogram(bucket, since, until, filters):
     minutes = BUCKETS[bucket]
     size_ms = minutes * MINUTE_MS
     start = since // size_ms * size_ms
     end = -(-until // size_ms) * size_ms
-    where, params = rollup.scope_where(project_id, container_id)
+    if from_counters(filters):
+        counted, timed = _counted_buckets(minutes, start, end, filters)
+    else:
+        counted, timed = _raw_buckets(size_ms, start, end, filters)
+    buckets = []
+    for ts in range(start, end, size_ms):
+        sums = counted.get(ts, ())
+        by_level = {name: n for name, n in zip(LEVELS, sums) if n}
+        item = {"tsMs": ts, "total": sum(by_level.values()), "byLevel": by_level,
+                "p50": None, "p95": None}
+        if ts in timed:
+            counts, longest = timed[ts]
+            total = sum(counts.values())
+            if total > 0:
+                item["p50"] = sketch.percentile(counts, 50, total, longest)
+                item["p95"] = sketch.percentile(counts, 95, total, longest)
+        buckets.append(item)
+    return {"bucket": bucket, "bucketMs": size_ms, "since": start, "until": end,
+            "buckets": buckets}
+
+
+def _counted_buckets(minutes, start, end, filters):
+    """({bucket start: level counts}, {bucket start: (sketch, longest)})
+    from the counter tier of the bucket's unit."""
+    where, params = rollup.scope_where(filters.project_id, filters.container_id)
     if minutes % 60 == 0:
         table = "rollup_hour" if where else "rollup_hour_all"
         unit, per_bucket = "hour", minutes // 60
-    elif where:
-        table, unit, per_bucket = "rollup_minute", "minute", minutes
     else:
-        table, unit, per_bucket = "rollup_minute_all", "minute", minutes
+        table = "rollup_minute" if where else "rollup_minute_all"
+        unit, per_bucket = "minute", minutes
     unit_ms = HOUR_MS if unit == "hour" else MINUTE_MS
     where.append(f"{unit} >= ? AND {unit} < ?")
     params += [start // unit_ms, end // unit_ms]
@@ -147,29 +211,36 @@ def _histogram(bucket, since, until, project_id, container_id):
     condition = " AND ".join(where)
     rows = db.execute(f"SELECT {bucket_of} AS b, {levels} FROM {table} "
                       f"WHERE {condition} GROUP BY b", params).fetchall()
-    by_bucket = {row[0] * unit_ms: row[1:] for row in rows}
+    counted = {row[0] * unit_ms: row[1:] for row in rows}
     # Latency per bucket: the sketches of its rows merged.
-    sketches = {}
+    timed = {}
     for b, lat, longest in db.execute(
             f"SELECT {bucket_of} AS b, lat, lat_max FROM {table} "
             f"WHERE {condition} AND lat IS NOT NULL", params):
-        into = sketches.setdefault(b * unit_ms, [{}, None])
+        into = timed.setdefault(b * unit_ms, [{}, None])
         sketch.add(into[0], lat)
         if longest is not None and (into[1] is None or longest > into[1]):
             into[1] = longest
-    buckets = []
-    for ts in range(start, end, size_ms):
-        sums = by_bucket.get(ts, ())
-        by_level = {name: n for name, n in zip(LEVELS, sums) if n}
-        item = {"tsMs": ts, "total": sum(by_level.values()), "byLevel": by_level,
-                "p50": None, "p95": None}
-        timed = sketches.get(ts)
-        if timed:
-            counts, longest = timed
-            total = sum(counts.values())
-            if total > 0:
-                item["p50"] = sketch.percentile(counts, 50, total, longest)
-                item["p95"] = sketch.percentile(counts, 95, total, longest)
-        buckets.append(item)
-    return {"bucket": bucket, "bucketMs": size_ms, "since": start, "until": end,
-            "buckets": buckets}
+    return counted, timed
+
+
+def _raw_buckets(size_ms, start, end, filters):
+    """The same, counted over the entries matching `filters`."""
+    where, params = where_sql(filters)
+    condition = f"{where} AND e.ts_ms >= ? AND e.ts_ms < ?"
+    params = [*params, start, end]
+    counted = {}
+    for b, level, n in db.execute(
+            f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, count(*) FROM entry e "
+            f"WHERE {condition} GROUP BY b, e.level", params):
+        counted.setdefault(b, [0] * len(LEVELS))[LEVELS.index(level)] = n
+    timed = {}
+    for b, bucket, n, longest in db.execute(
+            f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.lat_bucket, count(*), "
+            f"MAX(e.duration_ms) FROM entry e WHERE {condition} AND e.lat_bucket IS NOT NULL "
+            f"GROUP BY b, e.lat_bucket", params):
+        into = timed.setdefault(b, [{}, None])
+        into[0][bucket] = n
+        if into[1] is None or longest > into[1]:
+            into[1] = longest
+    return counted, timed
