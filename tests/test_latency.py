@@ -63,7 +63,7 @@ def test_a_bad_duration_is_rejected_naming_it(store, value):
 def test_duration_and_route_filters(store):
     store.ingest([make_entry(i, url=f"/v1/{'users' if i % 2 else 'teams'}/{i}",
                              durationMs=None if i == 0 else i * 10.0) for i in range(12)])
-    ids = lambda **params: [e["id"] for e in store.page(**params)["entries"]]  # noqa: E731
+    ids = lambda **params: [e["id"] for e in store.page(**params)["entries"]]
     assert ids(minDurationMs=50, maxDurationMs="80.5") == [6, 7, 8, 9]
     assert ids(route="/v1/users/{id}", minDurationMs=70) == [8, 10, 12]
     assert ids(route="/v1/users/{id},/v1/teams/{id}", maxDurationMs=20) == [2, 3]
