@@ -21,6 +21,10 @@ tsMs), LowCardinality strings, ZSTD on the bodies, and the skip indexes of
 the OpenTelemetry exporter (bloom_filter on the trace id, tokenbf_v1 on the
 body, ngrambf_v1 on the url); fed in-process, 5,000 rows per INSERT.
 
+The latency question is the route table of /stats on our side (calls,
+errors, p50/p95/p99 per route, from the counters) and `quantiles` grouped
+by route on ClickHouse's (its route column filled with the same rule).
+
 The url question is a phrase search on our side (`q=/v1/orders/4242`, the
 path's words in order) and a LIKE '%...%' on ClickHouse's (served by its
 ngram index); the body question is a word on both (`hasToken` on theirs).
@@ -44,6 +48,7 @@ import orjson
 import requests
 
 from bench.common import HEADERS, Server, p50, postgres_schema, timed
+from logsvc.entry import derive_route
 
 PROJECTS, CONTAINERS_PER_PROJECT, SERVICES = 200, 10, 20
 PER_REQUEST, IN_FLIGHT = 5_000, 4
@@ -219,6 +224,8 @@ CREATE TABLE logs (
     status Nullable(UInt16),
     source LowCardinality(String),
     data String CODEC(ZSTD(1)),
+    durationMs Nullable(Float64),
+    route LowCardinality(String),
     responseBody String CODEC(ZSTD(1)),
     INDEX idx_trace traceId TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_body responseBody TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1,
@@ -260,6 +267,7 @@ def ch_rows(batch, first_id):
             "method": e["method"], "url": e["url"], "clientIp": e["clientIp"],
             "status": e["status"], "source": e["source"],
             "data": orjson.dumps(e["data"]).decode(),
+            "durationMs": e["data"].get("durationMs"), "route": derive_route(e["url"]) or "",
             "responseBody": e.get("responseBody") or ""}))
     return b"\n".join(out).decode()
 
@@ -323,6 +331,10 @@ def main():
                         lambda: logsvc.get(logs + "/stats", projectId=mid_project, since=hour_ago),
                     "histogram 24h/5m": lambda: logsvc.get(logs + "/stats/histogram", bucket="5m",
                                                            since=day_ago, until=now_ms),
+                    "p95 by route, tenant, last hour": lambda: logsvc.get(
+                        logs + "/stats", projectId=mid_project, since=hour_ago)["byRoute"],
+                    "slowest 200 of a tenant": lambda: logsvc.get(
+                        logs, projectId=mid_project, order="slowest", limit=200),
                 }
                 for name, ask in questions.items():
                     print(f"logsvc: {name}", flush=True)
@@ -363,6 +375,14 @@ def main():
                     "histogram 24h/5m":
                         f"SELECT intDiv(tsMs, 300000) AS b, level, count() FROM logs "
                         f"WHERE tsMs >= {day_ago} AND tsMs < {now_ms} GROUP BY b, level",
+                    "p95 by route, tenant, last hour":
+                        f"SELECT route, count() AS n, countIf(level = 'error'), "
+                        f"quantiles(0.5, 0.95, 0.99)(durationMs) FROM logs "
+                        f"WHERE projectId = '{mid_project}' AND tsMs >= {hour_ago} "
+                        f"AND route != '' GROUP BY route ORDER BY n DESC LIMIT 20",
+                    "slowest 200 of a tenant":
+                        f"SELECT * FROM logs WHERE projectId = '{mid_project}' "
+                        "ORDER BY durationMs DESC LIMIT 200",
                 }
                 for name, text in sql.items():
                     print(f"chdb: {name}", flush=True)

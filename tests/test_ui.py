@@ -101,7 +101,7 @@ def test_a_scoped_user_sees_only_their_scope(browser, server):
     sign_in(browser, server, user="ada", password="correct horse")
     wait(lambda: len(row_ids(browser)) == 2)  # i = 1 and 16 are proj_1/cnt_1
     containers = browser.execute_script(
-        "return [...document.querySelectorAll('#entries tbody tr')].map(r => r.cells[7].textContent)")
+        "return [...document.querySelectorAll('#entries tbody tr')].map(r => r.cells[8].textContent)")
     assert set(containers) == {"cnt_1"}
     assert browser.execute_script("return document.getElementById('tile-total').textContent") == "2"
 
@@ -201,3 +201,30 @@ def test_new_entries_do_not_move_the_rows_a_reader_scrolled_to(browser, server):
         "const box = list.getBoundingClientRect();"
         "return rows.find(r => r.getBoundingClientRect().top >= box.top + 30).dataset.id")
     assert still == top_row
+
+
+def test_slowest_view_route_table_and_tiles_follow_the_filters(browser, server):
+    from selenium.webdriver.common.by import By
+    ingest(server, [make_entry(i, tsMs=None, url=f"/v1/{('users', 'teams')[i % 2]}/{i}",
+                               durationMs=(i * 37) % 400 + 1) for i in range(20)])
+    sign_in(browser, server, path="/?mode=slowest")
+    slowest = sorted(range(20), key=lambda i: (-((i * 37) % 400 + 1), -i))
+    wait(lambda: row_ids(browser) == [i + 1 for i in slowest])
+    first = browser.execute_script(
+        "return document.querySelector('#entries tbody tr').cells[5].textContent")
+    assert first == f"{(slowest[0] * 37) % 400 + 1} ms"
+    # The route table: both routes, busiest first; a click filters by route.
+    browser.find_element(By.CSS_SELECTOR, "#routes-box summary").click()
+    routes = wait(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#routes tbody tr')].map(r => r.cells[0].textContent)"))
+    assert sorted(routes) == ["/v1/teams/{id}", "/v1/users/{id}"]
+    browser.find_element(By.CSS_SELECTOR, "#routes tbody tr").click()
+    wait(lambda: "route=" in browser.current_url)
+    route = parse_qs(urlparse(browser.current_url).query)["route"][0]
+    wanted = [i + 1 for i in slowest if f"/v1/{('users', 'teams')[i % 2]}/{{id}}" == route]
+    wait(lambda: row_ids(browser) == wanted)
+    # The tiles count what the filters match, and the p95 tile is set.
+    wait(lambda: browser.execute_script(
+        "return document.getElementById('tile-total').textContent") == "10")
+    assert browser.execute_script("return document.getElementById('tile-p95').textContent") \
+        .endswith("ms")

@@ -58,7 +58,8 @@ function showMain() {
   $("main").hidden = false;
   $("who").textContent = sessionStorage.getItem("logsvc.who") || "";
   readFiltersFromUrl();
-  setMode(new URLSearchParams(location.search).get("mode") === "search" ? "search" : "live");
+  const mode = new URLSearchParams(location.search).get("mode");
+  setMode(["search", "slowest"].includes(mode) ? mode : "live");
 }
 
 // --- filters and the page URL --------------------------------------------------
@@ -90,7 +91,7 @@ function readFiltersFromUrl() {
 
 function writeUrl() {
   const params = new URLSearchParams(filters());
-  if (ui.mode === "search") params.set("mode", "search");
+  if (ui.mode !== "live") params.set("mode", ui.mode);
   history.replaceState(null, "", `${location.pathname}${params.toString() ? "?" + params : ""}`);
 }
 
@@ -107,8 +108,9 @@ function setMode(mode) {
   ui.mode = mode;
   $("mode-live").setAttribute("aria-pressed", mode === "live");
   $("mode-search").setAttribute("aria-pressed", mode === "search");
+  $("mode-slowest").setAttribute("aria-pressed", mode === "slowest");
   $("pause").hidden = mode !== "live";
-  $("pager").hidden = mode !== "search";
+  $("pager").hidden = mode === "live";
   closeSocket();
   clearRows();
   apply();
@@ -118,6 +120,7 @@ function setMode(mode) {
 
 $("mode-live").addEventListener("click", () => setMode("live"));
 $("mode-search").addEventListener("click", () => setMode("search"));
+$("mode-slowest").addEventListener("click", () => setMode("slowest"));
 
 // --- live tail -----------------------------------------------------------------
 
@@ -189,7 +192,8 @@ function showPending() {
 // --- search ----------------------------------------------------------------------
 
 async function search() {
-  const params = new URLSearchParams({ ...filters(), limit: PAGE, offset: ui.offset, order: filters().traceId ? "asc" : "desc" });
+  const order = ui.mode === "slowest" ? "slowest" : filters().traceId ? "asc" : "desc";
+  const params = new URLSearchParams({ ...filters(), limit: PAGE, offset: ui.offset, order });
   const response = await fetch(`${API}/_logs?${params}`, { credentials: "same-origin" });
   if (response.status === 401) return showSignIn("Your session has ended.");
   const body = await response.json();
@@ -226,7 +230,7 @@ function appendRows(entries) { document.querySelector("#entries tbody").append(.
 function addGap(from, to) {
   const tr = document.createElement("tr");
   tr.className = "gap";
-  tr.innerHTML = `<td colspan="9">entries ${from}–${to} may be missing (removed by retention)</td>`;
+  tr.innerHTML = `<td colspan="10">entries ${from}–${to} may be missing (removed by retention)</td>`;
   document.querySelector("#entries tbody").prepend(tr);
 }
 
@@ -247,7 +251,7 @@ function row(entry) {
   badge.className = `lvl ${entry.level}`; badge.textContent = entry.level; level.append(badge); tr.append(level);
   tr.append(cell(entry.kind), cell(entry.method),
     cell(entry.status ?? "", entry.status ? `st${String(entry.status)[0]}` : ""),
-    cell(entry.url, "url"), cell(entry.serviceName), cell(entry.containerId));
+    cell(ms(entry.durationMs), "num"), cell(entry.url, "url"), cell(entry.serviceName), cell(entry.containerId));
   const trace = cell(""); const link = document.createElement("a");
   link.href = "#"; link.className = "trace"; link.textContent = (entry.traceId || "").slice(0, 8); link.title = "Show the whole trace";
   link.addEventListener("click", (event) => { event.preventDefault(); event.stopPropagation(); showTrace(entry.traceId); });
@@ -255,6 +259,12 @@ function row(entry) {
   tr.addEventListener("click", () => showDetail(entry));
   tr.addEventListener("keydown", (event) => { if (event.key === "Enter") showDetail(entry); });
   return tr;
+}
+
+function ms(value) {
+  if (value === null || value === undefined) return "";
+  if (value >= 1000) return `${(value / 1000).toFixed(value >= 10000 ? 0 : 1)} s`;
+  return `${value >= 100 ? Math.round(value) : Number(value.toFixed(1))} ms`;
 }
 
 function showTrace(traceId) {
@@ -272,7 +282,7 @@ async function showDetail(entry) {
   const title = document.createElement("h3");
   title.textContent = `#${full.id} ${full.kind} ${full.method || ""} ${full.url || ""}`;
   const list = document.createElement("dl");
-  for (const key of ["tsIso", "level", "status", "projectId", "containerId", "serviceName", "source", "clientIp", "traceId", "bodyTruncated"]) {
+  for (const key of ["tsIso", "level", "status", "durationMs", "route", "projectId", "containerId", "serviceName", "source", "clientIp", "traceId", "bodyTruncated"]) {
     const dt = document.createElement("dt"); dt.textContent = key;
     const dd = document.createElement("dd"); dd.textContent = full[key] ?? "–";
     list.append(dt, dd);
@@ -292,21 +302,41 @@ $("close-detail").addEventListener("click", () => { $("detail").hidden = true; }
 // --- stats -----------------------------------------------------------------------
 
 async function refreshStats() {
-  const scope = {};
+  // The tiles, the chart and the route table follow every active filter.
   const wanted = filters();
-  for (const name of ["projectId", "containerId"]) if (wanted[name]) scope[name] = wanted[name];
+  const range = { bucket: "1m", since: "1h", ...wanted };
+  if (wanted.since && !wanted.until) range.bucket = "5m";
   const [stats, histogram] = await Promise.all([
-    fetch(`${API}/_logs/stats?${new URLSearchParams(scope)}`, { credentials: "same-origin" }),
-    fetch(`${API}/_logs/stats/histogram?${new URLSearchParams({ ...scope, bucket: "1m", since: "1h" })}`, { credentials: "same-origin" }),
+    fetch(`${API}/_logs/stats?${new URLSearchParams(wanted)}`, { credentials: "same-origin" }),
+    fetch(`${API}/_logs/stats/histogram?${new URLSearchParams(range)}`, { credentials: "same-origin" }),
   ]);
   if (stats.ok) {
     const s = await stats.json();
     $("tile-total").textContent = s.total.toLocaleString();
     $("tile-errors").textContent = (s.byLevel.error || 0).toLocaleString();
     $("tile-warns").textContent = (s.byLevel.warn || 0).toLocaleString();
+    $("tile-p95").textContent = ms(s.latency.p95) || "–";
     $("tile-services").textContent = Object.entries(s.byService).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, v]) => `${k} ${v}`).join(" · ") || "–";
+    showRoutes(s.byRoute);
   }
   if (histogram.ok) drawChart((await histogram.json()).buckets);
+}
+
+function showRoutes(routes) {
+  const body = document.querySelector("#routes tbody");
+  $("routes-note").textContent = routes.length ? `(${routes.length} busiest)` : "(none)";
+  body.replaceChildren(...routes.map((r) => {
+    const tr = document.createElement("tr");
+    tr.tabIndex = 0;
+    tr.title = "Show this route's entries";
+    const rate = r.total ? `${((100 * r.errors) / r.total).toFixed(1)} %` : "";
+    tr.append(cell(r.route, "url"), cell(r.total.toLocaleString(), "num"),
+      cell(rate, r.errors ? "num bad" : "num"), cell(ms(r.p50), "num"), cell(ms(r.p95), "num"), cell(ms(r.p99), "num"));
+    const pick = () => { $("filters").elements.route.value = r.route; apply(); };
+    tr.addEventListener("click", pick);
+    tr.addEventListener("keydown", (event) => { if (event.key === "Enter") pick(); });
+    return tr;
+  }));
 }
 
 function drawChart(buckets) {
@@ -325,6 +355,16 @@ function drawChart(buckets) {
       parts.push(`<rect x="${(i * width).toFixed(2)}" y="${y.toFixed(2)}" width="${Math.max(width - 1, 1).toFixed(2)}" height="${h.toFixed(2)}" fill="${colours[level]}"><title>${new Date(bucket.tsMs).toLocaleTimeString()} ${level}: ${n}</title></rect>`);
     }
   });
+  // The p95 duration as a line on its own scale (the slowest bucket at the top).
+  const slowest = Math.max(0, ...buckets.map((b) => b.p95 || 0));
+  if (slowest > 0) {
+    const points = [];
+    buckets.forEach((bucket, i) => {
+      if (bucket.p95 === null || bucket.p95 === undefined) return;
+      points.push(`${((i + 0.5) * width).toFixed(2)},${(78 - (bucket.p95 / slowest) * 74).toFixed(2)}`);
+    });
+    parts.push(`<polyline class="p95" points="${points.join(" ")}" fill="none" stroke="#6b3fa0" stroke-width="1.5" vector-effect="non-scaling-stroke"><title>p95 duration, up to ${ms(slowest)}</title></polyline>`);
+  }
   svg.innerHTML = parts.join("");
 }
 
@@ -339,6 +379,7 @@ document.addEventListener("keydown", (event) => {
   else if (event.key === "p" && ui.mode === "live") togglePause();
   else if (event.key === "l") setMode("live");
   else if (event.key === "s") setMode("search");
+  else if (event.key === "w") setMode("slowest");
   else if (event.key === "Escape") $("detail").hidden = true;
 });
 
