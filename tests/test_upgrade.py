@@ -14,7 +14,8 @@ OLD_BODY = '{"kept": "as text by version 2", "tab": "\t", "slash": "\\\\"}' * 5
 def make_version_3():
     """Turn this store back into what version 3 wrote: no durations or
     routes (a duration stayed in `data`), no latency or route counters."""
-    for table in ("rollup_hour_all", "rollup_total_all", "rollup_route_hour",
+    for table in ("rollup_five_minutes_all", "rollup_hour_all", "rollup_total_all",
+                  "rollup_route_minute", "rollup_route_hour",
                   "rollup_route_total", "rollup_route_minute_all", "rollup_route_hour_all",
                   "rollup_route_total_all"):
         db.execute(f"DROP TABLE {table}")

@@ -227,52 +227,62 @@ def _write(entries):
 
 
 def _write_batch(entries):
-    bucket_of = sketch.bucket_of
     postgres = db.is_postgres()
+    # Everything that does not need the ids is done before the write lock
+    # is taken, so that another process can write meanwhile.
+    rows, bodies, documents, counted = _prepare(entries, postgres)
+    counters = rollup.summarize(counted)
     wal.before_write(db.current())
     with database.atomic():
         last = IdSequence.take(len(entries))
         first = last - len(entries) + 1
         if postgres:
             partitions.ensure(first, last)
-        rows = []
-        bodies = []
-        documents = []
-        counted = []
-        for offset, e in enumerate(entries):
-            entry_id = first + offset
-            has_body = e["request_body"] is not None or e["response_body"] is not None
-            duration = e["duration_ms"]
-            bucket = bucket_of(duration)
-            rows.append((entry_id, e["trace_id"], e["ts_ms"], e["kind"], e["level"],
-                         e["project_id"], e["container_id"], e["service_name"],
-                         e["method"], e["url"], e["client_ip"], e["status"],
-                         e["source"], e["data"], has_body,
-                         e["body_truncated"], duration, e["route"], bucket))
-            text = fulltext.document(e["url"], e["request_body"], e["response_body"], e["data"])
-            if postgres:
-                bodies.append((entry_id, *pack_body(e["request_body"]),
-                               *pack_body(e["response_body"]), fulltext.tsvector(text)))
-            else:
-                documents.append((entry_id, text))
-                if has_body:
-                    bodies.append((entry_id, *pack_body(e["request_body"]),
-                                   *pack_body(e["response_body"])))
-            counted.append((e["ts_ms"], e["project_id"], e["container_id"],
-                            e["service_name"], e["level"], e["kind"], e["status"],
-                            e["source"], e["route"], bucket, duration))
+        rows = [(first + offset, *row) for offset, row in enumerate(rows)]
+        bodies = [(first + offset, *rest) for offset, *rest in bodies]
         if postgres:
             _copy("entry", _ENTRY_COLUMNS, rows)
             _copy("entry_body", _PG_BODY_COLUMNS, bodies)
         else:
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)
-            fulltext.insert_sqlite(documents)
-        rollup.add(counted)
+            fulltext.insert_sqlite([(first + offset, text) for offset, text in documents])
+        rollup.write(counters)
         if postgres:
             # Delivered at commit: wakes the live tail of every host.
             db.execute(f"NOTIFY {TAIL_CHANNEL}")
     return first, last
+
+
+def _prepare(entries, postgres):
+    """The batch's rows without their ids: entry rows, body rows and
+    full-text documents (each led by its offset in the batch), and the
+    facts the counters take (rollup.ROW_SQL's columns)."""
+    bucket_of = sketch.bucket_of
+    document = fulltext.document
+    rows, bodies, documents, counted = [], [], [], []
+    for offset, e in enumerate(entries):
+        has_body = e["request_body"] is not None or e["response_body"] is not None
+        duration = e["duration_ms"]
+        bucket = bucket_of(duration)
+        rows.append((e["trace_id"], e["ts_ms"], e["kind"], e["level"],
+                     e["project_id"], e["container_id"], e["service_name"],
+                     e["method"], e["url"], e["client_ip"], e["status"],
+                     e["source"], e["data"], has_body,
+                     e["body_truncated"], duration, e["route"], bucket))
+        text = document(e["url"], e["request_body"], e["response_body"], e["data"])
+        if postgres:
+            bodies.append((offset, *pack_body(e["request_body"]),
+                           *pack_body(e["response_body"]), fulltext.tsvector(text)))
+        else:
+            documents.append((offset, text))
+            if has_body:
+                bodies.append((offset, *pack_body(e["request_body"]),
+                               *pack_body(e["response_body"])))
+        counted.append((e["ts_ms"], e["project_id"], e["container_id"],
+                        e["service_name"], e["level"], e["kind"], e["status"],
+                        e["source"], e["route"], bucket, duration))
+    return rows, bodies, documents, counted
 
 
 def _copy(table, columns, rows):

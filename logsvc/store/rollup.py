@@ -10,13 +10,15 @@ the longest duration `lat_max`:
     rollup_minute      (minute, project, container, service)
     rollup_hour        (hour, project, container, service)
     rollup_total       (project, container, service)
-    rollup_minute_all / rollup_hour_all / rollup_total_all   (every scope)
+    rollup_minute_all / rollup_five_minutes_all / rollup_hour_all /
+    rollup_total_all   (every scope)
 
 Route counters: calls `n`, `errors` (level error) and `lat`, for the
 entries that have a route:
 
-    rollup_route_hour  (hour, project, route)
-    rollup_route_total (project, container, route)
+    rollup_route_minute (minute, project, route)
+    rollup_route_hour   (hour, project, route)
+    rollup_route_total  (project, container, route)
     rollup_route_minute_all / rollup_route_hour_all / rollup_route_total_all
 
 A batch touches one row per distinct key of each tier; batches arrive
@@ -55,15 +57,12 @@ _COUNTS = ", ".join(COUNT_COLUMNS)
 
 class Tier:
     """One counter table: its key columns, its time column (None: all
-    time), the time unit in minutes, and how its key is made from the base
-    key of its family ((minute, project, container, service) for scope
-    counters, (minute, project, container, route) for route counters)."""
+    time), and the tier (or the base accumulation of `add`) it is summed
+    from, with the key function that maps that one's keys to its own."""
 
-    def __init__(self, table, keys, time_column, counts, key_from):
+    def __init__(self, table, keys, time_column, counts, source, key_from):
         self.table, self.keys, self.time_column = table, keys, time_column
-        self.counts, self.key_from = counts, key_from
-        self.minutes = {"minute": 1, "hour": 60, None: None}[time_column]
-        self.unit_ms = None if self.minutes is None else self.minutes * MINUTE_MS
+        self.counts, self.source, self.key_from = counts, source, key_from
         self.with_max = counts is COUNT_COLUMNS
         columns = [*keys, *counts, "lat"] + (["lat_max"] if self.with_max else [])
         sets = [f"{c} = {table}.{c} + excluded.{c}" for c in counts]
@@ -81,26 +80,36 @@ class Tier:
 
 
 _SCOPE = ("project_id", "container_id", "service_name")
+# Bases built by `add`: "scopes" keyed (minute, project, container, service),
+# "routes" (project, container, route), "route_minutes" (project, minute,
+# route). Each tier is summed from its source, in this order.
 TIERS = {t.table: t for t in (
-    Tier("rollup_minute", ("minute", *_SCOPE), "minute", COUNT_COLUMNS, lambda k: k),
-    Tier("rollup_hour", ("hour", *_SCOPE), "hour", COUNT_COLUMNS,
-         lambda k: (k[0] // 60, *k[1:])),
-    Tier("rollup_total", _SCOPE, None, COUNT_COLUMNS, lambda k: k[1:]),
-    Tier("rollup_minute_all", ("minute",), "minute", COUNT_COLUMNS, lambda k: k[:1]),
-    Tier("rollup_hour_all", ("hour",), "hour", COUNT_COLUMNS, lambda k: (k[0] // 60,)),
-    Tier("rollup_total_all", ("one",), None, COUNT_COLUMNS, lambda k: (0,)),
+    Tier("rollup_minute", ("minute", *_SCOPE), "minute", COUNT_COLUMNS, "scopes", None),
+    Tier("rollup_hour", ("hour", *_SCOPE), "hour", COUNT_COLUMNS, "rollup_minute",
+         lambda k: (k[0] // 60, k[1], k[2], k[3])),
+    Tier("rollup_total", _SCOPE, None, COUNT_COLUMNS, "rollup_hour", lambda k: k[1:]),
+    Tier("rollup_minute_all", ("minute",), "minute", COUNT_COLUMNS, "scopes",
+         lambda k: (k[0],)),
+    Tier("rollup_five_minutes_all", ("five_minutes",), "five_minutes", COUNT_COLUMNS,
+         "rollup_minute_all", lambda k: (k[0] // 5,)),
+    Tier("rollup_hour_all", ("hour",), "hour", COUNT_COLUMNS, "rollup_minute_all",
+         lambda k: (k[0] // 60,)),
+    Tier("rollup_total_all", ("one",), None, COUNT_COLUMNS, "rollup_hour_all",
+         lambda k: (0,)),
 )}
 ROUTE_TIERS = {t.table: t for t in (
+    Tier("rollup_route_minute", ("project_id", "minute", "route"), "minute",
+         ROUTE_COUNT_COLUMNS, "route_minutes", None),
     Tier("rollup_route_hour", ("hour", "project_id", "route"), "hour", ROUTE_COUNT_COLUMNS,
-         lambda k: (k[0] // 60, k[1], k[3])),
+         "rollup_route_minute", lambda k: (k[1] // 60, k[0], k[2])),
     Tier("rollup_route_total", ("project_id", "container_id", "route"), None,
-         ROUTE_COUNT_COLUMNS, lambda k: k[1:]),
+         ROUTE_COUNT_COLUMNS, "routes", None),
     Tier("rollup_route_minute_all", ("minute", "route"), "minute", ROUTE_COUNT_COLUMNS,
-         lambda k: (k[0], k[3])),
+         "rollup_route_minute", lambda k: (k[1], k[2])),
     Tier("rollup_route_hour_all", ("hour", "route"), "hour", ROUTE_COUNT_COLUMNS,
-         lambda k: (k[0] // 60, k[3])),
+         "rollup_route_minute_all", lambda k: (k[0] // 60, k[1])),
     Tier("rollup_route_total_all", ("route",), None, ROUTE_COUNT_COLUMNS,
-         lambda k: (k[3],)),
+         "rollup_route_hour_all", lambda k: (k[1],)),
 )}
 
 # The columns of `entry` that `add` takes, in order.
@@ -112,7 +121,25 @@ def add(rows, sign=1, weights=None):
     """Add `sign` times each row (ROW_SQL's columns) to the counters (times
     its weight, when `weights` gives one per row; the row's duration is then
     the longest of those it stands for)."""
-    scopes, routes = {}, {}
+    write(summarize(rows, sign, weights), sign)
+
+
+def write(summary, sign=1):
+    """Apply what `summarize` prepared, in the writing transaction."""
+    for tier, rows, folded in summary:
+        _upsert(tier.add_sql if sign > 0 else tier.subtract_sql, rows)
+        if sign < 0:
+            _drop_empty(tier, folded)
+            if tier.with_max:
+                _refresh_max(tier, folded)
+
+
+def summarize(rows, sign=1, weights=None):
+    """The upserts that `add` makes, as [(tier, rows, sums per key)]: pure
+    computation, which ingest does before it takes the write lock."""
+    # Accumulations: [counts, {bucket: count} or None, longest or None]
+    scopes, routes, route_minutes = {}, {}, {}
+    level_at, kind_at, source_at, status_at = LEVEL_AT, KIND_AT, SOURCE_AT, STATUS_AT
     error_at = LEVEL_AT["error"]
     for index, (ts_ms, project_id, container_id, service_name, level, kind, status,
                 source, route, bucket, duration) in enumerate(rows):
@@ -122,43 +149,61 @@ def add(rows, sign=1, weights=None):
         key = (minute, project_id, container_id, service_name or "")
         into = scopes.get(key)
         if into is None:
-            into = scopes[key] = [[0] * WIDTH, {}, None]
+            into = scopes[key] = [[0] * WIDTH, None, None]
         counts = into[0]
         counts[0] += step
-        counts[LEVEL_AT[level]] += step
-        counts[KIND_AT[kind]] += step
-        counts[SOURCE_AT[source]] += step
+        at = level_at[level]
+        counts[at] += step
+        counts[kind_at[kind]] += step
+        counts[source_at[source]] += step
         if status is not None and 100 <= status <= 599:
-            counts[STATUS_AT[f"{status // 100}xx"]] += step
+            counts[status_at[_CLASS[status // 100]]] += step
         if bucket is not None:
-            into[1][bucket] = into[1].get(bucket, 0) + step
+            lat = into[1]
+            if lat is None:
+                lat = into[1] = {}
+            lat[bucket] = lat.get(bucket, 0) + step
             if into[2] is None or duration > into[2]:
                 into[2] = duration
         if route is not None:
-            key = (minute, project_id, container_id, route)
-            into = routes.get(key)
-            if into is None:
-                into = routes[key] = [[0, 0], {}, None]
-            into[0][0] += step
-            if LEVEL_AT[level] == error_at:
-                into[0][1] += step
-            if bucket is not None:
-                into[1][bucket] = into[1].get(bucket, 0) + step
-    for tiers, base in ((TIERS, scopes), (ROUTE_TIERS, routes)):
+            error = step if at == error_at else 0
+            for base, key in ((routes, (project_id, container_id, route)),
+                              (route_minutes, (project_id, minute, route))):
+                into = base.get(key)
+                if into is None:
+                    into = base[key] = [[0, 0], None, None]
+                into[0][0] += step
+                into[0][1] += error
+                if bucket is not None:
+                    lat = into[1]
+                    if lat is None:
+                        lat = into[1] = {}
+                    lat[bucket] = lat.get(bucket, 0) + step
+    summed = {"scopes": scopes, "routes": routes, "route_minutes": route_minutes}
+    summary = []
+    for tiers in (TIERS, ROUTE_TIERS):
         for tier in tiers.values():
-            folded = _fold(tier, base)
-            parts = tier.add_sql if sign > 0 else tier.subtract_sql
-            rows_out = []
-            for key, (counts, lat, longest) in folded.items():
-                row = (*key, *counts, sketch.dumps(lat))
-                rows_out.append(row + ((longest if sign > 0 else None,) if tier.with_max else ()))
-            # In key order, so that concurrent transactions lock rows in one order.
-            rows_out.sort(key=lambda r: r[:len(tier.keys)])
-            _upsert(parts, rows_out)
-            if sign < 0:
-                _drop_empty(tier, folded)
-                if tier.with_max:
-                    _refresh_max(tier, folded)
+            source = summed[tier.source]
+            folded = summed[tier.table] = (source if tier.key_from is None
+                                           else _fold(source, tier.key_from))
+            summary.append((tier, _rows(tier, folded, sign), folded))
+    return summary
+
+
+_CLASS = {c: f"{c}xx" for c in range(1, 6)}
+
+
+def _rows(tier, folded, sign):
+    rows = []
+    with_max = tier.with_max
+    dumps = sketch.dumps
+    for key, (counts, lat, longest) in folded.items():
+        row = (*key, *counts, dumps(lat) if lat else None)
+        rows.append(row + (longest if sign > 0 else None,) if with_max else row)
+    # In key order, so that concurrent transactions lock rows in one order.
+    width = len(tier.keys)
+    rows.sort(key=lambda r: r[:width])
+    return rows
 
 
 def rebuild():
@@ -166,39 +211,44 @@ def rebuild():
     for table in (*TIERS, *ROUTE_TIERS):
         db.execute(f"DELETE FROM {table}")
     groups = db.execute(
-        "SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
-        "kind, status, source, route, lat_bucket, MAX(duration_ms), count(*) FROM entry "
-        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10").fetchall()
+        f"SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
+        f"kind, status, source, route, lat_bucket, MAX(duration_ms), count(*) FROM entry "
+        f"GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10").fetchall()
     for start in range(0, len(groups), 50_000):
         chunk = groups[start:start + 50_000]
         add([row[:11] for row in chunk], weights=[row[11] for row in chunk])
 
 
-def _fold(tier, base):
-    """The base accumulators summed per key of `tier`."""
+def _fold(source, key_from):
+    """The accumulations of `source` summed per key_from(key)."""
     out = {}
-    key_from = tier.key_from
-    for key, (counts, lat, longest) in base.items():
+    for key, (counts, lat, longest) in source.items():
         key = key_from(key)
         into = out.get(key)
         if into is None:
-            out[key] = [list(counts), dict(lat), longest]
+            out[key] = [counts.copy(), dict(lat) if lat else None, longest]
             continue
-        into[0] = [a + b for a, b in zip(into[0], counts)]
-        for bucket, n in lat.items():
-            into[1][bucket] = into[1].get(bucket, 0) + n
+        total = into[0]
+        for at, n in enumerate(counts):
+            if n:
+                total[at] += n
+        if lat:
+            mine = into[1]
+            if mine is None:
+                into[1] = dict(lat)
+            else:
+                for bucket, n in lat.items():
+                    mine[bucket] = mine.get(bucket, 0) + n
         if longest is not None and (into[2] is None or longest > into[2]):
             into[2] = longest
     return out
 
 
 def _drop_empty(tier, folded):
-    """Delete the rows of `tier` that a subtraction left at zero."""
-    if tier.time_column is None:
-        db.execute(f"DELETE FROM {tier.table} WHERE n <= 0")
-        return
-    db.executemany(f"DELETE FROM {tier.table} WHERE {tier.time_column} = ? AND n <= 0",
-                   [(t,) for t in sorted({key[0] for key in folded})])
+    """Delete the rows of `tier` that a subtraction left at zero (found by
+    their keys: no scan)."""
+    match = " AND ".join(f"{c} = ?" for c in tier.keys)
+    db.executemany(f"DELETE FROM {tier.table} WHERE {match} AND n <= 0", sorted(folded))
 
 
 # Where a tier's lat_max is recomputed from: (finer table, its time column,
@@ -207,6 +257,7 @@ _MAX_SOURCES = {
     "rollup_hour": ("rollup_minute", "minute"),
     "rollup_total": ("rollup_hour", "hour"),
     "rollup_minute_all": ("rollup_minute", "minute"),
+    "rollup_five_minutes_all": ("rollup_minute_all", "minute"),
     "rollup_hour_all": ("rollup_minute_all", "minute"),
     "rollup_total_all": ("rollup_hour_all", "hour"),
 }
@@ -240,7 +291,8 @@ def _refresh_max(tier, folded):
     shared = [c for c in tier.keys if c != tier.time_column and c != "one"]
     where = [f"f.{c} = {table}.{c}" for c in shared]
     if tier.time_column is not None:
-        per = 60 if tier.time_column == "hour" and finer_time == "minute" else 1
+        per = ({"hour": 60, "five_minutes": 5}.get(tier.time_column, 1)
+               if finer_time == "minute" else 1)
         where.append(f"f.{finer_time} >= {table}.{tier.time_column} * {per} "
                      f"AND f.{finer_time} < ({table}.{tier.time_column} + 1) * {per}")
     condition = " AND ".join(where) or "TRUE"
@@ -415,14 +467,14 @@ def latency(project_id=None, container_id=None, since=None, until=None):
 def routes(project_id=None, container_id=None, since=None, until=None):
     """{route: [calls, errors, {bucket: count}]} for the scope's entries
     with since <= ts_ms < until. Tiers by scope: every scope reads the
-    all-scope route tiers (minutes, hours); a project reads its hours and
-    counts the rest of the range from `entry`; a container reads its
-    all-time row, and counts a range from `entry`."""
+    all-scope route tiers, a project its own (minutes, hours, all time); a
+    container reads its all-time row, and counts a range from `entry`."""
     if project_id is None and container_id is None:
         tables = {None: "rollup_route_total_all", HOUR_MS: "rollup_route_hour_all",
                   MINUTE_MS: "rollup_route_minute_all"}
     elif container_id is None:
-        tables = {None: "rollup_route_total", HOUR_MS: "rollup_route_hour"}
+        tables = {None: "rollup_route_total", HOUR_MS: "rollup_route_hour",
+                  MINUTE_MS: "rollup_route_minute"}
     else:
         tables = {None: "rollup_route_total"}
     units = tuple(u for u in (HOUR_MS, MINUTE_MS) if u in tables)

@@ -46,9 +46,9 @@ def value_of(bucket):
 
 
 def dumps(counts):
-    """A sketch as stored (None when empty)."""
-    kept = {str(k): v for k, v in counts.items() if v}
-    return orjson.dumps(kept).decode() if kept else None
+    """A sketch as stored (None when empty). The counts of one batch all
+    have one sign, so none is zero."""
+    return orjson.dumps(counts, option=orjson.OPT_NON_STR_KEYS).decode() if counts else None
 
 
 def loads(text):
@@ -64,6 +64,16 @@ def add(into, text):
     return into
 
 
+def merged(texts):
+    """Stored sketches added into one {bucket: count}."""
+    into = {}
+    get = into.get
+    for text in texts:
+        for key, n in orjson.loads(text).items():
+            into[key] = get(key, 0) + n
+    return {int(key): n for key, n in into.items()}
+
+
 def merge_stored(a, b):
     """Two stored sketches added (the SQLite function behind the upsert;
     PostgreSQL has the same as `logsvc_sketch_add`, see models.py)."""
@@ -71,7 +81,11 @@ def merge_stored(a, b):
         return b or None
     if not b:
         return a
-    return dumps(add(loads(a), b))
+    into = orjson.loads(a)
+    for key, n in orjson.loads(b).items():
+        into[key] = into.get(key, 0) + n
+    kept = {k: v for k, v in into.items() if v}
+    return orjson.dumps(kept).decode() if kept else None
 
 
 def percentile(counts, p, total=None, maximum=None):

@@ -18,8 +18,9 @@ services in it), not the number of entries.
 
 A histogram's buckets are whole buckets: hourly and longer ones read
 `rollup_hour_all` when no scope is asked for and `rollup_hour` when one is;
-shorter ones read `rollup_minute_all` or `rollup_minute` (through its
-(project, minute) index). Each bucket's p50 and p95 come from the latency
+shorter ones read `rollup_five_minutes_all` (5 to 30 minutes) or
+`rollup_minute_all` when no scope is asked for, and `rollup_minute`
+(through its (project, minute) index) when one is. Each bucket's p50 and p95 come from the latency
 sketches of the same rows, merged (sketch.py).
 
 `latency` and `byRoute` read the latency and route counters the same way
@@ -200,10 +201,12 @@ def _counted_buckets(minutes, start, end, filters):
     if minutes % 60 == 0:
         table = "rollup_hour" if where else "rollup_hour_all"
         unit, per_bucket = "hour", minutes // 60
+    elif minutes % 5 == 0 and not where:
+        table, unit, per_bucket = "rollup_five_minutes_all", "five_minutes", minutes // 5
     else:
         table = "rollup_minute" if where else "rollup_minute_all"
         unit, per_bucket = "minute", minutes
-    unit_ms = HOUR_MS if unit == "hour" else MINUTE_MS
+    unit_ms = {"hour": HOUR_MS, "five_minutes": 5 * MINUTE_MS, "minute": MINUTE_MS}[unit]
     where.append(f"{unit} >= ? AND {unit} < ?")
     params += [start // unit_ms, end // unit_ms]
     bucket_of = f"({unit} / {per_bucket}) * {per_bucket}" if per_bucket > 1 else unit
@@ -213,14 +216,14 @@ def _counted_buckets(minutes, start, end, filters):
                       f"WHERE {condition} GROUP BY b", params).fetchall()
     counted = {row[0] * unit_ms: row[1:] for row in rows}
     # Latency per bucket: the sketches of its rows merged.
-    timed = {}
-    for b, lat, longest in db.execute(
+    texts, longest = {}, {}
+    for b, lat, top in db.execute(
             f"SELECT {bucket_of} AS b, lat, lat_max FROM {table} "
             f"WHERE {condition} AND lat IS NOT NULL", params):
-        into = timed.setdefault(b * unit_ms, [{}, None])
-        sketch.add(into[0], lat)
-        if longest is not None and (into[1] is None or longest > into[1]):
-            into[1] = longest
+        texts.setdefault(b, []).append(lat)
+        if top is not None and (longest.get(b) is None or top > longest[b]):
+            longest[b] = top
+    timed = {b * unit_ms: (sketch.merged(lats), longest.get(b)) for b, lats in texts.items()}
     return counted, timed
 
 
