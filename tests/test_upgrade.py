@@ -26,6 +26,7 @@ def make_version_3():
         db.execute("UPDATE entry SET data = json_set(data, '$.durationMs', duration_ms) "
                    "WHERE duration_ms IS NOT NULL")
     db.execute("DROP INDEX entry_duration_ms")
+    db.execute("DROP INDEX entry_project_id_duration_ms")
     for column in ("duration_ms", "route", "lat_bucket"):
         db.execute(f"ALTER TABLE entry DROP COLUMN {column}")
     for table in ("rollup_minute", "rollup_hour", "rollup_total", "rollup_minute_all"):

@@ -89,9 +89,12 @@ class Entry(BaseModel):
         )
 
 
-# `order=slowest` walks this backwards; entries without a duration are not
-# in it (partial index).
+# `order=slowest` walks these backwards: every scope's, and a tenant's.
+# Entries without a duration are not in them (partial indexes).
 Entry.add_index(peewee.ModelIndex(Entry, (Entry.duration_ms,), name="entry_duration_ms",
+                                  where=Entry.duration_ms.is_null(False)))
+Entry.add_index(peewee.ModelIndex(Entry, (Entry.project_id, Entry.duration_ms),
+                                  name="entry_project_id_duration_ms",
                                   where=Entry.duration_ms.is_null(False)))
 
 
