@@ -116,6 +116,9 @@ def _parser():
     clear = commands.add_parser("clear", help="delete every entry (ids jump by 10000)")
     clear.add_argument("--yes", action="store_true", help="confirm")
     clear.set_defaults(run=_clear)
+    commands.add_parser(
+        "migrate", help="create the store, or upgrade it to this version's schema").set_defaults(
+        run=lambda args, config: {"schemaVersion": models.SCHEMA_VERSION})
     commands.add_parser("prune", help="run retention now").set_defaults(
         run=lambda args, config: {"removed": retention.prune(config)})
     terminal.add_commands(commands)

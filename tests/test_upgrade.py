@@ -126,3 +126,20 @@ def test_a_version_2_store_gains_hourly_counters_and_keeps_its_bodies(make_app):
     names = {name for (name,) in indexes}
     assert "entry_project_id_id_container_id" in names
     assert {"entry_kind_id", "entry_source_id", "entry_project_id_container_id_id"}.isdisjoint(names)
+
+
+def test_the_migrate_command_upgrades_a_store_before_the_server_starts(make_app, tmp_path):
+    from tests.test_admin import cli
+
+    app = make_app()
+    Store(app.test_client()).ingest([make_entry(i, durationMs=i + 0.5) for i in range(5)])
+    db.call(make_version_3)
+    app.extensions["logsvc"].store.close()
+    done = cli(tmp_path, "migrate")
+    assert done.returncode == 0, done.stderr
+    assert '"schemaVersion": 4' in done.stdout
+    make_app()  # opens the store again: already at version 4
+    assert db.call(lambda: db.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == ("4",)
+    assert db.call(lambda: db.execute(
+        "SELECT count(*) FROM entry WHERE duration_ms IS NOT NULL").fetchone()) == (5,)

@@ -462,13 +462,17 @@ MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 _PG_SKETCH_ADD = """
 CREATE OR REPLACE FUNCTION logsvc_sketch_add(a text, b text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-  SELECT CASE WHEN a IS NULL OR a = '' THEN nullif(b, '')
-              WHEN b IS NULL OR b = '' THEN a
-              ELSE (SELECT jsonb_object_agg(k, s)::text FROM (
-                      SELECT k, SUM(v::bigint) AS s FROM (
-                        SELECT key, value FROM jsonb_each_text(a::jsonb)
-                        UNION ALL SELECT key, value FROM jsonb_each_text(b::jsonb)) AS t(k, v)
-                      GROUP BY k HAVING SUM(v::bigint) <> 0) AS u) END
+  WITH items AS (
+    SELECT side, (o - 1) / 2 AS pair, (o - 1) % 2 AS part, v::bigint AS v
+    FROM (VALUES (1, nullif(a, '')), (2, nullif(b, ''))) AS sides(side, txt),
+         LATERAL jsonb_array_elements_text(txt::jsonb) WITH ORDINALITY AS t(v, o)
+  ), pairs AS (
+    SELECT max(v) FILTER (WHERE part = 0) AS k, max(v) FILTER (WHERE part = 1) AS n
+    FROM items GROUP BY side, pair
+  ), sums AS (
+    SELECT k, sum(n) AS n FROM pairs GROUP BY k HAVING sum(n) <> 0
+  )
+  SELECT '[' || string_agg(k || ',' || n, ',' ORDER BY k) || ']' FROM sums
 $$
 """
 

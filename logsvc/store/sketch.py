@@ -8,8 +8,9 @@ read from bucket counts is within 1 % of the exact one (the DDSketch
 argument). Durations of 0 have bucket 0; durations below 0.001 ms count as
 0.001 ms. Buckets run up to 1,271 (a day).
 
-A sketch is a {bucket: count} dict; stored, a JSON object of those
-(`{"215": 3, "230": 1}`) in the `lat` column of every counter row, beside
+A sketch is a {bucket: count} dict; stored, a flat JSON array of bucket,
+count pairs in bucket order (`[215, 3, 230, 1]`) in the `lat` column of
+every counter row, beside
 `lat_max`, the exact longest duration. Sketches add and subtract bucket by
 bucket, so they follow inserts and retention exactly like the other
 counters (see rollup.py). Each entry keeps its bucket (`entry.lat_bucket`)
@@ -20,6 +21,7 @@ smallest. The answer is the representative of the bucket holding that
 rank, capped at the exact maximum.
 """
 import math
+from itertools import chain
 
 import orjson
 
@@ -46,32 +48,39 @@ def value_of(bucket):
 
 
 def dumps(counts):
-    """A sketch as stored (None when empty). The counts of one batch all
-    have one sign, so none is zero."""
-    return orjson.dumps(counts, option=orjson.OPT_NON_STR_KEYS).decode() if counts else None
+    """A sketch as stored: a JSON array of bucket, count pairs, flat and in
+    bucket order (`[215, 3, 230, 1]`); None when empty. The counts of one
+    batch all have one sign, so none is zero."""
+    if not counts:
+        return None
+    return orjson.dumps(list(chain.from_iterable(sorted(counts.items())))).decode()
 
 
 def loads(text):
-    return {int(k): v for k, v in orjson.loads(text).items()} if text else {}
+    if not text:
+        return {}
+    flat = orjson.loads(text)
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def add(into, text):
     """Add a stored sketch into the dict `into`."""
     if text:
-        for key, n in orjson.loads(text).items():
-            key = int(key)
-            into[key] = into.get(key, 0) + n
+        flat = orjson.loads(text)
+        get = into.get
+        for bucket, n in zip(flat[::2], flat[1::2]):
+            into[bucket] = get(bucket, 0) + n
     return into
 
 
 def merged(texts):
     """Stored sketches added into one {bucket: count}."""
+    if len(texts) == 1:
+        return loads(texts[0])
     into = {}
-    get = into.get
     for text in texts:
-        for key, n in orjson.loads(text).items():
-            into[key] = get(key, 0) + n
-    return {int(key): n for key, n in into.items()}
+        add(into, text)
+    return into
 
 
 def merge_stored(a, b):
@@ -81,11 +90,8 @@ def merge_stored(a, b):
         return b or None
     if not b:
         return a
-    into = orjson.loads(a)
-    for key, n in orjson.loads(b).items():
-        into[key] = into.get(key, 0) + n
-    kept = {k: v for k, v in into.items() if v}
-    return orjson.dumps(kept).decode() if kept else None
+    into = add(loads(a), b)
+    return dumps({bucket: n for bucket, n in into.items() if n})
 
 
 def percentile(counts, p, total=None, maximum=None):
