@@ -4,6 +4,7 @@ import pytest
 from logsvc.entry import now_ms
 from logsvc.store import db, retention
 from logsvc.testing import make_entry
+from tests.test_stats import assert_stats, truth
 
 
 def config_of(app, **changes):
@@ -76,7 +77,9 @@ def test_the_row_cap_drops_whole_partitions_and_keeps_the_counters_exact(make_ap
     app = make_app(partition_rows=100)
     store = Store(app.test_client())
     for start in range(0, 350, 50):
-        store.ingest([make_entry(i, requestBody="b") for i in range(start, start + 50)])
+        # The longest durations are in the partitions that go.
+        store.ingest([make_entry(i, requestBody="b", durationMs=1000 - i)
+                      for i in range(start, start + 50)])
     assert stored_partitions() == [0, 1, 2, 3]
     removed = retention.prune(config_of(app, max_rows=120), batch=7)
     assert removed == 230
@@ -85,6 +88,8 @@ def test_the_row_cap_drops_whole_partitions_and_keeps_the_counters_exact(make_ap
     stats = store.page("/api/proxy-logs/_logs/stats")
     assert stats["total"] == 120
     assert sum(stats["byLevel"].values()) == 120
+    assert (stats["latency"]["count"], stats["latency"]["max"]) == (120, 1000 - 230)
+    assert_stats(stats, truth())  # and percentiles, routes, exact as before
     (bodies,) = db.call(lambda: db.execute("SELECT count(*) FROM entry_body").fetchone())
     assert bodies == 120
     ranges = db.call(lambda: db.execute(

@@ -492,10 +492,9 @@ class SchemaTooNew(RuntimeError):
 
 
 def _stored_version():
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except peewee.DatabaseError:  # a new store: no meta table yet
+    if not database.table_exists("meta"):  # a new store
         return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return int(row[0]) if row else None
 
 
@@ -514,9 +513,12 @@ def create_schema(partition_rows=1_000_000):
     EntryBody._meta.table_settings = ["PARTITION BY RANGE (entry_id)"] if postgres else []
     with database.atomic():
         if postgres:
-            # Every worker of every host runs this at start: one at a time.
+            # Every worker of every host runs this at start: one at a time,
+            # and none once another has made the store current (its DDL
+            # would lock tables that the first one's writers are using).
             db.execute("SELECT pg_advisory_xact_lock(7106737)")
-        if postgres:
+            if _stored_version() == SCHEMA_VERSION:
+                return
             db.execute(_PG_SKETCH_ADD)
         _add_v4_columns()
         database.create_tables(ALL_MODELS, safe=True)

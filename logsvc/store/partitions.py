@@ -82,11 +82,6 @@ def listed():
     return sorted(int(name[len("entry_p"):]) for (name,) in rows)
 
 
-_GROUPS = ("SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
-           "kind, status, source, route, lat_bucket, MAX(duration_ms), count(*) "
-           "FROM {table} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10")
-
-
 def drop_expired(cutoff_ms, excess_rows, high_water):
     """Drop the oldest partitions that retention may remove whole: every
     entry older than `cutoff_ms` (None: no age limit), or no more rows than
@@ -105,7 +100,7 @@ def drop_expired(cutoff_ms, excess_rows, high_water):
             expired = count == 0 or (cutoff_ms is not None and newest < cutoff_ms)
             if not expired and count > excess_rows:
                 break
-            groups = db.execute(_GROUPS.format(table=table)).fetchall() if count else []
+            groups = db.execute(rollup.GROUPED.format(table=table)).fetchall() if count else []
             # Dropping a partition needs the parents to itself. Taken before
             # any counter row is touched, so a writer (which holds `entry`
             # while it waits for counter rows) never waits on us in a cycle.

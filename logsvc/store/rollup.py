@@ -115,6 +115,11 @@ ROUTE_TIERS = {t.table: t for t in (
 # The columns of `entry` that `add` takes, in order.
 ROW_SQL = ("ts_ms, project_id, container_id, service_name, level, kind, status, source, "
            "route, lat_bucket, duration_ms")
+# The rows of a table of entries grouped as `add` takes them with weights:
+# ROW_SQL's columns (the longest duration of each group), then the count.
+GROUPED = ("SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
+           "kind, status, source, route, lat_bucket, MAX(duration_ms), count(*) "
+           "FROM {table} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10")
 
 
 def add(rows, sign=1, weights=None):
@@ -210,10 +215,7 @@ def rebuild():
     """Recount every counter from `entry` (a schema upgrade)."""
     for table in (*TIERS, *ROUTE_TIERS):
         db.execute(f"DELETE FROM {table}")
-    groups = db.execute(
-        f"SELECT (ts_ms / 60000) * 60000, project_id, container_id, service_name, level, "
-        f"kind, status, source, route, lat_bucket, MAX(duration_ms), count(*) FROM entry "
-        f"GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10").fetchall()
+    groups = db.execute(GROUPED.format(table="entry")).fetchall()
     for start in range(0, len(groups), 50_000):
         chunk = groups[start:start + 50_000]
         add([row[:11] for row in chunk], weights=[row[11] for row in chunk])
