@@ -9,7 +9,7 @@ fast paths produce exactly what the schemas produce.
 import re
 import time
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -30,6 +30,7 @@ COLUMNS = ("id", "trace_id", "ts_ms", "kind", "level", "project_id",
            "status", "source", "data", "has_body", "body_truncated",
            "duration_ms", "route")
 MAX_DURATION_MS = 86_400_000
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 MAX_ROUTE = 256
 
 
@@ -221,13 +222,12 @@ def coerce_status(value):
 def coerce_ts_ms(value):
     if type(value) is not int:
         raise ValueError("Not a valid integer (epoch milliseconds).")
-    if not 0 <= value <= 253_402_300_799_999:
+    if not 0 <= value <= MAX_TS_MS:
         raise ValueError("Out of range.")
     return value
 
 
 def coerce_iso(value):
-    from datetime import datetime
     if not isinstance(value, str):
         raise ValueError("Not a valid ISO-8601 date-time.")
     try:
@@ -236,7 +236,17 @@ def coerce_iso(value):
         raise ValueError("Not a valid ISO-8601 date-time.") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    try:
+        ms = (parsed - _EPOCH) // _ONE_MS
+    except OverflowError:
+        raise ValueError("Out of range.") from None
+    if not 0 <= ms <= MAX_TS_MS:
+        raise ValueError("Out of range.")
+    return ms
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def coerce_timestamp(value):

@@ -52,11 +52,28 @@ def create_app(config=None):
     )
     # Each request works on this application's store.
     app.before_request(lambda: db.use(store))
+    app.after_request(_security_headers)
     errors.register(app)
     for blueprint in blueprints():
         app.register_blueprint(blueprint)
     stream.sock.init_app(app)
     return app
+
+
+# The web UI loads only its own files; nothing may frame it.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _security_headers(response):
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def start_background(app):

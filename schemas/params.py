@@ -48,6 +48,9 @@ class Text(fields.String):
         super().__init__(validate=validate.Length(min=1, max=max_length), **kwargs)
 
 
+MAX_VALUES = 100  # in one comma-separated list
+
+
 class Choices(fields.Field):
     """A comma-separated list of allowed values, returned as a tuple."""
 
@@ -59,6 +62,8 @@ class Choices(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         items = [item.strip() for item in str(value).split(",")]
+        if len(items) > MAX_VALUES:
+            raise ValidationError(f"At most {MAX_VALUES} values.")
         if not all(items):
             raise ValidationError("Empty value in the list.")
         if self.upper:
@@ -78,7 +83,10 @@ class StatusSpec(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         ranges = []
-        for item in str(value).split(","):
+        items = str(value).split(",")
+        if len(items) > MAX_VALUES:
+            raise ValidationError(f"At most {MAX_VALUES} values.")
+        for item in items:
             match = _STATUS.match(item.strip())
             if not match:
                 raise ValidationError(f"{item!r} is not a status like 503, 5xx or 500-599.")
@@ -97,18 +105,25 @@ class StatusSpec(fields.Field):
 
 class Instant(fields.Field):
     """Epoch milliseconds, an ISO-8601 date-time, or a duration back from
-    now ('15m', '2h', '7d')."""
+    now ('15m', '2h', '7d'; one reaching before 1970 means 1970)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = str(value).strip()
         if re.fullmatch(r"\d{1,16}", text):
+            if int(text) > entry.MAX_TS_MS:
+                raise ValidationError("Out of range: after the year 9999.")
             return int(text)
         match = _DURATION.match(text)
         if match:
-            return time.time_ns() // 1_000_000 - int(match[1]) * _DURATION_MS[match[2]]
+            if len(match[1]) > 12:
+                raise ValidationError("Out of range: a duration of at most 12 digits.")
+            return max(0, time.time_ns() // 1_000_000 - int(match[1]) * _DURATION_MS[match[2]])
         try:
             return entry.coerce_iso(text)
-        except ValueError:
+        except ValueError as exc:
+            if "range" in str(exc):
+                raise ValidationError("Out of range: before 1970 or after the year 9999.") \
+                    from None
             raise ValidationError(
                 "Not epoch milliseconds, an ISO-8601 date-time or a duration like 15m."
             ) from None

@@ -228,3 +228,10 @@ def test_slowest_view_route_table_and_tiles_follow_the_filters(browser, server):
         "return document.getElementById('tile-total').textContent") == "10")
     assert browser.execute_script("return document.getElementById('tile-p95').textContent") \
         .endswith("ms")
+
+
+def test_the_api_docs_page_renders_under_the_content_security_policy(browser, server):
+    browser.get(server.url + "/api/proxy-logs/docs")
+    wait(lambda: "/_logs/stats" in browser.find_element("id", "paths").text)
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []

@@ -20,7 +20,7 @@ def load_secret(config, name, prefix=""):
     """A random secret kept in `<data dir>/<name>` (mode 0600), created by
     whichever process gets there first and read by all others."""
     path = os.path.join(config.data_dir, name)
-    os.makedirs(config.data_dir, exist_ok=True)
+    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -1,5 +1,6 @@
 """The operator's API: `/api/proxy-logs/_admin/...`, admin token only (an
 Authorization header: a browser session never administers)."""
+import orjson
 from flask import Blueprint, request
 from marshmallow import ValidationError
 
@@ -74,7 +75,10 @@ def prune():
 
 
 def _body(schema):
-    data = request.get_json(silent=True)
+    try:
+        data = orjson.loads(request.get_data())
+    except orjson.JSONDecodeError:  # also nesting deeper than orjson's limit
+        data = None
     if not isinstance(data, dict):
         raise ApiError(400, "The body must be a JSON object")
     try:

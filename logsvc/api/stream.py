@@ -7,6 +7,7 @@ message, control messages as JSON objects with an `event` key, and answers
 `ping` with `pong`.
 """
 import contextlib
+import re
 
 import gevent
 import gevent.lock
@@ -40,7 +41,7 @@ def sse():
     found = reader()
     header = request.headers.get("Last-Event-ID")
     if header is not None and "last_event_id" not in params:
-        if not header.strip().isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", header.strip()):
             raise ApiError(400, "Invalid header 'Last-Event-ID': not an entry id")
         params["last_event_id"] = int(header.strip())
     subscription_args = _subscription_args(found, params)

@@ -32,6 +32,7 @@ Hand-written SQL uses `?` placeholders; `sql()` turns them into psycopg2's
 """
 import contextlib
 import contextvars
+import os
 import sqlite3
 import time
 from urllib.parse import unquote, urlsplit
@@ -161,7 +162,7 @@ def init(config):
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):]
         else:
-            config.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(config.sqlite_path.parent)
         enable_wal(str(path))
         bound = peewee.SqliteDatabase(
             str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
@@ -208,7 +209,22 @@ def _is_locked(exc):
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def private_dir(path):
+    """Make the data directory, readable by its owner only (0700)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def private_file(path):
+    """Create a database file readable by its owner only (0600) before
+    SQLite opens it; SQLite gives its -wal and -shm files the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def enable_wal(path, patience_s=30.0):
+    private_file(path)
     deadline = time.monotonic() + patience_s
     conn = sqlite3.connect(path, timeout=patience_s)
     try:

@@ -347,16 +347,27 @@ def _check_age(fields, oldest):
 
 
 def _gunzip(body, max_bytes):
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, max_bytes + 1)
-    except zlib.error:
-        raise PayloadError("body is not valid gzip") from None
-    if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body exceeds {max_bytes} bytes")
-    if not inflater.eof:
-        raise PayloadError("body is not valid gzip (truncated)")
-    return out
+    """Every member of a gzip body (several members are one stream, as
+    `cat a.gz b.gz` makes); anything else after the last is refused, as is
+    a body that inflates past `max_bytes`."""
+    out, size, rest = [], 0, body
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = inflater.decompress(rest, max_bytes + 1 - size)
+        except zlib.error:
+            raise PayloadError("body is not valid gzip") from None
+        size += len(chunk)
+        out.append(chunk)
+        if size > max_bytes or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed body exceeds {max_bytes} bytes")
+        if not inflater.eof:
+            raise PayloadError("body is not valid gzip (truncated)")
+        rest = inflater.unused_data
+        if not rest.strip(b"\x00"):  # gzip itself ignores zero padding
+            return b"".join(out)
+        if not rest.startswith(b"\x1f\x8b"):
+            raise PayloadError("body is not valid gzip (other data after its end)")
 
 
 def _ndjson(body):

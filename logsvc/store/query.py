@@ -129,7 +129,9 @@ def _list_entries(filters, page):
                       page.include_request_body, page.include_response_body)
         entries.append(render_row(row[:width], bodies))
     total, exact = _count(filters, page.offset + limit + COUNT_CAP)
-    result = {"entries": entries, "total": max(total, page.offset + len(entries)),
+    if entries:  # a page past the end must not make the total up
+        total = max(total, page.offset + len(entries))
+    result = {"entries": entries, "total": total,
               "totalExact": exact, "limit": limit, "offset": page.offset}
     if page.last is not None or page.after_id is not None:
         result["nextAfterId"] = rows[-1][0] if rows else page.after_id

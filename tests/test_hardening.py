@@ -1,0 +1,98 @@
+"""Hostile input gets a clear 400 naming what is wrong, never a 500 and
+never a half-stored request."""
+import gzip
+import os
+import stat
+
+import pytest
+
+from logsvc.store import db
+from logsvc.testing import INGEST, LOGS, make_entry
+
+STATS = LOGS + "/stats"
+HISTOGRAM = STATS + "/histogram"
+STREAM = "/api/proxy-logs/_logs/stream"
+
+
+@pytest.mark.parametrize("path", [LOGS, STATS, HISTOGRAM])
+@pytest.mark.parametrize("params, name", [
+    ({"since": "999999999999999999999d"}, "since"),
+    ({"until": "99999999999999999h"}, "until"),
+    ({"since": "9999999999999999"}, "since"),  # past year 9999
+    ({"status": ",".join(["503"] * 1000)}, "status"),
+    ({"serviceName": ",".join(f"s{i}" for i in range(1000))}, "serviceName"),
+])
+def test_values_out_of_range_are_400_naming_the_parameter(store, path, params, name):
+    response = store.get(path, **params)
+    assert response.status_code == 400, response.json
+    assert name in response.json["message"]
+
+
+@pytest.mark.parametrize("header", ["²", "1" * 5000, "-3", "12a"])
+def test_a_bad_last_event_id_is_400(store, header):
+    response = store.client.get(STREAM, headers={**store.headers, "Last-Event-ID": header})
+    assert response.status_code == 400 and "Last-Event-ID" in response.json["message"]
+
+
+def test_an_offset_past_the_end_does_not_invent_a_total(store):
+    store.ingest([make_entry(i) for i in range(3)])
+    page = store.page(offset="999999999999999999")
+    assert page["entries"] == [] and page["total"] == 3 and page["totalExact"] is True
+
+
+def test_a_timestamp_past_the_documented_maximum_is_rejected(store):
+    answer = store.ingest([make_entry(0, tsMs=None, tsIso="9999-12-31T23:59:59.999999-23:59"),
+                           make_entry(1, tsMs=None, tsIso="9999-12-31T23:59:59.999Z")])
+    assert [r["index"] for r in answer["rejected"]] == [0]
+    assert "tsIso" in answer["rejected"][0]["errors"]
+
+
+def post(store, body, encoding="gzip"):
+    return store.client.post(INGEST, data=body, headers={
+        **store.headers, "Content-Type": "application/x-ndjson", "Content-Encoding": encoding})
+
+
+def test_every_gzip_member_is_read(store):
+    first = gzip.compress(b'{"url": "/a"}\n')
+    second = gzip.compress(b'{"url": "/b"}\n{"url": "/c"}\n')
+    response = post(store, first + second)
+    assert response.status_code == 200 and response.json["accepted"] == 3
+    assert [e["url"] for e in store.page()["entries"]] == ["/a", "/b", "/c"]
+
+
+@pytest.mark.parametrize("tail", [b"garbage", b"\x1f\x8b\x08\x00broken"])
+def test_gzip_followed_by_anything_else_is_refused_whole(store, tail):
+    response = post(store, gzip.compress(b'{"url": "/a"}\n') + tail)
+    assert response.status_code == 400 and "gzip" in response.json["message"]
+    assert store.page()["total"] == 0
+
+
+def test_admin_json_nested_too_deep_is_400(store):
+    body = "[" * 5000 + "]" * 5000
+    response = store.client.post("/api/proxy-logs/_admin/tokens", data=body,
+                                 content_type="application/json", headers=store.headers)
+    assert response.status_code == 400
+
+
+def test_every_answer_carries_security_headers(client, store):
+    for response in (client.get("/"), client.get("/ui/app.js"), store.get(LOGS),
+                     client.get("/healthz"), client.get("/nowhere")):
+        response.close()
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        policy = response.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+
+
+def test_the_data_dir_and_its_files_are_private(make_app, tmp_path):
+    from logsvc.testing import Store
+
+    data_dir = tmp_path / "new"
+    app = make_app(data_dir=data_dir, admin_token="")
+    Store(app.test_client()).client.get("/healthz")
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+    names = {p.name for p in data_dir.iterdir()}
+    assert ({"admin_token"} if db.is_postgres() else {"admin_token", "logs.db"}) <= names
+    for path in data_dir.iterdir():
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path.name
