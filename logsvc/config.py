@@ -22,6 +22,8 @@ class Config:
     admin_token: str = ""
     jwt_secret: str = ""
     rate_limit_per_min: int = 30
+    # Failed password checks per minute, per client address and per user name.
+    auth_failures_per_min: int = 10
     admin_fanout: bool = False
     heartbeat_s: float = 15.0
     ring_size: int = 5000

@@ -43,8 +43,9 @@ def create_app(config=None):
     app.extensions["logsvc"] = Services(
         config=config,
         store=store,
-        authenticator=authenticator.Authenticator(authenticator.load_admin_token(config),
-                                                  config.jwt_secret),
+        authenticator=authenticator.Authenticator(
+            authenticator.load_admin_token(config), config.jwt_secret,
+            failures=limits.FailureLimiter(config.data_dir, config.auth_failures_per_min)),
         limiter=limits.RateLimiter(config.data_dir, config.rate_limit_per_min),
         server_secret=db.call(models.shared_secret, "server"),
         tailer=tail.Tailer(config.ring_size, config.tail_poll_s, store),

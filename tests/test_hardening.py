@@ -96,3 +96,38 @@ def test_the_data_dir_and_its_files_are_private(make_app, tmp_path):
     assert ({"admin_token"} if db.is_postgres() else {"admin_token", "logs.db"}) <= names
     for path in data_dir.iterdir():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path.name
+
+
+def basic(username, password):
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+def test_failed_sign_ins_are_limited_per_address_and_per_user(make_app):
+    from logsvc.testing import Store
+
+    app = make_app(auth_failures_per_min=3)
+    store = Store(app.test_client())
+    for name in ("ada", "bo"):
+        response = store.client.post("/api/proxy-logs/_admin/users", headers=store.headers, json={
+            "username": name, "password": "correct horse", "projectId": "proj_1"})
+        assert response.status_code in (200, 201), response.json
+    client = app.test_client()
+    here = {"REMOTE_ADDR": "198.51.100.7"}
+    for _ in range(3):
+        assert client.get(LOGS, headers=basic("ada", "wrong"),
+                          environ_base=here).status_code == 401
+    refused = client.get(LOGS, headers=basic("ada", "correct horse"), environ_base=here)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "failed sign-ins" in refused.json["message"]
+    # The same user from elsewhere, and another user from this address: refused
+    # too, before any password is checked.
+    assert client.get(LOGS, headers=basic("ada", "correct horse"),
+                      environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 429
+    assert client.get(LOGS, headers=basic("bo", "correct horse"),
+                      environ_base=here).status_code == 429
+    # Others are not affected.
+    assert client.get(LOGS, headers=basic("bo", "correct horse"),
+                      environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 200
+    assert store.get(LOGS).status_code == 200

@@ -22,6 +22,7 @@ import hmac
 import jwt
 
 from . import credentials
+from .limits import RateLimited
 from .principal import ADMIN, Principal, Unauthenticated, granted_capabilities
 from .secret import digest, load_secret
 
@@ -29,23 +30,23 @@ from .secret import digest, load_secret
 class Authenticator:
     """Resolves an Authorization header to a Principal."""
 
-    def __init__(self, admin_token, jwt_secret=""):
+    def __init__(self, admin_token, jwt_secret="", failures=None):
         self._admin_digest = digest(admin_token)
         self._jwt_secret = jwt_secret
+        self._failures = failures  # a limits.FailureLimiter, or None
         # Basic credentials checked lately (see credentials.principal_for_password).
         self._verified = {}
 
-    def authenticate(self, authorization):
+    def authenticate(self, authorization, client=None):
+        """`client`: the caller's address, for the limit on failed
+        password checks."""
         if not authorization:
             raise Unauthenticated("Credentials are required")
         scheme, _, credential = authorization.partition(" ")
         scheme, credential = scheme.lower(), credential.strip()
         if scheme == "basic" and credential:
             username, password = _basic(credential)
-            found = credentials.principal_for_password(username, password, self._verified)
-            if found is None:
-                raise Unauthenticated("Unknown user or wrong password")
-            return found
+            return self._from_password(username, password, client)
         if scheme != "bearer" or not credential:
             raise Unauthenticated("Use Authorization: Bearer <token> or Basic")
         if hmac.compare_digest(digest(credential), self._admin_digest):
@@ -58,6 +59,21 @@ class Authenticator:
         if credential.count(".") == 2 and self._jwt_secret:
             return self._from_jwt(credential)
         raise Unauthenticated("The token is not valid")
+
+    def _from_password(self, username, password, client):
+        keys = [f"user:{username}"] + ([f"client:{client}"] if client else [])
+        if self._failures is not None:
+            wait = max(self._failures.blocked(key) for key in keys)
+            if wait:
+                raise RateLimited(wait, "Too many failed sign-ins from this address or for "
+                                        "this user; try again later")
+        found = credentials.principal_for_password(username, password, self._verified)
+        if found is None:
+            if self._failures is not None:
+                for key in keys:
+                    self._failures.failed(key)
+            raise Unauthenticated("Unknown user or wrong password")
+        return found
 
     def _from_jwt(self, credential):
         try:

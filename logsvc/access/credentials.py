@@ -130,6 +130,21 @@ def describe_user(row):
             "createdMs": row.created_ms}
 
 
+_hashing_pool = None
+
+
+def _hashing():
+    """Password checks (about 100 ms of scrypt each) run on two threads of
+    their own, so that a flood of them never holds the database threads
+    that every other request needs."""
+    global _hashing_pool
+    if _hashing_pool is None:
+        import gevent.threadpool
+
+        _hashing_pool = gevent.threadpool.ThreadPool(2)
+    return _hashing_pool
+
+
 def principal_for_password(username, password, verified):
     """The principal of a Basic user whose password matches, or None.
     `verified` is the caller's memory of recent successful checks: digest
@@ -141,7 +156,7 @@ def principal_for_password(username, password, verified):
             and remembered[1] > time.monotonic():
         return _principal(f"user:{row.username}", row)
     stored = row.password_hash if row is not None else _dummy_hash()
-    if not db.call(check_password_hash, stored, password) or row is None:
+    if not _hashing().apply(check_password_hash, (stored, password)) or row is None:
         return None
     if len(verified) > 10_000:
         verified.clear()

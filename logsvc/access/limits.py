@@ -1,4 +1,5 @@
-"""Per-scope rate limit on reads, shared by every process on the host.
+"""Rate limits shared by every process on the host: reads per scope, and
+failed password checks per client address and per user name.
 
 A scoped caller may make LOGSVC_RATE_LIMIT_PER_MIN reads a minute (list,
 stats, histogram; stream and WebSocket connects; ws-token), with bursts up
@@ -25,8 +26,8 @@ RETRY_AFTER_S = 2
 
 
 class RateLimited(Exception):
-    def __init__(self, retry_after=RETRY_AFTER_S):
-        super().__init__("Rate limit exceeded for this scope")
+    def __init__(self, retry_after=RETRY_AFTER_S, message="Rate limit exceeded for this scope"):
+        super().__init__(message)
         self.retry_after = retry_after
 
 
@@ -77,3 +78,46 @@ class RateLimiter:
             conn.execute("CREATE TABLE IF NOT EXISTS bucket (scope TEXT PRIMARY KEY, tat REAL)")
             self._local.conn = conn
         return conn
+
+
+class FailureLimiter(RateLimiter):
+    """Failed password checks: LOGSVC_AUTH_FAILURES_PER_MIN per key (a
+    client address, a user name), with bursts up to that many. `blocked`
+    is asked before the slow password check, so a flood of wrong
+    passwords costs one row read each, not a hash."""
+
+    PREFIX = "auth-failure:"
+
+    def blocked(self, key):
+        """Seconds until `key` may try again (0: it may now)."""
+        if not self.per_minute:
+            return 0
+        tat = db.call(self._read, self.PREFIX + key)
+        interval = 60.0 / self.per_minute
+        wait = (tat or 0) - time.time() - (60.0 - interval)
+        return int(wait) + 1 if wait > 0 else 0
+
+    def failed(self, key):
+        """Count one failure for `key`."""
+        if self.per_minute:
+            db.call(self._add, self.PREFIX + key, time.time(), 60.0 / self.per_minute)
+
+    def _read(self, key):
+        if db.is_postgres():
+            row = db.execute("SELECT tat FROM rate_bucket WHERE scope = ?", (key,)).fetchone()
+        else:
+            row = self._connection().execute(
+                "SELECT tat FROM bucket WHERE scope = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _add(self, key, now, interval):
+        # Failures are never refused: the bucket keeps filling, so a client
+        # that goes on guessing stays blocked.
+        sql = ("INSERT INTO {table} (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
+               "SET tat = {greatest}({table}.tat, ?) + ?")
+        params = (key, now + interval, now, interval)
+        if db.is_postgres():
+            db.execute(sql.format(table="rate_bucket", greatest="greatest"), params)
+        else:
+            with self._connection() as conn:
+                conn.execute(sql.format(table="bucket", greatest="max"), params)

@@ -29,7 +29,7 @@ def caller(allow_cookie=False):
         if found is None:
             raise Unauthenticated("The session has ended; sign in again")
     else:
-        found = state().authenticator.authenticate(authorization)
+        found = state().authenticator.authenticate(authorization, request.remote_addr)
     request._logsvc_principal = found
     return found
 
