@@ -31,6 +31,7 @@ class Config:
     tail_poll_s: float = 0.05
     max_body_bytes: int = 65536
     max_request_bytes: int = 16 * 1024 * 1024
+    max_entries_per_request: int = 50_000
     retention_days: float = 7.0
     max_rows: int = 50_000_000
     prune_interval_s: float = 60.0

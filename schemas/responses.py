@@ -85,7 +85,9 @@ class RejectedSchema(Schema):
 
 class IngestResultSchema(Schema):
     accepted = fields.Integer(required=True)
-    rejected = fields.List(fields.Nested(RejectedSchema), required=True)
+    rejected = fields.List(fields.Nested(RejectedSchema), required=True, metadata={
+        "description": "The first 1,000 rejected entries, with their reasons"})
+    rejectedCount = fields.Integer(required=True)
     firstId = fields.Integer(allow_none=True, required=True)
     lastId = fields.Integer(allow_none=True, required=True)
 

@@ -131,3 +131,25 @@ def test_failed_sign_ins_are_limited_per_address_and_per_user(make_app):
     assert client.get(LOGS, headers=basic("bo", "correct horse"),
                       environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 200
     assert store.get(LOGS).status_code == 200
+
+
+def test_too_many_entries_in_one_request_is_413_and_stores_nothing(make_app):
+    from logsvc.testing import Store
+
+    store = Store(make_app(max_entries_per_request=1000).test_client())
+    body = b"\n".join(b'{"url": "/x"}' for _ in range(1001))
+    for encoding, payload in (("identity", body), ("gzip", gzip.compress(body))):
+        response = post(store, payload, encoding)
+        assert response.status_code == 413
+        assert "LOGSVC_MAX_ENTRIES_PER_REQUEST" in response.json["message"]
+    response = store.client.post(INGEST, json=[{"url": "/x"}] * 1001, headers=store.headers)
+    assert response.status_code == 413
+    assert store.page()["total"] == 0
+    assert post(store, body.rsplit(b"\n", 1)[0], "identity").json["accepted"] == 1000
+
+
+def test_rejections_are_counted_but_only_the_first_thousand_listed(store):
+    body = b"\n".join([b"1"] * 3000 + [b'{"url": "/ok"}'])
+    answer = post(store, body, "identity").json
+    assert answer["accepted"] == 1 and answer["rejectedCount"] == 3000
+    assert len(answer["rejected"]) == 1000 and answer["rejected"][-1]["index"] == 999

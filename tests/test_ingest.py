@@ -21,7 +21,8 @@ def post(client, admin, body, content_type="application/json", **headers):
 def test_a_single_json_object_is_stored_with_a_real_id(client, admin, store):
     response = post(client, admin, orjson.dumps(make_entry(1)))
     assert response.status_code == 200
-    assert response.json == {"accepted": 1, "rejected": [], "firstId": 1, "lastId": 1}
+    assert response.json == {"accepted": 1, "rejected": [], "rejectedCount": 0, "firstId": 1,
+                             "lastId": 1}
     assert store.page()["entries"][0]["id"] == 1
 
 

@@ -120,7 +120,8 @@ class Client:
 
     def ingest(self, entries, batch_size=1000, compress=True):
         """Send entries in NDJSON batches; returns the summed answer."""
-        total = {"accepted": 0, "rejected": [], "firstId": None, "lastId": None}
+        total = {"accepted": 0, "rejected": [], "rejectedCount": 0, "firstId": None,
+                 "lastId": None}
         batch, offset = [], 0
         for entry in entries:
             batch.append(entry)
@@ -200,6 +201,7 @@ class Client:
     def _merge(total, answer, offset):
         total["accepted"] += answer["accepted"]
         total["rejected"] += [{**r, "index": r["index"] + offset} for r in answer["rejected"]]
+        total["rejectedCount"] += answer.get("rejectedCount", len(answer["rejected"]))
         if answer["firstId"] is not None:
             total["firstId"] = total["firstId"] or answer["firstId"]
             total["lastId"] = answer["lastId"]

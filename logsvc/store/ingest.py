@@ -33,6 +33,7 @@ again by the next one and no hole is left. On SQLite the database lock
 import io
 import zlib
 
+import gevent
 import gevent.event
 import gevent.lock
 import orjson
@@ -58,9 +59,14 @@ class PayloadTooLarge(PayloadError):
     """The request, or its decompressed body, exceeds the size cap (413)."""
 
 
-def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20):
+MAX_REJECTIONS_LISTED = 1000
+
+
+def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20,
+                  max_entries=50_000):
     """Return the posted items: decoded JSON values, or `_Malformed` markers
-    for NDJSON lines that are not JSON."""
+    for NDJSON lines that are not JSON. More than `max_entries` items is a
+    PayloadTooLarge, found before the items are decoded where it can be."""
     if len(body) > max_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
     encoding = (content_encoding or "").strip().lower()
@@ -79,11 +85,18 @@ def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20
                 raise PayloadError(_json_problem(exc)) from None
         else:
             if isinstance(value, list):
+                _check_count(len(value), max_entries)
                 return value
             if isinstance(value, dict):
                 return [value]
             raise PayloadError("body must be a JSON object, a JSON array or NDJSON")
-    return _ndjson(body)
+    return _ndjson(body, max_entries)
+
+
+def _check_count(count, max_entries):
+    if count > max_entries:
+        raise PayloadTooLarge(f"more than {max_entries} entries in one request "
+                              f"(LOGSVC_MAX_ENTRIES_PER_REQUEST); send smaller batches")
 
 
 def ingest(items, config, scope=None, grouped=True):
@@ -94,18 +107,24 @@ def ingest(items, config, scope=None, grouped=True):
     none, and are rejected when they name another. `grouped=False` writes
     in a transaction of its own, for callers outside the server's greenlets
     (the capture middleware's local sink thread).
-    Returns {"accepted", "rejected", "firstId", "lastId"}.
+    Returns {"accepted", "rejected" (the first MAX_REJECTIONS_LISTED),
+    "rejectedCount", "firstId", "lastId"}.
     """
     accepted = []
     rejected = []
+    rejected_count = 0
     now = entry.now_ms()
     oldest = now - config.retention_ms if config.retention_ms else None
     for index, item in enumerate(items):
+        if grouped and index and index % 2000 == 0:
+            gevent.sleep(0)  # a big request lets the worker's other requests run
         fields, errors = normalize(item, config.max_body_bytes, now)
         if not errors:
             errors = _check_scope(fields, scope) or _check_age(fields, oldest)
         if errors:
-            rejected.append({"index": index, "errors": errors})
+            rejected_count += 1
+            if len(rejected) < MAX_REJECTIONS_LISTED:
+                rejected.append({"index": index, "errors": errors})
         else:
             accepted.append(fields)
     first_id = last_id = None
@@ -114,8 +133,19 @@ def ingest(items, config, scope=None, grouped=True):
             first_id, last_id = _committer().commit(accepted)
         else:
             first_id, last_id = db.call(_write, accepted)
-    return {"accepted": len(accepted), "rejected": rejected,
+    return {"accepted": len(accepted), "rejected": rejected, "rejectedCount": rejected_count,
             "firstId": first_id, "lastId": last_id}
+
+
+def release_memory():
+    """Hand the memory a big request used back to the system (glibc keeps
+    freed memory in its arenas, so a worker would stay at its peak)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def normalize(item, max_body_bytes, now=None):
@@ -370,9 +400,12 @@ def _gunzip(body, max_bytes):
             raise PayloadError("body is not valid gzip (other data after its end)")
 
 
-def _ndjson(body):
+def _ndjson(body, max_entries):
+    lines = body.split(b"\n")
+    if len(lines) > max_entries:
+        _check_count(sum(1 for line in lines if line.strip()), max_entries)
     items = []
-    for number, line in enumerate(body.split(b"\n"), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
