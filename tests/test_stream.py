@@ -457,3 +457,50 @@ def test_many_streams_opening_at_once_on_a_fresh_worker_all_open(tmp_path):
         assert not failures and len(opened) == 60, failures[:3]
     finally:
         server.stop()
+
+
+def new_token(server, **scope):
+    answer = requests.post(server.url + "/api/proxy-logs/_admin/tokens", headers=ADMIN,
+                           json={"name": "t", "projectId": "proj_1", **scope}, timeout=10).json()
+    return answer["id"], {"Authorization": f"Bearer {answer['token']}"}
+
+
+def revoke(server, token_id):
+    response = requests.delete(f"{server.url}/api/proxy-logs/_admin/tokens/{token_id}",
+                               headers=ADMIN, timeout=10)
+    assert response.status_code in (200, 204), response.text
+
+
+def test_a_revoked_token_ends_its_open_streams_and_its_tickets(fast_server):
+    """The credential is asked again at least every heartbeat (0.5 s here)."""
+    import json
+    token_id, bearer = new_token(fast_server)
+    response, stream = events(fast_server, headers=bearer, replay=0)
+    next(stream)
+    ws = connect(ws_url(fast_server, token=ticket(fast_server, bearer), replay=0))
+    unused = ticket(fast_server, bearer)
+    revoke(fast_server, token_id)
+    ingest(fast_server, entries(3))  # a busy stream is asked too, not only an idle one
+    for event in stream:
+        if event.event == "access-revoked":
+            assert json.loads(event.data)["reason"] == "the token was revoked"
+            break
+    with pytest.raises(StopIteration):
+        next(stream)
+    while json.loads(ws.recv()).get("event") != "access-revoked":
+        pass
+    assert close_code(ws) == 4003
+    late = connect(ws_url(fast_server, token=unused))
+    assert close_code(late) == 4003
+
+
+def test_a_removed_users_stream_ends(fast_server):
+    import base64
+    requests.post(fast_server.url + "/api/proxy-logs/_admin/users", headers=ADMIN, timeout=10,
+                  json={"username": "ada", "password": "correct horse", "projectId": "proj_1"})
+    basic = {"Authorization": "Basic " + base64.b64encode(b"ada:correct horse").decode()}
+    response, stream = events(fast_server, headers=basic, replay=0)
+    next(stream)
+    requests.delete(fast_server.url + "/api/proxy-logs/_admin/users/ada", headers=ADMIN,
+                    timeout=10)
+    assert [e.event for e in stream][-1] == "access-revoked"

@@ -210,6 +210,29 @@ def issue_ws_token(principal):
     return ticket
 
 
+def revoked(principal, session_cookie=None):
+    """Why a credential checked earlier no longer holds (a token revoked,
+    a user removed, a JWT or a session expired or ended), or None while
+    it still does. Open live streams ask it again and again."""
+    if principal.expires_ms is not None and principal.expires_ms <= now_ms():
+        return "the credential has expired"
+    kind, _, ref = principal.name.partition(":")
+
+    def check():
+        if session_cookie is not None:
+            row = Session.get_or_none(Session.digest == digest(session_cookie))
+            if row is None or row.expires_ms <= now_ms():
+                return "the session has ended"
+        if kind == "token":
+            row = ApiToken.get_or_none(ApiToken.id == int(ref))
+            if row is None or row.revoked_ms is not None:
+                return "the token was revoked"
+        elif kind == "user" and not User.select().where(User.username == ref).exists():
+            return "the user was removed"
+        return None
+    return db.call(check)
+
+
 def redeem_ws_token(ticket):
     """The principal a ticket was issued to, once; None if unknown, used or expired."""
     def take():
@@ -223,7 +246,11 @@ def redeem_ws_token(ticket):
                 return None
             return row if row.expires_ms > now_ms() else None
     row = db.call(take)
-    return None if row is None else _from_fields(row.principal)
+    if row is None:
+        return None
+    found = _from_fields(row.principal)
+    # A ticket issued before its credential was revoked is worth nothing.
+    return None if revoked(found) else found
 
 
 # --- helpers ------------------------------------------------------------------

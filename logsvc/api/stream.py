@@ -8,6 +8,7 @@ message, control messages as JSON objects with an `event` key, and answers
 """
 import contextlib
 import re
+import time
 
 import gevent
 import gevent.lock
@@ -23,7 +24,7 @@ from logsvc.store import tail
 from logsvc.store.filters import Filters
 from schemas.params import stream_params, websocket_params
 
-from . import query_args, reader, state
+from . import SESSION_COOKIE, query_args, reader, state
 from .errors import ApiError, validation_message
 
 blueprint = Blueprint("stream", __name__)
@@ -33,6 +34,30 @@ WS_NO_TOKEN = 4001
 WS_BAD_TOKEN = 4003
 WS_BAD_REQUEST = 4000
 WS_TOO_MANY = 4029
+WS_SCOPE_DESTROYED = 4010  # 4000 + 410 Gone
+
+
+class Guard:
+    """Asks, at most every `every_s` seconds, whether the stream's
+    credential still holds (credentials.revoked)."""
+
+    def __init__(self, found, every_s, session_cookie=None):
+        self.found, self.every_s, self.cookie = found, every_s, session_cookie
+        self.next_check = time.monotonic() + every_s
+
+    def revoked(self):
+        if self.found.is_admin or time.monotonic() < self.next_check:
+            return None
+        self.next_check = time.monotonic() + self.every_s
+        return credentials.revoked(self.found, self.cookie)
+
+
+def _guard(found):
+    config = state().config
+    cookie = None
+    if not request.headers.get("Authorization"):
+        cookie = request.cookies.get(SESSION_COOKIE)
+    return Guard(found, config.heartbeat_s, cookie)
 
 
 @blueprint.get("/api/proxy-logs/_logs/stream")
@@ -54,7 +79,7 @@ def sse():
     except BaseException:
         slot.close()
         raise
-    frames = _sse_frames(opening, subscription, state().config.heartbeat_s, slot)
+    frames = _sse_frames(opening, subscription, state().config.heartbeat_s, slot, _guard(found))
     return _sse_response(frames)
 
 
@@ -91,10 +116,10 @@ def ws_logs(ws):
         ws.close(WS_TOO_MANY, str(exc)[:120])
         return
     with contextlib.closing(slot):
-        _ws_session(ws, subscription_args)
+        _ws_session(ws, subscription_args, Guard(found, state().config.heartbeat_s))
 
 
-def _ws_session(ws, subscription_args):
+def _ws_session(ws, subscription_args, guard):
     sending = gevent.lock.Semaphore()
 
     def send(text):
@@ -122,6 +147,11 @@ def _ws_session(ws, subscription_args):
             for kind, value in subscription.events(state().config.heartbeat_s):
                 if not pinger:  # the client went away
                     return
+                reason = guard.revoked()
+                if reason:
+                    send(orjson.dumps({"event": "access-revoked", "reason": reason}).decode())
+                    ws.close(WS_BAD_TOKEN, "access revoked")
+                    return
                 if kind == "entries":
                     for _, rendered in value:
                         send(rendered.decode())
@@ -129,7 +159,7 @@ def _ws_session(ws, subscription_args):
                     raise tail.ScopeDestroyed()
         except tail.ScopeDestroyed:
             send('{"event":"scope-destroyed"}')
-            ws.close(1000, "scope destroyed")
+            ws.close(WS_SCOPE_DESTROYED, "scope destroyed")
         except tail.Reset:
             send('{"event":"reset"}')
             ws.close(1000, "reset")
@@ -154,7 +184,7 @@ def _slot(found):
         raise ApiError(429, str(exc), {"Retry-After": "2"}) from None
 
 
-def _sse_frames(opening, subscription, heartbeat_s, slot):
+def _sse_frames(opening, subscription, heartbeat_s, slot, guard):
     try:
         yield b"retry: 2000\n\n"
         for kind, value in opening:
@@ -165,6 +195,11 @@ def _sse_frames(opening, subscription, heartbeat_s, slot):
                 yield b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(value))
         try:
             for kind, value in subscription.events(heartbeat_s):
+                reason = guard.revoked()
+                if reason:
+                    yield b"event: access-revoked\ndata: %s\n\n" % orjson.dumps(
+                        {"reason": reason})
+                    return
                 if kind == "entries":
                     yield b"".join(b"id: %d\ndata: %s\n\n" % (entry["id"], rendered)
                                    for entry, rendered in value)

@@ -134,8 +134,17 @@ async function connect() {
   closeSocket();
   ui.stopped = false;
   setState(ui.lastId === null ? "connecting" : "reconnecting");
-  const ticket = await fetch("/api/ws-token", { credentials: "same-origin" });
+  let ticket;
+  try {
+    ticket = await fetch("/api/ws-token", { credentials: "same-origin" });
+  } catch (error) {
+    return retryLater();  // the server is down or unreachable: try again
+  }
   if (ticket.status === 401) return showSignIn("Your session has ended.");
+  if (ticket.status === 403 || ticket.status === 410) {
+    ui.stopped = true;
+    return setState("stopped", ticket.status === 410 ? "scope destroyed" : "access denied");
+  }
   if (!ticket.ok) return retryLater();
   const { token } = await ticket.json();
   const params = new URLSearchParams({ token });
@@ -150,6 +159,7 @@ async function connect() {
     const message = JSON.parse(event.data);
     if (message.event === "reset") { ui.lastId = null; clearRows(); return; }
     if (message.event === "scope-destroyed") { ui.stopped = true; setState("stopped", "scope destroyed"); return; }
+    if (message.event === "access-revoked") { ui.stopped = true; setState("stopped", message.reason); return; }
     if (message.event === "gap") { addGap(message.fromId, message.toId); return; }
     if (ui.lastId !== null && message.id <= ui.lastId) return;
     ui.lastId = message.id;
@@ -158,7 +168,7 @@ async function connect() {
   };
   socket.onclose = (event) => {
     ui.socket = null;
-    if (ui.stopped || event.code === 4003) { setState("stopped", event.reason || "closed"); return; }
+    if (ui.stopped || event.code === 4003 || event.code === 4010) { setState("stopped", event.reason || "closed"); return; }
     retryLater();
   };
   clearInterval(ui.pinger);
