@@ -8,6 +8,7 @@ labels each request with a service and container by the first path
 segment, the way a real edge proxy maps routes to backends.
 """
 import random
+import sys
 import time
 
 import gevent
@@ -25,10 +26,22 @@ ROUTES = {  # first path segment -> (service, container)
 }
 
 
+def _listening(server, host, port, setting):
+    """Start `server`; on a busy or forbidden port say so in one line."""
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"logsvc: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+              f"set {setting} to a free port", file=sys.stderr)
+        return False
+    return True
+
+
 def run(config, proxy_port):
     app = create_app(config)
     logs = WSGIServer((config.host, config.port), app, log=None)
-    logs.start()
+    if not _listening(logs, config.host, config.port, "LOGSVC_PORT"):
+        return 2
     start_background(app)
     logs_url = f"http://{config.host}:{logs.server_port}"
     token = load_admin_token(config)
@@ -38,7 +51,8 @@ def run(config, proxy_port):
     edge = proxy.build(f"http://127.0.0.1:{upstream.server_port}", sink,
                        project_id="demo", labels=_labels)
     front = WSGIServer((config.host, proxy_port), edge, log=None)
-    front.start()
+    if not _listening(front, config.host, proxy_port, "--proxy-port"):
+        return 2
     front_url = f"http://{config.host}:{front.server_port}"
     print(f"logsvc     {logs_url}   (docs: {logs_url}/api/proxy-logs/docs)")
     print(f"proxy      {front_url}   -> built-in upstream; traffic is being generated")

@@ -98,7 +98,12 @@ def serve():
     from gevent.pywsgi import WSGIServer
 
     server = WSGIServer((config.host, config.port), app, log=None)
-    server.init_socket()
+    try:
+        server.init_socket()
+    except OSError as exc:
+        print(f"logsvc: cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
+              f"set LOGSVC_PORT (or LOGSVC_HOST) to a free one", file=sys.stderr)
+        return 2
     start_background(app)
     url = f"http://{config.host}:{server.server_port}"
     token = authenticator.load_admin_token(config)

@@ -189,3 +189,63 @@ def test_cli_exit_codes(server):
     assert cli(server, "query", token="wrong").returncode == 1
     assert cli(None, "stats").returncode == 3
     assert cli(server, "query", "--help").returncode == 0
+
+
+def test_cli_errors_are_one_line_naming_the_problem(server, tmp_path):
+    missing = cli(None, "ingest", str(tmp_path / "missing.ndjson"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"logsvc: cannot read {tmp_path / 'missing.ndjson'}: No such file or directory"]
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
+        env.update(LOGSVC_PORT=str(port), LOGSVC_DATA_DIR=str(tmp_path / "data"),
+                   LOGSVC_ADMIN_TOKEN=ADMIN_TOKEN)
+        for command in (["app.py"], ["-m", "logsvc", "demo", "--proxy-port", "0"]):
+            done = subprocess.run([sys.executable, *command], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2, done.stderr
+            assert "Traceback" not in done.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+            assert "LOGSVC_PORT" in done.stderr
+
+
+def test_cli_import_writes_what_it_did_not_store_and_why(server, tmp_path):
+    log = tmp_path / "access.log"
+    when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(time.time() - 60))
+    good = (f'203.0.113.7 - - [{when}] "GET /v1/users/7 HTTP/1.1" 200 '
+            '318 "-" "curl/8.5" 0.012')
+    old = good.replace(when[7:11], "1900")  # older than the retention period
+    log.write_text("\n".join([good, "garbage here", old, good]) + "\n")
+    rejects = tmp_path / "rejects.ndjson"
+    done = cli(server, "import", str(log), "--rejects", str(rejects), "--project", "p")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"accepted": 2, "rejected": 1,
+                                                         "unreadable": 1}
+    written = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["line"], r["text"]) for r in written] == [(2, "garbage here"), (3, old)]
+    assert "nginx" in written[0]["reason"] and "tsMs" in written[1]["reason"]
+    stored = Client(server.url, token=ADMIN_TOKEN).list(projectId="p")["entries"]
+    assert [(e["route"], e["durationMs"]) for e in stored] == [("/v1/users/{id}", 12)] * 2
+
+
+def test_cli_tail_from_an_id_past_the_end_follows_from_now(server):
+    Client(server.url, token=ADMIN_TOKEN).ingest(entries(5))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
+    env.update(LOGSVC_URL=server.url, LOGSVC_TOKEN=ADMIN_TOKEN)
+    with subprocess.Popen([sys.executable, "-m", "logsvc", "tail", "--json", "--since-id",
+                           "999999"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        time.sleep(2)
+        Client(server.url, token=ADMIN_TOKEN).ingest(entries(1, start=5))
+        first = json.loads(proc.stdout.readline())
+        proc.terminate()
+        proc.stdout.close()
+        assert "reset" in proc.stderr.read()
+        proc.stderr.close()
+    assert first["id"] == 6  # not one of the five stored before

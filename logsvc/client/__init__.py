@@ -136,8 +136,12 @@ class Client:
     # --- live ------------------------------------------------------------------
 
     def stream(self, last_event_id=None, replay=0, reconnect=True, max_backoff=10.0,
-               **filters):
-        """Live entries (dicts), plus Gap and Reset markers; see the module doc."""
+               read_timeout=60.0, **filters):
+        """Live entries (dicts), plus Gap and Reset markers; see the module doc.
+        A connection silent for `read_timeout` seconds (the server sends a
+        heartbeat every 15 s by default) is dropped and opened again. After a
+        Reset it follows from then on, without a replay. Raises Unauthorized
+        when the server ends the stream because its credential was revoked."""
         position = last_event_id
         backoff = 0.5
         while True:
@@ -149,16 +153,19 @@ class Client:
             try:
                 response = self._request("GET", "/api/proxy-logs/_logs/stream", params=params,
                                          headers=headers, stream=True,
-                                         timeout=(self.timeout, None))
+                                         timeout=(self.timeout, read_timeout))
                 with response:
                     for event, event_id, data in _sse_events(response):
                         backoff = 0.5
                         if event == "reset":
-                            position, was_reset = None, True
+                            position, was_reset, replay = None, True, 0
                             yield Reset()
                             break
                         if event == "scope-destroyed":
                             return
+                        if event == "access-revoked":
+                            reason = orjson.loads(data).get("reason", "")
+                            raise Unauthorized(401, f"access revoked: {reason}")
                         if event == "gap":
                             gap = orjson.loads(data)
                             yield Gap(gap["fromId"], gap["toId"])

@@ -5,7 +5,8 @@
 They find the server at LOGSVC_URL (default http://LOGSVC_HOST:LOGSVC_PORT)
 and send LOGSVC_TOKEN (default: the admin token in the data dir); `--url`
 and `--token` override both. Exit codes: 0 done, 1 the server refused
-(4xx), 3 the server could not be reached, 130 interrupted.
+(4xx), 2 a file given could not be read, 3 the server could not be
+reached, 130 interrupted.
 """
 import json
 import os
@@ -20,7 +21,7 @@ from . import ApiError, Client, Gap, Reset
 
 COLOURS = {"debug": "\033[2m", "info": "", "warn": "\033[33m", "error": "\033[31m"}
 RESET = "\033[0m"
-EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 3, 130
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def add_commands(commands):
@@ -66,6 +67,8 @@ def add_commands(commands):
     importer.add_argument("--project")
     importer.add_argument("--container")
     importer.add_argument("--batch", type=int, default=1000)
+    importer.add_argument("--rejects", metavar="FILE",
+                          help="write each line not stored, with its reason, as NDJSON")
     importer.set_defaults(remote=_import)
 
     edge = commands.add_parser("proxy", help="run a capturing reverse proxy")
@@ -93,6 +96,12 @@ def run(args, config):
     except requests.ConnectionError:
         print(f"logsvc: cannot reach {client.base_url}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except OSError as exc:  # a file given on the command line
+        if isinstance(exc, requests.RequestException):
+            raise
+        print(f"logsvc: cannot read {exc.filename or 'the file'}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -192,29 +201,50 @@ def _import(args, client):
     labels = {k: v for k, v in (("serviceName", args.service), ("projectId", args.project),
                                 ("containerId", args.container)) if v}
     size = os.path.getsize(args.file)
-    batch, skipped, sent = [], 0, {"accepted": 0, "rejected": 0}
+    batch, lines, skipped, sent = [], [], 0, {"accepted": 0, "rejected": 0}
+    rejects = open(args.rejects, "w") if args.rejects else None  # noqa: SIM115
+
+    def reject(number, text, reason):
+        if rejects is not None:
+            rejects.write(json.dumps({"line": number, "reason": reason, "text": text}) + "\n")
 
     def send():
         answer = client.ingest(batch, batch_size=args.batch)
         sent["accepted"] += answer["accepted"]
-        sent["rejected"] += len(answer["rejected"])
+        sent["rejected"] += answer.get("rejectedCount", len(answer["rejected"]))
+        for item in answer["rejected"]:
+            number, text = lines[item["index"]]
+            reject(number, text, item["errors"])
         batch.clear()
+        lines.clear()
 
-    with open(args.file, "rb") as handle:
-        for line in handle:
-            entry = parse_line(line.decode("utf-8", "replace"), args.format)
-            if entry is None:
-                skipped += line.strip() != b""
-                continue
-            batch.append({**entry, **labels})
-            if len(batch) >= args.batch:
+    try:
+        with open(args.file, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                text = line.decode("utf-8", "replace").rstrip("\n")
+                entry = parse_line(text, args.format)
+                if entry is None:
+                    if text.strip():
+                        skipped += 1
+                        reject(number, text, f"not a {_FORMATS[args.format]} line")
+                    continue
+                batch.append({**entry, **labels})
+                lines.append((number, text))
+                if len(batch) >= args.batch:
+                    send()
+                    _progress(handle.tell(), size, unit="bytes")
+            if batch:
                 send()
-                _progress(handle.tell(), size, unit="bytes")
-        if batch:
-            send()
+    finally:
+        if rejects is not None:
+            rejects.close()
     _progress(size, size, unit="bytes")
     print(file=sys.stderr)
     print(json.dumps({**sent, "unreadable": skipped}))
+
+
+_FORMATS = {"auto": "nginx/Apache combined, Caddy JSON or Traefik JSON",
+            "nginx": "nginx/Apache combined", "caddy": "Caddy JSON", "traefik": "Traefik JSON"}
 
 
 def _proxy(args, client):
