@@ -191,6 +191,20 @@ def test_the_sink_retries_until_logsvc_comes_up(tmp_path):
         server.stop()
 
 
+def test_the_sink_counts_what_logsvc_refuses(server, caplog):
+    sink = HttpSink(server.url, "not-a-token", flush_s=0.05)
+    Client(CaptureMiddleware(flask_app(), sink)).post("/items", json={})
+    assert sink.flush(timeout=10)
+    assert sink.refused == 2 and sink.sent == 2
+    assert "logsvc refused 2 captured entries (401)" in caplog.text
+    good = HttpSink(server.url, ADMIN_TOKEN, flush_s=0.05)
+    good.submit({"kind": "nope"})
+    good.submit({"kind": "event"})
+    assert good.flush(timeout=10)
+    assert good.refused == 1
+    assert "not-a-token" not in caplog.text
+
+
 # --- the capturing proxy -----------------------------------------------------------
 
 @pytest.fixture

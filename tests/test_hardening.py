@@ -3,6 +3,7 @@ never a half-stored request."""
 import gzip
 import os
 import stat
+import time
 
 import pytest
 
@@ -153,3 +154,27 @@ def test_rejections_are_counted_but_only_the_first_thousand_listed(store):
     answer = post(store, body, "identity").json
     assert answer["accepted"] == 1 and answer["rejectedCount"] == 3000
     assert len(answer["rejected"]) == 1000 and answer["rejected"][-1]["index"] == 999
+
+
+@pytest.mark.sqlite_only("a table renamed under the running store stands for a store that fails")
+def test_a_live_tail_answers_503_while_the_store_does_not_answer(app, store, tmp_path,
+                                                                 monkeypatch):
+    import sqlite3
+
+    from logsvc.store import tail
+
+    monkeypatch.setattr(tail, "START_TIMEOUT_S", 0.5)
+    with sqlite3.connect(tmp_path / "logs.db") as conn:
+        conn.execute("ALTER TABLE id_sequence RENAME TO id_sequence_away")
+    response = store.get(STREAM)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    assert "live tail" in response.json["message"]
+    with sqlite3.connect(tmp_path / "logs.db") as conn:
+        conn.execute("ALTER TABLE id_sequence_away RENAME TO id_sequence")
+    deadline = time.monotonic() + 5
+    while True:  # it recovers by itself
+        response = store.get(STREAM, replay="0")
+        response.close()
+        if response.status_code == 200:
+            break
+        assert response.status_code == 503 and time.monotonic() < deadline

@@ -21,7 +21,7 @@ from logsvc.store import db
 from logsvc.store.cursor import BadCursor
 from logsvc.store.ingest import PayloadError, PayloadTooLarge
 from logsvc.store.query import InvalidParameter
-from logsvc.store.tail import ScopeDestroyed
+from logsvc.store.tail import ScopeDestroyed, StoreUnavailable
 
 log = logging.getLogger("logsvc")
 
@@ -126,6 +126,10 @@ def register(app):
         message = {404: "No such endpoint", 405: "Method not allowed on this endpoint",
                    413: "Request body is too large"}.get(exc.code, exc.description)
         return error_response(exc.code, message, headers)
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc):
+        return error_response(503, str(exc), {"Retry-After": "2"})
 
     @app.errorhandler(Exception)
     def unexpected(exc):

@@ -163,6 +163,8 @@ def _ws_session(ws, subscription_args, guard):
         except tail.Reset:
             send('{"event":"reset"}')
             ws.close(1000, "reset")
+        except tail.StoreUnavailable as exc:
+            ws.close(1011, str(exc)[:120])
     finally:
         pinger.kill()
 

@@ -3,8 +3,11 @@
 `submit` only appends to the queue (full: the entry is dropped and counted
 in `dropped`), so a sink never slows or breaks the application it watches;
 the thread sends batches and retries with backoff while the store is
-unreachable.
+unreachable. Entries the store refuses (a batch answered 4xx, or entries
+listed as rejected) cannot succeed on a retry: they are counted in
+`refused` and logged with the store's reason.
 """
+import logging
 import collections
 import gzip
 import threading
@@ -12,6 +15,8 @@ import time
 
 import orjson
 import requests
+
+log = logging.getLogger("logsvc.capture")
 
 
 class QueuedSink:
@@ -24,6 +29,7 @@ class QueuedSink:
         self.flush_s = flush_s
         self.max_backoff_s = max_backoff_s
         self.dropped = 0
+        self.refused = 0
         self.sent = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -89,4 +95,19 @@ class HttpSink(QueuedSink):
         response = self.session.post(self.url, data=body, timeout=self.timeout)
         if response.status_code in (429, 503) or response.status_code >= 500:
             raise RuntimeError(f"store answered {response.status_code}")
-        # Other 4xx: the batch itself is refused; retrying cannot help.
+        if response.status_code >= 400:  # the batch itself is refused; a retry cannot help
+            self.refused += len(batch)
+            log.warning("logsvc refused %d captured entries (%d): %s", len(batch),
+                        response.status_code, _message(response))
+            return
+        rejected = response.json().get("rejectedCount", 0)
+        if rejected:
+            self.refused += rejected
+            log.warning("logsvc rejected %d captured entries", rejected)
+
+
+def _message(response):
+    try:
+        return str(response.json().get("message", ""))[:200]
+    except ValueError:
+        return ""

@@ -130,6 +130,13 @@ def subscribe(tailer, filters, last_event_id=None, replay=100):
     return opening, Subscription(tailer, filters, last_event_id, destroyed_scope, generation)
 
 
+START_TIMEOUT_S = 10.0
+
+
+class StoreUnavailable(RuntimeError):
+    """The store did not answer (503 with Retry-After)."""
+
+
 class Tailer:
     def __init__(self, ring_size, poll_s=POLL_S, store=None):
         self.store = store or db.current()
@@ -145,13 +152,16 @@ class Tailer:
         self._greenlet = None
         self._ready = gevent.event.Event()
 
-    def start(self):
-        """Start following (once per process); return when positioned."""
+    def start(self, timeout=None):
+        """Start following (once per process); return when positioned.
+        Raises StoreUnavailable when the store does not answer in time
+        (the tailer keeps trying; a later subscriber may succeed)."""
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
             if self.store.postgres:
                 gevent.spawn(self._listen)
-        self._ready.wait()
+        if not self._ready.wait(START_TIMEOUT_S if timeout is None else timeout):
+            raise StoreUnavailable("the store does not answer; the live tail cannot start")
         return self
 
     def notify(self):
