@@ -7,9 +7,9 @@ unreachable. Entries the store refuses (a batch answered 4xx, or entries
 listed as rejected) cannot succeed on a retry: they are counted in
 `refused` and logged with the store's reason.
 """
-import logging
 import collections
 import gzip
+import logging
 import threading
 import time
 
