@@ -178,3 +178,31 @@ def test_a_live_tail_answers_503_while_the_store_does_not_answer(app, store, tmp
         if response.status_code == 200:
             break
         assert response.status_code == 503 and time.monotonic() < deadline
+
+
+def test_an_admin_session_ends_when_the_admin_token_changes(make_app):
+    from logsvc.testing import ADMIN_TOKEN, Store
+
+    first = make_app().test_client()
+    opened = first.post("/api/session", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert opened.status_code == 200
+    assert first.get(LOGS).status_code == 200  # the cookie reads
+    changed = make_app(admin_token="a-new-admin-token").test_client()
+    changed.set_cookie("logsvc_session", first.get_cookie("logsvc_session").value)
+    assert changed.get(LOGS).status_code == 401
+    Store(changed)  # the new token works as before
+    assert changed.get(LOGS, headers={"Authorization": "Bearer a-new-admin-token"}).status_code \
+        == 200
+
+
+def test_retention_forgets_expired_sessions_and_tickets(app, store):
+    from logsvc.store import retention
+
+    store.client.post("/api/session", headers=store.headers)
+    store.client.get("/api/ws-token", headers=store.headers)
+    counts = lambda: db.call(lambda: db.execute(
+        "SELECT (SELECT count(*) FROM session), (SELECT count(*) FROM ws_token)").fetchone())
+    assert counts() == (1, 1)
+    config = app.extensions["logsvc"].config
+    retention.prune(config, now=int(time.time() * 1000) + 13 * 3_600_000)  # past both expiries
+    assert counts() == (0, 0)

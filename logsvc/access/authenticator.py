@@ -37,6 +37,12 @@ class Authenticator:
         # Basic credentials checked lately (see credentials.principal_for_password).
         self._verified = {}
 
+    @property
+    def admin_fingerprint(self):
+        """Names the admin token in force, without revealing it: an admin
+        browser session records it, and ends when the token changes."""
+        return self._admin_digest[:16]
+
     def authenticate(self, authorization, client=None):
         """`client`: the caller's address, for the limit on failed
         password checks."""

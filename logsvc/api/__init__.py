@@ -26,7 +26,9 @@ def caller(allow_cookie=False):
     cookie = request.cookies.get(SESSION_COOKIE)
     if not authorization and allow_cookie and cookie:
         found = credentials.principal_for_session(cookie)
-        if found is None:
+        if found is None or (found.is_admin and found.name != "admin:"
+                             + state().authenticator.admin_fingerprint):
+            # An admin session ends when the admin token changes.
             raise Unauthenticated("The session has ended; sign in again")
     else:
         found = state().authenticator.authenticate(authorization, request.remote_addr)

@@ -1,11 +1,13 @@
 """Browser sessions: `POST /api/session` trades an Authorization header
 (Basic or bearer) for an HttpOnly, SameSite=Strict cookie that the read
 endpoints accept; `DELETE /api/session` ends it."""
+import dataclasses
+
 from flask import Blueprint, jsonify, request
 
 from logsvc.access import credentials
 
-from . import SESSION_COOKIE, caller, reader
+from . import SESSION_COOKIE, caller, reader, state
 
 blueprint = Blueprint("session", __name__, url_prefix="/api")
 
@@ -13,6 +15,8 @@ blueprint = Blueprint("session", __name__, url_prefix="/api")
 @blueprint.post("/session")
 def open_session():
     found = reader(caller())  # from the Authorization header, never from a cookie
+    if found.is_admin:
+        found = dataclasses.replace(found, name=f"admin:{state().authenticator.admin_fingerprint}")
     cookie, expires_ms = credentials.open_session(found)
     response = jsonify({"status": "success", "expiresMs": expires_ms,
                         "projectId": found.project_id, "containerId": found.container_id,

@@ -30,6 +30,7 @@ def prune(config, now=None, batch=BATCH):
     now = now_ms() if now is None else now
     removed = 0
     db.call(_forget_prunes_before, now - PRUNE_LOG_KEEP_MS)
+    db.call(_forget_expired_sessions, now)
     cutoff = now - config.retention_ms if config.retention_ms else None
     if db.is_postgres():
         removed += db.call(_drop_partitions, cutoff, config.max_rows)
@@ -89,6 +90,12 @@ def _drop_partitions(cutoff, max_rows):
 
 def _forget_prunes_before(ts_ms):
     PruneLog.delete().where(PruneLog.ts_ms < ts_ms).execute()
+
+
+def _forget_expired_sessions(now):
+    """Browser sessions and WebSocket tickets past their expiry."""
+    for table in ("session", "ws_token"):
+        db.execute(f"DELETE FROM {table} WHERE expires_ms <= ?", (now,))
 
 
 def _row_count():
