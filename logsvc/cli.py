@@ -44,7 +44,8 @@ def main(argv=None):
     except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 2
-    except (credentials.NotFound, credentials.Conflict, ValueError) as exc:
+    except (credentials.NotFound, credentials.Conflict, ValueError,
+            retention.PruneBusy) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))

@@ -110,6 +110,26 @@ def test_prune_runs_retention_now(make_app):
     assert store.client.post(ADMIN + "/prune", headers=store.headers).json == {"removed": 3}
 
 
+def test_one_prune_at_a_time_on_every_path(make_app, tmp_path):
+    from logsvc.store import db, retention
+
+    app = make_app(max_rows=5)
+    store = Store(app.test_client())
+    store.ingest([make_entry(i, tsMs=None) for i in range(8)])
+    # Another process's prune holds the lease: the admin API and the CLI wait their turn.
+    assert db.call(retention.take_lease, "retention", "elsewhere:1", 60)
+    busy = store.client.post(ADMIN + "/prune", headers=store.headers)
+    assert busy.status_code == 409 and "retention" in busy.json["message"]
+    assert busy.headers["Retry-After"] == "5"
+    done = cli(tmp_path, "prune")
+    assert done.returncode == 1 and "retention is already running" in done.stderr
+    assert store.page(limit=0)["total"] == 8
+    db.call(retention.release_lease, "retention", "elsewhere:1")
+    assert store.client.post(ADMIN + "/prune", headers=store.headers).json == {"removed": 3}
+    # A prune releases the lease when it is done: the next one may run at once.
+    assert db.call(retention.take_lease, "retention", "elsewhere:1", 60)
+
+
 # --- fanout cursor ---------------------------------------------------------------
 
 @pytest.fixture

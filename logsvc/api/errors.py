@@ -21,6 +21,7 @@ from logsvc.store import db
 from logsvc.store.cursor import BadCursor
 from logsvc.store.ingest import PayloadError, PayloadTooLarge
 from logsvc.store.query import InvalidParameter
+from logsvc.store.retention import PruneBusy
 from logsvc.store.tail import ScopeDestroyed, StoreUnavailable
 
 log = logging.getLogger("logsvc")
@@ -126,6 +127,10 @@ def register(app):
         message = {404: "No such endpoint", 405: "Method not allowed on this endpoint",
                    413: "Request body is too large"}.get(exc.code, exc.description)
         return error_response(exc.code, message, headers)
+
+    @app.errorhandler(PruneBusy)
+    def prune_busy(exc):
+        return error_response(409, str(exc), {"Retry-After": "5"})
 
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(exc):

@@ -3,13 +3,18 @@ ones beyond LOGSVC_MAX_ROWS.
 
 Deletion runs in small batches, each one transaction that removes the rows,
 their bodies and their share of the rollup counters together, so stats stay
-exact and no writer waits long on the lock. One process at a time prunes:
-each worker runs `run_forever` in a background greenlet, and a worker only
-prunes while it holds the `retention` lease in the database.
+exact and no writer waits long on the lock. One prune at a time, on any
+host: `prune` runs only while it holds the `retention` lease in the
+database, renews it between batches and releases it when done (each
+worker's `run_forever`, `POST /_admin/prune` and `python -m logsvc prune`
+alike; a prune that finds another one running raises PruneBusy). Each
+batch subtracts from the counters the rows its DELETE removed (RETURNING),
+so even a prune that raced another could not count a row twice.
 """
 import logging
 import os
 import socket
+import uuid
 
 import gevent
 
@@ -25,8 +30,34 @@ LEASE_NAME = "retention"
 PRUNE_LOG_KEEP_MS = 86_400_000  # longer than any cursor snapshot lives
 
 
-def prune(config, now=None, batch=BATCH):
-    """Delete what retention says must go. Returns the number of entries removed."""
+class PruneBusy(RuntimeError):
+    """Another prune holds the retention lease."""
+
+
+def prune(config, now=None, batch=BATCH, holder=None):
+    """Delete what retention says must go. Returns the number of entries
+    removed; raises PruneBusy when another prune is running."""
+    holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    lease_s = _lease_seconds(config)
+    if not db.call(take_lease, LEASE_NAME, holder, lease_s):
+        raise PruneBusy("retention is already running (the retention lease is held); "
+                        "try again shortly")
+    try:
+        return _prune(config, now, batch, holder, lease_s)
+    finally:
+        db.call(release_lease, LEASE_NAME, holder)
+
+
+def _lease_seconds(config):
+    return max(config.prune_interval_s * 3, 30)
+
+
+def _renew(holder, lease_s):
+    if not db.call(take_lease, LEASE_NAME, holder, lease_s):
+        raise PruneBusy("the retention lease was lost; another prune took over")
+
+
+def _prune(config, now, batch, holder, lease_s):
     now = now_ms() if now is None else now
     removed = 0
     db.call(_forget_prunes_before, now - PRUNE_LOG_KEEP_MS)
@@ -40,12 +71,14 @@ def prune(config, now=None, batch=BATCH):
             removed += n
             if n < batch:
                 break
+            _renew(holder, lease_s)
             gevent.sleep(0)
     while True:
         excess = db.call(_row_count) - config.max_rows
         if excess <= 0:
             break
         removed += db.call(_delete_batch, "TRUE ORDER BY id LIMIT ?", (min(excess, batch),))
+        _renew(holder, lease_s)
         gevent.sleep(0)
     return removed
 
@@ -56,15 +89,15 @@ def run_forever(config, holder=None, store=None):
     if store is not None:
         db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
-    lease_s = max(config.prune_interval_s * 3, 30)
     while True:
         try:
-            if db.call(take_lease, LEASE_NAME, holder, lease_s):
-                removed = prune(config)
-                if removed:
-                    log.info("retention removed %d entries", removed)
-                if db.is_postgres():
-                    db.call(partitions.analyze_stale)
+            removed = prune(config, holder=holder)
+            if removed:
+                log.info("retention removed %d entries", removed)
+            if db.is_postgres():
+                db.call(partitions.analyze_stale)
+        except PruneBusy:
+            pass  # another process prunes this time
         except Exception:
             log.exception("retention run failed")
         gevent.sleep(config.prune_interval_s)
@@ -84,6 +117,10 @@ def take_lease(name, holder, seconds):
         return current == holder
 
 
+def release_lease(name, holder):
+    db.execute("UPDATE lease SET expires_ms = 0 WHERE name = ? AND holder = ?", (name, holder))
+
+
 def _drop_partitions(cutoff, max_rows):
     return partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
 
@@ -99,24 +136,30 @@ def _forget_expired_sessions(now):
 
 
 def _row_count():
-    (n,) = db.execute("SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()
+    (n,) = db.execute(
+        "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total_all").fetchone()
     return n
 
 
 def _delete_batch(where, params):
     with database.atomic():
-        rows = db.execute(
-            f"SELECT id, {rollup.ROW_SQL} FROM entry WHERE {where}", params).fetchall()
-        if not rows:
+        ids = [row[0] for row in db.execute(f"SELECT id FROM entry WHERE {where}", params)]
+        if not ids:
             return 0
-        ids = [row[0] for row in rows]
+        # What the counters lose is what the DELETE removed, not what was
+        # selected: on PostgreSQL another prune may have removed some first.
         if db.is_postgres():  # one statement each, the ids as an array
             db.execute("DELETE FROM entry_body WHERE entry_id = ANY(?)", (ids,))
-            db.execute("DELETE FROM entry WHERE id = ANY(?)", (ids,))
+            deleted = db.execute(f"DELETE FROM entry WHERE id = ANY(?) RETURNING {rollup.ROW_SQL}",
+                                 (ids,)).fetchall()
         else:
             fulltext.delete_sqlite(ids)
             db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
-            db.executemany("DELETE FROM entry WHERE id = ?", [(i,) for i in ids])
-        rollup.add([row[1:] for row in rows], sign=-1)
+            marks = ", ".join("?" for _ in ids)
+            deleted = db.execute(f"DELETE FROM entry WHERE id IN ({marks}) "
+                                 f"RETURNING {rollup.ROW_SQL}", ids).fetchall()
+        if not deleted:
+            return 0
+        rollup.add(deleted, sign=-1)
         PruneLog.create(ts_ms=now_ms(), min_id=min(ids), max_id=max(ids))
-        return len(rows)
+        return len(deleted)
