@@ -121,7 +121,7 @@ def _parser():
         "migrate", help="create the store, or upgrade it to this version's schema").set_defaults(
         run=lambda args, config: {"schemaVersion": models.SCHEMA_VERSION})
     commands.add_parser("prune", help="run retention now").set_defaults(
-        run=lambda args, config: {"removed": retention.prune(config)})
+        run=lambda args, config: {"removed": retention.prune(config, wait_s=30)})
     terminal.add_commands(commands)
     demo = commands.add_parser("demo", help="logsvc + a capturing proxy + live traffic")
     demo.add_argument("--proxy-port", type=int, default=8081)

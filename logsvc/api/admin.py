@@ -71,7 +71,8 @@ def clear():
 
 @blueprint.post("/prune")
 def prune():
-    return {"removed": retention.prune(state().config)}
+    # A prune running elsewhere is waited for (up to 30 s), then this one runs.
+    return {"removed": retention.prune(state().config, wait_s=30)}
 
 
 def _body(schema):

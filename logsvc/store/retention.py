@@ -14,6 +14,7 @@ so even a prune that raced another could not count a row twice.
 import logging
 import os
 import socket
+import time
 import uuid
 
 import gevent
@@ -34,14 +35,18 @@ class PruneBusy(RuntimeError):
     """Another prune holds the retention lease."""
 
 
-def prune(config, now=None, batch=BATCH, holder=None):
+def prune(config, now=None, batch=BATCH, holder=None, wait_s=0.0):
     """Delete what retention says must go. Returns the number of entries
-    removed; raises PruneBusy when another prune is running."""
+    removed. Another prune running: wait up to `wait_s` seconds for it to
+    end, then raise PruneBusy."""
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     lease_s = _lease_seconds(config)
-    if not db.call(take_lease, LEASE_NAME, holder, lease_s):
-        raise PruneBusy("retention is already running (the retention lease is held); "
-                        "try again shortly")
+    deadline = time.monotonic() + wait_s
+    while not db.call(take_lease, LEASE_NAME, holder, lease_s):
+        if time.monotonic() >= deadline:
+            raise PruneBusy("retention is already running (the retention lease is held); "
+                            "try again shortly")
+        gevent.sleep(0.2)
     try:
         return _prune(config, now, batch, holder, lease_s)
     finally:
