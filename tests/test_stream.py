@@ -504,3 +504,26 @@ def test_a_removed_users_stream_ends(fast_server):
     requests.delete(fast_server.url + "/api/proxy-logs/_admin/users/ada", headers=ADMIN,
                     timeout=10)
     assert [e.event for e in stream][-1] == "access-revoked"
+
+
+def test_a_closed_stream_gives_its_slot_back_at_once(tmp_path):
+    """One worker, one stream per scope, heartbeats every 15 s: a client
+    reconnecting right after it hung up is not refused."""
+    server = Server(tmp_path, workers=1, env={"LOGSVC_MAX_STREAMS_PER_SCOPE": "1",
+                                              "LOGSVC_HEARTBEAT_S": "15"}).start()
+    try:
+        _, bearer = new_token(server)
+        for _ in range(5):
+            response, stream = events(server, headers=bearer, replay=0)
+            next(stream)
+            response.close()
+            deadline = time.monotonic() + 3
+            while True:
+                again = requests.get(server.url + STREAM, params={"replay": 0}, stream=True,
+                                     headers={**bearer, "Connection": "close"}, timeout=(5, 5))
+                again.close()
+                if again.status_code == 200:
+                    break
+                assert again.status_code == 429 and time.monotonic() < deadline
+    finally:
+        server.stop()

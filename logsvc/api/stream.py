@@ -8,10 +8,12 @@ message, control messages as JSON objects with an `event` key, and answers
 """
 import contextlib
 import re
+import socket
 import time
 
 import gevent
 import gevent.lock
+import gevent.socket
 import orjson
 from flask import Blueprint, Response, request
 from flask_sock import ConnectionClosed, Sock
@@ -79,8 +81,31 @@ def sse():
     except BaseException:
         slot.close()
         raise
-    frames = _sse_frames(opening, subscription, state().config.heartbeat_s, slot, _guard(found))
+    watcher = _release_on_hangup(request.environ.get("gunicorn.socket"), slot)
+    frames = _sse_frames(opening, subscription, state().config.heartbeat_s, slot, _guard(found),
+                         watcher)
     return _sse_response(frames)
+
+
+def _release_on_hangup(sock, slot):
+    """Give the stream's slot back as soon as its client hangs up, rather
+    than when the next heartbeat fails to write (up to LOGSVC_HEARTBEAT_S
+    later), so that a client reconnecting at once is not refused. Needs the
+    connection's socket, which gunicorn passes in the environ."""
+    if sock is None:
+        return None
+
+    def watch():
+        try:
+            while True:
+                gevent.socket.wait_read(sock.fileno())
+                if not sock.recv(1, socket.MSG_PEEK):  # the client closed its end
+                    slot.close()
+                    return
+                gevent.sleep(1)  # it sent something; an SSE client has nothing to say
+        except (OSError, ValueError):  # the connection is gone
+            slot.close()
+    return gevent.spawn(watch)
 
 
 @blueprint.get("/api/ws-token")
@@ -186,7 +211,7 @@ def _slot(found):
         raise ApiError(429, str(exc), {"Retry-After": "2"}) from None
 
 
-def _sse_frames(opening, subscription, heartbeat_s, slot, guard):
+def _sse_frames(opening, subscription, heartbeat_s, slot, guard, watcher=None):
     try:
         yield b"retry: 2000\n\n"
         for kind, value in opening:
@@ -213,6 +238,8 @@ def _sse_frames(opening, subscription, heartbeat_s, slot, guard):
         except tail.Reset:
             yield _named("reset")
     finally:
+        if watcher is not None:
+            watcher.kill()
         slot.close()
 
 
