@@ -30,10 +30,16 @@ def caller(allow_cookie=False):
                              + state().authenticator.admin_fingerprint):
             # An admin session ends when the admin token changes.
             raise Unauthenticated("The session has ended; sign in again")
+        request._logsvc_session = cookie
     else:
         found = state().authenticator.authenticate(authorization, request.remote_addr)
     request._logsvc_principal = found
     return found
+
+
+def session_cookie():
+    """The session cookie the request's caller was found by, or None."""
+    return getattr(request, "_logsvc_session", None)
 
 
 def reader(found=None):

@@ -26,7 +26,7 @@ from logsvc.store import tail
 from logsvc.store.filters import Filters
 from schemas.params import stream_params, websocket_params
 
-from . import SESSION_COOKIE, query_args, reader, state
+from . import query_args, reader, session_cookie, state
 from .errors import ApiError, validation_message
 
 blueprint = Blueprint("stream", __name__)
@@ -55,11 +55,7 @@ class Guard:
 
 
 def _guard(found):
-    config = state().config
-    cookie = None
-    if not request.headers.get("Authorization"):
-        cookie = request.cookies.get(SESSION_COOKIE)
-    return Guard(found, config.heartbeat_s, cookie)
+    return Guard(found, state().config.heartbeat_s, session_cookie())
 
 
 @blueprint.get("/api/proxy-logs/_logs/stream")

@@ -34,7 +34,9 @@ import secrets
 
 import peewee
 
-from . import db, fulltext, rollup
+from logsvc.entry import coerce_duration, derive_route
+
+from . import db, fulltext, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
@@ -425,10 +427,6 @@ def _add_v4_columns():
 def _v3_to_v4():
     # Version 4 has durations and routes. Entries stored before keep a
     # numeric data.durationMs in `data` and gain it as their duration too.
-    from logsvc.entry import MAX_DURATION_MS, derive_route
-
-    from . import sketch
-
     if db.is_postgres():
         number = ("CASE WHEN jsonb_typeof(data::jsonb -> 'durationMs') = 'number' "
                   "THEN (data::jsonb ->> 'durationMs')::float8 END")
@@ -443,8 +441,10 @@ def _v3_to_v4():
             break
         after = rows[-1][0]
         updates = []
-        for entry_id, url, duration in rows:
-            if duration is not None and not 0 <= duration <= MAX_DURATION_MS:
+        for entry_id, url, stored in rows:
+            try:
+                duration = None if stored is None else coerce_duration(stored)
+            except ValueError:  # out of range: stays in `data` only
                 duration = None
             route = derive_route(url)
             if duration is not None or route is not None:

@@ -177,14 +177,18 @@ def _count(filters, cap=None):
     return (cap, False) if n > cap else (n, True)
 
 
+# The filters the counters have a dimension for.
+_COUNTER_FILTERS = {"project_id", "container_id", "since", "until", "service_names", "levels",
+                    "kinds", "status_ranges", "sources"}
+
+
 def _rollup_sum(f):
     """(column sum, condition, parameters) over `rollup.counted` rows (the
     scope and time range already applied) that counts the entries matching
     `f`, or None when the counters cannot answer exactly: a filter that is
     not a counter dimension, or two breakdown filters at once (the counters
     hold each breakdown, not their product)."""
-    if (f.trace_id is not None or f.client_ip is not None or f.methods or f.q or f.routes
-            or f.min_duration_ms is not None or f.max_duration_ms is not None):
+    if any(item.field not in _COUNTER_FILTERS for item, _ in f.active):
         return None
     classes = _status_classes(f.status_ranges)
     if classes is None:

@@ -215,9 +215,8 @@ def rebuild():
     """Recount every counter from `entry` (a schema upgrade)."""
     for table in (*TIERS, *ROUTE_TIERS):
         db.execute(f"DELETE FROM {table}")
-    groups = db.execute(GROUPED.format(table="entry")).fetchall()
-    for start in range(0, len(groups), 50_000):
-        chunk = groups[start:start + 50_000]
+    cursor = db.execute(GROUPED.format(table="entry"))
+    while chunk := cursor.fetchmany(50_000):
         add([row[:11] for row in chunk], weights=[row[11] for row in chunk])
 
 
@@ -253,8 +252,7 @@ def _drop_empty(tier, folded):
     db.executemany(f"DELETE FROM {tier.table} WHERE {match} AND n <= 0", sorted(folded))
 
 
-# Where a tier's lat_max is recomputed from: (finer table, its time column,
-# the keys it shares with the tier's key, in order).
+# Where a tier's lat_max is recomputed from: (finer table, its time column).
 _MAX_SOURCES = {
     "rollup_hour": ("rollup_minute", "minute"),
     "rollup_total": ("rollup_hour", "hour"),
@@ -352,22 +350,22 @@ def counted(project_id=None, container_id=None, since=None, until=None):
         if unit is None:
             parts.append(_entry_part(start, end, project_id, container_id))
         else:
-            parts.append(_tier_part(_SCOPE_TIER[None if unit == "total" else unit], start, end,
-                                    project_id, container_id))
+            parts.append(_tier_part(_SCOPE_TIER[unit], start, end, project_id, container_id))
     if not parts:
         return None
     return (" UNION ALL ".join(sql for sql, _ in parts),
             [p for _, part_params in parts for p in part_params])
 
 
-_SCOPE_TIER = {None: "rollup_total", HOUR_MS: "rollup_hour", MINUTE_MS: "rollup_minute"}
-_ALL_TIER = {None: "rollup_total_all", HOUR_MS: "rollup_hour_all",
+# The tier of each unit of `_spans`.
+_SCOPE_TIER = {"total": "rollup_total", HOUR_MS: "rollup_hour", MINUTE_MS: "rollup_minute"}
+_ALL_TIER = {"total": "rollup_total_all", HOUR_MS: "rollup_hour_all",
              MINUTE_MS: "rollup_minute_all"}
 
 
 def _spans(since, until, units):
-    """(unit or None, start, end) spans; one (None-unit total) span of
-    ("total", None, None) without a range."""
+    """split_range's (unit or None for raw, start, end) spans; without a
+    range, the one span ("total", None, None): all time."""
     if since is None and until is None:
         return [("total", None, None)]
     return split_range(0 if since is None else since,
@@ -448,17 +446,11 @@ def latency(project_id=None, container_id=None, since=None, until=None):
     counts, longest = {}, None
     for unit, start, end in _spans(since, until, (HOUR_MS, MINUTE_MS)):
         if unit is None:
-            where, params = _raw_where(start, end, project_id, container_id)
-            rows = db.execute(
-                f"SELECT lat_bucket, count(*), MAX(duration_ms) FROM entry WHERE {where} "
-                f"AND lat_bucket IS NOT NULL GROUP BY lat_bucket", params).fetchall()
-            for bucket, n, top in rows:
-                counts[bucket] = counts.get(bucket, 0) + n
-                longest = top if longest is None or top > longest else longest
+            longest = raw_latency(*_raw_where(start, end, project_id, container_id),
+                                  counts, longest)
             continue
-        sql, params = _tier_part(names[None if unit == "total" else unit], start, end,
-                                 project_id, container_id, select="lat, lat_max",
-                                 also="lat IS NOT NULL")
+        sql, params = _tier_part(names[unit], start, end, project_id, container_id,
+                                 select="lat, lat_max", also="lat IS NOT NULL")
         for lat, top in db.execute(sql, params).fetchall():
             sketch.add(counts, lat)
             if top is not None and (longest is None or top > longest):
@@ -472,35 +464,53 @@ def routes(project_id=None, container_id=None, since=None, until=None):
     all-scope route tiers, a project its own (minutes, hours, all time); a
     container reads its all-time row, and counts a range from `entry`."""
     if project_id is None and container_id is None:
-        tables = {None: "rollup_route_total_all", HOUR_MS: "rollup_route_hour_all",
+        tables = {"total": "rollup_route_total_all", HOUR_MS: "rollup_route_hour_all",
                   MINUTE_MS: "rollup_route_minute_all"}
     elif container_id is None:
-        tables = {None: "rollup_route_total", HOUR_MS: "rollup_route_hour",
+        tables = {"total": "rollup_route_total", HOUR_MS: "rollup_route_hour",
                   MINUTE_MS: "rollup_route_minute"}
     else:
-        tables = {None: "rollup_route_total"}
+        tables = {"total": "rollup_route_total"}
     units = tuple(u for u in (HOUR_MS, MINUTE_MS) if u in tables)
     out = {}
     for unit, start, end in _spans(since, until, units):
         if unit is None:
-            where, params = _raw_where(start, end, project_id, container_id)
-            rows = db.execute(
-                f"SELECT route, lat_bucket, count(*), "
-                f"SUM(CASE WHEN level = 'error' THEN 1 ELSE 0 END) FROM entry "
-                f"WHERE {where} AND route IS NOT NULL GROUP BY route, lat_bucket",
-                params).fetchall()
-            for route, bucket, n, errors in rows:
-                into = out.setdefault(route, [0, 0, {}])
-                into[0] += n
-                into[1] += errors
-                if bucket is not None:
-                    into[2][bucket] = into[2].get(bucket, 0) + n
+            raw_routes(*_raw_where(start, end, project_id, container_id), out)
             continue
-        sql, params = _tier_part(tables[None if unit == "total" else unit], start, end,
-                                 project_id, container_id, select="route, n, errors, lat")
+        sql, params = _tier_part(tables[unit], start, end, project_id, container_id,
+                                 select="route, n, errors, lat")
         for route, n, errors, lat in db.execute(sql, params).fetchall():
             into = out.setdefault(route, [0, 0, {}])
             into[0] += n
             into[1] += errors
             sketch.add(into[2], lat)
+    return out
+
+
+# Counting from `entry` itself (`entry e`, any condition over it): the
+# partial minutes of a range, and stats whose filters the counters lack.
+
+def raw_latency(where, params, counts, longest=None):
+    """Add the durations of the matching entries to `counts` ({bucket:
+    count}); returns the longest so far."""
+    for bucket, n, top in db.execute(
+            f"SELECT lat_bucket, count(*), MAX(duration_ms) FROM entry e WHERE {where} "
+            f"AND lat_bucket IS NOT NULL GROUP BY lat_bucket", params):
+        counts[bucket] = counts.get(bucket, 0) + n
+        longest = top if longest is None or top > longest else longest
+    return longest
+
+
+def raw_routes(where, params, out):
+    """Add the matching entries to `out` ({route: [calls, errors,
+    {bucket: count}]}), as `routes` returns it."""
+    for route, bucket, n, errors in db.execute(
+            f"SELECT route, lat_bucket, count(*), SUM(CASE WHEN level = 'error' THEN 1 "
+            f"ELSE 0 END) FROM entry e WHERE {where} AND route IS NOT NULL "
+            f"GROUP BY route, lat_bucket", params):
+        into = out.setdefault(route, [0, 0, {}])
+        into[0] += n
+        into[1] += errors
+        if bucket is not None:
+            into[2][bucket] = into[2].get(bucket, 0) + n
     return out

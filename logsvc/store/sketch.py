@@ -94,29 +94,32 @@ def merge_stored(a, b):
     return dumps({bucket: n for bucket, n in into.items() if n})
 
 
-def percentile(counts, p, total=None, maximum=None):
-    """The nearest-rank p-th percentile of a {bucket: count} sketch."""
+def percentiles(counts, ps, total=None, maximum=None):
+    """{p: the nearest-rank p-th percentile} of a {bucket: count} sketch
+    for each p of `ps`, in one walk over its buckets (None when empty)."""
     total = sum(counts.values()) if total is None else total
     if total <= 0:
-        return None
-    rank = max(1, math.ceil(p / 100 * total))
-    seen = 0
+        return dict.fromkeys(ps)
+    ranks = sorted((max(1, math.ceil(p / 100 * total)), p) for p in ps)
+    out, seen, at = {}, 0, 0
     for bucket in sorted(counts):
         seen += counts[bucket]
-        if seen >= rank:
+        while at < len(ranks) and seen >= ranks[at][0]:
             value = value_of(bucket)
-            if maximum is not None:
-                value = min(value, maximum)
-            return _rounded(value)
-    return _rounded(maximum) if maximum is not None else None
+            out[ranks[at][1]] = _rounded(value if maximum is None else min(value, maximum))
+            at += 1
+        if at == len(ranks):
+            break
+    for _, p in ranks[at:]:  # counts that do not add up to `total`
+        out[p] = _rounded(maximum) if maximum is not None else None
+    return out
 
 
-def summary(counts, maximum, percentiles=PERCENTILES):
+def summary(counts, maximum, ps=PERCENTILES):
     """{count, p50, p90, p95, p99, max} of a sketch and its exact maximum."""
     total = sum(counts.values())
     out = {"count": total}
-    for p in percentiles:
-        out[f"p{p}"] = percentile(counts, p, total, maximum) if total else None
+    out.update((f"p{p}", v) for p, v in percentiles(counts, ps, total, maximum).items())
     out["max"] = _whole(maximum) if total and maximum is not None else None
     return out
 

@@ -35,7 +35,7 @@ from .query import InvalidParameter
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
 MINUTE_MS = rollup.MINUTE_MS
-HOUR_MS = 3_600_000
+HOUR_MS = rollup.HOUR_MS
 BUCKETS = {"1m": 1, "5m": 5, "10m": 10, "15m": 15, "30m": 30, "1h": 60,
            "3h": 180, "6h": 360, "12h": 720, "1d": 1440}
 MAX_BUCKETS = 10_000
@@ -73,36 +73,13 @@ def summary(filters, top_routes=TOP_ROUTES):
         else:
             where, params = where_sql(f)
             result = _summarize((f"{rollup.ENTRY_AS_COUNTERS} WHERE {where}", params))
-            counts, longest = _raw_latency(where, params)
-            routes = _raw_routes(where, params)
+            counts = {}
+            longest = rollup.raw_latency(where, params, counts)
+            routes = rollup.raw_routes(where, params, {})
         result["latency"] = sketch.summary(counts, longest)
         result["byRoute"] = _by_route(routes, top_routes)
         return result
     return db.call(run)
-
-
-def _raw_latency(where, params):
-    counts, longest = {}, None
-    for bucket, n, top in db.execute(
-            f"SELECT lat_bucket, count(*), MAX(duration_ms) FROM entry e WHERE {where} "
-            f"AND lat_bucket IS NOT NULL GROUP BY lat_bucket", params):
-        counts[bucket] = n
-        longest = top if longest is None or top > longest else longest
-    return counts, longest
-
-
-def _raw_routes(where, params):
-    out = {}
-    for route, bucket, n, errors in db.execute(
-            f"SELECT route, lat_bucket, count(*), SUM(CASE WHEN level = 'error' THEN 1 "
-            f"ELSE 0 END) FROM entry e WHERE {where} AND route IS NOT NULL "
-            f"GROUP BY route, lat_bucket", params):
-        into = out.setdefault(route, [0, 0, {}])
-        into[0] += n
-        into[1] += errors
-        if bucket is not None:
-            into[2][bucket] = n
-    return out
 
 
 def _by_route(routes, top):
@@ -114,8 +91,7 @@ def _by_route(routes, top):
             continue
         timed = sum(counts.values())
         row = {"route": route, "total": calls, "errors": errors, "timed": timed}
-        for p in (50, 95, 99):
-            row[f"p{p}"] = sketch.percentile(counts, p, timed) if timed else None
+        row.update((f"p{p}", v) for p, v in sketch.percentiles(counts, (50, 95, 99), timed).items())
         out.append(row)
     return out
 
@@ -187,8 +163,8 @@ def _histogram(bucket, since, until, filters):
             counts, longest = timed[ts]
             total = sum(counts.values())
             if total > 0:
-                item["p50"] = sketch.percentile(counts, 50, total, longest)
-                item["p95"] = sketch.percentile(counts, 95, total, longest)
+                found = sketch.percentiles(counts, (50, 95), total, longest)
+                item["p50"], item["p95"] = found[50], found[95]
         buckets.append(item)
     return {"bucket": bucket, "bucketMs": size_ms, "since": start, "until": end,
             "buckets": buckets}
