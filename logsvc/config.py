@@ -43,6 +43,10 @@ class Config:
     wal_checkpoint_mb: int = 16
     # PostgreSQL: entry ids per partition (fixed when the store is created).
     partition_rows: int = 1_000_000
+    # Serve reads only: the store is opened read-only and writes answer 503.
+    read_only: bool = False
+    # How long an ingest's Idempotency-Key is remembered (seconds).
+    idempotency_window_s: int = 86_400
     # Where the command-line client finds a server, and the token it sends
     # (default: the admin token in the data dir, when it is readable).
     url: str = ""

@@ -39,7 +39,16 @@ def create_app(config=None):
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     store = db.init(config)
-    db.call(models.create_schema, config.partition_rows)
+    try:
+        db.call(models.create_schema, config.partition_rows)
+    except Exception as exc:
+        reason = db.unwritable_reason(exc)
+        if reason:
+            raise db.UnsupportedDatabase(
+                f"the store needs creating or upgrading to this version of logsvc, "
+                f"but {reason}") from None
+        raise
+    store.unwritable = db.call(db.probe_unwritable, config)
     app.extensions["logsvc"] = Services(
         config=config,
         store=store,

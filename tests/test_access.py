@@ -32,7 +32,8 @@ def test_ingest_with_a_wrong_token_stores_nothing(client, store):
 
 def test_healthz_answers_without_credentials(client):
     response = client.get("/healthz")
-    assert response.status_code == 200 and response.json == {"status": "ok"}
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "writable": True}
 
 
 def test_metrics_reports_the_store(store):

@@ -5,14 +5,16 @@ import os
 import stat
 import time
 
+import orjson
 import pytest
 
 from logsvc.store import db
-from logsvc.testing import INGEST, LOGS, make_entry
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, Store, make_entry
 
 STATS = LOGS + "/stats"
 HISTOGRAM = STATS + "/histogram"
 STREAM = "/api/proxy-logs/_logs/stream"
+ADMIN_TOKENS = "/api/proxy-logs/_admin/tokens"
 
 
 @pytest.mark.parametrize("path", [LOGS, STATS, HISTOGRAM])
@@ -87,7 +89,6 @@ def test_every_answer_carries_security_headers(client, store):
 
 
 def test_the_data_dir_and_its_files_are_private(make_app, tmp_path):
-    from logsvc.testing import Store
 
     data_dir = tmp_path / "new"
     app = make_app(data_dir=data_dir, admin_token="")
@@ -106,7 +107,6 @@ def basic(username, password):
 
 
 def test_failed_sign_ins_are_limited_per_address_and_per_user(make_app):
-    from logsvc.testing import Store
 
     app = make_app(auth_failures_per_min=3)
     store = Store(app.test_client())
@@ -135,7 +135,6 @@ def test_failed_sign_ins_are_limited_per_address_and_per_user(make_app):
 
 
 def test_too_many_entries_in_one_request_is_413_and_stores_nothing(make_app):
-    from logsvc.testing import Store
 
     store = Store(make_app(max_entries_per_request=1000).test_client())
     body = b"\n".join(b'{"url": "/x"}' for _ in range(1001))
@@ -181,7 +180,7 @@ def test_a_live_tail_answers_503_while_the_store_does_not_answer(app, store, tmp
 
 
 def test_an_admin_session_ends_when_the_admin_token_changes(make_app):
-    from logsvc.testing import ADMIN_TOKEN, Store
+
 
     first = make_app().test_client()
     opened = first.post("/api/session", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -206,3 +205,113 @@ def test_retention_forgets_expired_sessions_and_tickets(app, store):
     config = app.extensions["logsvc"].config
     retention.prune(config, now=int(time.time() * 1000) + 13 * 3_600_000)  # past both expiries
     assert counts() == (0, 0)
+
+
+def test_a_read_only_store_serves_reads_and_refuses_writes(make_app, engine, monkeypatch):
+    writer = Store(make_app().test_client())
+    writer.ingest([make_entry(i, projectId="proj_a") for i in range(3)])
+    made = writer.client.post(ADMIN_TOKENS, headers=writer.headers, json={
+        "name": "reader", "projectId": "proj_a", "capabilities": {"logs": True}})
+    scoped = {"Authorization": f"Bearer {made.json['token']}"}
+    if engine == "postgresql":
+        # A store that refuses writes by itself (a standby, a read-only
+        # role): found at start, with no setting.
+        monkeypatch.setenv("LOGSVC_DATABASE_URL", os.environ["LOGSVC_DATABASE_URL"]
+                           + "%20-cdefault_transaction_read_only%3Don")
+        reader = make_app()
+    else:
+        reader = make_app(read_only=True)
+    store = Store(reader.test_client())
+
+    health = store.client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json["status"] == "read-only" and health.json["writable"] is False
+
+    assert [e["id"] for e in store.page()["entries"]] == [1, 2, 3]
+    assert store.page(STATS)["total"] == 3
+    # A scoped reader is rate limited as before: the budgets are counted
+    # in memory while the store takes no writes.
+    response = store.client.get(LOGS, headers=scoped)
+    assert response.status_code == 200 and len(response.json["entries"]) == 3
+
+    for refused in (
+        store.client.post(INGEST, json=[make_entry(9)], headers=store.headers),
+        store.client.post(ADMIN_TOKENS, headers=store.headers, json={
+            "name": "x", "projectId": "proj_a", "capabilities": {"logs": True}}),
+        store.client.post("/api/session", headers=scoped),
+    ):
+        assert refused.status_code == 503, refused.json
+        assert refused.headers["Retry-After"] == "30"
+        assert "read-only" in refused.json["message"]
+    assert store.page()["total"] == 3
+
+
+def keyed(store, entries, key, headers=None):
+    return store.client.post(INGEST, json=entries, headers={
+        **(headers or store.headers), "Idempotency-Key": key})
+
+
+def test_a_retried_batch_with_its_idempotency_key_is_stored_once(store):
+    batch = [make_entry(i) for i in range(3)] + [{"tsMs": "soon"}]
+    first = keyed(store, batch, "batch-0001")
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    again = keyed(store, batch, "batch-0001")
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json == first.json and first.json["accepted"] == 3
+    assert store.page()["total"] == 3
+    # A new key is a new batch.
+    assert keyed(store, batch, "batch-0002").json["firstId"] == 4
+    assert store.page()["total"] == 6
+
+
+def test_an_idempotency_key_reused_for_another_body_is_422(store):
+    assert keyed(store, [make_entry(0)], "k1").status_code == 200
+    response = keyed(store, [make_entry(1)], "k1")
+    assert response.status_code == 422 and "Idempotency-Key" in response.json["message"]
+    assert store.page()["total"] == 1
+
+
+@pytest.mark.parametrize("key", ["", "with space", "x" * 256, "naïve"])
+def test_a_malformed_idempotency_key_is_400(store, key):
+    response = keyed(store, [make_entry(0)], key)
+    assert response.status_code == 400 and "Idempotency-Key" in response.json["message"]
+    assert store.page()["total"] == 0
+
+
+def test_idempotency_keys_belong_to_the_writers_scope(store):
+    made = store.client.post(ADMIN_TOKENS, headers=store.headers, json={
+        "name": "w", "projectId": "proj_w", "capabilities": {"logs": True, "ingest": True}})
+    writer = {"Authorization": f"Bearer {made.json['token']}"}
+    batch = [make_entry(0, projectId="proj_w")]
+    assert keyed(store, batch, "same").json["firstId"] == 1
+    theirs = keyed(store, batch, "same", writer)
+    assert theirs.status_code == 200 and "Idempotent-Replayed" not in theirs.headers
+    assert theirs.json["firstId"] == 2
+
+
+def test_a_key_is_forgotten_after_its_window(make_app):
+    store = Store(make_app(idempotency_window_s=1).test_client())
+    assert keyed(store, [make_entry(0)], "k").json["firstId"] == 1
+    time.sleep(1.1)
+    assert keyed(store, [make_entry(0)], "k").json["firstId"] == 2
+
+
+def test_concurrent_retries_across_workers_store_the_batch_once(server):
+    import concurrent.futures
+
+    import requests
+
+    body = orjson.dumps([make_entry(i) for i in range(50)])
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json",
+               "Idempotency-Key": "shipper-batch-77"}
+
+    def send(_):
+        return requests.post(server.url + INGEST, data=body, headers=headers, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(send, range(24)))
+    assert {a.status_code for a in answers} == {200}
+    assert len({(a.json()["firstId"], a.json()["lastId"]) for a in answers}) == 1
+    assert sum("Idempotent-Replayed" not in a.headers for a in answers) == 1
+    page = requests.get(server.url + LOGS, params={"limit": 1}, headers=headers, timeout=10).json()
+    assert page["total"] == 50

@@ -36,13 +36,22 @@ class RateLimiter:
         self.path = str(Path(data_dir) / "limits.db")
         self.per_minute = per_minute
         self._local = threading.local()
+        # Where the budgets are kept while the store takes no writes (a
+        # read-only store): this process's memory.
+        self._memory = _MemoryBuckets()
 
     def hit(self, scope_key):
         """Count one read for `scope_key`; raise RateLimited when over."""
         if not self.per_minute:
             return
         take = self._take_shared if db.is_postgres() else self._take
-        if not db.call(take, scope_key, time.time()):
+        try:
+            allowed = db.call(take, scope_key, time.time())
+        except Exception as exc:
+            if not _unusable(exc):
+                raise
+            allowed = self._memory.take(scope_key, time.time(), 60.0 / self.per_minute)
+        if not allowed:
             raise RateLimited()
 
     def _take_shared(self, key, now):
@@ -92,15 +101,27 @@ class FailureLimiter(RateLimiter):
         """Seconds until `key` may try again (0: it may now)."""
         if not self.per_minute:
             return 0
-        tat = db.call(self._read, self.PREFIX + key)
+        try:
+            tat = db.call(self._read, self.PREFIX + key)
+        except Exception as exc:
+            if not _unusable(exc):
+                raise
+            tat = None
+        tat = max(tat or 0, self._memory.read(self.PREFIX + key) or 0)
         interval = 60.0 / self.per_minute
         wait = (tat or 0) - time.time() - (60.0 - interval)
         return int(wait) + 1 if wait > 0 else 0
 
     def failed(self, key):
         """Count one failure for `key`."""
-        if self.per_minute:
+        if not self.per_minute:
+            return
+        try:
             db.call(self._add, self.PREFIX + key, time.time(), 60.0 / self.per_minute)
+        except Exception as exc:
+            if not _unusable(exc):
+                raise
+            self._memory.add(self.PREFIX + key, time.time(), 60.0 / self.per_minute)
 
     def _read(self, key):
         if db.is_postgres():
@@ -121,3 +142,32 @@ class FailureLimiter(RateLimiter):
         else:
             with self._connection() as conn:
                 conn.execute(sql.format(table="bucket", greatest="max"), params)
+
+
+def _unusable(exc):
+    """Whether the shared budgets cannot be written (a read-only store or
+    data directory); the process then counts in memory."""
+    return bool(db.unwritable_reason(exc)) or isinstance(exc, OSError) or (
+        isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc))
+
+
+class _MemoryBuckets:
+    """The same GCRA buckets in this process's memory."""
+
+    def __init__(self):
+        self._tat = {}
+
+    def take(self, key, now, interval):
+        tat = max(self._tat.get(key, now), now)
+        if tat + interval - now > 60.0:
+            return False
+        self._tat[key] = tat + interval
+        return True
+
+    def read(self, key):
+        return self._tat.get(key)
+
+    def add(self, key, now, interval):
+        self._tat[key] = max(self._tat.get(key, now), now) + interval
+        if len(self._tat) > 100_000:  # forget the buckets that have drained
+            self._tat = {k: v for k, v in self._tat.items() if v > now}

@@ -19,12 +19,20 @@ from logsvc.access.limits import RateLimited
 from logsvc.access.principal import Forbidden, Unauthenticated
 from logsvc.store import db
 from logsvc.store.cursor import BadCursor
-from logsvc.store.ingest import PayloadError, PayloadTooLarge
+from logsvc.store.ingest import KeyReused, PayloadError, PayloadTooLarge
 from logsvc.store.query import InvalidParameter
 from logsvc.store.retention import PruneBusy
 from logsvc.store.tail import ScopeDestroyed, StoreUnavailable
 
 log = logging.getLogger("logsvc")
+
+UNWRITABLE_RETRY_S = 30
+
+try:  # the body of a request that gunicorn serves is read through its parser
+    from gunicorn.http.errors import ParseException
+except ImportError:  # pragma: no cover - gunicorn is in requirements.txt
+    class ParseException(Exception):
+        pass
 
 
 class ApiError(Exception):
@@ -115,6 +123,10 @@ def register(app):
     def too_large(exc):
         return error_response(413, str(exc))
 
+    @app.errorhandler(KeyReused)
+    def key_reused(exc):
+        return error_response(422, str(exc))
+
     @app.errorhandler(PayloadError)
     def bad_payload(exc):
         return error_response(400, str(exc))
@@ -138,6 +150,15 @@ def register(app):
 
     @app.errorhandler(Exception)
     def unexpected(exc):
+        if isinstance(exc, ParseException):  # the server's HTTP parser, reading the body
+            return error_response(400, f"Malformed request: {exc}")
+        reason = db.unwritable_reason(exc)
+        if reason:
+            db.note_write(exc)
+            log.warning("write refused: %s", reason)
+            return error_response(503, f"{reason[0].upper()}{reason[1:]}; writes are refused "
+                                       "until it accepts them again (reads still work)",
+                                  {"Retry-After": str(UNWRITABLE_RETRY_S)})
         if db.is_transient_error(exc):
             log.warning("store unavailable: %s", type(exc).__name__)
             return error_response(503, "The store is busy or unreachable; retry shortly",

@@ -19,7 +19,11 @@ def healthz():
         db.call(lambda: db.database.execute_sql("SELECT 1").fetchone())
     except Exception:  # noqa: BLE001 - whatever the reason, the store is not answering
         raise ApiError(503, "The database does not answer") from None
-    return {"status": "ok"}
+    unwritable = db.current().unwritable
+    if unwritable:
+        # Still up for reads: a load balancer keeps sending them here.
+        return {"status": "read-only", "writable": False, "message": unwritable}
+    return {"status": "ok", "writable": True}
 
 
 @blueprint.get("/metrics")

@@ -35,7 +35,7 @@ import contextvars
 import os
 import sqlite3
 import time
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import gevent
 import peewee
@@ -80,6 +80,10 @@ SQLITE_PRAGMAS = {
     # the file back to this size (wal.py keeps it from outgrowing it).
     "journal_size_limit": 16 * 1024 * 1024,
 }
+
+
+SQLITE_READ_ONLY_PRAGMAS = {key: value for key, value in SQLITE_PRAGMAS.items()
+                            if key not in ("synchronous", "journal_size_limit")}
 
 
 class UnsupportedDatabase(ValueError):
@@ -137,6 +141,10 @@ class Store:
         # SQLite: checkpoint the write-ahead log before a write once it is
         # larger than this (bytes; 0: leave it to SQLite). See wal.py.
         self.wal_limit = 0
+        # None while it is working, else why the store refuses writes (it
+        # is read-only or full): set by a write that failed so, cleared by
+        # one that succeeded. Reads go on either way.
+        self.unwritable = None
 
     def close(self):
         """Close this store's connections (every thread's, on PostgreSQL)."""
@@ -150,7 +158,7 @@ def init(config):
     global _last_opened
     url = config.database_url or ""
     if url.startswith(("postgresql://", "postgres://")):
-        bound = _postgres_database(url)
+        bound = _postgres_database(url, config.read_only)
         postgres = True
     elif url and not url.startswith("sqlite:///"):
         raise UnsupportedDatabase(
@@ -161,13 +169,26 @@ def init(config):
         path = config.sqlite_path
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):]
-        else:
+        elif not config.read_only:
             private_dir(config.sqlite_path.parent)
-        enable_wal(str(path))
-        bound = peewee.SqliteDatabase(
-            str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
-            check_same_thread=False,
-        )
+        if config.read_only:
+            # Opened read-only: nothing here writes the file (a snapshot,
+            # a volume mounted read-only, a copy under investigation).
+            if not os.path.exists(path):
+                raise UnsupportedDatabase(f"LOGSVC_READ_ONLY is set but there is no store at {path}")
+            bound = peewee.SqliteDatabase(
+                f"file:{quote(str(path))}?mode=ro", uri=True, pragmas=SQLITE_READ_ONLY_PRAGMAS,
+                timeout=30, check_same_thread=False)
+        else:
+            try:
+                enable_wal(str(path))
+            except (OSError, sqlite3.Error) as exc:
+                if not unwritable_reason(exc) and not isinstance(exc, PermissionError):
+                    raise  # an unwritable store still serves reads; see probe_unwritable
+            bound = peewee.SqliteDatabase(
+                str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
+                check_same_thread=False,
+            )
         from . import sketch  # the latency counters' merge (PostgreSQL: models.py)
 
         bound.register_function(sketch.merge_stored, "logsvc_sketch_add", 2, deterministic=True)
@@ -240,7 +261,7 @@ def enable_wal(path, patience_s=30.0):
         conn.close()
 
 
-def _postgres_database(url):
+def _postgres_database(url, read_only=False):
     try:
         import psycopg2  # noqa: F401 - fail here, with a clear message
     except ImportError:  # pragma: no cover - psycopg2 is in requirements.txt
@@ -250,6 +271,8 @@ def _postgres_database(url):
     if not name:
         raise UnsupportedDatabase("LOGSVC_DATABASE_URL must name the database: postgresql://host/dbname")
     # The whole URL goes to libpq as the connection string; peewee needs the name.
+    if read_only:  # every transaction of this process is read-only
+        return PostgresDatabase(name, dsn=url, options="-c default_transaction_read_only=on")
     return PostgresDatabase(name, dsn=url)
 
 
@@ -326,6 +349,50 @@ def is_transient_error(exc):
         return isinstance(exc, (peewee.OperationalError, peewee.InterfaceError,
                                 psycopg2.OperationalError, psycopg2.InterfaceError))
     return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and _is_locked(exc)
+
+
+def unwritable_reason(exc):
+    """Why `exc` says the store takes no writes at all for now (read-only,
+    disk full), or None when it says something else."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "sqlite_errorname", None) or getattr(exc, "pgcode", None)
+        if code in ("SQLITE_READONLY", "25006") or "readonly database" in str(exc):
+            return "the store is read-only"
+        if code in ("SQLITE_FULL", "53100") or "database or disk is full" in str(exc):
+            return "the store's disk is full"
+        if isinstance(exc, sqlite3.OperationalError) and "read-only" in str(exc):
+            return "the store is read-only"
+        # peewee wraps the driver's exception: it is the first argument.
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = inner or exc.__cause__ or exc.__context__
+    return None
+
+
+def probe_unwritable(config):
+    """At start: why the current store cannot take writes, as far as can be
+    told without writing (None: it looks writable)."""
+    if config.read_only:
+        return "the store is opened read-only (LOGSVC_READ_ONLY)"
+    if is_postgres():
+        (read_only,) = execute("SHOW transaction_read_only").fetchone()
+        return "the store is read-only" if read_only == "on" else None
+    path = database.obj.database
+    if not os.access(path, os.W_OK) or not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        return "the store is read-only"
+    return None
+
+
+def note_write(failure=None):
+    """Record the outcome of a write to the current store (see `Store.unwritable`)."""
+    store = current()
+    if store is None:
+        return
+    if failure is None:
+        store.unwritable = None
+    else:
+        store.unwritable = unwritable_reason(failure) or store.unwritable
 
 
 def _configure_pool(size):

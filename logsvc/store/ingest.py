@@ -30,6 +30,7 @@ transaction that fails releases the row unchanged, so its ids are taken
 again by the next one and no hole is left. On SQLite the database lock
 (BEGIN IMMEDIATE with a busy timeout) gives the same order.
 """
+import hashlib
 import io
 import zlib
 
@@ -99,12 +100,69 @@ def _check_count(count, max_entries):
                               f"(LOGSVC_MAX_ENTRIES_PER_REQUEST); send smaller batches")
 
 
-def ingest(items, config, scope=None, grouped=True):
+class KeyReused(PayloadError):
+    """An Idempotency-Key came back with another body (422)."""
+
+
+class IdempotencyKey:
+    """An ingest request's Idempotency-Key: the writer's scope, the key,
+    the digest of the body, and how long it is remembered."""
+
+    def __init__(self, scope, key, body, window_s):
+        self.scope = "*" if scope is None else f"{scope[0]}/{scope[1] or '*'}"
+        self.key = key
+        self.digest = hashlib.sha256(body).hexdigest()
+        self.window_ms = window_s * 1000
+        self.answer = None  # the JSON of the answer, made before it is stored
+        self.replayed = False  # the answer came from an earlier request
+
+    def replay(self):
+        """The answer the first request with this key got, or None if the
+        key is new (or forgotten). Raises KeyReused for another body."""
+        row = db.call(lambda: db.execute(
+            "SELECT digest, answer FROM ingest_key WHERE scope = ? AND key = ? AND expires_ms > ?",
+            (self.scope, self.key, entry.now_ms())).fetchone())
+        if row is None:
+            return None
+        if row[0] != self.digest:
+            raise KeyReused("Idempotency-Key was already used with a different body; "
+                            "use a new key for a new batch")
+        return orjson.loads(row[1])
+
+    def remember(self, first_id):
+        """In the writing transaction: keep the answer. False if another
+        request with this key committed first."""
+        answer = orjson.loads(self.answer)
+        answer.update(firstId=first_id, lastId=first_id + answer["accepted"] - 1)
+        now = entry.now_ms()
+        row = db.execute(
+            "INSERT INTO ingest_key (scope, key, digest, answer, expires_ms) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (scope, key) DO UPDATE SET digest = excluded.digest, "
+            "answer = excluded.answer, expires_ms = excluded.expires_ms "
+            "WHERE ingest_key.expires_ms <= ? RETURNING 1",
+            (self.scope, self.key, self.digest, orjson.dumps(answer).decode(),
+             now + self.window_ms, now)).fetchone()
+        return row is not None
+
+
+class _Replayed(Exception):
+    """Raised in the writing transaction: these requests' keys were stored
+    meanwhile by a request that committed first."""
+
+    def __init__(self, keys):
+        super().__init__("idempotency keys already stored")
+        self.keys = keys
+
+
+def ingest(items, config, scope=None, grouped=True, key=None):
     """Validate `items` and store the accepted entries.
 
     `scope` is None for the operator, or the (project_id, container_id) a
     scoped writer is bound to: its entries take that scope when they name
-    none, and are rejected when they name another. `grouped=False` writes
+    none, and are rejected when they name another. `key` (IdempotencyKey)
+    is stored with the entries, in their transaction; when a request with
+    the same key committed first, its answer is returned instead and
+    nothing is stored. `grouped=False` writes
     in a transaction of its own, for callers outside the server's greenlets
     (the capture middleware's local sink thread).
     Returns {"accepted", "rejected" (the first MAX_REJECTIONS_LISTED),
@@ -127,14 +185,20 @@ def ingest(items, config, scope=None, grouped=True):
                 rejected.append({"index": index, "errors": errors})
         else:
             accepted.append(fields)
-    first_id = last_id = None
+    answer = {"accepted": len(accepted), "rejected": rejected, "rejectedCount": rejected_count,
+              "firstId": None, "lastId": None}
     if accepted:
+        if key is not None:
+            key.answer = orjson.dumps(answer).decode()
         if grouped:
-            first_id, last_id = _committer().commit(accepted)
+            stored = _committer().commit(accepted, key)
         else:
-            first_id, last_id = db.call(_write, accepted)
-    return {"accepted": len(accepted), "rejected": rejected, "rejectedCount": rejected_count,
-            "firstId": first_id, "lastId": last_id}
+            stored = db.call(_write, accepted)
+        if isinstance(stored, dict):  # a request with the same key was first
+            key.replayed = True
+            return stored
+        answer["firstId"], answer["lastId"] = stored
+    return answer
 
 
 def release_memory():
@@ -184,10 +248,12 @@ class _GroupCommit:
         self._queue = []
         self._flushing = gevent.lock.Semaphore()
 
-    def commit(self, entries):
-        """Store `entries`; return their (first id, last id) once committed."""
+    def commit(self, entries, key=None):
+        """Store `entries`; return their (first id, last id) once committed,
+        or the stored answer of `key` when a request with the same key
+        committed first."""
         done = gevent.event.AsyncResult()
-        self._queue.append((entries, done))
+        self._queue.append((entries, done, key))
         while not done.ready():
             with self._flushing:
                 if not done.ready():
@@ -197,20 +263,36 @@ class _GroupCommit:
     def _flush(self):
         group, size = [], 0
         while self._queue and (not group or size + len(self._queue[0][0]) <= GROUP_MAX_ENTRIES):
-            entries, done = self._queue.pop(0)
-            group.append((entries, done))
-            size += len(entries)
+            queued = self._queue.pop(0)
+            group.append(queued)
+            size += len(queued[0])
+        keys, offset = [], 0
+        for entries, _, key in group:
+            if key is not None:
+                keys.append((offset, key))
+            offset += len(entries)
         try:
-            first, _ = db.call(_write, [e for entries, _ in group for e in entries])
+            first, _ = db.call(_write, [e for entries, _, _ in group for e in entries], keys)
+        except _Replayed as replayed:
+            # Nothing of the group was stored. The requests whose key was
+            # taken get the stored answer; the others go again, first.
+            for _, done, key in group:
+                if key in replayed.keys:
+                    try:
+                        done.set(key.replay())
+                    except Exception as exc:  # noqa: BLE001 - the request raises it
+                        done.set_exception(exc)
+            self._queue[:0] = [queued for queued in group if queued[2] not in replayed.keys]
+            return
         except BaseException as exc:
             # Every waiting request learns of it (also of a kill or a
             # timeout of this greenlet), so none waits for a flush forever.
-            for _, done in group:
+            for _, done, _ in group:
                 done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for entries, done in group:
+        for entries, done, _ in group:
             done.set((first, first + len(entries) - 1))
             first += len(entries)
 
@@ -246,17 +328,21 @@ _INSERT_BODY = _insert_sql("entry_body", _BODY_COLUMNS)
 TAIL_CHANNEL = "logsvc_entries"  # PostgreSQL NOTIFY channel of committed ingests
 
 
-def _write(entries):
-    """Insert a batch in one transaction; return its first and last id."""
+def _write(entries, keys=()):
+    """Insert a batch in one transaction; return its first and last id.
+    `keys`: (offset in the batch, IdempotencyKey) of its keyed requests."""
     try:
-        return _write_batch(entries)
-    except BaseException:
+        written = _write_batch(entries, keys)
+    except BaseException as exc:
         if db.is_postgres():
             partitions.forget()  # it may have made partitions that rolled back
+        db.note_write(exc)
         raise
+    db.note_write()
+    return written
 
 
-def _write_batch(entries):
+def _write_batch(entries, keys):
     postgres = db.is_postgres()
     # Everything that does not need the ids is done before the write lock
     # is taken, so that another process can write meanwhile.
@@ -266,6 +352,9 @@ def _write_batch(entries):
     with database.atomic():
         last = IdSequence.take(len(entries))
         first = last - len(entries) + 1
+        taken = [key for offset, key in keys if not key.remember(first + offset)]
+        if taken:
+            raise _Replayed(taken)
         if postgres:
             partitions.ensure(first, last)
         rows = [(first + offset, *row) for offset, row in enumerate(rows)]

@@ -40,7 +40,7 @@ from . import db, fulltext, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class BaseModel(peewee.Model):
@@ -347,6 +347,20 @@ class WsToken(BaseModel):
     expires_ms = peewee.BigIntegerField()
 
 
+class IngestKey(BaseModel):
+    """An ingest request's Idempotency-Key, remembered with its answer for
+    LOGSVC_IDEMPOTENCY_WINDOW_S: a retry of the request gets the same
+    answer instead of storing its entries twice."""
+    scope = peewee.TextField()  # the writer's scope: keys of two tenants never meet
+    key = peewee.TextField()
+    digest = peewee.TextField()  # SHA-256 of the request body
+    answer = peewee.TextField()  # JSON: the answer the request got
+    expires_ms = peewee.BigIntegerField(index=True)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("scope", "key")
+
+
 class DestroyedScope(BaseModel):
     project_id = peewee.TextField()
     container_id = peewee.TextField()
@@ -365,7 +379,7 @@ class PruneLog(BaseModel):
 
 
 ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
-              ApiToken, User, Session, WsToken, DestroyedScope, PruneLog)
+              ApiToken, User, Session, WsToken, IngestKey, DestroyedScope, PruneLog)
 
 
 def _v1_to_v2():
@@ -456,7 +470,8 @@ def _v3_to_v4():
 
 
 # Migrations from version N to N+1, each run in one transaction.
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+# v5 added the ingest_key table, which create_tables makes.
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
 _PG_SKETCH_ADD = """
@@ -480,7 +495,11 @@ $$
 def shared_secret(name):
     """A random secret kept in `meta`, made by whichever process asks first
     and the same for every process and host on this store (it signs
-    cursors, which may come back to any host)."""
+    cursors, which may come back to any host). Once it exists this only
+    reads, so a worker also starts on a store it cannot write."""
+    row = Meta.get_or_none(Meta.key == f"secret:{name}")
+    if row is not None:
+        return row.value
     with database.atomic():
         (Meta.insert(key=f"secret:{name}", value=secrets.token_urlsafe(32))
          .on_conflict_ignore().execute())

@@ -103,8 +103,13 @@ def run_forever(config, holder=None, store=None):
                 db.call(partitions.analyze_stale)
         except PruneBusy:
             pass  # another process prunes this time
-        except Exception:
-            log.exception("retention run failed")
+        except Exception as exc:
+            reason = db.unwritable_reason(exc)
+            if reason:
+                db.note_write(exc)
+                log.warning("retention skipped: %s", reason)
+            else:
+                log.exception("retention run failed")
         gevent.sleep(config.prune_interval_s)
 
 
@@ -135,8 +140,9 @@ def _forget_prunes_before(ts_ms):
 
 
 def _forget_expired_sessions(now):
-    """Browser sessions and WebSocket tickets past their expiry."""
-    for table in ("session", "ws_token"):
+    """Browser sessions, WebSocket tickets and ingest idempotency keys
+    past their expiry."""
+    for table in ("session", "ws_token", "ingest_key"):
         db.execute(f"DELETE FROM {table} WHERE expires_ms <= ?", (now,))
 
 
