@@ -3,7 +3,9 @@ from logsvc.config import Config
 
 _config = Config.from_env()
 
-worker_class = "gevent"
+# gunicorn's gevent worker, answering the errors gunicorn itself handles
+# (request line or headers too long, malformed requests) in the API's JSON.
+worker_class = "logsvc.worker.GeventWorker"
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers
 worker_connections = 2000
@@ -12,7 +14,10 @@ timeout = 60
 # Open streams never finish by themselves; on shutdown they are cut after
 # this and their clients resume elsewhere with Last-Event-ID.
 graceful_timeout = 5
-keepalive = 75
+# How long a connection may take to send a request head (and how long an
+# idle keep-alive connection is kept): connections that trickle their
+# headers are cut after this. LOGSVC_HEADER_TIMEOUT_S, default 15.
+keepalive = max(1, _config.header_timeout_s)
 accesslog = None
 # gunicorn's control socket defaults to one path per user, which two servers
 # on a host would fight over; logsvc does not use it.

@@ -36,6 +36,9 @@ class Config:
     max_rows: int = 50_000_000
     prune_interval_s: float = 60.0
     workers: int = 2
+    # gunicorn: seconds a connection may take to send a request head; also
+    # how long an idle keep-alive connection is kept.
+    header_timeout_s: int = 15
     cursor_ttl_s: int = 300
     max_streams_per_scope: int = 50
     db_threads: int = 8

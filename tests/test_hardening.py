@@ -315,3 +315,57 @@ def test_concurrent_retries_across_workers_store_the_batch_once(server):
     assert sum("Idempotent-Replayed" not in a.headers for a in answers) == 1
     page = requests.get(server.url + LOGS, params={"limit": 1}, headers=headers, timeout=10).json()
     assert page["total"] == 50
+
+
+def raw_exchange(server, data, wait_s=5.0):
+    """Send `data` on a fresh connection; return all that comes back
+    until the server closes it (or `wait_s` passes)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=wait_s) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        return received
+
+
+def json_error(received):
+    head, _, body = received.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"application/json" in head, head
+    answer = orjson.loads(body)
+    assert answer["statusCode"] == status and answer["message"]
+    return status, answer
+
+
+@pytest.mark.sqlite_only("the HTTP layer does not depend on the engine")
+def test_errors_the_server_answers_before_the_app_are_json(tmp_path):
+    from logsvc.testing import Server
+
+    with Server(tmp_path, workers=1).start() as server:
+        too_long = b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert json_error(raw_exchange(server, too_long))[0] == 414
+        huge_header = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n"
+        assert json_error(raw_exchange(server, huge_header))[0] in (400, 431)
+        bad_length = b"POST /api/proxy-logs/_ingest HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"
+        assert json_error(raw_exchange(server, bad_length))[0] == 400
+        bad_chunk = (b"POST /api/proxy-logs/_ingest HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"zz\r\n{}\r\n0\r\n\r\n")
+        status, answer = json_error(raw_exchange(server, bad_chunk))
+        assert status == 400, answer
+
+
+@pytest.mark.sqlite_only("the HTTP layer does not depend on the engine")
+def test_a_connection_that_never_finishes_its_headers_is_cut(tmp_path):
+    from logsvc.testing import Server
+
+    with Server(tmp_path, workers=1, env={"LOGSVC_HEADER_TIMEOUT_S": "1"}).start() as server:
+        started = time.monotonic()
+        received = raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait_s=10)
+        assert received == b"" and time.monotonic() - started < 5
