@@ -191,6 +191,56 @@ def test_the_sink_retries_until_logsvc_comes_up(tmp_path):
         server.stop()
 
 
+def answer_losing_proxy(target_port, lose=1):
+    """A loopback TCP proxy to logsvc that passes each request on but, for
+    the first `lose` connections, hangs up instead of passing the answer
+    back: the store took the batch, the sender never learns it."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    lost = [0]
+
+    def relay(conn):
+        with conn, socket.create_connection(("127.0.0.1", target_port)) as upstream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            upstream.sendall(head.replace(b"keep-alive", b"close") + b"\r\n\r\n" + body)
+            answer = b""
+            while chunk := upstream.recv(65536):
+                answer += chunk
+            if lost[0] < lose:
+                lost[0] += 1
+                return  # the answer is lost
+            conn.sendall(answer)
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=relay, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], lost
+
+
+def test_a_batch_whose_answer_was_lost_is_stored_once(server):
+    port, lost = answer_losing_proxy(server.port)
+    sink = HttpSink(f"http://127.0.0.1:{port}", ADMIN_TOKEN, flush_s=0.05, max_backoff_s=0.2)
+    for i in range(5):
+        sink.submit({"kind": "event", "projectId": "retried", "data": {"n": i}})
+    assert sink.flush(timeout=15)
+    assert lost[0] == 1 and sink.sent == 5
+    page = requests.get(server.url + LOGS, params={"projectId": "retried"},
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert page.json()["total"] == 5
+
+
 def test_the_sink_counts_what_logsvc_refuses(server, caplog):
     sink = HttpSink(server.url, "not-a-token", flush_s=0.05)
     Client(CaptureMiddleware(flask_app(), sink)).post("/items", json={})

@@ -3,15 +3,18 @@
 `submit` only appends to the queue (full: the entry is dropped and counted
 in `dropped`), so a sink never slows or breaks the application it watches;
 the thread sends batches and retries with backoff while the store is
-unreachable. Entries the store refuses (a batch answered 4xx, or entries
-listed as rejected) cannot succeed on a retry: they are counted in
-`refused` and logged with the store's reason.
+unreachable. A batch is sent again as it was, under one Idempotency-Key,
+so a retry after a lost answer never stores it twice. Entries the store
+refuses (a batch answered 4xx, or entries listed as rejected) cannot
+succeed on a retry: they are counted in `refused` and logged with the
+store's reason.
 """
 import collections
 import gzip
 import logging
 import threading
 import time
+import uuid
 
 import orjson
 import requests
@@ -31,6 +34,7 @@ class QueuedSink:
         self.dropped = 0
         self.refused = 0
         self.sent = 0
+        self.key = None  # the Idempotency-Key of the batch being sent
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="logsvc-sink", daemon=True)
@@ -60,14 +64,19 @@ class QueuedSink:
             self._wake.wait(self.flush_s)
             self._wake.clear()
             while self.queue:
+                # A batch is retried as it was first sent, under the same
+                # key, so that a store that took it but whose answer was
+                # lost does not store it twice.
                 with self._lock:
                     batch = [self.queue[i] for i in range(min(self.batch, len(self.queue)))]
-                try:
-                    self.send(batch)
-                except Exception:  # noqa: BLE001 - keep the entries and retry later
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, self.max_backoff_s)
-                    continue
+                self.key = uuid.uuid4().hex
+                while True:
+                    try:
+                        self.send(batch)
+                        break
+                    except Exception:  # noqa: BLE001 - keep the entries and retry later
+                        time.sleep(backoff)
+                        backoff = min(backoff * 2, self.max_backoff_s)
                 backoff = 0.5
                 with self._lock:
                     for _ in batch:
@@ -91,8 +100,9 @@ class HttpSink(QueuedSink):
         super().__init__(**kwargs)
 
     def send(self, batch):
-        body = gzip.compress(b"\n".join(orjson.dumps(e) for e in batch))
-        response = self.session.post(self.url, data=body, timeout=self.timeout)
+        body = gzip.compress(b"\n".join(orjson.dumps(e) for e in batch), mtime=0)
+        response = self.session.post(self.url, data=body, timeout=self.timeout,
+                                     headers={"Idempotency-Key": self.key})
         if response.status_code in (429, 503) or response.status_code >= 500:
             raise RuntimeError(f"store answered {response.status_code}")
         if response.status_code >= 400:  # the batch itself is refused; a retry cannot help
