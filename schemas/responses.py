@@ -160,4 +160,6 @@ class WsTokenSchema(Schema):
 
 
 class HealthSchema(Schema):
-    status = fields.String(required=True)
+    status = fields.String(required=True, metadata={"description": "ok, or read-only"})
+    writable = fields.Boolean(required=True)
+    message = fields.String(metadata={"description": "Why the store takes no writes"})

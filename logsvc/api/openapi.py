@@ -77,7 +77,14 @@ def _paths():
                          "application/json": {"schema": {"oneOf": [
                              {"$ref": "#/components/schemas/EntryIn"},
                              {"type": "array", "items": {"$ref": "#/components/schemas/EntryIn"}}]}},
-                         _NDJSON: {"schema": {"type": "string"}}}}},
+                         _NDJSON: {"schema": {"type": "string"}}}},
+                     "parameters": [{
+                         "in": "header", "name": "Idempotency-Key", "required": False,
+                         "description": "A key of the sender's for this batch: a retry with "
+                                        "the same key and body stores nothing and gets the "
+                                        "first answer (422 for another body)",
+                         "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                    "pattern": "^[!-~]+$"}}]},
             "head": {"summary": "Health check for log shippers", "security": [],
                      "responses": {"200": {"description": "Ready"}}}},
         f"{prefix}/_admin/tokens": {
