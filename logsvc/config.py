@@ -36,6 +36,8 @@ class Config:
     max_rows: int = 50_000_000
     prune_interval_s: float = 60.0
     workers: int = 2
+    # gevent, threads, or auto (gevent when it has patched the process).
+    concurrency: str = "auto"
     # gunicorn: seconds a connection may take to send a request head; also
     # how long an idle keep-alive connection is kept.
     header_timeout_s: int = 15
@@ -46,6 +48,12 @@ class Config:
     wal_checkpoint_mb: int = 16
     # PostgreSQL: entry ids per partition (fixed when the store is created).
     partition_rows: int = 1_000_000
+    # Proxies (addresses or networks, comma-separated) whose X-Forwarded-*
+    # headers are honoured; from anyone else they are ignored.
+    trusted_proxies: str = ""
+    # A host name pattern such as {containerId}.{projectId}.logs.example.com:
+    # reads on a matching host are limited to that project and container.
+    scope_host: str = ""
     # Serve reads only: the store is opened read-only and writes answer 503.
     read_only: bool = False
     # How long an ingest's Idempotency-Key is remembered (seconds).
@@ -65,6 +73,9 @@ class Config:
             if raw is None or raw == "":
                 continue
             values[field.name] = _parse(name, field.type, raw)
+        if values.get("concurrency", "auto") not in ("auto", "gevent", "threads"):
+            raise ConfigError(f"LOGSVC_CONCURRENCY={values['concurrency']!r} is not one of "
+                              "auto, gevent, threads")
         return cls(**values)
 
     def replace(self, **changes):

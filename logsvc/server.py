@@ -7,11 +7,13 @@ applications in one process work on two stores and share nothing.
 import dataclasses
 import logging
 import sys
+import threading
 
 from flask import Flask
 
+from . import runtime
 from .access import authenticator, limits
-from .api import blueprints, errors, stream
+from .api import blueprints, errors, hosting, stream
 from .config import Config, ConfigError
 from .store import db, models, retention, tail
 
@@ -27,6 +29,8 @@ class Services:
     server_secret: str  # signs cursors
     tailer: tail.Tailer  # started by the first live-tail subscriber
     streams: tail.StreamSlots
+    scope_host: object = None  # hosting.ScopeHost, when LOGSVC_SCOPE_HOST is set
+    background: object = None  # retention's task, once started
 
 
 def create_app(config=None):
@@ -36,6 +40,7 @@ def create_app(config=None):
         config = Config.from_env()
     elif isinstance(config, dict):
         config = Config.from_env().replace(**config)
+    runtime.configure(config.concurrency)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     store = db.init(config)
@@ -59,9 +64,14 @@ def create_app(config=None):
         server_secret=db.call(models.shared_secret, "server"),
         tailer=tail.Tailer(config.ring_size, config.tail_poll_s, store),
         streams=tail.StreamSlots(config.max_streams_per_scope),
+        scope_host=hosting.ScopeHost(config.scope_host) if config.scope_host else None,
     )
+    networks = hosting.parse_networks(config.trusted_proxies)
+    if networks:
+        app.wsgi_app = hosting.TrustedProxies(app.wsgi_app, networks)
     # Each request works on this application's store.
     app.before_request(lambda: db.use(store))
+    app.before_request(stream.websocket_unsupported)
     app.after_request(_security_headers)
     errors.register(app)
     for blueprint in blueprints():
@@ -72,7 +82,7 @@ def create_app(config=None):
 
 # The web UI loads only its own files; nothing may frame it.
 _SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'self'; "
                                "form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -87,11 +97,25 @@ def _security_headers(response):
 
 
 def start_background(app):
-    """Background work of a serving process: retention under a lease."""
-    import gevent
-
+    """Background work of a serving process: retention under a lease.
+    Once per application; a greenlet under gevent, else a thread."""
     services = app.extensions["logsvc"]
-    return gevent.spawn(retention.run_forever, services.config, store=services.store)
+    with _starting:
+        if services.background is None:
+            services.background = runtime.spawn(retention.run_forever, services.config, None,
+                                                services.store, name="logsvc-retention")
+    return services.background
+
+
+_starting = threading.Lock()
+
+
+def start_background_with_first_request(app):
+    """Start the background work when this process serves its first request
+    (after any fork the server does)."""
+    def start():
+        start_background(app)
+    app.before_request(start)
 
 
 def serve():

@@ -81,9 +81,11 @@ def free_port():
 class Server:
     """A real gunicorn (`gunicorn -c gunicorn.conf.py wsgi:app`, gevent
     workers) on a loopback port, with its log in `<data_dir>/gunicorn.log`.
-    `env` adds or overrides LOGSVC_* settings."""
+    `env` adds or overrides LOGSVC_* settings. `kind="gthread"` runs
+    gunicorn's threaded workers instead, `kind="waitress"` waitress (one
+    process, 16 threads)."""
 
-    def __init__(self, data_dir, workers=2, env=None, port=None, token=ADMIN_TOKEN):
+    def __init__(self, data_dir, workers=2, env=None, port=None, token=ADMIN_TOKEN, kind="gevent"):
         self.data_dir = data_dir
         self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -93,6 +95,16 @@ class Server:
         self.extra_env = env or {}
         self.proc = None
         self.log = Path(data_dir) / "gunicorn.log"
+        self.kind = kind  # gevent (gunicorn.conf.py as is), gthread, or waitress
+
+    def command(self):
+        if self.kind == "waitress":
+            return [sys.executable, "-m", "waitress", "--threads=16", "--channel-timeout=300",
+                    f"--listen=127.0.0.1:{self.port}", "wsgi:app"]
+        argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+        if self.kind == "gthread":
+            argv += ["-k", "gthread", "--threads", "16"]
+        return argv + ["wsgi:app"]
 
     def start(self):
         # A short heartbeat lets streams notice closed clients, so that
@@ -105,7 +117,7 @@ class Server:
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                self.command(),
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + 60

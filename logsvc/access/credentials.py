@@ -16,11 +16,13 @@ and only while the user still exists with the same hash.
 import functools
 import hmac
 import secrets
+import threading
 import time
 
 import orjson
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from logsvc import runtime
 from logsvc.entry import now_ms
 from logsvc.store import db
 from logsvc.store.db import database
@@ -130,19 +132,34 @@ def describe_user(row):
             "createdMs": row.created_ms}
 
 
-_hashing_pool = None
+_hasher = None
 
 
-def _hashing():
+def _check_password(stored, password):
     """Password checks (about 100 ms of scrypt each) run on two threads of
-    their own, so that a flood of them never holds the database threads
-    that every other request needs."""
-    global _hashing_pool
-    if _hashing_pool is None:
-        import gevent.threadpool
+    their own under gevent, so that a flood of them never holds the
+    database threads that every other request needs; under a threaded
+    server at most two request threads hash at once."""
+    global _hasher
+    if _hasher is None:
+        _hasher = _pooled_hasher() if runtime.cooperative() else _bounded_hasher()
+    return _hasher(stored, password)
 
-        _hashing_pool = gevent.threadpool.ThreadPool(2)
-    return _hashing_pool
+
+def _pooled_hasher():
+    import gevent.threadpool
+
+    pool = gevent.threadpool.ThreadPool(2)
+    return lambda stored, password: pool.apply(check_password_hash, (stored, password))
+
+
+def _bounded_hasher():
+    slots = threading.BoundedSemaphore(2)
+
+    def check(stored, password):
+        with slots:
+            return check_password_hash(stored, password)
+    return check
 
 
 def principal_for_password(username, password, verified):
@@ -156,7 +173,7 @@ def principal_for_password(username, password, verified):
             and remembered[1] > time.monotonic():
         return _principal(f"user:{row.username}", row)
     stored = row.password_hash if row is not None else _dummy_hash()
-    if not _hashing().apply(check_password_hash, (stored, password)) or row is None:
+    if not _check_password(stored, password) or row is None:
         return None
     if len(verified) > 10_000:
         verified.clear()

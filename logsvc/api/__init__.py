@@ -1,10 +1,12 @@
 """HTTP blueprints. Each view parses (schema), authorises (one call), calls a
 service function and shapes the answer; errors are raised and rendered by
 `errors`."""
+import dataclasses
+
 from flask import current_app, request
 
 from logsvc.access import credentials
-from logsvc.access.principal import Unauthenticated
+from logsvc.access.principal import CAPABILITIES, FOREIGN_SCOPE, Forbidden, Unauthenticated
 
 SESSION_COOKIE = "logsvc_session"
 
@@ -26,7 +28,7 @@ def caller(allow_cookie=False):
     cookie = request.cookies.get(SESSION_COOKIE)
     if not authorization and allow_cookie and cookie:
         found = credentials.principal_for_session(cookie)
-        if found is None or (found.is_admin and found.name != "admin:"
+        if found is None or (found.name.startswith("admin") and found.name != "admin:"
                              + state().authenticator.admin_fingerprint):
             # An admin session ends when the admin token changes.
             raise Unauthenticated("The session has ended; sign in again")
@@ -47,10 +49,36 @@ def reader(found=None):
     ws-token, session), counted against its scope's rate limit. `found` is a
     caller already known (a WebSocket ticket's, or one from the header only);
     by default the request's, a browser session included."""
-    found = found or caller(allow_cookie=True)
+    found = host_scoped(found or caller(allow_cookie=True))
     if not found.is_admin:
         state().limiter.hit(found.scope_key)
     return found
+
+
+def host_scoped(found):
+    """`found`, limited to the scope of the host the request came to when
+    that host matches LOGSVC_SCOPE_HOST (a container's own host name). A
+    broader caller (the operator, a project-wide credential) is narrowed to
+    it; a caller of another scope is refused."""
+    scope_host = state().scope_host
+    # The raw Host header (after trusted-proxy handling): werkzeug's
+    # request.host refuses names with "_", which project ids often have;
+    # the pattern itself only matches letters, digits, "-" and "_".
+    host = request.environ.get("HTTP_HOST", "")
+    scope = scope_host.match(host) if scope_host is not None else None
+    if scope is None:
+        return found
+    project_id, container_id = scope
+    if not found.is_admin and (found.project_id != project_id or (
+            found.container_id is not None and container_id is not None
+            and found.container_id != container_id)):
+        raise Forbidden(FOREIGN_SCOPE)
+    narrowed = dataclasses.replace(
+        found, project_id=project_id, is_admin=False,
+        container_id=container_id if container_id is not None else found.container_id)
+    if found.is_admin:
+        narrowed = dataclasses.replace(narrowed, capabilities=CAPABILITIES)
+    return narrowed
 
 
 def query_args():

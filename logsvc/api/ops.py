@@ -2,7 +2,7 @@
 import functools
 from importlib import resources
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from logsvc.access.principal import require_admin
 from logsvc.store import db, metrics
@@ -34,7 +34,8 @@ def get_metrics():
 
 @blueprint.get("/api/proxy-logs/openapi.json")
 def openapi_document():
-    return _document()
+    # Paths are relative to where the application is mounted.
+    return {**_document(), "servers": [{"url": request.script_root or "/"}]}
 
 
 @blueprint.get("/api/proxy-logs/docs")

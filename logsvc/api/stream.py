@@ -9,16 +9,15 @@ message, control messages as JSON objects with an `event` key, and answers
 import contextlib
 import re
 import socket
+import threading
 import time
 
-import gevent
-import gevent.lock
-import gevent.socket
 import orjson
 from flask import Blueprint, Response, request
 from flask_sock import ConnectionClosed, Sock
 from marshmallow import ValidationError
 
+from logsvc import runtime
 from logsvc.access import credentials
 from logsvc.access.limits import RateLimited
 from logsvc.access.principal import READ, Forbidden, authorize
@@ -27,7 +26,7 @@ from logsvc.store.filters import Filters
 from schemas.params import stream_params, websocket_params
 
 from . import query_args, reader, session_cookie, state
-from .errors import ApiError, validation_message
+from .errors import ApiError, error_response, validation_message
 
 blueprint = Blueprint("stream", __name__)
 sock = Sock()
@@ -87,9 +86,13 @@ def _release_on_hangup(sock, slot):
     """Give the stream's slot back as soon as its client hangs up, rather
     than when the next heartbeat fails to write (up to LOGSVC_HEARTBEAT_S
     later), so that a client reconnecting at once is not refused. Needs the
-    connection's socket, which gunicorn passes in the environ."""
-    if sock is None:
+    connection's socket, which gunicorn passes in the environ; under gevent
+    only (with threads, the next heartbeat finds the hangup)."""
+    if sock is None or not runtime.cooperative():
         return None
+
+    import gevent
+    import gevent.socket
 
     def watch():
         try:
@@ -111,7 +114,10 @@ def ws_token():
     return {"status": "success", "token": credentials.issue_ws_token(found)}
 
 
-@sock.route("/api/ws/logs")
+WS_PATH = "/api/ws/logs"
+
+
+@sock.route(WS_PATH)
 def ws_logs(ws):
     ticket = request.args.get("token")
     if not ticket:
@@ -140,8 +146,26 @@ def ws_logs(ws):
         _ws_session(ws, subscription_args, Guard(found, state().config.heartbeat_s))
 
 
+def websocket_unsupported():
+    """Before the WebSocket route: a clear answer when the WSGI server
+    gives no access to the connection's socket (waitress, mod_wsgi), which
+    a WebSocket needs; the SSE stream works under every server."""
+    environ = request.environ
+    if request.path != WS_PATH or any(key in environ for key in _SOCKET_KEYS) \
+            or environ.get("SERVER_SOFTWARE", "").startswith("gevent"):
+        return None
+    server = environ.get("SERVER_SOFTWARE", "this WSGI server").split("/")[0] or "this WSGI server"
+    return error_response(501, f"The WebSocket tail is not available under {server}: it needs "
+                               "access to the connection (gunicorn, with gevent or gthread "
+                               "workers, or python -m logsvc serve). The SSE stream "
+                               "/api/proxy-logs/_logs/stream works everywhere.")
+
+
+_SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket", "eventlet.input")
+
+
 def _ws_session(ws, subscription_args, guard):
-    sending = gevent.lock.Semaphore()
+    sending = threading.Lock()
 
     def send(text):
         with sending:
@@ -155,7 +179,7 @@ def _ws_session(ws, subscription_args, guard):
         except ConnectionClosed:
             pass  # the client left; the sending loop notices and ends
 
-    pinger = gevent.spawn(answer_pings)
+    pinger = runtime.spawn(answer_pings, name="logsvc-ws-pings")
     try:
         try:
             opening, subscription = tail.subscribe(*subscription_args)
@@ -166,7 +190,7 @@ def _ws_session(ws, subscription_args, guard):
                 else:
                     send(orjson.dumps({"event": kind, **value}).decode())
             for kind, value in subscription.events(state().config.heartbeat_s):
-                if not pinger:  # the client went away
+                if not _alive(pinger):  # the client went away
                     return
                 reason = guard.revoked()
                 if reason:
@@ -187,7 +211,11 @@ def _ws_session(ws, subscription_args, guard):
         except tail.StoreUnavailable as exc:
             ws.close(1011, str(exc)[:120])
     finally:
-        pinger.kill()
+        runtime.kill(pinger)
+
+
+def _alive(task):
+    return task.is_alive() if isinstance(task, threading.Thread) else bool(task)
 
 
 def _subscription_args(found, params):
@@ -234,8 +262,7 @@ def _sse_frames(opening, subscription, heartbeat_s, slot, guard, watcher=None):
         except tail.Reset:
             yield _named("reset")
     finally:
-        if watcher is not None:
-            watcher.kill()
+        runtime.kill(watcher)
         slot.close()
 
 

@@ -17,7 +17,8 @@ Engines:
 - PostgreSQL: `postgresql://user@host:port/dbname?options=...`, for several
   hosts over one store.
 
-Concurrency: a database call blocks the calling OS thread (a long query, a
+Concurrency (under gevent; see runtime.py for threaded servers): a
+database call blocks the calling OS thread (a long query, a
 writer waiting on another process's lock, a PostgreSQL round trip). Under
 gevent that would freeze every stream of the worker, so request code runs
 database work through `call(fn, *args)`, which executes `fn` on a thread of
@@ -39,6 +40,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import gevent
 import peewee
+
+from logsvc import runtime
 
 
 class _CurrentDatabase(peewee.DatabaseProxy):
@@ -313,8 +316,12 @@ def executemany(text, rows):
 def call(fn, *args, **kwargs):
     """Run `fn(*args, **kwargs)` on a database thread, on the caller's
     current store; the greenlet yields. An exception raised by `fn` is
-    raised here, in the caller."""
-    ok, value = gevent.get_hub().threadpool.apply(_capture, (current(), fn, args, kwargs))
+    raised here, in the caller. Under a threaded server (see runtime.py)
+    the request's own thread runs it."""
+    if runtime.cooperative():
+        ok, value = gevent.get_hub().threadpool.apply(_capture, (current(), fn, args, kwargs))
+    else:
+        ok, value = _capture(current(), fn, args, kwargs)
     if ok:
         return value
     raise value
@@ -396,6 +403,8 @@ def note_write(failure=None):
 
 
 def _configure_pool(size):
+    if not runtime.cooperative():
+        return
     pool = gevent.get_hub().threadpool
     if pool.maxsize < size:
         pool.maxsize = size

@@ -34,12 +34,11 @@ import hashlib
 import io
 import zlib
 
-import gevent
 import gevent.event
 import gevent.lock
 import orjson
 
-from logsvc import entry
+from logsvc import entry, runtime
 
 from . import db, fulltext, partitions, rollup, sketch, wal
 from .bodies import pack_body
@@ -175,7 +174,7 @@ def ingest(items, config, scope=None, grouped=True, key=None):
     oldest = now - config.retention_ms if config.retention_ms else None
     for index, item in enumerate(items):
         if grouped and index and index % 2000 == 0:
-            gevent.sleep(0)  # a big request lets the worker's other requests run
+            runtime.pause()  # a big request lets the worker's other requests run
         fields, errors = normalize(item, config.max_body_bytes, now)
         if not errors:
             errors = _check_scope(fields, scope) or _check_age(fields, oldest)
@@ -190,10 +189,12 @@ def ingest(items, config, scope=None, grouped=True, key=None):
     if accepted:
         if key is not None:
             key.answer = orjson.dumps(answer).decode()
-        if grouped:
+        if grouped and runtime.cooperative():
             stored = _committer().commit(accepted, key)
         else:
-            stored = db.call(_write, accepted)
+            # Under a threaded server each request writes its own
+            # transaction; the engine's lock orders them.
+            stored = _write_alone(accepted, key)
         if isinstance(stored, dict):  # a request with the same key was first
             key.replayed = True
             return stored
@@ -295,6 +296,15 @@ class _GroupCommit:
         for entries, done, _ in group:
             done.set((first, first + len(entries) - 1))
             first += len(entries)
+
+
+def _write_alone(entries, key):
+    """One request's entries in a transaction of their own: (first, last),
+    or the stored answer of `key` when a request with it committed first."""
+    try:
+        return db.call(_write, entries, [(0, key)] if key is not None else [])
+    except _Replayed:
+        return key.replay()
 
 
 def _committer():

@@ -17,8 +17,7 @@ import socket
 import time
 import uuid
 
-import gevent
-
+from logsvc import runtime
 from logsvc.entry import now_ms
 
 from . import db, fulltext, partitions, query, rollup
@@ -46,7 +45,7 @@ def prune(config, now=None, batch=BATCH, holder=None, wait_s=0.0):
         if time.monotonic() >= deadline:
             raise PruneBusy("retention is already running (the retention lease is held); "
                             "try again shortly")
-        gevent.sleep(0.2)
+        runtime.sleep(0.2)
     try:
         return _prune(config, now, batch, holder, lease_s)
     finally:
@@ -77,14 +76,14 @@ def _prune(config, now, batch, holder, lease_s):
             if n < batch:
                 break
             _renew(holder, lease_s)
-            gevent.sleep(0)
+            runtime.pause()
     while True:
         excess = db.call(_row_count) - config.max_rows
         if excess <= 0:
             break
         removed += db.call(_delete_batch, "TRUE ORDER BY id LIMIT ?", (min(excess, batch),))
         _renew(holder, lease_s)
-        gevent.sleep(0)
+        runtime.pause()
     return removed
 
 
@@ -110,7 +109,7 @@ def run_forever(config, holder=None, store=None):
                 log.warning("retention skipped: %s", reason)
             else:
                 log.exception("retention run failed")
-        gevent.sleep(config.prune_interval_s)
+        runtime.sleep(config.prune_interval_s)
 
 
 def take_lease(name, holder, seconds):

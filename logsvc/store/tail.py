@@ -32,10 +32,12 @@ Ownership and flow:
 import bisect
 import collections
 import logging
+import select
+import threading
 
-import gevent
-import gevent.event
 import orjson
+
+from logsvc import runtime
 
 from . import db, operations, query
 from .filters import matches
@@ -66,19 +68,22 @@ class StreamSlots:
     def __init__(self, per_scope):
         self.per_scope = per_scope
         self._open = collections.Counter()
+        self._lock = threading.Lock()  # request threads share it under a threaded server
 
     def take(self, key):
         """A slot for one more stream of `key`; raises TooManyStreams."""
         if key is not None:
-            if self._open[key] >= self.per_scope:
-                raise TooManyStreams("Too many open streams for this scope")
-            self._open[key] += 1
+            with self._lock:
+                if self._open[key] >= self.per_scope:
+                    raise TooManyStreams("Too many open streams for this scope")
+                self._open[key] += 1
         return _Slot(self, key)
 
     def _release(self, key):
-        self._open[key] -= 1
-        if self._open[key] <= 0:
-            del self._open[key]
+        with self._lock:
+            self._open[key] -= 1
+            if self._open[key] <= 0:
+                del self._open[key]
 
 
 class _Slot:
@@ -87,9 +92,9 @@ class _Slot:
 
     def close(self):
         """Give the slot back (once; later calls do nothing)."""
-        if self._key is not None:
-            self._slots._release(self._key)
-        self._key = None
+        key, self._key = self._key, None
+        if key is not None:
+            self._slots._release(key)
 
 
 def subscribe(tailer, filters, last_event_id=None, replay=100):
@@ -142,24 +147,28 @@ class Tailer:
         self.store = store or db.current()
         self.ring_size = ring_size
         self.poll_s = poll_s
-        self.ids = []  # ids of the ring, ascending
-        self.items = []  # (entry dict, rendered JSON bytes), same order
+        # (ids ascending, [(entry dict, rendered JSON bytes)] in the same
+        # order), replaced as one value when it is cut or reset, so that a
+        # reader in another thread always sees the two lists match.
+        self.ring = ([], [])
         self.position = None  # highest id seen
         self.generation = 0  # bumped by a clear
-        self.changed = gevent.event.Event()
-        self._wake = gevent.event.Event()
+        self.changed = runtime.event()
+        self._wake = runtime.event()
         self._cleared = None
-        self._greenlet = None
-        self._ready = gevent.event.Event()
+        self._task = None
+        self._ready = runtime.event()
+        self._starting = threading.Lock()
 
     def start(self, timeout=None):
         """Start following (once per process); return when positioned.
         Raises StoreUnavailable when the store does not answer in time
         (the tailer keeps trying; a later subscriber may succeed)."""
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-            if self.store.postgres:
-                gevent.spawn(self._listen)
+        with self._starting:
+            if self._task is None:
+                self._task = runtime.spawn(self._run, name="logsvc-tail")
+                if self.store.postgres:
+                    runtime.spawn(self._listen, name="logsvc-tail-listen")
         if not self._ready.wait(START_TIMEOUT_S if timeout is None else timeout):
             raise StoreUnavailable("the store does not answer; the live tail cannot start")
         return self
@@ -167,13 +176,15 @@ class Tailer:
     def notify(self):
         self._wake.set()
 
-    def oldest_in_ring(self):
-        return self.ids[0] if self.ids else None
-
     def since(self, position, limit):
-        """Ring items with an id above `position`, at most `limit`."""
-        start = bisect.bisect_right(self.ids, position)
-        return self.items[start:start + limit]
+        """Ring items with an id above `position`, at most `limit`; None
+        when the ring no longer holds the entry right after `position` (or
+        is empty): that reader must go to the database."""
+        ids, items = self.ring
+        if not ids or position < ids[0] - 1:
+            return None
+        start = bisect.bisect_right(ids, position)
+        return items[start:start + limit]
 
     def _run(self):
         db.use(self.store)
@@ -182,22 +193,21 @@ class Tailer:
                 self.position, self._cleared = db.call(_high_water_and_clear)
                 self._ready.set()
             except Exception:  # noqa: BLE001 - retried until the store answers
-                gevent.sleep(1)
-        while True:
+                runtime.sleep(1)
+        while not self.store.closed:
             try:
                 self._step()
             except Exception:  # noqa: BLE001 - the tailer must outlive a bad moment
-                gevent.sleep(1)
+                runtime.sleep(1)
                 continue
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
     def _listen(self):
         """PostgreSQL: wake the tailer whenever any host commits an ingest.
-        One connection of its own per process, waited on by the hub; if it
-        breaks, the poll carries on alone until it is back."""
-        from gevent.socket import wait_read
-
+        One connection of its own per process, waited on by the hub (or a
+        thread of its own); if it breaks, the poll carries on alone until it
+        is back."""
         db.use(self.store)
         database = self.store.database
         while not self.store.closed:
@@ -205,17 +215,14 @@ class Tailer:
             try:
                 conn = db.call(_listen_connection, database)
                 while not self.store.closed:
-                    try:
-                        wait_read(conn.fileno(), timeout=30)
-                    except TimeoutError:
-                        pass  # poll anyway: it notices a broken connection
+                    _wait_readable(conn.fileno(), 30)  # then poll: it notices a broken connection
                     conn.poll()
                     if conn.notifies:
                         conn.notifies.clear()
                         self.notify()
             except Exception as exc:  # noqa: BLE001 - the poll covers the gap
                 log.warning("live tail listener: %s; retrying", type(exc).__name__)
-                gevent.sleep(1)
+                runtime.sleep(1)
             finally:
                 if conn is not None:
                     conn.close()
@@ -225,27 +232,33 @@ class Tailer:
             rows, cleared = db.call(_fetch, self.position, FETCH)
             if cleared != self._cleared:
                 self._cleared = cleared
-                self.ids, self.items = [], []
+                self.ring = ([], [])
                 self.generation += 1
                 self.position = db.call(_high_water_and_clear)[0]
                 self._broadcast()
                 return
             if not rows:
                 return
+            new_items = []
             for row in rows:
                 entry = query.render_row(row)
-                self.ids.append(row[0])
-                self.items.append((entry, orjson.dumps(entry)))
+                new_items.append((entry, orjson.dumps(entry)))
+            new_ids = [row[0] for row in rows]
+            ids, items = self.ring
+            if len(ids) + len(rows) > self.ring_size * 2:
+                keep = self.ring_size
+                self.ring = ((ids + new_ids)[-keep:], (items + new_items)[-keep:])
+            else:
+                # The items first: a reader finds no id without its item.
+                items.extend(new_items)
+                ids.extend(new_ids)
             self.position = rows[-1][0]
-            if len(self.ids) > self.ring_size * 2:
-                cut = len(self.ids) - self.ring_size
-                self.ids, self.items = self.ids[cut:], self.items[cut:]
             self._broadcast()
             if len(rows) < FETCH:
                 return
 
     def _broadcast(self):
-        changed, self.changed = self.changed, gevent.event.Event()
+        changed, self.changed = self.changed, runtime.event()
         changed.set()
 
 
@@ -284,16 +297,18 @@ class Subscription:
 
     def _next_batch(self):
         tailer = self.tailer
-        oldest = tailer.oldest_in_ring()
-        if self.position >= tailer.position:
+        upto = tailer.position
+        if self.position >= upto:
             return []
         # The ring holds entries without their bodies: a full-text search
         # asks the database, which has them (and their index).
-        if oldest is None or self.position < oldest - 1 or self.filters.q:
-            return self._from_database(tailer.position)
+        if self.filters.q:
+            return self._from_database(upto)
         batch = []
         while not batch:
             items = tailer.since(self.position, PAGE)
+            if items is None:  # fell behind the ring
+                return self._from_database(upto)
             if not items:
                 break
             self.position = items[-1][0]["id"]
@@ -321,6 +336,18 @@ class Subscription:
                     and orjson.loads(rendered)["data"].get("event") == "scope-destroyed"):
                 return index + 1
         return None
+
+
+def _wait_readable(fileno, timeout):
+    if runtime.cooperative():
+        from gevent.socket import wait_read
+
+        try:
+            wait_read(fileno, timeout=timeout)
+        except TimeoutError:
+            pass
+    else:
+        select.select([fileno], [], [], timeout)
 
 
 def _listen_connection(database):

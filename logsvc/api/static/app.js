@@ -2,7 +2,9 @@
 // No build step and nothing fetched from elsewhere.
 "use strict";
 
-const API = "/api/proxy-logs";
+// Every URL is relative to the page's <base>, which the server sets to
+// where logsvc is mounted (a proxy's /logs/ prefix, or /).
+const API = "api/proxy-logs";
 const LIVE_FILTERS = ["projectId", "containerId", "serviceName", "level", "kind", "method", "source", "traceId", "status"];
 const MAX_ROWS = 1000;
 const PAGE = 100;
@@ -34,7 +36,7 @@ $("signin-form").addEventListener("submit", async (event) => {
   const user = $("signin-user").value;
   const authorization = token ? `Bearer ${token}`
     : `Basic ${btoa(unescape(encodeURIComponent(`${user}:${$("signin-password").value}`)))}`;
-  const response = await fetch("/api/session", { method: "POST", headers: { Authorization: authorization }, credentials: "same-origin" });
+  const response = await fetch("api/session", { method: "POST", headers: { Authorization: authorization }, credentials: "same-origin" });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     $("signin-error").textContent = body.message || `Sign-in failed (${response.status})`;
@@ -48,7 +50,7 @@ $("signin-form").addEventListener("submit", async (event) => {
 
 $("signout").addEventListener("click", async () => {
   closeSocket();
-  await fetch("/api/session", { method: "DELETE", credentials: "same-origin" });
+  await fetch("api/session", { method: "DELETE", credentials: "same-origin" });
   sessionStorage.removeItem("logsvc.who");
   showSignIn();
 });
@@ -136,7 +138,7 @@ async function connect() {
   setState(ui.lastId === null ? "connecting" : "reconnecting");
   let ticket;
   try {
-    ticket = await fetch("/api/ws-token", { credentials: "same-origin" });
+    ticket = await fetch("api/ws-token", { credentials: "same-origin" });
   } catch (error) {
     return retryLater();  // the server is down or unreachable: try again
   }
@@ -151,7 +153,9 @@ async function connect() {
   const wanted = filters();
   for (const name of LIVE_FILTERS) if (wanted[name]) params.set(name, wanted[name]);
   if (ui.lastId === null) params.set("replay", "50"); else params.set("lastEventId", ui.lastId);
-  const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/ws/logs?${params}`);
+  const target = new URL(`api/ws/logs?${params}`, document.baseURI);
+  target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(target);
   ui.socket = socket;
   socket.onopen = () => { ui.retry = 1000; setState("live"); };
   socket.onmessage = (event) => {
