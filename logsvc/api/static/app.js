@@ -129,6 +129,7 @@ $("mode-slowest").addEventListener("click", () => setMode("slowest"));
 function closeSocket() {
   if (ui.socket) { ui.socket.onclose = null; ui.socket.close(); ui.socket = null; }
   clearTimeout(ui.reconnectTimer);
+  clearInterval(ui.countdown);
   setState("idle");
 }
 
@@ -179,15 +180,24 @@ async function connect() {
   ui.pinger = setInterval(() => { if (socket.readyState === WebSocket.OPEN) socket.send("ping"); }, 25000);
 }
 
+// After any outage (network, restart, 5xx, a failed ticket fetch) the tail
+// tries again, waiting twice as long each time up to 10 s, and resumes
+// from the last id it showed, so nothing is missed or shown twice.
 function retryLater() {
-  setState("reconnecting");
-  ui.reconnectTimer = setTimeout(connect, ui.retry);
+  const delay = ui.retry;
   ui.retry = Math.min(ui.retry * 2, 10000);
+  clearInterval(ui.countdown);
+  const due = Date.now() + delay;
+  const show = () => setState("reconnecting", `in ${Math.max(1, Math.ceil((due - Date.now()) / 1000))} s`);
+  show();
+  ui.countdown = setInterval(show, 1000);
+  ui.reconnectTimer = setTimeout(() => { clearInterval(ui.countdown); connect(); }, delay);
 }
 
 function setState(state, detail) {
   $("state").className = `state ${state}`;
-  $("state").textContent = detail ? `${state}: ${detail}` : state;
+  // "reconnecting in 4 s", "stopped: scope destroyed"
+  $("state").textContent = !detail ? state : detail.startsWith("in ") ? `${state} ${detail}` : `${state}: ${detail}`;
 }
 
 $("pause").addEventListener("click", togglePause);
