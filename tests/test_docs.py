@@ -72,11 +72,11 @@ def test_every_shell_example_runs_in_order(reader_dir):
     env.update(LOGSVC_PORT=str(port), PYTHONPATH=str(ROOT), HOME=str(reader_dir))
     examples = [(page, line, block.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
                 for page in PAGES for line, block in shell_examples(page)]
-    (start_line, start), (test_line, tests) = examples[0][1:], examples[1][1:]
+    start, tests = examples[0][2], examples[1][2]
     assert start.strip().endswith(".venv/bin/python app.py") and "-m pytest" in tests
-    log = open(reader_dir / "server.log", "wb")
-    server = subprocess.Popen(["bash", "-c", start], cwd=reader_dir, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    with open(reader_dir / "server.log", "wb") as log:  # the child keeps its own copy
+        server = subprocess.Popen(["bash", "-c", start], cwd=reader_dir, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -112,5 +112,4 @@ def test_every_shell_example_runs_in_order(reader_dir):
         except ProcessLookupError:
             pass  # it ended by itself (the assertion above says why)
         server.wait(timeout=20)
-        log.close()
         shutil.rmtree(reader_dir / "data", ignore_errors=True)
