@@ -200,14 +200,35 @@ def test_the_live_view_comes_back_after_an_outage_with_every_entry_once(
         server.stop()
 
 
-def test_the_page_fits_a_narrow_screen(browser, server):
-    ingest(server, [make_entry(i, tsMs=None, url="/a/very/long/url/" + "x" * 80) for i in range(3)])
-    browser.set_window_size(400, 800)
+@pytest.mark.parametrize("width", [360, 390])
+def test_a_narrow_screen_shows_a_card_per_entry_with_the_filters_folded(
+        browser, server, tmp_path, width):
+    ingest(server, [make_entry(i, tsMs=None, url="/a/very/long/url/" + "x" * 80)
+                    for i in range(8)])
+    browser.set_window_size(width, 800)
     sign_in(browser, server)
-    wait(lambda: len(row_ids(browser)) == 3)
-    overflow = browser.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    assert overflow <= 1
+    wait(lambda: len(row_ids(browser)) == 8)
+    layout = browser.execute_script("""
+        const doc = document.documentElement;
+        const rows = [...document.querySelectorAll('#entries tbody tr')];
+        const url = rows[0].cells[6].getBoundingClientRect();
+        return {overflow: doc.scrollWidth - doc.clientWidth,
+                viewport: window.innerHeight, width: doc.clientWidth,
+                filtersShown: document.getElementById('filters').checkVisibility(),
+                urlLeft: url.left, urlRight: url.right, urlHeight: url.height,
+                bottoms: rows.map(r => r.getBoundingClientRect().bottom),
+                heights: rows.map(r => r.getBoundingClientRect().height)};""")
+    browser.save_screenshot(str(tmp_path / "narrow.png"))
+    assert (tmp_path / "narrow.png").stat().st_size > 10_000
+    assert layout["overflow"] <= 1
+    assert layout["filtersShown"] is False  # folded under "Filters"
+    assert layout["urlLeft"] >= 0 and layout["urlRight"] <= layout["width"] + 1  # the url is on screen
+    # A card per entry, and a screenful of them above the fold.
+    assert sum(bottom <= layout["viewport"] for bottom in layout["bottoms"]) >= 4, layout
+    # Unfolding the filters shows them.
+    browser.find_element("css selector", "#filters-box summary").click()
+    wait(lambda: browser.execute_script(
+        "return document.getElementById('filters').checkVisibility()"))
 
 
 def test_the_page_loads_nothing_from_elsewhere(server):
@@ -267,3 +288,70 @@ def test_the_api_docs_page_renders_under_the_content_security_policy(browser, se
     wait(lambda: "/_logs/stats" in browser.find_element("id", "paths").text)
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
+
+
+def spiky_hour(now_ms):
+    """Three entries a minute over the last hour, and one minute with a
+    spike of 400 errors."""
+    entries = []
+    for minute in range(1, 60):
+        for k in range(3):
+            entries.append(make_entry(k, tsMs=now_ms - minute * 60_000, level="info",
+                                      status=200, durationMs=20 + k))
+    entries += [make_entry(i, tsMs=now_ms - 30 * 60_000, level="error", status=500,
+                           serviceName="billing-api") for i in range(400)]
+    return entries
+
+
+def test_the_chart_has_axes_a_legend_tooltips_and_survives_a_spike(browser, server):
+    ingest(server, spiky_hour(int(time.time() * 1000)))
+    sign_in(browser, server)
+    wait(lambda: browser.execute_script("return document.querySelectorAll('#chart .bar').length") > 50)
+    labels = browser.execute_script(
+        "return [...document.querySelectorAll('#chart text.axis')].map(t => t.textContent)")
+    assert "0" in labels and any(":" in label for label in labels)  # counts and times
+    legend = browser.find_element("id", "chart-legend").text
+    for word in ("debug", "info", "warn", "error", "p95", "cut"):
+        assert word in legend, legend
+    # The quiet minutes stay readable next to the spike.
+    heights = browser.execute_script(
+        "return [...document.querySelectorAll('#chart .bar.info')].map(r => r.getBBox().height)")
+    assert min(heights) > 5, heights
+    tooltip = browser.execute_script(
+        "return [...document.querySelectorAll('#chart .hover title')].map(t => t.textContent)"
+        ".find(t => t.includes('error: 400'))")
+    assert tooltip and "403 entries" in tooltip  # the spike and that minute's three
+
+
+def test_dragging_across_the_chart_selects_a_time_range(browser, server):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ingest(server, spiky_hour(int(time.time() * 1000)))
+    sign_in(browser, server)
+    wait(lambda: browser.execute_script("return document.querySelectorAll('#chart .bar').length") > 50)
+    chart = browser.find_element("id", "chart")
+    width = chart.size["width"]
+    (ActionChains(browser).move_to_element_with_offset(chart, -width // 4, 0).click_and_hold()
+     .move_by_offset(width // 5, 0).release().perform())
+    wait(lambda: "since=" in browser.current_url and "until=" in browser.current_url)
+    query = parse_qs(urlparse(browser.current_url).query)
+    since, until = query["since"][0], query["until"][0]
+    assert since < until and query["mode"] == ["search"]
+    span_s = (time.mktime(time.strptime(until[:19], "%Y-%m-%dT%H:%M:%S"))
+              - time.mktime(time.strptime(since[:19], "%Y-%m-%dT%H:%M:%S")))
+    assert 5 * 60 <= span_s <= 30 * 60  # about a fifth of the hour
+
+
+def test_a_facet_click_filters_the_query(browser, server):
+    from selenium.webdriver.common.by import By
+
+    ingest(server, [make_entry(i, tsMs=None) for i in range(12)])
+    sign_in(browser, server)
+    chip = wait(lambda: browser.find_element(
+        By.CSS_SELECTOR, '#facets button[data-field="serviceName"][data-value="billing-api"]'))
+    assert chip.text == "billing-api 4"
+    chip.click()
+    wait(lambda: "serviceName=billing-api" in browser.current_url)
+    wait(lambda: sorted(row_ids(browser)) == [2, 5, 8, 11])
+    wait(lambda: browser.execute_script(
+        "return document.getElementById('tile-total').textContent") == "4")

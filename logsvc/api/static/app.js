@@ -60,6 +60,8 @@ function showMain() {
   $("main").hidden = false;
   $("who").textContent = sessionStorage.getItem("logsvc.who") || "";
   readFiltersFromUrl();
+  // Narrow screens: the filters fold away under their summary.
+  if (window.matchMedia("(max-width: 600px)").matches) $("filters-box").open = false;
   const mode = new URLSearchParams(location.search).get("mode");
   setMode(["search", "slowest"].includes(mode) ? mode : "live");
 }
@@ -95,6 +97,8 @@ function writeUrl() {
   const params = new URLSearchParams(filters());
   if (ui.mode !== "live") params.set("mode", ui.mode);
   history.replaceState(null, "", `${location.pathname}${params.toString() ? "?" + params : ""}`);
+  const active = Object.keys(filters()).length;
+  $("filters-box").querySelector("summary").textContent = active ? `Filters (${active} active)` : "Filters";
 }
 
 $("filters").addEventListener("submit", (event) => { event.preventDefault(); apply(); });
@@ -328,8 +332,8 @@ $("close-detail").addEventListener("click", () => { $("detail").hidden = true; }
 async function refreshStats() {
   // The tiles, the chart and the route table follow every active filter.
   const wanted = filters();
-  const range = { bucket: "1m", since: "1h", ...wanted };
-  if (wanted.since && !wanted.until) range.bucket = "5m";
+  const range = { since: "1h", ...wanted };
+  range.bucket = bucketFor(range);
   const [stats, histogram] = await Promise.all([
     fetch(`${API}/_logs/stats?${new URLSearchParams(wanted)}`, { credentials: "same-origin" }),
     fetch(`${API}/_logs/stats/histogram?${new URLSearchParams(range)}`, { credentials: "same-origin" }),
@@ -342,8 +346,29 @@ async function refreshStats() {
     $("tile-p95").textContent = ms(s.latency.p95) || "–";
     $("tile-services").textContent = Object.entries(s.byService).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, v]) => `${k} ${v}`).join(" · ") || "–";
     showRoutes(s.byRoute);
+    showFacets(s);
   }
-  if (histogram.ok) drawChart((await histogram.json()).buckets);
+  if (histogram.ok) drawChart(await histogram.json());
+}
+
+// About 120 bars or fewer, whatever the range.
+function bucketFor(range) {
+  const from = parseTime(range.since), to = range.until ? parseTime(range.until) : Date.now();
+  if (from === null || to === null) return "5m";
+  const minutes = (to - from) / 60000;
+  for (const [name, size] of [["1m", 1], ["5m", 5], ["15m", 15], ["1h", 60], ["3h", 180], ["12h", 720]]) {
+    if (minutes / size <= 120) return name;
+  }
+  return "1d";
+}
+
+function parseTime(value) {
+  if (!value) return null;
+  const relative = /^(\d+)([smhd])$/.exec(value);
+  if (relative) return Date.now() - Number(relative[1]) * { s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[relative[2]];
+  if (/^\d+$/.test(value)) return Number(value);
+  const parsed = Date.parse(value);
+  return Number.isNaN(parsed) ? null : parsed;
 }
 
 function showRoutes(routes) {
@@ -363,33 +388,161 @@ function showRoutes(routes) {
   }));
 }
 
-function drawChart(buckets) {
+// The chart: bars of entries per bucket stacked by level, a count axis on
+// the left, the p95 duration as a line on its own axis on the right, time
+// along the bottom, a tooltip per bucket, and a legend. A spike does not
+// flatten the rest: when the tallest bar is over four times the usual
+// (the 90th percentile), the count axis stops above the usual bars and
+// taller ones are cut, marked, and show their true count in the tooltip.
+// Dragging across the chart selects a time range: it becomes since/until.
+const LEVEL_COLOURS = { debug: "#b0b6c3", info: "#7aa7e0", warn: "#f0b44c", error: "#e05a5a" };
+const CHART = { height: 130, left: 44, right: 48, top: 8, bottom: 20 };
+
+function niceCeiling(value) {
+  if (value <= 0) return 1;
+  const step = 10 ** Math.floor(Math.log10(value));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * step >= value) return m * step;
+  return 10 * step;
+}
+
+function drawChart(histogram) {
+  const buckets = histogram.buckets;
   const svg = $("chart");
-  const colours = { debug: "#b0b6c3", info: "#7aa7e0", warn: "#f0b44c", error: "#e05a5a" };
-  const peak = Math.max(1, ...buckets.map((b) => b.total));
-  const width = 600 / Math.max(1, buckets.length);
+  const width = Math.max(200, svg.clientWidth || 600);
+  const { height, left, right, top, bottom } = CHART;
+  const plotW = width - left - right, plotH = height - top - bottom;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const totals = buckets.map((b) => b.total);
+  const peak = Math.max(1, ...totals);
+  const sorted = [...totals].sort((a, b) => a - b);
+  const usual = sorted[Math.floor(0.9 * (sorted.length - 1))] || 0;
+  const clipped = usual > 0 && peak > 4 * usual;
+  const axisTop = niceCeiling(clipped ? usual * 1.5 : peak);
+  const slot = plotW / Math.max(1, buckets.length);
+  const x = (i) => left + i * slot;
+  const y = (n) => top + plotH - (Math.min(n, axisTop) / axisTop) * plotH;
   const parts = [];
+  for (const fraction of [0, 0.5, 1]) {
+    const value = axisTop * fraction;
+    parts.push(`<line class="grid" x1="${left}" x2="${left + plotW}" y1="${y(value)}" y2="${y(value)}"/>`,
+      `<text class="axis" x="${left - 4}" y="${y(value) + 4}" text-anchor="end">${compact(value)}</text>`);
+  }
   buckets.forEach((bucket, i) => {
-    let y = 80;
+    let base = 0;
     for (const level of ["debug", "info", "warn", "error"]) {
       const n = bucket.byLevel[level] || 0;
-      if (!n) continue;
-      const h = (n / peak) * 76;
-      y -= h;
-      parts.push(`<rect x="${(i * width).toFixed(2)}" y="${y.toFixed(2)}" width="${Math.max(width - 1, 1).toFixed(2)}" height="${h.toFixed(2)}" fill="${colours[level]}"><title>${new Date(bucket.tsMs).toLocaleTimeString()} ${level}: ${n}</title></rect>`);
+      if (!n || base >= axisTop) { base += n; continue; }
+      const y1 = y(base + n), y0 = y(base);
+      parts.push(`<rect class="bar ${level}" x="${x(i).toFixed(1)}" y="${y1.toFixed(1)}" width="${Math.max(slot - 1, 1).toFixed(1)}" height="${(y0 - y1).toFixed(1)}" fill="${LEVEL_COLOURS[level]}"/>`);
+      base += n;
     }
+    if (bucket.total > axisTop) {
+      parts.push(`<path class="cut" d="M${x(i).toFixed(1)},${top + 4} l${(Math.max(slot - 1, 1) / 2).toFixed(1)},-4 l${(Math.max(slot - 1, 1) / 2).toFixed(1)},4" />`);
+    }
+    const lines = [`${new Date(bucket.tsMs).toLocaleString()}`, `${bucket.total.toLocaleString()} entries`];
+    for (const level of ["error", "warn", "info", "debug"]) if (bucket.byLevel[level]) lines.push(`${level}: ${bucket.byLevel[level].toLocaleString()}`);
+    if (bucket.p95 !== null && bucket.p95 !== undefined) lines.push(`p95: ${ms(bucket.p95)}`);
+    parts.push(`<rect class="hover" data-index="${i}" x="${x(i).toFixed(1)}" y="${top}" width="${slot.toFixed(1)}" height="${plotH}"><title>${lines.join("\n")}</title></rect>`);
   });
-  // The p95 duration as a line on its own scale (the slowest bucket at the top).
   const slowest = Math.max(0, ...buckets.map((b) => b.p95 || 0));
   if (slowest > 0) {
+    const lineTop = niceCeiling(slowest);
     const points = [];
     buckets.forEach((bucket, i) => {
       if (bucket.p95 === null || bucket.p95 === undefined) return;
-      points.push(`${((i + 0.5) * width).toFixed(2)},${(78 - (bucket.p95 / slowest) * 74).toFixed(2)}`);
+      points.push(`${(x(i) + slot / 2).toFixed(1)},${(top + plotH - (bucket.p95 / lineTop) * plotH).toFixed(1)}`);
     });
-    parts.push(`<polyline class="p95" points="${points.join(" ")}" fill="none" stroke="#6b3fa0" stroke-width="1.5" vector-effect="non-scaling-stroke"><title>p95 duration, up to ${ms(slowest)}</title></polyline>`);
+    parts.push(`<polyline class="p95" points="${points.join(" ")}"/>`,
+      `<text class="axis p95-axis" x="${left + plotW + 4}" y="${top + 8}">${ms(lineTop)}</text>`,
+      `<text class="axis p95-axis" x="${left + plotW + 4}" y="${top + plotH}">0</text>`);
   }
+  const labels = Math.min(6, buckets.length, Math.max(2, Math.floor(plotW / 64)));
+  for (let k = 0; k < labels; k++) {
+    const i = Math.round((k * (buckets.length - 1)) / Math.max(1, labels - 1));
+    const when = new Date(buckets[i].tsMs);
+    const text = histogram.bucketMs >= 86400000 ? when.toLocaleDateString() : when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+    parts.push(`<text class="axis" x="${(x(i) + slot / 2).toFixed(1)}" y="${height - 5}" text-anchor="middle">${text}</text>`);
+  }
+  parts.push(`<rect id="chart-selection" class="selection" x="0" y="${top}" width="0" height="${plotH}"/>`);
   svg.innerHTML = parts.join("");
+  ui.chart = { buckets, bucketMs: histogram.bucketMs, left, slot };
+  // Classes, not style attributes: the page's Content-Security-Policy allows no inline style.
+  const legend = Object.keys(LEVEL_COLOURS).map((level) => `<span><i class="${level}"></i>${level}</span>`);
+  legend.push('<span><i class="line"></i>p95 duration (right axis)</span>');
+  if (clipped) legend.push(`<span class="cut-note">bars above ${compact(axisTop)} are cut (tallest ${peak.toLocaleString()})</span>`);
+  legend.push('<span class="hint">drag across the chart to zoom into a time range</span>');
+  $("chart-legend").innerHTML = legend.join("");
+}
+
+function compact(n) {
+  return n >= 1e6 ? `${+(n / 1e6).toFixed(1)}M` : n >= 1e3 ? `${+(n / 1e3).toFixed(1)}k` : `${+n.toFixed(1)}`;
+}
+
+// Drag to select a time range.
+function chartIndexAt(event) {
+  const chart = ui.chart;
+  if (!chart || !chart.buckets.length) return null;
+  const box = $("chart").getBoundingClientRect();
+  const scale = $("chart").viewBox.baseVal.width / box.width;
+  const offset = (event.clientX - box.left) * scale - chart.left;
+  return Math.max(0, Math.min(chart.buckets.length - 1, Math.floor(offset / chart.slot)));
+}
+
+$("chart").addEventListener("mousedown", (event) => {
+  const index = chartIndexAt(event);
+  if (index === null) return;
+  ui.drag = { from: index, to: index };
+  showSelection();
+  event.preventDefault();
+});
+$("chart").addEventListener("mousemove", (event) => {
+  if (!ui.drag) return;
+  ui.drag.to = chartIndexAt(event);
+  showSelection();
+});
+document.addEventListener("mouseup", () => {
+  if (!ui.drag) return;
+  const { from, to } = ui.drag;
+  ui.drag = null;
+  const chart = ui.chart;
+  const first = Math.min(from, to), last = Math.max(from, to);
+  const form = $("filters").elements;
+  form.since.value = new Date(chart.buckets[first].tsMs).toISOString();
+  form.until.value = new Date(chart.buckets[last].tsMs + chart.bucketMs).toISOString();
+  if (ui.mode === "live") setMode("search"); else apply();
+});
+
+function showSelection() {
+  const chart = ui.chart, box = $("chart-selection");
+  const first = Math.min(ui.drag.from, ui.drag.to), last = Math.max(ui.drag.from, ui.drag.to);
+  box.setAttribute("x", (chart.left + first * chart.slot).toFixed(1));
+  box.setAttribute("width", ((last - first + 1) * chart.slot).toFixed(1));
+}
+
+// Facets: the current query's top services, statuses and containers, each
+// a click away from being a filter.
+function showFacets(stats) {
+  const groups = [["serviceName", "services", stats.byService], ["status", "statuses", stats.byStatus],
+    ["containerId", "containers", stats.byContainer]];
+  $("facets").replaceChildren(...groups.map(([field, title, counts]) => {
+    const group = document.createElement("div");
+    group.className = "facet";
+    const heading = document.createElement("span");
+    heading.textContent = title;
+    group.append(heading);
+    for (const [value, count] of Object.entries(counts || {}).filter(([v]) => v && v !== "null")
+      .sort((a, b) => b[1] - a[1]).slice(0, 5)) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.dataset.field = field;
+      chip.dataset.value = value;
+      chip.textContent = `${value} ${count.toLocaleString()}`;
+      chip.title = `Only ${field} ${value}`;
+      chip.addEventListener("click", () => { $("filters").elements[field].value = value; apply(); });
+      group.append(chip);
+    }
+    return group;
+  }));
 }
 
 // --- keyboard --------------------------------------------------------------------
