@@ -113,3 +113,12 @@ def test_every_shell_example_runs_in_order(reader_dir):
             pass  # it ended by itself (the assertion above says why)
         server.wait(timeout=20)
         shutil.rmtree(reader_dir / "data", ignore_errors=True)
+
+
+@pytest.mark.parametrize("page", PAGES + ["docs/ui.md"])
+def test_every_relative_link_of_the_docs_leads_somewhere(page):
+    text = (ROOT / page).read_text()
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        assert ((ROOT / page).parent / target).exists(), f"{page}: {target}"
