@@ -18,6 +18,7 @@ The mode is chosen once per process (`configure`): `auto` picks gevent when
 gevent has patched the standard library (gunicorn's gevent worker and the
 embedded server do so before the application is imported), else threads.
 """
+import select
 import threading
 import time
 
@@ -90,3 +91,21 @@ def kill(task):
     """Stop a task made by `spawn` (a thread cannot be stopped; it ends by itself)."""
     if task is not None and cooperative():
         task.kill()
+
+
+def alive(task):
+    """Whether a task made by `spawn` is still running."""
+    return task.is_alive() if isinstance(task, threading.Thread) else bool(task)
+
+
+def wait_readable(fileno, timeout):
+    """Wait until `fileno` has something to read, or `timeout` seconds."""
+    if cooperative():
+        from gevent.socket import wait_read
+
+        try:
+            wait_read(fileno, timeout=timeout)
+        except TimeoutError:
+            pass
+    else:
+        select.select([fileno], [], [], timeout)

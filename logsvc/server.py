@@ -100,6 +100,8 @@ def start_background(app):
     """Background work of a serving process: retention under a lease.
     Once per application; a greenlet under gevent, else a thread."""
     services = app.extensions["logsvc"]
+    if services.background is not None:  # every request of wsgi.py asks
+        return services.background
     with _starting:
         if services.background is None:
             services.background = runtime.spawn(retention.run_forever, services.config, None,

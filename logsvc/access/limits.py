@@ -45,14 +45,21 @@ class RateLimiter:
         if not self.per_minute:
             return
         take = self._take_shared if db.is_postgres() else self._take
+        now, interval = time.time(), 60.0 / self.per_minute
+        if not self._shared_or_memory(take, (scope_key, now), self._memory.take,
+                                      (scope_key, now, interval)):
+            raise RateLimited()
+
+    def _shared_or_memory(self, shared, args, memory, memory_args):
+        """`shared(*args)` on a database thread; `memory(*memory_args)`
+        instead when the shared budgets cannot be written (a read-only
+        store or data directory)."""
         try:
-            allowed = db.call(take, scope_key, time.time())
+            return db.call(shared, *args)
         except Exception as exc:
             if not _unusable(exc):
                 raise
-            allowed = self._memory.take(scope_key, time.time(), 60.0 / self.per_minute)
-        if not allowed:
-            raise RateLimited()
+            return memory(*memory_args)
 
     def _take_shared(self, key, now):
         interval = 60.0 / self.per_minute
@@ -101,27 +108,19 @@ class FailureLimiter(RateLimiter):
         """Seconds until `key` may try again (0: it may now)."""
         if not self.per_minute:
             return 0
-        try:
-            tat = db.call(self._read, self.PREFIX + key)
-        except Exception as exc:
-            if not _unusable(exc):
-                raise
-            tat = None
-        tat = max(tat or 0, self._memory.read(self.PREFIX + key) or 0)
+        key = self.PREFIX + key
+        tat = max(self._shared_or_memory(self._read, (key,), lambda: None, ()) or 0,
+                  self._memory.read(key) or 0)
         interval = 60.0 / self.per_minute
-        wait = (tat or 0) - time.time() - (60.0 - interval)
+        wait = tat - time.time() - (60.0 - interval)
         return int(wait) + 1 if wait > 0 else 0
 
     def failed(self, key):
         """Count one failure for `key`."""
         if not self.per_minute:
             return
-        try:
-            db.call(self._add, self.PREFIX + key, time.time(), 60.0 / self.per_minute)
-        except Exception as exc:
-            if not _unusable(exc):
-                raise
-            self._memory.add(self.PREFIX + key, time.time(), 60.0 / self.per_minute)
+        args = (self.PREFIX + key, time.time(), 60.0 / self.per_minute)
+        self._shared_or_memory(self._add, args, self._memory.add, args)
 
     def _read(self, key):
         if db.is_postgres():

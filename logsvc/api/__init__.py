@@ -73,12 +73,9 @@ def host_scoped(found):
             found.container_id is not None and container_id is not None
             and found.container_id != container_id)):
         raise Forbidden(FOREIGN_SCOPE)
-    narrowed = dataclasses.replace(
-        found, project_id=project_id, is_admin=False,
-        container_id=container_id if container_id is not None else found.container_id)
-    if found.is_admin:
-        narrowed = dataclasses.replace(narrowed, capabilities=CAPABILITIES)
-    return narrowed
+    return dataclasses.replace(
+        found, project_id=project_id, container_id=container_id or found.container_id,
+        is_admin=False, capabilities=CAPABILITIES if found.is_admin else found.capabilities)
 
 
 def query_args():

@@ -11,6 +11,7 @@ from http import HTTPStatus
 
 import orjson
 from flask import Response
+from gunicorn.http.errors import ParseException  # a body gunicorn's parser could not read
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -28,11 +29,6 @@ log = logging.getLogger("logsvc")
 
 UNWRITABLE_RETRY_S = 30
 
-try:  # the body of a request that gunicorn serves is read through its parser
-    from gunicorn.http.errors import ParseException
-except ImportError:  # pragma: no cover - gunicorn is in requirements.txt
-    class ParseException(Exception):
-        pass
 
 
 class ApiError(Exception):

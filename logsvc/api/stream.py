@@ -190,7 +190,7 @@ def _ws_session(ws, subscription_args, guard):
                 else:
                     send(orjson.dumps({"event": kind, **value}).decode())
             for kind, value in subscription.events(state().config.heartbeat_s):
-                if not _alive(pinger):  # the client went away
+                if not runtime.alive(pinger):  # the client went away
                     return
                 reason = guard.revoked()
                 if reason:
@@ -212,10 +212,6 @@ def _ws_session(ws, subscription_args, guard):
             ws.close(1011, str(exc)[:120])
     finally:
         runtime.kill(pinger)
-
-
-def _alive(task):
-    return task.is_alive() if isinstance(task, threading.Thread) else bool(task)
 
 
 def _subscription_args(found, params):

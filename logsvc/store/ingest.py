@@ -112,7 +112,7 @@ class IdempotencyKey:
         self.key = key
         self.digest = hashlib.sha256(body).hexdigest()
         self.window_ms = window_s * 1000
-        self.answer = None  # the JSON of the answer, made before it is stored
+        self.answer = None  # the answer without its ids, made before it is stored
         self.replayed = False  # the answer came from an earlier request
 
     def replay(self):
@@ -131,8 +131,8 @@ class IdempotencyKey:
     def remember(self, first_id):
         """In the writing transaction: keep the answer. False if another
         request with this key committed first."""
-        answer = orjson.loads(self.answer)
-        answer.update(firstId=first_id, lastId=first_id + answer["accepted"] - 1)
+        answer = dict(self.answer, firstId=first_id,
+                      lastId=first_id + self.answer["accepted"] - 1)
         now = entry.now_ms()
         row = db.execute(
             "INSERT INTO ingest_key (scope, key, digest, answer, expires_ms) VALUES (?, ?, ?, ?, ?) "
@@ -188,7 +188,7 @@ def ingest(items, config, scope=None, grouped=True, key=None):
               "firstId": None, "lastId": None}
     if accepted:
         if key is not None:
-            key.answer = orjson.dumps(answer).decode()
+            key.answer = dict(answer)
         if grouped and runtime.cooperative():
             stored = _committer().commit(accepted, key)
         else:

@@ -32,7 +32,6 @@ Ownership and flow:
 import bisect
 import collections
 import logging
-import select
 import threading
 
 import orjson
@@ -215,7 +214,8 @@ class Tailer:
             try:
                 conn = db.call(_listen_connection, database)
                 while not self.store.closed:
-                    _wait_readable(conn.fileno(), 30)  # then poll: it notices a broken connection
+                    # Then poll anyway: that notices a broken connection.
+                    runtime.wait_readable(conn.fileno(), 30)
                     conn.poll()
                     if conn.notifies:
                         conn.notifies.clear()
@@ -336,18 +336,6 @@ class Subscription:
                     and orjson.loads(rendered)["data"].get("event") == "scope-destroyed"):
                 return index + 1
         return None
-
-
-def _wait_readable(fileno, timeout):
-    if runtime.cooperative():
-        from gevent.socket import wait_read
-
-        try:
-            wait_read(fileno, timeout=timeout)
-        except TimeoutError:
-            pass
-    else:
-        select.select([fileno], [], [], timeout)
 
 
 def _listen_connection(database):
