@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from logsvc.entry import status_class
 from logsvc.server import create_app
-from logsvc.store import db, retention
+from logsvc.store import db, retention, rollup
 from logsvc.testing import ADMIN_TOKEN, Store, make_entry
 
 STATS = "/api/proxy-logs/_logs/stats"
@@ -135,6 +135,44 @@ def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows,
         for p in (50, 95):
             assert near(item[f"p{p}"], expected["latency"][f"p{p}"]), (item, expected)
     app.extensions["logsvc"].store.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(low=st.integers(0, 6 * HOUR), length=st.integers(1, 5 * HOUR),
+       horizon=st.none() | st.integers(0, 8 * HOUR), open_end=st.booleans())
+def test_signed_spans_count_every_moment_of_the_range_once(low, length, horizon, open_end):
+    """Added and subtracted spans together cover [low, high) exactly once
+    and nothing outside it, whichever plan is cheapest."""
+    low += BASE
+    high = rollup._WHOLE if open_end else low + length
+    spans = rollup.signed_spans(low, high, None if horizon is None else BASE + horizon)
+
+    def bounds(unit, start, end):
+        return (start, end) if unit is None else (start * unit, end * unit)
+
+    moments = {low - 1, low, low + 1, high - 1, high, high + 1}
+    for unit, start, end, _ in spans:
+        a, b = bounds(unit, start, end)
+        moments |= {a - 1, a, b - 1, b}
+    for t in moments:
+        covered = sum(sign for unit, start, end, sign in spans
+                      if bounds(unit, start, end)[0] <= t < bounds(unit, start, end)[1])
+        assert covered == (1 if low <= t < high else 0), (t, spans)
+
+
+def test_stats_take_an_hour_and_subtract_what_lies_outside_the_range(store):
+    """since at minute 10 reads the hour and takes its first 10 minutes
+    away (50 minutes would be added the other way round): still exact."""
+    store.ingest([make_entry(i, tsMs=BASE + i * 97_003,
+                             durationMs=i % 40) for i in range(200)])
+    since, until = BASE + 10 * 60_000 + 123, BASE + 3 * HOUR + 10 * 60_000 + 7
+    assert any(sign < 0 for *_, sign in rollup.signed_spans(since, until))
+    for scope in ({}, {"projectId": "proj_1"}, {"projectId": "proj_1", "containerId": "cnt_2"}):
+        got = store.page(STATS, since=since, until=until, **scope)
+        assert got["total"] > 0
+        assert_stats(got, truth(scope.get("projectId"), scope.get("containerId"), since, until))
+        page = store.page(since=since, until=until, level="error", limit=1, **scope)
+        assert page["totalExact"] and page["total"] == got["byLevel"].get("error", 0)
 
 
 def test_stats_has_every_breakdown(store):

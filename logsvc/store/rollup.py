@@ -27,7 +27,7 @@ route). Subtraction cannot lower a maximum by itself: after retention,
 the rows whose `lat_max` may have been a removed entry's are recomputed
 from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 """
-from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES
+from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
 from . import db, sketch
 
@@ -338,23 +338,78 @@ def split_range(low, high, units_ms):
 # so an answer is exact to the millisecond while the rows read stay about
 # scopes × (hours + 2 × 59 minutes), whatever the length of the range.
 
-_WHOLE = 2**62
+_WHOLE = 2**62 // HOUR_MS * HOUR_MS  # "no end", on an hour boundary
 
 
 def counted(project_id=None, container_id=None, since=None, until=None):
     """(sql, params) of rows (project_id, container_id, service_name,
     <COUNT_COLUMNS>) whose sums count exactly the entries of the scope with
-    since <= ts_ms < until (None: unbounded), or None when none can match."""
+    since <= ts_ms < until (None: unbounded), or None when none can match.
+    Rows of a span that `signed_spans` subtracts come with their counts
+    negated."""
+    if since is None and until is None:
+        spans = [("total", None, None, 1)]
+    else:
+        spans = signed_spans(0 if since is None else since,
+                             _WHOLE if until is None else until,
+                             now_ms() if until is None else None)
     parts = []
-    for unit, start, end in _spans(since, until, (HOUR_MS, MINUTE_MS)):
+    for unit, start, end, sign in spans:
         if unit is None:
-            parts.append(_entry_part(start, end, project_id, container_id))
+            sql, params = _entry_part(start, end, project_id, container_id)
         else:
-            parts.append(_tier_part(_SCOPE_TIER[unit], start, end, project_id, container_id))
+            sql, params = _tier_part(_SCOPE_TIER[unit], start, end, project_id, container_id,
+                                     select=None if sign > 0 else _NEGATED)
+        parts.append((sql, params))
     if not parts:
         return None
     return (" UNION ALL ".join(sql for sql, _ in parts),
             [p for _, part_params in parts for p in part_params])
+
+
+_NEGATED = ", ".join((*ROLLUP_DIMENSIONS, *(f"-{c} AS {c}" for c in COUNT_COLUMNS)))
+# What reading a unit of each tier costs, in minute rows (an hour holds
+# more scopes than a minute: about ten times as many at a thousand busy
+# scopes), and a minute read from `entry`.
+_UNIT_COST = {HOUR_MS: 10, MINUTE_MS: 1}
+_RAW_COST = 2
+
+
+def signed_spans(low, high, horizon=None, units=(HOUR_MS, MINUTE_MS)):
+    """[low, high) as the cheapest sum of spans [(unit or None for raw,
+    start, end, sign)]: whole units added, and, where it reads fewer rows,
+    a whole unit taken and the part of it outside the range subtracted (an
+    hour minus its first minutes, rather than the minutes after them).
+    Starts and ends count units (epoch ms for raw spans). Counts are sums,
+    so subtraction is exact. With a `horizon` (now, for a range without an
+    end), what lies after it is taken to hold nothing."""
+    return _cheapest(low, high, _WHOLE * 2 if horizon is None else horizon, units)[1]
+
+
+def _cheapest(low, high, now, units):
+    """(cost, spans) of the cheapest plan for [low, high)."""
+    if high <= low:
+        return 0, []
+    if not units:
+        minutes = -(-(min(high, now) - low) // MINUTE_MS)
+        return _RAW_COST * max(0, minutes), [(None, low, high, 1)]
+    unit, finer = units[0], units[1:]
+    best = _cheapest(low, high, now, finer)
+    for first in {low // unit, -(-low // unit)}:
+        for end in {high // unit, -(-high // unit)}:
+            if end <= first:
+                continue
+            cost = _UNIT_COST[unit] * max(0, min(end, now // unit + 1) - first)
+            spans = [(unit, first, end, 1)]
+            for a, b, sign in ((low, first * unit, 1), (first * unit, low, -1),
+                               (end * unit, high, 1), (high, end * unit, -1)):
+                if a < b:
+                    part_cost, part = _cheapest(a, b, now, finer)
+                    cost += part_cost
+                    spans += [(u, s, e, sign * g) for u, s, e, g in part]
+            if best is None or cost < best[0]:
+                best = (cost, spans)
+    return best
 
 
 # The tier of each unit of `_spans`.
