@@ -10,7 +10,9 @@ and the breakdowns.
   minutes around them from `rollup_minute`, and the partial minutes at
   either end straight from `entry` through its `ts_ms` index, so the answer
   is exact to the millisecond while the rows read stay about
-  (scopes × (hours + 2 × 59 minutes)), whatever the length of the range.
+  (scopes × (hours + 2 × 30 minutes)), whatever the length of the range:
+  where an edge lies in the first half of its hour, the whole hour is read
+  and the minutes before the edge are subtracted (rollup.signed_spans).
 
 The database does the summing; Python only shapes the answer, so the cost
 follows the size of the answer (the number of projects, containers and
