@@ -47,6 +47,10 @@ def found(store, **params):
     ("connection -timeout", [2, 5]),
     ("connection NOT reset", [3]),
     ("widget 59", [2]),
+    ('connection -"connection reset"', [3, 5]),  # a phrase left out, not its words
+    ('"connection res"*', [2]),                 # a phrase ending in a prefix
+    ('"reset connection" OR zanzibar', [4, 5]),
+    ('"users 43" connection', [3]),
 ])
 def test_q_finds_words_and_phrases_in_url_bodies_and_data(searchable, q, ids):
     assert found(searchable, q=q) == ids
@@ -118,7 +122,13 @@ def test_the_parser_and_the_predicate_agree_with_the_syntax():
         fulltext.Group((fulltext.Phrase(("a", "b")), fulltext.Phrase(("c",), True)),
                        (fulltext.Phrase(("d",)),)),
         fulltext.Group((fulltext.Phrase(("e",)),)))
-    assert fulltext.to_fts5(groups) == '(("a b" AND "c" *) NOT ("d")) OR ("e")'
+    # SQLite's index keeps no positions: a phrase is all of its words there,
+    # and the candidates are checked against their documents.
+    assert fulltext.to_fts5(groups) == '(("a" AND "b" AND "c" *) NOT ("d")) OR ("e")'
+    assert not fulltext.exact_in_index(groups)
+    assert fulltext.exact_in_index(fulltext.parse("c* -d OR e"))
+    assert fulltext.check('"a b" c* -d OR e', "/x", "a b", '{"k": "cat"}') == 1
+    assert fulltext.check('"a b" c* -d OR e', "/x", "b a", '{"k": "cat"}') == 0
     assert fulltext.to_tsquery(groups) == "(('a' <-> 'b') & ('c':*) & !('d')) | (('e'))"
     assert fulltext.matches(groups, "x a b cat") and not fulltext.matches(groups, "a b cat d")
     assert fulltext.matches(groups, "e d") and not fulltext.matches(groups, "b a cat")

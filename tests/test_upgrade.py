@@ -1,6 +1,6 @@
 """A store written by the previous version opens in place: counters and
 bodies answer exactly as before."""
-from logsvc.store import db, models
+from logsvc.store import db, fulltext, models
 from logsvc.testing import Store, make_entry
 
 LOGS = "/api/proxy-logs/_logs"
@@ -146,3 +146,37 @@ def test_the_migrate_command_upgrades_a_store_before_the_server_starts(make_app,
     assert db.call(lambda: db.database.table_exists("ingest_key"))
     assert db.call(lambda: db.execute(
         "SELECT count(*) FROM entry WHERE duration_ms IS NOT NULL").fetchone()) == (5,)
+
+
+def make_version_5():
+    """Turn this store back into what version 5 wrote: on SQLite, a
+    full-text index with positions."""
+    if not db.is_postgres():
+        db.execute("DROP TABLE entry_fts")
+        db.execute("CREATE VIRTUAL TABLE entry_fts USING fts5(doc, content='', "
+                   "tokenize='unicode61 remove_diacritics 0')")
+        fulltext.rebuild()
+    models.Meta.update(value="5").where(models.Meta.key == "schema_version").execute()
+
+
+def test_a_version_5_store_gets_its_full_text_index_again_without_positions(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    store.ingest([make_entry(i, responseBody=f"order {i} shipped to warehouse {i % 4}")
+                  for i in range(40)])
+    questions = ['"warehouse 3"', '"shipped order"', "order -warehouse", "items/7*",
+                 '"order 12" OR "to warehouse 1"']
+    before = [store.page(LOGS, q=q, limit=100) for q in questions]
+    assert [len(page["entries"]) for page in before] == [10, 0, 0, 1, 11]
+    db.call(make_version_5)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    assert [store.page(LOGS, q=q, limit=100) for q in questions] == before
+    if not db.is_postgres():
+        (sql,) = db.call(lambda: db.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'entry_fts'").fetchone())
+        assert "detail=none" in sql
+    # Entries stored after the upgrade are found with those before.
+    store.ingest([make_entry(99, responseBody="shipped to warehouse 3")])
+    assert store.page(LOGS, q='"warehouse 3"')["total"] == 11

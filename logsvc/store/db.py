@@ -192,9 +192,13 @@ def init(config):
                 str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
                 check_same_thread=False,
             )
-        from . import sketch  # the latency counters' merge (PostgreSQL: models.py)
+        from . import fulltext, sketch
 
+        # The latency counters' merge (PostgreSQL: models.py), and the
+        # check of phrases against documents (fulltext.py).
         bound.register_function(sketch.merge_stored, "logsvc_sketch_add", 2, deterministic=True)
+        bound.register_function(fulltext.check, "logsvc_fts_check", 4, deterministic=True)
+        bound.register_function(fulltext.stored_bodies, "logsvc_bodies", 4, deterministic=True)
         postgres = False
     # peewee serialises connect/close with a threading.Lock, which is
     # gevent's once gevent has patched threading: shared between database

@@ -25,8 +25,14 @@ Indexes (see `create`):
 - SQLite: `entry_fts`, an FTS5 table without content (the documents are
   not stored twice), rowid = entry id. FTS5 tokenizes with `unicode61`
   (letters and digits, lowercased, diacritics kept), the same rule as
-  `words`. Deleting a row of such a table needs its document again, so
-  retention rebuilds the documents of what it deletes (`delete_sqlite`).
+  `words`. It keeps which entries hold a word, not where (`detail=none`):
+  a third of the size of an index with positions. Words and prefixes are
+  answered by the index alone; a phrase of several words finds the entries
+  that hold all its words through the index, and those are then checked
+  against their documents for the words in order (`logsvc_fts_check`,
+  registered on every connection). Deleting a row of such a table needs
+  its document again, so retention rebuilds the documents of what it
+  deletes (`delete_sqlite`).
 - PostgreSQL: `entry_body.doc`, a tsvector of the words (built here, not by
   a text search configuration, so that both engines split text the same
   way), under a GIN index; every entry has an `entry_body` row. Retention
@@ -37,6 +43,7 @@ it holds in memory without bodies; a subscription with `q` reads its
 entries from the database instead (see tail.py).
 """
 import dataclasses
+import functools
 import re
 
 from . import db
@@ -112,17 +119,44 @@ def _group(positive, negative):
 
 
 def to_fts5(groups):
-    """The FTS5 MATCH expression of parsed `groups`."""
-    def phrase(p):
-        return '"' + " ".join(p.words) + '"' + (" *" if p.prefix else "")
+    """The FTS5 MATCH expression of parsed `groups` for an index without
+    positions: a phrase is all of its words. Exact when every phrase is one
+    word (`exact_in_index`); otherwise it selects candidates that `check`
+    narrows down (a negative phrase of several words is left to `check`)."""
+    def all_words(p):
+        quoted = [f'"{w}"' for w in p.words]
+        if p.prefix:
+            quoted[-1] += " *"
+        return " AND ".join(quoted)
 
     parts = []
     for group in groups:
-        text = " AND ".join(phrase(p) for p in group.positive)
-        if group.negative:
-            text = f"({text}) NOT ({' OR '.join(phrase(p) for p in group.negative)})"
+        text = " AND ".join(all_words(p) for p in group.positive)
+        negative = [all_words(p) for p in group.negative if len(p.words) == 1]
+        if negative:
+            text = f"({text}) NOT ({' OR '.join(negative)})"
         parts.append(f"({text})")
     return " OR ".join(parts)
+
+
+def exact_in_index(groups):
+    return all(len(p.words) == 1 for g in groups for p in (*g.positive, *g.negative))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(q):
+    return parse(q)
+
+
+def check(q, url, bodies, data):
+    """1 when an entry's document matches `q` (SQL: logsvc_fts_check)."""
+    return int(matches(_parsed(q), document(url, bodies, None, data)))
+
+
+def stored_bodies(request_body, request_body_z, response_body, response_body_z):
+    """An entry_body row's bodies as one text (SQL: logsvc_bodies)."""
+    return document(None, unpack_body(request_body, request_body_z),
+                    unpack_body(response_body, response_body_z), None) or None
 
 
 def to_tsquery(groups):
@@ -179,7 +213,12 @@ def where_sql(q):
         # usual search: an id, an email) reads the whole partition.
         return ("e.id = ANY(ARRAY(SELECT entry_id FROM entry_body "
                 "WHERE doc @@ CAST(? AS tsquery)))", [to_tsquery(groups)])
-    return "e.id IN (SELECT rowid FROM entry_fts WHERE entry_fts MATCH ?)", [to_fts5(groups)]
+    found = "e.id IN (SELECT rowid FROM entry_fts WHERE entry_fts MATCH ?)"
+    if exact_in_index(groups):
+        return found, [to_fts5(groups)]
+    return (f"{found} AND logsvc_fts_check(?, e.url, (SELECT logsvc_bodies(b.request_body, "
+            "b.request_body_z, b.response_body, b.response_body_z) FROM entry_body b "
+            "WHERE b.entry_id = e.id), e.data) = 1", [to_fts5(groups), q])
 
 
 # --- the index -------------------------------------------------------------------
@@ -190,8 +229,23 @@ def create():
         db.execute("ALTER TABLE entry_body ADD COLUMN IF NOT EXISTS doc tsvector")
         db.execute("CREATE INDEX IF NOT EXISTS entry_body_doc ON entry_body USING GIN (doc)")
     else:
-        db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS entry_fts USING fts5("
-                   "doc, content='', tokenize='unicode61 remove_diacritics 0')")
+        db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS entry_fts USING {_FTS5}")
+
+
+# Without content, positions or per-document sizes (no ranking is done).
+_FTS5 = ("fts5(doc, content='', detail=none, columnsize=0, "
+         "tokenize='unicode61 remove_diacritics 0')")
+
+
+def recreate_sqlite():
+    """Index every stored entry again in an index of today's layout, if the
+    one there is of an earlier one (SQLite; the upgrade to schema 6)."""
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'entry_fts'").fetchone()
+    if "detail=none" in sql:
+        return
+    db.execute("DROP TABLE entry_fts")
+    create()
+    rebuild()
 
 
 def insert_sqlite(rows):

@@ -40,7 +40,7 @@ from . import db, fulltext, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class BaseModel(peewee.Model):
@@ -469,9 +469,16 @@ def _v3_to_v4():
     rollup.rebuild()
 
 
+def _v5_to_v6():
+    # Version 6's full-text index on SQLite keeps no positions (see
+    # fulltext.py): the index is made again. PostgreSQL's is unchanged.
+    if not db.is_postgres():
+        fulltext.recreate_sqlite()
+
+
 # Migrations from version N to N+1, each run in one transaction.
 # v5 added the ingest_key table, which create_tables makes.
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
 _PG_SKETCH_ADD = """
