@@ -42,6 +42,7 @@ from logsvc import entry, runtime
 
 from . import db, fulltext, partitions, rollup, sketch, wal
 from .bodies import pack_body
+from .bodies import prepare as prepare_bodies
 from .db import database
 from .models import IdSequence
 
@@ -342,6 +343,7 @@ def _write(entries, keys=()):
     """Insert a batch in one transaction; return its first and last id.
     `keys`: (offset in the batch, IdempotencyKey) of its keyed requests."""
     try:
+        prepare_bodies()  # the store's compression dictionary, once
         written = _write_batch(entries, keys)
     except BaseException as exc:
         if db.is_postgres():

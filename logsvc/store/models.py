@@ -7,8 +7,9 @@
   and `entry_body` are partitioned by id range (see partitions.py).
 - `EntryBody`: captured request/response bodies, kept apart so scans of
   `entry` never read them. A body of BODY_COMPRESS_FROM bytes or more is
-  kept zlib-compressed in the `_z` column (about a third of its size for
-  JSON), a shorter one as text (see bodies.py). On PostgreSQL every entry
+  kept zstd-compressed in the `_z` column (with the store's dictionary,
+  `BodyDictionary`: about a fifth of its size for JSON), a shorter one as
+  text (see bodies.py). On PostgreSQL every entry
   has a row, whose `doc` is its full-text index entry (see fulltext.py).
 - `RollupTotal` / `RollupHour` / `RollupMinute`: entry counts per
   (project, container, service), all time, per hour and per minute, and
@@ -27,6 +28,7 @@
 - `ApiToken`, `User`, `Session`, `WsToken`: the scoped callers, browser
   sessions and WebSocket tickets (secrets kept only as digests or slow
   hashes).
+- `BodyDictionary`: the zstd dictionaries bodies are compressed with.
 - `DestroyedScope`: containers destroyed by the operator.
 - `PruneLog`: the id ranges retention removed, and when.
 """
@@ -361,6 +363,14 @@ class IngestKey(BaseModel):
         primary_key = peewee.CompositeKey("scope", "key")
 
 
+class BodyDictionary(BaseModel):
+    """The zstd dictionaries that stored bodies were compressed with (see
+    bodies.py): written once, never changed or removed."""
+    id = peewee.BigIntegerField(primary_key=True)  # the dictionary's own id
+    created_ms = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+
 class DestroyedScope(BaseModel):
     project_id = peewee.TextField()
     container_id = peewee.TextField()
@@ -379,7 +389,8 @@ class PruneLog(BaseModel):
 
 
 ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
-              ApiToken, User, Session, WsToken, IngestKey, DestroyedScope, PruneLog)
+              ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, DestroyedScope,
+              PruneLog)
 
 
 def _v1_to_v2():
@@ -477,7 +488,8 @@ def _v5_to_v6():
 
 
 # Migrations from version N to N+1, each run in one transaction.
-# v5 added the ingest_key table, which create_tables makes.
+# v5 added the ingest_key table and v6 body_dictionary, which create_tables
+# makes.
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
