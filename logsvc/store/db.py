@@ -119,6 +119,19 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                 pass
 
 
+# SQL functions of ours that SQLite connections have (see sqlite_function).
+SQLITE_FUNCTIONS = {}
+
+
+def sqlite_function(name, arity):
+    """Register the decorated function as the SQL function `name` on every
+    SQLite store opened after (the modules that use one define it)."""
+    def register(fn):
+        SQLITE_FUNCTIONS[name] = (fn, arity)
+        return fn
+    return register
+
+
 def os_lock():
     """A lock of the operating system, also when gevent has patched
     `threading`: the database threads are real threads, and a gevent lock
@@ -192,13 +205,11 @@ def init(config):
                 str(path), pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE",
                 check_same_thread=False,
             )
-        from . import fulltext, sketch
+        from . import sketch  # the latency counters' merge (PostgreSQL: models.py)
 
-        # The latency counters' merge (PostgreSQL: models.py), and the
-        # check of phrases against documents (fulltext.py).
         bound.register_function(sketch.merge_stored, "logsvc_sketch_add", 2, deterministic=True)
-        bound.register_function(fulltext.check, "logsvc_fts_check", 4, deterministic=True)
-        bound.register_function(fulltext.stored_bodies, "logsvc_bodies", 4, deterministic=True)
+        for name, (fn, arity) in SQLITE_FUNCTIONS.items():
+            bound.register_function(fn, name, arity, deterministic=True)
         postgres = False
     # peewee serialises connect/close with a threading.Lock, which is
     # gevent's once gevent has patched threading: shared between database

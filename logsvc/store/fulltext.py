@@ -148,11 +148,13 @@ def _parsed(q):
     return parse(q)
 
 
+@db.sqlite_function("logsvc_fts_check", 4)
 def check(q, url, bodies, data):
     """1 when an entry's document matches `q` (SQL: logsvc_fts_check)."""
     return int(matches(_parsed(q), document(url, bodies, None, data)))
 
 
+@db.sqlite_function("logsvc_bodies", 4)
 def stored_bodies(request_body, request_body_z, response_body, response_body_z):
     """An entry_body row's bodies as one text (SQL: logsvc_bodies)."""
     return document(None, unpack_body(request_body, request_body_z),
