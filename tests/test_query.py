@@ -239,3 +239,17 @@ def test_reference_internal_paths_are_404(client, admin, path):
     response = client.get(LOGS + path, headers=admin)
     assert response.status_code == 404
     assert response.json["statusCode"] == 404
+
+
+def test_trace_ids_that_share_their_last_characters_stay_apart(store):
+    """SQLite's trace index holds the ids' last characters: ids alike there
+    (or shorter than that) are still told apart whole."""
+    tail = "0123456789abcdef"
+    ids = [f"a{tail}", f"b{tail}", tail, "é" + tail[-11:], "x", f"a{tail}"]
+    store.ingest([make_entry(i, traceId=trace) for i, trace in enumerate(ids)])
+    for trace in set(ids):
+        page = store.page(traceId=trace, order="desc")
+        assert [e["id"] for e in page["entries"]] == [
+            i + 1 for i in reversed(range(len(ids))) if ids[i] == trace]
+        assert page["total"] == ids.count(trace)
+    assert store.page(traceId=tail[-12:])["entries"] == []

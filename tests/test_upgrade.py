@@ -152,6 +152,8 @@ def make_version_5():
     """Turn this store back into what version 5 wrote: on SQLite, a
     full-text index with positions."""
     if not db.is_postgres():
+        db.execute("DROP INDEX entry_trace_id_tail")
+        db.execute("CREATE INDEX entry_trace_id ON entry (trace_id)")
         db.execute("DROP TABLE entry_fts")
         db.execute("CREATE VIRTUAL TABLE entry_fts USING fts5(doc, content='', "
                    "tokenize='unicode61 remove_diacritics 0')")
@@ -177,6 +179,10 @@ def test_a_version_5_store_gets_its_full_text_index_again_without_positions(make
         (sql,) = db.call(lambda: db.execute(
             "SELECT sql FROM sqlite_master WHERE name = 'entry_fts'").fetchone())
         assert "detail=none" in sql
+        indexes = {name for (name,) in db.call(lambda: db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'").fetchall())}
+        assert "entry_trace_id_tail" in indexes and "entry_trace_id" not in indexes
+    assert [e["id"] for e in store.page(LOGS, traceId="trace-3")["entries"]] == [7, 8]
     # Entries stored after the upgrade are found with those before.
     store.ingest([make_entry(99, responseBody="shipped to warehouse 3")])
     assert store.page(LOGS, q='"warehouse 3"')["total"] == 11

@@ -40,6 +40,7 @@ from logsvc.entry import coerce_duration, derive_route
 
 from . import db, fulltext, rollup, sketch
 from .db import database
+from .filters import TRACE_TAIL_SQL
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
 SCHEMA_VERSION = 6
@@ -88,7 +89,6 @@ class Entry(BaseModel):
             (("status", "id"), False),
             (("method", "id"), False),
             (("client_ip", "id"), False),
-            (("trace_id",), False),
             (("ts_ms",), False),
         )
 
@@ -480,10 +480,22 @@ def _v3_to_v4():
     rollup.rebuild()
 
 
+def _create_trace_index():
+    # `traceId=` (filters.TraceEquals): SQLite indexes the ids' last
+    # characters, PostgreSQL whole ids.
+    if db.is_postgres():
+        db.execute("CREATE INDEX IF NOT EXISTS entry_trace_id ON entry (trace_id)")
+    else:
+        db.execute("CREATE INDEX IF NOT EXISTS entry_trace_id_tail ON entry "
+                   f"({TRACE_TAIL_SQL.format('')})")
+
+
 def _v5_to_v6():
-    # Version 6's full-text index on SQLite keeps no positions (see
-    # fulltext.py): the index is made again. PostgreSQL's is unchanged.
+    # Version 6 on SQLite: a full-text index without positions (see
+    # fulltext.py), made again, and the trace index of ids' tails, which
+    # _create_trace_index has made. PostgreSQL's are unchanged.
     if not db.is_postgres():
+        db.execute("DROP INDEX IF EXISTS entry_trace_id")
         fulltext.recreate_sqlite()
 
 
@@ -560,6 +572,7 @@ def create_schema(partition_rows=1_000_000):
             db.execute(_PG_SKETCH_ADD)
         _add_v4_columns()
         database.create_tables(ALL_MODELS, safe=True)
+        _create_trace_index()
         fulltext.create()
         if postgres:
             # Partitions are dropped whole by retention, bodies with their
