@@ -166,6 +166,9 @@ def test_stats_take_an_hour_and_subtract_what_lies_outside_the_range(store):
     store.ingest([make_entry(i, tsMs=BASE + i * 97_003,
                              durationMs=i % 40) for i in range(200)])
     since, until = BASE + 10 * 60_000 + 123, BASE + 3 * HOUR + 10 * 60_000 + 7
+    # Beside the edges: in the part of a minute subtracted, and just inside.
+    store.ingest([make_entry(i, tsMs=ts, level="error") for i, ts in enumerate(
+        (since - 100, since - 1, since, since + 50, until - 1, until, until + 3))])
     assert any(sign < 0 for *_, sign in rollup.signed_spans(since, until))
     for scope in ({}, {"projectId": "proj_1"}, {"projectId": "proj_1", "containerId": "cnt_2"}):
         got = store.page(STATS, since=since, until=until, **scope)

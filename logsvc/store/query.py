@@ -162,7 +162,7 @@ def _count(filters, cap=None):
     if pushed is not None:
         column, where, params = pushed
         source = rollup.counted(filters.project_id, filters.container_id,
-                                filters.since, filters.until)
+                                filters.since, filters.until, keys=bool(filters.service_names))
         if source is None:
             return 0, True
         (n,) = db.execute(

@@ -341,12 +341,15 @@ def split_range(low, high, units_ms):
 _WHOLE = 2**62 // HOUR_MS * HOUR_MS  # "no end", on an hour boundary
 
 
-def counted(project_id=None, container_id=None, since=None, until=None):
+def counted(project_id=None, container_id=None, since=None, until=None, keys=True):
     """(sql, params) of rows (project_id, container_id, service_name,
     <COUNT_COLUMNS>) whose sums count exactly the entries of the scope with
     since <= ts_ms < until (None: unbounded), or None when none can match.
     Rows of a span that `signed_spans` subtracts come with their counts
-    negated."""
+    negated. With keys=False the rows may lack the key columns: without a
+    scope they are then read from the all-scope tiers."""
+    every_scope = not keys and project_id is None and container_id is None
+    names = _ALL_TIER if every_scope else _SCOPE_TIER
     if since is None and until is None:
         spans = [("total", None, None, 1)]
     else:
@@ -356,10 +359,15 @@ def counted(project_id=None, container_id=None, since=None, until=None):
     parts = []
     for unit, start, end, sign in spans:
         if unit is None:
-            sql, params = _entry_part(start, end, project_id, container_id)
+            sql, params = _entry_part(start, end, project_id, container_id,
+                                      ENTRY_COUNTS if every_scope else ENTRY_AS_COUNTERS)
+            if sign < 0:
+                sql = f"SELECT {_NEGATED_COUNTS if every_scope else _NEGATED} FROM ({sql}) AS raw"
         else:
-            sql, params = _tier_part(_SCOPE_TIER[unit], start, end, project_id, container_id,
-                                     select=None if sign > 0 else _NEGATED)
+            select = (_COUNTS if sign > 0 else _NEGATED_COUNTS) if every_scope else (
+                None if sign > 0 else _NEGATED)
+            sql, params = _tier_part(names[unit], start, end, project_id, container_id,
+                                     select=select)
         parts.append((sql, params))
     if not parts:
         return None
@@ -367,7 +375,8 @@ def counted(project_id=None, container_id=None, since=None, until=None):
             [p for _, part_params in parts for p in part_params])
 
 
-_NEGATED = ", ".join((*ROLLUP_DIMENSIONS, *(f"-{c} AS {c}" for c in COUNT_COLUMNS)))
+_NEGATED_COUNTS = ", ".join(f"-{c} AS {c}" for c in COUNT_COLUMNS)
+_NEGATED = f"{_KEYS}, {_NEGATED_COUNTS}"
 # What reading a unit of each tier costs, in minute rows (an hour holds
 # more scopes than a minute: about ten times as many at a thousand busy
 # scopes), and a minute read from `entry`.
@@ -446,6 +455,9 @@ ENTRY_AS_COUNTERS = (
     + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
     + " FROM entry e"
 )
+# The same without the scope keys.
+ENTRY_COUNTS = ("SELECT " + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
+                + " FROM entry e")
 assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
            (("level", LEVELS), ("kind", KINDS), ("status", STATUS_CLASSES),
             ("source", SOURCES)) for v in vs)
@@ -475,9 +487,9 @@ def _raw_where(low, high, project_id, container_id):
     return " AND ".join(where), params
 
 
-def _entry_part(low, high, project_id, container_id):
+def _entry_part(low, high, project_id, container_id, select):
     where, params = _raw_where(low, high, project_id, container_id)
-    return f"{ENTRY_AS_COUNTERS} WHERE {where}", params
+    return f"{select} WHERE {where}", params
 
 
 def scope_where(project_id, container_id, indexed=True):

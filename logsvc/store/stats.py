@@ -69,7 +69,10 @@ def summary(filters, top_routes=TOP_ROUTES):
     def run():
         if from_counters(f):
             scope = (f.project_id, f.container_id, f.since, f.until)
-            result = _summarize(rollup.counted(*scope))
+            # The total and its breakdowns by level, kind, status and source
+            # need no scope keys: unscoped, they come from the all-scope
+            # tiers (a row per minute or hour, not one per scope).
+            result = _summarize(rollup.counted(*scope), rollup.counted(*scope, keys=False))
             counts, longest = rollup.latency(*scope)
             routes = rollup.routes(*scope)
         else:
@@ -112,11 +115,24 @@ def histogram(bucket, filters):
     return db.call(_histogram, bucket, since, until, filters)
 
 
-def _summarize(source):
+def _summarize(source, totals=None):
+    """The summary of the rows of `source` (sql, params); with `totals`,
+    the total row is summed from that instead (the same entries without
+    their scope keys), and `source` gives only the key breakdowns."""
     result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
     if source is None:
         return result
-    rows = db.execute(_SUMMARY_SQL.format(source=source[0]), source[1]).fetchall()
+    if totals is None:
+        rows = db.execute(_SUMMARY_SQL.format(source=source[0]), source[1]).fetchall()
+    else:
+        rows = db.execute(_TOTAL_SQL.format(totals=totals[0]), totals[1]).fetchall()
+        # One row per scope (as many as the breakdowns have keys): summed
+        # into the three breakdowns here, cheaper than three GROUP BYs.
+        breakdowns = [result[name] for name in _KEY_BREAKDOWNS]
+        for *keys, n in db.execute(_PER_SCOPE_SQL.format(source=source[0]), source[1]):
+            for into, key in zip(breakdowns, keys):
+                if key:
+                    into[key] = into.get(key, 0) + n
     for kind, key, *counts in rows:
         if kind == "total":
             result["total"] = counts[0] or 0
@@ -129,20 +145,30 @@ def _summarize(source):
     return result
 
 
+_SUMS = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
+
+
+def _key_selects(table):
+    blanks = ", ".join("NULL" for _ in COUNT_COLUMNS[1:])
+    return [f"SELECT '{name}', {key}, CAST(SUM(n) AS BIGINT), {blanks} FROM {table} "
+            f"WHERE {key} <> '' GROUP BY {key} HAVING SUM(n) > 0"
+            for name, key in _KEY_BREAKDOWNS.items()]
+
+
 def _summary_sql():
     """One statement: the source summed per scope once (MATERIALIZED), then
     the total row and the three key breakdowns from those sums."""
     per_scope = ", ".join(f"SUM({c}) AS {c}" for c in COUNT_COLUMNS)
-    sums = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
-    blanks = ", ".join("NULL" for _ in COUNT_COLUMNS[1:])
-    selects = [f"SELECT 'total', '', {sums} FROM scoped"]
-    for name, key in _KEY_BREAKDOWNS.items():
-        selects.append(f"SELECT '{name}', {key}, CAST(SUM(n) AS BIGINT), {blanks} FROM scoped "
-                       f"WHERE {key} <> '' GROUP BY {key} HAVING SUM(n) > 0")
+    selects = [f"SELECT 'total', '', {_SUMS} FROM scoped", *_key_selects("scoped")]
     return (f"WITH scoped AS MATERIALIZED (SELECT {_KEYS}, {per_scope} "
             f"FROM ({{source}}) AS counted GROUP BY {_KEYS}) " + " UNION ALL ".join(selects))
 
 
+# With the total read apart (from the all-scope tiers when there is no
+# scope): summing one column per scope costs a fifth of summing all of them.
+_TOTAL_SQL = f"SELECT 'total', '', {_SUMS} FROM ({{totals}}) AS totals"
+_PER_SCOPE_SQL = (f"SELECT {_KEYS}, CAST(SUM(n) AS BIGINT) FROM ({{source}}) AS counted "
+                  f"GROUP BY {_KEYS} HAVING SUM(n) > 0")
 _SUMMARY_SQL = _summary_sql()
 
 
