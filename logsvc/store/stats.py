@@ -14,7 +14,10 @@ and the breakdowns.
   where an edge lies in the first half of its hour, the whole hour is read
   and the minutes before the edge are subtracted (rollup.signed_spans).
 
-The database does the summing; Python only shapes the answer, so the cost
+The database does the summing: the total and its level, kind, status and
+source breakdowns in one row (from the all-scope tiers when no scope is
+asked for), the entry count of each scope in one row per scope, which
+Python adds into the project, container and service breakdowns. The cost
 follows the size of the answer (the number of projects, containers and
 services in it), not the number of entries.
 
