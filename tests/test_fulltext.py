@@ -89,6 +89,9 @@ def test_retention_and_clear_remove_entries_from_the_index(make_app, store):
     assert found(store, q="word3") == []
     if not db.is_postgres():
         assert fts_rowids("word3") == [] and fts_rowids("v1") == []
+        # ... and the lookup index of trace ids and addresses too.
+        assert db.call(lambda: db.execute("SELECT count(*) FROM entry_keys WHERE entry_keys "
+                                          "MATCH '\"i0a000003\"'").fetchone()) == (0,)
     store.ingest([make_entry(9, url="/v1/word3")])
     assert len(found(store, q="word3")) == 1
 

@@ -3,8 +3,8 @@ import orjson
 import pytest
 
 from logsvc import entry as domain
-from logsvc.store import db, query
-from logsvc.testing import LOGS, make_entry
+from logsvc.store import db, query, retention
+from logsvc.testing import LOGS, Store, make_entry
 from schemas.entries import entries_schema
 
 N = 60
@@ -242,10 +242,12 @@ def test_reference_internal_paths_are_404(client, admin, path):
 
 
 def test_trace_ids_that_share_their_last_characters_stay_apart(store):
-    """SQLite's trace index holds the ids' last characters: ids alike there
-    (or shorter than that) are still told apart whole."""
+    """SQLite's lookup index holds the ids' last letters and digits: ids
+    alike there (or shorter than that, or with none) are still told apart
+    whole."""
     tail = "0123456789abcdef"
-    ids = [f"a{tail}", f"b{tail}", tail, "é" + tail[-11:], "x", f"a{tail}"]
+    ids = [f"a{tail}", f"b{tail}", tail, "é" + tail[-11:], "x", f"a{tail}", "--", "-",
+           tail.upper()]
     store.ingest([make_entry(i, traceId=trace) for i, trace in enumerate(ids)])
     for trace in set(ids):
         page = store.page(traceId=trace, order="desc")
@@ -253,3 +255,23 @@ def test_trace_ids_that_share_their_last_characters_stay_apart(store):
             i + 1 for i in reversed(range(len(ids))) if ids[i] == trace]
         assert page["total"] == ids.count(trace)
     assert store.page(traceId=tail[-12:])["entries"] == []
+
+
+def test_client_addresses_are_found_exactly_and_leave_the_index_with_their_entries(
+        make_app):
+    app = make_app(max_rows=6, retention_days=0)
+    store = Store(app.test_client())
+    addresses = ["10.0.0.1", "10.0.0.10", "2001:db8::1", "2001:DB8::1", "::ffff:10.0.0.1",
+                 "unix-socket", "10.0.0.1", "fe80::1%eth0", "010.000.000.001"]
+    store.ingest([make_entry(i, clientIp=ip) for i, ip in enumerate(addresses)])
+    for ip in set(addresses):
+        page = store.page(clientIp=ip)
+        assert [e["id"] for e in page["entries"]] == [
+            i + 1 for i, other in enumerate(addresses) if other == ip], ip
+    retention.prune(app.extensions["logsvc"].config)  # keeps the newest 6
+    assert [e["id"] for e in store.page(clientIp="10.0.0.1")["entries"]] == [7]
+    if not db.is_postgres():  # nothing of the removed entries stays indexed
+        left = db.call(lambda: db.execute(
+            "SELECT rowid FROM entry_keys WHERE entry_keys MATCH ? ORDER BY rowid",
+            ('"i0a000001"',)).fetchall())
+        assert left == [(7,)]

@@ -25,8 +25,8 @@ def make_version_3():
     else:
         db.execute("UPDATE entry SET data = json_set(data, '$.durationMs', duration_ms) "
                    "WHERE duration_ms IS NOT NULL")
-    db.execute("DROP INDEX entry_duration_ms")
-    db.execute("DROP INDEX entry_project_id_duration_ms")
+    db.execute("DROP INDEX entry_lat_bucket_id")
+    db.execute("DROP INDEX entry_project_id_lat_bucket_id")
     for column in ("duration_ms", "route", "lat_bucket"):
         db.execute(f"ALTER TABLE entry DROP COLUMN {column}")
     for table in ("rollup_minute", "rollup_hour", "rollup_total", "rollup_minute_all"):
@@ -149,11 +149,17 @@ def test_the_migrate_command_upgrades_a_store_before_the_server_starts(make_app,
 
 
 def make_version_5():
-    """Turn this store back into what version 5 wrote: on SQLite, a
-    full-text index with positions."""
+    """Turn this store back into what version 5 wrote: duration indexes;
+    on SQLite, a full-text index with positions and b-trees of trace ids
+    and client addresses."""
+    db.execute("DROP INDEX entry_lat_bucket_id")
+    db.execute("DROP INDEX entry_project_id_lat_bucket_id")
+    db.execute("CREATE INDEX entry_duration_ms ON entry (duration_ms) "
+               "WHERE duration_ms IS NOT NULL")
     if not db.is_postgres():
-        db.execute("DROP INDEX entry_trace_id_tail")
+        db.execute("DROP TABLE entry_keys")
         db.execute("CREATE INDEX entry_trace_id ON entry (trace_id)")
+        db.execute("CREATE INDEX entry_client_ip_id ON entry (client_ip, id)")
         db.execute("DROP TABLE entry_fts")
         db.execute("CREATE VIRTUAL TABLE entry_fts USING fts5(doc, content='', "
                    "tokenize='unicode61 remove_diacritics 0')")
@@ -161,28 +167,35 @@ def make_version_5():
     models.Meta.update(value="5").where(models.Meta.key == "schema_version").execute()
 
 
-def test_a_version_5_store_gets_its_full_text_index_again_without_positions(make_app):
+def test_a_version_5_store_gets_the_indexes_of_version_6(make_app):
     app = make_app()
     store = Store(app.test_client())
-    store.ingest([make_entry(i, responseBody=f"order {i} shipped to warehouse {i % 4}")
-                  for i in range(40)])
+    store.ingest([make_entry(i, responseBody=f"order {i} shipped to warehouse {i % 4}",
+                             durationMs=(i * 37) % 50 + 0.5) for i in range(40)])
     questions = ['"warehouse 3"', '"shipped order"', "order -warehouse", "items/7*",
                  '"order 12" OR "to warehouse 1"']
     before = [store.page(LOGS, q=q, limit=100) for q in questions]
+    slowest = store.page(LOGS, order="slowest", projectId="proj_1", limit=5)
+    assert [e["durationMs"] for e in slowest["entries"]] == sorted(
+        ((i * 37) % 50 + 0.5 for i in range(40) if i % 3 == 1), reverse=True)[:5]
     assert [len(page["entries"]) for page in before] == [10, 0, 0, 1, 11]
     db.call(make_version_5)
     app.extensions["logsvc"].store.close()
 
     store = Store(make_app().test_client())
     assert [store.page(LOGS, q=q, limit=100) for q in questions] == before
+    assert store.page(LOGS, order="slowest", projectId="proj_1", limit=5) == slowest
     if not db.is_postgres():
         (sql,) = db.call(lambda: db.execute(
             "SELECT sql FROM sqlite_master WHERE name = 'entry_fts'").fetchone())
         assert "detail=none" in sql
         indexes = {name for (name,) in db.call(lambda: db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'").fetchall())}
-        assert "entry_trace_id_tail" in indexes and "entry_trace_id" not in indexes
+        assert {"entry_trace_id", "entry_client_ip_id", "entry_duration_ms"}.isdisjoint(indexes)
+        assert "entry_project_id_lat_bucket_id" in indexes
     assert [e["id"] for e in store.page(LOGS, traceId="trace-3")["entries"]] == [7, 8]
+    assert [e["id"] for e in store.page(LOGS, clientIp="10.0.0.3", limit=3)["entries"]] == [
+        4, 11, 18]
     # Entries stored after the upgrade are found with those before.
     store.ingest([make_entry(99, responseBody="shipped to warehouse 3")])
     assert store.page(LOGS, q='"warehouse 3"')["total"] == 11

@@ -16,7 +16,7 @@ import functools
 
 import orjson
 
-from . import db, fulltext
+from . import fulltext, lookup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,23 +76,12 @@ class OneOf(Equals):
         return entry[self.key] in values
 
 
-TRACE_TAIL = 12
-TRACE_TAIL_SQL = f"substr({{}}trace_id, -{TRACE_TAIL})"  # what SQLite's trace index holds
-
-
-class TraceEquals(Equals):
-    """`trace_id = value`. SQLite indexes only the last TRACE_TAIL characters
-    of trace ids (about 20 bytes an entry, where the whole id took 46): the
-    entries with the same tail are found through that index, then compared
-    whole. PostgreSQL indexes the whole id."""
+class Lookup(Equals):
+    """`column = value` for trace ids and client addresses, found through
+    SQLite's lookup index (lookup.py)."""
 
     def sql(self, value):
-        if db.is_postgres():
-            return "trace_id = ?", [value]
-        # As a list of ids: beside an ORDER BY id, SQLite (without table
-        # statistics) would rather walk every entry in id order.
-        return (f"e.id IN (SELECT t.id FROM entry t WHERE {TRACE_TAIL_SQL.format('t.')} = ?) "
-                "AND e.trace_id = ?", [value[-TRACE_TAIL:], value])
+        return lookup.where_sql(self.column, value)
 
 
 class StatusIn:
@@ -167,8 +156,8 @@ class FullText:
 FILTERS = (
     Equals("project_id", "project_id", "projectId"),
     Equals("container_id", "container_id", "containerId"),
-    TraceEquals("trace_id", "trace_id", "traceId"),
-    Equals("client_ip", "client_ip", "clientIp"),
+    Lookup("trace_id", "trace_id", "traceId"),
+    Lookup("client_ip", "client_ip", "clientIp"),
     OneOf("service_names", "service_name", "serviceName"),
     OneOf("levels", "level", "level"),
     OneOf("kinds", "kind", "kind"),

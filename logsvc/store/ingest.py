@@ -40,7 +40,7 @@ import orjson
 
 from logsvc import entry, runtime
 
-from . import db, fulltext, partitions, rollup, sketch, wal
+from . import db, fulltext, lookup, partitions, rollup, sketch, wal
 from .bodies import pack_body
 from .bodies import prepare as prepare_bodies
 from .db import database
@@ -378,6 +378,7 @@ def _write_batch(entries, keys):
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)
             fulltext.insert_sqlite([(first + offset, text) for offset, text in documents])
+            lookup.insert([(row[0], row[1], row[10]) for row in rows])
         rollup.write(counters)
         if postgres:
             # Delivered at commit: wakes the live tail of every host.

@@ -38,9 +38,8 @@ import peewee
 
 from logsvc.entry import coerce_duration, derive_route
 
-from . import db, fulltext, rollup, sketch
+from . import db, fulltext, lookup, rollup, sketch
 from .db import database
-from .filters import TRACE_TAIL_SQL
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
 SCHEMA_VERSION = 6
@@ -80,6 +79,7 @@ class Entry(BaseModel):
         # Each index costs 15-45 bytes per entry. `kind` and `source` have
         # none: with two or three values, a page of them is found by walking
         # back from the newest id, and their totals come from the counters.
+        # Trace ids and client addresses: see _create_lookup_indexes.
         indexes = (
             # A tenant's newest page walks its project backwards by id; a
             # container's is checked from the index itself, no row read.
@@ -88,18 +88,21 @@ class Entry(BaseModel):
             (("service_name", "id"), False),
             (("status", "id"), False),
             (("method", "id"), False),
-            (("client_ip", "id"), False),
             (("ts_ms",), False),
         )
 
 
-# `order=slowest` walks these backwards: every scope's, and a tenant's.
+# `order=slowest` walks these backwards, by latency bucket (sketch.py: a
+# bucket's durations are all longer than the one below's), sorting the
+# entries of each bucket it reaches by duration: every scope's, and a
+# tenant's. Keyed by bucket and id, each grows at the end of its buckets;
+# keyed by the duration itself, each entry went to a random page.
 # Entries without a duration are not in them (partial indexes).
-Entry.add_index(peewee.ModelIndex(Entry, (Entry.duration_ms,), name="entry_duration_ms",
-                                  where=Entry.duration_ms.is_null(False)))
-Entry.add_index(peewee.ModelIndex(Entry, (Entry.project_id, Entry.duration_ms),
-                                  name="entry_project_id_duration_ms",
-                                  where=Entry.duration_ms.is_null(False)))
+Entry.add_index(peewee.ModelIndex(Entry, (Entry.lat_bucket, Entry.id), name="entry_lat_bucket_id",
+                                  where=Entry.lat_bucket.is_null(False)))
+Entry.add_index(peewee.ModelIndex(Entry, (Entry.project_id, Entry.lat_bucket, Entry.id),
+                                  name="entry_project_id_lat_bucket_id",
+                                  where=Entry.lat_bucket.is_null(False)))
 
 
 class EntryBody(BaseModel):
@@ -480,22 +483,27 @@ def _v3_to_v4():
     rollup.rebuild()
 
 
-def _create_trace_index():
-    # `traceId=` (filters.TraceEquals): SQLite indexes the ids' last
-    # characters, PostgreSQL whole ids.
+def _create_lookup_indexes():
+    # `traceId=` and `clientIp=`: SQLite's lookup index (lookup.py),
+    # PostgreSQL's b-trees.
     if db.is_postgres():
         db.execute("CREATE INDEX IF NOT EXISTS entry_trace_id ON entry (trace_id)")
+        db.execute("CREATE INDEX IF NOT EXISTS entry_client_ip_id ON entry (client_ip, id)")
     else:
-        db.execute("CREATE INDEX IF NOT EXISTS entry_trace_id_tail ON entry "
-                   f"({TRACE_TAIL_SQL.format('')})")
+        lookup.create()
 
 
 def _v5_to_v6():
-    # Version 6 on SQLite: a full-text index without positions (see
-    # fulltext.py), made again, and the trace index of ids' tails, which
-    # _create_trace_index has made. PostgreSQL's are unchanged.
+    # Version 6: `order=slowest` walks latency buckets (create_tables has
+    # made their indexes). On SQLite, a full-text index without positions
+    # (see fulltext.py), made again, and trace ids and client addresses in
+    # the lookup index (lookup.py) instead of b-trees.
+    for index in ("entry_duration_ms", "entry_project_id_duration_ms"):
+        db.execute(f"DROP INDEX IF EXISTS {index}")
     if not db.is_postgres():
         db.execute("DROP INDEX IF EXISTS entry_trace_id")
+        db.execute("DROP INDEX IF EXISTS entry_client_ip_id")
+        lookup.rebuild()
         fulltext.recreate_sqlite()
 
 
@@ -572,7 +580,7 @@ def create_schema(partition_rows=1_000_000):
             db.execute(_PG_SKETCH_ADD)
         _add_v4_columns()
         database.create_tables(ALL_MODELS, safe=True)
-        _create_trace_index()
+        _create_lookup_indexes()
         fulltext.create()
         if postgres:
             # Partitions are dropped whole by retention, bodies with their

@@ -11,7 +11,7 @@ import orjson
 
 from logsvc.entry import now_ms
 
-from . import db, fulltext, ingest
+from . import db, fulltext, ingest, lookup
 from .db import database
 from .models import (
     ROLLUP_MODELS,
@@ -39,6 +39,7 @@ def clear():
                 "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()
             if not db.is_postgres():
                 fulltext.clear_sqlite()
+                lookup.clear()
             for table in ("entry_body", "entry", *(model._meta.table_name for model in ROLLUP_MODELS)):
                 db.execute(f"DELETE FROM {table}")
             now = now_ms()

@@ -20,7 +20,7 @@ import uuid
 from logsvc import runtime
 from logsvc.entry import now_ms
 
-from . import db, fulltext, partitions, query, rollup
+from . import db, fulltext, lookup, partitions, query, rollup
 from .db import database
 from .models import PruneLog
 
@@ -164,6 +164,7 @@ def _delete_batch(where, params):
                                  (ids,)).fetchall()
         else:
             fulltext.delete_sqlite(ids)
+            lookup.delete(ids)
             db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
             marks = ", ".join("?" for _ in ids)
             deleted = db.execute(f"DELETE FROM entry WHERE id IN ({marks}) "
