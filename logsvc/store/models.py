@@ -80,29 +80,41 @@ class Entry(BaseModel):
         # none: with two or three values, a page of them is found by walking
         # back from the newest id, and their totals come from the counters.
         # Trace ids and client addresses: see _create_lookup_indexes.
+        # The indexes of one value and id (`_ENTRY_INDEXES`) are set per
+        # engine by create_schema.
         indexes = (
             # A tenant's newest page walks its project backwards by id; a
             # container's is checked from the index itself, no row read.
             (("project_id", "id", "container_id"), False),
-            (("level", "id"), False),
-            (("service_name", "id"), False),
-            (("status", "id"), False),
-            (("method", "id"), False),
             (("ts_ms",), False),
         )
 
 
-# `order=slowest` walks these backwards, by latency bucket (sketch.py: a
-# bucket's durations are all longer than the one below's), sorting the
-# entries of each bucket it reaches by duration: every scope's, and a
-# tenant's. Keyed by bucket and id, each grows at the end of its buckets;
-# keyed by the duration itself, each entry went to a random page.
-# Entries without a duration are not in them (partial indexes).
-Entry.add_index(peewee.ModelIndex(Entry, (Entry.lat_bucket, Entry.id), name="entry_lat_bucket_id",
-                                  where=Entry.lat_bucket.is_null(False)))
-Entry.add_index(peewee.ModelIndex(Entry, (Entry.project_id, Entry.lat_bucket, Entry.id),
-                                  name="entry_project_id_lat_bucket_id",
-                                  where=Entry.lat_bucket.is_null(False)))
+# A page of one level, service, status or method walks its index backwards
+# by id; `order=slowest` walks an index by latency bucket (sketch.py: a
+# bucket's durations are all longer than the one below's) backwards,
+# sorting the entries of each bucket it reaches by duration, for every
+# scope and for a tenant. Keyed by bucket and id, each grows at the end of
+# its buckets; keyed by the duration itself, each entry went to a random
+# page. Entries without a duration are not in them (partial indexes).
+#
+# SQLite ends every index key with the rowid, which is the id: an index of
+# the values alone is already in that order, and naming the id too would
+# store it twice (4 bytes an entry per index). PostgreSQL needs it.
+_BY_VALUE = (("level",), ("service_name",), ("status",), ("method",))
+_BY_LATENCY = (("lat_bucket",), ("project_id", "lat_bucket"))
+_BASE_INDEXES = tuple(Entry._meta.indexes)
+
+
+def _entry_indexes(postgres):
+    """Entry's indexes for the engine (set before its tables are made)."""
+    then_id = ("id",) if postgres else ()
+    Entry._meta.indexes = [
+        *_BASE_INDEXES,
+        *(((*columns, *then_id), False) for columns in _BY_VALUE),
+        *(peewee.ModelIndex(Entry, [getattr(Entry, c) for c in (*columns, *then_id)],
+                            where=Entry.lat_bucket.is_null(False)) for columns in _BY_LATENCY),
+    ]
 
 
 class EntryBody(BaseModel):
@@ -495,14 +507,17 @@ def _create_lookup_indexes():
 
 def _v5_to_v6():
     # Version 6: `order=slowest` walks latency buckets (create_tables has
-    # made their indexes). On SQLite, a full-text index without positions
-    # (see fulltext.py), made again, and trace ids and client addresses in
-    # the lookup index (lookup.py) instead of b-trees.
+    # made their indexes, and on SQLite those of values without the id). On
+    # SQLite, a full-text index without positions (see fulltext.py), made
+    # again, and trace ids and client addresses in the lookup index
+    # (lookup.py) instead of b-trees.
     for index in ("entry_duration_ms", "entry_project_id_duration_ms"):
         db.execute(f"DROP INDEX IF EXISTS {index}")
     if not db.is_postgres():
-        db.execute("DROP INDEX IF EXISTS entry_trace_id")
-        db.execute("DROP INDEX IF EXISTS entry_client_ip_id")
+        # Indexes of a value and the id, now of the value alone (see
+        # _entry_indexes), and of trace ids and addresses, now in `lookup`.
+        for column in ("level", "service_name", "status", "method", "trace", "client_ip"):
+            db.execute(f"DROP INDEX IF EXISTS entry_{column}_id")
         lookup.rebuild()
         fulltext.recreate_sqlite()
 
@@ -568,6 +583,7 @@ def create_schema(partition_rows=1_000_000):
     for model in ROLLUP_MODELS:
         model._meta.table_settings = [] if postgres else ["WITHOUT ROWID"]
     Entry._meta.table_settings = ["PARTITION BY RANGE (id)"] if postgres else []
+    _entry_indexes(postgres)
     EntryBody._meta.table_settings = ["PARTITION BY RANGE (entry_id)"] if postgres else []
     with database.atomic():
         if postgres:
