@@ -16,7 +16,7 @@ import functools
 
 import orjson
 
-from . import fulltext, lookup
+from . import fulltext, lookup, sketch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Filters:
     routes: tuple = ()
     min_duration_ms: float = None  # inclusive
     max_duration_ms: float = None  # inclusive
+    timed: bool = None  # True: only entries with a duration
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -82,6 +83,18 @@ class Lookup(Equals):
 
     def sql(self, value):
         return lookup.where_sql(self.column, value)
+
+
+class Timed:
+    """Only entries with a duration (what `order=slowest` lists)."""
+
+    field = "timed"
+
+    def sql(self, value):
+        return "lat_bucket IS NOT NULL", []
+
+    def test(self, value, entry):
+        return entry["durationMs"] is not None
 
 
 class StatusIn:
@@ -129,7 +142,10 @@ class Duration:
         self.field, self.low = field, low
 
     def sql(self, value):
-        return (f"duration_ms {'>=' if self.low else '<='} ?"), [value]
+        # The latency bucket bounds the duration (sketch.bucket_of grows with
+        # it), so the indexes by bucket narrow the rows to read.
+        sign = ">=" if self.low else "<="
+        return f"lat_bucket {sign} ? AND duration_ms {sign} ?", [sketch.bucket_of(value), value]
 
     def test(self, value, entry):
         duration = entry["durationMs"]
@@ -166,6 +182,7 @@ FILTERS = (
     OneOf("routes", "route", "route"),
     Duration("min_duration_ms", low=True),
     Duration("max_duration_ms", low=False),
+    Timed(),
     StatusIn(),
     AtOrAfter(),
     Before(),

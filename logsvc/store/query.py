@@ -92,8 +92,8 @@ _ORDER = {"asc": "e.id ASC", "desc": "e.id DESC",
 
 
 def _list_entries(filters, page):
-    if page.order == "slowest" and filters.min_duration_ms is None:
-        filters = filters.replace(min_duration_ms=0.0)
+    if page.order == "slowest":
+        filters = filters.replace(timed=True)
     with_bodies = page.include_request_body or page.include_response_body
     where, params = where_sql(filters)
     sql = _SELECT
@@ -104,8 +104,6 @@ def _list_entries(filters, page):
     else:
         sql += " FROM entry e"
     sql += f" WHERE {where}"
-    if page.order == "slowest":
-        sql += " AND e.lat_bucket IS NOT NULL"  # what the bucket indexes hold
     if page.after_id is not None:
         sql += " AND e.id > ?"
         params.append(page.after_id)
