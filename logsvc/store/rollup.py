@@ -350,14 +350,8 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
     scope they are then read from the all-scope tiers."""
     every_scope = not keys and project_id is None and container_id is None
     names = _ALL_TIER if every_scope else _SCOPE_TIER
-    if since is None and until is None:
-        spans = [("total", None, None, 1)]
-    else:
-        spans = signed_spans(0 if since is None else since,
-                             _WHOLE if until is None else until,
-                             now_ms() if until is None else None)
     parts = []
-    for unit, start, end, sign in spans:
+    for unit, start, end, sign in _signed_spans(since, until):
         if unit is None:
             sql, params = _entry_part(start, end, project_id, container_id,
                                       ENTRY_COUNTS if every_scope else ENTRY_AS_COUNTERS)
@@ -382,6 +376,15 @@ _NEGATED = f"{_KEYS}, {_NEGATED_COUNTS}"
 # scopes), and a minute read from `entry`.
 _UNIT_COST = {HOUR_MS: 10, MINUTE_MS: 1}
 _RAW_COST = 2
+
+
+def _signed_spans(since, until, units=(HOUR_MS, MINUTE_MS)):
+    """signed_spans of [since, until) (None: unbounded); without a range,
+    the one span ("total", None, None, 1): all time."""
+    if since is None and until is None:
+        return [("total", None, None, 1)]
+    return signed_spans(0 if since is None else since, _WHOLE if until is None else until,
+                        now_ms() if until is None else None, units)
 
 
 def signed_spans(low, high, horizon=None, units=(HOUR_MS, MINUTE_MS)):
@@ -540,17 +543,19 @@ def routes(project_id=None, container_id=None, since=None, until=None):
         tables = {"total": "rollup_route_total"}
     units = tuple(u for u in (HOUR_MS, MINUTE_MS) if u in tables)
     out = {}
-    for unit, start, end in _spans(since, until, units):
+    # Calls, errors and sketches are sums: spans may be subtracted (the
+    # route counters keep no maximum).
+    for unit, start, end, sign in _signed_spans(since, until, units):
         if unit is None:
-            raw_routes(*_raw_where(start, end, project_id, container_id), out)
+            raw_routes(*_raw_where(start, end, project_id, container_id), out, sign)
             continue
         sql, params = _tier_part(tables[unit], start, end, project_id, container_id,
                                  select="route, n, errors, lat")
         for route, n, errors, lat in db.execute(sql, params).fetchall():
             into = out.setdefault(route, [0, 0, {}])
-            into[0] += n
-            into[1] += errors
-            sketch.add(into[2], lat)
+            into[0] += sign * n
+            into[1] += sign * errors
+            sketch.add(into[2], lat, sign)
     return out
 
 
@@ -568,16 +573,16 @@ def raw_latency(where, params, counts, longest=None):
     return longest
 
 
-def raw_routes(where, params, out):
-    """Add the matching entries to `out` ({route: [calls, errors,
-    {bucket: count}]}), as `routes` returns it."""
+def raw_routes(where, params, out, sign=1):
+    """Add (sign -1: subtract) the matching entries to `out` ({route:
+    [calls, errors, {bucket: count}]}), as `routes` returns it."""
     for route, bucket, n, errors in db.execute(
             f"SELECT route, lat_bucket, count(*), SUM(CASE WHEN level = 'error' THEN 1 "
             f"ELSE 0 END) FROM entry e WHERE {where} AND route IS NOT NULL "
             f"GROUP BY route, lat_bucket", params):
         into = out.setdefault(route, [0, 0, {}])
-        into[0] += n
-        into[1] += errors
+        into[0] += sign * n
+        into[1] += sign * errors
         if bucket is not None:
-            into[2][bucket] = into[2].get(bucket, 0) + n
+            into[2][bucket] = into[2].get(bucket, 0) + sign * n
     return out

@@ -63,13 +63,13 @@ def loads(text):
     return dict(zip(flat[::2], flat[1::2]))
 
 
-def add(into, text):
-    """Add a stored sketch into the dict `into`."""
+def add(into, text, sign=1):
+    """Add (sign -1: subtract) a stored sketch into the dict `into`."""
     if text:
         flat = orjson.loads(text)
         get = into.get
         for bucket, n in zip(flat[::2], flat[1::2]):
-            into[bucket] = get(bucket, 0) + n
+            into[bucket] = get(bucket, 0) + sign * n
     return into
 
 

@@ -131,11 +131,14 @@ def _summarize(source, totals=None):
         rows = db.execute(_TOTAL_SQL.format(totals=totals[0]), totals[1]).fetchall()
         # One row per scope (as many as the breakdowns have keys): summed
         # into the three breakdowns here, cheaper than three GROUP BYs.
-        breakdowns = [result[name] for name in _KEY_BREAKDOWNS]
-        for *keys, n in db.execute(_PER_SCOPE_SQL.format(source=source[0]), source[1]):
-            for into, key in zip(breakdowns, keys):
-                if key:
-                    into[key] = into.get(key, 0) + n
+        projects, containers, services = (result[name] for name in _KEY_BREAKDOWNS)
+        for project, container, service, n in db.execute(
+                _PER_SCOPE_SQL.format(source=source[0]), source[1]).fetchall():
+            projects[project] = projects.get(project, 0) + n
+            if container:
+                containers[container] = containers.get(container, 0) + n
+            if service:
+                services[service] = services.get(service, 0) + n
     for kind, key, *counts in rows:
         if kind == "total":
             result["total"] = counts[0] or 0
