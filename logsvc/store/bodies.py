@@ -139,10 +139,10 @@ def prepare():
     codec = _codec()
     if codec.dictionary is not None or (codec.checked and codec.wants_sample()):
         return
-    if not codec.checked:
-        codec.checked = True
-        if _adopt_first(codec) or codec.wants_sample():
-            return
+    codec.checked = True
+    # Another process may have stored one meanwhile: then this one uses it.
+    if _adopt_first(codec) or codec.wants_sample():
+        return
     with codec.lock:
         samples, codec.samples, codec.sample_bytes = codec.samples, [], 0
     try:
