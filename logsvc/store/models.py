@@ -79,9 +79,9 @@ class Entry(BaseModel):
         # Each index costs 15-45 bytes per entry. `kind` and `source` have
         # none: with two or three values, a page of them is found by walking
         # back from the newest id, and their totals come from the counters.
-        # Trace ids and client addresses: see _create_lookup_indexes.
-        # The indexes of one value and id (`_ENTRY_INDEXES`) are set per
-        # engine by create_schema.
+        # Trace ids and client addresses: see _create_lookup_indexes. The
+        # indexes of one value and the id are set per engine
+        # (_entry_indexes, called by create_schema).
         indexes = (
             # A tenant's newest page walks its project backwards by id; a
             # container's is checked from the index itself, no row read.
