@@ -209,7 +209,7 @@ class Logsvc:
 
 
 CH_SCHEMA = """
-CREATE TABLE logs (
+CREATE TABLE IF NOT EXISTS logs (
     id UInt64,
     traceId String CODEC(ZSTD(1)),
     tsMs Int64 CODEC(Delta, ZSTD(1)),
@@ -279,27 +279,39 @@ def main():
     parser.add_argument("--database-url", default="")
     parser.add_argument("--no-chdb", action="store_true")
     parser.add_argument("--keep", help="directory to keep both stores in")
+    parser.add_argument("--reuse", action="store_true",
+                        help="ask the questions again of the stores that an earlier run "
+                             "kept in --keep (the same --entries; nothing is loaded)")
     args = parser.parse_args()
+    if args.reuse and not args.keep:
+        parser.error("--reuse needs --keep")
 
-    now_ms = int(time.time() * 1000)
+    root = Path(args.keep or tempfile.mkdtemp(prefix="logsvc-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    # The corpus's "now": its last hour and day are what the questions ask.
+    if args.reuse:
+        now_ms = int((root / "now_ms").read_text())
+    else:
+        now_ms = int(time.time() * 1000)
+        (root / "now_ms").write_text(str(now_ms))
     print(f"building the corpus: {args.entries:,} entries ...", flush=True)
     ours, theirs, sample = [], [], None
     next_id = 1
     for batch in batches(args.entries, now_ms=now_ms):
+        if sample is None:
+            sample = batch
+        if args.reuse:
+            break
         ours.append((gzip.compress(b"\n".join(orjson.dumps(e) for e in batch), 1), len(batch)))
         if not args.no_chdb:
             theirs.append(ch_rows(batch, next_id))
         next_id += len(batch)
-        if sample is None:
-            sample = batch
     mid_project = "proj_010"
     trace_id = sample[1234]["traceId"]
     url_part = sample[4321]["url"].rsplit("/", 1)[0] + "/4242"
     hour_ago = now_ms - 3_600_000
     day_ago = now_ms - 24 * 3_600_000
 
-    root = Path(args.keep or tempfile.mkdtemp(prefix="logsvc-scale-"))
-    root.mkdir(parents=True, exist_ok=True)
     results = {}
     try:
         ctx = (postgres_schema(args.database_url, "bench_scale") if args.database_url
@@ -308,11 +320,12 @@ def main():
             ours_dir = root / "logsvc"
             logsvc = Logsvc(ours_dir, database_url or "")
             try:
-                print("logsvc: ingesting ...", flush=True)
-                results["ingest (entries/s)"] = [logsvc.load(ours, args.entries)]
-                # The steady state: the background maintenance (WAL
-                # checkpoint, statistics of new partitions) has run.
-                time.sleep(15)
+                if not args.reuse:
+                    print("logsvc: ingesting ...", flush=True)
+                    results["ingest (entries/s)"] = [logsvc.load(ours, args.entries)]
+                    # The steady state: the background maintenance (WAL
+                    # checkpoint, statistics of new partitions) has run.
+                    time.sleep(15)
                 results["disk per entry (B)"] = [logsvc.disk_bytes() / args.entries]
                 logs = "/api/proxy-logs/_logs"
                 questions = {
@@ -345,10 +358,11 @@ def main():
         if not args.no_chdb:
             ch = ClickHouse(root / "chdb")
             try:
-                print("chdb: inserting ...", flush=True)
-                results["ingest (entries/s)"].append(ch.load(theirs, args.entries))
-                # Its best case: every part merged into one before measuring.
-                ch.query("OPTIMIZE TABLE logs FINAL")
+                if not args.reuse:
+                    print("chdb: inserting ...", flush=True)
+                    results["ingest (entries/s)"].append(ch.load(theirs, args.entries))
+                    # Its best case: every part merged into one before measuring.
+                    ch.query("OPTIMIZE TABLE logs FINAL")
                 size = ch.session.query("SELECT sum(bytes_on_disk) FROM system.parts "
                                         "WHERE active AND table = 'logs'", "CSV")
                 results["disk per entry (B)"].append(int(str(size).strip()) / args.entries)

@@ -373,9 +373,10 @@ _NEGATED_COUNTS = ", ".join(f"-{c} AS {c}" for c in COUNT_COLUMNS)
 _NEGATED = f"{_KEYS}, {_NEGATED_COUNTS}"
 # What reading a unit of each tier costs, in minute rows (an hour holds
 # more scopes than a minute: about ten times as many at a thousand busy
-# scopes), and a minute read from `entry`.
+# scopes), and a minute read from `entry` (every entry of that minute, of
+# every scope: about ten times a minute's counter rows), pro rata.
 _UNIT_COST = {HOUR_MS: 10, MINUTE_MS: 1}
-_RAW_COST = 2
+_RAW_COST = 10
 
 
 def _signed_spans(since, until, units=(HOUR_MS, MINUTE_MS)):
@@ -403,8 +404,7 @@ def _cheapest(low, high, now, units):
     if high <= low:
         return 0, []
     if not units:
-        minutes = -(-(min(high, now) - low) // MINUTE_MS)
-        return _RAW_COST * max(0, minutes), [(None, low, high, 1)]
+        return _RAW_COST * max(0, min(high, now) - low) / MINUTE_MS, [(None, low, high, 1)]
     unit, finer = units[0], units[1:]
     best = _cheapest(low, high, now, finer)
     for first in {low // unit, -(-low // unit)}:
