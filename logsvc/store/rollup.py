@@ -316,27 +316,12 @@ def _upsert(parts, rows):
         execute_values(cursor, f"{head} VALUES %s {conflict}", rows, page_size=len(rows))
 
 
-def split_range(low, high, units_ms):
-    """[low, high) cut into spans of whole units, largest first, and what
-    is left at either end: [(unit_ms or None for raw, start, end)], where
-    start/end count units (or are epoch ms for raw spans)."""
-    if high <= low:
-        return []
-    if not units_ms:
-        return [(None, low, high)]
-    unit, finer = units_ms[0], units_ms[1:]
-    first, end = -(-low // unit), high // unit
-    if first >= end:
-        return split_range(low, high, finer)
-    return (split_range(low, first * unit, finer) + [(unit, first, end)]
-            + split_range(end * unit, high, finer))
-
-
-# Reading. Each question is split by time (split_range) into whole hours,
+# Reading. Each question is split by time (signed_spans) into whole hours,
 # whole minutes and the partial minutes at either end; whole units come from
-# the counter tiers, the rest from `entry` itself through its ts_ms index,
-# so an answer is exact to the millisecond while the rows read stay about
-# scopes × (hours + 2 × 59 minutes), whatever the length of the range.
+# the counter tiers, the rest from `entry` itself (see _raw_where), so an
+# answer is exact to the millisecond while the rows read stay about
+# scopes × (hours + 2 × 30 minutes), whatever the length of the range (sums
+# may subtract; latency, whose maximum cannot, adds up to 2 × 59 minutes).
 
 _WHOLE = 2**62 // HOUR_MS * HOUR_MS  # "no end", on an hour boundary
 
@@ -379,36 +364,39 @@ _UNIT_COST = {HOUR_MS: 10, MINUTE_MS: 1}
 _RAW_COST = 10
 
 
-def _signed_spans(since, until, units=(HOUR_MS, MINUTE_MS)):
+def _signed_spans(since, until, units=(HOUR_MS, MINUTE_MS), subtract=True):
     """signed_spans of [since, until) (None: unbounded); without a range,
     the one span ("total", None, None, 1): all time."""
     if since is None and until is None:
         return [("total", None, None, 1)]
     return signed_spans(0 if since is None else since, _WHOLE if until is None else until,
-                        now_ms() if until is None else None, units)
+                        now_ms() if until is None else None, units, subtract)
 
 
-def signed_spans(low, high, horizon=None, units=(HOUR_MS, MINUTE_MS)):
+def signed_spans(low, high, horizon=None, units=(HOUR_MS, MINUTE_MS), subtract=True):
     """[low, high) as the cheapest sum of spans [(unit or None for raw,
     start, end, sign)]: whole units added, and, where it reads fewer rows,
     a whole unit taken and the part of it outside the range subtracted (an
     hour minus its first minutes, rather than the minutes after them).
     Starts and ends count units (epoch ms for raw spans). Counts are sums,
-    so subtraction is exact. With a `horizon` (now, for a range without an
-    end), what lies after it is taken to hold nothing."""
-    return _cheapest(low, high, _WHOLE * 2 if horizon is None else horizon, units)[1]
+    so subtraction is exact (subtract=False: whole units inside the range
+    only, for what cannot be subtracted). With a `horizon` (now, for a
+    range without an end), what lies after it is taken to hold nothing."""
+    return _cheapest(low, high, _WHOLE * 2 if horizon is None else horizon, units,
+                     subtract)[1]
 
 
-def _cheapest(low, high, now, units):
+def _cheapest(low, high, now, units, subtract):
     """(cost, spans) of the cheapest plan for [low, high)."""
     if high <= low:
         return 0, []
     if not units:
         return _RAW_COST * max(0, min(high, now) - low) / MINUTE_MS, [(None, low, high, 1)]
     unit, finer = units[0], units[1:]
-    best = _cheapest(low, high, now, finer)
-    for first in {low // unit, -(-low // unit)}:
-        for end in {high // unit, -(-high // unit)}:
+    best = _cheapest(low, high, now, finer, subtract)
+    inner = (-(-low // unit), high // unit)  # the whole units inside the range
+    for first in {low // unit, inner[0]} if subtract else {inner[0]}:
+        for end in {inner[1], -(-high // unit)} if subtract else {inner[1]}:
             if end <= first:
                 continue
             cost = _UNIT_COST[unit] * max(0, min(end, now // unit + 1) - first)
@@ -416,27 +404,18 @@ def _cheapest(low, high, now, units):
             for a, b, sign in ((low, first * unit, 1), (first * unit, low, -1),
                                (end * unit, high, 1), (high, end * unit, -1)):
                 if a < b:
-                    part_cost, part = _cheapest(a, b, now, finer)
+                    part_cost, part = _cheapest(a, b, now, finer, subtract)
                     cost += part_cost
                     spans += [(u, s, e, sign * g) for u, s, e, g in part]
-            if best is None or cost < best[0]:
+            if cost < best[0]:
                 best = (cost, spans)
     return best
 
 
-# The tier of each unit of `_spans`.
+# The tier of each unit of `signed_spans`.
 _SCOPE_TIER = {"total": "rollup_total", HOUR_MS: "rollup_hour", MINUTE_MS: "rollup_minute"}
 _ALL_TIER = {"total": "rollup_total_all", HOUR_MS: "rollup_hour_all",
              MINUTE_MS: "rollup_minute_all"}
-
-
-def _spans(since, until, units):
-    """split_range's (unit or None for raw, start, end) spans; without a
-    range, the one span ("total", None, None): all time."""
-    if since is None and until is None:
-        return [("total", None, None)]
-    return split_range(0 if since is None else since,
-                       _WHOLE if until is None else until, units)
 
 
 def _entry_expression(column):
@@ -452,15 +431,13 @@ def _entry_expression(column):
 
 
 # `entry` rows in the shape of a counter row (`entry e`).
+_ENTRY_COUNT_COLUMNS = ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
 ENTRY_AS_COUNTERS = (
     "SELECT project_id, coalesce(container_id, '') AS container_id, "
-    "coalesce(service_name, '') AS service_name, "
-    + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
-    + " FROM entry e"
+    f"coalesce(service_name, '') AS service_name, {_ENTRY_COUNT_COLUMNS} FROM entry e"
 )
 # The same without the scope keys.
-ENTRY_COUNTS = ("SELECT " + ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
-                + " FROM entry e")
+ENTRY_COUNTS = f"SELECT {_ENTRY_COUNT_COLUMNS} FROM entry e"
 assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
            (("level", LEVELS), ("kind", KINDS), ("status", STATUS_CLASSES),
             ("source", SOURCES)) for v in vs)
@@ -525,7 +502,8 @@ def latency(project_id=None, container_id=None, since=None, until=None):
     all-scope tiers (a row per minute or hour), scoped ones the scope's."""
     names = _ALL_TIER if project_id is None and container_id is None else _SCOPE_TIER
     counts, longest = {}, None
-    for unit, start, end in _spans(since, until, (HOUR_MS, MINUTE_MS)):
+    # A maximum cannot be subtracted: whole units are only added.
+    for unit, start, end, _ in _signed_spans(since, until, subtract=False):
         if unit is None:
             longest = raw_latency(*_raw_where(start, end, project_id, container_id),
                                   counts, longest)
