@@ -377,8 +377,8 @@ def _write_batch(entries, keys):
         else:
             db.executemany(_INSERT_ENTRY, rows)
             db.executemany(_INSERT_BODY, bodies)
-            fulltext.insert_sqlite([(first + offset, text) for offset, text in documents])
-            lookup.insert([(row[0], row[1], row[10]) for row in rows])
+            fulltext.insert_sqlite([(first + offset, text) for offset, text, _ in documents])
+            lookup.insert([(first + offset, keys) for offset, _, keys in documents])
         rollup.write(counters)
         if postgres:
             # Delivered at commit: wakes the live tail of every host.
@@ -388,8 +388,8 @@ def _write_batch(entries, keys):
 
 def _prepare(entries, postgres):
     """The batch's rows without their ids: entry rows, body rows and
-    full-text documents (each led by its offset in the batch), and the
-    facts the counters take (rollup.ROW_SQL's columns)."""
+    (SQLite) full-text and lookup documents (each led by its offset in the
+    batch), and the facts the counters take (rollup.ROW_SQL's columns)."""
     bucket_of = sketch.bucket_of
     document = fulltext.document
     rows, bodies, documents, counted = [], [], [], []
@@ -407,7 +407,7 @@ def _prepare(entries, postgres):
             bodies.append((offset, *pack_body(e["request_body"]),
                            *pack_body(e["response_body"]), fulltext.tsvector(text)))
         else:
-            documents.append((offset, text))
+            documents.append((offset, text, lookup.document(e["trace_id"], e["client_ip"])))
             if has_body:
                 bodies.append((offset, *pack_body(e["request_body"]),
                                *pack_body(e["response_body"])))

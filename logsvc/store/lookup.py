@@ -62,9 +62,8 @@ def create():
 
 
 def insert(rows):
-    """Index (entry id, trace id, client ip) rows."""
-    db.executemany("INSERT INTO entry_keys (rowid, doc) VALUES (?, ?)",
-                   [(i, document(trace, ip)) for i, trace, ip in rows])
+    """Index (entry id, `document`) rows."""
+    db.executemany("INSERT INTO entry_keys (rowid, doc) VALUES (?, ?)", rows)
 
 
 def delete(ids):
@@ -89,5 +88,5 @@ def rebuild():
                           "ORDER BY id LIMIT 20000", (after,)).fetchall()
         if not rows:
             return
-        insert(rows)
+        insert([(i, document(trace, ip)) for i, trace, ip in rows])
         after = rows[-1][0]
