@@ -88,3 +88,42 @@ def test_bodies_written_by_schema_5_as_zlib_read_back(store):
                                "response_body_z = ? WHERE entry_id = 1", (zlib.compress(old),)))
     page = store.page(LOGS, includeResponseBody="true")
     assert page["entries"][0]["responseBody"] == JSON_BODY
+
+
+def agent_data(n):
+    """`data` as a proxy sends it: the same keys, a few values repeating."""
+    return {"bytesIn": 1000 + n * 37, "region": "eu-west-1",
+            "userAgent": ("curl/8.11.0", "Go-http-client/2.0", "okhttp/4.12.0")[n % 3]}
+
+
+def test_data_gets_a_dictionary_of_its_own_and_reads_back_exactly(make_app):
+    store = Store(make_app().test_client())
+    datas = [agent_data(n) for n in range(bodies.TRAIN_SAMPLES + 40)]
+    datas += [{"ünï": "tab\t and \\ and \"quotes\"", "n": [1, 2.5, None, True]}, {}, {"a": 1}]
+    store.ingest([make_entry(i, data=d) for i, d in enumerate(datas[:bodies.TRAIN_SAMPLES])])
+    store.ingest([make_entry(i, data=d) for i, d in enumerate(datas)][bodies.TRAIN_SAMPLES:])
+    stored = db.call(lambda: [d for (d,) in db.execute("SELECT data FROM entry ORDER BY id")])
+    kinds = db.call(lambda: [k for (k,) in db.execute("SELECT kind FROM body_dictionary")])
+    if db.is_postgres():  # PostgreSQL keeps `data` as text
+        assert kinds == [] and all(isinstance(d, str) for d in stored)
+    else:
+        # Text until the store has its `data` dictionary, then frames of
+        # under half the size; short ones stay text.
+        assert kinds == ["data"]
+        assert all(isinstance(d, str) for d in stored[:bodies.TRAIN_SAMPLES])
+        packed = stored[bodies.TRAIN_SAMPLES:-3]
+        assert all(isinstance(d, bytes) for d in packed)
+        raw = [len(orjson.dumps(d)) for d in datas[bodies.TRAIN_SAMPLES:-3]]
+        assert sum(map(len, packed)) < 0.5 * sum(raw), (sum(map(len, packed)), sum(raw))
+        assert isinstance(stored[-1], str) and isinstance(stored[-2], str)
+
+    # Read back exactly, by this process and by another one on the store;
+    # a word and a phrase inside `data` are found in either form.
+    for reader in (store, Store(make_app().test_client())):
+        page = reader.page(LOGS, limit=1000)
+        assert [e["data"] for e in sorted(page["entries"], key=lambda e: e["id"])] == datas
+        assert reader.page(LOGS, q="okhttp")["total"] == sum(
+            "okhttp" in str(d) for d in datas)
+        assert reader.page(LOGS, q='"curl/8.11.0"', limit=1000)["total"] == sum(
+            d.get("userAgent") == "curl/8.11.0" for d in datas)
+        assert reader.page(LOGS, q='"and quotes"')["total"] == 1

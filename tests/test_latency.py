@@ -6,7 +6,7 @@ import random
 import pytest
 
 from logsvc.entry import derive_route
-from logsvc.store import retention
+from logsvc.store import db, retention, sketch
 from logsvc.testing import make_entry
 
 LOGS = "/api/proxy-logs/_logs"
@@ -140,6 +140,25 @@ def test_percentiles_are_within_one_percent_also_after_retention(app, store, sha
     hour = store.page(HISTOGRAM, bucket="1h", since=BASE, until=BASE + 3_600_000)["buckets"][0]
     for p in (50, 95):
         assert abs(hour[f"p{p}"] - exact(kept[:1900], p)) <= 0.01 * exact(kept[:1900], p)
+
+
+def test_the_engine_merges_sketches_as_python_does(app):
+    """The upsert's merge (SQLite: sketch.merge_stored; PostgreSQL: its own
+    function) adds bucket by bucket and drops buckets that cancel out."""
+    rng = random.Random(7)
+    cases = [("[1,1]", "[1,-1]"), (None, "[2,2]"), ("[2,2]", None), (None, None),
+             ("[0,4]", "[0,1,1271,9]")]
+    for _ in range(200):
+        a = {rng.randrange(0, 60): rng.randint(1, 9) for _ in range(rng.randrange(0, 8))}
+        b = {k: -n for k, n in a.items() if rng.random() < 0.5}
+        b.update({rng.randrange(0, 60): rng.randint(1, 9) for _ in range(rng.randrange(0, 8))})
+        cases.append((sketch.dumps(a), sketch.dumps({k: n for k, n in b.items() if n})))
+    with app.app_context():
+        got = db.call(lambda: [db.database.execute_sql(
+            "SELECT logsvc_sketch_add(%s, %s)" if db.is_postgres() else
+            "SELECT logsvc_sketch_add(?, ?)", case).fetchone()[0] for case in cases])
+    assert got == [sketch.merge_stored(a, b) for a, b in cases]
+    assert got[0] is None and got[1] == got[2] == "[2,2]"
 
 
 def test_route_table_counts_calls_and_errors(store):

@@ -257,6 +257,32 @@ def test_trace_ids_that_share_their_last_characters_stay_apart(store):
     assert store.page(traceId=tail[-12:])["entries"] == []
 
 
+def test_trace_ids_and_addresses_are_stored_compactly_and_shown_as_sent(store):
+    traces = ["4bf92f3577b34da6a3ce929d0e0e4736", "4BF92F3577B34DA6A3CE929D0E0E4736", "abc",
+              "00ff", "trace-1", "4bf92f3577b34da6a3ce929d0e0e4736"]
+    addresses = ["10.0.0.1", "2001:db8::1", "2001:DB8::1", "fe80::1%eth0", "010.000.000.001",
+                 "unix-socket"]
+    store.ingest([make_entry(i, traceId=t, clientIp=ip)
+                  for i, (t, ip) in enumerate(zip(traces, addresses))])
+    shown = sorted(store.page(limit=10)["entries"], key=lambda e: e["id"])
+    assert [(e["traceId"], e["clientIp"]) for e in shown] == list(zip(traces, addresses))
+    if not db.is_postgres():
+        rows = db.call(lambda: db.execute(
+            "SELECT typeof(trace_id), typeof(client_ip) FROM entry ORDER BY id").fetchall())
+        assert rows == [("blob", "blob"), ("text", "blob"), ("text", "text"), ("blob", "text"),
+                        ("text", "text"), ("blob", "text")]
+        # A row written before schema 7 holds both as text: found alike.
+        db.call(lambda: db.execute("UPDATE entry SET trace_id = ?, client_ip = ? WHERE id = 1",
+                                   (traces[0], addresses[0])))
+    for value in set(traces):
+        assert [e["id"] for e in store.page(traceId=value)["entries"]] == [
+            i + 1 for i, t in enumerate(traces) if t == value], value
+    for value in set(addresses):
+        page = store.page(clientIp=value)["entries"]
+        assert [(e["id"], e["clientIp"]) for e in page] == [
+            (i + 1, value) for i, ip in enumerate(addresses) if ip == value], value
+
+
 def test_client_addresses_are_found_exactly_and_leave_the_index_with_their_entries(
         make_app):
     app = make_app(max_rows=6, retention_days=0)

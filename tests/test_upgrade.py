@@ -1,6 +1,8 @@
 """A store written by the previous version opens in place: counters and
 bodies answer exactly as before."""
-from logsvc.store import db, fulltext, models
+import zstandard
+
+from logsvc.store import bodies, db, fulltext, lookup, models
 from logsvc.testing import Store, make_entry
 
 LOGS = "/api/proxy-logs/_logs"
@@ -209,3 +211,62 @@ def test_a_version_5_store_gets_the_indexes_of_version_6(make_app):
     # Entries stored after the upgrade are found with those before.
     store.ingest([make_entry(99, responseBody="shipped to warehouse 3")])
     assert store.page(LOGS, q='"warehouse 3"')["total"] == 11
+
+
+def make_version_6():
+    """What version 6 wrote: dictionaries without a kind; on SQLite, trace
+    ids and addresses as text; on PostgreSQL, its former sketch merge."""
+    db.execute("ALTER TABLE body_dictionary DROP COLUMN kind")
+    if db.is_postgres():
+        db.execute("CREATE OR REPLACE FUNCTION logsvc_sketch_add(a text, b text) RETURNS text "
+                   "LANGUAGE sql IMMUTABLE AS $$ SELECT coalesce(a, b) $$")
+    else:
+        rows = db.execute("SELECT id, trace_id, client_ip FROM entry").fetchall()
+        db.executemany("UPDATE entry SET trace_id = ?, client_ip = ? WHERE id = ?", [
+            (lookup.shown("trace_id", t), lookup.shown("client_ip", ip), i) for i, t, ip in rows])
+    models.Meta.update(value="6").where(models.Meta.key == "schema_version").execute()
+
+
+def test_a_version_6_store_keeps_its_dictionary_and_finds_its_text_rows(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    def body(i):
+        order = (f'{{"order": {{"id": {i}, "lines": [{{"sku": "SKU-{i % 7}", "quantity": {i % 3}}}]}}, '
+                 f'"status": "{("paid", "open")[i % 2]}"}}')
+        return f"[{order}, {order.replace('order', 'refund')}]"  # long enough to be compressed
+
+    entries = [make_entry(i, traceId=trace if i % 2 else f"trace-{i}", clientIp="10.0.0.9",
+                          responseBody=body(i), durationMs=i % 40 + 1)
+               for i in range(bodies.TRAIN_SAMPLES + 10)]
+    store.ingest(entries[:bodies.TRAIN_SAMPLES])
+    store.ingest(entries[bodies.TRAIN_SAMPLES:])  # trained before this one
+    (body_dict,), = db.call(lambda: db.execute("SELECT id FROM body_dictionary").fetchall())
+    db.call(make_version_6)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    assert db.call(lambda: db.execute("SELECT id, kind FROM body_dictionary").fetchall()) == [
+        (body_dict, "body")]
+    if db.is_postgres():
+        (language,), = db.call(lambda: db.execute(
+            "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+            "WHERE p.proname = 'logsvc_sketch_add' "
+            "AND p.pronamespace = current_schema()::regnamespace").fetchall())
+        assert language == "plpgsql"
+    store.ingest([make_entry(i, traceId=trace, clientIp="10.0.0.9", responseBody=body(i),
+                             durationMs=i % 40 + 1) for i in range(1000, 1010)])
+    # Rows of either form are found, and show what was sent.
+    page = store.page(LOGS, traceId=trace, limit=1000, includeResponseBody="true")
+    assert page["total"] == (bodies.TRAIN_SAMPLES + 10) // 2 + 10
+    assert sorted((e["traceId"], e["clientIp"], e["responseBody"]) for e in page["entries"]) == [
+        (trace, "10.0.0.9", body(i)) for i in sorted([*range(1, bodies.TRAIN_SAMPLES + 10, 2),
+                                                       *range(1000, 1010)], key=body)]
+    assert store.page(LOGS, clientIp="10.0.0.9", limit=1)["total"] == bodies.TRAIN_SAMPLES + 20
+    # New bodies still use the store's dictionary; the counters still add up.
+    (last,), = db.call(lambda: db.execute(
+        "SELECT response_body_z FROM entry_body ORDER BY entry_id DESC LIMIT 1").fetchall())
+    assert zstandard.get_frame_parameters(bytes(last)).dict_id == body_dict
+    latency = store.page(STATS)["latency"]
+    assert latency["count"] == bodies.TRAIN_SAMPLES + 20 and latency["max"] == 40

@@ -47,7 +47,7 @@ import functools
 import re
 
 from . import db
-from .bodies import unpack_body
+from .bodies import unpack_body, unpack_data
 
 MAX_TERMS = 16
 # PostgreSQL refuses lexemes over 2 KB (base64 or hex blobs in bodies):
@@ -151,7 +151,7 @@ def _parsed(q):
 @db.sqlite_function("logsvc_fts_check", 4)
 def check(q, url, bodies, data):
     """1 when an entry's document matches `q` (SQL: logsvc_fts_check)."""
-    return int(matches(_parsed(q), document(url, bodies, None, data)))
+    return int(matches(_parsed(q), document(url, bodies, None, unpack_data(data))))
 
 
 @db.sqlite_function("logsvc_bodies", 4)
@@ -272,7 +272,8 @@ def _stored_documents(where, params, limit=None):
         sql += f" LIMIT {int(limit)}"
     rows = db.execute(sql, params).fetchall()
     return [(row[0], document(row[1], unpack_body(row[2], row[3]),
-                              unpack_body(row[4], row[5]), row[6])) for row in rows]
+                              unpack_body(row[4], row[5]), unpack_data(row[6])))
+            for row in rows]
 
 
 def clear_sqlite():

@@ -41,7 +41,7 @@ import orjson
 from logsvc import entry, runtime
 
 from . import db, fulltext, lookup, partitions, rollup, sketch, wal
-from .bodies import pack_body
+from .bodies import pack_body, pack_data
 from .bodies import prepare as prepare_bodies
 from .db import database
 from .models import IdSequence
@@ -392,15 +392,20 @@ def _prepare(entries, postgres):
     batch), and the facts the counters take (rollup.ROW_SQL's columns)."""
     bucket_of = sketch.bucket_of
     document = fulltext.document
+    stored = lookup.stored
     rows, bodies, documents, counted = [], [], [], []
     for offset, e in enumerate(entries):
         has_body = e["request_body"] is not None or e["response_body"] is not None
         duration = e["duration_ms"]
         bucket = bucket_of(duration)
-        rows.append((e["trace_id"], e["ts_ms"], e["kind"], e["level"],
+        trace_id, client_ip, data = e["trace_id"], e["client_ip"], e["data"]
+        if not postgres:  # compact forms (lookup.stored, bodies.pack_data)
+            trace_id, client_ip = stored("trace_id", trace_id), stored("client_ip", client_ip)
+            data = pack_data(data)
+        rows.append((trace_id, e["ts_ms"], e["kind"], e["level"],
                      e["project_id"], e["container_id"], e["service_name"],
-                     e["method"], e["url"], e["client_ip"], e["status"],
-                     e["source"], e["data"], has_body,
+                     e["method"], e["url"], client_ip, e["status"],
+                     e["source"], data, has_body,
                      e["body_truncated"], duration, e["route"], bucket))
         text = document(e["url"], e["request_body"], e["response_body"], e["data"])
         if postgres:

@@ -17,8 +17,16 @@ token and compares the stored value whole:
 A value without a letter or digit has no token and is looked up by a scan.
 PostgreSQL indexes both columns with b-trees (its pages are written out by
 its own checkpoints, not per commit).
+
+From schema 7, SQLite also stores both values compactly (`stored`): a
+trace id of lowercase hex as its bytes (16 instead of 32 for a W3C trace
+id), an address whose text is the canonical form as its 4 or 16 bytes.
+Anything else stays text, and so do the rows written before schema 7, so
+a lookup compares the column with both forms; `shown` turns either back
+into the text the entry came with.
 """
 import ipaddress
+import re
 
 from . import db
 from .fulltext import words
@@ -42,6 +50,32 @@ def ip_token(client_ip):
         return "i" + client_ip.encode().hex()
 
 
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
+
+
+def stored(column, value):
+    """How SQLite stores `value` of `column` ('trace_id' or 'client_ip')."""
+    if not value:
+        return value
+    if column == "trace_id":
+        return bytes.fromhex(value) if _HEX.fullmatch(value) else value
+    try:
+        packed = ipaddress.ip_address(value).packed
+    except ValueError:
+        return value
+    # Only what reads back as the same text (not `010.0.0.1`, `2001:DB8::1`
+    # or `fe80::1%eth0`, whose zone the bytes do not hold).
+    return packed if str(ipaddress.ip_address(packed)) == value else value
+
+
+def shown(column, value):
+    """The text of a stored trace id or address (either form)."""
+    if not isinstance(value, (bytes, memoryview)):
+        return value
+    value = bytes(value)
+    return value.hex() if column == "trace_id" else str(ipaddress.ip_address(value))
+
+
 def document(trace_id, client_ip):
     return " ".join(t for t in (trace_token(trace_id), ip_token(client_ip)) if t)
 
@@ -50,10 +84,21 @@ def where_sql(column, value):
     """(condition over `entry e`, params): `column` ('trace_id' or
     'client_ip') equals `value`."""
     token = trace_token(value) if column == "trace_id" else ip_token(value)
-    if db.is_postgres() or token is None:
+    if db.is_postgres():
         return f"e.{column} = ?", [value]
-    return (f"e.id IN (SELECT rowid FROM entry_keys WHERE entry_keys MATCH ?) "
-            f"AND e.{column} = ?", [f'"{token}"', value])
+    compact = stored(column, value)
+    if compact == value:
+        equal, params = f"e.{column} = ?", [value]
+    else:
+        equal, params = f"e.{column} IN (?, ?)", [compact, value]
+    if token is None:
+        return equal, params
+    return (f"e.id IN (SELECT rowid FROM entry_keys WHERE entry_keys MATCH ?) AND {equal}",
+            [f'"{token}"', *params])
+
+
+def _stored_document(trace_id, client_ip):
+    return document(shown("trace_id", trace_id), shown("client_ip", client_ip))
 
 
 def create():
@@ -73,7 +118,7 @@ def delete(ids):
     rows = db.execute(f"SELECT id, trace_id, client_ip FROM entry WHERE id IN ({marks})",
                       list(ids)).fetchall()
     db.executemany("INSERT INTO entry_keys (entry_keys, rowid, doc) VALUES ('delete', ?, ?)",
-                   [(i, document(trace, ip)) for i, trace, ip in rows])
+                   [(i, _stored_document(trace, ip)) for i, trace, ip in rows])
 
 
 def clear():
@@ -88,5 +133,5 @@ def rebuild():
                           "ORDER BY id LIMIT 20000", (after,)).fetchall()
         if not rows:
             return
-        insert([(i, document(trace, ip)) for i, trace, ip in rows])
+        insert([(i, _stored_document(trace, ip)) for i, trace, ip in rows])
         after = rows[-1][0]

@@ -15,8 +15,8 @@ import orjson
 
 from logsvc.entry import COLUMNS, row_to_dict
 
-from . import db, rollup
-from .bodies import unpack_body
+from . import db, lookup, rollup
+from .bodies import unpack_body, unpack_data
 from .filters import where_sql
 from .models import IdSequence
 
@@ -155,7 +155,10 @@ def _entries_after(filters, after_id, limit, max_id):
 def render_row(row, bodies=None):
     """An `entry` row as the API's entry, `data` kept as its stored JSON text."""
     item = row_to_dict(row, bodies)
-    item["data"] = orjson.Fragment(item["data"])
+    # SQLite's compact forms (schema 7: lookup.stored, bodies.pack_data).
+    item["traceId"] = lookup.shown("trace_id", item["traceId"])
+    item["clientIp"] = lookup.shown("client_ip", item["clientIp"])
+    item["data"] = orjson.Fragment(unpack_data(item["data"]))
     return item
 
 
