@@ -53,6 +53,9 @@ def dumps(counts):
     batch all have one sign, so none is zero."""
     if not counts:
         return None
+    if len(counts) == 1:  # most counter rows of a batch: one entry's bucket
+        ((bucket, n),) = counts.items()
+        return f"[{bucket},{n}]"
     return orjson.dumps(list(chain.from_iterable(sorted(counts.items())))).decode()
 
 
