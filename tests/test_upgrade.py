@@ -2,7 +2,7 @@
 bodies answer exactly as before."""
 import zstandard
 
-from logsvc.store import bodies, db, fulltext, lookup, models
+from logsvc.store import bodies, db, fulltext, lookup, models, rollup
 from logsvc.testing import Store, make_entry
 
 LOGS = "/api/proxy-logs/_logs"
@@ -220,6 +220,12 @@ def make_version_6():
     if db.is_postgres():
         db.execute("CREATE OR REPLACE FUNCTION logsvc_sketch_add(a text, b text) RETURNS text "
                    "LANGUAGE sql IMMUTABLE AS $$ SELECT coalesce(a, b) $$")
+        for model in models.ROLLUP_MODELS:  # counts of 0 were zeros, never NULL
+            table = model._meta.table_name
+            for column in model._meta.sorted_field_names:
+                if column in (*rollup.COUNT_COLUMNS, *rollup.ROUTE_COUNT_COLUMNS):
+                    db.execute(f"UPDATE {table} SET {column} = coalesce({column}, 0)")
+                    db.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
     else:
         rows = db.execute("SELECT id, trace_id, client_ip FROM entry").fetchall()
         db.executemany("UPDATE entry SET trace_id = ?, client_ip = ? WHERE id = ?", [
@@ -268,5 +274,20 @@ def test_a_version_6_store_keeps_its_dictionary_and_finds_its_text_rows(make_app
     (last,), = db.call(lambda: db.execute(
         "SELECT response_body_z FROM entry_body ORDER BY entry_id DESC LIMIT 1").fetchall())
     assert zstandard.get_frame_parameters(bytes(last)).dict_id == body_dict
-    latency = store.page(STATS)["latency"]
-    assert latency["count"] == bodies.TRAIN_SAMPLES + 20 and latency["max"] == 40
+    stats = store.page(STATS)
+    assert stats["latency"]["count"] == bodies.TRAIN_SAMPLES + 20
+    assert stats["latency"]["max"] == 40
+    # The counters (zeros before the upgrade, NULLs after on PostgreSQL)
+    # still equal a GROUP BY over the entries.
+    by_level, errors = db.call(lambda: (
+        dict(db.execute("SELECT level, count(*) FROM entry GROUP BY level").fetchall()),
+        db.execute("SELECT count(*) FROM entry WHERE level = 'error'").fetchone()[0]))
+    assert stats["total"] == bodies.TRAIN_SAMPLES + 20 and stats["byLevel"] == by_level
+    assert [(r["route"], r["total"], r["errors"]) for r in stats["byRoute"]] == [
+        ("/v1/items/{id}", bodies.TRAIN_SAMPLES + 20, errors)]
+    assert errors > 0
+    if db.is_postgres():  # zeros written since are NULL; those before stay
+        nulls, zeros = db.call(lambda: db.execute(
+            "SELECT count(*) FILTER (WHERE level_debug IS NULL), "
+            "count(*) FILTER (WHERE level_debug = 0) FROM rollup_minute").fetchone())
+        assert nulls > 0 and zeros > 0

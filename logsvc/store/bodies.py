@@ -66,9 +66,8 @@ _thread_local()
 class Kind:
     """What is compressed one way: bodies, or `data`."""
 
-    def __init__(self, name, compress_from, dictionary_bytes, magicless):
-        self.name, self.compress_from = name, compress_from
-        self.dictionary_bytes, self.magicless = dictionary_bytes, magicless
+    def __init__(self, name, dictionary_bytes, magicless):
+        self.name, self.dictionary_bytes, self.magicless = name, dictionary_bytes, magicless
 
     def compressor(self, dictionary):
         if not self.magicless:
@@ -79,8 +78,8 @@ class Kind:
                 write_dict_id=1)))
 
 
-BODY = Kind("body", BODY_COMPRESS_FROM, 32 * 1024, magicless=False)
-DATA = Kind("data", DATA_COMPRESS_FROM, 8 * 1024, magicless=True)
+BODY = Kind("body", 32 * 1024, magicless=False)
+DATA = Kind("data", 8 * 1024, magicless=True)
 KINDS = (BODY, DATA)
 
 

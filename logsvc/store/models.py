@@ -134,16 +134,20 @@ def _latency(cls):
     return cls
 
 
-def _counted(cls):
-    for name in COUNT_COLUMNS:
-        cls._meta.add_field(name, peewee.BigIntegerField(default=0))
+def _add_counts(cls, columns):
+    # Every count but the total `n` may be NULL, which PostgreSQL writes
+    # for 0 (see rollup.Tier): a NULL costs a bit there, a bigint 8 bytes.
+    for name in columns:
+        cls._meta.add_field(name, peewee.BigIntegerField(default=0, null=name != "n"))
     return _latency(cls)
+
+
+def _counted(cls):
+    return _add_counts(cls, COUNT_COLUMNS)
 
 
 def _route_counted(cls):
-    for name in ROUTE_COUNT_COLUMNS:
-        cls._meta.add_field(name, peewee.BigIntegerField(default=0))
-    return _latency(cls)
+    return _add_counts(cls, ROUTE_COUNT_COLUMNS)
 
 
 @_counted
@@ -509,6 +513,17 @@ def _create_lookup_indexes():
         lookup.create()
 
 
+def _v6_to_v7():
+    # Version 7 (PostgreSQL): the counts other than `n` may be NULL, written
+    # for 0 (see rollup.Tier). Rows written before keep their zeros.
+    if db.is_postgres():
+        for model in ROLLUP_MODELS:
+            for column in model._meta.sorted_field_names:
+                if column in (*COUNT_COLUMNS, *ROUTE_COUNT_COLUMNS) and column != "n":
+                    db.execute(f"ALTER TABLE {model._meta.table_name} "
+                               f"ALTER COLUMN {column} DROP NOT NULL")
+
+
 def _v5_to_v6():
     # Version 6: `order=slowest` walks latency buckets (create_tables has
     # made their indexes, and on SQLite those of values without the id). On
@@ -533,7 +548,7 @@ def _v5_to_v6():
 # are read as they are. Its dictionary column is added by _add_columns and
 # PostgreSQL's new sketch merge by create_schema.
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6,
-              6: lambda: None}
+              6: _v6_to_v7}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one):
 # both sketches are in bucket order, so one walk merges them. It runs for

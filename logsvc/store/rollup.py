@@ -58,25 +58,39 @@ _COUNTS = ", ".join(COUNT_COLUMNS)
 class Tier:
     """One counter table: its key columns, its time column (None: all
     time), and the tier (or the base accumulation of `add`) it is summed
-    from, with the key function that maps that one's keys to its own."""
+    from, with the key function that maps that one's keys to its own.
+
+    On PostgreSQL a count of 0 other than `n` is written as NULL: most
+    counter rows hold one entry or a few, so most of their counts are 0,
+    and a NULL costs a bit of the row's null bitmap where a bigint costs 8
+    bytes. SQLite stores a 0 in its record header alone, and keeps zeros.
+    Readers sum them (SUM skips NULLs) or take NULL as 0."""
 
     def __init__(self, table, keys, time_column, counts, source, key_from):
         self.table, self.keys, self.time_column = table, keys, time_column
         self.counts, self.source, self.key_from = counts, source, key_from
         self.with_max = counts is COUNT_COLUMNS
-        columns = [*keys, *counts, "lat"] + (["lat_max"] if self.with_max else [])
-        sets = [f"{c} = {table}.{c} + excluded.{c}" for c in counts]
+        self.sql = {postgres: self._sql(postgres) for postgres in (False, True)}
+
+    def _sql(self, postgres):
+        """{sign > 0: (head, conflict, marks)} of the upsert."""
+        table, counts = self.table, self.counts
+        columns = [*self.keys, *counts, "lat"] + (["lat_max"] if self.with_max else [])
+        sets = [f"{c} = {table}.{c} + excluded.{c}" if c == "n" or not postgres else
+                f"{c} = nullif(coalesce({table}.{c}, 0) + coalesce(excluded.{c}, 0), 0)"
+                for c in counts]
         sets.append(f"lat = logsvc_sketch_add({table}.lat, excluded.lat)")
         marks = ", ".join("?" for _ in columns)
         head = f"INSERT INTO {table} ({', '.join(columns)})"
-        conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        conflict = f"ON CONFLICT ({', '.join(self.keys)}) DO UPDATE SET "
         # Subtracting leaves lat_max to refresh_max.
-        self.subtract_sql = (head, conflict + ", ".join(sets), f"({marks})")
+        out = {False: (head, conflict + ", ".join(sets), f"({marks})")}
         if self.with_max:
             sets.append(f"lat_max = CASE WHEN excluded.lat_max IS NULL OR "
                         f"{table}.lat_max >= excluded.lat_max THEN {table}.lat_max "
                         f"ELSE excluded.lat_max END")
-        self.add_sql = (head, conflict + ", ".join(sets), f"({marks})")
+        out[True] = (head, conflict + ", ".join(sets), f"({marks})")
+        return out
 
 
 _SCOPE = ("project_id", "container_id", "service_name")
@@ -131,8 +145,9 @@ def add(rows, sign=1, weights=None):
 
 def write(summary, sign=1):
     """Apply what `summarize` prepared, in the writing transaction."""
+    postgres = db.is_postgres()
     for tier, rows, folded in summary:
-        _upsert(tier.add_sql if sign > 0 else tier.subtract_sql, rows)
+        _upsert(tier.sql[postgres][sign > 0], rows)
         if sign < 0:
             _drop_empty(tier, folded)
             if tier.with_max:
@@ -186,23 +201,26 @@ def summarize(rows, sign=1, weights=None):
                     lat[bucket] = lat.get(bucket, 0) + step
     summed = {"scopes": scopes, "routes": routes, "route_minutes": route_minutes}
     summary = []
+    postgres = db.is_postgres()
     for tiers in (TIERS, ROUTE_TIERS):
         for tier in tiers.values():
             source = summed[tier.source]
             folded = summed[tier.table] = (source if tier.key_from is None
                                            else _fold(source, tier.key_from))
-            summary.append((tier, _rows(tier, folded, sign), folded))
+            summary.append((tier, _rows(tier, folded, sign, postgres), folded))
     return summary
 
 
 _CLASS = {c: f"{c}xx" for c in range(1, 6)}
 
 
-def _rows(tier, folded, sign):
+def _rows(tier, folded, sign, postgres):
     rows = []
     with_max = tier.with_max
     dumps = sketch.dumps
     for key, (counts, lat, longest) in folded.items():
+        if postgres:  # zeros as NULL (see Tier)
+            counts = (counts[0], *(n or None for n in counts[1:]))
         row = (*key, *counts, dumps(lat) if lat else None)
         rows.append(row + (longest if sign > 0 else None,) if with_max else row)
     # In key order, so that concurrent transactions lock rows in one order.
@@ -543,7 +561,7 @@ def routes(project_id=None, container_id=None, since=None, until=None):
         for route, n, errors, lat in db.execute(sql, params).fetchall():
             into = out.setdefault(route, [0, 0, {}])
             into[0] += sign * n
-            into[1] += sign * errors
+            into[1] += sign * (errors or 0)
             sketch.add(into[2], lat, sign)
     return out
 
