@@ -33,11 +33,14 @@ def http_rate(batches, data_dir, concurrency):
 
 def raw_rate(batches, schema_from, path):
     conn = sqlite_connect(path)
-    for (sql,) in sqlite_connect(schema_from).execute(
-            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name LIKE 'entry%' "
-            # the full-text index's own tables come with its CREATE VIRTUAL TABLE
-            "AND name NOT LIKE 'entry^_fts^_%' ESCAPE '^' ORDER BY type DESC"):
-        conn.execute(sql)
+    schema = sqlite_connect(schema_from).execute(
+        "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name LIKE 'entry%' "
+        "ORDER BY type DESC").fetchall()
+    # The tables of a virtual table (full text, lookup) come with its CREATE.
+    virtual = [name for name, sql in schema if sql.startswith("CREATE VIRTUAL TABLE")]
+    for name, sql in schema:
+        if not any(name.startswith(f"{v}_") for v in virtual):
+            conn.execute(sql)
     cols = ("traceId", "tsMs", "kind", "level", "projectId", "containerId", "serviceName",
             "method", "url", "clientIp", "status", "source")
     prepared = [[(*(e[c] for c in cols), orjson.dumps(e["data"]).decode(), 0, 0)
