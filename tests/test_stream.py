@@ -387,6 +387,25 @@ def test_websocket_replays_then_streams_one_json_entry_per_message(fast_server):
     ws.close()
 
 
+def test_a_pong_comes_after_the_replay_and_means_the_tail_is_live(fast_server):
+    import json
+    ingest(fast_server, entries(3))
+    ws = connect(ws_url(fast_server, token=ticket(fast_server), replay=2))
+    ws.send("ping")  # at once: answered once the tail is subscribed
+    replayed = [json.loads(ws.recv())["id"] for _ in range(2)]
+    assert (replayed, ws.recv()) == ([2, 3], "pong")
+    ingest(fast_server, entries(1))
+    assert json.loads(ws.recv())["id"] == 4
+    ws.close()
+    # Without a replay the pong comes first, and what is written after it arrives.
+    ws = connect(ws_url(fast_server, token=ticket(fast_server), replay=0))
+    ws.send("ping")
+    assert ws.recv() == "pong"
+    ingest(fast_server, entries(1))
+    assert json.loads(ws.recv())["id"] == 5
+    ws.close()
+
+
 def test_websocket_resumes_from_last_event_id(fast_server):
     import json
     ingest(fast_server, entries(6))

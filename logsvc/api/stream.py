@@ -179,7 +179,7 @@ def _ws_session(ws, subscription_args, guard):
         except ConnectionClosed:
             pass  # the client left; the sending loop notices and ends
 
-    pinger = runtime.spawn(answer_pings, name="logsvc-ws-pings")
+    pinger = None
     try:
         try:
             opening, subscription = tail.subscribe(*subscription_args)
@@ -189,6 +189,9 @@ def _ws_session(ws, subscription_args, guard):
                         send(orjson.dumps(item).decode())
                 else:
                     send(orjson.dumps({"event": kind, **value}).decode())
+            # Pings are answered from here on, so a `pong` tells the client
+            # that the tail is live: whatever is committed after it arrives.
+            pinger = runtime.spawn(answer_pings, name="logsvc-ws-pings")
             for kind, value in subscription.events(state().config.heartbeat_s):
                 if not runtime.alive(pinger):  # the client went away
                     return
@@ -211,7 +214,8 @@ def _ws_session(ws, subscription_args, guard):
         except tail.StoreUnavailable as exc:
             ws.close(1011, str(exc)[:120])
     finally:
-        runtime.kill(pinger)
+        if pinger is not None:
+            runtime.kill(pinger)
 
 
 def _subscription_args(found, params):
