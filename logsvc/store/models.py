@@ -517,11 +517,12 @@ def _v6_to_v7():
     # Version 7 (PostgreSQL): the counts other than `n` may be NULL, written
     # for 0 (see rollup.Tier). Rows written before keep their zeros.
     if db.is_postgres():
+        counts = {*COUNT_COLUMNS, *ROUTE_COUNT_COLUMNS}
         for model in ROLLUP_MODELS:
-            for column in model._meta.sorted_field_names:
-                if column in (*COUNT_COLUMNS, *ROUTE_COUNT_COLUMNS) and column != "n":
+            for field in model._meta.sorted_fields:
+                if field.null and field.name in counts:  # as _add_counts declares them
                     db.execute(f"ALTER TABLE {model._meta.table_name} "
-                               f"ALTER COLUMN {column} DROP NOT NULL")
+                               f"ALTER COLUMN {field.name} DROP NOT NULL")
 
 
 def _v5_to_v6():
