@@ -2,7 +2,7 @@
 bodies answer exactly as before."""
 import zstandard
 
-from logsvc.store import bodies, db, fulltext, lookup, models, rollup
+from logsvc.store import bodies, db, fulltext, lookup, models, names, rollup
 from logsvc.testing import Store, make_entry
 
 LOGS = "/api/proxy-logs/_logs"
@@ -213,9 +213,76 @@ def test_a_version_5_store_gets_the_indexes_of_version_6(make_app):
     assert store.page(LOGS, q='"warehouse 3"')["total"] == 11
 
 
+def make_version_7():
+    """What version 7 wrote (SQLite): project, container and service names
+    as text in the entries and the counters."""
+    if not db.is_postgres():
+        numbered = dict(db.execute("SELECT code, name FROM scope_name").fetchall())
+        for table, columns in names.CODED_COLUMNS.items():
+            for column in columns:
+                for code, name in numbered.items():
+                    db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
+                               (name, names.pack(code)))
+        db.execute("DELETE FROM scope_name")
+    models.Meta.update(value="7").where(models.Meta.key == "schema_version").execute()
+
+
+def test_a_version_7_store_numbers_its_names_and_keeps_its_counters(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    entries = [make_entry(i, projectId=f"p{i % 3}", containerId=f"c{i % 2}" if i % 5 else None,
+                          serviceName=f"svc-{i % 4}" if i % 7 else None,
+                          tsMs=BASE + i * 60_000, durationMs=i % 30 + 1) for i in range(300)]
+    store.ingest(entries[:200])
+    db.call(make_version_7)
+    app.extensions["logsvc"].store.close()
+    if not db.is_postgres():  # made as version 7 left it
+        assert db.call(lambda: db.execute(
+            "SELECT count(*) FROM entry WHERE typeof(project_id) = 'text'").fetchone()) == (200,)
+
+    store = Store(make_app().test_client())
+    if not db.is_postgres():
+        for table, columns in names.CODED_COLUMNS.items():
+            for column in columns:  # every name is a number now ('' stays: "none")
+                texts = f"SELECT count(*) FROM {table} WHERE typeof({column}) = 'text' " \
+                        f"AND {column} <> ''"
+                assert db.call(lambda sql=texts: db.execute(sql).fetchone()) == (0,), texts
+        assert db.call(lambda: db.execute("SELECT count(*) FROM scope_name").fetchone()) == (
+            3 + 2 + 4,)
+    store.ingest(entries[200:])
+    # Rows from before and after the upgrade share their counters: one
+    # all-time row per scope, summing both.
+    if not db.is_postgres():
+        (scopes,), = db.call(lambda: db.execute("SELECT count(*) FROM rollup_total").fetchall())
+        assert scopes == len({(e["projectId"], e.get("containerId"), e.get("serviceName"))
+                              for e in entries})
+    stats = store.page(STATS)
+    assert stats["total"] == 300
+    assert stats["byProject"] == {"p0": 100, "p1": 100, "p2": 100}
+    assert stats["byContainer"] == {
+        c: sum(1 for i in range(300) if i % 5 and f"c{i % 2}" == c) for c in ("c0", "c1")}
+    assert stats["byService"] == {
+        s: sum(1 for i in range(300) if i % 7 and f"svc-{i % 4}" == s)
+        for s in ("svc-0", "svc-1", "svc-2", "svc-3")}
+    since = store.page(STATS, projectId="p1", containerId="c1", since=BASE + 90 * 60_000 + 17)
+    assert since["total"] == sum(1 for i in range(91, 300) if i % 3 == 1 and i % 5 and i % 2)
+    page = store.page(LOGS, projectId="p2", serviceName="svc-1,svc-3", order="asc", limit=500)
+    want = [i for i in range(300) if i % 3 == 2 and i % 7 and i % 4 in (1, 3)]
+    assert [e["tsMs"] for e in page["entries"]] == [BASE + i * 60_000 for i in want]
+    assert {(e["projectId"], e["serviceName"]) for e in page["entries"]} == {
+        ("p2", "svc-1"), ("p2", "svc-3")}
+    assert page["total"] == len(want)
+    assert store.page(LOGS, projectId="nobody")["total"] == 0
+    histogram = store.page(HISTOGRAM, projectId="p0", bucket="1h", since=BASE,
+                           until=BASE + 5 * HOUR)
+    assert [b["total"] for b in histogram["buckets"]] == [20] * 5
+
+
 def make_version_6():
     """What version 6 wrote: dictionaries without a kind; on SQLite, trace
-    ids and addresses as text; on PostgreSQL, its former sketch merge."""
+    ids and addresses as text, and names as text (version 7's); on
+    PostgreSQL, its former sketch merge."""
+    make_version_7()
     db.execute("ALTER TABLE body_dictionary DROP COLUMN kind")
     if db.is_postgres():
         db.execute("CREATE OR REPLACE FUNCTION logsvc_sketch_add(a text, b text) RETURNS text "

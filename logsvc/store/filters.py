@@ -16,7 +16,7 @@ import functools
 
 import orjson
 
-from . import fulltext, lookup, sketch
+from . import fulltext, lookup, names, sketch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,21 @@ class OneOf(Equals):
         return f"{self.column} IN ({', '.join('?' * len(values))})", list(values)
 
     def test(self, values, entry):
+        return entry[self.key] in values
+
+
+class Named(OneOf):
+    """A project, container or service name (one or a union): compared in
+    its stored form (names.py)."""
+
+    def sql(self, values):
+        if isinstance(values, str):
+            values = (values,)
+        return super().sql(names.stored_all(values))
+
+    def test(self, values, entry):
+        if isinstance(values, str):
+            return entry[self.key] == values
         return entry[self.key] in values
 
 
@@ -170,11 +185,11 @@ class FullText:
 
 
 FILTERS = (
-    Equals("project_id", "project_id", "projectId"),
-    Equals("container_id", "container_id", "containerId"),
+    Named("project_id", "project_id", "projectId"),
+    Named("container_id", "container_id", "containerId"),
     Lookup("trace_id", "trace_id", "traceId"),
     Lookup("client_ip", "client_ip", "clientIp"),
-    OneOf("service_names", "service_name", "serviceName"),
+    Named("service_names", "service_name", "serviceName"),
     OneOf("levels", "level", "level"),
     OneOf("kinds", "kind", "kind"),
     OneOf("methods", "method", "method"),

@@ -40,7 +40,7 @@ import orjson
 
 from logsvc import entry, runtime
 
-from . import db, fulltext, lookup, partitions, rollup, sketch, wal
+from . import db, fulltext, lookup, names, partitions, rollup, sketch, wal
 from .bodies import pack_body, pack_data
 from .bodies import prepare as prepare_bodies
 from .db import database
@@ -358,15 +358,22 @@ def _write_batch(entries, keys):
     postgres = db.is_postgres()
     # Everything that does not need the ids is done before the write lock
     # is taken, so that another process can write meanwhile.
-    rows, bodies, documents, counted = _prepare(entries, postgres)
+    rows, bodies, documents, counted, unnamed = _prepare(entries, postgres)
     counters = rollup.summarize(counted)
     wal.before_write(db.current())
+    assigned = None
     with database.atomic():
         last = IdSequence.take(len(entries))
         first = last - len(entries) + 1
         taken = [key for offset, key in keys if not key.remember(first + offset)]
         if taken:
             raise _Replayed(taken)
+        if unnamed:
+            # Names this process has no number for (names.py): numbered
+            # under the write lock, and the batch prepared again with them.
+            assigned = names.assign(unnamed)
+            rows, bodies, documents, counted, _ = _prepare(entries, postgres, assigned)
+            counters = rollup.summarize(counted)
         if postgres:
             partitions.ensure(first, last)
         rows = [(first + offset, *row) for offset, row in enumerate(rows)]
@@ -383,18 +390,34 @@ def _write_batch(entries, keys):
         if postgres:
             # Delivered at commit: wakes the live tail of every host.
             db.execute(f"NOTIFY {TAIL_CHANNEL}")
+    names.remember(assigned)  # committed: the numbers are the store's now
     return first, last
 
 
-def _prepare(entries, postgres):
+def _prepare(entries, postgres, assigned=None):
     """The batch's rows without their ids: entry rows, body rows and
     (SQLite) full-text and lookup documents (each led by its offset in the
-    batch), and the facts the counters take (rollup.ROW_SQL's columns)."""
+    batch), the facts the counters take (rollup.ROW_SQL's columns), and the
+    names that have no number known here (SQLite, see names.py; numbered
+    by `assigned`, their rows are right)."""
     bucket_of = sketch.bucket_of
     document = fulltext.document
     stored = lookup.stored
     rows, bodies, documents, counted = [], [], [], []
+    unnamed = set()
+    if not postgres:
+        known, missing = names.known(), names.MISSING
+        if assigned:
+            remembered = known
+            known = lambda name: assigned.get(name) or remembered(name)
     for offset, e in enumerate(entries):
+        project, container, service = e["project_id"], e["container_id"], e["service_name"]
+        if not postgres:
+            named = (project, container, service)
+            project, container, service = known(project), known(container), known(service)
+            if project is missing or container is missing or service is missing:
+                unnamed.update(name for name, code in
+                               zip(named, (project, container, service)) if code is missing)
         has_body = e["request_body"] is not None or e["response_body"] is not None
         duration = e["duration_ms"]
         bucket = bucket_of(duration)
@@ -403,7 +426,7 @@ def _prepare(entries, postgres):
             trace_id, client_ip = stored("trace_id", trace_id), stored("client_ip", client_ip)
             data = pack_data(data)
         rows.append((trace_id, e["ts_ms"], e["kind"], e["level"],
-                     e["project_id"], e["container_id"], e["service_name"],
+                     project, container, service,
                      e["method"], e["url"], client_ip, e["status"],
                      e["source"], data, has_body,
                      e["body_truncated"], duration, e["route"], bucket))
@@ -416,10 +439,9 @@ def _prepare(entries, postgres):
             if has_body:
                 bodies.append((offset, *pack_body(e["request_body"]),
                                *pack_body(e["response_body"])))
-        counted.append((e["ts_ms"], e["project_id"], e["container_id"],
-                        e["service_name"], e["level"], e["kind"], e["status"],
-                        e["source"], e["route"], bucket, duration))
-    return rows, bodies, documents, counted
+        counted.append((e["ts_ms"], project, container, service, e["level"], e["kind"],
+                        e["status"], e["source"], e["route"], bucket, duration))
+    return rows, bodies, documents, counted, unnamed
 
 
 def _copy(table, columns, rows):

@@ -39,11 +39,11 @@ import peewee
 
 from logsvc.entry import coerce_duration, derive_route
 
-from . import db, fulltext, lookup, rollup, sketch
+from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class BaseModel(peewee.Model):
@@ -392,6 +392,14 @@ class BodyDictionary(BaseModel):
     kind = peewee.TextField(default="body")  # what it compresses: "body" or "data"
 
 
+class ScopeName(BaseModel):
+    """SQLite: the number that stands for a project, container or service
+    name in `entry` and the counters (see names.py). Never changed or
+    removed."""
+    code = peewee.AutoField()
+    name = peewee.TextField(unique=True)
+
+
 class DestroyedScope(BaseModel):
     project_id = peewee.TextField()
     container_id = peewee.TextField()
@@ -410,8 +418,8 @@ class PruneLog(BaseModel):
 
 
 ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
-              ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, DestroyedScope,
-              PruneLog)
+              ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, ScopeName,
+              DestroyedScope, PruneLog)
 
 
 def _v1_to_v2():
@@ -525,6 +533,13 @@ def _v6_to_v7():
                                f"ALTER COLUMN {field.name} DROP NOT NULL")
 
 
+def _v7_to_v8():
+    # Version 8 (SQLite): project, container and service names as numbers
+    # (names.py), in every entry and counter row: one rewrite of each.
+    if not db.is_postgres():
+        names.code_stored_names()
+
+
 def _v5_to_v6():
     # Version 6: `order=slowest` walks latency buckets (create_tables has
     # made their indexes, and on SQLite those of values without the id). On
@@ -547,9 +562,11 @@ def _v5_to_v6():
 # makes. v7 compacts the entries written from then on (SQLite: `data`
 # compressed, trace ids and addresses as bytes; see lookup.py); older rows
 # are read as they are. Its dictionary column is added by _add_columns and
-# PostgreSQL's new sketch merge by create_schema.
+# PostgreSQL's new sketch merge by create_schema. v8 (SQLite) rewrites every
+# entry and counter row once, names as numbers (create_tables makes
+# scope_name).
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6,
-              6: _v6_to_v7}
+              6: _v6_to_v7, 7: _v7_to_v8}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one):
 # both sketches are in bucket order, so one walk merges them. It runs for

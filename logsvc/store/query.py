@@ -15,7 +15,7 @@ import orjson
 
 from logsvc.entry import COLUMNS, row_to_dict
 
-from . import db, lookup, rollup
+from . import db, lookup, names, rollup
 from .bodies import unpack_body, unpack_data
 from .filters import where_sql
 from .models import IdSequence
@@ -159,6 +159,11 @@ def render_row(row, bodies=None):
     item["traceId"] = lookup.shown("trace_id", item["traceId"])
     item["clientIp"] = lookup.shown("client_ip", item["clientIp"])
     item["data"] = orjson.Fragment(unpack_data(item["data"]))
+    # Schema 8: names as numbers (names.py).
+    shown = names.shown
+    item["projectId"] = shown(item["projectId"])
+    item["containerId"] = shown(item["containerId"])
+    item["serviceName"] = shown(item["serviceName"])
     return item
 
 
@@ -210,7 +215,7 @@ def _rollup_sum(f):
     terms, params = [], []
     if f.service_names:
         terms.append(f"service_name IN ({', '.join('?' * len(f.service_names))})")
-        params.extend(f.service_names)
+        params.extend(names.stored_all(f.service_names))
     return column, (" AND ".join(terms) if terms else "TRUE"), params
 
 

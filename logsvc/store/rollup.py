@@ -29,7 +29,7 @@ from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 """
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
-from . import db, sketch
+from . import db, names, sketch
 
 ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
 # One count column per value of each breakdown, beside the row total `n`.
@@ -223,9 +223,11 @@ def _rows(tier, folded, sign, postgres):
             counts = (counts[0], *(n or None for n in counts[1:]))
         row = (*key, *counts, dumps(lat) if lat else None)
         rows.append(row + (longest if sign > 0 else None,) if with_max else row)
-    # In key order, so that concurrent transactions lock rows in one order.
-    width = len(tier.keys)
-    rows.sort(key=lambda r: r[:width])
+    if postgres:
+        # In key order, so that concurrent transactions lock rows in one
+        # order (SQLite has one writer; its keys mix numbers' bytes and '').
+        width = len(tier.keys)
+        rows.sort(key=lambda r: r[:width])
     return rows
 
 
@@ -267,7 +269,8 @@ def _drop_empty(tier, folded):
     """Delete the rows of `tier` that a subtraction left at zero (found by
     their keys: no scan)."""
     match = " AND ".join(f"{c} = ?" for c in tier.keys)
-    db.executemany(f"DELETE FROM {tier.table} WHERE {match} AND n <= 0", sorted(folded))
+    db.executemany(f"DELETE FROM {tier.table} WHERE {match} AND n <= 0",
+                   sorted(folded) if db.is_postgres() else list(folded))  # see _rows
 
 
 # Where a tier's lat_max is recomputed from: (finer table, its time column).
@@ -502,14 +505,18 @@ def _entry_part(low, high, project_id, container_id, select):
 
 
 def scope_where(project_id, container_id, indexed=True):
+    """The condition for a project and container (names as sent), with
+    `indexed=False` written so that no index is used for it."""
     where, params = [], []
-    wrap = "{}" if indexed else "{} || ''"
+    # SQLite's unary + leaves a value as it is (a stored name is a BLOB,
+    # see names.py); PostgreSQL has no unary + for text.
+    wrap = "{}" if indexed else "{} || ''" if db.is_postgres() else "+{}"
     if project_id is not None:
         where.append(f"{wrap.format('project_id')} = ?")
-        params.append(project_id)
+        params.append(names.stored(project_id))
     if container_id is not None:
         where.append(f"{wrap.format('container_id')} = ?")
-        params.append(container_id)
+        params.append(names.stored(container_id))
     return where, params
 
 

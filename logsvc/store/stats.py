@@ -34,7 +34,7 @@ nearest-rank value, and `max` is exact.
 """
 from logsvc.entry import LEVELS, now_ms
 
-from . import db, rollup, sketch
+from . import db, names, rollup, sketch
 from .filters import where_sql
 from .query import InvalidParameter
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
@@ -132,8 +132,10 @@ def _summarize(source, totals=None):
         # One row per scope (as many as the breakdowns have keys): summed
         # into the three breakdowns here, cheaper than three GROUP BYs.
         projects, containers, services = (result[name] for name in _KEY_BREAKDOWNS)
+        shown = names.shown
         for project, container, service, n in db.execute(
                 _PER_SCOPE_SQL.format(source=source[0]), source[1]).fetchall():
+            project, container, service = shown(project), shown(container), shown(service)
             projects[project] = projects.get(project, 0) + n
             if container:
                 containers[container] = containers.get(container, 0) + n
@@ -147,7 +149,7 @@ def _summarize(source, totals=None):
                     prefix, value = column.split("_", 1)
                     result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
         else:
-            result[kind][key] = counts[0]
+            result[kind][names.shown(key)] = counts[0]
     return result
 
 

@@ -1,0 +1,165 @@
+"""Project, container and service names stored as numbers (SQLite).
+
+Every entry names its project, container and service, and so do the keys of
+most counter rows. At a thousand containers the names were a seventh of a
+row, half of the two tenant indexes and most of a per-minute counter's key.
+From schema 8, SQLite stores each name as the number it has in
+`scope_name`, written as the number's big-endian bytes: one byte for the
+first 255 names, two up to 65,535, three beyond. A stored name is a BLOB
+and a name as sent is TEXT: SQLite never finds the two equal, so a filter
+on a name that was never stored matches nothing. PostgreSQL keeps the
+text.
+
+- `stored(name)`: the form to compare a column with (filters).
+- `shown(value)`: the name of a stored value (what the API returns).
+- ingest asks `known(name)` per name, `assign(names)` in its transaction
+  for the names it did not know, and `remember` once that committed.
+
+A name gets its number in the transaction that first stores it, so two
+writers never give one number to two names (SQLite has one writer at a
+time). A process keeps a number in memory only once that transaction has
+committed: a number whose transaction rolled back may go to another name.
+Names are never removed (clearing the store keeps them), so a number never
+changes meaning while a process remembers it.
+"""
+from . import db
+
+MISSING = object()  # what `known` answers for a name without a number here
+# Names remembered per store and process; past it the memory starts over.
+REMEMBERED = 200_000
+
+
+class _Memory:
+    def __init__(self):
+        self.code_of = {}
+        self.name_of = {}
+        self._reset()
+
+    def _reset(self):
+        self.code_of.clear()
+        self.name_of.clear()
+        # "none" (NULL, and '' in counter keys) stays itself.
+        self.code_of.update({None: None, "": ""})
+
+    def remember(self, pairs):
+        if len(self.code_of) + len(pairs) > REMEMBERED:
+            self._reset()
+        for name, code in pairs:
+            self.code_of[name] = code
+            self.name_of[code] = name
+
+
+def _memory():
+    store = db.current()
+    memory = getattr(store, "names", None)
+    if memory is None:
+        memory = store.names = _Memory()
+    return memory
+
+
+def pack(number):
+    return number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
+
+
+def coded():
+    """Whether this store keeps names as numbers."""
+    return not db.is_postgres()
+
+
+def known():
+    """name -> stored form, or MISSING (a dict's `get` with MISSING as its
+    default): what ingest maps each entry's names with."""
+    code_of = _memory().code_of
+    return lambda name: code_of.get(name, MISSING)
+
+
+def stored(name):
+    """The stored form of `name` (a filter's value): its number's bytes, or
+    the text itself where no entry ever had that name (it then matches no
+    row)."""
+    if name is None or name == "" or db.is_postgres():
+        return name
+    memory = _memory()
+    code = memory.code_of.get(name)
+    if code is None:
+        row = db.execute("SELECT code FROM scope_name WHERE name = ?", (name,)).fetchone()
+        if row is None:  # not remembered: another process may store it later
+            return name
+        code = pack(row[0])
+        memory.remember([(name, code)])
+    return code
+
+
+def stored_all(names):
+    return [stored(name) for name in names]
+
+
+def shown(value):
+    """The name that a stored value stands for (text passes through)."""
+    if type(value) is not bytes:
+        return value
+    memory = _memory()
+    name = memory.name_of.get(value)
+    if name is None:
+        row = db.execute("SELECT name FROM scope_name WHERE code = ?",
+                         (int.from_bytes(value, "big"),)).fetchone()
+        if row is None:  # cannot happen: numbers are committed with their rows
+            return value.hex()
+        name = row[0]
+        memory.remember([(name, value)])
+    return name
+
+
+def assign(names):
+    """In the writing transaction: {name: stored form} for `names`, giving
+    a number to each that has none yet. Pass the result to `remember` once
+    the transaction has committed."""
+    names = [name for name in names if name is not None and name != ""]
+    db.executemany("INSERT INTO scope_name (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                   [(name,) for name in names])
+    found = {}
+    for start in range(0, len(names), 500):
+        part = names[start:start + 500]
+        marks = ", ".join("?" for _ in part)
+        for name, code in db.execute(
+                f"SELECT name, code FROM scope_name WHERE name IN ({marks})", part):
+            found[name] = pack(code)
+    return found
+
+
+def remember(assigned):
+    if assigned:
+        _memory().remember(list(assigned.items()))
+
+
+# The counter tables whose keys hold names, and which columns.
+CODED_COLUMNS = {
+    "entry": ("project_id", "container_id", "service_name"),
+    "rollup_minute": ("project_id", "container_id", "service_name"),
+    "rollup_hour": ("project_id", "container_id", "service_name"),
+    "rollup_total": ("project_id", "container_id", "service_name"),
+    "rollup_route_minute": ("project_id",),
+    "rollup_route_hour": ("project_id",),
+    "rollup_route_total": ("project_id", "container_id"),
+}
+
+
+def code_stored_names():
+    """Schema 8 (SQLite): number every name that the entries and counters
+    hold and store the numbers in their place, in the current transaction."""
+    for table, columns in CODED_COLUMNS.items():
+        for column in columns:
+            db.execute(f"INSERT INTO scope_name (name) SELECT DISTINCT {column} FROM {table} "
+                       f"WHERE typeof({column}) = 'text' AND {column} <> '' "
+                       f"ON CONFLICT (name) DO NOTHING")
+    db.execute("CREATE TEMP TABLE scope_code (name TEXT PRIMARY KEY, code BLOB) WITHOUT ROWID")
+    db.executemany("INSERT INTO scope_code VALUES (?, ?)",
+                   [(name, pack(code)) for name, code in
+                    db.execute("SELECT name, code FROM scope_name").fetchall()])
+    for table, columns in CODED_COLUMNS.items():
+        sets = ", ".join(
+            f"{c} = CASE WHEN typeof({c}) = 'text' AND {c} <> '' "
+            f"THEN (SELECT code FROM scope_code WHERE name = {table}.{c}) ELSE {c} END"
+            for c in columns)
+        db.execute(f"UPDATE {table} SET {sets}")
+    db.execute("DROP TABLE scope_code")
