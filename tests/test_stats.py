@@ -23,12 +23,12 @@ def truth(project_id=None, container_id=None, since=None, until=None):
     rows = db.call(lambda: list(db.database.execute_sql(
         "SELECT project_id, container_id, service_name, level, kind, status, source, ts_ms, "
         "duration_ms, route FROM entry")))
-    # SQLite stores names as the big-endian bytes of their number in scope_name.
+    # SQLite stores names as the big-endian bytes of their number in stored_name.
     numbered = dict(db.call(lambda: list(db.database.execute_sql(
-        "SELECT code, name FROM scope_name"))))
+        "SELECT code, name FROM stored_name"))))
     def name(value):
         return numbered[int.from_bytes(value, "big")] if isinstance(value, bytes) else value
-    rows = [(name(p), name(c), name(s), *rest) for p, c, s, *rest in rows]
+    rows = [(name(p), name(c), name(s), *rest, name(route)) for p, c, s, *rest, route in rows]
     counts = {name: Counter() for name in
               ("byProject", "byContainer", "byService", "byLevel", "byKind", "byStatus",
                "bySource")}

@@ -217,13 +217,13 @@ def make_version_7():
     """What version 7 wrote (SQLite): project, container and service names
     as text in the entries and the counters."""
     if not db.is_postgres():
-        numbered = dict(db.execute("SELECT code, name FROM scope_name").fetchall())
+        numbered = dict(db.execute("SELECT code, name FROM stored_name").fetchall())
         for table, columns in names.CODED_COLUMNS.items():
             for column in columns:
                 for code, name in numbered.items():
                     db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
                                (name, names.pack(code)))
-        db.execute("DELETE FROM scope_name")
+        db.execute("DELETE FROM stored_name")
     models.Meta.update(value="7").where(models.Meta.key == "schema_version").execute()
 
 
@@ -247,8 +247,9 @@ def test_a_version_7_store_numbers_its_names_and_keeps_its_counters(make_app):
                 texts = f"SELECT count(*) FROM {table} WHERE typeof({column}) = 'text' " \
                         f"AND {column} <> ''"
                 assert db.call(lambda sql=texts: db.execute(sql).fetchone()) == (0,), texts
-        assert db.call(lambda: db.execute("SELECT count(*) FROM scope_name").fetchone()) == (
-            3 + 2 + 4,)
+        # projects, containers, services, methods (make_entry's), one route
+        assert db.call(lambda: db.execute("SELECT count(*) FROM stored_name").fetchone()) == (
+            3 + 2 + 4 + 3 + 1,)
     store.ingest(entries[200:])
     # Rows from before and after the upgrade share their counters: one
     # all-time row per scope, summing both.
@@ -273,6 +274,10 @@ def test_a_version_7_store_numbers_its_names_and_keeps_its_counters(make_app):
         ("p2", "svc-1"), ("p2", "svc-3")}
     assert page["total"] == len(want)
     assert store.page(LOGS, projectId="nobody")["total"] == 0
+    posts = store.page(LOGS, method="POST", route="/v1/items/{id}", limit=500)["entries"]
+    assert len(posts) == 100 and {(e["method"], e["route"]) for e in posts} == {
+        ("POST", "/v1/items/{id}")}
+    assert [(r["route"], r["total"]) for r in stats["byRoute"]] == [("/v1/items/{id}", 300)]
     histogram = store.page(HISTOGRAM, projectId="p0", bucket="1h", since=BASE,
                            until=BASE + 5 * HOUR)
     assert [b["total"] for b in histogram["buckets"]] == [20] * 5

@@ -78,8 +78,8 @@ class OneOf(Equals):
 
 
 class Named(OneOf):
-    """A project, container or service name (one or a union): compared in
-    its stored form (names.py)."""
+    """A project, container, service, method or route (one, or a union):
+    compared in its stored form (names.py)."""
 
     def sql(self, values):
         if isinstance(values, str):
@@ -192,9 +192,9 @@ FILTERS = (
     Named("service_names", "service_name", "serviceName"),
     OneOf("levels", "level", "level"),
     OneOf("kinds", "kind", "kind"),
-    OneOf("methods", "method", "method"),
+    Named("methods", "method", "method"),
     OneOf("sources", "source", "source"),
-    OneOf("routes", "route", "route"),
+    Named("routes", "route", "route"),
     Duration("min_duration_ms", low=True),
     Duration("max_duration_ms", low=False),
     Timed(),

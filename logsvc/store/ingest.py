@@ -411,13 +411,13 @@ def _prepare(entries, postgres, assigned=None):
             remembered = known
             known = lambda name: assigned.get(name) or remembered(name)
     for offset, e in enumerate(entries):
-        project, container, service = e["project_id"], e["container_id"], e["service_name"]
-        if not postgres:
-            named = (project, container, service)
-            project, container, service = known(project), known(container), known(service)
-            if project is missing or container is missing or service is missing:
-                unnamed.update(name for name, code in
-                               zip(named, (project, container, service)) if code is missing)
+        named = (e["project_id"], e["container_id"], e["service_name"], e["method"], e["route"])
+        if postgres:
+            project, container, service, method, route = named
+        else:
+            project, container, service, method, route = coded = [known(n) for n in named]
+            if missing in coded:
+                unnamed.update(name for name, code in zip(named, coded) if code is missing)
         has_body = e["request_body"] is not None or e["response_body"] is not None
         duration = e["duration_ms"]
         bucket = bucket_of(duration)
@@ -427,9 +427,9 @@ def _prepare(entries, postgres, assigned=None):
             data = pack_data(data)
         rows.append((trace_id, e["ts_ms"], e["kind"], e["level"],
                      project, container, service,
-                     e["method"], e["url"], client_ip, e["status"],
+                     method, e["url"], client_ip, e["status"],
                      e["source"], data, has_body,
-                     e["body_truncated"], duration, e["route"], bucket))
+                     e["body_truncated"], duration, route, bucket))
         text = document(e["url"], e["request_body"], e["response_body"], e["data"])
         if postgres:
             bodies.append((offset, *pack_body(e["request_body"]),
@@ -440,7 +440,7 @@ def _prepare(entries, postgres, assigned=None):
                 bodies.append((offset, *pack_body(e["request_body"]),
                                *pack_body(e["response_body"])))
         counted.append((e["ts_ms"], project, container, service, e["level"], e["kind"],
-                        e["status"], e["source"], e["route"], bucket, duration))
+                        e["status"], e["source"], route, bucket, duration))
     return rows, bodies, documents, counted, unnamed
 
 

@@ -392,7 +392,7 @@ class BodyDictionary(BaseModel):
     kind = peewee.TextField(default="body")  # what it compresses: "body" or "data"
 
 
-class ScopeName(BaseModel):
+class StoredName(BaseModel):
     """SQLite: the number that stands for a project, container or service
     name in `entry` and the counters (see names.py). Never changed or
     removed."""
@@ -418,7 +418,7 @@ class PruneLog(BaseModel):
 
 
 ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
-              ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, ScopeName,
+              ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, StoredName,
               DestroyedScope, PruneLog)
 
 
@@ -564,7 +564,7 @@ def _v5_to_v6():
 # are read as they are. Its dictionary column is added by _add_columns and
 # PostgreSQL's new sketch merge by create_schema. v8 (SQLite) rewrites every
 # entry and counter row once, names as numbers (create_tables makes
-# scope_name).
+# stored_name).
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6,
               6: _v6_to_v7, 7: _v7_to_v8}
 

@@ -1,10 +1,11 @@
-"""Project, container and service names stored as numbers (SQLite).
+"""Names stored as numbers (SQLite): project, container, service, method
+and route.
 
-Every entry names its project, container and service, and so do the keys of
-most counter rows. At a thousand containers the names were a seventh of a
-row, half of the two tenant indexes and most of a per-minute counter's key.
-From schema 8, SQLite stores each name as the number it has in
-`scope_name`, written as the number's big-endian bytes: one byte for the
+Every entry names its project, container, service, method and route, and so
+do the keys of most counter rows. At a thousand containers the names were a
+fifth of a row, half of the two tenant indexes and most of a per-minute
+counter's key. From schema 8, SQLite stores each name as the number it has
+in `stored_name`, written as the number's big-endian bytes: one byte for the
 first 255 names, two up to 65,535, three beyond. A stored name is a BLOB
 and a name as sent is TEXT: SQLite never finds the two equal, so a filter
 on a name that was never stored matches nothing. PostgreSQL keeps the
@@ -82,7 +83,7 @@ def stored(name):
     memory = _memory()
     code = memory.code_of.get(name)
     if code is None:
-        row = db.execute("SELECT code FROM scope_name WHERE name = ?", (name,)).fetchone()
+        row = db.execute("SELECT code FROM stored_name WHERE name = ?", (name,)).fetchone()
         if row is None:  # not remembered: another process may store it later
             return name
         code = pack(row[0])
@@ -101,7 +102,7 @@ def shown(value):
     memory = _memory()
     name = memory.name_of.get(value)
     if name is None:
-        row = db.execute("SELECT name FROM scope_name WHERE code = ?",
+        row = db.execute("SELECT name FROM stored_name WHERE code = ?",
                          (int.from_bytes(value, "big"),)).fetchone()
         if row is None:  # cannot happen: numbers are committed with their rows
             return value.hex()
@@ -115,14 +116,14 @@ def assign(names):
     a number to each that has none yet. Pass the result to `remember` once
     the transaction has committed."""
     names = [name for name in names if name is not None and name != ""]
-    db.executemany("INSERT INTO scope_name (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+    db.executemany("INSERT INTO stored_name (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
                    [(name,) for name in names])
     found = {}
     for start in range(0, len(names), 500):
         part = names[start:start + 500]
         marks = ", ".join("?" for _ in part)
         for name, code in db.execute(
-                f"SELECT name, code FROM scope_name WHERE name IN ({marks})", part):
+                f"SELECT name, code FROM stored_name WHERE name IN ({marks})", part):
             found[name] = pack(code)
     return found
 
@@ -132,15 +133,18 @@ def remember(assigned):
         _memory().remember(list(assigned.items()))
 
 
-# The counter tables whose keys hold names, and which columns.
+# The tables that hold names, and which columns.
 CODED_COLUMNS = {
-    "entry": ("project_id", "container_id", "service_name"),
+    "entry": ("project_id", "container_id", "service_name", "method", "route"),
     "rollup_minute": ("project_id", "container_id", "service_name"),
     "rollup_hour": ("project_id", "container_id", "service_name"),
     "rollup_total": ("project_id", "container_id", "service_name"),
-    "rollup_route_minute": ("project_id",),
-    "rollup_route_hour": ("project_id",),
-    "rollup_route_total": ("project_id", "container_id"),
+    "rollup_route_minute": ("project_id", "route"),
+    "rollup_route_hour": ("project_id", "route"),
+    "rollup_route_total": ("project_id", "container_id", "route"),
+    "rollup_route_minute_all": ("route",),
+    "rollup_route_hour_all": ("route",),
+    "rollup_route_total_all": ("route",),
 }
 
 
@@ -149,13 +153,13 @@ def code_stored_names():
     hold and store the numbers in their place, in the current transaction."""
     for table, columns in CODED_COLUMNS.items():
         for column in columns:
-            db.execute(f"INSERT INTO scope_name (name) SELECT DISTINCT {column} FROM {table} "
+            db.execute(f"INSERT INTO stored_name (name) SELECT DISTINCT {column} FROM {table} "
                        f"WHERE typeof({column}) = 'text' AND {column} <> '' "
                        f"ON CONFLICT (name) DO NOTHING")
     db.execute("CREATE TEMP TABLE scope_code (name TEXT PRIMARY KEY, code BLOB) WITHOUT ROWID")
     db.executemany("INSERT INTO scope_code VALUES (?, ?)",
                    [(name, pack(code)) for name, code in
-                    db.execute("SELECT name, code FROM scope_name").fetchall()])
+                    db.execute("SELECT name, code FROM stored_name").fetchall()])
     for table, columns in CODED_COLUMNS.items():
         sets = ", ".join(
             f"{c} = CASE WHEN typeof({c}) = 'text' AND {c} <> '' "

@@ -164,6 +164,8 @@ def render_row(row, bodies=None):
     item["projectId"] = shown(item["projectId"])
     item["containerId"] = shown(item["containerId"])
     item["serviceName"] = shown(item["serviceName"])
+    item["method"] = shown(item["method"])
+    item["route"] = shown(item["route"])
     return item
 
 

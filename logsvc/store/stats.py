@@ -92,7 +92,9 @@ def summary(filters, top_routes=TOP_ROUTES):
 
 def _by_route(routes, top):
     """The `top` routes by calls, busiest first (ties by name)."""
-    ranked = sorted(routes.items(), key=lambda item: (-item[1][0], item[0]))
+    shown = names.shown  # stored routes (names.py) by name
+    ranked = sorted(((shown(route), counts) for route, counts in routes.items()),
+                    key=lambda item: (-item[1][0], item[0]))
     out = []
     for route, (calls, errors, counts) in ranked[:top]:
         if calls <= 0:
