@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from logsvc.entry import status_class
 from logsvc.server import create_app
 from logsvc.store import db, retention, rollup
+from logsvc.store.names import LETTERS
 from logsvc.testing import ADMIN_TOKEN, Store, make_entry
 
 STATS = "/api/proxy-logs/_logs/stats"
@@ -28,7 +29,14 @@ def truth(project_id=None, container_id=None, since=None, until=None):
         "SELECT code, name FROM stored_name"))))
     def name(value):
         return numbered[int.from_bytes(value, "big")] if isinstance(value, bytes) else value
-    rows = [(name(p), name(c), name(s), *rest, name(route)) for p, c, s, *rest, route in rows]
+    # ... and levels, kinds and sources as letters.
+    words = {column: {letter: word for word, letter in letters.items()}
+             for column, letters in LETTERS.items()} if not db.is_postgres() else {}
+    def word(column, value):
+        return words[column][value] if words else value
+    rows = [(name(p), name(c), name(s), word("level", level), word("kind", kind), status,
+             word("source", source), *rest, name(route))
+            for p, c, s, level, kind, status, source, *rest, route in rows]
     counts = {name: Counter() for name in
               ("byProject", "byContainer", "byService", "byLevel", "byKind", "byStatus",
                "bySource")}

@@ -214,8 +214,9 @@ def test_a_version_5_store_gets_the_indexes_of_version_6(make_app):
 
 
 def make_version_7():
-    """What version 7 wrote (SQLite): project, container and service names
-    as text in the entries and the counters."""
+    """What version 7 wrote (SQLite): project, container, service, method
+    and route names as text in the entries and the counters, and levels,
+    kinds and sources as words."""
     if not db.is_postgres():
         numbered = dict(db.execute("SELECT code, name FROM stored_name").fetchall())
         for table, columns in names.CODED_COLUMNS.items():
@@ -223,6 +224,9 @@ def make_version_7():
                 for code, name in numbered.items():
                     db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
                                (name, names.pack(code)))
+        for column, letters in names.LETTERS.items():
+            for word, letter in letters.items():
+                db.execute(f"UPDATE entry SET {column} = ? WHERE {column} = ?", (word, letter))
         db.execute("DELETE FROM stored_name")
     models.Meta.update(value="7").where(models.Meta.key == "schema_version").execute()
 
@@ -247,6 +251,10 @@ def test_a_version_7_store_numbers_its_names_and_keeps_its_counters(make_app):
                 texts = f"SELECT count(*) FROM {table} WHERE typeof({column}) = 'text' " \
                         f"AND {column} <> ''"
                 assert db.call(lambda sql=texts: db.execute(sql).fetchone()) == (0,), texts
+        assert db.call(lambda: db.execute(
+            "SELECT DISTINCT level FROM entry ORDER BY 1").fetchall()) == [
+            (names.LETTERS["level"][level],) for level in sorted(
+                {"info", "warn", "error"}, key=lambda w: names.LETTERS["level"][w])]
         # projects, containers, services, methods (make_entry's), one route
         assert db.call(lambda: db.execute("SELECT count(*) FROM stored_name").fetchone()) == (
             3 + 2 + 4 + 3 + 1,)
@@ -274,6 +282,13 @@ def test_a_version_7_store_numbers_its_names_and_keeps_its_counters(make_app):
         ("p2", "svc-1"), ("p2", "svc-3")}
     assert page["total"] == len(want)
     assert store.page(LOGS, projectId="nobody")["total"] == 0
+    errors = store.page(LOGS, level="error", kind="request,event", source="edge", limit=500)
+    assert errors["total"] == len(errors["entries"]) > 0
+    assert {(e["level"], e["kind"], e["source"]) for e in errors["entries"]} <= {
+        ("error", "request", "edge"), ("error", "event", "edge")}
+    assert errors["total"] == sum(
+        1 for i, e in enumerate(entries) if i % 2 and i % 3 != 1 and
+        (200, 201, 302, 404, 429, 500, 503, None)[i % 8] in (500, 503))
     posts = store.page(LOGS, method="POST", route="/v1/items/{id}", limit=500)["entries"]
     assert len(posts) == 100 and {(e["method"], e["route"]) for e in posts} == {
         ("POST", "/v1/items/{id}")}
@@ -352,8 +367,9 @@ def test_a_version_6_store_keeps_its_dictionary_and_finds_its_text_rows(make_app
     # The counters (zeros before the upgrade, NULLs after on PostgreSQL)
     # still equal a GROUP BY over the entries.
     by_level, errors = db.call(lambda: (
-        dict(db.execute("SELECT level, count(*) FROM entry GROUP BY level").fetchall()),
-        db.execute("SELECT count(*) FROM entry WHERE level = 'error'").fetchone()[0]))
+        {names.unlettered("level", level): n for level, n in db.execute(
+            "SELECT level, count(*) FROM entry GROUP BY level").fetchall()},
+        db.execute("SELECT count(*) FROM entry WHERE level IN ('error', 'e')").fetchone()[0]))
     assert stats["total"] == bodies.TRAIN_SAMPLES + 20 and stats["byLevel"] == by_level
     assert [(r["route"], r["total"], r["errors"]) for r in stats["byRoute"]] == [
         ("/v1/items/{id}", bodies.TRAIN_SAMPLES + 20, errors)]

@@ -92,6 +92,13 @@ class Named(OneOf):
         return entry[self.key] in values
 
 
+class Lettered(OneOf):
+    """Levels, kinds or sources: compared in their stored form (names.py)."""
+
+    def sql(self, values):
+        return super().sql([names.lettered(self.column, value) for value in values])
+
+
 class Lookup(Equals):
     """`column = value` for trace ids and client addresses, found through
     SQLite's lookup index (lookup.py)."""
@@ -190,10 +197,10 @@ FILTERS = (
     Lookup("trace_id", "trace_id", "traceId"),
     Lookup("client_ip", "client_ip", "clientIp"),
     Named("service_names", "service_name", "serviceName"),
-    OneOf("levels", "level", "level"),
-    OneOf("kinds", "kind", "kind"),
+    Lettered("levels", "level", "level"),
+    Lettered("kinds", "kind", "kind"),
     Named("methods", "method", "method"),
-    OneOf("sources", "source", "source"),
+    Lettered("sources", "source", "source"),
     Named("routes", "route", "route"),
     Duration("min_duration_ms", low=True),
     Duration("max_duration_ms", low=False),

@@ -356,6 +356,8 @@ def _write(entries, keys=()):
 
 def _write_batch(entries, keys):
     postgres = db.is_postgres()
+    if not postgres:
+        _number_names(entries)
     # Everything that does not need the ids is done before the write lock
     # is taken, so that another process can write meanwhile.
     rows, bodies, documents, counted, unnamed = _prepare(entries, postgres)
@@ -369,8 +371,9 @@ def _write_batch(entries, keys):
         if taken:
             raise _Replayed(taken)
         if unnamed:
-            # Names this process has no number for (names.py): numbered
-            # under the write lock, and the batch prepared again with them.
+            # Names that _number_names numbered but this process has
+            # forgotten since (its memory of them started over): numbered
+            # again under the write lock, and the batch prepared again.
             assigned = names.assign(unnamed)
             rows, bodies, documents, counted, _ = _prepare(entries, postgres, assigned)
             counters = rollup.summarize(counted)
@@ -394,6 +397,20 @@ def _write_batch(entries, keys):
     return first, last
 
 
+def _number_names(entries):
+    """SQLite: give a number to each name of the batch that has none known
+    here, in a short transaction of its own (names.py). Names are never
+    removed, so a batch that fails after this leaves nothing wrong."""
+    known, missing = names.known(), names.MISSING
+    unnamed = {name for e in entries
+               for name in (e["project_id"], e["container_id"], e["service_name"],
+                            e["method"], e["route"]) if known(name) is missing}
+    if unnamed:
+        with database.atomic():
+            assigned = names.assign(unnamed)
+        names.remember(assigned)
+
+
 def _prepare(entries, postgres, assigned=None):
     """The batch's rows without their ids: entry rows, body rows and
     (SQLite) full-text and lookup documents (each led by its offset in the
@@ -407,6 +424,8 @@ def _prepare(entries, postgres, assigned=None):
     unnamed = set()
     if not postgres:
         known, missing = names.known(), names.MISSING
+        level_letter, kind_letter, source_letter = (
+            names.LETTERS[c] for c in ("level", "kind", "source"))
         if assigned:
             remembered = known
             known = lambda name: assigned.get(name) or remembered(name)
@@ -425,10 +444,14 @@ def _prepare(entries, postgres, assigned=None):
         if not postgres:  # compact forms (lookup.stored, bodies.pack_data)
             trace_id, client_ip = stored("trace_id", trace_id), stored("client_ip", client_ip)
             data = pack_data(data)
-        rows.append((trace_id, e["ts_ms"], e["kind"], e["level"],
+        kind, level, source = e["kind"], e["level"], e["source"]
+        if not postgres:
+            kind, level, source = (kind_letter.get(kind, kind), level_letter.get(level, level),
+                                   source_letter.get(source, source))
+        rows.append((trace_id, e["ts_ms"], kind, level,
                      project, container, service,
                      method, e["url"], client_ip, e["status"],
-                     e["source"], data, has_body,
+                     source, data, has_body,
                      e["body_truncated"], duration, route, bucket))
         text = document(e["url"], e["request_body"], e["response_body"], e["data"])
         if postgres:

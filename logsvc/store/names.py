@@ -12,9 +12,15 @@ on a name that was never stored matches nothing. PostgreSQL keeps the
 text.
 
 - `stored(name)`: the form to compare a column with (filters).
-- `shown(value)`: the name of a stored value (what the API returns).
+- `shown(value)`: the name of a stored value (what the API returns);
+  `shower()` gives the same for many values.
 - ingest asks `known(name)` per name, `assign(names)` in its transaction
   for the names it did not know, and `remember` once that committed.
+
+Levels, kinds and sources have a few values each, fixed by this version:
+SQLite stores each as one letter (`LETTERS`; `error` is `e`), PostgreSQL
+as it is. `lettered(column, value)` and `unlettered(column, value)`
+translate; both pass any other text through.
 
 A name gets its number in the transaction that first stores it, so two
 writers never give one number to two names (SQLite has one writer at a
@@ -23,7 +29,19 @@ committed: a number whose transaction rolled back may go to another name.
 Names are never removed (clearing the store keeps them), so a number never
 changes meaning while a process remembers it.
 """
+from logsvc.entry import KINDS, LEVELS, SOURCES
+
 from . import db
+
+# SQLite's letter for each level, kind and source.
+LETTERS = {
+    "level": {"debug": "d", "info": "i", "warn": "w", "error": "e"},
+    "kind": {"request": "q", "response": "r", "event": "e"},
+    "source": {"backend": "b", "edge": "e"},
+}
+assert [set(LETTERS[c]) for c in LETTERS] == [set(LEVELS), set(KINDS), set(SOURCES)]
+assert all(len(set(m.values())) == len(m) for m in LETTERS.values())
+_WORDS = {column: {letter: word for word, letter in m.items()} for column, m in LETTERS.items()}
 
 MISSING = object()  # what `known` answers for a name without a number here
 # Names remembered per store and process; past it the memory starts over.
@@ -60,6 +78,18 @@ def _memory():
 
 def pack(number):
     return number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
+
+
+def lettered(column, value):
+    """How `value` of a level, kind or source is stored."""
+    if db.is_postgres():
+        return value
+    return LETTERS[column].get(value, value)
+
+
+def unlettered(column, value):
+    """The value that a stored level, kind or source stands for."""
+    return _WORDS[column].get(value, value)
 
 
 def coded():
@@ -111,6 +141,18 @@ def shown(value):
     return name
 
 
+def shower():
+    """`shown` for many values: the memory is looked up once."""
+    name_of = _memory().name_of
+
+    def show(value):
+        if type(value) is not bytes:
+            return value
+        name = name_of.get(value)
+        return name if name is not None else shown(value)
+    return show
+
+
 def assign(names):
     """In the writing transaction: {name: stored form} for `names`, giving
     a number to each that has none yet. Pass the result to `remember` once
@@ -150,7 +192,8 @@ CODED_COLUMNS = {
 
 def code_stored_names():
     """Schema 8 (SQLite): number every name that the entries and counters
-    hold and store the numbers in their place, in the current transaction."""
+    hold and store the numbers in their place, and the letters of levels,
+    kinds and sources, in the current transaction."""
     for table, columns in CODED_COLUMNS.items():
         for column in columns:
             db.execute(f"INSERT INTO stored_name (name) SELECT DISTINCT {column} FROM {table} "
@@ -161,9 +204,12 @@ def code_stored_names():
                    [(name, pack(code)) for name, code in
                     db.execute("SELECT name, code FROM stored_name").fetchall()])
     for table, columns in CODED_COLUMNS.items():
-        sets = ", ".join(
-            f"{c} = CASE WHEN typeof({c}) = 'text' AND {c} <> '' "
-            f"THEN (SELECT code FROM scope_code WHERE name = {table}.{c}) ELSE {c} END"
-            for c in columns)
-        db.execute(f"UPDATE {table} SET {sets}")
+        sets = [f"{c} = CASE WHEN typeof({c}) = 'text' AND {c} <> '' "
+                f"THEN (SELECT code FROM scope_code WHERE name = {table}.{c}) ELSE {c} END"
+                for c in columns]
+        if table == "entry":  # and the letters, in the same pass
+            sets += [f"{c} = CASE {c} "
+                     + " ".join(f"WHEN '{word}' THEN '{letter}'" for word, letter in m.items())
+                     + f" ELSE {c} END" for c, m in LETTERS.items()]
+        db.execute(f"UPDATE {table} SET {', '.join(sets)}")
     db.execute("DROP TABLE scope_code")

@@ -160,12 +160,16 @@ def render_row(row, bodies=None):
     item["clientIp"] = lookup.shown("client_ip", item["clientIp"])
     item["data"] = orjson.Fragment(unpack_data(item["data"]))
     # Schema 8: names as numbers (names.py).
-    shown = names.shown
+    shown = names.shower()
     item["projectId"] = shown(item["projectId"])
     item["containerId"] = shown(item["containerId"])
     item["serviceName"] = shown(item["serviceName"])
     item["method"] = shown(item["method"])
     item["route"] = shown(item["route"])
+    unlettered = names.unlettered
+    item["level"] = unlettered("level", item["level"])
+    item["kind"] = unlettered("kind", item["kind"])
+    item["source"] = unlettered("source", item["source"])
     return item
 
 

@@ -43,10 +43,13 @@ COUNT_COLUMNS = (
 ROUTE_COUNT_COLUMNS = ("n", "errors")
 
 WIDTH = len(COUNT_COLUMNS)
-LEVEL_AT = {name: COUNT_COLUMNS.index(f"level_{name}") for name in LEVELS}
-KIND_AT = {name: COUNT_COLUMNS.index(f"kind_{name}") for name in KINDS}
+# The count column of each level, kind and source, by name and by its
+# letter (what SQLite's rows hold, see names.py).
+LEVEL_AT, KIND_AT, SOURCE_AT = (
+    {key: COUNT_COLUMNS.index(f"{column}_{name}") for name in values
+     for key in (name, names.LETTERS[column][name])}
+    for column, values in (("level", LEVELS), ("kind", KINDS), ("source", SOURCES)))
 STATUS_AT = {c: COUNT_COLUMNS.index(f"status_{c}") for c in STATUS_CLASSES}
-SOURCE_AT = {name: COUNT_COLUMNS.index(f"source_{name}") for name in SOURCES}
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -448,7 +451,13 @@ def _entry_expression(column):
     if prefix == "status":
         low = int(value[0]) * 100
         return f"CASE WHEN status >= {low} AND status < {low + 100} THEN 1 ELSE 0 END"
-    return f"CASE WHEN {prefix} = '{value}' THEN 1 ELSE 0 END"
+    return f"CASE WHEN {prefix} IN ({_either(prefix, value)}) THEN 1 ELSE 0 END"
+
+
+def _either(column, value):
+    """A level, kind or source as SQL, as either engine stores it (SQLite
+    its letter, see names.py)."""
+    return f"'{value}', '{names.LETTERS[column][value]}'"
 
 
 # `entry` rows in the shape of a counter row (`entry e`).
@@ -591,8 +600,8 @@ def raw_routes(where, params, out, sign=1):
     """Add (sign -1: subtract) the matching entries to `out` ({route:
     [calls, errors, {bucket: count}]}), as `routes` returns it."""
     for route, bucket, n, errors in db.execute(
-            f"SELECT route, lat_bucket, count(*), SUM(CASE WHEN level = 'error' THEN 1 "
-            f"ELSE 0 END) FROM entry e WHERE {where} AND route IS NOT NULL "
+            f"SELECT route, lat_bucket, count(*), SUM({_entry_expression('level_error')}) "
+            f"FROM entry e WHERE {where} AND route IS NOT NULL "
             f"GROUP BY route, lat_bucket", params):
         into = out.setdefault(route, [0, 0, {}])
         into[0] += sign * n

@@ -92,7 +92,7 @@ def summary(filters, top_routes=TOP_ROUTES):
 
 def _by_route(routes, top):
     """The `top` routes by calls, busiest first (ties by name)."""
-    shown = names.shown  # stored routes (names.py) by name
+    shown = names.shower()  # stored routes (names.py) by name
     ranked = sorted(((shown(route), counts) for route, counts in routes.items()),
                     key=lambda item: (-item[1][0], item[0]))
     out = []
@@ -127,22 +127,24 @@ def _summarize(source, totals=None):
     result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
     if source is None:
         return result
+    shown = names.shower()
     if totals is None:
         rows = db.execute(_SUMMARY_SQL.format(source=source[0]), source[1]).fetchall()
     else:
         rows = db.execute(_TOTAL_SQL.format(totals=totals[0]), totals[1]).fetchall()
         # One row per scope (as many as the breakdowns have keys): summed
         # into the three breakdowns here, cheaper than three GROUP BYs.
-        projects, containers, services = (result[name] for name in _KEY_BREAKDOWNS)
-        shown = names.shown
+        # Summed by stored name (names.py), then named: one lookup per name.
+        projects, containers, services = {}, {}, {}
         for project, container, service, n in db.execute(
                 _PER_SCOPE_SQL.format(source=source[0]), source[1]).fetchall():
-            project, container, service = shown(project), shown(container), shown(service)
             projects[project] = projects.get(project, 0) + n
             if container:
                 containers[container] = containers.get(container, 0) + n
             if service:
                 services[service] = services.get(service, 0) + n
+        for name, summed in zip(_KEY_BREAKDOWNS, (projects, containers, services)):
+            result[name] = {shown(key): n for key, n in summed.items()}
     for kind, key, *counts in rows:
         if kind == "total":
             result["total"] = counts[0] or 0
@@ -151,7 +153,7 @@ def _summarize(source, totals=None):
                     prefix, value = column.split("_", 1)
                     result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
         else:
-            result[kind][names.shown(key)] = counts[0]
+            result[kind][shown(key)] = counts[0]
     return result
 
 
@@ -241,6 +243,11 @@ def _counted_buckets(minutes, start, end, filters):
     return counted, timed
 
 
+# A level's place in LEVELS, by name and by its letter (names.py).
+_LEVEL_INDEX = {key: at for at, name in enumerate(LEVELS)
+                for key in (name, names.LETTERS["level"][name])}
+
+
 def _raw_buckets(size_ms, start, end, filters):
     """The same, counted over the entries matching `filters`."""
     where, params = where_sql(filters)
@@ -250,7 +257,7 @@ def _raw_buckets(size_ms, start, end, filters):
     for b, level, n in db.execute(
             f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, count(*) FROM entry e "
             f"WHERE {condition} GROUP BY b, e.level", params):
-        counted.setdefault(b, [0] * len(LEVELS))[LEVELS.index(level)] = n
+        counted.setdefault(b, [0] * len(LEVELS))[_LEVEL_INDEX[level]] = n
     timed = {}
     for b, bucket, n, longest in db.execute(
             f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.lat_bucket, count(*), "
