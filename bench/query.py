@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from bench.common import HEADERS, Server, entries, p50, timed
+from logsvc.store.names import LETTERS
 
 LOGS = "/api/proxy-logs/_logs"
 
@@ -52,9 +53,11 @@ def measure(data_dir, size, repeat):
         assert response.status_code == 200, response.text
         return response
 
+    error = LETTERS["level"]["error"]  # SQLite stores a level as its letter
+
     def sql_page():
-        conn.execute("SELECT * FROM entry WHERE level = 'error' ORDER BY id DESC "
-                     "LIMIT 200").fetchall()
+        conn.execute("SELECT * FROM entry WHERE level = ? ORDER BY id DESC "
+                     "LIMIT 200", (error,)).fetchall()
         conn.execute("SELECT SUM(level_error) FROM rollup_total").fetchone()
 
     def sql_group_by():
