@@ -356,27 +356,21 @@ def _write(entries, keys=()):
 
 def _write_batch(entries, keys):
     postgres = db.is_postgres()
-    if not postgres:
-        _number_names(entries)
+    # SQLite stores names as numbers (names.py).
+    numbered = None if postgres else names.numbered(
+        {name for e in entries for name in (e["project_id"], e["container_id"],
+                                            e["service_name"], e["method"], e["route"])})
     # Everything that does not need the ids is done before the write lock
     # is taken, so that another process can write meanwhile.
-    rows, bodies, documents, counted, unnamed = _prepare(entries, postgres)
+    rows, bodies, documents, counted = _prepare(entries, postgres, numbered)
     counters = rollup.summarize(counted)
     wal.before_write(db.current())
-    assigned = None
     with database.atomic():
         last = IdSequence.take(len(entries))
         first = last - len(entries) + 1
         taken = [key for offset, key in keys if not key.remember(first + offset)]
         if taken:
             raise _Replayed(taken)
-        if unnamed:
-            # Names that _number_names numbered but this process has
-            # forgotten since (its memory of them started over): numbered
-            # again under the write lock, and the batch prepared again.
-            assigned = names.assign(unnamed)
-            rows, bodies, documents, counted, _ = _prepare(entries, postgres, assigned)
-            counters = rollup.summarize(counted)
         if postgres:
             partitions.ensure(first, last)
         rows = [(first + offset, *row) for offset, row in enumerate(rows)]
@@ -393,50 +387,28 @@ def _write_batch(entries, keys):
         if postgres:
             # Delivered at commit: wakes the live tail of every host.
             db.execute(f"NOTIFY {TAIL_CHANNEL}")
-    names.remember(assigned)  # committed: the numbers are the store's now
     return first, last
 
 
-def _number_names(entries):
-    """SQLite: give a number to each name of the batch that has none known
-    here, in a short transaction of its own (names.py). Names are never
-    removed, so a batch that fails after this leaves nothing wrong."""
-    known, missing = names.known(), names.MISSING
-    unnamed = {name for e in entries
-               for name in (e["project_id"], e["container_id"], e["service_name"],
-                            e["method"], e["route"]) if known(name) is missing}
-    if unnamed:
-        with database.atomic():
-            assigned = names.assign(unnamed)
-        names.remember(assigned)
-
-
-def _prepare(entries, postgres, assigned=None):
+def _prepare(entries, postgres, numbered=None):
     """The batch's rows without their ids: entry rows, body rows and
     (SQLite) full-text and lookup documents (each led by its offset in the
-    batch), the facts the counters take (rollup.ROW_SQL's columns), and the
-    names that have no number known here (SQLite, see names.py; numbered
-    by `assigned`, their rows are right)."""
+    batch), and the facts the counters take (rollup.ROW_SQL's columns).
+    `numbered` (SQLite): the stored form of each name (names.numbered)."""
     bucket_of = sketch.bucket_of
     document = fulltext.document
     stored = lookup.stored
     rows, bodies, documents, counted = [], [], [], []
-    unnamed = set()
     if not postgres:
-        known, missing = names.known(), names.MISSING
         level_letter, kind_letter, source_letter = (
             names.LETTERS[c] for c in ("level", "kind", "source"))
-        if assigned:
-            remembered = known
-            known = lambda name: assigned.get(name) or remembered(name)
     for offset, e in enumerate(entries):
-        named = (e["project_id"], e["container_id"], e["service_name"], e["method"], e["route"])
-        if postgres:
-            project, container, service, method, route = named
-        else:
-            project, container, service, method, route = coded = [known(n) for n in named]
-            if missing in coded:
-                unnamed.update(name for name, code in zip(named, coded) if code is missing)
+        project, container, service, method, route = (
+            e["project_id"], e["container_id"], e["service_name"], e["method"], e["route"])
+        if not postgres:
+            project, container, service, method, route = (
+                numbered[project], numbered[container], numbered[service], numbered[method],
+                numbered[route])
         has_body = e["request_body"] is not None or e["response_body"] is not None
         duration = e["duration_ms"]
         bucket = bucket_of(duration)
@@ -464,7 +436,7 @@ def _prepare(entries, postgres, assigned=None):
                                *pack_body(e["response_body"])))
         counted.append((e["ts_ms"], project, container, service, e["level"], e["kind"],
                         e["status"], e["source"], route, bucket, duration))
-    return rows, bodies, documents, counted, unnamed
+    return rows, bodies, documents, counted
 
 
 def _copy(table, columns, rows):

@@ -393,9 +393,9 @@ class BodyDictionary(BaseModel):
 
 
 class StoredName(BaseModel):
-    """SQLite: the number that stands for a project, container or service
-    name in `entry` and the counters (see names.py). Never changed or
-    removed."""
+    """SQLite: the number that stands for a project, container, service,
+    method or route name in `entry` and the counters (see names.py). Never
+    changed or removed."""
     code = peewee.AutoField()
     name = peewee.TextField(unique=True)
 
@@ -563,8 +563,8 @@ def _v5_to_v6():
 # compressed, trace ids and addresses as bytes; see lookup.py); older rows
 # are read as they are. Its dictionary column is added by _add_columns and
 # PostgreSQL's new sketch merge by create_schema. v8 (SQLite) rewrites every
-# entry and counter row once, names as numbers (create_tables makes
-# stored_name).
+# entry and counter row once: names as numbers, levels, kinds and sources
+# as letters (create_tables makes stored_name).
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6,
               6: _v6_to_v7, 7: _v7_to_v8}
 

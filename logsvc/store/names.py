@@ -12,20 +12,19 @@ on a name that was never stored matches nothing. PostgreSQL keeps the
 text.
 
 - `stored(name)`: the form to compare a column with (filters).
-- `shown(value)`: the name of a stored value (what the API returns);
-  `shower()` gives the same for many values.
-- ingest asks `known(name)` per name, `assign(names)` in its transaction
-  for the names it did not know, and `remember` once that committed.
+- `shower()`: a function that gives the name of a stored value (what the
+  API returns).
+- `numbered(names)`: the stored form of each name a batch brings (ingest).
 
 Levels, kinds and sources have a few values each, fixed by this version:
 SQLite stores each as one letter (`LETTERS`; `error` is `e`), PostgreSQL
 as it is. `lettered(column, value)` and `unlettered(column, value)`
 translate; both pass any other text through.
 
-A name gets its number in the transaction that first stores it, so two
-writers never give one number to two names (SQLite has one writer at a
-time). A process keeps a number in memory only once that transaction has
-committed: a number whose transaction rolled back may go to another name.
+A name gets its number in a short transaction of its own, so two writers
+never give one number to two names (SQLite has one writer at a time). A
+process keeps a number in memory only once that transaction has committed:
+a number whose transaction rolled back may go to another name.
 Names are never removed (clearing the store keeps them), so a number never
 changes meaning while a process remembers it.
 """
@@ -43,7 +42,6 @@ assert [set(LETTERS[c]) for c in LETTERS] == [set(LEVELS), set(KINDS), set(SOURC
 assert all(len(set(m.values())) == len(m) for m in LETTERS.values())
 _WORDS = {column: {letter: word for word, letter in m.items()} for column, m in LETTERS.items()}
 
-MISSING = object()  # what `known` answers for a name without a number here
 # Names remembered per store and process; past it the memory starts over.
 REMEMBERED = 200_000
 
@@ -92,18 +90,6 @@ def unlettered(column, value):
     return _WORDS[column].get(value, value)
 
 
-def coded():
-    """Whether this store keeps names as numbers."""
-    return not db.is_postgres()
-
-
-def known():
-    """name -> stored form, or MISSING (a dict's `get` with MISSING as its
-    default): what ingest maps each entry's names with."""
-    code_of = _memory().code_of
-    return lambda name: code_of.get(name, MISSING)
-
-
 def stored(name):
     """The stored form of `name` (a filter's value): its number's bytes, or
     the text itself where no entry ever had that name (it then matches no
@@ -125,54 +111,53 @@ def stored_all(names):
     return [stored(name) for name in names]
 
 
-def shown(value):
-    """The name that a stored value stands for (text passes through)."""
-    if type(value) is not bytes:
-        return value
-    memory = _memory()
-    name = memory.name_of.get(value)
-    if name is None:
-        row = db.execute("SELECT name FROM stored_name WHERE code = ?",
-                         (int.from_bytes(value, "big"),)).fetchone()
-        if row is None:  # cannot happen: numbers are committed with their rows
-            return value.hex()
-        name = row[0]
-        memory.remember([(name, value)])
-    return name
-
-
 def shower():
-    """`shown` for many values: the memory is looked up once."""
-    name_of = _memory().name_of
+    """A function that gives the name a stored value stands for (text
+    passes through); the memory is looked up once, for many values."""
+    memory = _memory()
+    name_of = memory.name_of
 
     def show(value):
         if type(value) is not bytes:
             return value
         name = name_of.get(value)
-        return name if name is not None else shown(value)
+        if name is None:
+            row = db.execute("SELECT name FROM stored_name WHERE code = ?",
+                             (int.from_bytes(value, "big"),)).fetchone()
+            if row is None:  # cannot happen: numbers are committed before use
+                return value.hex()
+            name = row[0]
+            memory.remember([(name, value)])
+        return name
     return show
 
 
-def assign(names):
-    """In the writing transaction: {name: stored form} for `names`, giving
-    a number to each that has none yet. Pass the result to `remember` once
-    the transaction has committed."""
-    names = [name for name in names if name is not None and name != ""]
-    db.executemany("INSERT INTO stored_name (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
-                   [(name,) for name in names])
-    found = {}
-    for start in range(0, len(names), 500):
-        part = names[start:start + 500]
-        marks = ", ".join("?" for _ in part)
-        for name, code in db.execute(
-                f"SELECT name, code FROM stored_name WHERE name IN ({marks})", part):
-            found[name] = pack(code)
+def numbered(names):
+    """{name: stored form} for the distinct `names` of a batch: a name this
+    process knows no number for gets one (or the one another process gave
+    it) in a short transaction of its own, remembered once committed. A
+    batch that fails after this leaves nothing wrong: names are never
+    removed."""
+    memory = _memory()
+    code_of = memory.code_of
+    found = {name: code_of.get(name) for name in names}
+    unnamed = [name for name, code in found.items() if code is None
+               and name is not None and name != ""]
+    if not unnamed:
+        return found
+    with db.database.atomic():
+        db.executemany("INSERT INTO stored_name (name) VALUES (?) "
+                       "ON CONFLICT (name) DO NOTHING", [(name,) for name in unnamed])
+        assigned = {}
+        for start in range(0, len(unnamed), 500):
+            part = unnamed[start:start + 500]
+            marks = ", ".join("?" for _ in part)
+            for name, code in db.execute(
+                    f"SELECT name, code FROM stored_name WHERE name IN ({marks})", part):
+                assigned[name] = pack(code)
+    memory.remember(list(assigned.items()))
+    found.update(assigned)
     return found
-
-
-def remember(assigned):
-    if assigned:
-        _memory().remember(list(assigned.items()))
 
 
 # The tables that hold names, and which columns.

@@ -243,11 +243,6 @@ def _counted_buckets(minutes, start, end, filters):
     return counted, timed
 
 
-# A level's place in LEVELS, by name and by its letter (names.py).
-_LEVEL_INDEX = {key: at for at, name in enumerate(LEVELS)
-                for key in (name, names.LETTERS["level"][name])}
-
-
 def _raw_buckets(size_ms, start, end, filters):
     """The same, counted over the entries matching `filters`."""
     where, params = where_sql(filters)
@@ -257,7 +252,8 @@ def _raw_buckets(size_ms, start, end, filters):
     for b, level, n in db.execute(
             f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, count(*) FROM entry e "
             f"WHERE {condition} GROUP BY b, e.level", params):
-        counted.setdefault(b, [0] * len(LEVELS))[_LEVEL_INDEX[level]] = n
+        counted.setdefault(b, [0] * len(LEVELS))[
+            LEVELS.index(names.unlettered("level", level))] = n
     timed = {}
     for b, bucket, n, longest in db.execute(
             f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.lat_bucket, count(*), "
