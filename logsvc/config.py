@@ -46,6 +46,9 @@ class Config:
     db_threads: int = 8
     # SQLite: checkpoint and truncate the write-ahead log past this size.
     wal_checkpoint_mb: int = 16
+    # SQLite: once no process has written for this long, give the
+    # write-ahead log's space back (0: never).
+    wal_idle_s: float = 10.0
     # PostgreSQL: entry ids per partition (fixed when the store is created).
     partition_rows: int = 1_000_000
     # Proxies (addresses or networks, comma-separated) whose X-Forwarded-*

@@ -15,7 +15,7 @@ from . import runtime
 from .access import authenticator, limits
 from .api import blueprints, errors, hosting, stream
 from .config import Config, ConfigError
-from .store import db, models, retention, tail
+from .store import db, models, retention, tail, wal
 
 
 @dataclasses.dataclass
@@ -31,6 +31,7 @@ class Services:
     streams: tail.StreamSlots
     scope_host: object = None  # hosting.ScopeHost, when LOGSVC_SCOPE_HOST is set
     background: object = None  # retention's task, once started
+    wal_keeper: object = None  # SQLite: the idle write-ahead log's trimmer
 
 
 def create_app(config=None):
@@ -97,8 +98,9 @@ def _security_headers(response):
 
 
 def start_background(app):
-    """Background work of a serving process: retention under a lease.
-    Once per application; a greenlet under gevent, else a thread."""
+    """Background work of a serving process: retention under a lease and,
+    on SQLite, trimming the idle write-ahead log (wal.py). Once per
+    application; greenlets under gevent, else threads."""
     services = app.extensions["logsvc"]
     if services.background is not None:  # every request of wsgi.py asks
         return services.background
@@ -106,6 +108,10 @@ def start_background(app):
         if services.background is None:
             services.background = runtime.spawn(retention.run_forever, services.config, None,
                                                 services.store, name="logsvc-retention")
+            config = services.config
+            if not services.store.postgres and not config.read_only and config.wal_idle_s:
+                services.wal_keeper = runtime.spawn(wal.keep_trimmed, services.store,
+                                                    config.wal_idle_s, name="logsvc-wal")
     return services.background
 
 

@@ -106,3 +106,46 @@ def test_wal_stays_under_64_mb_with_tails_and_readers_attached(tmp_path):
     # Every tail saw every entry of its project: the checkpoints lose nothing.
     assert tail_counts == [BATCHES * PER_BATCH // TAILS] * TAILS
     assert largest[0] <= WAL_LIMIT, f"WAL reached {largest[0] / 2**20:.0f} MB"
+
+
+@pytest.mark.sqlite_only("PostgreSQL keeps its own write-ahead log")
+def test_an_idle_log_is_given_back_while_a_tail_stays_open(tmp_path):
+    wal = tmp_path / "logs.db-wal"
+    now_ms = int(time.time() * 1000)
+    seen, opened = [], threading.Event()
+    with Server(tmp_path, workers=2, env={"LOGSVC_WAL_IDLE_S": "1"}).start() as server:
+        def tail():
+            with requests.get(server.url + STREAM, headers=server.headers, stream=True,
+                              params={"replay": 0}, timeout=(5, 30)) as response:
+                opened.set()
+                for line in response.iter_lines():
+                    if line.startswith(b"data: {") and b'"traceId"' in line:
+                        seen.append(orjson.loads(line[len(b"data: "):])["id"])
+                    if len(seen) == 2 * PER_BATCH:
+                        return
+
+        def ingest(number):
+            response = requests.post(
+                server.url + INGEST, data=batch(number, now_ms), timeout=60,
+                headers={**server.headers, "Content-Type": "application/x-ndjson",
+                         "Content-Encoding": "gzip"})
+            assert response.status_code == 200 and response.json()["accepted"] == PER_BATCH
+
+        reader = threading.Thread(target=tail)
+        reader.start()
+        assert opened.wait(10)
+        ingest(0)
+        written = os.path.getsize(wal)
+        deadline = time.monotonic() + 20
+        while os.path.getsize(wal) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        trimmed = os.path.getsize(wal)
+        ingest(1)  # the log starts again; the tail still gets everything
+        reader.join(timeout=30)
+        total = requests.get(server.url + LOGS + "/stats", headers=server.headers,
+                             timeout=30).json()["total"]
+
+    assert written > 1024 * 1024  # the batch went through the log
+    assert trimmed == 0
+    assert total == 2 * PER_BATCH
+    assert len(seen) == len(set(seen)) == 2 * PER_BATCH

@@ -19,6 +19,14 @@ read older snapshots (single statements: milliseconds), copies the log
 into the database and cuts the file to zero. A writer that finds another
 process checkpointing waits for it. The log stays under the limit plus
 what one write transaction per process adds.
+
+When writes stop, the log would stay at whatever size it had reached (up
+to the limit: 16 MB by default) until the next one. `keep_trimmed` runs
+in every serving process and, once the log has not been written for
+`LOGSVC_WAL_IDLE_S` seconds (by any process: it looks at the file's
+modification time), tries a TRUNCATE checkpoint that waits for nobody: a
+reader or writer active at that instant makes it a no-op, and it tries
+again on its next round.
 """
 import logging
 import os
@@ -26,6 +34,7 @@ import time
 
 from gevent import monkey
 
+from .. import runtime
 from . import db
 
 log = logging.getLogger(__name__)
@@ -42,16 +51,41 @@ def wal_size(store):
         return 0
 
 
-def checkpoint():
+def checkpoint(wait_ms=CHECKPOINT_WAIT_MS):
     """TRUNCATE checkpoint on this thread's connection. Returns True when
-    the log was copied and truncated, False when a reader or another
-    checkpoint kept it busy past the wait."""
-    db.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+    the log was copied and truncated, False when a reader, a writer or
+    another checkpoint kept it busy past `wait_ms`."""
+    db.execute(f"PRAGMA busy_timeout = {wait_ms}")
     try:
         busy, _frames, _copied = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     finally:
         db.execute(f"PRAGMA busy_timeout = {db.SQLITE_PRAGMAS['busy_timeout']}")
     return not busy
+
+
+def idle_for(store):
+    """Seconds since the log was last written (None: no log or empty)."""
+    try:
+        stat = os.stat(f"{store.database.database}-wal")
+    except OSError:
+        return None
+    if not stat.st_size:
+        return None
+    return time.time() - stat.st_mtime
+
+
+def keep_trimmed(store, idle_s):
+    """Until the store closes: give the log's space back once it has been
+    idle `idle_s` seconds (a task of a serving process; SQLite only)."""
+    db.use(store)
+    while not store.closed:
+        runtime.sleep(max(idle_s / 2, 0.05))
+        idle = idle_for(store)
+        if idle is not None and idle >= idle_s and not store.closed:
+            try:
+                db.call(checkpoint, 0)
+            except Exception:  # a busy or unwritable store: next round
+                log.debug("idle WAL checkpoint failed", exc_info=True)
 
 
 def before_write(store):
