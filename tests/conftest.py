@@ -109,10 +109,17 @@ def store(client):
     return Store(client)
 
 
+# The longest tests (a minute or more each, most of it waiting) start
+# first, so that under pytest-xdist they do not end up last on one process.
+LONGEST_FIRST = ("tests/test_docs.py::", "tests/test_wal.py::test_wal_stays_under",
+                 "tests/test_ui.py::test_the_live_view_comes_back_after_an_outage")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if any("server" in name for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))
 
 
 @pytest.fixture

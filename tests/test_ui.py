@@ -47,9 +47,15 @@ def ingest(server, entries):
 
 
 def wait(condition, seconds=15):
+    """The first true value of `condition()`; an element it looks for that
+    the page has not drawn yet counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         time.sleep(0.1)
