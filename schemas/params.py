@@ -54,6 +54,8 @@ MAX_VALUES = 100  # in one comma-separated list
 class Choices(fields.Field):
     """A comma-separated list of allowed values, returned as a tuple."""
 
+    joiner = ","  # the parameter may be repeated (see logsvc.api.query_args)
+
     def __init__(self, allowed=None, upper=False, max_length=128, **kwargs):
         super().__init__(**kwargs)
         self.allowed = allowed
@@ -80,6 +82,8 @@ class Choices(fields.Field):
 
 class StatusSpec(fields.Field):
     """'503', '5xx', '500-599', or a comma list of them -> ((low, high), ...)."""
+
+    joiner = ","
 
     def _deserialize(self, value, attr, data, **kwargs):
         ranges = []
@@ -142,7 +146,10 @@ class ScopeParams(Schema):
 
 class Search(Text):
     """`q`: full-text search, checked here so that a query FTS5 or
-    PostgreSQL could not run is a 400 naming `q`."""
+    PostgreSQL could not run is a 400 naming `q`. Repeated, its values are
+    all required (joined by spaces)."""
+
+    joiner = " "
 
     def __init__(self, **kwargs):
         super().__init__(max_length=1024, **kwargs)

@@ -36,6 +36,28 @@ def test_repeated_level_parameters_are_a_union_too(filled):
     assert filled.page(level=["warn", "error"])["total"] == filled.page(level="warn,error")["total"]
 
 
+SINGLE_VALUES = {"projectId": ["proj_0", "proj_1"], "containerId": ["cnt_0", "cnt_1"],
+                 "since": ["1h", "2h"]}
+
+
+@pytest.mark.parametrize("path, name, values", [
+    *((path, name, values) for path in (LOGS, LOGS + "/stats", LOGS + "/stats/histogram")
+      for name, values in SINGLE_VALUES.items()),
+    (LOGS, "traceId", ["a", "b"])])
+def test_a_single_value_parameter_given_twice_is_a_400_naming_it(filled, path, name, values):
+    # Not a search for a project called "proj_0,proj_1" that silently finds nothing.
+    response = filled.get(path, **{name: values})
+    assert response.status_code == 400
+    assert response.json["message"] == (f"Invalid query parameter '{name}': "
+                                         "Given 2 times; it takes one value.")
+    assert filled.get(path, **{name: values[0]}).status_code == 200
+
+
+def test_repeated_q_needs_every_term(filled):
+    both = filled.page(q=["items", "7"])["total"]
+    assert 0 < both == filled.page(q="items 7")["total"] < filled.page(q="items")["total"]
+
+
 def test_service_name_is_honoured(filled):
     assert ids(filled.page(serviceName="billing-api")) == expected_ids(
         lambda e: e["serviceName"] == "billing-api")

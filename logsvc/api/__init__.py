@@ -4,6 +4,7 @@ service function and shapes the answer; errors are raised and rendered by
 import dataclasses
 
 from flask import current_app, request
+from marshmallow import ValidationError
 
 from logsvc.access import credentials
 from logsvc.access.principal import CAPABILITIES, FOREIGN_SCOPE, Forbidden, Unauthenticated
@@ -78,9 +79,19 @@ def host_scoped(found):
         is_admin=False, capabilities=CAPABILITIES if found.is_admin else found.capabilities)
 
 
-def query_args():
-    """The query string as a dict, repeated parameters joined by commas."""
-    return {key: ",".join(values) for key, values in request.args.lists()}
+def query_args(schema):
+    """The query string as a dict for `schema` to load. A parameter that
+    takes a list (its field has a `joiner`) may be repeated: its values are
+    joined. Repeating any other one is a 400 naming it: `projectId=a&
+    projectId=b` would otherwise ask for a project called "a,b"."""
+    joiners = {field.data_key or name: getattr(field, "joiner", None)
+               for name, field in schema.fields.items()}
+    args = {}
+    for key, values in request.args.lists():
+        if len(values) > 1 and joiners.get(key) is None and key in joiners:
+            raise ValidationError({key: [f"Given {len(values)} times; it takes one value."]})
+        args[key] = (joiners.get(key) or ",").join(values)
+    return args
 
 
 def blueprints():

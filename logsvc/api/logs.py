@@ -15,7 +15,7 @@ blueprint = Blueprint("logs", __name__, url_prefix="/api/proxy-logs")
 
 @blueprint.get("/_logs")
 def list_logs():
-    params = query_params.load(query_args())
+    params = query_params.load(query_args(query_params))
     found = reader()
     project_id, container_id = authorize(
         found, READ, params.pop("project_id", None), params.pop("container_id", None))
@@ -47,14 +47,14 @@ def list_logs():
 
 @blueprint.get("/_logs/stats")
 def get_stats():
-    params = stats_params.load(query_args())
+    params = stats_params.load(query_args(stats_params))
     top_routes = params.pop("top_routes")
     return stats.summary(_filters(params), top_routes)
 
 
 @blueprint.get("/_logs/stats/histogram")
 def get_histogram():
-    params = histogram_params.load(query_args())
+    params = histogram_params.load(query_args(histogram_params))
     bucket = params.pop("bucket")
     return stats.histogram(bucket, _filters(params))
 

@@ -59,7 +59,7 @@ def _guard(found):
 
 @blueprint.get("/api/proxy-logs/_logs/stream")
 def sse():
-    params = stream_params.load(query_args())
+    params = stream_params.load(query_args(stream_params))
     found = reader()
     header = request.headers.get("Last-Event-ID")
     if header is not None and "last_event_id" not in params:
@@ -128,7 +128,7 @@ def ws_logs(ws):
         ws.close(WS_BAD_TOKEN, "token invalid, expired or already used")
         return
     try:
-        params = websocket_params.load(query_args())
+        params = websocket_params.load(query_args(websocket_params))
         params.pop("token", None)
         reader(found)
         subscription_args = _subscription_args(found, params)
