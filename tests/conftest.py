@@ -36,7 +36,9 @@ postgres_missing = functools.cache(_postgres_reason)
 
 def postgres_schema_url(schema):
     separator = "&" if "?" in POSTGRES_URL else "?"
-    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    # The schema also names the connections (application_name), so that a
+    # test can find its own among those of tests running beside it.
+    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
 
 
 @pytest.fixture(autouse=True, params=["sqlite", "postgresql"])

@@ -283,13 +283,15 @@ def edge(server):
         process.wait(timeout=10)
 
 
-def entries_of(server, **params):
-    deadline = time.monotonic() + 10
+def entries_of(server, until=bool, **params):
+    """The proxy's entries matching `params`, once `until(entries)` holds
+    (its sink ships them in the background) or after 20 s."""
+    deadline = time.monotonic() + 20
     while True:
         page = requests.get(server.url + LOGS, params={"projectId": "edge", "limit": 100,
                                                        **params},
                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10).json()
-        if page["entries"] or time.monotonic() > deadline:
+        if until(page["entries"]) or time.monotonic() > deadline:
             return page["entries"]
         time.sleep(0.2)
 
@@ -305,7 +307,8 @@ def test_the_proxy_streams_five_megabytes_both_ways_and_records_them(edge):
     assert echoed.content == payload
     big = requests.get(url + "/big", stream=True, timeout=30)
     assert sum(len(c) for c in big.iter_content(65536)) == 80 * 65536
-    responses = entries_of(server, kind="response", status="2xx")
+    responses = entries_of(server, kind="response", status="2xx",
+                           until=lambda found: {"/echo", "/big"} <= {e["url"] for e in found})
     assert {(e["url"], e["status"], e["source"], e["serviceName"]) for e in responses} >= {
         ("/echo", 201, "edge", "edge-svc"), ("/big", 200, "edge", "edge-svc")}
     by_url = {e["url"]: e for e in responses}

@@ -1,6 +1,8 @@
 """`q`: words and phrases over url, bodies and data, through an index."""
 import gevent
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logsvc.store import db, fulltext, retention, tail
 from logsvc.store.filters import Filters
@@ -143,3 +145,36 @@ def test_a_body_with_a_huge_blob_is_stored_and_its_words_found(store):
     assert found(store, q="before after") == [1]
     page = store.page(limit=1, includeResponseBody="true")
     assert page["entries"][0]["responseBody"] == f"before {blob} after"
+
+
+def _in_order(found, phrase):
+    """The definition: the phrase's words follow each other among the text's
+    words (the last may be a prefix)."""
+    size = len(phrase.words)
+    for start in range(len(found) - size + 1):
+        window = found[start:start + size]
+        if window[:-1] == list(phrase.words[:-1]) and (
+                window[-1] == phrase.words[-1]
+                or (phrase.prefix and window[-1].startswith(phrase.words[-1]))):
+            return True
+    return False
+
+
+# Few distinct letters, so that phrases often match; separators of every
+# kind (underscores are not part of words), and letters whose case or
+# accents matter.
+_TEXT = st.text(alphabet="abAB1_ -./@\nÉéİß", max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_TEXT, term=st.text(alphabet="abAB1 -./_Éİ", min_size=1, max_size=8),
+       prefix=st.booleans())
+def test_the_phrase_check_agrees_with_the_words_of_the_text(text, term, prefix):
+    # What logsvc_fts_check and the live tail decide for a phrase of several
+    # words, against the definition over words().
+    phrase_words = fulltext.words(term)
+    if not phrase_words:
+        return
+    phrase = fulltext.Phrase(tuple(phrase_words), prefix)
+    groups = (fulltext.Group((phrase,)),)
+    assert fulltext.matches(groups, text) == _in_order(fulltext.words(text), phrase)

@@ -178,21 +178,20 @@ def to_tsquery(groups):
 
 def matches(groups, text):
     """Whether `text` (a document) matches parsed `groups`."""
-    found = words(text)
-    return any(all(_has(found, p) for p in g.positive)
-               and not any(_has(found, p) for p in g.negative) for g in groups)
+    text = text.lower()
+    return any(all(_pattern(p).search(text) for p in g.positive)
+               and not any(_pattern(p).search(text) for p in g.negative) for g in groups)
 
 
-def _has(found, phrase):
-    size = len(phrase.words)
-    head, last = phrase.words[:-1], phrase.words[-1]
-    for start in range(len(found) - size + 1):
-        if tuple(found[start:start + size - 1]) != head:
-            continue
-        word = found[start + size - 1]
-        if word == last or (phrase.prefix and word.startswith(last)):
-            return True
-    return False
+@functools.lru_cache(maxsize=1024)
+def _pattern(phrase):
+    """A regular expression finding `phrase` in lowercased text exactly where
+    its words follow each other in `words(text)`: words are the runs of
+    letters and digits, so between two of them there is a run of anything
+    else (underscores included), and before the first and after the last
+    (unless it is a prefix) no letter or digit."""
+    body = "[\\W_]+".join(re.escape(word) for word in phrase.words)
+    return re.compile(f"(?<![^\\W_]){body}" + ("" if phrase.prefix else "(?![^\\W_])"))
 
 
 def tsvector(text):
