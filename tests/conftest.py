@@ -37,8 +37,9 @@ postgres_missing = functools.cache(_postgres_reason)
 def postgres_schema_url(schema):
     separator = "&" if "?" in POSTGRES_URL else "?"
     # The schema also names the connections (application_name), so that a
-    # test can find its own among those of tests running beside it.
-    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
+    # test can find its own among those of tests running beside it. The
+    # options come last: a test may add to them.
+    return f"{POSTGRES_URL}{separator}application_name={schema}&options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture(autouse=True, params=["sqlite", "postgresql"])

@@ -1,6 +1,7 @@
 """The Python client and the command line against real servers."""
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -158,31 +159,42 @@ def test_cli_ingest_query_and_stats(server, tmp_path):
     assert "total" in stats.stdout and "40" in stats.stdout and "level" in stats.stdout
 
 
+def output_lines(proc):
+    """A queue of the lines `proc` writes to its stdout (read with a
+    timeout, so that a test waits for a line without hanging)."""
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
+                     daemon=True).start()
+    return lines
+
+
 def test_cli_tail_resumes_from_its_state_file(server, tmp_path):
     state = tmp_path / "tail.state"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_URL=server.url, LOGSVC_TOKEN=ADMIN_TOKEN)
 
-    def run_tail(wait_for):
-        with subprocess.Popen([sys.executable, "-m", "logsvc", "tail", "--json", "--replay", "0",
-                               "--state-file", str(state)], cwd=ROOT, env=env,
+    def run_tail(replay):
+        with subprocess.Popen([sys.executable, "-m", "logsvc", "tail", "--json", "--replay",
+                               str(replay), "--state-file", str(state)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, text=True) as proc:
-            time.sleep(1.5)
-            wait_for()
-            seen = [json.loads(proc.stdout.readline())["id"] for _ in range(3)]
-            deadline = time.monotonic() + 5  # the id is remembered right after it is shown
-            while state.read_text() != str(seen[-1]) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            proc.terminate()
-            proc.stdout.close()
+            lines = output_lines(proc)
+            try:
+                seen = [json.loads(lines.get(timeout=30))["id"] for _ in range(3)]
+                deadline = time.monotonic() + 5  # the id is remembered right after it is shown
+                while state.read_text() != str(seen[-1]) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                proc.terminate()
         return seen
 
     client = Client(server.url, token=ADMIN_TOKEN)
-    assert run_tail(lambda: client.ingest(entries(3))) == [1, 2, 3]
+    client.ingest(entries(3))
+    assert run_tail(replay=3) == [1, 2, 3]
     assert state.read_text() == "3"
     client.ingest(entries(3, start=3))  # written while no tail runs
-    assert run_tail(lambda: None) == [4, 5, 6]
+    # The state file, not --replay, says where to start.
+    assert run_tail(replay=0) == [4, 5, 6]
 
 
 def test_cli_exit_codes(server):
@@ -241,11 +253,18 @@ def test_cli_tail_from_an_id_past_the_end_follows_from_now(server):
     with subprocess.Popen([sys.executable, "-m", "logsvc", "tail", "--json", "--since-id",
                            "999999"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as proc:
-        time.sleep(2)
-        Client(server.url, token=ADMIN_TOKEN).ingest(entries(1, start=5))
-        first = json.loads(proc.stdout.readline())
+        lines = output_lines(proc)
+        # One entry at a time until the tail, once it follows, shows one.
+        first, start = None, 5
+        deadline = time.monotonic() + 30
+        while first is None and time.monotonic() < deadline:
+            Client(server.url, token=ADMIN_TOKEN).ingest(entries(1, start=start))
+            start += 1
+            try:
+                first = json.loads(lines.get(timeout=1))
+            except queue.Empty:
+                pass
         proc.terminate()
-        proc.stdout.close()
         assert "reset" in proc.stderr.read()
         proc.stderr.close()
-    assert first["id"] == 6  # not one of the five stored before
+    assert first is not None and first["id"] > 5  # not one of the five stored before
