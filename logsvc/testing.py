@@ -106,7 +106,12 @@ class Server:
             argv += ["-k", "gthread", "--threads", "16"]
         return argv + ["wsgi:app"]
 
+    # Every server started in this process, in order (the tests' conftest
+    # stops those a failed test left running).
+    started = []
+
     def start(self):
+        Server.started.append(self)
         # A short heartbeat lets streams notice closed clients, so that
         # stopping the server does not wait for them.
         env = dict(os.environ, LOGSVC_DATA_DIR=str(self.data_dir), LOGSVC_PORT=str(self.port),

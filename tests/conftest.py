@@ -125,6 +125,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))
 
 
+@pytest.fixture(autouse=True)
+def stop_left_servers():
+    """Stop the servers a test started and did not stop (it failed before)."""
+    before = len(Server.started)
+    yield
+    for instance in Server.started[before:]:
+        instance.stop()
+    del Server.started[before:]
+
+
 @pytest.fixture
 def server(tmp_path):
     instance = Server(tmp_path).start()
