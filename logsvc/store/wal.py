@@ -44,9 +44,13 @@ PATIENCE_S = 60.0
 _sleep = monkey.get_original("time", "sleep")  # this runs on a real thread
 
 
+def _log_path(store):
+    return f"{store.database.database}-wal"
+
+
 def wal_size(store):
     try:
-        return os.path.getsize(f"{store.database.database}-wal")
+        return os.path.getsize(_log_path(store))
     except OSError:
         return 0
 
@@ -66,7 +70,7 @@ def checkpoint(wait_ms=CHECKPOINT_WAIT_MS):
 def idle_for(store):
     """Seconds since the log was last written (None: no log or empty)."""
     try:
-        stat = os.stat(f"{store.database.database}-wal")
+        stat = os.stat(_log_path(store))
     except OSError:
         return None
     if not stat.st_size:
