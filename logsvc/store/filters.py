@@ -52,14 +52,20 @@ class Filters:
                      if getattr(self, item.field) not in (None, ()))
 
 
+def _column(column, plain):
+    """`column`, or with `plain` written so that SQLite uses no index for
+    it (its unary + leaves the value as it is; see planner.py)."""
+    return f"+{column}" if plain else column
+
+
 class Equals:
     """`column = value`."""
 
     def __init__(self, field, column, key):
         self.field, self.column, self.key = field, column, key
 
-    def sql(self, value):
-        return f"{self.column} = ?", [value]
+    def sql(self, value, plain=False):
+        return f"{_column(self.column, plain)} = ?", [value]
 
     def test(self, value, entry):
         return entry[self.key] == value
@@ -68,10 +74,11 @@ class Equals:
 class OneOf(Equals):
     """`column IN (values)`: a comma-separated union."""
 
-    def sql(self, values):
+    def sql(self, values, plain=False):
+        column = _column(self.column, plain)
         if len(values) == 1:
-            return f"{self.column} = ?", list(values)
-        return f"{self.column} IN ({', '.join('?' * len(values))})", list(values)
+            return f"{column} = ?", list(values)
+        return f"{column} IN ({', '.join('?' * len(values))})", list(values)
 
     def test(self, values, entry):
         return entry[self.key] in values
@@ -81,10 +88,10 @@ class Named(OneOf):
     """A project, container, service, method or route (one, or a union):
     compared in its stored form (names.py)."""
 
-    def sql(self, values):
+    def sql(self, values, plain=False):
         if isinstance(values, str):
             values = (values,)
-        return super().sql(names.stored_all(values))
+        return super().sql(names.stored_all(values), plain)
 
     def test(self, values, entry):
         if isinstance(values, str):
@@ -95,15 +102,15 @@ class Named(OneOf):
 class Lettered(OneOf):
     """Levels, kinds or sources: compared in their stored form (names.py)."""
 
-    def sql(self, values):
-        return super().sql([names.lettered(self.column, value) for value in values])
+    def sql(self, values, plain=False):
+        return super().sql([names.lettered(self.column, value) for value in values], plain)
 
 
 class Lookup(Equals):
     """`column = value` for trace ids and client addresses, found through
     SQLite's lookup index (lookup.py)."""
 
-    def sql(self, value):
+    def sql(self, value, plain=False):
         return lookup.where_sql(self.column, value)
 
 
@@ -112,7 +119,7 @@ class Timed:
 
     field = "timed"
 
-    def sql(self, value):
+    def sql(self, value, plain=False):
         return "lat_bucket IS NOT NULL", []
 
     def test(self, value, entry):
@@ -124,10 +131,11 @@ class StatusIn:
 
     field = "status_ranges"
 
-    def sql(self, ranges):
+    def sql(self, ranges, plain=False):
         parts, params = [], []
+        status = _column("status", plain)
         for low, high in ranges:
-            parts.append("status = ?" if low == high else "status BETWEEN ? AND ?")
+            parts.append(f"{status} = ?" if low == high else f"{status} BETWEEN ? AND ?")
             params.extend((low,) if low == high else (low, high))
         return f"({' OR '.join(parts)})", params
 
@@ -139,8 +147,8 @@ class StatusIn:
 class AtOrAfter:
     field = "since"
 
-    def sql(self, value):
-        return "ts_ms >= ?", [value]
+    def sql(self, value, plain=False):
+        return f"{_column('ts_ms', plain)} >= ?", [value]
 
     def test(self, value, entry):
         return entry["tsMs"] >= value
@@ -149,8 +157,8 @@ class AtOrAfter:
 class Before:
     field = "until"
 
-    def sql(self, value):
-        return "ts_ms < ?", [value]
+    def sql(self, value, plain=False):
+        return f"{_column('ts_ms', plain)} < ?", [value]
 
     def test(self, value, entry):
         return entry["tsMs"] < value
@@ -163,11 +171,12 @@ class Duration:
     def __init__(self, field, low):
         self.field, self.low = field, low
 
-    def sql(self, value):
+    def sql(self, value, plain=False):
         # The latency bucket bounds the duration (sketch.bucket_of grows with
         # it), so the indexes by bucket narrow the rows to read.
         sign = ">=" if self.low else "<="
-        return f"lat_bucket {sign} ? AND duration_ms {sign} ?", [sketch.bucket_of(value), value]
+        return (f"{_column('lat_bucket', plain)} {sign} ? AND duration_ms {sign} ?",
+                [sketch.bucket_of(value), value])
 
     def test(self, value, entry):
         duration = entry["durationMs"]
@@ -179,7 +188,7 @@ class FullText:
 
     field = "q"
 
-    def sql(self, value):
+    def sql(self, value, plain=False):
         return fulltext.where_sql(value)
 
     def test(self, value, entry):
@@ -216,11 +225,13 @@ if _unfiltered:
     raise AssertionError(f"Filters fields without a filter: {sorted(_unfiltered)}")
 
 
-def where_sql(filters):
-    """The filters as an SQL condition over `entry` and its parameters."""
+def where_sql(filters, plain=()):
+    """The filters as an SQL condition over `entry` and its parameters;
+    those whose field is in `plain` written so that SQLite uses no index
+    for them (the choice of planner.py)."""
     terms, params = [], []
     for item, value in filters.active:
-        term, values = item.sql(value)
+        term, values = item.sql(value, item.field in plain)
         terms.append(term)
         params.extend(values)
     return (" AND ".join(terms) if terms else "TRUE"), params

@@ -15,7 +15,7 @@ import orjson
 
 from logsvc.entry import COLUMNS, row_to_dict
 
-from . import db, lookup, names, rollup
+from . import db, lookup, names, planner, rollup
 from .bodies import unpack_body, unpack_data
 from .filters import where_sql
 from .models import IdSequence
@@ -59,7 +59,7 @@ def entries_after(filters, after_id, limit, max_id=None):
 def last_entries(filters, n, max_id):
     """The newest `n` matching entries with id <= max_id, oldest first."""
     def run():
-        where, params = where_sql(filters)
+        where, params = planner.where_sql(filters, n)
         rows = db.execute(
             f"{_SELECT} FROM entry e WHERE {where} AND e.id <= ? ORDER BY e.id DESC LIMIT ?",
             [*params, max_id, n]).fetchall()
@@ -95,7 +95,12 @@ def _list_entries(filters, page):
     if page.order == "slowest":
         filters = filters.replace(timed=True)
     with_bodies = page.include_request_body or page.include_response_body
-    where, params = where_sql(filters)
+    if page.order == "slowest":
+        where, params = where_sql(filters)
+    else:
+        where, params = planner.where_sql(
+            filters, page.offset + (page.limit if page.last is None else page.last),
+            order="desc" if page.last is not None else page.order)
     sql = _SELECT
     if with_bodies:
         sql += (", b.request_body, b.request_body_z, b.response_body, b.response_body_z "
@@ -186,7 +191,7 @@ def _count(filters, cap=None):
             f"WHERE {where}", [*source[1], *params]).fetchone()
         return n, True
     cap = cap or COUNT_CAP
-    where, params = where_sql(filters)
+    where, params = planner.where_sql(filters, cap + 1, ordered=False)
     (n,) = db.execute(
         f"SELECT count(*) FROM (SELECT 1 FROM entry e WHERE {where} LIMIT ?) AS matched",
         [*params, cap + 1]).fetchone()

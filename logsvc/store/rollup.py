@@ -590,7 +590,7 @@ def raw_latency(where, params, counts, longest=None):
     count}); returns the longest so far."""
     for bucket, n, top in db.execute(
             f"SELECT lat_bucket, count(*), MAX(duration_ms) FROM entry e WHERE {where} "
-            f"AND lat_bucket IS NOT NULL GROUP BY lat_bucket", params):
+            f"AND +lat_bucket IS NOT NULL GROUP BY lat_bucket", params):
         counts[bucket] = counts.get(bucket, 0) + n
         longest = top if longest is None or top > longest else longest
     return longest

@@ -34,8 +34,7 @@ nearest-rank value, and `max` is exact.
 """
 from logsvc.entry import LEVELS, now_ms
 
-from . import db, names, rollup, sketch
-from .filters import where_sql
+from . import db, names, planner, rollup, sketch
 from .query import InvalidParameter
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
@@ -55,6 +54,7 @@ _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 
 
 TOP_ROUTES = 20
+EVERY = float("inf")  # a count of every match (planner.where_sql's `need`)
 # Filters the counters answer; any other sends the question to `entry`.
 _COUNTED = {"project_id", "container_id", "since", "until"}
 
@@ -79,7 +79,7 @@ def summary(filters, top_routes=TOP_ROUTES):
             counts, longest = rollup.latency(*scope)
             routes = rollup.routes(*scope)
         else:
-            where, params = where_sql(f)
+            where, params = planner.where_sql(f, EVERY, ordered=False)
             result = _summarize((f"{rollup.ENTRY_AS_COUNTERS} WHERE {where}", params))
             counts = {}
             longest = rollup.raw_latency(where, params, counts)
@@ -245,9 +245,10 @@ def _counted_buckets(minutes, start, end, filters):
 
 def _raw_buckets(size_ms, start, end, filters):
     """The same, counted over the entries matching `filters`."""
-    where, params = where_sql(filters)
-    condition = f"{where} AND e.ts_ms >= ? AND e.ts_ms < ?"
-    params = [*params, start, end]
+    # The histogram's whole buckets, within the range asked for.
+    filters = filters.replace(since=max(start, filters.since or start),
+                              until=min(end, filters.until or end))
+    condition, params = planner.where_sql(filters, EVERY, ordered=False)
     counted = {}
     for b, level, n in db.execute(
             f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, count(*) FROM entry e "
@@ -257,7 +258,7 @@ def _raw_buckets(size_ms, start, end, filters):
     timed = {}
     for b, bucket, n, longest in db.execute(
             f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.lat_bucket, count(*), "
-            f"MAX(e.duration_ms) FROM entry e WHERE {condition} AND e.lat_bucket IS NOT NULL "
+            f"MAX(e.duration_ms) FROM entry e WHERE {condition} AND +e.lat_bucket IS NOT NULL "
             f"GROUP BY b, e.lat_bucket", params):
         into = timed.setdefault(b, [{}, None])
         into[0][bucket] = n

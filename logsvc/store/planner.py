@@ -1,0 +1,242 @@
+"""Which index finds a page's entries, or a capped count's (SQLite).
+
+SQLite chooses among `entry`'s indexes without knowing how many entries a
+value holds (it keeps no statistics unless ANALYZE runs, which reads every
+index, and even then it knows an index's average per value: `level=error`
+and `level=info` look alike, and a range's size is a guess). At a million
+entries that chose badly where two filters have indexes: `projectId` of
+a small tenant with `level=error` walked every error of every tenant
+(53 ms), `status=2xx&order=desc` read all 640,000 2xx entries through
+the status index to sort them (780 ms) where walking the newest ids finds
+200 of them at once.
+
+The counters know those numbers exactly (rollup.py), so the choice is made
+here: for each filter with an index, the rows that walking it would read
+before the page (or the count's cap) is full, beside walking every entry
+by id; the cheapest wins, and every other filter is written without its
+index (filters.where_sql's `plain`). What the counters do not hold (a
+method, a route) is estimated. Lookups by trace id, address or `q`, and
+`order=slowest`, are left as they are: their own indexes find few rows.
+
+The estimates, for a store of N entries and M matching the filters
+(taken as independent of each other):
+- walking by id reads about need × N / M rows (every row when M < need),
+  and, newest first, those after `until` first (oldest first: before
+  `since`); ids follow time closely enough for a time range's entries to
+  lie together;
+- an index of one value (in id order) reads about need × c / M of its c
+  entries, the same way;
+- an index of several values or a range reads all of its c entries and
+  sorts them (a count needs no sort: need × c / M);
+- a time range can also be walked by id between the least and the greatest
+  id of its entries, read from the ts_ms index alone.
+"""
+from . import db, names, rollup, sketch
+from .filters import where_sql as _where_sql
+from .rollup import COUNT_COLUMNS
+
+# What the counters cannot tell, as the share of the entries that match.
+_GUESS = {"methods": 0.3, "routes": 0.1}
+# Reading through an index costs a row lookup besides the index entry;
+# sorting what it read, about half as much again.
+_INDEX_COST, _SORT_COST, _BOUNDS_COST = 1.5, 0.5, 0.1
+# Filters with an index of their own (models.py), by field.
+_INDEXED = ("project_id", "levels", "service_names", "status_ranges", "methods", "time",
+            "duration")
+_BY_DEFAULT = ("trace_id", "client_ip", "q", "timed")
+
+
+def where_sql(filters, need, ordered=True, order="desc"):
+    """filters.where_sql of `filters`, written so that a page of `need`
+    entries (`ordered`: by id, newest first unless `order` is "asc") or a
+    count capped at `need` reads the fewest rows."""
+    plain, bounds = choose(filters, need, ordered, order)
+    where, params = _where_sql(filters, plain)
+    if bounds is not None:
+        where += " AND e.id >= ? AND e.id <= ?"
+        params += list(bounds)
+    return where, params
+
+
+def _id_bounds(filters):
+    """The least and the greatest id of the entries in the time range (read
+    from the ts_ms index alone): every match lies between them."""
+    where, params = [], []
+    if filters.since is not None:
+        where.append("ts_ms >= ?")
+        params.append(filters.since)
+    if filters.until is not None:
+        where.append("ts_ms < ?")
+        params.append(filters.until)
+    low, high = db.execute(f"SELECT min(id), max(id) FROM entry WHERE {' AND '.join(where)}",
+                           params).fetchone()
+    return (1, 0) if low is None else (low, high)
+
+
+def choose(filters, need, ordered=True, order="desc"):
+    """(the fields of `filters` to write without their index, (least,
+    greatest) id to walk between or None); ((), None) leaves the choice to
+    the database."""
+    if db.is_postgres() or any(getattr(filters, f) not in (None, ()) for f in _BY_DEFAULT):
+        return (), None
+    active = {item.field for item, _ in filters.active}
+    if not active & {"levels", "service_names", "status_ranges", "methods", "since", "until",
+                     "min_duration_ms", "max_duration_ms"}:
+        return (), None  # nothing to choose: the project's index, or walking by id
+    counts = _Counts(filters)
+    if counts.total <= 0:
+        return (), None
+    candidates = counts.candidates()
+    matching = max(1.0, counts.total * _product(counts.shares(candidates).values()))
+    total = counts.total
+    window = counts.window
+    skip = counts.skipped(order) if ordered else 0
+    # Fewer matches than needed: a walk reads everything it can reach.
+    short = matching < need
+    if ordered:
+        walk = total if short else skip + need * window / matching
+    else:
+        walk = total if short else need * total / matching
+    costs = {None: walk}
+    for name, (size, single) in candidates.items():
+        if name == "time":
+            continue  # walked between ids instead (below): never dearer
+        if ordered and single:
+            cost = size if short else min(size, skip * size / total
+                                          + need * size * (window / total) / matching)
+        elif ordered:
+            cost = size * (1 + _SORT_COST)
+        else:
+            cost = size if short else min(size, need * size / matching)
+        costs[name] = cost * _INDEX_COST
+    bounds = None
+    if "time" in candidates:
+        # Walking by id between the least and the greatest id of the time
+        # range, found by reading the range's part of the ts_ms index (no
+        # rows: a tenth of the cost of one). Where entries arrived long
+        # after their time, ids span more than the range: checked below.
+        def between(span):
+            return window * _BOUNDS_COST + (span if short else min(span, need * span / matching))
+        costs["bounds"] = between(window)
+        if min(costs, key=costs.get) == "bounds":
+            bounds = _id_bounds(filters)
+            costs["bounds"] = between(max(window, bounds[1] - bounds[0] + 1))
+    best = min(costs, key=costs.get)
+    fields = {"project_id": ("project_id", "container_id"), "time": ("since", "until"),
+              "duration": ("min_duration_ms", "max_duration_ms")}
+    plain = set()
+    for name in _INDEXED:
+        if name != best:
+            plain.update(fields.get(name, (name,)))
+    plain &= active
+    if best == "bounds":
+        plain.update(("since", "until"))
+        return frozenset(plain & active), bounds
+    return frozenset(plain), None
+
+
+def _product(values):
+    out = 1.0
+    for value in values:
+        out *= value
+    return out
+
+
+_TOTALS = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
+
+
+class _Counts:
+    """What the counters say of the filters' values."""
+
+    def __init__(self, filters):
+        self.filters = f = filters
+        row = db.execute(f"SELECT {_TOTALS}, MAX(lat) FROM rollup_total_all").fetchone()
+        self.total = row[0] or 0
+        self.by_column = {c: n or 0 for c, n in zip(COUNT_COLUMNS, row)}
+        self.latency = sketch.loads(row[-1])
+        self.window = self.total
+        if f.since is not None or f.until is not None:
+            self.window = self._between(f.since, f.until)
+
+    def _between(self, since, until):
+        source = rollup.counted(None, None, since, until, keys=False)
+        if source is None:
+            return 0
+        (n,) = db.execute(f"SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM ({source[0]}) "
+                          f"AS counted", source[1]).fetchone()
+        return n
+
+    def skipped(self, order):
+        """Entries that a walk by id passes before the time range: newer
+        than `until` (newest first), older than `since` (oldest first)."""
+        f = self.filters
+        if order == "asc":
+            return 0 if f.since is None else self._between(None, f.since)
+        return 0 if f.until is None else self._between(f.until, None)
+
+    def _scope(self, project_id, container_id=None, services=()):
+        where, params = rollup.scope_where(project_id, container_id)
+        if services:
+            where.append(f"service_name IN ({', '.join('?' * len(services))})")
+            params += names.stored_all(services)
+        (n,) = db.execute("SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total "
+                          f"WHERE {' AND '.join(where)}", params).fetchone()
+        return n
+
+    def _breakdown(self, prefix, values):
+        return sum(self.by_column.get(f"{prefix}_{v}", 0) for v in values)
+
+    def _statuses(self):
+        size = 0
+        for low, high in self.filters.status_ranges:
+            for c in range(max(1, low // 100), min(5, high // 100) + 1):
+                part = (min(high, c * 100 + 99) - max(low, c * 100) + 1) / 100
+                # A whole class is counted; a part of one, a share of it (one
+                # status of a class holds about a fifth of it).
+                size += self.by_column[f"status_{c}xx"] * (1 if part >= 1 else min(1, part * 20))
+        return size
+
+    def _duration(self):
+        f = self.filters
+        low = None if f.min_duration_ms is None else sketch.bucket_of(f.min_duration_ms)
+        high = None if f.max_duration_ms is None else sketch.bucket_of(f.max_duration_ms)
+        return sum(n for bucket, n in self.latency.items()
+                   if (low is None or bucket >= low) and (high is None or bucket <= high))
+
+    def candidates(self):
+        """{name: (entries its index holds for the value(s), whether one
+        value in id order)} of the filters with an index."""
+        f, out = self.filters, {}
+        if f.project_id is not None:
+            out["project_id"] = (self._scope(f.project_id), True)
+        if f.levels:
+            out["levels"] = (self._breakdown("level", f.levels), len(f.levels) == 1)
+        if f.service_names:
+            out["service_names"] = (self._scope(None, services=f.service_names),
+                                    len(f.service_names) == 1)
+        if f.status_ranges:
+            single = len(f.status_ranges) == 1 and f.status_ranges[0][0] == f.status_ranges[0][1]
+            out["status_ranges"] = (self._statuses(), single)
+        if f.methods:
+            out["methods"] = (self.total * min(1.0, _GUESS["methods"] * len(f.methods)),
+                              len(f.methods) == 1)
+        if f.since is not None or f.until is not None:
+            out["time"] = (self.window, False)
+        if f.min_duration_ms is not None or f.max_duration_ms is not None:
+            out["duration"] = (self._duration(), False)
+        return out
+
+    def shares(self, candidates):
+        """{filter: the share of the entries it lets through}."""
+        f, total = self.filters, self.total
+        out = {name: min(1.0, size / total) for name, (size, _) in candidates.items()}
+        if f.container_id is not None:
+            within = candidates["project_id"][0] if f.project_id is not None else total
+            out["container_id"] = (self._scope(f.project_id, f.container_id) / max(1, within))
+        if f.kinds:
+            out["kinds"] = self._breakdown("kind", f.kinds) / total
+        if f.sources:
+            out["sources"] = self._breakdown("source", f.sources) / total
+        if f.routes:
+            out["routes"] = min(1.0, _GUESS["routes"] * len(f.routes))
+        return out

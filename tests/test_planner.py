@@ -1,0 +1,130 @@
+"""Which index a page walks (planner.py): the same entries whatever it
+chooses, and on SQLite the choice the counters point to."""
+import random
+
+import pytest
+
+from logsvc.store import db, planner
+from logsvc.store.filters import Filters
+from logsvc.testing import make_entry
+
+START = 1_800_000_000_000
+HOUR = 3_600_000
+
+
+def skewed(n=900, seed=3):
+    """A busy tenant and a small one, mostly info and 200s, errors and 5xx
+    mostly the busy tenant's, ten hours of timestamps that arrive partly out of order (a late
+    batch carries the first hour's entries last)."""
+    rng = random.Random(seed)
+    entries = []
+    for i in range(n):
+        late = i >= n - n // 10
+        ts = START + (rng.randrange(HOUR) if late else i * (9 * HOUR) // n + HOUR)
+        small = rng.random() < 0.08
+        error = rng.random() < (0.1 if small else 0.15)
+        status = rng.choice((500, 503)) if error else rng.choice((200, 200, 200, 201, 404, 302))
+        entries.append(make_entry(
+            i, projectId="small" if small else "busy", tsMs=ts, status=status,
+            containerId=f"c{rng.randrange(3)}", serviceName=rng.choice(("api", "web", "jobs")),
+            method=rng.choice(("GET", "GET", "GET", "POST", "DELETE")),
+            **({"level": "error"} if error else {})))
+    return entries
+
+
+@pytest.fixture
+def loaded(store):
+    entries = skewed()
+    for at in range(0, len(entries), 300):
+        store.ingest(entries[at:at + 300])
+    # Ids follow the order of ingest.
+    return store, [{**e, "id": i + 1} for i, e in enumerate(entries)]
+
+
+def _level(e):
+    return e.get("level") or ("error" if e["status"] >= 500 else "info")
+
+
+QUESTIONS = [
+    ({"projectId": "small", "level": "error"},
+     lambda e: e["projectId"] == "small" and _level(e) == "error"),
+    ({"status": "2xx"}, lambda e: 200 <= e["status"] <= 299),
+    ({"status": "5xx", "method": "POST"}, lambda e: e["status"] >= 500 and e["method"] == "POST"),
+    ({"status": "404"}, lambda e: e["status"] == 404),
+    ({"serviceName": "jobs", "level": "error"},
+     lambda e: e["serviceName"] == "jobs" and _level(e) == "error"),
+    ({"projectId": "busy", "containerId": "c1", "status": "5xx"},
+     lambda e: (e["projectId"], e["containerId"]) == ("busy", "c1") and e["status"] >= 500),
+    ({"since": START + 5 * HOUR, "until": START + 6 * HOUR},
+     lambda e: START + 5 * HOUR <= e["tsMs"] < START + 6 * HOUR),
+    # The late batch: ids at the end, timestamps at the start.
+    ({"since": START, "until": START + HOUR + HOUR // 2, "level": "error"},
+     lambda e: START <= e["tsMs"] < START + HOUR + HOUR // 2 and _level(e) == "error"),
+    ({"since": START + 9 * HOUR, "method": "DELETE"},
+     lambda e: e["tsMs"] >= START + 9 * HOUR and e["method"] == "DELETE"),
+    ({"until": START + 2 * HOUR, "projectId": "small"},
+     lambda e: e["tsMs"] < START + 2 * HOUR and e["projectId"] == "small"),
+    ({"since": START + 20 * HOUR}, lambda e: False),
+]
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("params, wanted", QUESTIONS)
+def test_a_page_holds_the_same_entries_whichever_index_finds_them(loaded, params, wanted, order):
+    store, entries = loaded
+    matching = [e["id"] for e in entries if wanted(e)]
+    expected = matching if order == "asc" else matching[::-1]
+    for limit, offset in ((7, 0), (7, 5), (500, 0)):
+        page = store.page(**params, order=order, limit=limit, offset=offset)
+        assert [e["id"] for e in page["entries"]] == expected[offset:offset + limit], (limit, offset)
+        if page["totalExact"]:
+            assert page["total"] == len(matching)
+    # `last` and `afterId` too.
+    assert [e["id"] for e in store.page(**params, last=5)["entries"]] == matching[-5:]
+    after = matching[2] if len(matching) > 2 else 0
+    assert [e["id"] for e in store.page(**params, afterId=after, limit=6)["entries"]] == [
+        i for i in matching if i > after][:6]
+
+
+@pytest.mark.parametrize("params, wanted", QUESTIONS)
+def test_stats_count_the_same_entries_whichever_index_finds_them(loaded, params, wanted):
+    store, entries = loaded
+    stats = store.page("/api/proxy-logs/_logs/stats", **params)
+    matching = [e for e in entries if wanted(e)]
+    assert stats["total"] == len(matching)
+    by_project = {}
+    for e in matching:
+        by_project[e["projectId"]] = by_project.get(e["projectId"], 0) + 1
+    assert stats["byProject"] == by_project
+
+
+def _plan(app, filters, need=200, ordered=True, order="desc"):
+    """The plan SQLite makes of the page's query, and the planner's choice."""
+    with db.using(app.extensions["logsvc"].store):
+        where, params = planner.where_sql(filters, need, ordered, order)
+        direction = "DESC" if order == "desc" else "ASC"
+        sql = f"SELECT e.id FROM entry e WHERE {where} ORDER BY e.id {direction} LIMIT 200"
+        steps = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()]
+        return " / ".join(steps), planner.choose(filters, need, ordered, order)
+
+
+def test_the_counters_choose_the_index_that_reads_least(loaded, app, engine):
+    if engine != "sqlite":
+        pytest.skip("PostgreSQL plans with its own statistics")
+    # The small tenant's errors: its own index, not every tenant's errors.
+    plan, _ = _plan(app, Filters(project_id="small", levels=("error",)))
+    assert "entry_project_id_id_container_id" in plan and "entry_level" not in plan
+    # The busy tenant's errors are fewer than its entries: the level's index.
+    plan, _ = _plan(app, Filters(project_id="busy", levels=("error",)))
+    assert "entry_level" in plan
+    # Two thirds of the entries: the newest ids hold a page, nothing sorted.
+    plan, _ = _plan(app, Filters(status_ranges=((200, 299),)))
+    assert "entry_status" not in plan and "TEMP B-TREE" not in plan
+    # A time range: walked by id between the range's least and greatest id.
+    plan, (_, bounds) = _plan(app, Filters(since=START + 5 * HOUR, until=START + 6 * HOUR))
+    assert "INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in plan and "TEMP B-TREE" not in plan
+    assert bounds[0] < bounds[1]
+    # A range that holds no entry: found empty at once, not by walking
+    # every info entry.
+    plan, (_, bounds) = _plan(app, Filters(since=START + 20 * HOUR, levels=("info",)))
+    assert bounds == (1, 0) or plan == "SEARCH e USING INDEX entry_ts_ms (ts_ms>?)"
