@@ -307,10 +307,12 @@ def main():
             theirs.append(ch_rows(batch, next_id))
         next_id += len(batch)
     mid_project = "proj_010"
+    small_project = f"proj_{PROJECTS - 1:03d}"  # the least traffic (Zipf)
     trace_id = sample[1234]["traceId"]
     url_part = sample[4321]["url"].rsplit("/", 1)[0] + "/4242"
     hour_ago = now_ms - 3_600_000
     day_ago = now_ms - 24 * 3_600_000
+    noon = now_ms - 12 * 3_600_000  # an hour half a day ago
 
     results = {}
     try:
@@ -350,6 +352,17 @@ def main():
                         logs + "/stats", projectId=mid_project, since=hour_ago)["byRoute"],
                     "slowest 200 of a tenant": lambda: logsvc.get(
                         logs, projectId=mid_project, order="slowest", limit=200),
+                    # Two filters, or a filter and a time range: which index
+                    # finds the page (store/planner.py).
+                    "status=2xx&order=desc&limit=200":
+                        lambda: logsvc.get(logs, status="2xx", order="desc", limit=200),
+                    "a small tenant's errors, newest 200": lambda: logsvc.get(
+                        logs, projectId=small_project, level="error", order="desc", limit=200),
+                    "5xx of an hour 12 h ago, newest 200": lambda: logsvc.get(
+                        logs, status="5xx", since=noon, until=noon + 3_600_000, order="desc",
+                        limit=200),
+                    "/stats?level=error&since=1h":
+                        lambda: logsvc.get(logs + "/stats", level="error", since=hour_ago),
                 }
                 for name, ask in questions.items():
                     print(f"logsvc: {name}", flush=True)
@@ -399,6 +412,17 @@ def main():
                     "slowest 200 of a tenant":
                         f"SELECT * FROM logs WHERE projectId = '{mid_project}' "
                         "ORDER BY durationMs DESC LIMIT 200",
+                    "status=2xx&order=desc&limit=200":
+                        "SELECT * FROM logs WHERE status BETWEEN 200 AND 299 "
+                        "ORDER BY tsMs DESC LIMIT 200",
+                    "a small tenant's errors, newest 200":
+                        f"SELECT * FROM logs WHERE projectId = '{small_project}' "
+                        "AND level = 'error' ORDER BY tsMs DESC LIMIT 200",
+                    "5xx of an hour 12 h ago, newest 200":
+                        f"SELECT * FROM logs WHERE status BETWEEN 500 AND 599 AND tsMs >= {noon} "
+                        f"AND tsMs < {noon + 3_600_000} ORDER BY tsMs DESC LIMIT 200",
+                    "/stats?level=error&since=1h":
+                        f"{sel} WHERE level = 'error' AND tsMs >= {hour_ago} {breakdowns}",
                 }
                 for name, text in sql.items():
                     print(f"chdb: {name}", flush=True)

@@ -113,23 +113,33 @@ def choose(filters, need, ordered=True, order="desc"):
     if "time" in candidates:
         # Walking by id between the least and the greatest id of the time
         # range, found by reading the range's part of the ts_ms index (no
-        # rows: a tenth of the cost of one). Where entries arrived long
-        # after their time, ids span more than the range: checked below.
+        # rows: a tenth of the cost of one): every entry between them, or
+        # the entries of one value of an index (SQLite ends each index key
+        # with the id, so `level = ? AND id BETWEEN ? AND ?` is one range of
+        # it). Where entries arrived long after their time, ids span more
+        # than the range: checked once the ids are known.
         def between(span):
-            return window * _BOUNDS_COST + (span if short else min(span, need * span / matching))
-        costs["bounds"] = between(window)
-        if min(costs, key=costs.get) == "bounds":
+            options = {"bounds": span}
+            options.update((("bounds", name), size * span / total * _INDEX_COST)
+                           for name, (size, single) in candidates.items()
+                           if single and name != "time")
+            return {key: window * _BOUNDS_COST + (rows if short else
+                                                  min(rows, need * rows / matching))
+                    for key, rows in options.items()}
+        costs.update(between(window))
+        if isinstance(best := min(costs, key=costs.get), tuple) or best == "bounds":
             bounds = _id_bounds(filters)
-            costs["bounds"] = between(max(window, bounds[1] - bounds[0] + 1))
+            costs.update(between(max(window, bounds[1] - bounds[0] + 1)))
     best = min(costs, key=costs.get)
+    keep = best[1] if isinstance(best, tuple) else best
     fields = {"project_id": ("project_id", "container_id"), "time": ("since", "until"),
               "duration": ("min_duration_ms", "max_duration_ms")}
     plain = set()
     for name in _INDEXED:
-        if name != best:
+        if name != keep:
             plain.update(fields.get(name, (name,)))
     plain &= active
-    if best == "bounds":
+    if best == "bounds" or isinstance(best, tuple):
         plain.update(("since", "until"))
         return frozenset(plain & active), bounds
     return frozenset(plain), None
