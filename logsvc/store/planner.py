@@ -31,6 +31,8 @@ The estimates, for a store of N entries and M matching the filters
 - a time range can also be walked by id between the least and the greatest
   id of its entries, read from the ts_ms index alone.
 """
+import time
+
 from . import db, names, rollup, sketch
 from .filters import where_sql as _where_sql
 from .rollup import COUNT_COLUMNS
@@ -152,6 +154,24 @@ def _product(values):
     return out
 
 
+# How long a process keeps the entry count of each service: it reads every
+# scope's counter row, and an estimate needs no more recent figures.
+SERVICES_KEPT_S = 30.0
+
+
+def _per_service():
+    """{stored service name: entries} over every scope, read at most every
+    SERVICES_KEPT_S seconds per process and store."""
+    store = db.current()
+    kept = getattr(store, "per_service", None)
+    now = time.monotonic()
+    if kept is None or now - kept[0] > SERVICES_KEPT_S:
+        rows = db.execute("SELECT service_name, CAST(SUM(n) AS BIGINT) FROM rollup_total "
+                          "GROUP BY service_name").fetchall()
+        kept = store.per_service = (now, {name: n for name, n in rows})
+    return kept[1]
+
+
 _TOTALS = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
 
 
@@ -184,11 +204,8 @@ class _Counts:
             return 0 if f.since is None else self._between(None, f.since)
         return 0 if f.until is None else self._between(f.until, None)
 
-    def _scope(self, project_id, container_id=None, services=()):
+    def _scope(self, project_id, container_id=None):
         where, params = rollup.scope_where(project_id, container_id)
-        if services:
-            where.append(f"service_name IN ({', '.join('?' * len(services))})")
-            params += names.stored_all(services)
         (n,) = db.execute("SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total "
                           f"WHERE {' AND '.join(where)}", params).fetchone()
         return n
@@ -222,7 +239,9 @@ class _Counts:
         if f.levels:
             out["levels"] = (self._breakdown("level", f.levels), len(f.levels) == 1)
         if f.service_names:
-            out["service_names"] = (self._scope(None, services=f.service_names),
+            per_service = _per_service()
+            out["service_names"] = (sum(per_service.get(s, 0) for s in
+                                        names.stored_all(f.service_names)),
                                     len(f.service_names) == 1)
         if f.status_ranges:
             single = len(f.status_ranges) == 1 and f.status_ranges[0][0] == f.status_ranges[0][1]
