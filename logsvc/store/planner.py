@@ -31,6 +31,7 @@ The estimates, for a store of N entries and M matching the filters
 - a time range can also be walked by id between the least and the greatest
   id of its entries, read from the ts_ms index alone.
 """
+import math
 import time
 
 from . import db, names, rollup, sketch
@@ -45,6 +46,9 @@ _INDEX_COST, _SORT_COST, _BOUNDS_COST = 1.5, 0.5, 0.1
 # Filters with an index of their own (models.py), by field.
 _INDEXED = ("project_id", "levels", "service_names", "status_ranges", "methods", "time",
             "duration")
+# The fields of each of those whose name is not the field's.
+_FIELDS = {"project_id": ("project_id", "container_id"), "time": ("since", "until"),
+           "duration": ("min_duration_ms", "max_duration_ms")}
 _BY_DEFAULT = ("trace_id", "client_ip", "q", "timed")
 
 
@@ -89,7 +93,7 @@ def choose(filters, need, ordered=True, order="desc"):
     if counts.total <= 0:
         return (), None
     candidates = counts.candidates()
-    matching = max(1.0, counts.total * _product(counts.shares(candidates).values()))
+    matching = max(1.0, counts.total * math.prod(counts.shares(candidates).values()))
     total = counts.total
     window = counts.window
     skip = counts.skipped(order) if ordered else 0
@@ -121,7 +125,7 @@ def choose(filters, need, ordered=True, order="desc"):
         # it). Where entries arrived long after their time, ids span more
         # than the range: checked once the ids are known.
         def between(span):
-            options = {"bounds": span}
+            options = {("bounds", None): span}
             options.update((("bounds", name), size * span / total * _INDEX_COST)
                            for name, (size, single) in candidates.items()
                            if single and name != "time")
@@ -129,29 +133,17 @@ def choose(filters, need, ordered=True, order="desc"):
                                                   min(rows, need * rows / matching))
                     for key, rows in options.items()}
         costs.update(between(window))
-        if isinstance(best := min(costs, key=costs.get), tuple) or best == "bounds":
+        if isinstance(min(costs, key=costs.get), tuple):
             bounds = _id_bounds(filters)
             costs.update(between(max(window, bounds[1] - bounds[0] + 1)))
     best = min(costs, key=costs.get)
-    keep = best[1] if isinstance(best, tuple) else best
-    fields = {"project_id": ("project_id", "container_id"), "time": ("since", "until"),
-              "duration": ("min_duration_ms", "max_duration_ms")}
-    plain = set()
-    for name in _INDEXED:
-        if name != keep:
-            plain.update(fields.get(name, (name,)))
-    plain &= active
-    if best == "bounds" or isinstance(best, tuple):
-        plain.update(("since", "until"))
-        return frozenset(plain & active), bounds
-    return frozenset(plain), None
-
-
-def _product(values):
-    out = 1.0
-    for value in values:
-        out *= value
-    return out
+    between_ids = isinstance(best, tuple)
+    keep = best[1] if between_ids else best
+    # Every indexed filter but the one kept is written plain (the time
+    # range always: it is walked by id, or not used to find the rows).
+    plain = {field for name in _INDEXED if name != keep
+             for field in _FIELDS.get(name, (name,))}
+    return frozenset(plain & active), bounds if between_ids else None
 
 
 # How long a process keeps the entry count of each service: it reads every
