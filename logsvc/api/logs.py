@@ -49,14 +49,21 @@ def list_logs():
 def get_stats():
     params = stats_params.load(query_args(stats_params))
     top_routes = params.pop("top_routes")
-    return stats.summary(_filters(params), top_routes)
+    return _json(stats.summary(_filters(params), top_routes))
 
 
 @blueprint.get("/_logs/stats/histogram")
 def get_histogram():
     params = histogram_params.load(query_args(histogram_params))
     bucket = params.pop("bucket")
-    return stats.histogram(bucket, _filters(params))
+    return _json(stats.histogram(bucket, _filters(params)))
+
+
+def _json(result):
+    # Keys sorted, as Flask's own JSON has them; orjson writes a summary
+    # with thousands of keys several times faster.
+    return Response(orjson.dumps(result, option=orjson.OPT_SORT_KEYS),
+                    mimetype="application/json")
 
 
 def _filters(params):

@@ -181,7 +181,7 @@ class _Counts:
             self.window = self._between(f.since, f.until)
 
     def _between(self, since, until):
-        source = rollup.counted(None, None, since, until, keys=False)
+        source = rollup.counted(None, None, since, until, keys=False, columns=("n",))
         if source is None:
             return 0
         (n,) = db.execute(f"SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM ({source[0]}) "

@@ -181,13 +181,15 @@ def render_row(row, bodies=None):
 def _count(filters, cap=None):
     pushed = _rollup_sum(filters)
     if pushed is not None:
-        column, where, params = pushed
+        columns, where, params = pushed
         source = rollup.counted(filters.project_id, filters.container_id,
-                                filters.since, filters.until, keys=bool(filters.service_names))
+                                filters.since, filters.until, keys=bool(filters.service_names),
+                                columns=columns)
         if source is None:
             return 0, True
         (n,) = db.execute(
-            f"SELECT CAST(coalesce(SUM({column}), 0) AS BIGINT) FROM ({source[0]}) AS counted "
+            f"SELECT CAST(coalesce(SUM({' + '.join(columns)}), 0) AS BIGINT) "
+            f"FROM ({source[0]}) AS counted "
             f"WHERE {where}", [*source[1], *params]).fetchone()
         return n, True
     cap = cap or COUNT_CAP
@@ -204,7 +206,7 @@ _COUNTER_FILTERS = {"project_id", "container_id", "since", "until", "service_nam
 
 
 def _rollup_sum(f):
-    """(column sum, condition, parameters) over `rollup.counted` rows (the
+    """(count columns to sum, condition, parameters) over `rollup.counted` rows (the
     scope and time range already applied) that counts the entries matching
     `f`, or None when the counters cannot answer exactly: a filter that is
     not a counter dimension, or two breakdown filters at once (the counters
@@ -219,15 +221,15 @@ def _rollup_sum(f):
                    ("source", f.sources)) if values]
     if len(breakdowns) > 1:
         return None
-    column = "n"
+    columns = ("n",)
     if breakdowns:
         prefix, values = breakdowns[0]
-        column = " + ".join(f"{prefix}_{value}" for value in values)
+        columns = tuple(f"{prefix}_{value}" for value in values)
     terms, params = [], []
     if f.service_names:
         terms.append(f"service_name IN ({', '.join('?' * len(f.service_names))})")
         params.extend(names.stored_all(f.service_names))
-    return column, (" AND ".join(terms) if terms else "TRUE"), params
+    return columns, (" AND ".join(terms) if terms else "TRUE"), params
 
 
 def _status_classes(ranges):

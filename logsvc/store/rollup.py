@@ -55,7 +55,6 @@ MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
-_COUNTS = ", ".join(COUNT_COLUMNS)
 
 
 class Tier:
@@ -350,27 +349,31 @@ def _upsert(parts, rows):
 _WHOLE = 2**62 // HOUR_MS * HOUR_MS  # "no end", on an hour boundary
 
 
-def counted(project_id=None, container_id=None, since=None, until=None, keys=True):
+def counted(project_id=None, container_id=None, since=None, until=None, keys=True,
+            columns=COUNT_COLUMNS):
     """(sql, params) of rows (project_id, container_id, service_name,
-    <COUNT_COLUMNS>) whose sums count exactly the entries of the scope with
+    <columns>) whose sums count exactly the entries of the scope with
     since <= ts_ms < until (None: unbounded), or None when none can match.
+    `columns` is COUNT_COLUMNS, or ("n",) for the entry counts alone.
     Rows of a span that `signed_spans` subtracts come with their counts
     negated. With keys=False the rows may lack the key columns: without a
     scope they are then read from the all-scope tiers."""
     every_scope = not keys and project_id is None and container_id is None
     names = _ALL_TIER if every_scope else _SCOPE_TIER
+    counts = ", ".join(columns)
+    negated = ", ".join(f"-{c} AS {c}" for c in columns)
+    if not every_scope:
+        counts, negated = f"{_KEYS}, {counts}", f"{_KEYS}, {negated}"
     parts = []
     for unit, start, end, sign in _signed_spans(since, until):
         if unit is None:
             sql, params = _entry_part(start, end, project_id, container_id,
-                                      ENTRY_COUNTS if every_scope else ENTRY_AS_COUNTERS)
+                                      _entry_select(columns, keys=not every_scope))
             if sign < 0:
-                sql = f"SELECT {_NEGATED_COUNTS if every_scope else _NEGATED} FROM ({sql}) AS raw"
+                sql = f"SELECT {negated} FROM ({sql}) AS raw"
         else:
-            select = (_COUNTS if sign > 0 else _NEGATED_COUNTS) if every_scope else (
-                None if sign > 0 else _NEGATED)
             sql, params = _tier_part(names[unit], start, end, project_id, container_id,
-                                     select=select)
+                                     select=counts if sign > 0 else negated)
         parts.append((sql, params))
     if not parts:
         return None
@@ -378,8 +381,6 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
             [p for _, part_params in parts for p in part_params])
 
 
-_NEGATED_COUNTS = ", ".join(f"-{c} AS {c}" for c in COUNT_COLUMNS)
-_NEGATED = f"{_KEYS}, {_NEGATED_COUNTS}"
 # What reading a unit of each tier costs, in minute rows (an hour holds
 # more scopes than a minute: about ten times as many at a thousand busy
 # scopes), and a minute read from `entry` (every entry of that minute, of
@@ -460,20 +461,22 @@ def _either(column, value):
     return f"'{value}', '{names.LETTERS[column][value]}'"
 
 
-# `entry` rows in the shape of a counter row (`entry e`).
-_ENTRY_COUNT_COLUMNS = ", ".join(f"{_entry_expression(c)} AS {c}" for c in COUNT_COLUMNS)
-ENTRY_AS_COUNTERS = (
-    "SELECT project_id, coalesce(container_id, '') AS container_id, "
-    f"coalesce(service_name, '') AS service_name, {_ENTRY_COUNT_COLUMNS} FROM entry e"
-)
-# The same without the scope keys.
-ENTRY_COUNTS = f"SELECT {_ENTRY_COUNT_COLUMNS} FROM entry e"
+def _entry_select(columns=COUNT_COLUMNS, keys=True):
+    """`entry` rows in the shape of a counter row (`entry e`): the scope
+    keys (with keys=True) and `columns`."""
+    selected = ", ".join(f"{_entry_expression(c)} AS {c}" for c in columns)
+    if keys:
+        selected = ("project_id, coalesce(container_id, '') AS container_id, "
+                    f"coalesce(service_name, '') AS service_name, {selected}")
+    return f"SELECT {selected} FROM entry e"
+
+
 assert all(f"{p}_{v}" in COUNT_COLUMNS for p, vs in
            (("level", LEVELS), ("kind", KINDS), ("status", STATUS_CLASSES),
             ("source", SOURCES)) for v in vs)
 
 
-def _tier_part(table, start, end, project_id, container_id, select=None, also=None):
+def _tier_part(table, start, end, project_id, container_id, select, also=None):
     tier = TIERS.get(table) or ROUTE_TIERS[table]
     where, params = scope_where(project_id, container_id)
     if also:
@@ -481,7 +484,7 @@ def _tier_part(table, start, end, project_id, container_id, select=None, also=No
     if start is not None and tier.time_column is not None:
         where.append(f"{tier.time_column} >= ? AND {tier.time_column} < ?")
         params += [start, end]
-    sql = f"SELECT {select or f'{_KEYS}, {_COUNTS}'} FROM {table}"
+    sql = f"SELECT {select} FROM {table}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     return sql, params

@@ -21,6 +21,11 @@ Python adds into the project, container and service breakdowns. The cost
 follows the size of the answer (the number of projects, containers and
 services in it), not the number of entries.
 
+Filters the counters lack (a level, a method, a route, a duration...)
+send the question to the matching entries, found through the index the
+planner picks (planner.py) and read once: one pass gives the summary, its
+latency and its routes (`_raw_summary`).
+
 A histogram's buckets are whole buckets: hourly and longer ones read
 `rollup_hour_all` when no scope is asked for and `rollup_hour` when one is;
 shorter ones read `rollup_five_minutes_all` (5 to 30 minutes) or
@@ -32,7 +37,10 @@ sketches of the same rows, merged (sketch.py).
 (rollup.latency, rollup.routes); percentiles are within 1 % of the exact
 nearest-rank value, and `max` is exact.
 """
-from logsvc.entry import LEVELS, now_ms
+import operator
+from collections import Counter
+
+from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
 from . import db, names, planner, rollup, sketch
 from .query import InvalidParameter
@@ -75,15 +83,13 @@ def summary(filters, top_routes=TOP_ROUTES):
             # The total and its breakdowns by level, kind, status and source
             # need no scope keys: unscoped, they come from the all-scope
             # tiers (a row per minute or hour, not one per scope).
-            result = _summarize(rollup.counted(*scope), rollup.counted(*scope, keys=False))
+            result = _summarize(rollup.counted(*scope, columns=("n",)),
+                                rollup.counted(*scope, keys=False))
             counts, longest = rollup.latency(*scope)
             routes = rollup.routes(*scope)
         else:
-            where, params = planner.where_sql(f, EVERY, ordered=False)
-            result = _summarize((f"{rollup.ENTRY_AS_COUNTERS} WHERE {where}", params))
-            counts = {}
-            longest = rollup.raw_latency(where, params, counts)
-            routes = rollup.raw_routes(where, params, {})
+            result, counts, longest, routes = _raw_summary(*planner.where_sql(f, EVERY,
+                                                                               ordered=False))
         result["latency"] = sketch.summary(counts, longest)
         result["byRoute"] = _by_route(routes, top_routes)
         return result
@@ -120,68 +126,104 @@ def histogram(bucket, filters):
     return db.call(_histogram, bucket, since, until, filters)
 
 
-def _summarize(source, totals=None):
-    """The summary of the rows of `source` (sql, params); with `totals`,
-    the total row is summed from that instead (the same entries without
-    their scope keys), and `source` gives only the key breakdowns."""
-    result = {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
+def _empty():
+    return {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
+
+
+def _summarize(source, totals):
+    """The summary of the counter rows of `source` (sql, params: one row
+    per scope and time unit) and `totals` (the same entries, without their
+    scope keys where no scope is asked for)."""
+    result = _empty()
     if source is None:
         return result
-    shown = names.shower()
-    if totals is None:
-        rows = db.execute(_SUMMARY_SQL.format(source=source[0]), source[1]).fetchall()
-    else:
-        rows = db.execute(_TOTAL_SQL.format(totals=totals[0]), totals[1]).fetchall()
-        # One row per scope (as many as the breakdowns have keys): summed
-        # into the three breakdowns here, cheaper than three GROUP BYs.
-        # Summed by stored name (names.py), then named: one lookup per name.
-        projects, containers, services = {}, {}, {}
-        for project, container, service, n in db.execute(
-                _PER_SCOPE_SQL.format(source=source[0]), source[1]).fetchall():
-            projects[project] = projects.get(project, 0) + n
-            if container:
-                containers[container] = containers.get(container, 0) + n
-            if service:
-                services[service] = services.get(service, 0) + n
-        for name, summed in zip(_KEY_BREAKDOWNS, (projects, containers, services)):
-            result[name] = {shown(key): n for key, n in summed.items()}
-    for kind, key, *counts in rows:
-        if kind == "total":
-            result["total"] = counts[0] or 0
-            for column, n in zip(COUNT_COLUMNS[1:], counts[1:]):
-                if n:
-                    prefix, value = column.split("_", 1)
-                    result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
-        else:
-            result[kind][shown(key)] = counts[0]
+    rows = db.execute(_TOTAL_SQL.format(totals=totals[0]), totals[1]).fetchall()
+    # One row per scope (as many as the breakdowns have keys): summed into
+    # the three breakdowns here, cheaper than three GROUP BYs.
+    _add_scopes(result, db.execute(_PER_SCOPE_SQL.format(source=source[0]), source[1]))
+    for _kind, _key, *counts in rows:
+        result["total"] = counts[0] or 0
+        for column, n in zip(COUNT_COLUMNS[1:], counts[1:]):
+            if n:
+                prefix, value = column.split("_", 1)
+                result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
     return result
 
 
+def _add_scopes(result, counted):
+    """Sum (project, container, service, n) rows into the project, container
+    and service breakdowns: by stored name (names.py), then named, one
+    lookup per name."""
+    shown = names.shower()
+    projects, containers, services = {}, {}, {}
+    for project, container, service, n in counted:
+        projects[project] = projects.get(project, 0) + n
+        if container:
+            containers[container] = containers.get(container, 0) + n
+        if service:
+            services[service] = services.get(service, 0) + n
+    for name, summed in zip(_KEY_BREAKDOWNS, (projects, containers, services)):
+        result[name] = {shown(key): n for key, n in summed.items() if n > 0}
+
+
 _SUMS = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
-
-
-def _key_selects(table):
-    blanks = ", ".join("NULL" for _ in COUNT_COLUMNS[1:])
-    return [f"SELECT '{name}', {key}, CAST(SUM(n) AS BIGINT), {blanks} FROM {table} "
-            f"WHERE {key} <> '' GROUP BY {key} HAVING SUM(n) > 0"
-            for name, key in _KEY_BREAKDOWNS.items()]
-
-
-def _summary_sql():
-    """One statement: the source summed per scope once (MATERIALIZED), then
-    the total row and the three key breakdowns from those sums."""
-    per_scope = ", ".join(f"SUM({c}) AS {c}" for c in COUNT_COLUMNS)
-    selects = [f"SELECT 'total', '', {_SUMS} FROM scoped", *_key_selects("scoped")]
-    return (f"WITH scoped AS MATERIALIZED (SELECT {_KEYS}, {per_scope} "
-            f"FROM ({{source}}) AS counted GROUP BY {_KEYS}) " + " UNION ALL ".join(selects))
-
-
 # With the total read apart (from the all-scope tiers when there is no
 # scope): summing one column per scope costs a fifth of summing all of them.
 _TOTAL_SQL = f"SELECT 'total', '', {_SUMS} FROM ({{totals}}) AS totals"
 _PER_SCOPE_SQL = (f"SELECT {_KEYS}, CAST(SUM(n) AS BIGINT) FROM ({{source}}) AS counted "
                   f"GROUP BY {_KEYS} HAVING SUM(n) > 0")
-_SUMMARY_SQL = _summary_sql()
+
+# Stats over the entries themselves (filters the counters lack): one pass
+# over the matching rows gives the summary, its latency and its routes.
+# Each chunk of rows is counted per distinct tuple of the columns a
+# breakdown needs (Counter over itemgetter: the counting runs in C), and
+# the distinct tuples, far fewer than the rows, are folded in Python.
+_RAW_SQL = ("SELECT project_id, container_id, service_name, level, kind, status, source, "
+            "route, lat_bucket, coalesce(duration_ms, -1.0) FROM entry e WHERE {where}")
+_SCOPE_OF = operator.itemgetter(0, 1, 2)
+_VALUES_OF = operator.itemgetter(3, 4, 5, 6)
+_ROUTE_OF = operator.itemgetter(7, 8, 3)  # route, latency bucket, level
+_DURATION_OF = operator.itemgetter(9)
+_CHUNK = 10_000
+_ORDER = {"byLevel": LEVELS, "byKind": KINDS, "byStatus": STATUS_CLASSES, "bySource": SOURCES}
+
+
+def _raw_summary(where, params):
+    """(summary, {latency bucket: count}, longest, routes as rollup.routes
+    gives them) of the entries matching `where`."""
+    scopes, values, routes = Counter(), Counter(), Counter()
+    longest = -1.0  # durations are never negative
+    cursor = db.execute(_RAW_SQL.format(where=where), params)
+    while rows := cursor.fetchmany(_CHUNK):
+        scopes.update(map(_SCOPE_OF, rows))
+        values.update(map(_VALUES_OF, rows))
+        routes.update(map(_ROUTE_OF, rows))
+        longest = max(longest, max(map(_DURATION_OF, rows)))
+    result = _empty()
+    _add_scopes(result, ((*key, n) for key, n in scopes.items()))
+    result["total"] = scopes.total()
+    found = {name: Counter() for name in _ORDER}
+    for (level, kind, status, source), n in values.items():
+        found["byLevel"][names.unlettered("level", level)] += n
+        found["byKind"][names.unlettered("kind", kind)] += n
+        if status is not None and 100 <= status <= 599:
+            found["byStatus"][f"{status // 100}xx"] += n
+        found["bySource"][names.unlettered("source", source)] += n
+    for name, order in _ORDER.items():
+        result[name] = {value: found[name][value] for value in order if found[name][value]}
+    counts, by_route = {}, {}
+    for (route, bucket, level), n in routes.items():
+        if bucket is not None:
+            counts[bucket] = counts.get(bucket, 0) + n
+        if route is None:
+            continue
+        into = by_route.setdefault(route, [0, 0, {}])
+        into[0] += n
+        if names.unlettered("level", level) == "error":
+            into[1] += n
+        if bucket is not None:
+            into[2][bucket] = into[2].get(bucket, 0) + n
+    return result, counts, (longest if longest >= 0 else None), by_route
 
 
 def _histogram(bucket, since, until, filters):
