@@ -128,3 +128,39 @@ def test_the_counters_choose_the_index_that_reads_least(loaded, app, engine):
     # every info entry.
     plan, (_, bounds) = _plan(app, Filters(since=START + 20 * HOUR, levels=("info",)))
     assert bounds == (1, 0) or plan == "SEARCH e USING INDEX entry_ts_ms (ts_ms>?)"
+
+
+def _minute_bounds():
+    return db.call(lambda: (
+        db.execute("SELECT minute, id_min, id_max FROM rollup_minute_all ORDER BY 1").fetchall(),
+        db.execute("SELECT ts_ms / 60000, min(id), max(id) FROM entry GROUP BY 1 "
+                   "ORDER BY 1").fetchall()))
+
+
+def test_each_minute_keeps_the_least_and_greatest_id_of_its_entries(app, loaded):
+    store, entries = loaded
+    kept, exact = _minute_bounds()
+    assert kept == exact
+    # An entry that arrives late widens its minute's bounds to its id.
+    minute = (START + 5 * HOUR) // 60_000
+    (low, high), = [(low, high) for m, low, high in kept if m == minute]
+    store.ingest([make_entry(0, tsMs=START + 5 * HOUR + 59_999)])
+    kept, exact = _minute_bounds()
+    assert kept == exact
+    assert [(low_, high_) for m, low_, high_ in kept if m == minute] == [(low, len(entries) + 1)]
+    # Retention removes the oldest ids: the bounds of what is left still
+    # hold every id of their minute (a minute may keep a wider bound).
+    from logsvc.store import retention
+
+    retention.prune(app.extensions["logsvc"].config.replace(max_rows=500, retention_days=0))
+    kept, exact = _minute_bounds()
+    assert len(exact) < len(entries) and [m for m, *_ in kept] == [m for m, *_ in exact]
+    assert all(k_low <= low and high <= k_high
+               for (_, k_low, k_high), (_, low, high) in zip(kept, exact))
+    # Pages over a time range walk between those bounds and miss nothing.
+    left = store.page("/api/proxy-logs/_logs", limit=1000, order="asc")["entries"]
+    for since, until in ((START, START + HOUR), (START + 4 * HOUR + 123, START + 7 * HOUR)):
+        got = store.page("/api/proxy-logs/_logs", since=since, until=until, limit=1000,
+                         order="desc")["entries"]
+        assert [e["id"] for e in got] == [e["id"] for e in reversed(left)
+                                          if since <= e["tsMs"] < until]

@@ -363,7 +363,7 @@ def _write_batch(entries, keys):
     # Everything that does not need the ids is done before the write lock
     # is taken, so that another process can write meanwhile.
     rows, bodies, documents, counted = _prepare(entries, postgres, numbered)
-    counters = rollup.summarize(counted)
+    counters = rollup.summarize(counted, ids=True)
     wal.before_write(db.current())
     with database.atomic():
         last = IdSequence.take(len(entries))
@@ -383,7 +383,7 @@ def _write_batch(entries, keys):
             db.executemany(_INSERT_BODY, bodies)
             fulltext.insert_sqlite([(first + offset, text) for offset, text, _ in documents])
             lookup.insert([(first + offset, keys) for offset, _, keys in documents])
-        rollup.write(counters)
+        rollup.write(counters, first_id=first)
         if postgres:
             # Delivered at commit: wakes the live tail of every host.
             db.execute(f"NOTIFY {TAIL_CHANNEL}")

@@ -43,7 +43,7 @@ from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class BaseModel(peewee.Model):
@@ -191,6 +191,11 @@ class RollupMinute(BaseModel):
 @_counted
 class RollupMinuteAll(BaseModel):
     minute = peewee.BigIntegerField(primary_key=True)
+    # The least and the greatest id ever counted in this minute (retention
+    # leaves them: still bounds). Every entry of a time range has an id
+    # between those of its minutes (planner.py walks between them).
+    id_min = peewee.BigIntegerField(null=True)
+    id_max = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_settings = ["WITHOUT ROWID"]
@@ -270,6 +275,17 @@ class RollupRouteMinuteAll(BaseModel):
 
 
 @_route_counted
+class RollupRouteFiveMinutesAll(BaseModel):
+    # What the last hour's routes read, five times fewer sketches to merge.
+    five_minutes = peewee.BigIntegerField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("five_minutes", "route")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_route_counted
 class RollupRouteHourAll(BaseModel):
     hour = peewee.BigIntegerField()
     route = peewee.TextField()
@@ -290,7 +306,8 @@ class RollupRouteTotalAll(BaseModel):
 ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll, RollupFiveMinutesAll,
                  RollupHourAll,
                  RollupTotalAll, RollupRouteMinute, RollupRouteHour, RollupRouteTotal,
-                 RollupRouteMinuteAll, RollupRouteHourAll, RollupRouteTotalAll)
+                 RollupRouteMinuteAll, RollupRouteFiveMinutesAll, RollupRouteHourAll,
+                 RollupRouteTotalAll)
 
 
 class IdSequence(BaseModel):
@@ -458,13 +475,16 @@ def _v2_to_v3():
 
 # Columns that later versions added to tables that existed before them:
 # added before create_tables, whose indexes may use them. (Version 4: the
-# latency and route columns; version 7: the kind of a dictionary.)
+# latency and route columns; version 7: the kind of a dictionary; version
+# 9: the id bounds of a minute.)
 _ADDED_COLUMNS = {
     "entry": (("duration_ms", "DOUBLE PRECISION", "REAL"), ("route", "TEXT", "TEXT"),
               ("lat_bucket", "SMALLINT", "INTEGER")),
     **{table: (("lat", "TEXT", "TEXT"), ("lat_max", "DOUBLE PRECISION", "REAL"))
-       for table in ("rollup_minute", "rollup_hour", "rollup_total", "rollup_minute_all")},
+       for table in ("rollup_minute", "rollup_hour", "rollup_total")},
     "body_dictionary": (("kind", "TEXT NOT NULL DEFAULT 'body'", "TEXT NOT NULL DEFAULT 'body'"),),
+    "rollup_minute_all": (("lat", "TEXT", "TEXT"), ("lat_max", "DOUBLE PRECISION", "REAL"),
+                          ("id_min", "BIGINT", "INTEGER"), ("id_max", "BIGINT", "INTEGER")),
 }
 
 
@@ -565,8 +585,15 @@ def _v5_to_v6():
 # PostgreSQL's new sketch merge by create_schema. v8 (SQLite) rewrites every
 # entry and counter row once: names as numbers, levels, kinds and sources
 # as letters (create_tables makes stored_name).
+def _v8_to_v9():
+    # Version 9: each minute's id bounds, and the routes of every scope per
+    # five minutes (summed from their minutes).
+    rollup.fill_id_bounds()
+    rollup.fill_from_finer("rollup_route_five_minutes_all")
+
+
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6,
-              6: _v6_to_v7, 7: _v7_to_v8}
+              6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one):
 # both sketches are in bucket order, so one walk merges them. It runs for

@@ -170,6 +170,7 @@ CODED_COLUMNS = {
     "rollup_route_hour": ("project_id", "route"),
     "rollup_route_total": ("project_id", "container_id", "route"),
     "rollup_route_minute_all": ("route",),
+    "rollup_route_five_minutes_all": ("route",),
     "rollup_route_hour_all": ("route",),
     "rollup_route_total_all": ("route",),
 }

@@ -13,13 +13,17 @@ the longest duration `lat_max`:
     rollup_minute_all / rollup_five_minutes_all / rollup_hour_all /
     rollup_total_all   (every scope)
 
+`rollup_minute_all` also keeps the least and the greatest id counted in
+each minute (`id_bounds`).
+
 Route counters: calls `n`, `errors` (level error) and `lat`, for the
 entries that have a route:
 
     rollup_route_minute (minute, project, route)
     rollup_route_hour   (hour, project, route)
     rollup_route_total  (project, container, route)
-    rollup_route_minute_all / rollup_route_hour_all / rollup_route_total_all
+    rollup_route_minute_all / rollup_route_five_minutes_all /
+    rollup_route_hour_all / rollup_route_total_all
 
 A batch touches one row per distinct key of each tier; batches arrive
 roughly in time order, so that is about one row per distinct scope (and
@@ -52,6 +56,7 @@ LEVEL_AT, KIND_AT, SOURCE_AT = (
 STATUS_AT = {c: COUNT_COLUMNS.index(f"status_{c}") for c in STATUS_CLASSES}
 
 MINUTE_MS = 60_000
+FIVE_MINUTES_MS = 300_000
 HOUR_MS = 3_600_000
 
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
@@ -68,10 +73,11 @@ class Tier:
     bytes. SQLite stores a 0 in its record header alone, and keeps zeros.
     Readers sum them (SUM skips NULLs) or take NULL as 0."""
 
-    def __init__(self, table, keys, time_column, counts, source, key_from):
+    def __init__(self, table, keys, time_column, counts, source, key_from, with_ids=False):
         self.table, self.keys, self.time_column = table, keys, time_column
         self.counts, self.source, self.key_from = counts, source, key_from
         self.with_max = counts is COUNT_COLUMNS
+        self.with_ids = with_ids  # id_min and id_max, widened by each batch
         self.sql = {postgres: self._sql(postgres) for postgres in (False, True)}
 
     def _sql(self, postgres):
@@ -91,6 +97,17 @@ class Tier:
             sets.append(f"lat_max = CASE WHEN excluded.lat_max IS NULL OR "
                         f"{table}.lat_max >= excluded.lat_max THEN {table}.lat_max "
                         f"ELSE excluded.lat_max END")
+        if self.with_ids:
+            columns += ["id_min", "id_max"]
+            marks = ", ".join("?" for _ in columns)
+            head = f"INSERT INTO {table} ({', '.join(columns)})"
+            # The one of the two that is not NULL, or the wider.
+            # (PostgreSQL's LEAST and GREATEST skip NULLs, SQLite's min and
+            # max return NULL.)
+            for column, pick in (("id_min", ("LEAST", "min")), ("id_max", ("GREATEST", "max"))):
+                ours, theirs = f"{table}.{column}", f"excluded.{column}"
+                sets.append(f"{column} = {pick[0]}({ours}, {theirs})" if postgres else
+                            f"{column} = coalesce({pick[1]}({ours}, {theirs}), {ours}, {theirs})")
         out[True] = (head, conflict + ", ".join(sets), f"({marks})")
         return out
 
@@ -105,7 +122,7 @@ TIERS = {t.table: t for t in (
          lambda k: (k[0] // 60, k[1], k[2], k[3])),
     Tier("rollup_total", _SCOPE, None, COUNT_COLUMNS, "rollup_hour", lambda k: k[1:]),
     Tier("rollup_minute_all", ("minute",), "minute", COUNT_COLUMNS, "scopes",
-         lambda k: (k[0],)),
+         lambda k: (k[0],), with_ids=True),
     Tier("rollup_five_minutes_all", ("five_minutes",), "five_minutes", COUNT_COLUMNS,
          "rollup_minute_all", lambda k: (k[0] // 5,)),
     Tier("rollup_hour_all", ("hour",), "hour", COUNT_COLUMNS, "rollup_minute_all",
@@ -122,6 +139,8 @@ ROUTE_TIERS = {t.table: t for t in (
          ROUTE_COUNT_COLUMNS, "routes", None),
     Tier("rollup_route_minute_all", ("minute", "route"), "minute", ROUTE_COUNT_COLUMNS,
          "rollup_route_minute", lambda k: (k[1], k[2])),
+    Tier("rollup_route_five_minutes_all", ("five_minutes", "route"), "five_minutes",
+         ROUTE_COUNT_COLUMNS, "rollup_route_minute_all", lambda k: (k[0] // 5, k[1])),
     Tier("rollup_route_hour_all", ("hour", "route"), "hour", ROUTE_COUNT_COLUMNS,
          "rollup_route_minute_all", lambda k: (k[0] // 60, k[1])),
     Tier("rollup_route_total_all", ("route",), None, ROUTE_COUNT_COLUMNS,
@@ -145,10 +164,17 @@ def add(rows, sign=1, weights=None):
     write(summarize(rows, sign, weights), sign)
 
 
-def write(summary, sign=1):
-    """Apply what `summarize` prepared, in the writing transaction."""
+def write(summary, sign=1, first_id=None):
+    """Apply what `summarize` prepared, in the writing transaction.
+    `first_id`: the id of the batch's first row (summarize(ids=True))."""
     postgres = db.is_postgres()
     for tier, rows, folded in summary:
+        if tier.with_ids and sign > 0:
+            # Each row ends with the offsets in the batch of its least and
+            # greatest row (None: not known).
+            rows = [(*row[:-2], *((None, None) if row[-2] is None or first_id is None else
+                                  (first_id + row[-2], first_id + row[-1])))
+                    for row in rows]
         _upsert(tier.sql[postgres][sign > 0], rows)
         if sign < 0:
             _drop_empty(tier, folded)
@@ -156,17 +182,26 @@ def write(summary, sign=1):
                 _refresh_max(tier, folded)
 
 
-def summarize(rows, sign=1, weights=None):
+def summarize(rows, sign=1, weights=None, ids=False):
     """The upserts that `add` makes, as [(tier, rows, sums per key)]: pure
-    computation, which ingest does before it takes the write lock."""
+    computation, which ingest does before it takes the write lock. With
+    `ids`, the rows are a batch in id order, whose first id `write` takes:
+    each minute's id bounds are then kept."""
     # Accumulations: [counts, {bucket: count} or None, longest or None]
     scopes, routes, route_minutes = {}, {}, {}
+    offsets = {}  # minute -> [first, last] offset in the batch
     level_at, kind_at, source_at, status_at = LEVEL_AT, KIND_AT, SOURCE_AT, STATUS_AT
     error_at = LEVEL_AT["error"]
     for index, (ts_ms, project_id, container_id, service_name, level, kind, status,
                 source, route, bucket, duration) in enumerate(rows):
         step = sign if weights is None else sign * weights[index]
         minute = ts_ms // MINUTE_MS
+        if ids:
+            span = offsets.get(minute)
+            if span is None:
+                offsets[minute] = [index, index]
+            else:
+                span[1] = index
         container_id = container_id or ""
         key = (minute, project_id, container_id, service_name or "")
         into = scopes.get(key)
@@ -209,7 +244,10 @@ def summarize(rows, sign=1, weights=None):
             source = summed[tier.source]
             folded = summed[tier.table] = (source if tier.key_from is None
                                            else _fold(source, tier.key_from))
-            summary.append((tier, _rows(tier, folded, sign, postgres), folded))
+            rows = _rows(tier, folded, sign, postgres)
+            if tier.with_ids and sign > 0:
+                rows = [(*row, *offsets.get(row[0], (None, None))) for row in rows]
+            summary.append((tier, rows, folded))
     return summary
 
 
@@ -240,6 +278,31 @@ def rebuild():
     cursor = db.execute(GROUPED.format(table="entry"))
     while chunk := cursor.fetchmany(50_000):
         add([row[:11] for row in chunk], weights=[row[11] for row in chunk])
+    fill_id_bounds()
+
+
+def fill_id_bounds():
+    """Each minute's id bounds, read from `entry` (a schema upgrade)."""
+    db.executemany("UPDATE rollup_minute_all SET id_min = ?, id_max = ? WHERE minute = ?",
+                   db.execute(f"SELECT min(id), max(id), ts_ms / {MINUTE_MS} FROM entry "
+                              f"GROUP BY ts_ms / {MINUTE_MS}").fetchall())
+
+
+def fill_from_finer(table):
+    """A new tier summed from the tier it is summed from (a schema upgrade)."""
+    tier = TIERS.get(table) or ROUTE_TIERS[table]
+    finer = TIERS.get(tier.source) or ROUTE_TIERS[tier.source]
+    width = len(finer.keys)
+    columns = [*finer.keys, *finer.counts, "lat"] + (["lat_max"] if finer.with_max else [])
+    source = {}
+    for row in db.execute(f"SELECT {', '.join(columns)} FROM {finer.table}").fetchall():
+        counts = [n or 0 for n in row[width:width + len(finer.counts)]]
+        rest = row[width + len(finer.counts):]
+        source[tuple(row[:width])] = [counts, sketch.loads(rest[0]) or None,
+                                      rest[1] if finer.with_max else None]
+    db.execute(f"DELETE FROM {table}")
+    postgres = db.is_postgres()
+    _upsert(tier.sql[postgres][True], _rows(tier, _fold(source, tier.key_from), 1, postgres))
 
 
 def _fold(source, key_from):
@@ -365,7 +428,7 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
     if not every_scope:
         counts, negated = f"{_KEYS}, {counts}", f"{_KEYS}, {negated}"
     parts = []
-    for unit, start, end, sign in _signed_spans(since, until):
+    for unit, start, end, sign in _signed_spans(since, until, _units(names)):
         if unit is None:
             sql, params = _entry_part(start, end, project_id, container_id,
                                       _entry_select(columns, keys=not every_scope))
@@ -383,9 +446,11 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
 
 # What reading a unit of each tier costs, in minute rows (an hour holds
 # more scopes than a minute: about ten times as many at a thousand busy
-# scopes), and a minute read from `entry` (every entry of that minute, of
-# every scope: about ten times a minute's counter rows), pro rata.
-_UNIT_COST = {HOUR_MS: 10, MINUTE_MS: 1}
+# scopes; five minutes, kept for every scope only, hold a row or a row per
+# route, as a minute does), and a minute read from `entry` (every entry of
+# that minute, of every scope: about ten times a minute's counter rows),
+# pro rata.
+_UNIT_COST = {HOUR_MS: 10, FIVE_MINUTES_MS: 2, MINUTE_MS: 1}
 _RAW_COST = 10
 
 
@@ -440,7 +505,12 @@ def _cheapest(low, high, now, units, subtract):
 # The tier of each unit of `signed_spans`.
 _SCOPE_TIER = {"total": "rollup_total", HOUR_MS: "rollup_hour", MINUTE_MS: "rollup_minute"}
 _ALL_TIER = {"total": "rollup_total_all", HOUR_MS: "rollup_hour_all",
-             MINUTE_MS: "rollup_minute_all"}
+             FIVE_MINUTES_MS: "rollup_five_minutes_all", MINUTE_MS: "rollup_minute_all"}
+
+
+def _units(tiers):
+    """The units of time that `tiers` keep, longest first."""
+    return tuple(u for u in (HOUR_MS, FIVE_MINUTES_MS, MINUTE_MS) if u in tiers)
 
 
 def _entry_expression(column):
@@ -540,7 +610,7 @@ def latency(project_id=None, container_id=None, since=None, until=None):
     names = _ALL_TIER if project_id is None and container_id is None else _SCOPE_TIER
     counts, longest = {}, None
     # A maximum cannot be subtracted: whole units are only added.
-    for unit, start, end, _ in _signed_spans(since, until, subtract=False):
+    for unit, start, end, _ in _signed_spans(since, until, _units(names), subtract=False):
         if unit is None:
             longest = raw_latency(*_raw_where(start, end, project_id, container_id),
                                   counts, longest)
@@ -561,13 +631,14 @@ def routes(project_id=None, container_id=None, since=None, until=None):
     container reads its all-time row, and counts a range from `entry`."""
     if project_id is None and container_id is None:
         tables = {"total": "rollup_route_total_all", HOUR_MS: "rollup_route_hour_all",
+                  FIVE_MINUTES_MS: "rollup_route_five_minutes_all",
                   MINUTE_MS: "rollup_route_minute_all"}
     elif container_id is None:
         tables = {"total": "rollup_route_total", HOUR_MS: "rollup_route_hour",
                   MINUTE_MS: "rollup_route_minute"}
     else:
         tables = {"total": "rollup_route_total"}
-    units = tuple(u for u in (HOUR_MS, MINUTE_MS) if u in tables)
+    units = _units(tables)
     out = {}
     # Calls, errors and sketches are sums: spans may be subtracted (the
     # route counters keep no maximum).
