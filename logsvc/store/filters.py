@@ -16,7 +16,7 @@ import functools
 
 import orjson
 
-from . import fulltext, lookup, names, sketch
+from . import db, fulltext, lookup, names, sketch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,18 @@ class Filters:
                      if getattr(self, item.field) not in (None, ()))
 
 
+# Text on PostgreSQL (on SQLite, stored names are bytes, see names.py).
+_TEXT = {"project_id", "container_id", "service_name", "level", "kind", "method", "source",
+         "route"}
+
+
 def _column(column, plain):
-    """`column`, or with `plain` written so that SQLite uses no index for
-    it (its unary + leaves the value as it is; see planner.py)."""
-    return f"+{column}" if plain else column
+    """`column`, or with `plain` written so that the database uses no index
+    for it (see planner.py): SQLite's unary + leaves any value as it is;
+    PostgreSQL has no unary + for text, and appending '' leaves it as it is."""
+    if not plain:
+        return column
+    return f"({column} || '')" if column in _TEXT and db.is_postgres() else f"+{column}"
 
 
 class Equals:

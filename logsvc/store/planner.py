@@ -98,7 +98,7 @@ def choose(filters, need, ordered=True, order="desc"):
     """(the fields of `filters` to write without their index, (least,
     greatest) id to walk between or None); ((), None) leaves the choice to
     the database."""
-    if db.is_postgres() or any(getattr(filters, f) not in (None, ()) for f in _BY_DEFAULT):
+    if any(getattr(filters, f) not in (None, ()) for f in _BY_DEFAULT):
         return (), None
     active = {item.field for item, _ in filters.active}
     if not active & {"levels", "service_names", "status_ranges", "methods", "since", "until",

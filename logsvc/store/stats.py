@@ -291,19 +291,18 @@ def _raw_buckets(size_ms, start, end, filters):
     filters = filters.replace(since=max(start, filters.since or start),
                               until=min(end, filters.until or end))
     condition, params = planner.where_sql(filters, EVERY, ordered=False)
-    counted = {}
-    for b, level, n in db.execute(
-            f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, count(*) FROM entry e "
-            f"WHERE {condition} GROUP BY b, e.level", params):
+    # One pass: counted per bucket, level and latency bucket.
+    counted, timed = {}, {}
+    for b, level, bucket, n, longest in db.execute(
+            f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, e.lat_bucket, count(*), "
+            f"MAX(e.duration_ms) FROM entry e WHERE {condition} "
+            f"GROUP BY b, e.level, e.lat_bucket", params):
         counted.setdefault(b, [0] * len(LEVELS))[
-            LEVELS.index(names.unlettered("level", level))] = n
-    timed = {}
-    for b, bucket, n, longest in db.execute(
-            f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.lat_bucket, count(*), "
-            f"MAX(e.duration_ms) FROM entry e WHERE {condition} AND +e.lat_bucket IS NOT NULL "
-            f"GROUP BY b, e.lat_bucket", params):
+            LEVELS.index(names.unlettered("level", level))] += n
+        if bucket is None:
+            continue
         into = timed.setdefault(b, [{}, None])
-        into[0][bucket] = n
+        into[0][bucket] = into[0].get(bucket, 0) + n
         if into[1] is None or longest > into[1]:
             into[1] = longest
     return counted, timed
