@@ -1,4 +1,4 @@
-"""Which index finds a page's entries, or a capped count's (SQLite).
+"""Which index finds a page's entries, or a capped count's.
 
 SQLite chooses among `entry`'s indexes without knowing how many entries a
 value holds (it keeps no statistics unless ANALYZE runs, which reads every
@@ -8,7 +8,8 @@ entries that chose badly where two filters have indexes: `projectId` of
 a small tenant with `level=error` walked every error of every tenant
 (53 ms), `status=2xx&order=desc` read all 640,000 2xx entries through
 the status index to sort them (780 ms) where walking the newest ids finds
-200 of them at once.
+200 of them at once. PostgreSQL estimates from a sample, and took the
+same small tenant's errors as the AND of both indexes (7 ms for 50 rows).
 
 The counters know those numbers exactly (rollup.py), so the choice is made
 here: for each filter with an index, the rows that walking it would read
