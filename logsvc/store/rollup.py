@@ -605,30 +605,40 @@ def scope_where(project_id, container_id, indexed=True):
 def latency(project_id=None, container_id=None, since=None, until=None):
     """({bucket: count}, longest) of the durations of the scope's entries
     with since <= ts_ms < until: the sketches of whole units merged, the
-    partial minutes counted from `entry`. Unscoped questions read the
-    all-scope tiers (a row per minute or hour), scoped ones the scope's."""
+    partial minutes counted from `entry`, in one statement. Unscoped
+    questions read the all-scope tiers (a row per minute or hour), scoped
+    ones the scope's."""
     names = _ALL_TIER if project_id is None and container_id is None else _SCOPE_TIER
-    counts, longest = {}, None
-    # A maximum cannot be subtracted: whole units are only added.
+    parts = []
+    # A maximum cannot be subtracted: whole units are only added. Rows are
+    # a sketch (counters) or a bucket's count (entries), with the longest.
     for unit, start, end, _ in _signed_spans(since, until, _units(names), subtract=False):
         if unit is None:
-            longest = raw_latency(*_raw_where(start, end, project_id, container_id),
-                                  counts, longest)
-            continue
-        sql, params = _tier_part(names[unit], start, end, project_id, container_id,
-                                 select="lat, lat_max", also="lat IS NOT NULL")
-        for lat, top in db.execute(sql, params).fetchall():
+            where, params = _raw_where(start, end, project_id, container_id)
+            parts.append((f"SELECT {_NO_TEXT}, lat_bucket, count(*), MAX(duration_ms) "
+                          f"FROM entry e WHERE {where} AND +lat_bucket IS NOT NULL "
+                          f"GROUP BY lat_bucket", params))
+        else:
+            parts.append(_tier_part(names[unit], start, end, project_id, container_id,
+                                    select=f"lat, {_NO_NUMBER}, {_NO_NUMBER}, lat_max",
+                                    also="lat IS NOT NULL"))
+    counts, longest = {}, None
+    for lat, bucket, n, top in _union(parts):
+        if lat is None:
+            counts[bucket] = counts.get(bucket, 0) + n
+        else:
             sketch.add(counts, lat)
-            if top is not None and (longest is None or top > longest):
-                longest = top
+        if top is not None and (longest is None or top > longest):
+            longest = top
     return counts, longest
 
 
 def routes(project_id=None, container_id=None, since=None, until=None):
     """{route: [calls, errors, {bucket: count}]} for the scope's entries
-    with since <= ts_ms < until. Tiers by scope: every scope reads the
-    all-scope route tiers, a project its own (minutes, hours, all time); a
-    container reads its all-time row, and counts a range from `entry`."""
+    with since <= ts_ms < until, in one statement. Tiers by scope: every
+    scope reads the all-scope route tiers, a project its own (minutes,
+    hours, all time); a container reads its all-time row, and counts a
+    range from `entry`."""
     if project_id is None and container_id is None:
         tables = {"total": "rollup_route_total_all", HOUR_MS: "rollup_route_hour_all",
                   FIVE_MINUTES_MS: "rollup_route_five_minutes_all",
@@ -638,48 +648,43 @@ def routes(project_id=None, container_id=None, since=None, until=None):
                   MINUTE_MS: "rollup_route_minute"}
     else:
         tables = {"total": "rollup_route_total"}
-    units = _units(tables)
-    out = {}
+    parts = []
     # Calls, errors and sketches are sums: spans may be subtracted (the
-    # route counters keep no maximum).
-    for unit, start, end, sign in _signed_spans(since, until, units):
+    # route counters keep no maximum). Rows are (route, calls, errors, and
+    # a sketch (counters) or a bucket (entries), sign).
+    for unit, start, end, sign in _signed_spans(since, until, _units(tables)):
         if unit is None:
-            raw_routes(*_raw_where(start, end, project_id, container_id), out, sign)
-            continue
-        sql, params = _tier_part(tables[unit], start, end, project_id, container_id,
-                                 select="route, n, errors, lat")
-        for route, n, errors, lat in db.execute(sql, params).fetchall():
-            into = out.setdefault(route, [0, 0, {}])
-            into[0] += sign * n
-            into[1] += sign * (errors or 0)
-            sketch.add(into[2], lat, sign)
-    return out
-
-
-# Counting from `entry` itself (`entry e`, any condition over it): the
-# partial minutes of a range, and stats whose filters the counters lack.
-
-def raw_latency(where, params, counts, longest=None):
-    """Add the durations of the matching entries to `counts` ({bucket:
-    count}); returns the longest so far."""
-    for bucket, n, top in db.execute(
-            f"SELECT lat_bucket, count(*), MAX(duration_ms) FROM entry e WHERE {where} "
-            f"AND +lat_bucket IS NOT NULL GROUP BY lat_bucket", params):
-        counts[bucket] = counts.get(bucket, 0) + n
-        longest = top if longest is None or top > longest else longest
-    return longest
-
-
-def raw_routes(where, params, out, sign=1):
-    """Add (sign -1: subtract) the matching entries to `out` ({route:
-    [calls, errors, {bucket: count}]}), as `routes` returns it."""
-    for route, bucket, n, errors in db.execute(
-            f"SELECT route, lat_bucket, count(*), SUM({_entry_expression('level_error')}) "
-            f"FROM entry e WHERE {where} AND route IS NOT NULL "
-            f"GROUP BY route, lat_bucket", params):
-        into = out.setdefault(route, [0, 0, {}])
+            where, params = _raw_where(start, end, project_id, container_id)
+            parts.append((f"SELECT route, count(*), "
+                          f"SUM({_entry_expression('level_error')}), {_NO_TEXT}, lat_bucket, "
+                          f"{sign} FROM entry e WHERE {where} AND route IS NOT NULL "
+                          f"GROUP BY route, lat_bucket", params))
+        else:
+            parts.append(_tier_part(tables[unit], start, end, project_id, container_id,
+                                    select=f"route, n, errors, lat, {_NO_NUMBER}, {sign}"))
+    out = {}
+    for route, n, errors, lat, bucket, sign in _union(parts):
+        into = out.get(route)
+        if into is None:
+            into = out[route] = [0, 0, {}]
         into[0] += sign * n
-        into[1] += sign * errors
-        if bucket is not None:
+        into[1] += sign * (errors or 0)
+        if lat is not None:
+            sketch.add(into[2], lat, sign)
+        elif bucket is not None:
             into[2][bucket] = into[2].get(bucket, 0) + sign * n
     return out
+
+
+# Typed NULLs, so that either engine takes the columns of a UNION ALL
+# whose first part lacks them.
+_NO_TEXT, _NO_NUMBER = "CAST(NULL AS TEXT)", "CAST(NULL AS BIGINT)"
+
+
+def _union(parts):
+    """The rows of the (sql, params) parts, in one statement."""
+    if not parts:
+        return []
+    return db.execute(" UNION ALL ".join(sql for sql, _ in parts),
+                      [p for _, params in parts for p in params]).fetchall()
+

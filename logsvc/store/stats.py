@@ -82,9 +82,13 @@ def summary(filters, top_routes=TOP_ROUTES):
             scope = (f.project_id, f.container_id, f.since, f.until)
             # The total and its breakdowns by level, kind, status and source
             # need no scope keys: unscoped, they come from the all-scope
-            # tiers (a row per minute or hour, not one per scope).
-            result = _summarize(rollup.counted(*scope, columns=("n",)),
-                                rollup.counted(*scope, keys=False))
+            # tiers (a row per minute or hour, not one per scope). A scope's
+            # rows give both.
+            if f.project_id is None and f.container_id is None:
+                result = _summarize(rollup.counted(*scope, columns=("n",)),
+                                    rollup.counted(*scope, keys=False))
+            else:
+                result = _summarize(rollup.counted(*scope))
             counts, longest = rollup.latency(*scope)
             routes = rollup.routes(*scope)
         else:
@@ -130,23 +134,31 @@ def _empty():
     return {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
 
 
-def _summarize(source, totals):
+def _summarize(source, totals=None):
     """The summary of the counter rows of `source` (sql, params: one row
     per scope and time unit) and `totals` (the same entries, without their
-    scope keys where no scope is asked for)."""
+    scope keys where no scope is asked for; None: `source` has every count
+    column and gives the total too), in one statement."""
     result = _empty()
     if source is None:
         return result
-    rows = db.execute(_TOTAL_SQL.format(totals=totals[0]), totals[1]).fetchall()
-    # One row per scope (as many as the breakdowns have keys): summed into
-    # the three breakdowns here, cheaper than three GROUP BYs.
-    _add_scopes(result, db.execute(_PER_SCOPE_SQL.format(source=source[0]), source[1]))
-    for _kind, _key, *counts in rows:
+    if totals is None:
+        sql, params = _SHARED_SQL.format(source=source[0]), source[1]
+    else:
+        sql = _SUMMARY_SQL.format(totals=totals[0], source=source[0])
+        params = [*totals[1], *source[1]]
+    scopes = []
+    for kind, project, container, service, *counts in db.execute(sql, params).fetchall():
+        if kind == "scope":
+            # One row per scope (as many as the breakdowns have keys).
+            scopes.append((project, container, service, counts[0]))
+            continue
         result["total"] = counts[0] or 0
         for column, n in zip(COUNT_COLUMNS[1:], counts[1:]):
             if n:
                 prefix, value = column.split("_", 1)
                 result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
+    _add_scopes(result, scopes)
     return result
 
 
@@ -167,11 +179,21 @@ def _add_scopes(result, counted):
 
 
 _SUMS = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
-# With the total read apart (from the all-scope tiers when there is no
-# scope): summing one column per scope costs a fifth of summing all of them.
-_TOTAL_SQL = f"SELECT 'total', '', {_SUMS} FROM ({{totals}}) AS totals"
-_PER_SCOPE_SQL = (f"SELECT {_KEYS}, CAST(SUM(n) AS BIGINT) FROM ({{source}}) AS counted "
-                  f"GROUP BY {_KEYS} HAVING SUM(n) > 0")
+# The total row (from the all-scope tiers when there is no scope), then
+# the entry count of each scope, which is all the key breakdowns need:
+# summing one column per scope costs a fifth of summing all of them.
+# (Typed NULLs pad the rows to one shape, as a UNION ALL needs.)
+_TOTAL_ROW = ("SELECT 'total', CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), "
+              f"{_SUMS} FROM {{totals}}")
+_SCOPE_ROWS = (f"SELECT 'scope', {_KEYS}, CAST(SUM(n) AS BIGINT), "
+               + ", ".join("CAST(NULL AS BIGINT)" for _ in COUNT_COLUMNS[1:])
+               + f" FROM {{source}} GROUP BY {_KEYS} HAVING SUM(n) > 0")
+_SUMMARY_SQL = (_TOTAL_ROW.format(totals="({totals}) AS totals") + " UNION ALL "
+                + _SCOPE_ROWS.format(source="({source}) AS counted"))
+# A scope's rows read once for both.
+_SHARED_SQL = ("WITH counted AS MATERIALIZED ({source}) "
+               + _TOTAL_ROW.format(totals="counted") + " UNION ALL "
+               + _SCOPE_ROWS.format(source="counted"))
 
 # Stats over the entries themselves (filters the counters lack): one pass
 # over the matching rows gives the summary, its latency and its routes.
