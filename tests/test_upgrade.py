@@ -86,7 +86,7 @@ def make_version_2():
         db.execute(f"ALTER TABLE entry_body DROP COLUMN {column}")
     for column in ("kind", "source"):
         db.execute(f"CREATE INDEX entry_{column}_id ON entry ({column}, id)")
-    db.execute("DROP INDEX entry_project_id_id_container_id")
+    db.execute("DROP INDEX entry_project_id_id_container_id_level")
     db.execute("CREATE INDEX entry_project_id_container_id_id ON entry "
                "(project_id, container_id, id)")
     # No full-text index; on PostgreSQL, body rows only for entries with bodies.
@@ -133,7 +133,8 @@ def test_a_version_2_store_gains_hourly_counters_and_keeps_its_bodies(make_app):
         "SELECT name FROM sqlite_master WHERE type = 'index'" if not db.is_postgres() else
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall())
     names = {name for (name,) in indexes}
-    assert "entry_project_id_id_container_id" in names
+    assert "entry_project_id_id_container_id_level" in names
+    assert "entry_project_id_id_container_id" not in names
     assert {"entry_kind_id", "entry_source_id", "entry_project_id_container_id_id"}.isdisjoint(names)
 
 
@@ -215,8 +216,11 @@ def test_a_version_5_store_gets_the_indexes_of_version_6(make_app):
 
 def make_version_8():
     """What version 8 wrote: no id bounds per minute, no five-minute route
-    counters."""
+    counters, a tenant index without the level."""
     db.execute("DROP TABLE rollup_route_five_minutes_all")
+    db.execute("DROP INDEX entry_project_id_id_container_id_level")
+    db.execute("CREATE INDEX entry_project_id_id_container_id ON entry "
+               "(project_id, id, container_id)")
     for column in ("id_min", "id_max"):
         db.execute(f"ALTER TABLE rollup_minute_all DROP COLUMN {column}")
     models.Meta.update(value="8").where(models.Meta.key == "schema_version").execute()
@@ -235,7 +239,8 @@ def test_a_version_8_store_gains_id_bounds_and_five_minute_routes(make_app):
                  (LOGS, {"since": BASE + 3 * HOUR, "until": BASE + 4 * HOUR, "limit": 500,
                          "order": "desc"}),
                  (LOGS, {"since": BASE + HOUR, "until": BASE + 2 * HOUR, "status": "5xx",
-                         "limit": 500})]
+                         "limit": 500}),
+                 (LOGS, {"projectId": "proj_1", "level": "error", "order": "desc"})]
     before = [store.page(path, **params) for path, params in questions]
     assert before[0]["byRoute"] and before[2]["total"] > 0
     db.call(make_version_8)
@@ -243,6 +248,12 @@ def test_a_version_8_store_gains_id_bounds_and_five_minute_routes(make_app):
 
     store = Store(make_app().test_client())
     assert [store.page(path, **params) for path, params in questions] == before
+    assert before[-1]["total"] > 0
+    indexes = db.call(lambda: {name for (name,) in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index'" if not db.is_postgres() else
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall()})
+    assert "entry_project_id_id_container_id_level" in indexes
+    assert "entry_project_id_id_container_id" not in indexes
     store.ingest(entries[600:])
 
     def exact():

@@ -85,8 +85,11 @@ class Entry(BaseModel):
         # (_entry_indexes, called by create_schema).
         indexes = (
             # A tenant's newest page walks its project backwards by id; a
-            # container's is checked from the index itself, no row read.
-            (("project_id", "id", "container_id"), False),
+            # container's and a level's are checked from the index itself
+            # (SQLite reads the row of an index entry only once every
+            # condition on the index's columns holds): a small tenant's
+            # errors read the rows of its errors, not of all its entries.
+            (("project_id", "id", "container_id", "level"), False),
             (("ts_ms",), False),
         )
 
@@ -586,8 +589,10 @@ def _v5_to_v6():
 # entry and counter row once: names as numbers, levels, kinds and sources
 # as letters (create_tables makes stored_name).
 def _v8_to_v9():
-    # Version 9: each minute's id bounds, and the routes of every scope per
-    # five minutes (summed from their minutes).
+    # Version 9: each minute's id bounds, the routes of every scope per five
+    # minutes (summed from their minutes), and the tenant index with the
+    # level (create_tables has made it).
+    db.execute("DROP INDEX IF EXISTS entry_project_id_id_container_id")
     rollup.fill_id_bounds()
     rollup.fill_from_finer("rollup_route_five_minutes_all")
 
