@@ -52,18 +52,20 @@ class Filters:
                      if getattr(self, item.field) not in (None, ()))
 
 
-# Text on PostgreSQL (on SQLite, stored names are bytes, see names.py).
-_TEXT = {"project_id", "container_id", "service_name", "level", "kind", "method", "source",
-         "route"}
+# Text on PostgreSQL: names and lettered values (names.py; SQLite stores
+# names as numbers' bytes).
+_TEXT = {*names.CODED_COLUMNS["entry"], *names.LETTERS}
+
+
+def unindexed(column):
+    """`column` of `entry` written so that the database uses no index for
+    it (see planner.py): SQLite's unary + leaves any value as it is;
+    PostgreSQL has no unary + for text, and appending '' leaves it as it is."""
+    return f"({column} || '')" if column in _TEXT and db.is_postgres() else f"+{column}"
 
 
 def _column(column, plain):
-    """`column`, or with `plain` written so that the database uses no index
-    for it (see planner.py): SQLite's unary + leaves any value as it is;
-    PostgreSQL has no unary + for text, and appending '' leaves it as it is."""
-    if not plain:
-        return column
-    return f"({column} || '')" if column in _TEXT and db.is_postgres() else f"+{column}"
+    return unindexed(column) if plain else column
 
 
 class Equals:
@@ -235,8 +237,8 @@ if _unfiltered:
 
 def where_sql(filters, plain=()):
     """The filters as an SQL condition over `entry` and its parameters;
-    those whose field is in `plain` written so that SQLite uses no index
-    for them (the choice of planner.py)."""
+    those whose field is in `plain` written so that the database uses no
+    index for them (the choice of planner.py)."""
     terms, params = [], []
     for item, value in filters.active:
         term, values = item.sql(value, item.field in plain)

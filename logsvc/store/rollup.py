@@ -14,7 +14,7 @@ the longest duration `lat_max`:
     rollup_total_all   (every scope)
 
 `rollup_minute_all` also keeps the least and the greatest id counted in
-each minute (`id_bounds`).
+each minute (what planner.py walks a time range between).
 
 Route counters: calls `n`, `errors` (level error) and `lat`, for the
 entries that have a route:
@@ -34,6 +34,7 @@ from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
 from . import db, names, sketch
+from .filters import unindexed
 
 ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
 # One count column per value of each breakdown, beside the row total `n`.
@@ -417,7 +418,7 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
     """(sql, params) of rows (project_id, container_id, service_name,
     <columns>) whose sums count exactly the entries of the scope with
     since <= ts_ms < until (None: unbounded), or None when none can match.
-    `columns` is COUNT_COLUMNS, or ("n",) for the entry counts alone.
+    `columns`: the count columns wanted (all of them by default).
     Rows of a span that `signed_spans` subtracts come with their counts
     negated. With keys=False the rows may lack the key columns: without a
     scope they are then read from the all-scope tiers."""
@@ -590,14 +591,12 @@ def scope_where(project_id, container_id, indexed=True):
     """The condition for a project and container (names as sent), with
     `indexed=False` written so that no index is used for it."""
     where, params = [], []
-    # SQLite's unary + leaves a value as it is (a stored name is a BLOB,
-    # see names.py); PostgreSQL has no unary + for text.
-    wrap = "{}" if indexed else "{} || ''" if db.is_postgres() else "+{}"
+    column = (lambda name: name) if indexed else unindexed
     if project_id is not None:
-        where.append(f"{wrap.format('project_id')} = ?")
+        where.append(f"{column('project_id')} = ?")
         params.append(names.stored(project_id))
     if container_id is not None:
-        where.append(f"{wrap.format('container_id')} = ?")
+        where.append(f"{column('container_id')} = ?")
         params.append(names.stored(container_id))
     return where, params
 
