@@ -141,7 +141,11 @@ _TOKEN = re.compile(r"(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{16,}", re.ASCII)
 
 
 def _id_like(segment):
-    return (segment.isascii() and segment.isdigit()) or bool(
+    if segment.isascii() and segment.isdigit():
+        return True
+    # A UUID, a hex id or a token has 16 characters or more: most segments
+    # (`v1`, `users`) are decided without a pattern.
+    return len(segment) >= 16 and bool(
         _UUID.fullmatch(segment) or _LONG_HEX.fullmatch(segment) or _TOKEN.fullmatch(segment))
 
 

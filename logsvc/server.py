@@ -133,6 +133,7 @@ def serve():
     try:
         config = Config.from_env()
         app = create_app(config)
+        runtime.tune_gc()
     except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 2

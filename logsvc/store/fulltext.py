@@ -249,9 +249,9 @@ def recreate_sqlite():
     rebuild()
 
 
-def insert_sqlite(rows):
-    """Index (entry id, document) pairs (SQLite)."""
-    db.executemany("INSERT INTO entry_fts (rowid, doc) VALUES (?, ?)", rows)
+def insert_sqlite(rows, first=0):
+    """Index (entry id - `first`, document) pairs (SQLite)."""
+    db.executemany(f"INSERT INTO entry_fts (rowid, doc) VALUES (? + {int(first)}, ?)", rows)
 
 
 def delete_sqlite(ids):

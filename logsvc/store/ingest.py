@@ -330,8 +330,10 @@ _PG_BODY_COLUMNS = (*_BODY_COLUMNS, "doc")
 
 
 def _insert_sql(table, columns):
+    """SQLite: an INSERT of rows led by their offset in the batch; `{first}`
+    is the batch's first id (see _at)."""
     return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' for _ in columns)})")
+            f"VALUES (? + {{first}}, {', '.join('?' for _ in columns[1:])})")
 
 
 _INSERT_ENTRY = _insert_sql("entry", _ENTRY_COLUMNS)
@@ -362,7 +364,7 @@ def _write_batch(entries, keys):
                                             e["service_name"], e["method"], e["route"])})
     # Everything that does not need the ids is done before the write lock
     # is taken, so that another process can write meanwhile.
-    rows, bodies, documents, counted = _prepare(entries, postgres, numbered)
+    rows, bodies, documents, lookups, counted = _prepare(entries, postgres, numbered)
     counters = rollup.summarize(counted, ids=True)
     wal.before_write(db.current())
     with database.atomic():
@@ -373,16 +375,16 @@ def _write_batch(entries, keys):
             raise _Replayed(taken)
         if postgres:
             partitions.ensure(first, last)
-        rows = [(first + offset, *row) for offset, row in enumerate(rows)]
-        bodies = [(first + offset, *rest) for offset, *rest in bodies]
-        if postgres:
-            _copy("entry", _ENTRY_COLUMNS, rows)
-            _copy("entry_body", _PG_BODY_COLUMNS, bodies)
+            _copy("entry", _ENTRY_COLUMNS, _at(first, rows))
+            _copy("entry_body", _PG_BODY_COLUMNS, _at(first, bodies))
         else:
-            db.executemany(_INSERT_ENTRY, rows)
-            db.executemany(_INSERT_BODY, bodies)
-            fulltext.insert_sqlite([(first + offset, text) for offset, text, _ in documents])
-            lookup.insert([(first + offset, keys) for offset, _, keys in documents])
+            # Each row leads with its offset; SQLite adds the first id (a
+            # number of ours, so written into the statement): no copy of
+            # the rows with their ids.
+            db.executemany(_INSERT_ENTRY.format(first=int(first)), rows)
+            db.executemany(_INSERT_BODY.format(first=int(first)), bodies)
+            fulltext.insert_sqlite(documents, first)
+            lookup.insert(lookups, first)
         rollup.write(counters, first_id=first)
         if postgres:
             # Delivered at commit: wakes the live tail of every host.
@@ -391,14 +393,14 @@ def _write_batch(entries, keys):
 
 
 def _prepare(entries, postgres, numbered=None):
-    """The batch's rows without their ids: entry rows, body rows and
-    (SQLite) full-text and lookup documents (each led by its offset in the
-    batch), and the facts the counters take (rollup.ROW_SQL's columns).
+    """The batch's rows without their ids, each led by its offset in the
+    batch instead: entry rows, body rows and (SQLite) full-text and lookup
+    documents; and the facts the counters take (rollup.ROW_SQL's columns).
     `numbered` (SQLite): the stored form of each name (names.numbered)."""
     bucket_of = sketch.bucket_of
     document = fulltext.document
     stored = lookup.stored
-    rows, bodies, documents, counted = [], [], [], []
+    rows, bodies, documents, lookups, counted = [], [], [], [], []
     if not postgres:
         level_letter, kind_letter, source_letter = (
             names.LETTERS[c] for c in ("level", "kind", "source"))
@@ -420,7 +422,7 @@ def _prepare(entries, postgres, numbered=None):
         if not postgres:
             kind, level, source = (kind_letter.get(kind, kind), level_letter.get(level, level),
                                    source_letter.get(source, source))
-        rows.append((trace_id, e["ts_ms"], kind, level,
+        rows.append((offset, trace_id, e["ts_ms"], kind, level,
                      project, container, service,
                      method, e["url"], client_ip, e["status"],
                      source, data, has_body,
@@ -430,13 +432,19 @@ def _prepare(entries, postgres, numbered=None):
             bodies.append((offset, *pack_body(e["request_body"]),
                            *pack_body(e["response_body"]), fulltext.tsvector(text)))
         else:
-            documents.append((offset, text, lookup.document(e["trace_id"], e["client_ip"])))
+            documents.append((offset, text))
+            lookups.append((offset, lookup.document(e["trace_id"], e["client_ip"])))
             if has_body:
                 bodies.append((offset, *pack_body(e["request_body"]),
                                *pack_body(e["response_body"])))
         counted.append((e["ts_ms"], project, container, service, e["level"], e["kind"],
                         e["status"], e["source"], route, bucket, duration))
-    return rows, bodies, documents, counted
+    return rows, bodies, documents, lookups, counted
+
+
+def _at(first, rows):
+    """Rows led by their offset in the batch, led by their id instead."""
+    return [(first + row[0], *row[1:]) for row in rows]
 
 
 def _copy(table, columns, rows):

@@ -28,6 +28,7 @@ into the text the entry came with.
 import functools
 import ipaddress
 import re
+import socket
 
 from . import db
 from .fulltext import words
@@ -54,12 +55,13 @@ def _address(text):
     """(its bytes, whether `text` is their canonical form) when `text` is
     an IP address, else (None, False). A canonical IPv4 address is read
     without `ipaddress` (ingest asks twice per entry)."""
-    parts = text.split(".")
-    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3
-                               and (p[0] != "0" or p == "0") for p in parts):
-        numbers = [int(p) for p in parts]
-        if max(numbers) <= 255:
-            return bytes(numbers), True
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        pass
+    else:
+        if socket.inet_ntop(socket.AF_INET, packed) == text:
+            return packed, True
     try:
         packed = ipaddress.ip_address(text).packed
     except ValueError:
@@ -120,9 +122,9 @@ def create():
         db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS entry_keys USING {_FTS5}")
 
 
-def insert(rows):
-    """Index (entry id, `document`) rows."""
-    db.executemany("INSERT INTO entry_keys (rowid, doc) VALUES (?, ?)", rows)
+def insert(rows, first=0):
+    """Index (entry id - `first`, `document`) rows."""
+    db.executemany(f"INSERT INTO entry_keys (rowid, doc) VALUES (? + {int(first)}, ?)", rows)
 
 
 def delete(ids):
