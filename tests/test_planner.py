@@ -129,6 +129,30 @@ def test_postgresql_is_kept_off_the_indexes_the_counters_rule_out(loaded, app, e
             assert (kept is None or kept not in plain) and plain, plain
 
 
+def test_postgresql_walks_the_kept_index_between_the_ids_of_the_time_range(loaded, app, engine):
+    if engine != "postgresql":
+        pytest.skip("SQLite ends every index key with the id: `level = ? AND id BETWEEN` "
+                    "is one range of its level index already")
+    # Given the ids alone, PostgreSQL read their range through the primary
+    # key (every entry of the hour for its errors); given the value's
+    # equality too, every entry of the value in its index.
+    with db.using(app.extensions["logsvc"].store):
+        for filters, column in (
+                (Filters(since=START + 5 * HOUR, until=START + 6 * HOUR, levels=("error",)),
+                 "level"),
+                (Filters(since=START + 5 * HOUR, until=START + 6 * HOUR,
+                         status_ranges=((503, 503),)), "status"),
+                (Filters(since=START + 8 * HOUR, project_id="small"), "project_id")):
+            plain, bounds = planner.choose(filters, 200)
+            assert bounds is not None and plain <= {"since", "until"}, plain
+            where, params = planner.where_sql(filters, 200)
+            plan = " / ".join(row[0] for row in db.execute(
+                f"EXPLAIN SELECT e.id FROM entry e WHERE {where} ORDER BY e.id DESC LIMIT 200",
+                params).fetchall())
+            assert f"Index Cond: ((ROW({column}, id) >= ROW(" in plan, plan
+            assert "pkey" not in plan, plan
+
+
 def test_the_counters_choose_the_index_that_reads_least(loaded, app, engine):
     if engine != "sqlite":
         pytest.skip("PostgreSQL's plans: the test above")

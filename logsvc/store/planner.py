@@ -60,11 +60,39 @@ def where_sql(filters, need, ordered=True, order="desc"):
     entries (`ordered`: by id, newest first unless `order` is "asc") or a
     count capped at `need` reads the fewest rows."""
     plain, bounds = choose(filters, need, ordered, order)
-    where, params = _where_sql(filters, plain)
-    if bounds is not None:
-        where += " AND e.id >= ? AND e.id <= ?"
-        params += list(bounds)
-    return where, params
+    kept = _kept_value(filters, plain) if bounds is not None and db.is_postgres() else None
+    if kept is None:
+        where, params = _where_sql(filters, plain)
+        if bounds is not None:
+            where += " AND e.id >= ? AND e.id <= ?"
+            params += list(bounds)
+        return where, params
+    # PostgreSQL, walking one value of an index between ids: given the ids
+    # alone, it reads their range through the primary key instead (44,000
+    # rows for the last hour's 3,300 errors at a million entries); given
+    # the value's equality too, it reads every entry of the value in the
+    # index. Compared as a pair, they are that index's range and no other's
+    # (the value's own equality stays, written without its index).
+    field, column, value = kept
+    where, params = _where_sql(filters, plain | {field})
+    where += f" AND (e.{column}, e.id) >= (?, ?) AND (e.{column}, e.id) <= (?, ?)"
+    return where, params + [value, bounds[0], value, bounds[1]]
+
+
+def _kept_value(filters, plain):
+    """(field, column, stored value) of the one-value filter whose index a
+    walk between ids goes through, or None (a walk of every entry between
+    them)."""
+    for item, value in filters.active:
+        if item.field in _SINGLE and item.field not in plain:
+            _, values = item.sql(value)
+            return (item.field, _SINGLE[item.field], values[0]) if len(values) == 1 else None
+    return None
+
+
+# The filters whose index holds one value's entries in id order (models.py).
+_SINGLE = {"project_id": "project_id", "levels": "level", "service_names": "service_name",
+           "status_ranges": "status", "methods": "method"}
 
 
 def _id_bounds(filters):
