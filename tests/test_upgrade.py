@@ -1,5 +1,6 @@
 """A store written by the previous version opens in place: counters and
 bodies answer exactly as before."""
+import pytest
 import zstandard
 
 from logsvc.store import bodies, db, fulltext, lookup, models, names, rollup
@@ -455,3 +456,64 @@ def test_a_version_6_store_keeps_its_dictionary_and_finds_its_text_rows(make_app
             "SELECT count(*) FILTER (WHERE level_debug IS NULL), "
             "count(*) FILTER (WHERE level_debug = 0) FROM rollup_minute").fetchone())
         assert nulls > 0 and zeros > 0
+
+
+# What version 9 made PostgreSQL merge sketches with: both walked pair by
+# pair, the result written piece by piece.
+_V9_SKETCH_ADD = """
+CREATE OR REPLACE FUNCTION logsvc_sketch_add(a text, b text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+  x bigint[]; y bigint[]; i int := 1; j int := 1; nx int; ny int;
+  k bigint; n bigint; out text := '';
+BEGIN
+  IF a IS NULL OR a = '' THEN RETURN nullif(b, ''); END IF;
+  IF b IS NULL OR b = '' THEN RETURN a; END IF;
+  x := string_to_array(btrim(a, '[] '), ',')::bigint[];
+  y := string_to_array(btrim(b, '[] '), ',')::bigint[];
+  nx := coalesce(array_length(x, 1), 0);
+  ny := coalesce(array_length(y, 1), 0);
+  WHILE i < nx OR j < ny LOOP
+    IF j >= ny OR (i < nx AND x[i] < y[j]) THEN
+      k := x[i]; n := x[i + 1]; i := i + 2;
+    ELSIF i >= nx OR y[j] < x[i] THEN
+      k := y[j]; n := y[j + 1]; j := j + 2;
+    ELSE
+      k := x[i]; n := x[i + 1] + y[j + 1]; i := i + 2; j := j + 2;
+    END IF;
+    IF n <> 0 THEN out := out || ',' || k || ',' || n; END IF;
+  END LOOP;
+  RETURN CASE WHEN out = '' THEN NULL ELSE '[' || substr(out, 2) || ']' END;
+END
+$$
+"""
+
+
+def test_a_version_9_store_on_postgresql_gets_the_faster_sketch_merge(make_app, engine):
+    if engine != "postgresql":
+        pytest.skip("SQLite merges sketches with the Python function it registers")
+    app = make_app()
+    store = Store(app.test_client())
+    store.ingest([make_entry(i, durationMs=i % 40 + 1) for i in range(300)])
+    before = store.page(STATS)
+
+    def make_version_9():
+        db.execute(_V9_SKETCH_ADD)
+        models.Meta.update(value="9").where(models.Meta.key == "schema_version").execute()
+
+    def source():
+        (text,) = db.execute("SELECT prosrc FROM pg_proc WHERE proname = 'logsvc_sketch_add' "
+                             "AND pronamespace = current_schema()::regnamespace").fetchone()
+        return text
+
+    db.call(make_version_9)
+    assert "pairs int" not in db.call(source)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    assert db.call(source) in models._PG_SKETCH_ADD and "pairs int" in db.call(source)
+    assert store.page(STATS) == before
+    # The counters go on adding up with the new merge.
+    store.ingest([make_entry(i, durationMs=i % 40 + 1) for i in range(300, 600)])
+    latency = store.page(STATS)["latency"]
+    assert latency["count"] == 600 and latency["max"] == 40

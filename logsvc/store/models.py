@@ -43,7 +43,7 @@ from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class BaseModel(peewee.Model):
@@ -598,36 +598,52 @@ def _v8_to_v9():
 
 
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6,
-              6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9}
+              6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
+              # 9 -> 10: PostgreSQL's faster sketch merge, which every upgrade
+              # makes again (create_schema); nothing else changes.
+              9: lambda: None}
 
-# PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one):
-# both sketches are in bucket order, so one walk merges them. It runs for
-# every counter row an ingest adds to, so it avoids jsonb (parsing the
-# arrays as jsonb and grouping the pairs took four times as long).
+# PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
+# It runs for every counter row an ingest adds to, most often a batch's few
+# buckets into a long all-time sketch: each bucket is found by bisection in
+# the stored pairs, kept as text (only the buckets it compares are read as
+# numbers), and the pairs are written back in one piece. Walking both
+# sketches pair by pair and writing the result piece by piece took 64 µs
+# for a tenant's all-time row (90 buckets), this 24; parsing them as jsonb
+# and grouping the pairs took four times as long as that walk.
 _PG_SKETCH_ADD = """
 CREATE OR REPLACE FUNCTION logsvc_sketch_add(a text, b text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
-  x bigint[]; y bigint[]; i int := 1; j int := 1; nx int; ny int;
-  k bigint; n bigint; out text := '';
+  x text[]; y bigint[]; pairs int; j int := 1; ny int; lo int; hi int; mid int;
+  k bigint; n bigint;
 BEGIN
   IF a IS NULL OR a = '' THEN RETURN nullif(b, ''); END IF;
   IF b IS NULL OR b = '' THEN RETURN a; END IF;
-  x := string_to_array(btrim(a, '[] '), ',')::bigint[];
+  x := string_to_array(btrim(a, '[] '), ',');
   y := string_to_array(btrim(b, '[] '), ',')::bigint[];
-  nx := coalesce(array_length(x, 1), 0);
   ny := coalesce(array_length(y, 1), 0);
-  WHILE i < nx OR j < ny LOOP
-    IF j >= ny OR (i < nx AND x[i] < y[j]) THEN
-      k := x[i]; n := x[i + 1]; i := i + 2;
-    ELSIF i >= nx OR y[j] < x[i] THEN
-      k := y[j]; n := y[j + 1]; j := j + 2;
+  WHILE j < ny LOOP
+    k := y[j]; n := y[j + 1]; j := j + 2;
+    CONTINUE WHEN n = 0;
+    pairs := coalesce(array_length(x, 1), 0) / 2;
+    lo := 0; hi := pairs;
+    WHILE lo < hi LOOP
+      mid := (lo + hi) / 2;
+      IF x[2 * mid + 1]::bigint < k THEN lo := mid + 1; ELSE hi := mid; END IF;
+    END LOOP;
+    IF lo < pairs AND x[2 * lo + 1]::bigint = k THEN
+      IF x[2 * lo + 2]::bigint + n = 0 THEN
+        x := x[1:2 * lo] || x[2 * lo + 3:2 * pairs];
+      ELSE
+        x[2 * lo + 2] := (x[2 * lo + 2]::bigint + n)::text;
+      END IF;
     ELSE
-      k := x[i]; n := x[i + 1] + y[j + 1]; i := i + 2; j := j + 2;
+      x := x[1:2 * lo] || ARRAY[k::text, n::text] || x[2 * lo + 1:2 * pairs];
     END IF;
-    IF n <> 0 THEN out := out || ',' || k || ',' || n; END IF;
   END LOOP;
-  RETURN CASE WHEN out = '' THEN NULL ELSE '[' || substr(out, 2) || ']' END;
+  IF coalesce(array_length(x, 1), 0) = 0 THEN RETURN NULL; END IF;
+  RETURN '[' || array_to_string(x, ',') || ']';
 END
 $$
 """

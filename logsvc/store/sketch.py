@@ -103,6 +103,8 @@ def merge_stored(a, b):
     buckets = x[::2]
     for at in range(0, len(y), 2):
         bucket, n = y[at], y[at + 1]
+        if not n:
+            continue
         i = bisect_left(buckets, bucket)
         if i < len(buckets) and buckets[i] == bucket:
             if x[2 * i + 1] + n:
