@@ -33,6 +33,7 @@ Hand-written SQL uses `?` placeholders; `sql()` turns them into psycopg2's
 """
 import contextlib
 import contextvars
+import io
 import os
 import sqlite3
 import time
@@ -326,6 +327,41 @@ def executemany(text, rows):
             execute_batch(cursor, sql(text), rows, page_size=1000)
     else:
         database.connection().executemany(text, rows)
+
+
+def copy(table, columns, rows):
+    """PostgreSQL: stream the rows with COPY (about three times the speed of
+    multi-row INSERTs), in the same transaction."""
+    if not rows:
+        return
+    text = _copy_text
+    lines = ["\t".join([text(value) for value in row]) for row in rows]
+    lines.append("")
+    with database.connection().cursor() as cursor:
+        cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN",
+                           io.StringIO("\n".join(lines)))
+
+
+_COPY_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value):
+    """One value in COPY's text format."""
+    kind = type(value)
+    if kind is str:
+        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+            return value.translate(_COPY_ESCAPES)
+        return value
+    if kind is int:
+        return str(value)
+    if value is None:
+        return _COPY_NULL
+    if kind is bool:
+        return "t" if value else "f"
+    if kind is bytes:  # bytea, hex format; COPY itself takes one backslash
+        return "\\\\x" + value.hex()
+    return str(value)
 
 
 def call(fn, *args, **kwargs):
