@@ -329,8 +329,8 @@ _PG_BODY_COLUMNS = (*_BODY_COLUMNS, "doc")
 
 
 def _insert_sql(table, columns):
-    """SQLite: an INSERT of rows led by their offset in the batch; `{first}`
-    is the batch's first id (see _at)."""
+    """SQLite: an INSERT of rows led by their offset in the batch, to which
+    `{first}`, the batch's first id, is added."""
     return (f"INSERT INTO {table} ({', '.join(columns)}) "
             f"VALUES (? + {{first}}, {', '.join('?' for _ in columns[1:])})")
 

@@ -79,29 +79,36 @@ class Tier:
         self.counts, self.source, self.key_from = counts, source, key_from
         self.with_max = counts is COUNT_COLUMNS
         self.with_ids = with_ids  # id_min and id_max, widened by each batch
+        self.staged = f"{table}_staged"  # PostgreSQL: see _upsert
         self.sql = {postgres: self._sql(postgres) for postgres in (False, True)}
 
     def _sql(self, postgres):
-        """{sign > 0: (head, conflict, marks)} of the upsert."""
+        """{sign > 0: (columns, statement)} of the upsert: on SQLite its
+        rows are the statement's parameters, on PostgreSQL they are first
+        copied into the tier's staging table (see _upsert)."""
         table, counts = self.table, self.counts
         columns = [*self.keys, *counts, "lat"] + (["lat_max"] if self.with_max else [])
         sets = [f"{c} = {table}.{c} + excluded.{c}" if c == "n" or not postgres else
                 f"{c} = nullif(coalesce({table}.{c}, 0) + coalesce(excluded.{c}, 0), 0)"
                 for c in counts]
         sets.append(f"lat = logsvc_sketch_add({table}.lat, excluded.lat)")
-        marks = ", ".join("?" for _ in columns)
-        head = f"INSERT INTO {table} ({', '.join(columns)})"
-        conflict = f"ON CONFLICT ({', '.join(self.keys)}) DO UPDATE SET "
+        keys = ", ".join(self.keys)
+
+        def upsert(columns):
+            names = ", ".join(columns)
+            rows = (f"SELECT {names} FROM {self.staged} ORDER BY {keys}" if postgres else
+                    f"VALUES ({', '.join('?' for _ in columns)})")
+            return (columns, f"INSERT INTO {table} ({names}) {rows} "
+                             f"ON CONFLICT ({keys}) DO UPDATE SET {', '.join(sets)}")
+
         # Subtracting leaves lat_max to refresh_max.
-        out = {False: (head, conflict + ", ".join(sets), f"({marks})")}
+        out = {False: upsert(columns)}
         if self.with_max:
             sets.append(f"lat_max = CASE WHEN excluded.lat_max IS NULL OR "
                         f"{table}.lat_max >= excluded.lat_max THEN {table}.lat_max "
                         f"ELSE excluded.lat_max END")
         if self.with_ids:
-            columns += ["id_min", "id_max"]
-            marks = ", ".join("?" for _ in columns)
-            head = f"INSERT INTO {table} ({', '.join(columns)})"
+            columns = [*columns, "id_min", "id_max"]
             # The one of the two that is not NULL, or the wider.
             # (PostgreSQL's LEAST and GREATEST skip NULLs, SQLite's min and
             # max return NULL.)
@@ -109,7 +116,7 @@ class Tier:
                 ours, theirs = f"{table}.{column}", f"excluded.{column}"
                 sets.append(f"{column} = {pick[0]}({ours}, {theirs})" if postgres else
                             f"{column} = coalesce({pick[1]}({ours}, {theirs}), {ours}, {theirs})")
-        out[True] = (head, conflict + ", ".join(sets), f"({marks})")
+        out[True] = upsert(columns)
         return out
 
 
@@ -168,7 +175,6 @@ def add(rows, sign=1, weights=None):
 def write(summary, sign=1, first_id=None):
     """Apply what `summarize` prepared, in the writing transaction.
     `first_id`: the id of the batch's first row (summarize(ids=True))."""
-    postgres = db.is_postgres()
     for tier, rows, folded in summary:
         if tier.with_ids and sign > 0:
             # Each row ends with the offsets in the batch of its least and
@@ -176,7 +182,7 @@ def write(summary, sign=1, first_id=None):
             rows = [(*row[:-2], *((None, None) if row[-2] is None or first_id is None else
                                   (first_id + row[-2], first_id + row[-1])))
                     for row in rows]
-        _upsert(tier.sql[postgres][sign > 0], rows)
+        _upsert(tier, sign, rows)
         if sign < 0:
             _drop_empty(tier, folded)
             if tier.with_max:
@@ -303,7 +309,7 @@ def fill_from_finer(table):
                                       rest[1] if finer.with_max else None]
     db.execute(f"DELETE FROM {table}")
     postgres = db.is_postgres()
-    _upsert(tier.sql[postgres][True], _rows(tier, _fold(source, tier.key_from), 1, postgres))
+    _upsert(tier, 1, _rows(tier, _fold(source, tier.key_from), 1, postgres))
 
 
 def _fold(source, key_from):
@@ -389,12 +395,13 @@ def _refresh_max(tier, folded):
         [(*key, longest) for key, longest in keys])
 
 
-def _upsert(parts, rows):
+def _upsert(tier, sign, rows):
     if not rows:
         return
-    head, conflict, marks = parts
-    if not db.is_postgres():
-        db.executemany(f"{head} VALUES {marks} {conflict}", rows)
+    postgres = db.is_postgres()
+    columns, statement = tier.sql[postgres][sign > 0]
+    if not postgres:
+        db.executemany(statement, rows)
         return
     # PostgreSQL: the rows go by COPY into a temporary table of the tier's
     # shape (one per connection), then into the tier in one statement, in
@@ -404,14 +411,10 @@ def _upsert(parts, rows):
     # distinct, as ON CONFLICT needs. Emptied by TRUNCATE, not DELETE: no
     # vacuum ever visits a temporary table, which would grow by every row
     # a long-lived connection ever staged.
-    table = head.split()[2]
-    columns = head[head.index("(") + 1:head.rindex(")")]
-    keys = conflict[conflict.index("(") + 1:conflict.index(")")]
-    staged = f"{table}_staged"
-    db.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staged} (LIKE {table})")
-    db.copy(staged, columns.split(", "), rows)
-    db.execute(f"{head} SELECT {columns} FROM {staged} ORDER BY {keys} {conflict}")
-    db.execute(f"TRUNCATE {staged}")
+    db.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {tier.staged} (LIKE {tier.table})")
+    db.copy(tier.staged, columns, rows)
+    db.execute(statement)
+    db.execute(f"TRUNCATE {tier.staged}")
 
 
 # Reading. Each question is split by time (signed_spans) into whole hours,

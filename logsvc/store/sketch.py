@@ -95,11 +95,9 @@ def merge_stored(a, b):
     if not b:
         return a
     x, y = orjson.loads(a), orjson.loads(b)
-    if len(y) > 16:
-        into = add(dict(zip(x[::2], x[1::2])), b)
-        return dumps({bucket: n for bucket, n in into.items() if n})
-    # A batch's few buckets into a long stored sketch (an all-time row):
-    # each found by bisection in the sorted pairs, no dict, no sort.
+    # Most often a batch's few buckets into a long stored sketch (an
+    # all-time row): each found by bisection in the sorted pairs, no dict,
+    # no sort (PostgreSQL's twin, models.py, does the same).
     buckets = x[::2]
     for at in range(0, len(y), 2):
         bucket, n = y[at], y[at + 1]
