@@ -374,6 +374,10 @@ def main():
                         limit=200),
                     "/stats?level=error&since=1h":
                         lambda: logsvc.get(logs + "/stats", level="error", since=hour_ago),
+                    # A word that every entry holds (each url starts /v1/):
+                    # the full-text index walked newest first (planner.py).
+                    "a word of every entry (q=v1), newest 200": lambda: logsvc.get(
+                        logs, q="v1", order="desc", limit=200),
                 }
                 for name, ask in questions.items():
                     print(f"logsvc: {name}", flush=True)
@@ -434,6 +438,8 @@ def main():
                         f"AND tsMs < {noon + 3_600_000} ORDER BY tsMs DESC LIMIT 200",
                     "/stats?level=error&since=1h":
                         f"{sel} WHERE level = 'error' AND tsMs >= {hour_ago} {breakdowns}",
+                    "a word of every entry (q=v1), newest 200":
+                        "SELECT * FROM logs WHERE hasToken(url, 'v1') ORDER BY tsMs DESC LIMIT 200",
                 }
                 for name, text in sql.items():
                     print(f"chdb: {name}", flush=True)

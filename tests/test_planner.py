@@ -2,9 +2,10 @@
 chooses, and on SQLite the choice the counters point to."""
 import random
 
+import orjson
 import pytest
 
-from logsvc.store import db, planner
+from logsvc.store import db, fulltext, planner, query
 from logsvc.store.filters import Filters
 from logsvc.testing import make_entry
 
@@ -209,3 +210,88 @@ def test_each_minute_keeps_the_least_and_greatest_id_of_its_entries(app, loaded)
                          order="desc")["entries"]
         assert [e["id"] for e in got] == [e["id"] for e in reversed(left)
                                           if since <= e["tsMs"] < until]
+
+
+# Searches (`q`). Every entry's url holds `v1` and `items`; `12` is in the
+# urls and `data` of a few. With COMMON lowered to the size of this store,
+# a word of every entry is "common" here as one of a million entries'
+# would be at the default.
+SEARCHES = [
+    ({"q": "items"}, lambda e: True),
+    ({"q": "v1 items", "level": "error"}, lambda e: _level(e) == "error"),
+    ({"q": "items", "projectId": "small"}, lambda e: e["projectId"] == "small"),
+    ({"q": "items", "projectId": "busy", "status": "5xx"},
+     lambda e: e["projectId"] == "busy" and e["status"] >= 500),
+    ({"q": '"v1 items"', "method": "POST"}, lambda e: e["method"] == "POST"),
+    ({"q": '"items v1"'}, lambda e: False),  # a phrase: the words in that order
+    ({"q": "items -12"}, lambda e: "12" not in (e["url"].split("/")[-1], str(e["data"]["n"]))),
+    ({"q": "items", "since": START + 5 * HOUR, "until": START + 6 * HOUR},
+     lambda e: START + 5 * HOUR <= e["tsMs"] < START + 6 * HOUR),
+    # The late batch: ids at the end, timestamps at the start.
+    ({"q": "items", "until": START + HOUR}, lambda e: e["tsMs"] < START + HOUR),
+    ({"q": "12"}, lambda e: "12" in (e["url"].split("/")[-1], str(e["data"]["n"]))),
+]
+
+
+@pytest.fixture
+def common_words(monkeypatch):
+    """Words of a hundred entries are common; a walk of the full-text index
+    may read 2,000 rows for a page."""
+    monkeypatch.setattr(planner, "COMMON", 100)
+    monkeypatch.setattr(planner, "WALK_MAX", 2000)
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("params, wanted", SEARCHES)
+def test_a_search_finds_the_same_entries_however_its_words_are_read(
+        loaded, common_words, params, wanted, order):
+    test_a_page_holds_the_same_entries_whichever_index_finds_them(loaded, params, wanted, order)
+    store, entries = loaded
+    # A search's total is exact up to the cap of a page's count.
+    page = store.page(**params, limit=3)
+    assert page["totalExact"] and page["total"] == len([e for e in entries if wanted(e)])
+
+
+@pytest.mark.parametrize("q", sorted({params["q"] for params, _ in SEARCHES}))
+def test_the_live_tail_of_a_search_reads_what_follows_an_id(loaded, common_words, app, q):
+    _, entries = loaded
+    wanted = [e["id"] for e in entries if fulltext.matches(fulltext.parse(q), fulltext.document(
+        e["url"], None, None, orjson.dumps(e["data"]).decode()))]
+    after = wanted[len(wanted) // 2] if wanted else 0
+    with db.using(app.extensions["logsvc"].store):
+        found = query.entries_after(Filters(q=q), after, 1000)
+        assert [e["id"] for e in found] == [i for i in wanted if i > after]
+        if db.is_postgres():
+            return  # its GIN index (fulltext.py)
+        # A tail catching up walks the index from that id on, whatever the words.
+        where, params = planner.search_walk(Filters(q=q), 1000, catch_up=True)
+        plan = " / ".join(row[3] for row in db.execute(
+            f"EXPLAIN QUERY PLAN SELECT e.id FROM {fulltext.WALKED} WHERE {where} "
+            "AND f.rowid > ? ORDER BY f.rowid LIMIT 10", [*params, after]).fetchall())
+    assert plan.startswith("SCAN f VIRTUAL TABLE") and "TEMP B-TREE" not in plan
+
+
+def test_a_common_word_walks_the_full_text_index_unless_a_filter_reads_less(
+        loaded, common_words, app, engine):
+    if engine != "sqlite":
+        pytest.skip("PostgreSQL searches through its GIN index (fulltext.py)")
+    with db.using(app.extensions["logsvc"].store):
+        # Alone, or beside filters most entries pass: the index in id order,
+        # read until the page is full (no collecting of every match).
+        for filters in (Filters(q="items"), Filters(q="items", project_id="busy")):
+            where, params = planner.search_walk(filters, 200)
+            plan = " / ".join(row[3] for row in db.execute(
+                f"EXPLAIN QUERY PLAN SELECT e.id FROM {fulltext.WALKED} WHERE {where} "
+                "ORDER BY f.rowid DESC LIMIT 200", params).fetchall())
+            assert plan.startswith("SCAN f VIRTUAL TABLE") and "TEMP B-TREE" not in plan
+        # The small tenant (8 %): its own index finds the entries, each
+        # checked against the collected matches.
+        small = Filters(q="items", project_id="small")
+        assert planner.search_walk(small, 200) is None
+        plan, (plain, _) = _plan(app, small)
+        assert "q" in plain and "entry_project_id_id_container_id" in plan
+        # A rare word: its few matches are read by id.
+        rare = Filters(q="12")
+        assert planner.search_walk(rare, 200) is None
+        plan, _ = _plan(app, rare)
+        assert "LIST SUBQUERY" in plan and "entry_project_id" not in plan

@@ -199,7 +199,7 @@ class FullText:
     field = "q"
 
     def sql(self, value, plain=False):
-        return fulltext.where_sql(value)
+        return fulltext.where_sql(value, plain)
 
     def test(self, value, entry):
         data = entry["data"]  # a dict, or an orjson.Fragment of the stored text

@@ -45,6 +45,7 @@ entries from the database instead (see tail.py).
 import dataclasses
 import functools
 import re
+import time
 
 from . import db
 from .bodies import unpack_body, unpack_data
@@ -204,8 +205,11 @@ def tsvector(text):
                     for word, spots in positions.items())
 
 
-def where_sql(q):
-    """(condition over `entry e`, params) selecting the entries matching `q`."""
+def where_sql(q, plain=False):
+    """(condition over `entry e`, params) selecting the entries matching `q`;
+    with `plain`, SQLite collects the index's matches and checks each entry
+    it reads through another index against them, rather than reading the
+    entries by the ids collected (planner.py)."""
     groups = parse(q)
     if db.is_postgres():
         # The matching ids first, through the GIN index, then the page. As
@@ -214,12 +218,76 @@ def where_sql(q):
         # usual search: an id, an email) reads the whole partition.
         return ("e.id = ANY(ARRAY(SELECT entry_id FROM entry_body "
                 "WHERE doc @@ CAST(? AS tsquery)))", [to_tsquery(groups)])
-    found = "e.id IN (SELECT rowid FROM entry_fts WHERE entry_fts MATCH ?)"
+    return _checked(f"{'+' if plain else ''}e.id IN "
+                    "(SELECT rowid FROM entry_fts WHERE entry_fts MATCH ?)",
+                    [to_fts5(groups)], q, groups)
+
+
+# SQLite: the entries matching a search, in the order of the index (by id),
+# each read by its id. What planner.search_walk chooses for a word that many
+# entries hold: `e.id IN (...)` first collects every id the index finds
+# (130 ms for a word of every entry at a million), where this reads the
+# index only until the page is full (1-5 ms).
+WALKED = "entry_fts f CROSS JOIN entry e ON e.id = f.rowid"
+
+
+def walk_sql(q, low=None, high=None):
+    """(condition over WALKED, params) for the entries matching `q` with
+    low <= id <= high (None: unbounded); the bounds go to the index."""
+    groups = parse(q)
+    where, params = _in_index(groups, low, high)
+    return _checked(where, params, q, groups)
+
+
+# How long a process keeps what `indexed` counted: a plan's estimate, which
+# needs no newer figure, and a word shared by a million words' prefixes
+# (`user*`) costs FTS5 most of a second each time it is read.
+INDEXED_KEPT_S = 10.0
+
+
+def indexed(q, low=None, high=None, cap=None, kept=False):
+    """How many entries (at most `cap`) the index holds for `q`'s words with
+    low <= id <= high: the index alone is read (SQLite). With `kept` (an
+    estimate for a plan), a count made in the last INDEXED_KEPT_S by this
+    process will do."""
+    if not kept:
+        return _indexed(q, low, high, cap)
+    store = db.current()
+    counts = getattr(store, "search_counts", None)
+    if counts is None or len(counts) > 1000:
+        counts = store.search_counts = {}
+    now = time.monotonic()
+    found = counts.get((q, low, high))  # (when, count, its cap)
+    if found is None or now - found[0] > INDEXED_KEPT_S or (found[1] >= found[2]
+                                                           and found[2] < cap):
+        found = counts[(q, low, high)] = (now, _indexed(q, low, high, cap), cap)
+    return min(found[1], cap)
+
+
+def _indexed(q, low, high, cap):
+    where, params = _in_index(parse(q), low, high)
+    (n,) = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM entry_fts f WHERE {where} "
+                      "LIMIT ?) AS found", [*params, cap]).fetchone()
+    return n
+
+
+def _in_index(groups, low, high):
+    where, params = ["f.entry_fts MATCH ?"], [to_fts5(groups)]
+    for bound, op in ((low, ">="), (high, "<=")):
+        if bound is not None:
+            where.append(f"f.rowid {op} ?")
+            params.append(bound)
+    return " AND ".join(where), params
+
+
+def _checked(found, params, q, groups):
+    """`found`, and where the index cannot tell alone (a phrase: the index
+    holds words, not positions), the check of each candidate's document."""
     if exact_in_index(groups):
-        return found, [to_fts5(groups)]
+        return found, params
     return (f"{found} AND logsvc_fts_check(?, e.url, (SELECT logsvc_bodies(b.request_body, "
             "b.request_body_z, b.response_body, b.response_body_z) FROM entry_body b "
-            "WHERE b.entry_id = e.id), e.data) = 1", [to_fts5(groups), q])
+            "WHERE b.entry_id = e.id), e.data) = 1", [*params, q])
 
 
 # --- the index -------------------------------------------------------------------

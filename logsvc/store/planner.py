@@ -37,7 +37,7 @@ The estimates, for a store of N entries and M matching the filters
 import math
 import time
 
-from . import db, names, rollup, sketch
+from . import db, fulltext, names, rollup, sketch
 from .filters import where_sql as _where_sql
 from .rollup import COUNT_COLUMNS
 
@@ -90,6 +90,68 @@ def _kept_value(filters, plain):
     return None
 
 
+# A search (`q`) on SQLite whose words the full-text index holds for at
+# least COMMON entries walks that index by id (fulltext.WALKED) when the
+# other filters are expected to let through a page within WALK_MAX of its
+# rows; otherwise the index's matches are collected first and the entries
+# found as for any other filter (fulltext.where_sql).
+COMMON = 20_000
+WALK_MAX = 50_000
+
+
+def search_walk(filters, need, catch_up=False):
+    """SQLite: (condition over fulltext.WALKED, params) that finds the
+    entries of a search by walking the full-text index in id order, or
+    None where collecting the index's matches first reads less: a rare
+    word (the usual search: an id, an email), or a common one beside
+    filters that few entries pass (a small tenant's entries are found
+    through its own index). The time range becomes id bounds on the walk
+    (`_id_bounds`). `need`: the rows of the page or the capped count.
+    `catch_up`: the live tail's read of what follows an id, which walks
+    whatever the words (it reads the index from that id on, not all of it)."""
+    f = filters
+    if f.q is None or db.is_postgres():
+        return None
+    if f.trace_id is not None or f.client_ip is not None or f.timed:
+        return None  # their own indexes find few rows
+    low, high = _search_bounds(f)
+    if not catch_up:
+        if not _common(f):
+            return None
+        rest = f.replace(q=None, since=None, until=None)
+        if rest.active:
+            counts = _Counts(rest)
+            if counts.total <= 0:
+                return None
+            share = math.prod(counts.shares(counts.candidates()).values())
+            if share <= 0 or need / share > WALK_MAX:
+                return None
+    where, params = _where_sql(f.replace(q=None))
+    found, found_params = fulltext.walk_sql(f.q, low, high)
+    return f"{found} AND {where}", [*found_params, *params]
+
+
+def _search_bounds(filters):
+    """The id bounds of the time range (None, None: none)."""
+    if filters.since is None and filters.until is None:
+        return None, None
+    return _id_bounds(filters)
+
+
+def _common(filters):
+    """Whether the full-text index holds COMMON entries or more for the
+    search's words (within the time range's ids)."""
+    return fulltext.indexed(filters.q, *_search_bounds(filters), COMMON, kept=True) >= COMMON
+
+
+def index_alone(filters):
+    """Whether the full-text index alone counts the entries of `filters`
+    (SQLite: a search of words, with no other filter)."""
+    return (not db.is_postgres() and filters.q is not None
+            and all(item.field == "q" for item, _ in filters.active)
+            and fulltext.exact_in_index(fulltext.parse(filters.q)))
+
+
 # The filters whose index holds one value's entries in id order (models.py).
 _SINGLE = {"project_id": "project_id", "levels": "level", "service_names": "service_name",
            "status_ranges": "status", "methods": "method"}
@@ -127,8 +189,21 @@ def choose(filters, need, ordered=True, order="desc"):
     """(the fields of `filters` to write without their index, (least,
     greatest) id to walk between or None); ((), None) leaves the choice to
     the database."""
-    if any(getattr(filters, f) not in (None, ()) for f in _BY_DEFAULT):
+    if any(getattr(filters, f) not in (None, ()) for f in _BY_DEFAULT if f != "q"):
         return (), None
+    if filters.q is not None:
+        if db.is_postgres() or not _common(filters):
+            return (), None  # a rare word: its few matches are read by id
+        # A common word beside filters that few entries pass (else it is
+        # walked, see search_walk): the index those filters choose finds
+        # the entries, each checked against the collected matches. Without
+        # one, the matches are read by id.
+        rest = filters.replace(q=None)
+        plain, bounds = choose(rest, need, ordered, order)
+        indexed = {field for name in _INDEXED for field in _FIELDS.get(name, (name,))}
+        if bounds is None and not ({item.field for item, _ in rest.active} & indexed) - set(plain):
+            return (), None
+        return frozenset(plain) | {"q"}, bounds
     active = {item.field for item, _ in filters.active}
     if not active & {"levels", "service_names", "status_ranges", "methods", "since", "until",
                      "min_duration_ms", "max_duration_ms"}:

@@ -15,7 +15,7 @@ import orjson
 
 from logsvc.entry import COLUMNS, row_to_dict
 
-from . import db, lookup, names, planner, rollup
+from . import db, fulltext, lookup, names, planner, rollup
 from .bodies import unpack_body, unpack_data
 from .filters import where_sql
 from .models import IdSequence
@@ -59,10 +59,10 @@ def entries_after(filters, after_id, limit, max_id=None):
 def last_entries(filters, n, max_id):
     """The newest `n` matching entries with id <= max_id, oldest first."""
     def run():
-        where, params = planner.where_sql(filters, n)
+        source, where, params, id_column = _found(filters, n)
         rows = db.execute(
-            f"{_SELECT} FROM entry e WHERE {where} AND e.id <= ? ORDER BY e.id DESC LIMIT ?",
-            [*params, max_id, n]).fetchall()
+            f"{_SELECT} FROM {source} WHERE {where} AND {id_column} <= ? "
+            f"ORDER BY {id_column} DESC LIMIT ?", [*params, max_id, n]).fetchall()
         return [render_row(row) for row in reversed(rows)]
     return db.call(run)
 
@@ -87,8 +87,7 @@ _SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)
 # offset paging is stable. Only entries with a duration (see list_entries).
 # The latency bucket orders as the duration does and leads, so that SQLite
 # walks the bucket indexes (models.py) and sorts only the buckets it reads.
-_ORDER = {"asc": "e.id ASC", "desc": "e.id DESC",
-          "slowest": "e.lat_bucket DESC, e.duration_ms DESC, e.id DESC"}
+_SLOWEST = "e.lat_bucket DESC, e.duration_ms DESC, e.id DESC"
 
 
 def _list_entries(filters, page):
@@ -96,32 +95,34 @@ def _list_entries(filters, page):
         # Its own indexes, by latency bucket (models.py).
         filters = filters.replace(timed=True)
         where, params = where_sql(filters)
+        source, id_column = "entry e", "e.id"
     else:
-        where, params = planner.where_sql(
+        source, where, params, id_column = _found(
             filters, page.offset + (page.limit if page.last is None else page.last),
             order="desc" if page.last is not None else page.order)
     with_bodies = page.include_request_body or page.include_response_body
     sql = _SELECT
     if with_bodies:
         sql += (", b.request_body, b.request_body_z, b.response_body, b.response_body_z "
-                "FROM entry e "
+                f"FROM {source} "
                 "LEFT JOIN entry_body b ON b.entry_id = e.id")
     else:
-        sql += " FROM entry e"
+        sql += f" FROM {source}"
     sql += f" WHERE {where}"
     if page.after_id is not None:
-        sql += " AND e.id > ?"
+        sql += f" AND {id_column} > ?"
         params.append(page.after_id)
     if page.max_id is not None:
-        sql += " AND e.id <= ?"
+        sql += f" AND {id_column} <= ?"
         params.append(page.max_id)
     if page.last is not None:
         limit = page.last
-        sql += " ORDER BY e.id DESC LIMIT ?"
+        sql += f" ORDER BY {id_column} DESC LIMIT ?"
         params.append(limit)
     else:
         limit = page.limit
-        sql += f" ORDER BY {_ORDER[page.order]} LIMIT ? OFFSET ?"
+        order = _SLOWEST if page.order == "slowest" else f"{id_column} {page.order.upper()}"
+        sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
         params.extend((limit, page.offset))
     rows = db.execute(sql, params).fetchall()
     if page.last is not None:
@@ -146,15 +147,28 @@ def _list_entries(filters, page):
 
 
 def _entries_after(filters, after_id, limit, max_id):
-    where, params = where_sql(filters)
-    sql = f"{_SELECT} FROM entry e WHERE {where} AND e.id > ?"
+    source, where, params, id_column = _found(filters, limit, catch_up=True)
+    sql = f"{_SELECT} FROM {source} WHERE {where} AND {id_column} > ?"
     params.append(after_id)
     if max_id is not None:
-        sql += " AND e.id <= ?"
+        sql += f" AND {id_column} <= ?"
         params.append(max_id)
-    sql += " ORDER BY e.id LIMIT ?"
+    sql += f" ORDER BY {id_column} LIMIT ?"
     params.append(limit)
     return [render_row(row) for row in db.execute(sql, params).fetchall()]
+
+
+def _found(filters, need, ordered=True, order="desc", catch_up=False):
+    """(FROM clause, condition, params, id column) that find the entries
+    matching `filters`: `entry e` through the index planner.py picks, or,
+    for a search of common words on SQLite, the full-text index walked by
+    id (planner.search_walk). `catch_up`: the live tail's read after an id."""
+    walk = planner.search_walk(filters, need, catch_up)
+    if walk is not None:
+        return fulltext.WALKED, *walk, "f.rowid"
+    if catch_up:
+        return "entry e", *where_sql(filters), "e.id"
+    return "entry e", *planner.where_sql(filters, need, ordered, order), "e.id"
 
 
 def render_row(row, bodies=None):
@@ -199,9 +213,12 @@ def _count(filters, cap=None):
             f"WHERE {where}", [*source[1], *params]).fetchone()
         return n, True
     cap = cap or COUNT_CAP
-    where, params = planner.where_sql(filters, cap + 1, ordered=False)
+    if planner.index_alone(filters):
+        n = fulltext.indexed(filters.q, cap=cap + 1)
+        return (cap, False) if n > cap else (n, True)
+    source, where, params, _ = _found(filters, cap + 1, ordered=False)
     (n,) = db.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM entry e WHERE {where} LIMIT ?) AS matched",
+        f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?) AS matched",
         [*params, cap + 1]).fetchone()
     return (cap, False) if n > cap else (n, True)
 
