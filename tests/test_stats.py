@@ -18,9 +18,11 @@ BASE = 1_800_000_000_000  # a whole hour
 HOUR = 3_600_000
 
 
-def truth(project_id=None, container_id=None, since=None, until=None):
+def truth(project_id=None, container_id=None, since=None, until=None, levels=None,
+          statuses=None):
     """The stats computed by brute force over every stored row; `latency`
-    and `byRoute` hold exact values (see assert_stats)."""
+    and `byRoute` hold exact values (see assert_stats). `levels`, `statuses`:
+    the levels and status classes (`5xx`) to keep (None: all)."""
     rows = db.call(lambda: list(db.database.execute_sql(
         "SELECT project_id, container_id, service_name, level, kind, status, source, ts_ms, "
         "duration_ms, route FROM entry")))
@@ -50,6 +52,10 @@ def truth(project_id=None, container_id=None, since=None, until=None):
         if container_id is not None and container != container_id:
             continue
         if (since is not None and ts < since) or (until is not None and ts >= until):
+            continue
+        if levels is not None and level not in levels:
+            continue
+        if statuses is not None and status_class(status) not in statuses:
             continue
         total += 1
         for name, value in (("byProject", project), ("byContainer", container),
@@ -126,9 +132,12 @@ entries = st.lists(st.builds(
        window=st.tuples(st.integers(-1000, 11 * 60_000) | st.integers(-HOUR, 4 * HOUR),
                         st.integers(1, 11 * 60_000) | st.integers(1, 5 * HOUR)),
        bucket=st.sampled_from(["1m", "5m", "1h", "3h"]),
-       scope=st.sampled_from([(None, None), ("proj_1", None), ("proj_2", "cnt_a")]))
+       scope=st.sampled_from([(None, None), ("proj_1", None), ("proj_2", "cnt_a")]),
+       # A level or a status class: the counters by class (rollup.classed).
+       classes=st.sampled_from([{}, {"level": "error"}, {"level": "warn,error"},
+                                {"status": "5xx"}, {"status": "400-599", "level": "info"}]))
 def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows, window, scope,
-                                            bucket):
+                                            bucket, classes):
     app = create_app({"data_dir": tmp_path_factory.mktemp("s"), "admin_token": ADMIN_TOKEN,
                       "retention_days": 0})
     store = Store(app.test_client())
@@ -138,13 +147,18 @@ def test_stats_always_equal_a_full_group_by(tmp_path_factory, batches, max_rows,
     retention.prune(config)
     project_id, container_id = scope
     params = {k: v for k, v in (("projectId", project_id), ("containerId", container_id)) if v}
-    assert_stats(store.page(STATS, **params), truth(project_id, container_id))
+    params.update(classes)
+    kept = {"levels": classes["level"].split(",") if "level" in classes else None,
+            "statuses": ["5xx"] if classes.get("status") == "5xx" else
+                        ["4xx", "5xx"] if "status" in classes else None}
+    assert_stats(store.page(STATS, **params), truth(project_id, container_id, **kept))
     since, length = BASE + window[0], window[1]
     ranged = store.page(STATS, since=since, until=since + length, **params)
-    assert_stats(ranged, truth(project_id, container_id, since, since + length))
+    assert_stats(ranged, truth(project_id, container_id, since, since + length, **kept))
     histogram = store.page(HISTOGRAM, bucket=bucket, since=since, until=since + length, **params)
     for item in histogram["buckets"]:
-        expected = truth(project_id, container_id, item["tsMs"], item["tsMs"] + histogram["bucketMs"])
+        expected = truth(project_id, container_id, item["tsMs"], item["tsMs"] + histogram["bucketMs"],
+                         **kept)
         assert (item["total"], item["byLevel"]) == (expected["total"], expected["byLevel"])
         for p in (50, 95):
             assert near(item[f"p{p}"], expected["latency"][f"p{p}"]), (item, expected)
@@ -234,6 +248,19 @@ def test_stats_cost_does_not_read_the_entry_table(store):
     db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
     assert store.page(STATS)["total"] == 20
 
+
+
+@pytest.mark.parametrize("params", [{"level": "error"}, {"level": "info,warn"},
+                                    {"status": "5xx"}, {"status": "400-599", "level": "warn"},
+                                    {"level": "error", "projectId": "proj_1"}])
+def test_stats_of_a_level_or_a_status_class_are_read_from_the_counters(store, params):
+    store.ingest([make_entry(i, level=("info", "warn", "error")[i % 4 % 3]) for i in range(60)])
+    before = store.page(STATS, **params)
+    assert before["total"] > 0
+    db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
+    after = store.page(STATS, **params)
+    assert {k: after[k] for k in ("total", "byProject", "byLevel", "byStatus", "byKind")} == {
+        k: before[k] for k in ("total", "byProject", "byLevel", "byStatus", "byKind")}
 
 
 def summary_of(entries):

@@ -517,3 +517,43 @@ def test_a_version_9_store_on_postgresql_gets_the_faster_sketch_merge(make_app, 
     store.ingest([make_entry(i, durationMs=i % 40 + 1) for i in range(300, 600)])
     latency = store.page(STATS)["latency"]
     assert latency["count"] == 600 and latency["max"] == 40
+
+
+def test_a_version_10_store_counts_its_entries_by_level_and_status_class(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    entries = [make_entry(i, tsMs=BASE + i * 97_000, durationMs=(i * 7) % 300 + 1,
+                          level=("info", "warn", "error")[i % 7 % 3]) for i in range(400)]
+    store.ingest(entries[:300])
+    questions = [{"level": "error"}, {"status": "5xx", "projectId": "proj_1"},
+                 {"level": "warn,error", "since": BASE + 2 * HOUR + 17,
+                  "until": BASE + 6 * HOUR - 70_001}]
+    before = [store.page(STATS, **params) for params in questions]
+    assert all(answer["total"] > 0 for answer in before)
+
+    def make_version_10():
+        for table in rollup.CLASS_TABLES:
+            db.execute(f"DROP TABLE {table}")
+        models.Meta.update(value="10").where(models.Meta.key == "schema_version").execute()
+
+    db.call(make_version_10)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    # The same answers, now from the counters by class, which equal a count
+    # of the entries.
+    assert [store.page(STATS, **params) for params in questions] == before
+    store.ingest(entries[300:])
+
+    def by_class():
+        return db.call(lambda: (
+            db.execute("SELECT level, status_class, CAST(SUM(n) AS BIGINT) "
+                       "FROM rollup_class_total GROUP BY 1, 2 ORDER BY 1, 2").fetchall(),
+            db.execute("SELECT level, CASE WHEN status BETWEEN 100 AND 599 THEN status / 100 "
+                       "ELSE 0 END, count(*) FROM entry GROUP BY 1, 2 ORDER BY 1, 2").fetchall()))
+    counted, wanted = by_class()
+    assert counted == wanted and len(counted) > 3
+    errors = store.page(LOGS, level="error", limit=5000)["entries"]
+    stats = store.page(STATS, level="error")
+    assert stats["total"] == len(errors) > 0
+    assert stats["latency"]["max"] == max(e["durationMs"] for e in errors)

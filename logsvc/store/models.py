@@ -43,7 +43,7 @@ from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class BaseModel(peewee.Model):
@@ -130,19 +130,20 @@ class EntryBody(BaseModel):
     response_body_z = peewee.BlobField(null=True)
 
 
-def _latency(cls):
+def _latency(cls, with_max=True):
     # A latency sketch (sketch.py) and the exact longest duration.
     cls._meta.add_field("lat", peewee.TextField(null=True))
-    cls._meta.add_field("lat_max", peewee.DoubleField(null=True))
+    if with_max:
+        cls._meta.add_field("lat_max", peewee.DoubleField(null=True))
     return cls
 
 
-def _add_counts(cls, columns):
+def _add_counts(cls, columns, with_max=True):
     # Every count but the total `n` may be NULL, which PostgreSQL writes
     # for 0 (see rollup.Tier): a NULL costs a bit there, a bigint 8 bytes.
     for name in columns:
         cls._meta.add_field(name, peewee.BigIntegerField(default=0, null=name != "n"))
-    return _latency(cls)
+    return _latency(cls, with_max)
 
 
 def _counted(cls):
@@ -230,6 +231,42 @@ class RollupTotalAll(BaseModel):
         table_settings = ["WITHOUT ROWID"]
 
 
+# Per scope, level and status class (rollup.CLASS_KEYS), per hour and all
+# time: the counts and latency of stats filtered by a level or a status
+# class. No longest duration (rollup.latency_max finds it in `entry`).
+def _class_keys(cls):
+    cls._meta.add_field("level", peewee.TextField())
+    cls._meta.add_field("status_class", peewee.SmallIntegerField())
+    return cls
+
+
+@_class_keys
+class RollupClassHour(BaseModel):
+    hour = peewee.BigIntegerField()
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    service_name = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", *ROLLUP_DIMENSIONS, "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_class_keys
+class RollupClassTotal(BaseModel):
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    service_name = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey(*ROLLUP_DIMENSIONS, "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+for _model in (RollupClassHour, RollupClassTotal):
+    _add_counts(_model, COUNT_COLUMNS, with_max=False)
+
+
 # Per route: calls, errors and latency. Per project and minute or hour, per
 # container all time, and over every scope per minute, hour and all time.
 @_route_counted
@@ -306,11 +343,40 @@ class RollupRouteTotalAll(BaseModel):
         table_settings = ["WITHOUT ROWID"]
 
 
+@_class_keys
+class RollupRouteClassHour(BaseModel):
+    hour = peewee.BigIntegerField()
+    project_id = peewee.TextField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "project_id", "route", "level",
+                                          "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_class_keys
+class RollupRouteClassTotal(BaseModel):
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("project_id", "container_id", "route", "level",
+                                          "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+for _model in (RollupRouteClassHour, RollupRouteClassTotal):
+    _add_counts(_model, ROUTE_COUNT_COLUMNS, with_max=False)
+
+
 ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll, RollupFiveMinutesAll,
                  RollupHourAll,
                  RollupTotalAll, RollupRouteMinute, RollupRouteHour, RollupRouteTotal,
                  RollupRouteMinuteAll, RollupRouteFiveMinutesAll, RollupRouteHourAll,
-                 RollupRouteTotalAll)
+                 RollupRouteTotalAll, RollupClassHour, RollupClassTotal, RollupRouteClassHour,
+                 RollupRouteClassTotal)
 
 
 class IdSequence(BaseModel):
@@ -601,7 +667,10 @@ MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_
               6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
               # 9 -> 10: PostgreSQL's faster sketch merge, which every upgrade
               # makes again (create_schema); nothing else changes.
-              9: lambda: None}
+              9: lambda: None,
+              # 10 -> 11: the counters by level and status class (create_tables
+              # has made their tables), counted from the entries.
+              10: lambda: rollup.rebuild(rollup.CLASS_TABLES)}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
 # It runs for every counter row an ingest adds to, most often a batch's few

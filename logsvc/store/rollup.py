@@ -16,6 +16,14 @@ the longest duration `lat_max`:
 `rollup_minute_all` also keeps the least and the greatest id counted in
 each minute (what planner.py walks a time range between).
 
+Class counters: the same, per scope and class (CLASS_KEYS: the level and
+the status class), per hour and all time, for stats filtered by a level
+or a status class (`classed`), without a longest duration (`latency_max`
+finds it through the entries' latency bucket index):
+
+    rollup_class_hour  (hour, project, container, service, level, status class)
+    rollup_class_total (project, container, service, level, status class)
+
 Route counters: calls `n`, `errors` (level error) and `lat`, for the
 entries that have a route:
 
@@ -24,6 +32,8 @@ entries that have a route:
     rollup_route_total  (project, container, route)
     rollup_route_minute_all / rollup_route_five_minutes_all /
     rollup_route_hour_all / rollup_route_total_all
+    rollup_route_class_hour  (hour, project, route, level, status class)
+    rollup_route_class_total (project, container, route, level, status class)
 
 A batch touches one row per distinct key of each tier; batches arrive
 roughly in time order, so that is about one row per distinct scope (and
@@ -74,10 +84,11 @@ class Tier:
     bytes. SQLite stores a 0 in its record header alone, and keeps zeros.
     Readers sum them (SUM skips NULLs) or take NULL as 0."""
 
-    def __init__(self, table, keys, time_column, counts, source, key_from, with_ids=False):
+    def __init__(self, table, keys, time_column, counts, source, key_from, with_ids=False,
+                 with_max=None):
         self.table, self.keys, self.time_column = table, keys, time_column
         self.counts, self.source, self.key_from = counts, source, key_from
-        self.with_max = counts is COUNT_COLUMNS
+        self.with_max = counts is COUNT_COLUMNS if with_max is None else with_max
         self.with_ids = with_ids  # id_min and id_max, widened by each batch
         self.staged = f"{table}_staged"  # PostgreSQL: see _upsert
         self.sql = {postgres: self._sql(postgres) for postgres in (False, True)}
@@ -121,6 +132,9 @@ class Tier:
 
 
 _SCOPE = ("project_id", "container_id", "service_name")
+# The keys of the class tiers beside the scope: the level (as `entry` stores
+# it) and the status class (1-5; 0 without a status in 100-599).
+CLASS_KEYS = ("level", "status_class")
 # Bases built by `add`: "scopes" keyed (minute, project, container, service),
 # "routes" (project, container, route), "route_minutes" (project, minute,
 # route). Each tier is summed from its source, in this order.
@@ -137,6 +151,14 @@ TIERS = {t.table: t for t in (
          lambda k: (k[0] // 60,)),
     Tier("rollup_total_all", ("one",), None, COUNT_COLUMNS, "rollup_hour_all",
          lambda k: (0,)),
+    # By level and status class too (CLASS_KEYS), per hour and all time:
+    # what stats filtered by a level or a status class read. Without a
+    # longest duration: latency_max finds it through the entries' latency
+    # bucket index.
+    Tier("rollup_class_hour", ("hour", *_SCOPE, *CLASS_KEYS), "hour", COUNT_COLUMNS,
+         "classes", None, with_max=False),
+    Tier("rollup_class_total", (*_SCOPE, *CLASS_KEYS), None, COUNT_COLUMNS,
+         "rollup_class_hour", lambda k: k[1:], with_max=False),
 )}
 ROUTE_TIERS = {t.table: t for t in (
     Tier("rollup_route_minute", ("project_id", "minute", "route"), "minute",
@@ -153,6 +175,10 @@ ROUTE_TIERS = {t.table: t for t in (
          "rollup_route_minute_all", lambda k: (k[0] // 60, k[1])),
     Tier("rollup_route_total_all", ("route",), None, ROUTE_COUNT_COLUMNS,
          "rollup_route_hour_all", lambda k: (k[1],)),
+    Tier("rollup_route_class_hour", ("hour", "project_id", "route", *CLASS_KEYS), "hour",
+         ROUTE_COUNT_COLUMNS, "route_classes", None),
+    Tier("rollup_route_class_total", ("project_id", "container_id", "route", *CLASS_KEYS),
+         None, ROUTE_COUNT_COLUMNS, "route_class_totals", None),
 )}
 
 # The columns of `entry` that `add` takes, in order.
@@ -196,9 +222,13 @@ def summarize(rows, sign=1, weights=None, ids=False):
     each minute's id bounds are then kept."""
     # Accumulations: [counts, {bucket: count} or None, longest or None]
     scopes, routes, route_minutes = {}, {}, {}
+    classes, route_classes, route_class_totals = {}, {}, {}
     offsets = {}  # minute -> [first, last] offset in the batch
     level_at, kind_at, source_at, status_at = LEVEL_AT, KIND_AT, SOURCE_AT, STATUS_AT
     error_at = LEVEL_AT["error"]
+    # Rows bring a level as a word (ingest) or as stored (from `entry`);
+    # the class tiers key it as `entry` stores it.
+    stored_level = _STORED_LEVEL[db.is_postgres()]
     for index, (ts_ms, project_id, container_id, service_name, level, kind, status,
                 source, route, bucket, duration) in enumerate(rows):
         step = sign if weights is None else sign * weights[index]
@@ -220,8 +250,9 @@ def summarize(rows, sign=1, weights=None, ids=False):
         counts[at] += step
         counts[kind_at[kind]] += step
         counts[source_at[source]] += step
-        if status is not None and 100 <= status <= 599:
-            counts[status_at[_CLASS[status // 100]]] += step
+        status_class = status // 100 if status is not None and 100 <= status <= 599 else 0
+        if status_class:
+            counts[status_at[_CLASS[status_class]]] += step
         if bucket is not None:
             lat = into[1]
             if lat is None:
@@ -229,10 +260,32 @@ def summarize(rows, sign=1, weights=None, ids=False):
             lat[bucket] = lat.get(bucket, 0) + step
             if into[2] is None or duration > into[2]:
                 into[2] = duration
+        hour = minute // 60
+        level = stored_level[level]
+        key = (hour, key[1], key[2], key[3], level, status_class)
+        classed = classes.get(key)
+        if classed is None:
+            classed = classes[key] = [[0] * WIDTH, None, None]
+        # The same counts as the scope's row, for this entry.
+        tally = classed[0]
+        tally[0] += step
+        tally[at] += step
+        tally[kind_at[kind]] += step
+        tally[source_at[source]] += step
+        if status_class:
+            tally[status_at[_CLASS[status_class]]] += step
+        if bucket is not None:
+            lat = classed[1]
+            if lat is None:
+                lat = classed[1] = {}
+            lat[bucket] = lat.get(bucket, 0) + step
         if route is not None:
             error = step if at == error_at else 0
             for base, key in ((routes, (project_id, container_id, route)),
-                              (route_minutes, (project_id, minute, route))):
+                              (route_minutes, (project_id, minute, route)),
+                              (route_classes, (hour, project_id, route, level, status_class)),
+                              (route_class_totals,
+                               (project_id, container_id, route, level, status_class))):
                 into = base.get(key)
                 if into is None:
                     into = base[key] = [[0, 0], None, None]
@@ -243,7 +296,9 @@ def summarize(rows, sign=1, weights=None, ids=False):
                     if lat is None:
                         lat = into[1] = {}
                     lat[bucket] = lat.get(bucket, 0) + step
-    summed = {"scopes": scopes, "routes": routes, "route_minutes": route_minutes}
+    summed = {"scopes": scopes, "routes": routes, "route_minutes": route_minutes,
+              "classes": classes, "route_classes": route_classes,
+              "route_class_totals": route_class_totals}
     summary = []
     postgres = db.is_postgres()
     for tiers in (TIERS, ROUTE_TIERS):
@@ -259,6 +314,10 @@ def summarize(rows, sign=1, weights=None, ids=False):
 
 
 _CLASS = {c: f"{c}xx" for c in range(1, 6)}
+# {postgres: {a level as a word or a letter: as `entry` stores it}}
+_STORED_LEVEL = {postgres: {key: (word if postgres else names.LETTERS["level"][word])
+                            for word in LEVELS for key in (word, names.LETTERS["level"][word])}
+                 for postgres in (False, True)}
 
 
 def _rows(tier, folded, sign, postgres):
@@ -278,14 +337,23 @@ def _rows(tier, folded, sign, postgres):
     return rows
 
 
-def rebuild():
-    """Recount every counter from `entry` (a schema upgrade)."""
-    for table in (*TIERS, *ROUTE_TIERS):
+def rebuild(tables=None):
+    """Recount every counter (or those of `tables`) from `entry` (a schema
+    upgrade)."""
+    chosen = [*TIERS, *ROUTE_TIERS] if tables is None else list(tables)
+    for table in chosen:
         db.execute(f"DELETE FROM {table}")
     cursor = db.execute(GROUPED.format(table="entry"))
     while chunk := cursor.fetchmany(50_000):
-        add([row[:11] for row in chunk], weights=[row[11] for row in chunk])
-    fill_id_bounds()
+        summary = summarize([row[:11] for row in chunk], weights=[row[11] for row in chunk])
+        write([part for part in summary if part[0].table in chosen])
+    if "rollup_minute_all" in chosen:
+        fill_id_bounds()
+
+
+# The tiers by level and status class (schema 11).
+CLASS_TABLES = ("rollup_class_hour", "rollup_class_total", "rollup_route_class_hour",
+                "rollup_route_class_total")
 
 
 def fill_id_bounds():
@@ -428,14 +496,19 @@ _WHOLE = 2**62 // HOUR_MS * HOUR_MS  # "no end", on an hour boundary
 
 
 def counted(project_id=None, container_id=None, since=None, until=None, keys=True,
-            columns=COUNT_COLUMNS):
+            columns=COUNT_COLUMNS, filters=None, found=None):
     """(sql, params) of rows (project_id, container_id, service_name,
     <columns>) whose sums count exactly the entries of the scope with
     since <= ts_ms < until (None: unbounded), or None when none can match.
     `columns`: the count columns wanted (all of them by default).
     Rows of a span that `signed_spans` subtracts come with their counts
     negated. With keys=False the rows may lack the key columns: without a
-    scope they are then read from the all-scope tiers."""
+    scope they are then read from the all-scope tiers. `filters`: a scope,
+    a time range and a level or status class (`classed`), read from the
+    tiers by class, the rest of the range from the entries `found` gives
+    (see _counted_by_class)."""
+    if filters is not None:
+        return _counted_by_class(filters, columns, found)
     every_scope = not keys and project_id is None and container_id is None
     names = _ALL_TIER if every_scope else _SCOPE_TIER
     counts = ", ".join(columns)
@@ -457,6 +530,134 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
         return None
     return (" UNION ALL ".join(sql for sql, _ in parts),
             [p for _, part_params in parts for p in part_params])
+
+
+# The class tiers (a level and a status class beside the scope), by unit.
+_CLASS_TIER = {"total": "rollup_class_total", HOUR_MS: "rollup_class_hour"}
+_CLASSED_FIELDS = {"project_id", "container_id", "since", "until", "levels", "status_ranges"}
+
+
+def classed(filters):
+    """Whether the class tiers answer stats of `filters`: a scope, a time
+    range and a level or a status class (whole classes: `5xx`, `400-599`),
+    one of them at least."""
+    fields = {item.field for item, _ in filters.active}
+    return (bool(fields & {"levels", "status_ranges"}) and fields <= _CLASSED_FIELDS
+            and all(low % 100 == 0 and high % 100 == 99 and 100 <= low <= high <= 599
+                    for low, high in filters.status_ranges))
+
+
+def class_where(filters):
+    """The condition of the class tiers' keys for the filters' levels and
+    status classes (values of fixed sets, written in the SQL)."""
+    where = []
+    if filters.levels:
+        stored = [names.lettered("level", level) for level in filters.levels]
+        assert all(value.isalpha() for value in stored)
+        where.append(f"level IN ({', '.join(repr(v) for v in stored)})")
+    if filters.status_ranges:
+        classes = sorted({c for low, high in filters.status_ranges
+                          for c in range(low // 100, high // 100 + 1)})
+        where.append(f"status_class IN ({', '.join(str(int(c)) for c in classes)})")
+    return " AND ".join(where)
+
+
+def _class_spans(filters, tiers, subtract=True):
+    """(unit or None, start, end, sign) of the question, over `tiers`."""
+    return _signed_spans(filters.since, filters.until, _units(tiers), subtract)
+
+
+# The class readers take `found(filters)`: (condition over `entry e`,
+# params) for the entries of `filters` (stats passes planner.where_sql,
+# which reads these counters to choose an index).
+
+
+def _counted_by_class(filters, columns, found):
+    keys = f"{_KEYS}, "
+    counts = keys + ", ".join(columns)
+    negated = keys + ", ".join(f"-{c} AS {c}" for c in columns)
+    also = class_where(filters)
+    parts = []
+    for unit, start, end, sign in _class_spans(filters, _CLASS_TIER):
+        if unit is None:
+            where, params = found(filters.replace(since=start, until=end))
+            sql = f"{_entry_select(columns)} WHERE {where}"
+            if sign < 0:
+                sql = f"SELECT {negated} FROM ({sql}) AS raw"
+        else:
+            sql, params = _tier_part(_CLASS_TIER[unit], start, end, filters.project_id,
+                                     filters.container_id,
+                                     select=counts if sign > 0 else negated, also=also)
+        parts.append((sql, params))
+    if not parts:
+        return None
+    return (" UNION ALL ".join(sql for sql, _ in parts),
+            [p for _, part_params in parts for p in part_params])
+
+
+def class_latency(filters, found):
+    """({bucket: count}, longest) of the durations of the entries of
+    `filters` (`classed`): the sketches of whole hours and all time, the
+    rest counted from `entry`; the longest from `latency_max`."""
+    also = class_where(filters) + " AND lat IS NOT NULL"
+    parts = []
+    for unit, start, end, sign in _class_spans(filters, _CLASS_TIER):
+        if unit is None:
+            where, params = found(filters.replace(since=start, until=end))
+            parts.append((f"SELECT {_NO_TEXT}, lat_bucket, count(*), {sign} FROM entry e "
+                          f"WHERE {where} AND +lat_bucket IS NOT NULL GROUP BY lat_bucket",
+                          params))
+        else:
+            parts.append(_tier_part(_CLASS_TIER[unit], start, end, filters.project_id,
+                                    filters.container_id,
+                                    select=f"lat, {_NO_NUMBER}, {_NO_NUMBER}, {sign}",
+                                    also=also))
+    counts = {}
+    for lat, bucket, n, sign in _union(parts):
+        if lat is None:
+            counts[bucket] = counts.get(bucket, 0) + sign * n
+        else:
+            sketch.add(counts, lat, sign)
+    counts = {bucket: n for bucket, n in counts.items() if n > 0}
+    return counts, latency_max(filters, counts)
+
+
+def latency_max(filters, counts):
+    """The longest duration of the entries of `filters`, whose latency
+    buckets are `counts`: it lies in the highest bucket that holds one, and
+    the entries of that bucket are found through the latency bucket index."""
+    top = max(counts, default=None)
+    if top is None:
+        return None
+    from .filters import where_sql
+    fields = {item.field for item, _ in filters.active}
+    where, params = where_sql(filters, plain=fields - {"project_id"})
+    (longest,) = db.execute(f"SELECT MAX(e.duration_ms) FROM entry e WHERE {where} "
+                            "AND e.lat_bucket = ?", [*params, top]).fetchone()
+    return longest
+
+
+def class_routes(filters, found):
+    """routes() of the entries of `filters` (`classed`)."""
+    if filters.container_id is None:
+        tables = {"total": "rollup_route_class_total", HOUR_MS: "rollup_route_class_hour"}
+    else:
+        tables = {"total": "rollup_route_class_total"}
+    also = class_where(filters)
+    parts = []
+    for unit, start, end, sign in _class_spans(filters, tables):
+        if unit is None:
+            where, params = found(filters.replace(since=start, until=end))
+            parts.append((f"SELECT route, count(*), "
+                          f"SUM({_entry_expression('level_error')}), {_NO_TEXT}, lat_bucket, "
+                          f"{sign} FROM entry e WHERE {where} AND route IS NOT NULL "
+                          f"GROUP BY route, lat_bucket", params))
+        else:
+            parts.append(_tier_part(tables[unit], start, end, filters.project_id,
+                                    filters.container_id,
+                                    select=f"route, n, errors, lat, {_NO_NUMBER}, {sign}",
+                                    also=also))
+    return _route_rows(parts)
 
 
 # What reading a unit of each tier costs, in minute rows (an hour holds
@@ -675,6 +876,11 @@ def routes(project_id=None, container_id=None, since=None, until=None):
         else:
             parts.append(_tier_part(tables[unit], start, end, project_id, container_id,
                                     select=f"route, n, errors, lat, {_NO_NUMBER}, {sign}"))
+    return _route_rows(parts)
+
+
+def _route_rows(parts):
+    """{route: [calls, errors, {bucket: count}]} of the route rows of `parts`."""
     out = {}
     for route, n, errors, lat, bucket, sign in _union(parts):
         into = out.get(route)

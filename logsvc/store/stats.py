@@ -21,8 +21,13 @@ Python adds into the project, container and service breakdowns. The cost
 follows the size of the answer (the number of projects, containers and
 services in it), not the number of entries.
 
-Filters the counters lack (a level, a method, a route, a duration...)
-send the question to the matching entries, found through the index the
+A level or a status class (whole classes: `5xx`, `400-599`), with a scope
+and a time range or not, is read the same way from the counters kept per
+class (rollup.classed): whole hours and all time from them, the rest of
+the range from the matching entries.
+
+Filters the counters lack (a method, a service, a route, a duration, a
+kind, `q`...) send the question to the matching entries, found through the index the
 planner picks (planner.py) and read once: one pass gives the summary, its
 latency and its routes (`_raw_summary`).
 
@@ -91,6 +96,11 @@ def summary(filters, top_routes=TOP_ROUTES):
                 result = _summarize(rollup.counted(*scope))
             counts, longest = rollup.latency(*scope)
             routes = rollup.routes(*scope)
+        elif rollup.classed(f):
+            # A level or a status class: the counters kept by class.
+            result = _summarize(rollup.counted(filters=f, found=_found))
+            counts, longest = rollup.class_latency(f, _found)
+            routes = rollup.class_routes(f, _found)
         else:
             result, counts, longest, routes = _raw_summary(*planner.where_sql(f, EVERY,
                                                                                ordered=False))
@@ -98,6 +108,11 @@ def summary(filters, top_routes=TOP_ROUTES):
         result["byRoute"] = _by_route(routes, top_routes)
         return result
     return db.call(run)
+
+
+def _found(filters):
+    """(condition, params) of every entry of `filters` (rollup's class readers)."""
+    return planner.where_sql(filters, EVERY, ordered=False)
 
 
 def _by_route(routes, top):
@@ -253,7 +268,7 @@ def _histogram(bucket, since, until, filters):
     size_ms = minutes * MINUTE_MS
     start = since // size_ms * size_ms
     end = -(-until // size_ms) * size_ms
-    if from_counters(filters):
+    if from_counters(filters) or (minutes % 60 == 0 and rollup.classed(filters)):
         counted, timed = _counted_buckets(minutes, start, end, filters)
     else:
         counted, timed = _raw_buckets(size_ms, start, end, filters)
@@ -278,7 +293,12 @@ def _counted_buckets(minutes, start, end, filters):
     """({bucket start: level counts}, {bucket start: (sketch, longest)})
     from the counter tier of the bucket's unit."""
     where, params = rollup.scope_where(filters.project_id, filters.container_id)
-    if minutes % 60 == 0:
+    longest_of = "lat_max"
+    if rollup.classed(filters):  # whole hours (see _histogram)
+        where.append(rollup.class_where(filters))
+        table, unit, per_bucket = "rollup_class_hour", "hour", minutes // 60
+        longest_of = _NO_LONGEST
+    elif minutes % 60 == 0:
         table = "rollup_hour" if where else "rollup_hour_all"
         unit, per_bucket = "hour", minutes // 60
     elif minutes % 5 == 0 and not where:
@@ -298,7 +318,7 @@ def _counted_buckets(minutes, start, end, filters):
     # Latency per bucket: the sketches of its rows merged.
     texts, longest = {}, {}
     for b, lat, top in db.execute(
-            f"SELECT {bucket_of} AS b, lat, lat_max FROM {table} "
+            f"SELECT {bucket_of} AS b, lat, {longest_of} FROM {table} "
             f"WHERE {condition} AND lat IS NOT NULL", params):
         texts.setdefault(b, []).append(lat)
         if top is not None and (longest.get(b) is None or top > longest[b]):
@@ -307,11 +327,16 @@ def _counted_buckets(minutes, start, end, filters):
     return counted, timed
 
 
+# The class tiers keep no longest duration: a bucket's percentiles are
+# then those of its sketch alone.
+_NO_LONGEST = "CAST(NULL AS DOUBLE PRECISION)"
+
+
 def _raw_buckets(size_ms, start, end, filters):
     """The same, counted over the entries matching `filters`."""
-    # The histogram's whole buckets, within the range asked for.
-    filters = filters.replace(since=max(start, filters.since or start),
-                              until=min(end, filters.until or end))
+    # The histogram's whole buckets (as the counters count them, and as the
+    # answer's `since` and `until` say), not only the range asked for.
+    filters = filters.replace(since=start, until=end)
     condition, params = planner.where_sql(filters, EVERY, ordered=False)
     # One pass: counted per bucket, level and latency bucket.
     counted, timed = {}, {}
