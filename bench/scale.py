@@ -374,6 +374,12 @@ def main():
                         limit=200),
                     "/stats?level=error&since=1h":
                         lambda: logsvc.get(logs + "/stats", level="error", since=hour_ago),
+                    # A level over all time, and a day of it by the hour:
+                    # the counters by level and status class (rollup.py).
+                    "/stats?level=error": lambda: logsvc.get(logs + "/stats", level="error"),
+                    "histogram 24h/1h of errors": lambda: logsvc.get(
+                        logs + "/stats/histogram", bucket="1h", level="error", since=day_ago,
+                        until=now_ms),
                     # A word that every entry holds (each url starts /v1/):
                     # the full-text index walked newest first (planner.py).
                     "a word of every entry (q=v1), newest 200": lambda: logsvc.get(
@@ -438,6 +444,11 @@ def main():
                         f"AND tsMs < {noon + 3_600_000} ORDER BY tsMs DESC LIMIT 200",
                     "/stats?level=error&since=1h":
                         f"{sel} WHERE level = 'error' AND tsMs >= {hour_ago} {breakdowns}",
+                    "/stats?level=error": f"{sel} WHERE level = 'error' {breakdowns}",
+                    "histogram 24h/1h of errors":
+                        f"SELECT intDiv(tsMs, 3600000) AS b, level, count() FROM logs "
+                        f"WHERE level = 'error' AND tsMs >= {day_ago} AND tsMs < {now_ms} "
+                        "GROUP BY b, level",
                     "a word of every entry (q=v1), newest 200":
                         "SELECT * FROM logs WHERE hasToken(url, 'v1') ORDER BY tsMs DESC LIMIT 200",
                 }

@@ -263,7 +263,23 @@ class RollupClassTotal(BaseModel):
         table_settings = ["WITHOUT ROWID"]
 
 
-for _model in (RollupClassHour, RollupClassTotal):
+@_class_keys
+class RollupClassHourAll(BaseModel):
+    hour = peewee.BigIntegerField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_class_keys
+class RollupClassTotalAll(BaseModel):
+    class Meta:
+        primary_key = peewee.CompositeKey("level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+for _model in (RollupClassHour, RollupClassTotal, RollupClassHourAll, RollupClassTotalAll):
     _add_counts(_model, COUNT_COLUMNS, with_max=False)
 
 
@@ -367,7 +383,27 @@ class RollupRouteClassTotal(BaseModel):
         table_settings = ["WITHOUT ROWID"]
 
 
-for _model in (RollupRouteClassHour, RollupRouteClassTotal):
+@_class_keys
+class RollupRouteClassHourAll(BaseModel):
+    hour = peewee.BigIntegerField()
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "route", "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_class_keys
+class RollupRouteClassTotalAll(BaseModel):
+    route = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("route", "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+for _model in (RollupRouteClassHour, RollupRouteClassTotal, RollupRouteClassHourAll,
+               RollupRouteClassTotalAll):
     _add_counts(_model, ROUTE_COUNT_COLUMNS, with_max=False)
 
 
@@ -375,8 +411,9 @@ ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll, RollupF
                  RollupHourAll,
                  RollupTotalAll, RollupRouteMinute, RollupRouteHour, RollupRouteTotal,
                  RollupRouteMinuteAll, RollupRouteFiveMinutesAll, RollupRouteHourAll,
-                 RollupRouteTotalAll, RollupClassHour, RollupClassTotal, RollupRouteClassHour,
-                 RollupRouteClassTotal)
+                 RollupRouteTotalAll, RollupClassHour, RollupClassTotal, RollupClassHourAll,
+                 RollupClassTotalAll, RollupRouteClassHour, RollupRouteClassTotal,
+                 RollupRouteClassHourAll, RollupRouteClassTotalAll)
 
 
 class IdSequence(BaseModel):

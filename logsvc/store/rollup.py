@@ -159,6 +159,10 @@ TIERS = {t.table: t for t in (
          "classes", None, with_max=False),
     Tier("rollup_class_total", (*_SCOPE, *CLASS_KEYS), None, COUNT_COLUMNS,
          "rollup_class_hour", lambda k: k[1:], with_max=False),
+    Tier("rollup_class_hour_all", ("hour", *CLASS_KEYS), "hour", COUNT_COLUMNS,
+         "rollup_class_hour", lambda k: (k[0], k[4], k[5]), with_max=False),
+    Tier("rollup_class_total_all", CLASS_KEYS, None, COUNT_COLUMNS,
+         "rollup_class_hour_all", lambda k: k[1:], with_max=False),
 )}
 ROUTE_TIERS = {t.table: t for t in (
     Tier("rollup_route_minute", ("project_id", "minute", "route"), "minute",
@@ -179,6 +183,10 @@ ROUTE_TIERS = {t.table: t for t in (
          ROUTE_COUNT_COLUMNS, "route_classes", None),
     Tier("rollup_route_class_total", ("project_id", "container_id", "route", *CLASS_KEYS),
          None, ROUTE_COUNT_COLUMNS, "route_class_totals", None),
+    Tier("rollup_route_class_hour_all", ("hour", "route", *CLASS_KEYS), "hour",
+         ROUTE_COUNT_COLUMNS, "rollup_route_class_hour", lambda k: (k[0], *k[2:])),
+    Tier("rollup_route_class_total_all", ("route", *CLASS_KEYS), None, ROUTE_COUNT_COLUMNS,
+         "rollup_route_class_hour_all", lambda k: k[1:]),
 )}
 
 # The columns of `entry` that `add` takes, in order.
@@ -244,15 +252,23 @@ def summarize(rows, sign=1, weights=None, ids=False):
         into = scopes.get(key)
         if into is None:
             into = scopes[key] = [[0] * WIDTH, None, None]
-        counts = into[0]
-        counts[0] += step
         at = level_at[level]
-        counts[at] += step
-        counts[kind_at[kind]] += step
-        counts[source_at[source]] += step
         status_class = status // 100 if status is not None and 100 <= status <= 599 else 0
-        if status_class:
-            counts[status_at[_CLASS[status_class]]] += step
+        # The count columns this entry adds to, in its scope's row and its
+        # class's row alike.
+        columns = (0, at, kind_at[kind], source_at[source],
+                   status_at[_CLASS[status_class]] if status_class else None)
+        hour = minute // 60
+        klass = (stored_level[level], status_class)
+        key = (hour, key[1], key[2], key[3], *klass)
+        classed = classes.get(key)
+        if classed is None:
+            classed = classes[key] = [[0] * WIDTH, None, None]
+        counts, tally = into[0], classed[0]
+        for column in columns:
+            if column is not None:
+                counts[column] += step
+                tally[column] += step
         if bucket is not None:
             lat = into[1]
             if lat is None:
@@ -260,21 +276,6 @@ def summarize(rows, sign=1, weights=None, ids=False):
             lat[bucket] = lat.get(bucket, 0) + step
             if into[2] is None or duration > into[2]:
                 into[2] = duration
-        hour = minute // 60
-        level = stored_level[level]
-        key = (hour, key[1], key[2], key[3], level, status_class)
-        classed = classes.get(key)
-        if classed is None:
-            classed = classes[key] = [[0] * WIDTH, None, None]
-        # The same counts as the scope's row, for this entry.
-        tally = classed[0]
-        tally[0] += step
-        tally[at] += step
-        tally[kind_at[kind]] += step
-        tally[source_at[source]] += step
-        if status_class:
-            tally[status_at[_CLASS[status_class]]] += step
-        if bucket is not None:
             lat = classed[1]
             if lat is None:
                 lat = classed[1] = {}
@@ -283,9 +284,8 @@ def summarize(rows, sign=1, weights=None, ids=False):
             error = step if at == error_at else 0
             for base, key in ((routes, (project_id, container_id, route)),
                               (route_minutes, (project_id, minute, route)),
-                              (route_classes, (hour, project_id, route, level, status_class)),
-                              (route_class_totals,
-                               (project_id, container_id, route, level, status_class))):
+                              (route_classes, (hour, project_id, route, *klass)),
+                              (route_class_totals, (project_id, container_id, route, *klass))):
                 into = base.get(key)
                 if into is None:
                     into = base[key] = [[0, 0], None, None]
@@ -352,8 +352,9 @@ def rebuild(tables=None):
 
 
 # The tiers by level and status class (schema 11).
-CLASS_TABLES = ("rollup_class_hour", "rollup_class_total", "rollup_route_class_hour",
-                "rollup_route_class_total")
+CLASS_TABLES = ("rollup_class_hour", "rollup_class_total", "rollup_class_hour_all",
+                "rollup_class_total_all", "rollup_route_class_hour", "rollup_route_class_total",
+                "rollup_route_class_hour_all", "rollup_route_class_total_all")
 
 
 def fill_id_bounds():
@@ -508,7 +509,7 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
     tiers by class, the rest of the range from the entries `found` gives
     (see _counted_by_class)."""
     if filters is not None:
-        return _counted_by_class(filters, columns, found)
+        return _counted_by_class(filters, columns, found, keys)
     every_scope = not keys and project_id is None and container_id is None
     names = _ALL_TIER if every_scope else _SCOPE_TIER
     counts = ", ".join(columns)
@@ -532,8 +533,16 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
             [p for _, part_params in parts for p in part_params])
 
 
-# The class tiers (a level and a status class beside the scope), by unit.
+# The class tiers (a level and a status class beside the scope), by unit;
+# of every scope, and a route's.
 _CLASS_TIER = {"total": "rollup_class_total", HOUR_MS: "rollup_class_hour"}
+_CLASS_ALL_TIER = {"total": "rollup_class_total_all", HOUR_MS: "rollup_class_hour_all"}
+
+
+def _class_tiers(filters):
+    """The class tiers of a question: every scope's without a scope."""
+    every_scope = filters.project_id is None and filters.container_id is None
+    return _CLASS_ALL_TIER if every_scope else _CLASS_TIER
 _CLASSED_FIELDS = {"project_id", "container_id", "since", "until", "levels", "status_ranges"}
 
 
@@ -572,20 +581,22 @@ def _class_spans(filters, tiers, subtract=True):
 # which reads these counters to choose an index).
 
 
-def _counted_by_class(filters, columns, found):
-    keys = f"{_KEYS}, "
-    counts = keys + ", ".join(columns)
-    negated = keys + ", ".join(f"-{c} AS {c}" for c in columns)
+def _counted_by_class(filters, columns, found, keys):
+    tiers = _CLASS_TIER if keys else _class_tiers(filters)
+    keyed = tiers is _CLASS_TIER
+    prefix = f"{_KEYS}, " if keyed else ""
+    counts = prefix + ", ".join(columns)
+    negated = prefix + ", ".join(f"-{c} AS {c}" for c in columns)
     also = class_where(filters)
     parts = []
-    for unit, start, end, sign in _class_spans(filters, _CLASS_TIER):
+    for unit, start, end, sign in _class_spans(filters, tiers):
         if unit is None:
             where, params = found(filters.replace(since=start, until=end))
-            sql = f"{_entry_select(columns)} WHERE {where}"
+            sql = f"{_entry_select(columns, keys=keyed)} WHERE {where}"
             if sign < 0:
                 sql = f"SELECT {negated} FROM ({sql}) AS raw"
         else:
-            sql, params = _tier_part(_CLASS_TIER[unit], start, end, filters.project_id,
+            sql, params = _tier_part(tiers[unit], start, end, filters.project_id,
                                      filters.container_id,
                                      select=counts if sign > 0 else negated, also=also)
         parts.append((sql, params))
@@ -600,15 +611,16 @@ def class_latency(filters, found):
     `filters` (`classed`): the sketches of whole hours and all time, the
     rest counted from `entry`; the longest from `latency_max`."""
     also = class_where(filters) + " AND lat IS NOT NULL"
+    tiers = _class_tiers(filters)
     parts = []
-    for unit, start, end, sign in _class_spans(filters, _CLASS_TIER):
+    for unit, start, end, sign in _class_spans(filters, tiers):
         if unit is None:
             where, params = found(filters.replace(since=start, until=end))
             parts.append((f"SELECT {_NO_TEXT}, lat_bucket, count(*), {sign} FROM entry e "
                           f"WHERE {where} AND +lat_bucket IS NOT NULL GROUP BY lat_bucket",
                           params))
         else:
-            parts.append(_tier_part(_CLASS_TIER[unit], start, end, filters.project_id,
+            parts.append(_tier_part(tiers[unit], start, end, filters.project_id,
                                     filters.container_id,
                                     select=f"lat, {_NO_NUMBER}, {_NO_NUMBER}, {sign}",
                                     also=also))
@@ -639,7 +651,10 @@ def latency_max(filters, counts):
 
 def class_routes(filters, found):
     """routes() of the entries of `filters` (`classed`)."""
-    if filters.container_id is None:
+    if filters.project_id is None and filters.container_id is None:
+        tables = {"total": "rollup_route_class_total_all",
+                  HOUR_MS: "rollup_route_class_hour_all"}
+    elif filters.container_id is None:
         tables = {"total": "rollup_route_class_total", HOUR_MS: "rollup_route_class_hour"}
     else:
         tables = {"total": "rollup_route_class_total"}

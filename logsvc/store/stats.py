@@ -98,7 +98,11 @@ def summary(filters, top_routes=TOP_ROUTES):
             routes = rollup.routes(*scope)
         elif rollup.classed(f):
             # A level or a status class: the counters kept by class.
-            result = _summarize(rollup.counted(filters=f, found=_found))
+            if f.project_id is None and f.container_id is None:
+                result = _summarize(rollup.counted(filters=f, found=_found, columns=("n",)),
+                                    rollup.counted(filters=f, found=_found, keys=False))
+            else:
+                result = _summarize(rollup.counted(filters=f, found=_found))
             counts, longest = rollup.class_latency(f, _found)
             routes = rollup.class_routes(f, _found)
         else:
@@ -295,8 +299,9 @@ def _counted_buckets(minutes, start, end, filters):
     where, params = rollup.scope_where(filters.project_id, filters.container_id)
     longest_of = "lat_max"
     if rollup.classed(filters):  # whole hours (see _histogram)
+        table = "rollup_class_hour" if where else "rollup_class_hour_all"
         where.append(rollup.class_where(filters))
-        table, unit, per_bucket = "rollup_class_hour", "hour", minutes // 60
+        unit, per_bucket = "hour", minutes // 60
         longest_of = _NO_LONGEST
     elif minutes % 60 == 0:
         table = "rollup_hour" if where else "rollup_hour_all"
