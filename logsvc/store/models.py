@@ -374,12 +374,10 @@ class RollupRouteClassHour(BaseModel):
 @_class_keys
 class RollupRouteClassTotal(BaseModel):
     project_id = peewee.TextField()
-    container_id = peewee.TextField()
     route = peewee.TextField()
 
     class Meta:
-        primary_key = peewee.CompositeKey("project_id", "container_id", "route", "level",
-                                          "status_class")
+        primary_key = peewee.CompositeKey("project_id", "route", "level", "status_class")
         table_settings = ["WITHOUT ROWID"]
 
 

@@ -33,7 +33,8 @@ entries that have a route:
     rollup_route_minute_all / rollup_route_five_minutes_all /
     rollup_route_hour_all / rollup_route_total_all
     rollup_route_class_hour  (hour, project, route, level, status class)
-    rollup_route_class_total (project, container, route, level, status class)
+    rollup_route_class_total (project, route, level, status class)
+    rollup_route_class_hour_all / rollup_route_class_total_all
 
 A batch touches one row per distinct key of each tier; batches arrive
 roughly in time order, so that is about one row per distinct scope (and
@@ -181,8 +182,8 @@ ROUTE_TIERS = {t.table: t for t in (
          "rollup_route_hour_all", lambda k: (k[1],)),
     Tier("rollup_route_class_hour", ("hour", "project_id", "route", *CLASS_KEYS), "hour",
          ROUTE_COUNT_COLUMNS, "route_classes", None),
-    Tier("rollup_route_class_total", ("project_id", "container_id", "route", *CLASS_KEYS),
-         None, ROUTE_COUNT_COLUMNS, "route_class_totals", None),
+    Tier("rollup_route_class_total", ("project_id", "route", *CLASS_KEYS), None,
+         ROUTE_COUNT_COLUMNS, "rollup_route_class_hour", lambda k: k[1:]),
     Tier("rollup_route_class_hour_all", ("hour", "route", *CLASS_KEYS), "hour",
          ROUTE_COUNT_COLUMNS, "rollup_route_class_hour", lambda k: (k[0], *k[2:])),
     Tier("rollup_route_class_total_all", ("route", *CLASS_KEYS), None, ROUTE_COUNT_COLUMNS,
@@ -230,7 +231,7 @@ def summarize(rows, sign=1, weights=None, ids=False):
     each minute's id bounds are then kept."""
     # Accumulations: [counts, {bucket: count} or None, longest or None]
     scopes, routes, route_minutes = {}, {}, {}
-    classes, route_classes, route_class_totals = {}, {}, {}
+    classes, route_classes = {}, {}
     offsets = {}  # minute -> [first, last] offset in the batch
     level_at, kind_at, source_at, status_at = LEVEL_AT, KIND_AT, SOURCE_AT, STATUS_AT
     error_at = LEVEL_AT["error"]
@@ -284,8 +285,7 @@ def summarize(rows, sign=1, weights=None, ids=False):
             error = step if at == error_at else 0
             for base, key in ((routes, (project_id, container_id, route)),
                               (route_minutes, (project_id, minute, route)),
-                              (route_classes, (hour, project_id, route, *klass)),
-                              (route_class_totals, (project_id, container_id, route, *klass))):
+                              (route_classes, (hour, project_id, route, *klass))):
                 into = base.get(key)
                 if into is None:
                     into = base[key] = [[0, 0], None, None]
@@ -297,8 +297,7 @@ def summarize(rows, sign=1, weights=None, ids=False):
                         lat = into[1] = {}
                     lat[bucket] = lat.get(bucket, 0) + step
     summed = {"scopes": scopes, "routes": routes, "route_minutes": route_minutes,
-              "classes": classes, "route_classes": route_classes,
-              "route_class_totals": route_class_totals}
+              "classes": classes, "route_classes": route_classes}
     summary = []
     postgres = db.is_postgres()
     for tiers in (TIERS, ROUTE_TIERS):
@@ -650,17 +649,18 @@ def latency_max(filters, counts):
 
 
 def class_routes(filters, found):
-    """routes() of the entries of `filters` (`classed`)."""
+    """routes() of the entries of `filters` (`classed`); a container's
+    (a few thousand entries) counted from the entries."""
     if filters.project_id is None and filters.container_id is None:
         tables = {"total": "rollup_route_class_total_all",
                   HOUR_MS: "rollup_route_class_hour_all"}
-    elif filters.container_id is None:
-        tables = {"total": "rollup_route_class_total", HOUR_MS: "rollup_route_class_hour"}
     else:
-        tables = {"total": "rollup_route_class_total"}
+        tables = {"total": "rollup_route_class_total", HOUR_MS: "rollup_route_class_hour"}
     also = class_where(filters)
+    spans = (_class_spans(filters, tables) if filters.container_id is None else
+             [(None, filters.since, filters.until, 1)])
     parts = []
-    for unit, start, end, sign in _class_spans(filters, tables):
+    for unit, start, end, sign in spans:
         if unit is None:
             where, params = found(filters.replace(since=start, until=end))
             parts.append((f"SELECT route, count(*), "
