@@ -241,6 +241,7 @@ def common_words(monkeypatch):
     monkeypatch.setattr(planner, "WALK_MAX", 2000)
 
 
+@pytest.mark.sqlite_only("the walk of the full-text index is SQLite's")
 @pytest.mark.parametrize("order", ["asc", "desc"])
 @pytest.mark.parametrize("params, wanted", SEARCHES)
 def test_a_search_finds_the_same_entries_however_its_words_are_read(
@@ -252,6 +253,7 @@ def test_a_search_finds_the_same_entries_however_its_words_are_read(
     assert page["totalExact"] and page["total"] == len([e for e in entries if wanted(e)])
 
 
+@pytest.mark.sqlite_only("the walk of the full-text index is SQLite's")
 @pytest.mark.parametrize("q", sorted({params["q"] for params, _ in SEARCHES}))
 def test_the_live_tail_of_a_search_reads_what_follows_an_id(loaded, common_words, app, q):
     _, entries = loaded
