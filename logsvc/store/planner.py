@@ -53,6 +53,7 @@ _INDEXED = ("project_id", "levels", "service_names", "status_ranges", "methods",
 _FIELDS = {"project_id": ("project_id", "container_id"), "time": ("since", "until"),
            "duration": ("min_duration_ms", "max_duration_ms")}
 _BY_DEFAULT = ("trace_id", "client_ip", "q", "timed")
+_INDEXED_FIELDS = {field for name in _INDEXED for field in _FIELDS.get(name, (name,))}
 
 
 def where_sql(filters, need, ordered=True, order="desc"):
@@ -116,7 +117,7 @@ def search_walk(filters, need, catch_up=False):
         return None  # their own indexes find few rows
     low, high = _search_bounds(f)
     if not catch_up:
-        if not _common(f):
+        if not _common(f.q, low, high):
             return None
         rest = f.replace(q=None, since=None, until=None)
         if rest.active:
@@ -138,10 +139,10 @@ def _search_bounds(filters):
     return _id_bounds(filters)
 
 
-def _common(filters):
+def _common(q, low, high):
     """Whether the full-text index holds COMMON entries or more for the
-    search's words (within the time range's ids)."""
-    return fulltext.indexed(filters.q, *_search_bounds(filters), COMMON, kept=True) >= COMMON
+    words of `q` with low <= id <= high (the time range's id bounds)."""
+    return fulltext.indexed(q, low, high, COMMON, kept=True) >= COMMON
 
 
 def index_alone(filters):
@@ -192,7 +193,7 @@ def choose(filters, need, ordered=True, order="desc"):
     if any(getattr(filters, f) not in (None, ()) for f in _BY_DEFAULT if f != "q"):
         return (), None
     if filters.q is not None:
-        if db.is_postgres() or not _common(filters):
+        if db.is_postgres() or not _common(filters.q, *_search_bounds(filters)):
             return (), None  # a rare word: its few matches are read by id
         # A common word beside filters that few entries pass (else it is
         # walked, see search_walk): the index those filters choose finds
@@ -200,8 +201,8 @@ def choose(filters, need, ordered=True, order="desc"):
         # one, the matches are read by id.
         rest = filters.replace(q=None)
         plain, bounds = choose(rest, need, ordered, order)
-        indexed = {field for name in _INDEXED for field in _FIELDS.get(name, (name,))}
-        if bounds is None and not ({item.field for item, _ in rest.active} & indexed) - set(plain):
+        kept = {item.field for item, _ in rest.active} & _INDEXED_FIELDS
+        if bounds is None and not kept - set(plain):
             return (), None
         return frozenset(plain) | {"q"}, bounds
     active = {item.field for item, _ in filters.active}

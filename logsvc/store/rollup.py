@@ -45,7 +45,7 @@ from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
 from . import db, names, sketch
-from .filters import unindexed
+from .filters import unindexed, where_sql
 
 ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
 # One count column per value of each breakdown, beside the row total `n`.
@@ -570,9 +570,9 @@ def class_where(filters):
     return " AND ".join(where)
 
 
-def _class_spans(filters, tiers, subtract=True):
+def _class_spans(filters, tiers):
     """(unit or None, start, end, sign) of the question, over `tiers`."""
-    return _signed_spans(filters.since, filters.until, _units(tiers), subtract)
+    return _signed_spans(filters.since, filters.until, _units(tiers))
 
 
 # The class readers take `found(filters)`: (condition over `entry e`,
@@ -640,7 +640,6 @@ def latency_max(filters, counts):
     top = max(counts, default=None)
     if top is None:
         return None
-    from .filters import where_sql
     fields = {item.field for item, _ in filters.active}
     where, params = where_sql(filters, plain=fields - {"project_id"})
     (longest,) = db.execute(f"SELECT MAX(e.duration_ms) FROM entry e WHERE {where} "
@@ -662,11 +661,7 @@ def class_routes(filters, found):
     parts = []
     for unit, start, end, sign in spans:
         if unit is None:
-            where, params = found(filters.replace(since=start, until=end))
-            parts.append((f"SELECT route, count(*), "
-                          f"SUM({_entry_expression('level_error')}), {_NO_TEXT}, lat_bucket, "
-                          f"{sign} FROM entry e WHERE {where} AND route IS NOT NULL "
-                          f"GROUP BY route, lat_bucket", params))
+            parts.append(_entry_routes(*found(filters.replace(since=start, until=end)), sign))
         else:
             parts.append(_tier_part(tables[unit], start, end, filters.project_id,
                                     filters.container_id,
@@ -883,15 +878,19 @@ def routes(project_id=None, container_id=None, since=None, until=None):
     # a sketch (counters) or a bucket (entries), sign).
     for unit, start, end, sign in _signed_spans(since, until, _units(tables)):
         if unit is None:
-            where, params = _raw_where(start, end, project_id, container_id)
-            parts.append((f"SELECT route, count(*), "
-                          f"SUM({_entry_expression('level_error')}), {_NO_TEXT}, lat_bucket, "
-                          f"{sign} FROM entry e WHERE {where} AND route IS NOT NULL "
-                          f"GROUP BY route, lat_bucket", params))
+            parts.append(_entry_routes(*_raw_where(start, end, project_id, container_id), sign))
         else:
             parts.append(_tier_part(tables[unit], start, end, project_id, container_id,
                                     select=f"route, n, errors, lat, {_NO_NUMBER}, {sign}"))
     return _route_rows(parts)
+
+
+def _entry_routes(where, params, sign):
+    """(sql, params) of route rows (see _route_rows) counted from the
+    entries matching `where`."""
+    return (f"SELECT route, count(*), SUM({_entry_expression('level_error')}), {_NO_TEXT}, "
+            f"lat_bucket, {sign} FROM entry e WHERE {where} AND route IS NOT NULL "
+            "GROUP BY route, lat_bucket", params)
 
 
 def _route_rows(parts):
