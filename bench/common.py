@@ -108,19 +108,25 @@ def post_batches(url, bodies, concurrency, per_body):
 
 
 @contextlib.contextmanager
-def postgres_schema(url, name):
+def postgres_schema(url, name, kept=None):
     """A schema of its own in the PostgreSQL at `url`, dropped afterwards.
-    Yields the URL that selects it."""
+    Yields the URL that selects it. `kept`: the schema is `name` and stays
+    (for a later run to ask again), made anew ("new") or used as it is
+    ("reuse")."""
     import psycopg2
 
-    schema = f"{name}_{os.getpid()}_{time.monotonic_ns()}"
+    schema = name if kept else f"{name}_{os.getpid()}_{time.monotonic_ns()}"
     admin = psycopg2.connect(url)
     admin.autocommit = True
     try:
         with admin.cursor() as cursor:
-            cursor.execute(f"CREATE SCHEMA {schema}")
+            if kept == "new":
+                cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            if kept != "reuse":
+                cursor.execute(f"CREATE SCHEMA {schema}")
         yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
     finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP SCHEMA {schema} CASCADE")
+        if not kept:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()

@@ -278,7 +278,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--no-chdb", action="store_true")
-    parser.add_argument("--keep", help="directory to keep both stores in")
+    parser.add_argument("--keep", help="directory to keep both stores in (on PostgreSQL, "
+                        "the schema bench_scale_<entries> is kept too)")
     parser.add_argument("--reuse", action="store_true",
                         help="ask the questions again of the stores that an earlier run "
                              "kept in --keep (the same --entries; nothing is loaded)")
@@ -316,8 +317,10 @@ def main():
 
     results = {}
     try:
-        ctx = (postgres_schema(args.database_url, "bench_scale") if args.database_url
-               else contextlib.nullcontext(""))
+        # Kept (--keep), the schema is named after the size, and stays.
+        kept = ("reuse" if args.reuse else "new") if args.keep else None
+        ctx = (postgres_schema(args.database_url, f"bench_scale_{args.entries}", kept)
+               if args.database_url else contextlib.nullcontext(""))
         with ctx as database_url:
             ours_dir = root / "logsvc"
             logsvc = Logsvc(ours_dir, database_url or "")

@@ -246,6 +246,24 @@ def test_a_read_only_store_serves_reads_and_refuses_writes(make_app, engine, mon
     assert store.page()["total"] == 3
 
 
+@pytest.mark.postgres_only("PostgreSQL's session settings")
+def test_postgresql_sessions_plan_no_parallel_workers_and_keep_the_urls_own_options(make_app):
+    writer = Store(make_app().test_client())
+    writer.ingest([make_entry(i) for i in range(2)])
+    # A read-only process (LOGSVC_READ_ONLY) still reads the schema its URL
+    # names in `options` (the test's own search_path).
+    reader = make_app(read_only=True)
+    assert Store(reader.test_client()).page()["total"] == 2
+    with db.using(reader.extensions["logsvc"].store):
+        settings = dict(db.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN "
+            "('max_parallel_workers_per_gather', 'default_transaction_read_only')").fetchall())
+        (path,) = db.execute("SHOW search_path").fetchone()
+    assert settings == {"max_parallel_workers_per_gather": "0",
+                        "default_transaction_read_only": "on"}
+    assert path == os.environ["LOGSVC_DATABASE_URL"].rsplit("search_path%3D", 1)[1]
+
+
 def keyed(store, entries, key, headers=None):
     return store.client.post(INGEST, json=entries, headers={
         **(headers or store.headers), "Idempotency-Key": key})

@@ -241,7 +241,6 @@ def common_words(monkeypatch):
     monkeypatch.setattr(planner, "WALK_MAX", 2000)
 
 
-@pytest.mark.sqlite_only("the walk of the full-text index is SQLite's")
 @pytest.mark.parametrize("order", ["asc", "desc"])
 @pytest.mark.parametrize("params, wanted", SEARCHES)
 def test_a_search_finds_the_same_entries_however_its_words_are_read(
@@ -297,3 +296,27 @@ def test_a_common_word_walks_the_full_text_index_unless_a_filter_reads_less(
         assert planner.search_walk(rare, 200) is None
         plan, _ = _plan(app, rare)
         assert "LIST SUBQUERY" in plan and "entry_project_id" not in plan
+
+
+@pytest.mark.postgres_only("SQLite walks its full-text index (the test above)")
+def test_postgresql_checks_a_common_word_entry_by_entry_and_collects_a_rare_words_matches(
+        loaded, common_words, app):
+    with db.using(app.extensions["logsvc"].store):
+        # Every url holds "items": a page walks the entries, each checked
+        # against its document, until it is full.
+        assert fulltext.dense("items") == 1.0
+        where, _ = planner.where_sql(Filters(q="items"), 200)
+        assert where.startswith("EXISTS (SELECT 1 FROM entry_body")
+        # A word that too few of the newest documents hold for a page of
+        # 200 to fill within WALK_MAX (2,000) entries: its matches through
+        # the GIN index.
+        assert 0 < fulltext.dense("12") * planner.WALK_MAX < 200
+        where, _ = planner.where_sql(Filters(q="12"), 200)
+        assert where.startswith("e.id = ANY(ARRAY(SELECT entry_id FROM entry_body")
+        # A time range: the share among the documents of its ids. The
+        # late batch (the last 90 ids) holds the first hour.
+        assert fulltext.dense("items", 811, 900) == 1.0
+        assert fulltext.dense("12", 1, 0) == 0.0
+        # Counted alone, a search reads entry_body, up to the cap.
+        assert fulltext.indexed("items", cap=50) == 50
+        assert fulltext.indexed("items", 811, 900, cap=1000) == 90

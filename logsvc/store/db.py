@@ -282,17 +282,27 @@ def enable_wal(path, patience_s=30.0):
 
 def _postgres_database(url, read_only=False):
     try:
-        import psycopg2  # noqa: F401 - fail here, with a clear message
+        import psycopg2.extensions  # fail here, with a clear message
     except ImportError:  # pragma: no cover - psycopg2 is in requirements.txt
         raise UnsupportedDatabase("PostgreSQL needs psycopg2: pip install -r requirements.txt") from None
     parts = urlsplit(url)
     name = unquote(parts.path.lstrip("/"))
     if not name:
         raise UnsupportedDatabase("LOGSVC_DATABASE_URL must name the database: postgresql://host/dbname")
-    # The whole URL goes to libpq as the connection string; peewee needs the name.
+    # The whole URL goes to libpq as the connection string; peewee needs the
+    # name. Its own `options` (a search_path, say) follow ours, so they win;
+    # read-only comes last.
+    settings = [*_SESSION_SETTINGS, psycopg2.extensions.parse_dsn(url).get("options", "")]
     if read_only:  # every transaction of this process is read-only
-        return PostgresDatabase(name, dsn=url, options="-c default_transaction_read_only=on")
-    return PostgresDatabase(name, dsn=url)
+        settings.append("-c default_transaction_read_only=on")
+    return PostgresDatabase(name, dsn=url, options=" ".join(s for s in settings if s))
+
+
+# Every statement of ours is short and many run at once. A parallel plan's
+# workers take a few milliseconds to start, more than the statements they
+# would share (the last hour's errors: 7.7 ms with two, 4.1 without, at a
+# million entries), and the cores the other requests need.
+_SESSION_SETTINGS = ("-c max_parallel_workers_per_gather=0",)
 
 
 def is_postgres():

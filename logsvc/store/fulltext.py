@@ -36,7 +36,8 @@ Indexes (see `create`):
 - PostgreSQL: `entry_body.doc`, a tsvector of the words (built here, not by
   a text search configuration, so that both engines split text the same
   way), under a GIN index; every entry has an `entry_body` row. Retention
-  drops or deletes it with the entry.
+  drops or deletes it with the entry. A word that many entries hold is
+  checked entry by entry instead (`dense`, planner.choose).
 
 The live tail evaluates `matches` over the entries' documents for entries
 it holds in memory without bodies; a subscription with `q` reads its
@@ -212,6 +213,12 @@ def where_sql(q, plain=False):
     entries by the ids collected (planner.py)."""
     groups = parse(q)
     if db.is_postgres():
+        if plain:
+            # Words that many of the entries read hold (planner.choose:
+            # `dense`): each entry is checked against its own document, so
+            # that a page walks the entries only until it is full.
+            return ("EXISTS (SELECT 1 FROM entry_body b WHERE b.entry_id = e.id "
+                    "AND b.doc @@ CAST(? AS tsquery))", [to_tsquery(groups)])
         # The matching ids first, through the GIN index, then the page. As
         # `IN (subquery)`, PostgreSQL walks the entries backwards by id
         # expecting to meet the few matches early, and for a rare word (the
@@ -265,10 +272,43 @@ def indexed(q, low=None, high=None, cap=None, kept=False):
 
 
 def _indexed(q, low, high, cap):
+    if db.is_postgres():
+        # Every entry has one entry_body row; PostgreSQL reads a common
+        # word's rows in order until the cap, a rare one's through the GIN
+        # index (its statistics of the documents' words tell which).
+        where, params = ["doc @@ CAST(? AS tsquery)"], [to_tsquery(parse(q))]
+        for bound, op in ((low, ">="), (high, "<=")):
+            if bound is not None:
+                where.append(f"entry_id {op} ?")
+                params.append(bound)
+        (n,) = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM entry_body WHERE "
+                          f"{' AND '.join(where)} LIMIT ?) AS found", [*params, cap]).fetchone()
+        return n
     where, params = _in_index(parse(q), low, high)
     (n,) = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM entry_fts f WHERE {where} "
                       "LIMIT ?) AS found", [*params, cap]).fetchone()
     return n
+
+
+# PostgreSQL: how many documents `dense` reads, from the end a page starts at.
+SAMPLE = 2000
+
+
+def dense(q, low=None, high=None, newest=True):
+    """PostgreSQL: the share of the SAMPLE documents nearest the end of
+    low <= id <= high (the newest, or with `newest` false the oldest) that
+    match `q`. A page walks about `need / share` entries to fill itself."""
+    where, params = [], []
+    for bound, op in ((low, ">="), (high, "<=")):
+        if bound is not None:
+            where.append(f"entry_id {op} ?")
+            params.append(bound)
+    sampled, found = db.execute(
+        "SELECT count(*), count(*) FILTER (WHERE doc @@ CAST(? AS tsquery)) FROM "
+        f"(SELECT doc FROM entry_body {'WHERE ' + ' AND '.join(where) if where else ''} "
+        f"ORDER BY entry_id {'DESC' if newest else 'ASC'} LIMIT ?) AS sample",
+        [to_tsquery(parse(q)), *params, SAMPLE]).fetchone()
+    return found / sampled if sampled else 0.0
 
 
 def _in_index(groups, low, high):

@@ -146,11 +146,12 @@ def _common(q, low, high):
 
 
 def index_alone(filters):
-    """Whether the full-text index alone counts the entries of `filters`
-    (SQLite: a search of words, with no other filter)."""
-    return (not db.is_postgres() and filters.q is not None
+    """Whether the full-text index alone counts the entries of `filters`: a
+    search with no other filter (on SQLite, of words: a phrase is checked
+    against each document; PostgreSQL's index holds the positions)."""
+    return (filters.q is not None
             and all(item.field == "q" for item, _ in filters.active)
-            and fulltext.exact_in_index(fulltext.parse(filters.q)))
+            and (db.is_postgres() or fulltext.exact_in_index(fulltext.parse(filters.q))))
 
 
 # The filters whose index holds one value's entries in id order (models.py).
@@ -193,7 +194,15 @@ def choose(filters, need, ordered=True, order="desc"):
     if any(getattr(filters, f) not in (None, ()) for f in _BY_DEFAULT if f != "q"):
         return (), None
     if filters.q is not None:
-        if db.is_postgres() or not _common(filters.q, *_search_bounds(filters)):
+        if db.is_postgres():
+            # Words that enough of the newest (oldest) documents hold for a
+            # page to fill within WALK_MAX entries: each entry is checked
+            # against its document (PostgreSQL picks the index to walk).
+            # Else the GIN index's matches are collected and read by id.
+            share = fulltext.dense(filters.q, *_search_bounds(filters),
+                                   newest=not ordered or order != "asc")
+            return (frozenset({"q"}) if share * WALK_MAX >= need else ()), None
+        if not _common(filters.q, *_search_bounds(filters)):
             return (), None  # a rare word: its few matches are read by id
         # A common word beside filters that few entries pass (else it is
         # walked, see search_walk): the index those filters choose finds
