@@ -387,6 +387,10 @@ def main():
                     # the full-text index walked newest first (planner.py).
                     "a word of every entry (q=v1), newest 200": lambda: logsvc.get(
                         logs, q="v1", order="desc", limit=200),
+                    # The same word in the least busy tenant (what a scoped
+                    # token asks): the tenant's word in the index (fulltext.py).
+                    "q=v1 of the least busy tenant, newest 200": lambda: logsvc.get(
+                        logs, q="v1", projectId=small_project, order="desc", limit=200),
                 }
                 for name, ask in questions.items():
                     print(f"logsvc: {name}", flush=True)
@@ -454,6 +458,9 @@ def main():
                         "GROUP BY b, level",
                     "a word of every entry (q=v1), newest 200":
                         "SELECT * FROM logs WHERE hasToken(url, 'v1') ORDER BY tsMs DESC LIMIT 200",
+                    "q=v1 of the least busy tenant, newest 200":
+                        f"SELECT * FROM logs WHERE projectId = '{small_project}' "
+                        "AND hasToken(url, 'v1') ORDER BY tsMs DESC LIMIT 200",
                 }
                 for name, text in sql.items():
                     print(f"chdb: {name}", flush=True)

@@ -178,3 +178,14 @@ def test_the_phrase_check_agrees_with_the_words_of_the_text(text, term, prefix):
     phrase = fulltext.Phrase(tuple(phrase_words), prefix)
     groups = (fulltext.Group((phrase,)),)
     assert fulltext.matches(groups, text) == _in_order(fulltext.words(text), phrase)
+
+
+def test_an_entry_cannot_claim_another_projects_scope_in_the_index(app, store):
+    store.ingest([make_entry(0, projectId="proj_a", responseBody="shipped")])
+    with db.using(app.extensions["logsvc"].store):
+        scope = fulltext.scope_of(Filters(project_id="proj_a"))  # SQLite's index words
+    word = scope[0] if scope else "\ue000p1"
+    store.ingest([make_entry(1, projectId="proj_b", responseBody=f"shipped {word}")])
+    page = store.page(q="shipped", projectId="proj_a")
+    assert [e["id"] for e in page["entries"]] == [1] and page["total"] == 1
+    assert store.page(q="shipped")["total"] == 2

@@ -285,12 +285,29 @@ def test_a_common_word_walks_the_full_text_index_unless_a_filter_reads_less(
                 f"EXPLAIN QUERY PLAN SELECT e.id FROM {fulltext.WALKED} WHERE {where} "
                 "ORDER BY f.rowid DESC LIMIT 200", params).fetchall())
             assert plan.startswith("SCAN f VIRTUAL TABLE") and "TEMP B-TREE" not in plan
-        # The small tenant (8 %): its own index finds the entries, each
-        # checked against the collected matches.
+        # Beside filters that few entries pass (the jobs service's 5xx, 5 %):
+        # their index finds the entries, each checked against the collected
+        # matches.
+        few = Filters(q="items", service_names=("jobs",), status_ranges=((500, 599),))
+        assert planner.search_walk(few, 200) is None
+        plan, (plain, _) = _plan(app, few)
+        assert "q" in plain and plan.startswith("SEARCH e USING INDEX entry_s")
+        # A tenant's search asks the index for its words and the tenant's
+        # scope word: FTS5 steps through the tenant's entries. The small
+        # tenant holds fewer than COMMON (100) matches: collected, read by id.
         small = Filters(q="items", project_id="small")
+        _, entries = loaded
+        assert fulltext.indexed("items", cap=1000, scope=fulltext.scope_of(small)) == len(
+            [e for e in entries if e["projectId"] == "small"]) < planner.COMMON
         assert planner.search_walk(small, 200) is None
         plan, (plain, _) = _plan(app, small)
-        assert "q" in plain and "entry_project_id_id_container_id" in plan
+        assert "q" not in plain and "LIST SUBQUERY" in plan
+        # The busy one walks the index in id order through its scope word.
+        busy = Filters(q="items", project_id="busy", container_id="c1")
+        project, container = fulltext.scope_of(busy)
+        assert project.startswith("\ue000p") and container.startswith("\ue000c")
+        where, params = planner.search_walk(busy, 200)
+        assert params[0].endswith(f' AND "{project}" AND "{container}"')
         # A rare word: its few matches are read by id.
         rare = Filters(q="12")
         assert planner.search_walk(rare, 200) is None

@@ -3,7 +3,8 @@ bodies answer exactly as before."""
 import pytest
 import zstandard
 
-from logsvc.store import bodies, db, fulltext, lookup, models, names, rollup
+from logsvc.store import bodies, db, fulltext, lookup, models, names, retention, rollup
+from logsvc.store.filters import Filters
 from logsvc.testing import Store, make_entry
 
 LOGS = "/api/proxy-logs/_logs"
@@ -557,3 +558,51 @@ def test_a_version_10_store_counts_its_entries_by_level_and_status_class(make_ap
     stats = store.page(STATS, level="error")
     assert stats["total"] == len(errors) > 0
     assert stats["latency"]["max"] == max(e["durationMs"] for e in errors)
+
+
+def test_a_version_11_store_gives_its_indexed_entries_their_projects_and_containers(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    entries = [make_entry(i, projectId=f"proj_{i % 3}", containerId=f"cnt_{i % 5}",
+                          responseBody=f"order {i} shipped") for i in range(300)]
+    store.ingest(entries[:200])
+
+    def make_version_11():
+        if not db.is_postgres():  # the index of version 11: documents alone
+            fulltext.clear_sqlite()
+            fulltext.rebuild()
+        models.Meta.update(value="11").where(models.Meta.key == "schema_version").execute()
+
+    db.call(make_version_11)
+    app.extensions["logsvc"].store.close()
+
+    app = make_app()
+    store = Store(app.test_client())
+    store.ingest(entries[200:])
+
+    def found(**params):
+        page = store.page(**params, limit=5000)
+        assert page["totalExact"] and page["total"] == len(page["entries"])
+        return [e["id"] for e in page["entries"]]
+
+    def wanted(project, container=None, low=0):
+        return [i + 1 for i in range(low, 300) if f"proj_{i % 3}" == project
+                and container in (None, f"cnt_{i % 5}")]
+
+    assert found(q="shipped", projectId="proj_1") == wanted("proj_1")
+    assert found(q="order", projectId="proj_2", containerId="cnt_4") == wanted("proj_2", "cnt_4")
+    assert found(q="shipped", projectId="nobody") == []
+    if not db.is_postgres():
+        # The index alone holds each entry's project and container.
+        scope = db.call(lambda: fulltext.scope_of(
+            Filters(project_id="proj_1", container_id="cnt_2")))
+        assert db.call(lambda: fulltext.indexed("shipped", cap=1000, scope=scope)) == len(
+            wanted("proj_1", "cnt_2"))
+    # Deleting entries takes their scope words out too.
+    retention.prune(app.extensions["logsvc"].config.replace(max_rows=120), batch=50)
+    assert found(q="shipped", projectId="proj_1") == wanted("proj_1", low=180)
+    if not db.is_postgres():
+        db.call(lambda: db.execute(
+            "INSERT INTO entry_fts (entry_fts, rank) VALUES ('integrity-check', 0)"))
+        assert db.call(lambda: fulltext.indexed("shipped", cap=1000, scope=scope)) == len(
+            wanted("proj_1", "cnt_2", low=180))

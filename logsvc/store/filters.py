@@ -241,7 +241,10 @@ def where_sql(filters, plain=()):
     index for them (the choice of planner.py)."""
     terms, params = [], []
     for item, value in filters.active:
-        term, values = item.sql(value, item.field in plain)
+        if item.field == "q":  # SQLite's index narrows a search to the scope too
+            term, values = fulltext.where_sql(value, "q" in plain, fulltext.scope_of(filters))
+        else:
+            term, values = item.sql(value, item.field in plain)
         terms.append(term)
         params.extend(values)
     return (" AND ".join(terms) if terms else "TRUE"), params

@@ -397,7 +397,7 @@ def _prepare(entries, postgres, numbered=None):
     documents; and the facts the counters take (rollup.ROW_SQL's columns).
     `numbered` (SQLite): the stored form of each name (names.numbered)."""
     bucket_of = sketch.bucket_of
-    document = fulltext.document
+    document, indexed_document = fulltext.document, fulltext.indexed_document
     stored = lookup.stored
     rows, bodies, documents, lookups, counted = [], [], [], [], []
     if not postgres:
@@ -431,7 +431,7 @@ def _prepare(entries, postgres, numbered=None):
             bodies.append((offset, *pack_body(e["request_body"]),
                            *pack_body(e["response_body"]), fulltext.tsvector(text)))
         else:
-            documents.append((offset, text))
+            documents.append((offset, indexed_document(text, project, container)))
             lookups.append((offset, lookup.document(e["trace_id"], e["client_ip"])))
             if has_body:
                 bodies.append((offset, *pack_body(e["request_body"]),

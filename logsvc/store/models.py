@@ -43,7 +43,7 @@ from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class BaseModel(peewee.Model):
@@ -698,6 +698,11 @@ def _v8_to_v9():
     rollup.fill_from_finer("rollup_route_five_minutes_all")
 
 
+def _v11_to_v12():
+    if not db.is_postgres():
+        fulltext.add_scope_words()
+
+
 MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_to_v6,
               6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
               # 9 -> 10: PostgreSQL's faster sketch merge, which every upgrade
@@ -705,7 +710,10 @@ MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_
               9: lambda: None,
               # 10 -> 11: the counters by level and status class (create_tables
               # has made their tables), counted from the entries.
-              10: lambda: rollup.rebuild(rollup.CLASS_TABLES)}
+              10: lambda: rollup.rebuild(rollup.CLASS_TABLES),
+              # 11 -> 12 (SQLite): the scope words of every entry in the
+              # full-text index (fulltext.scope_words).
+              11: _v11_to_v12}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
 # It runs for every counter row an ingest adds to, most often a batch's few

@@ -116,10 +116,13 @@ def search_walk(filters, need, catch_up=False):
     if f.trace_id is not None or f.client_ip is not None or f.timed:
         return None  # their own indexes find few rows
     low, high = _search_bounds(f)
+    scope = fulltext.scope_of(f)
     if not catch_up:
-        if not _common(f.q, low, high):
+        if not _common(f.q, low, high, scope):
             return None
-        rest = f.replace(q=None, since=None, until=None)
+        # The index holds the project and container (scope words): the
+        # walk meets only their entries.
+        rest = f.replace(q=None, since=None, until=None, project_id=None, container_id=None)
         if rest.active:
             counts = _Counts(rest)
             if counts.total <= 0:
@@ -128,7 +131,7 @@ def search_walk(filters, need, catch_up=False):
             if share <= 0 or need / share > WALK_MAX:
                 return None
     where, params = _where_sql(f.replace(q=None))
-    found, found_params = fulltext.walk_sql(f.q, low, high)
+    found, found_params = fulltext.walk_sql(f.q, low, high, scope)
     return f"{found} AND {where}", [*found_params, *params]
 
 
@@ -139,18 +142,21 @@ def _search_bounds(filters):
     return _id_bounds(filters)
 
 
-def _common(q, low, high):
+def _common(q, low, high, scope=()):
     """Whether the full-text index holds COMMON entries or more for the
-    words of `q` with low <= id <= high (the time range's id bounds)."""
-    return fulltext.indexed(q, low, high, COMMON, kept=True) >= COMMON
+    words of `q` (and the `scope` words) with low <= id <= high (the time
+    range's id bounds)."""
+    return fulltext.indexed(q, low, high, COMMON, kept=True, scope=scope) >= COMMON
 
 
 def index_alone(filters):
     """Whether the full-text index alone counts the entries of `filters`: a
-    search with no other filter (on SQLite, of words: a phrase is checked
-    against each document; PostgreSQL's index holds the positions)."""
+    search with no other filter (on SQLite, of words, in a project or a
+    container or not: the index holds their scope words; a phrase is
+    checked against each document. PostgreSQL's index holds positions)."""
+    alone = {"q"} if db.is_postgres() else {"q", "project_id", "container_id"}
     return (filters.q is not None
-            and all(item.field == "q" for item, _ in filters.active)
+            and all(item.field in alone for item, _ in filters.active)
             and (db.is_postgres() or fulltext.exact_in_index(fulltext.parse(filters.q))))
 
 
@@ -202,7 +208,7 @@ def choose(filters, need, ordered=True, order="desc"):
             share = fulltext.dense(filters.q, *_search_bounds(filters),
                                    newest=not ordered or order != "asc")
             return (frozenset({"q"}) if share * WALK_MAX >= need else ()), None
-        if not _common(filters.q, *_search_bounds(filters)):
+        if not _common(filters.q, *_search_bounds(filters), fulltext.scope_of(filters)):
             return (), None  # a rare word: its few matches are read by id
         # A common word beside filters that few entries pass (else it is
         # walked, see search_walk): the index those filters choose finds

@@ -214,7 +214,7 @@ def _count(filters, cap=None):
         return n, True
     cap = cap or COUNT_CAP
     if planner.index_alone(filters):
-        n = fulltext.indexed(filters.q, cap=cap + 1)
+        n = fulltext.indexed(filters.q, cap=cap + 1, scope=fulltext.scope_of(filters))
         return (cap, False) if n > cap else (n, True)
     source, where, params, _ = _found(filters, cap + 1, ordered=False)
     (n,) = db.execute(
