@@ -104,9 +104,8 @@ def search_walk(filters, need, catch_up=False):
     """SQLite: (condition over fulltext.WALKED, params) that finds the
     entries of a search by walking the full-text index in id order, or
     None where collecting the index's matches first reads less: a rare
-    word (the usual search: an id, an email), or a common one beside
-    filters that few entries pass (a small tenant's entries are found
-    through its own index). The time range becomes id bounds on the walk
+    word (the usual search: an id, an email) outside a tenant, or words
+    beside filters that few entries pass. The time range becomes id bounds on the walk
     (`_id_bounds`). `need`: the rows of the page or the capped count.
     `catch_up`: the live tail's read of what follows an id, which walks
     whatever the words (it reads the index from that id on, not all of it)."""
@@ -118,7 +117,10 @@ def search_walk(filters, need, catch_up=False):
     low, high = _search_bounds(f)
     scope = fulltext.scope_of(f)
     if not catch_up:
-        if not _common(f.q, low, high, scope):
+        # A tenant's search walks whatever its words: the index steps
+        # through the tenant's matches (scope words), newest first, and
+        # stops with the page; collecting them first would read them all.
+        if not scope and not _common(f.q, low, high):
             return None
         # The index holds the project and container (scope words): the
         # walk meets only their entries.
