@@ -104,6 +104,18 @@ def test_destroying_a_scope_revokes_its_credentials_and_records_an_event(store, 
         "event", "cnt_1", {"event": "scope-destroyed"})
 
 
+def test_a_scope_no_entry_could_name_is_refused_before_anything_changes(store, client, admin):
+    token = client.post(ADMIN + "/tokens", json={**TOKEN_BODY, "containerId": "cnt_1"},
+                        headers=admin).json["token"]
+    for path, name in ((f"/scopes/proj_1/{'c' * 129}/destroy", "containerId"),
+                       (f"/scopes/{'p' * 129}/cnt_1/destroy", "projectId")):
+        refused = client.post(ADMIN + path, headers=admin)
+        assert refused.status_code == 400, refused.json
+        assert refused.json["message"].startswith(f"Invalid path parameter '{name}'")
+    assert client.get(LOGS, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert store.page()["total"] == 0  # no destroy event either
+
+
 def test_prune_runs_retention_now(make_app):
     app = make_app(max_rows=5)
     store = Store(app.test_client())

@@ -6,6 +6,7 @@ from marshmallow import ValidationError
 
 from logsvc.access import credentials
 from logsvc.access.principal import require_admin
+from logsvc.entry import INPUT_FIELDS
 from logsvc.store import operations, retention
 from schemas.admin import token_create, user_create
 
@@ -57,6 +58,14 @@ def delete_user(username):
 
 @blueprint.post("/scopes/<project_id>/<container_id>/destroy")
 def destroy_scope(project_id, container_id):
+    # The names an entry may carry: anything else could never have stored
+    # an entry, and its destroy event would be refused after the scope had
+    # been marked (nothing is changed for a name that is refused here).
+    for name, value in (("projectId", project_id), ("containerId", container_id)):
+        try:
+            INPUT_FIELDS[name][1](value)
+        except ValueError as exc:
+            raise ApiError(400, f"Invalid path parameter '{name}': {exc}") from None
     result = operations.destroy_scope(project_id, container_id, state().config)
     state().tailer.notify()
     return result
