@@ -198,8 +198,9 @@ class FullText:
 
     field = "q"
 
-    def sql(self, value, plain=False):
-        return fulltext.where_sql(value, plain)
+    def sql(self, value, plain=False, scope=()):
+        """`scope`: fulltext.scope_of the filters beside it (where_sql)."""
+        return fulltext.where_sql(value, plain, scope)
 
     def test(self, value, entry):
         data = entry["data"]  # a dict, or an orjson.Fragment of the stored text
@@ -242,7 +243,7 @@ def where_sql(filters, plain=()):
     terms, params = [], []
     for item, value in filters.active:
         if item.field == "q":  # SQLite's index narrows a search to the scope too
-            term, values = fulltext.where_sql(value, "q" in plain, fulltext.scope_of(filters))
+            term, values = item.sql(value, "q" in plain, fulltext.scope_of(filters))
         else:
             term, values = item.sql(value, item.field in plain)
         terms.append(term)

@@ -297,17 +297,34 @@ def indexed(q, low=None, high=None, cap=None, kept=False, scope=()):
     INDEXED_KEPT_S by this process will do."""
     if not kept:
         return _indexed(q, low, high, cap, scope)
+    count, _ = _kept(("indexed", q, low, high, scope),
+                     lambda: (_indexed(q, low, high, cap, scope), cap),
+                     lambda found: found[0] < found[1] or found[1] >= cap)
+    return min(count, cap)
+
+
+def _kept(key, compute, still_good=lambda found: True):
+    """compute(), or what it gave for `key` in this process in the last
+    INDEXED_KEPT_S if `still_good` of that (a plan's estimates)."""
     store = db.current()
-    counts = getattr(store, "search_counts", None)
-    if counts is None or len(counts) > 1000:
-        counts = store.search_counts = {}
+    kept = getattr(store, "search_counts", None)
+    if kept is None or len(kept) > 1000:
+        kept = store.search_counts = {}
     now = time.monotonic()
-    key = (q, low, high, scope)
-    found = counts.get(key)  # (when, count, its cap)
-    if found is None or now - found[0] > INDEXED_KEPT_S or (found[1] >= found[2]
-                                                           and found[2] < cap):
-        found = counts[key] = (now, _indexed(q, low, high, cap, scope), cap)
-    return min(found[1], cap)
+    found = kept.get(key)  # (when, what compute gave)
+    if found is None or now - found[0] > INDEXED_KEPT_S or not still_good(found[1]):
+        found = kept[key] = (now, compute())
+    return found[1]
+
+
+def _id_range(column, low, high):
+    """([conditions], params) of low <= column <= high (None: unbounded)."""
+    where, params = [], []
+    for bound, op in ((low, ">="), (high, "<=")):
+        if bound is not None:
+            where.append(f"{column} {op} ?")
+            params.append(bound)
+    return where, params
 
 
 def _indexed(q, low, high, cap, scope=()):
@@ -315,13 +332,10 @@ def _indexed(q, low, high, cap, scope=()):
         # Every entry has one entry_body row; PostgreSQL reads a common
         # word's rows in order until the cap, a rare one's through the GIN
         # index (its statistics of the documents' words tell which).
-        where, params = ["doc @@ CAST(? AS tsquery)"], [to_tsquery(parse(q))]
-        for bound, op in ((low, ">="), (high, "<=")):
-            if bound is not None:
-                where.append(f"entry_id {op} ?")
-                params.append(bound)
+        where, params = _id_range("entry_id", low, high)
         (n,) = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM entry_body WHERE "
-                          f"{' AND '.join(where)} LIMIT ?) AS found", [*params, cap]).fetchone()
+                          f"{' AND '.join(['doc @@ CAST(? AS tsquery)', *where])} LIMIT ?) "
+                          "AS found", [to_tsquery(parse(q)), *params, cap]).fetchone()
         return n
     where, params = _in_index(parse(q), low, high, scope)
     (n,) = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM entry_fts f WHERE {where} "
@@ -333,15 +347,14 @@ def _indexed(q, low, high, cap, scope=()):
 SAMPLE = 2000
 
 
-def dense(q, low=None, high=None, newest=True):
+def dense(q, low=None, high=None, newest=True, kept=False):
     """PostgreSQL: the share of the SAMPLE documents nearest the end of
     low <= id <= high (the newest, or with `newest` false the oldest) that
-    match `q`. A page walks about `need / share` entries to fill itself."""
-    where, params = [], []
-    for bound, op in ((low, ">="), (high, "<=")):
-        if bound is not None:
-            where.append(f"entry_id {op} ?")
-            params.append(bound)
+    match `q`. A page walks about `need / share` entries to fill itself.
+    With `kept`, as `indexed`."""
+    if kept:
+        return _kept(("dense", q, low, high, newest), lambda: dense(q, low, high, newest))
+    where, params = _id_range("entry_id", low, high)
     sampled, found = db.execute(
         "SELECT count(*), count(*) FILTER (WHERE doc @@ CAST(? AS tsquery)) FROM "
         f"(SELECT doc FROM entry_body {'WHERE ' + ' AND '.join(where) if where else ''} "
@@ -351,12 +364,8 @@ def dense(q, low=None, high=None, newest=True):
 
 
 def _in_index(groups, low, high, scope=()):
-    where, params = ["f.entry_fts MATCH ?"], [to_fts5(groups, scope)]
-    for bound, op in ((low, ">="), (high, "<=")):
-        if bound is not None:
-            where.append(f"f.rowid {op} ?")
-            params.append(bound)
-    return " AND ".join(where), params
+    where, params = _id_range("f.rowid", low, high)
+    return " AND ".join(["f.entry_fts MATCH ?", *where]), [to_fts5(groups, scope), *params]
 
 
 def _checked(found, params, q, groups):
@@ -426,13 +435,11 @@ def _stored_documents(where, params, limit=None, scoped=False):
            f"LEFT JOIN entry_body b ON b.entry_id = e.id WHERE {where} ORDER BY e.id")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    rows = db.execute(sql, params).fetchall()
-    documents = [(row[0], document(row[1], unpack_body(row[2], row[3]),
-                                   unpack_body(row[4], row[5]), unpack_data(row[6])))
-                 for row in rows]
-    if scoped:
-        return [(i, indexed_document(text, row[7], row[8]))
-                for (i, text), row in zip(documents, rows)]
+    documents = []
+    for row in db.execute(sql, params).fetchall():
+        text = document(row[1], unpack_body(row[2], row[3]), unpack_body(row[4], row[5]),
+                        unpack_data(row[6]))
+        documents.append((row[0], indexed_document(text, row[7], row[8]) if scoped else text))
     return documents
 
 

@@ -208,7 +208,7 @@ def choose(filters, need, ordered=True, order="desc"):
             # against its document (PostgreSQL picks the index to walk).
             # Else the GIN index's matches are collected and read by id.
             share = fulltext.dense(filters.q, *_search_bounds(filters),
-                                   newest=not ordered or order != "asc")
+                                   newest=not ordered or order != "asc", kept=True)
             return (frozenset({"q"}) if share * WALK_MAX >= need else ()), None
         if not _common(filters.q, *_search_bounds(filters), fulltext.scope_of(filters)):
             return (), None  # a rare word: its few matches are read by id
