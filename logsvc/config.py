@@ -41,7 +41,16 @@ class Config:
     # gunicorn: seconds a connection may take to send a request head; also
     # how long an idle keep-alive connection is kept.
     header_timeout_s: int = 15
+    # Request bodies: after LOGSVC_HEADER_TIMEOUT_S seconds to start, each
+    # this many bytes buy one more second; slower is a 408 (0: no limit).
+    body_min_rate: int = 1024
     cursor_ttl_s: int = 300
+    # Seconds a search, count or histogram may run before it is stopped
+    # (503); 0: no limit.
+    query_timeout_s: float = 10.0
+    # Searches, counts and histograms of one scope that run at once in a
+    # worker; more wait their turn (up to LOGSVC_QUERY_TIMEOUT_S, then 429).
+    queries_per_scope: int = 2
     max_streams_per_scope: int = 50
     db_threads: int = 8
     # SQLite: checkpoint and truncate the write-ahead log past this size.

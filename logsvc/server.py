@@ -13,7 +13,7 @@ from flask import Flask
 
 from . import runtime
 from .access import authenticator, limits
-from .api import blueprints, errors, hosting, stream
+from .api import blueprints, deadline, errors, hosting, stream
 from .config import Config, ConfigError
 from .store import db, models, retention, tail, wal
 
@@ -26,6 +26,7 @@ class Services:
     store: db.Store
     authenticator: authenticator.Authenticator
     limiter: limits.RateLimiter
+    gate: limits.QueryGate  # how many queries of one scope run at once
     server_secret: str  # signs cursors
     tailer: tail.Tailer  # started by the first live-tail subscriber
     streams: tail.StreamSlots
@@ -62,11 +63,15 @@ def create_app(config=None):
             authenticator.load_admin_token(config), config.jwt_secret,
             failures=limits.FailureLimiter(config.data_dir, config.auth_failures_per_min)),
         limiter=limits.RateLimiter(config.data_dir, config.rate_limit_per_min),
+        gate=limits.QueryGate(config.queries_per_scope, config.query_timeout_s),
         server_secret=db.call(models.shared_secret, "server"),
         tailer=tail.Tailer(config.ring_size, config.tail_poll_s, store),
         streams=tail.StreamSlots(config.max_streams_per_scope),
         scope_host=hosting.ScopeHost(config.scope_host) if config.scope_host else None,
     )
+    if runtime.cooperative() and config.body_min_rate:
+        app.wsgi_app = deadline.BodyDeadline(app.wsgi_app, config.header_timeout_s,
+                                             config.body_min_rate, config.max_request_bytes)
     networks = hosting.parse_networks(config.trusted_proxies)
     if networks:
         app.wsgi_app = hosting.TrustedProxies(app.wsgi_app, networks)

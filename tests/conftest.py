@@ -6,6 +6,7 @@ Tests that start a real gunicorn are marked `server` (also automatically,
 when they use the `server` fixture): `pytest -m 'not server'` is the quick
 loop."""
 import functools
+import inspect
 import os
 import time
 
@@ -118,9 +119,23 @@ LONGEST_FIRST = ("tests/test_docs.py::", "tests/test_wal.py::test_wal_stays_unde
                  "tests/test_ui.py::test_the_live_view_comes_back_after_an_outage")
 
 
+def _starts_a_server(item):
+    """Whether a test starts a real gunicorn: it uses the `server` fixture
+    (or one named `..._server`, or one built on them), or its own body
+    makes a `Server(...)`."""
+    names = getattr(item, "fixturenames", ())
+    if any(name == "server" or name.endswith("_server") for name in names):
+        return True
+    function = getattr(item, "function", None)
+    try:
+        return function is not None and "Server(" in inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        if any("server" in name for name in getattr(item, "fixturenames", ())):
+        if _starts_a_server(item):
             item.add_marker(pytest.mark.server)
     items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))
 

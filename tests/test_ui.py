@@ -238,7 +238,9 @@ def test_a_narrow_screen_shows_a_card_per_entry_with_the_filters_folded(
 
 def test_the_page_loads_nothing_from_elsewhere(server):
     for path in ("/", "/ui/app.js", "/ui/app.css"):
-        text = requests.get(server.url + path, timeout=10).text
+        response = requests.get(server.url + path, timeout=10)
+        assert response.status_code == 200, path
+        text = response.text
         assert "http://" not in text and "https://" not in text
 
 

@@ -67,18 +67,37 @@ class Authenticator:
         raise Unauthenticated("The token is not valid")
 
     def _from_password(self, username, password, client):
-        keys = [f"user:{username}"] + ([f"client:{client}"] if client else [])
-        if self._failures is not None:
-            wait = max(self._failures.blocked(key) for key in keys)
-            if wait:
-                raise RateLimited(wait, "Too many failed sign-ins from this address or for "
-                                        "this user; try again later")
+        """A user's password, limited by failures per client address and
+        per user name. Each attempt is counted before its (slow) check and
+        given back if it succeeds, so the limits hold exactly under
+        concurrency. The limit by name spares the addresses the user signed
+        in from lately (see FailureLimiter.known_good): strangers' wrong
+        guesses cannot lock the user out of a place they use."""
+        limiter = self._failures
+        counted = []
+        if limiter is not None:
+            keys = [f"client:{client}"] if client else []
+            trusted = limiter.known_good(username, client)
+            if not trusted:
+                keys.append(f"user:{username}")
+            for key in keys:
+                wait = limiter.reserve(key)
+                if wait:
+                    for taken in counted:
+                        limiter.refund(taken)
+                    raise RateLimited(wait, "Too many failed sign-ins from this address or for "
+                                            "this user; try again later")
+                counted.append(key)
         found = credentials.principal_for_password(username, password, self._verified)
         if found is None:
-            if self._failures is not None:
-                for key in keys:
-                    self._failures.failed(key)
+            if limiter is not None and trusted:
+                limiter.failed(f"user:{username}")
             raise Unauthenticated("Unknown user or wrong password")
+        if limiter is not None:
+            for key in counted:
+                limiter.refund(key)
+            if not trusted:
+                limiter.remember_good(username, client)
         return found
 
     def _from_jwt(self, credential):

@@ -213,45 +213,71 @@ def close_session(cookie):
 WS_TOKEN_TTL_MS = 120_000
 
 
-def issue_ws_token(principal):
-    """A single-use ticket for `principal`, valid two minutes, on any worker."""
+def issue_ws_token(principal, session_cookie=None):
+    """A single-use ticket for `principal`, valid two minutes, on any worker.
+    A ticket asked for with a browser session is worth no more than that
+    session: it is refused once the session ends, and so is the WebSocket
+    opened with it."""
     ticket = secrets.token_urlsafe(32)
     now = now_ms()
+    fields = _principal_fields(principal)
+    if session_cookie is not None:
+        fields["session"] = digest(session_cookie)
 
     def store():
         with database.atomic():
             WsToken.delete().where(WsToken.expires_ms < now).execute()
             WsToken.create(digest=digest(ticket), expires_ms=now + WS_TOKEN_TTL_MS,
-                           principal=orjson.dumps(_principal_fields(principal)).decode())
+                           principal=orjson.dumps(fields).decode())
     db.call(store)
     return ticket
 
 
-def revoked(principal, session_cookie=None):
+def revoked(principal, session_cookie=None, session_digest=None):
     """Why a credential checked earlier no longer holds (a token revoked,
-    a user removed, a JWT or a session expired or ended), or None while
-    it still does. Open live streams ask it again and again."""
+    a user removed or moved to another scope, a JWT or a session expired
+    or ended), or None while it still does. Open live streams ask it again
+    and again. The session is named by its cookie or by the cookie's
+    digest (a WebSocket ticket's)."""
     if principal.expires_ms is not None and principal.expires_ms <= now_ms():
         return "the credential has expired"
     kind, _, ref = principal.name.partition(":")
+    if session_cookie is not None:
+        session_digest = digest(session_cookie)
 
     def check():
-        if session_cookie is not None:
-            row = Session.get_or_none(Session.digest == digest(session_cookie))
+        if session_digest is not None:
+            row = Session.get_or_none(Session.digest == session_digest)
             if row is None or row.expires_ms <= now_ms():
                 return "the session has ended"
         if kind == "token":
             row = ApiToken.get_or_none(ApiToken.id == int(ref))
             if row is None or row.revoked_ms is not None:
                 return "the token was revoked"
-        elif kind == "user" and not User.select().where(User.username == ref).exists():
-            return "the user was removed"
+        elif kind == "user":
+            # The same name is not the same grant: a user removed and made
+            # again in another scope, or with fewer capabilities, no longer
+            # holds what this credential was given.
+            row = User.get_or_none(User.username == ref)
+            if row is None:
+                return "the user was removed"
+            if (row.project_id, row.container_id) != (principal.project_id, principal.container_id) \
+                    or not set(principal.capabilities) <= set(_principal(ref, row).capabilities):
+                return "the user's access was changed"
         return None
     return db.call(check)
 
 
 def redeem_ws_token(ticket):
     """The principal a ticket was issued to, once; None if unknown, used or expired."""
+    found, _ = redeem_ws_ticket(ticket)
+    return found
+
+
+def redeem_ws_ticket(ticket):
+    """(principal, the digest of the session it was asked with or None),
+    once; (None, None) if the ticket is unknown, used, expired or its
+    credential or session no longer holds."""
     def take():
         with database.atomic():
             row = WsToken.get_or_none(WsToken.digest == digest(ticket))
@@ -264,10 +290,15 @@ def redeem_ws_token(ticket):
             return row if row.expires_ms > now_ms() else None
     row = db.call(take)
     if row is None:
-        return None
-    found = _from_fields(row.principal)
-    # A ticket issued before its credential was revoked is worth nothing.
-    return None if revoked(found) else found
+        return None, None
+    fields = orjson.loads(row.principal)
+    session = fields.pop("session", None)
+    found = _from_fields(orjson.dumps(fields))
+    # A ticket issued before its credential was revoked, or its session
+    # ended, is worth nothing.
+    if revoked(found, session_digest=session):
+        return None, None
+    return found, session
 
 
 # --- helpers ------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Rate limits shared by every process on the host: reads per scope, and
-failed password checks per client address and per user name.
+failed password checks per client address and per user name; and, per
+worker, how many queries of one scope run at once (`QueryGate`).
 
 A scoped caller may make LOGSVC_RATE_LIMIT_PER_MIN reads a minute (list,
 stats, histogram; stream and WebSocket connects; ws-token), with bursts up
@@ -15,12 +16,15 @@ Where the rows live depends on the store:
   statement (row lock, no transaction of its own), so every worker of every
   host shares one budget per scope.
 """
+import contextlib
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from logsvc.store import db
+
+from .principal import scope_key
 
 RETRY_AFTER_S = 2
 
@@ -115,6 +119,67 @@ class FailureLimiter(RateLimiter):
         wait = tat - time.time() - (60.0 - interval)
         return int(wait) + 1 if wait > 0 else 0
 
+    def reserve(self, key):
+        """Count one failure for `key` before the password is checked,
+        unless `key` is blocked: 0 once counted, else the seconds to wait.
+        Counting first keeps the limit exact under concurrency (parallel
+        attempts cannot all pass `blocked` before any of them fails); a
+        check that succeeds gives it back (`refund`)."""
+        if not self.per_minute:
+            return 0
+        now, interval = time.time(), 60.0 / self.per_minute
+        key = self.PREFIX + key
+        take = self._take_shared if db.is_postgres() else self._take
+        if self._shared_or_memory(take, (key, now), self._memory.take, (key, now, interval)):
+            return 0
+        return self.blocked(key[len(self.PREFIX):]) or 1
+
+    def refund(self, key):
+        """Give back a failure `reserve` counted (the password was right)."""
+        if not self.per_minute:
+            return
+        args = (self.PREFIX + key, time.time(), -60.0 / self.per_minute)
+        self._shared_or_memory(self._give_back, args, self._memory.give_back, args)
+
+    def _give_back(self, key, now, interval):
+        sql = ("UPDATE {table} SET tat = {greatest}(tat + ?, ?) WHERE scope = ?")
+        params = (interval, now, key)
+        if db.is_postgres():
+            db.execute(sql.format(table="rate_bucket", greatest="greatest"), params)
+        else:
+            with self._connection() as conn:
+                conn.execute(sql.format(table="bucket", greatest="max"), params)
+
+    # A user's known-good sources: an address a user signed in from is
+    # remembered for this long, and the limit by user name does not apply
+    # to it (OWASP's advice: a flood of wrong passwords for a name from
+    # elsewhere must not lock its owner out).
+    GOOD_FOR_S = 30 * 86_400
+
+    def remember_good(self, username, client):
+        if not self.per_minute or not client:
+            return
+        key = "known-good:" + scope_key(username, client)
+        args = (key, time.time() + self.GOOD_FOR_S)
+        self._shared_or_memory(self._set, args, self._memory.set, args)
+
+    def known_good(self, username, client):
+        if not self.per_minute or not client:
+            return False
+        key = "known-good:" + scope_key(username, client)
+        until = max(self._shared_or_memory(self._read, (key,), lambda: None, ()) or 0,
+                    self._memory.read(key) or 0)
+        return until > time.time()
+
+    def _set(self, key, value):
+        sql = ("INSERT INTO {table} (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
+               "SET tat = excluded.tat")
+        if db.is_postgres():
+            db.execute(sql.format(table="rate_bucket"), (key, value))
+        else:
+            with self._connection() as conn:
+                conn.execute(sql.format(table="bucket"), (key, value))
+
     def failed(self, key):
         """Count one failure for `key`."""
         if not self.per_minute:
@@ -143,6 +208,45 @@ class FailureLimiter(RateLimiter):
                 conn.execute(sql.format(table="bucket", greatest="max"), params)
 
 
+class QueryGate:
+    """At most `per_scope` searches, counts and histograms of one scope run
+    at once in this worker; the others wait their turn, up to `patience_s`,
+    then get a 429. A burst of costly questions from one tenant thus holds
+    at most that many of the worker's database threads, and the other
+    tenants' questions go on beside it."""
+
+    def __init__(self, per_scope, patience_s):
+        self.per_scope = per_scope
+        self.patience_s = patience_s or 30.0
+        self._gates = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def turn(self, scope_key):
+        if not self.per_scope:
+            yield
+            return
+        with self._lock:
+            gate = self._gates.get(scope_key)
+            if gate is None:
+                gate = self._gates[scope_key] = [threading.Semaphore(self.per_scope), 0]
+            gate[1] += 1
+        try:
+            if not gate[0].acquire(timeout=self.patience_s):
+                raise RateLimited(RETRY_AFTER_S, f"More than {self.per_scope} queries of this "
+                                                 "scope are running; retry when one has ended "
+                                                 "(LOGSVC_QUERIES_PER_SCOPE)")
+            try:
+                yield
+            finally:
+                gate[0].release()
+        finally:
+            with self._lock:
+                gate[1] -= 1
+                if not gate[1]:
+                    del self._gates[scope_key]
+
+
 def _unusable(exc):
     """Whether the shared budgets cannot be written (a read-only store or
     data directory); the process then counts in memory."""
@@ -165,6 +269,13 @@ class _MemoryBuckets:
 
     def read(self, key):
         return self._tat.get(key)
+
+    def set(self, key, value):
+        self._tat[key] = value
+
+    def give_back(self, key, now, interval):
+        if key in self._tat:
+            self._tat[key] = max(self._tat[key] + interval, now)
 
     def add(self, key, now, interval):
         self._tat[key] = max(self._tat.get(key, now), now) + interval

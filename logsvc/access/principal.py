@@ -39,7 +39,17 @@ class Principal:
 
     @property
     def scope_key(self):
-        return f"{self.project_id}/{self.container_id or '*'}"
+        return scope_key(self.project_id, self.container_id)
+
+
+def scope_key(project_id, container_id):
+    """A text naming one scope and no other: the budgets, the query gate
+    and the idempotency answers of a scope are kept under it. Each part is
+    led by its length, so no project or container name (which may hold "/"
+    or "*") can make it equal another scope's; None (every project, every
+    container) is "*" with no length."""
+    return "/".join("*" if part is None else f"{len(part)}:{part}"
+                    for part in (project_id, container_id))
 
 
 ADMIN = Principal(name="admin", capabilities=CAPABILITIES, is_admin=True)

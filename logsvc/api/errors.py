@@ -140,6 +140,10 @@ def register(app):
     def prune_busy(exc):
         return error_response(409, str(exc), {"Retry-After": "5"})
 
+    @app.errorhandler(db.QueryTimeout)
+    def query_timeout(exc):
+        return error_response(503, str(exc), {"Retry-After": "5"})
+
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(exc):
         return error_response(503, str(exc), {"Retry-After": "2"})

@@ -72,7 +72,7 @@ class ScopeHost:
 
     def __init__(self, pattern):
         self.pattern = pattern
-        parts = re.split(r"(\{[^}]*\})", pattern.strip().lower())
+        parts = re.split(r"(\{[^}]*\})", pattern.strip().lower().rstrip("."))
         regex, seen = [], set()
         for part in parts:
             if part.startswith("{"):
@@ -90,10 +90,11 @@ class ScopeHost:
 
     def match(self, host):
         """(project_id, container_id or None) for a host of the pattern, else None."""
-        name = (host or "").strip().lower().rstrip(".")
+        name = (host or "").strip().lower()
         if name.startswith("["):  # an IPv6 literal never matches
             return None
         name = name.rsplit(":", 1)[0] if ":" in name else name
+        name = name.rstrip(".")  # the fully qualified form names the same host
         found = self.regex.fullmatch(name)
         if found is None:
             return None

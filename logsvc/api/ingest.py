@@ -22,7 +22,7 @@ def post_entries():
     authorize(found, WRITE)
     config = state().config
     body = request.get_data(cache=False)
-    key = _idempotency_key(found.scope, body, config)
+    key = _idempotency_key("*" if found.is_admin else found.scope_key, body, config)
     if key is not None:
         replayed = key.replay()
         if replayed is not None:

@@ -23,7 +23,8 @@ def list_logs():
     if "cursor" in params:
         if not found.is_admin:
             raise Forbidden("Caller is not permitted to use the cross-tenant cursor")
-        return _sweep(params, project_id, container_id)
+        with state().gate.turn(found.scope_key):
+            return _sweep(params, project_id, container_id)
     page = query.Page(
         limit=params.pop("limit"), offset=params.pop("offset", 0),
         order=params.pop("order", "asc"), last=params.pop("last", None),
@@ -31,7 +32,8 @@ def list_logs():
         include_request_body=params.pop("include_request_body"),
         include_response_body=params.pop("include_response_body"))
     filters = Filters(project_id=project_id, container_id=container_id, **params)
-    result = query.list_entries(filters, page)
+    with state().gate.turn(found.scope_key):
+        result = query.list_entries(filters, page)
     if fmt == "json":
         return Response(orjson.dumps(result), mimetype="application/json")
     headers = {"X-Total-Count": str(result["total"]),
@@ -49,14 +51,18 @@ def list_logs():
 def get_stats():
     params = stats_params.load(query_args(stats_params))
     top_routes = params.pop("top_routes")
-    return _json(stats.summary(_filters(params), top_routes))
+    filters, key = _filters(params)
+    with state().gate.turn(key):
+        return _json(stats.summary(filters, top_routes))
 
 
 @blueprint.get("/_logs/stats/histogram")
 def get_histogram():
     params = histogram_params.load(query_args(histogram_params))
     bucket = params.pop("bucket")
-    return _json(stats.histogram(bucket, _filters(params)))
+    filters, key = _filters(params)
+    with state().gate.turn(key):
+        return _json(stats.histogram(bucket, filters))
 
 
 def _json(result):
@@ -67,10 +73,12 @@ def _json(result):
 
 
 def _filters(params):
-    """The filters of a stats question, the caller's scope folded in."""
+    """The filters of a stats question, the caller's scope folded in, and
+    the caller's scope key (see QueryGate)."""
+    found = reader()
     project_id, container_id = authorize(
-        reader(), READ, params.pop("project_id", None), params.pop("container_id", None))
-    return Filters(project_id=project_id, container_id=container_id, **params)
+        found, READ, params.pop("project_id", None), params.pop("container_id", None))
+    return Filters(project_id=project_id, container_id=container_id, **params), found.scope_key
 
 
 def _sweep(params, project_id, container_id):

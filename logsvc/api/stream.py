@@ -42,19 +42,28 @@ class Guard:
     """Asks, at most every `every_s` seconds, whether the stream's
     credential still holds (credentials.revoked)."""
 
-    def __init__(self, found, every_s, session_cookie=None):
-        self.found, self.every_s, self.cookie = found, every_s, session_cookie
+    def __init__(self, found, every_s, session_cookie=None, session_digest=None):
+        self.found, self.every_s = found, every_s
+        self.cookie, self.session_digest = session_cookie, session_digest
         self.next_check = time.monotonic() + every_s
 
     def revoked(self):
-        if self.found.is_admin or time.monotonic() < self.next_check:
+        if time.monotonic() < self.next_check:
             return None
+        if self.found.is_admin and self.cookie is None and self.session_digest is None:
+            return None  # the admin token itself: nothing to revoke
         self.next_check = time.monotonic() + self.every_s
-        return credentials.revoked(self.found, self.cookie)
+        return credentials.revoked(self.found, self.cookie, self.session_digest)
 
 
 def _guard(found):
-    return Guard(found, state().config.heartbeat_s, session_cookie())
+    return Guard(found, _guard_every_s(), session_cookie())
+
+
+def _guard_every_s():
+    """How often an open stream asks whether its credential still holds:
+    each heartbeat, and at least every five seconds."""
+    return min(state().config.heartbeat_s, 5.0)
 
 
 @blueprint.get("/api/proxy-logs/_logs/stream")
@@ -111,7 +120,8 @@ def _release_on_hangup(sock, slot):
 def ws_token():
     found = reader()
     authorize(found, READ)
-    return {"status": "success", "token": credentials.issue_ws_token(found)}
+    return {"status": "success",
+            "token": credentials.issue_ws_token(found, session_cookie())}
 
 
 WS_PATH = "/api/ws/logs"
@@ -123,14 +133,14 @@ def ws_logs(ws):
     if not ticket:
         ws.close(WS_NO_TOKEN, "token required")
         return
-    found = credentials.redeem_ws_token(ticket)
+    found, session = credentials.redeem_ws_ticket(ticket)
     if found is None:
         ws.close(WS_BAD_TOKEN, "token invalid, expired or already used")
         return
     try:
         params = websocket_params.load(query_args(websocket_params))
         params.pop("token", None)
-        reader(found)
+        found = reader(found)  # the host's narrowing (LOGSVC_SCOPE_HOST) applies
         subscription_args = _subscription_args(found, params)
         slot = _slot(found)
     except ValidationError as exc:
@@ -143,7 +153,7 @@ def ws_logs(ws):
         ws.close(WS_TOO_MANY, str(exc)[:120])
         return
     with contextlib.closing(slot):
-        _ws_session(ws, subscription_args, Guard(found, state().config.heartbeat_s))
+        _ws_session(ws, subscription_args, Guard(found, _guard_every_s(), session_digest=session))
 
 
 def websocket_unsupported():
@@ -151,6 +161,13 @@ def websocket_unsupported():
     gives no access to the connection's socket (waitress, mod_wsgi), which
     a WebSocket needs; the SSE stream works under every server."""
     environ = request.environ
+    if request.path == WS_PATH and environ.get("HTTP_SEC_WEBSOCKET_KEY") \
+            and environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+        # RFC 6455, 4.4: a version the server does not speak is answered
+        # with the one it does.
+        return error_response(426, "Only WebSocket version 13 is supported "
+                                   "(header 'Sec-WebSocket-Version')",
+                              {"Sec-WebSocket-Version": "13"})
     if request.path != WS_PATH or any(key in environ for key in _SOCKET_KEYS) \
             or environ.get("SERVER_SOFTWARE", "").startswith("gevent"):
         return None

@@ -162,6 +162,9 @@ class Store:
         # is read-only or full): set by a write that failed so, cleared by
         # one that succeeded. Reads go on either way.
         self.unwritable = None
+        self.probe_after = 0.0  # when /healthz may next try a write (ops.py)
+        # Seconds a read asked by a caller (`read`) may run (0: no limit).
+        self.query_timeout_s = 0.0
 
     def close(self):
         """Close this store's connections (every thread's, on PostgreSQL)."""
@@ -217,6 +220,7 @@ def init(config):
     # threads, it can stall them. Give it a lock of the operating system.
     bound._lock = os_lock()
     store = Store(bound, postgres)
+    store.query_timeout_s = float(getattr(config, "query_timeout_s", 0) or 0)
     if not postgres:
         store.wal_limit = config.wal_checkpoint_mb * 1024 * 1024
     _last_opened = store
@@ -388,6 +392,65 @@ def call(fn, *args, **kwargs):
     raise value
 
 
+class QueryTimeout(Exception):
+    """A caller's read ran past LOGSVC_QUERY_TIMEOUT_S and was stopped."""
+
+    def __init__(self, seconds):
+        super().__init__(f"The query ran longer than {seconds:g} s (LOGSVC_QUERY_TIMEOUT_S) and "
+                         "was stopped; narrow it with a scope, a time range or fewer words")
+        self.seconds = seconds
+
+
+def read(fn, *args, **kwargs):
+    """`call(fn, ...)` for a read a caller asked for (a search, a count, a
+    histogram): each statement it runs is stopped once the call has taken
+    the store's `query_timeout_s`, and QueryTimeout is raised. SQLite
+    checks the time every few thousand steps of its virtual machine (a
+    progress handler, as datasette's time limit does); PostgreSQL by its
+    `statement_timeout`."""
+    limit = current().query_timeout_s if current() is not None else 0
+    if not limit:
+        return call(fn, *args, **kwargs)
+    return call(_limited, limit, fn, args, kwargs)
+
+
+# SQLite's virtual machine steps between two looks at the clock: about a
+# millisecond of work.
+_PROGRESS_STEPS = 20_000
+
+
+def _limited(limit, fn, args, kwargs):
+    deadline = time.monotonic() + limit
+    if is_postgres():
+        _postgres_timeout(int(limit * 1000))
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) == "57014" or getattr(
+                    getattr(exc, "orig", None), "pgcode", None) == "57014" or "statement timeout" in str(exc):
+                raise QueryTimeout(limit) from None
+            raise
+        finally:
+            _postgres_timeout(0)
+    conn = database.connection()
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
+    try:
+        return fn(*args, **kwargs)
+    except (sqlite3.OperationalError, peewee.OperationalError) as exc:
+        if "interrupted" in str(exc):
+            raise QueryTimeout(limit) from None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+
+
+def _postgres_timeout(ms):
+    """Set the statement_timeout of this thread's connection (autocommit:
+    a session setting, kept until it is set again)."""
+    with database.connection().cursor() as cursor:
+        cursor.execute("SET statement_timeout = %s", (ms,))
+
+
 def _capture(store, fn, args, kwargs):
     # Returned rather than raised, so the pool does not report it as a crash.
     with using(store):
@@ -450,6 +513,13 @@ def probe_unwritable(config):
     if not os.access(path, os.W_OK) or not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
         return "the store is read-only"
     return None
+
+
+def probe_write():
+    """Write one row as it is (the id sequence's, in its own short
+    transaction): raises when the store takes no writes."""
+    with database.atomic():
+        execute("UPDATE id_sequence SET last_id = last_id WHERE name = 'entry'")
 
 
 def note_write(failure=None):

@@ -19,7 +19,9 @@ The syntax of `q` (what `parse` accepts):
 
 Anything else is a ValueError with a message for the 400: an unclosed
 quote, a term without a letter or digit (`%`), only negative terms, more
-than MAX_TERMS terms.
+than MAX_TERMS terms, a term of more than MAX_PHRASE_WORDS words or more
+than MAX_WORDS words in all (each word is one more list of entries for the
+index to intersect: a `q` of hundreds of words would cost seconds).
 
 Indexes (see `create`):
 - SQLite: `entry_fts`, an FTS5 table without content (the documents are
@@ -43,15 +45,19 @@ The live tail evaluates `matches` over the entries' documents for entries
 it holds in memory without bodies; a subscription with `q` reads its
 entries from the database instead (see tail.py).
 """
+import contextlib
 import dataclasses
 import functools
 import re
+import sqlite3
 import time
 
 from . import db, names
 from .bodies import unpack_body, unpack_data
 
 MAX_TERMS = 16
+MAX_PHRASE_WORDS = 32
+MAX_WORDS = 64
 # PostgreSQL refuses lexemes over 2 KB (base64 or hex blobs in bodies):
 # longer words are left out of its index; nobody searches for them.
 MAX_WORD = 200
@@ -119,6 +125,7 @@ def parse(q):
         raise ValueError("a quote is not closed")
     groups, positive, negative = [], [], []
     negate_next = False
+    total_words = 0
     terms = _TERM.findall(q)
     if len([t for t in terms if t not in ("OR", "AND", "NOT")]) > MAX_TERMS:
         raise ValueError(f"more than {MAX_TERMS} terms")
@@ -140,6 +147,14 @@ def parse(q):
         found = words(term.rstrip("*").strip('"'))
         if not found:
             raise ValueError(f"'{term}' has no letter or digit to search for")
+        if not any(index_words(word) for word in found):
+            raise ValueError(f"'{term}' has no word the index can look up")
+        if len(found) > MAX_PHRASE_WORDS:
+            raise ValueError(f"'{term[:40]}…' has {len(found)} words; a term may have at most "
+                             f"{MAX_PHRASE_WORDS}")
+        total_words += len(found)
+        if total_words > MAX_WORDS:
+            raise ValueError(f"more than {MAX_WORDS} words in all")
         (negative if negated else positive).append(Phrase(tuple(found), prefix))
     groups.append(_group(positive, negative))
     return tuple(groups)
@@ -159,15 +174,22 @@ def to_fts5(groups, scope=()):
     narrows down (a negative phrase of several words is left to `check`).
     `scope`: scope words (`scope_of`) that every match holds too."""
     def all_words(p):
-        quoted = [f'"{w}"' for w in p.words]
-        if p.prefix:
-            quoted[-1] += " *"
+        # Each word as FTS5's tokenizer splits it, once (a phrase that
+        # repeats a word asks the index for it once; `check` sees the order).
+        quoted = []
+        for at, word in enumerate(p.words):
+            pieces = index_words(word)
+            for i, piece in enumerate(pieces):
+                star = " *" if p.prefix and at == len(p.words) - 1 and i == len(pieces) - 1 else ""
+                if f'"{piece}"{star}' not in quoted:
+                    quoted.append(f'"{piece}"{star}')
         return " AND ".join(quoted)
 
     parts = []
     for group in groups:
         text = " AND ".join(all_words(p) for p in group.positive)
-        negative = [all_words(p) for p in group.negative if len(p.words) == 1]
+        negative = [all_words(p) for p in group.negative
+                    if len(p.words) == 1 and index_words(p.words[0]) == p.words]
         if negative:
             text = f"({text}) NOT ({' OR '.join(negative)})"
         parts.append(f"({text})")
@@ -178,7 +200,23 @@ def to_fts5(groups, scope=()):
 
 
 def exact_in_index(groups):
-    return all(len(p.words) == 1 for g in groups for p in (*g.positive, *g.negative))
+    return all(len(p.words) == 1 and index_words(p.words[0]) == p.words
+               for g in groups for p in (*g.positive, *g.negative))
+
+
+@functools.lru_cache(maxsize=4096)
+def index_words(word):
+    """The words FTS5's tokenizer makes of one of ours: the word itself,
+    except for the few characters Python counts as letters or digits and
+    FTS5's older Unicode tables do not (U+19B0, say), where it splits. ()
+    when it keeps none."""
+    if word.isascii():
+        return (word,)
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE VIRTUAL TABLE t USING fts5(x, tokenize='unicode61 remove_diacritics 0')")
+        conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, instance)")
+        conn.execute("INSERT INTO t (x) VALUES (?)", (word,))
+        return tuple(row[0] for row in conn.execute("SELECT term FROM v ORDER BY offset"))
 
 
 @functools.lru_cache(maxsize=256)

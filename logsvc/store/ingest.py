@@ -60,6 +60,9 @@ class PayloadTooLarge(PayloadError):
 
 
 MAX_REJECTIONS_LISTED = 1000
+# What one request may decode into: its opening brackets, counted before
+# decoding (those inside strings too, so this is an upper bound).
+MAX_CONTAINERS = 1_000_000
 
 
 def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20,
@@ -76,6 +79,11 @@ def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20
         raise PayloadError(f"Content-Encoding {content_encoding!r} is not supported; use gzip")
     if not body.strip():
         raise PayloadError("request body is empty")
+    if body.count(b"{") + body.count(b"[") > MAX_CONTAINERS:
+        # Decoded, each object or array costs 60-200 bytes of a worker's
+        # memory: 16 MiB of `[[[[...` or `{},{},...` would take gigabytes.
+        raise PayloadTooLarge(f"body holds more than {MAX_CONTAINERS:,} JSON objects and "
+                              "arrays (counted by their opening brackets); send smaller batches")
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in NDJSON_TYPES:
         try:
@@ -104,11 +112,12 @@ class KeyReused(PayloadError):
 
 
 class IdempotencyKey:
-    """An ingest request's Idempotency-Key: the writer's scope, the key,
-    the digest of the body, and how long it is remembered."""
+    """An ingest request's Idempotency-Key: the writer's scope key
+    (principal.scope_key; "*" for the operator), the key, the digest of the
+    body, and how long it is remembered."""
 
     def __init__(self, scope, key, body, window_s):
-        self.scope = "*" if scope is None else f"{scope[0]}/{scope[1] or '*'}"
+        self.scope = scope
         self.key = key
         self.digest = hashlib.sha256(body).hexdigest()
         self.window_ms = window_s * 1000
@@ -472,28 +481,50 @@ def _check_age(fields, oldest):
     return None
 
 
+# A body of many gzip members is what `cat a.gz b.gz ...` makes: a few, or
+# one per shipped batch. Past this many the request is refused (400), so
+# that a body of empty members (20 bytes each) cannot cost a worker
+# hundreds of thousands of decompressor setups.
+MAX_GZIP_MEMBERS = 1024
+# The compressed input is handed to each member's decompressor at most this
+# much at a time: what a member leaves unused is copied once (zlib's
+# `unused_data`), so the cost stays linear in the body, not in its size
+# times its members.
+_GZIP_FEED = 64 * 1024
+
+
 def _gunzip(body, max_bytes):
     """Every member of a gzip body (several members are one stream, as
     `cat a.gz b.gz` makes); anything else after the last is refused, as is
-    a body that inflates past `max_bytes`."""
-    out, size, rest = [], 0, body
-    while True:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            chunk = inflater.decompress(rest, max_bytes + 1 - size)
-        except zlib.error:
-            raise PayloadError("body is not valid gzip") from None
-        size += len(chunk)
-        out.append(chunk)
-        if size > max_bytes or inflater.unconsumed_tail:
-            raise PayloadTooLarge(f"decompressed body exceeds {max_bytes} bytes")
-        if not inflater.eof:
-            raise PayloadError("body is not valid gzip (truncated)")
-        rest = inflater.unused_data
-        if not rest.strip(b"\x00"):  # gzip itself ignores zero padding
-            return b"".join(out)
-        if not rest.startswith(b"\x1f\x8b"):
+    a body that inflates past `max_bytes` or holds more than
+    MAX_GZIP_MEMBERS members. Linear in the body's size."""
+    view = memoryview(body)
+    end = len(body.rstrip(b"\x00"))  # gzip itself ignores zero padding at the end
+    out, size, at, members = [], 0, 0, 0
+    while at < end:
+        if members == MAX_GZIP_MEMBERS:
+            raise PayloadError(f"body has more than {MAX_GZIP_MEMBERS} gzip members; "
+                               "compress a batch as one")
+        if view[at:at + 2] != b"\x1f\x8b":
             raise PayloadError("body is not valid gzip (other data after its end)")
+        members += 1
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while not inflater.eof:
+            if at >= len(body):
+                raise PayloadError("body is not valid gzip (truncated)")
+            piece = view[at:at + _GZIP_FEED]
+            try:
+                chunk = inflater.decompress(piece, max_bytes + 1 - size)
+            except zlib.error:
+                raise PayloadError("body is not valid gzip") from None
+            size += len(chunk)
+            out.append(chunk)
+            if size > max_bytes or inflater.unconsumed_tail:
+                raise PayloadTooLarge(f"decompressed body exceeds {max_bytes} bytes")
+            at += len(piece) - len(inflater.unused_data)
+    if not members:
+        raise PayloadError("body is not valid gzip")
+    return b"".join(out)
 
 
 def _ndjson(body, max_entries):

@@ -47,7 +47,7 @@ class Page:
 def list_entries(filters, page):
     """Return {"entries", "total", "totalExact", "limit", "offset"} and, for
     `last`/`afterId` paging, "nextAfterId"."""
-    return db.call(_list_entries, filters, page)
+    return db.read(_list_entries, filters, page)
 
 
 def entries_after(filters, after_id, limit, max_id=None):
@@ -64,7 +64,7 @@ def last_entries(filters, n, max_id):
             f"{_SELECT} FROM {source} WHERE {where} AND {id_column} <= ? "
             f"ORDER BY {id_column} DESC LIMIT ?", [*params, max_id, n]).fetchall()
         return [render_row(row) for row in reversed(rows)]
-    return db.call(run)
+    return db.read(run)
 
 
 def high_water():

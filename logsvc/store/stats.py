@@ -111,7 +111,7 @@ def summary(filters, top_routes=TOP_ROUTES):
         result["latency"] = sketch.summary(counts, longest)
         result["byRoute"] = _by_route(routes, top_routes)
         return result
-    return db.call(run)
+    return db.read(run)
 
 
 def _found(filters):
@@ -146,7 +146,7 @@ def histogram(bucket, filters):
         raise InvalidParameter("since", "Must be earlier than until.")
     if (until - since) // (BUCKETS[bucket] * MINUTE_MS) > MAX_BUCKETS:
         raise InvalidParameter("bucket", f"more than {MAX_BUCKETS} buckets; use a larger bucket")
-    return db.call(_histogram, bucket, since, until, filters)
+    return db.read(_histogram, bucket, since, until, filters)
 
 
 def _empty():
