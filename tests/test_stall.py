@@ -327,3 +327,14 @@ def test_a_body_trickled_in_is_cut_with_a_408_while_others_are_served(tmp_path):
         response = requests.post(server.url + INGEST, json=[make_entry(0)], timeout=10,
                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert response.status_code == 200 and response.json()["accepted"] == 1
+
+
+def test_health_sees_a_store_that_takes_writes_again_without_waiting_for_one(app, store):
+    held = app.extensions["logsvc"].store
+    # What a write that found the disk full leaves behind.
+    held.unwritable = "the store's disk is full"
+    health = store.client.get("/healthz").json
+    # The disk has room again: the health check's own write succeeds.
+    assert health == {"status": "ok", "writable": True}
+    assert held.unwritable is None
+    assert store.ingest([make_entry(0)])["accepted"] == 1
