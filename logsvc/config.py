@@ -34,7 +34,19 @@ class Config:
     max_entries_per_request: int = 50_000
     retention_days: float = 7.0
     max_rows: int = 50_000_000
+    # The oldest entries are deleted while the store takes more than this
+    # many bytes (0: no limit).
+    max_disk_bytes: int = 0
     prune_interval_s: float = 60.0
+    # Sealed segments (segments.py): the newest this many entries stay
+    # whole, older ones are sealed into Parquet segments in the background.
+    # 0 (the default): nothing is sealed. See docs/operations.md for what
+    # sealing costs and saves today.
+    hot_rows: int = 0
+    # Entries per sealed segment.
+    segment_rows: int = 65_536
+    # How often the background sealer looks for entries to seal.
+    seal_interval_s: float = 30.0
     workers: int = 2
     # gevent, threads, or auto (gevent when it has patched the process).
     concurrency: str = "auto"

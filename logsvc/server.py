@@ -33,6 +33,7 @@ class Services:
     scope_host: object = None  # hosting.ScopeHost, when LOGSVC_SCOPE_HOST is set
     background: object = None  # retention's task, once started
     wal_keeper: object = None  # SQLite: the idle write-ahead log's trimmer
+    sealer: object = None  # the background sealer (segments.py)
 
 
 def create_app(config=None):
@@ -103,8 +104,9 @@ def _security_headers(response):
 
 
 def start_background(app):
-    """Background work of a serving process: retention under a lease and,
-    on SQLite, trimming the idle write-ahead log (wal.py). Once per
+    """Background work of a serving process: retention and sealing, each
+    under a lease, and, on SQLite, trimming the idle write-ahead log
+    (wal.py). Once per
     application; greenlets under gevent, else threads."""
     services = app.extensions["logsvc"]
     if services.background is not None:  # every request of wsgi.py asks
@@ -114,6 +116,9 @@ def start_background(app):
             services.background = runtime.spawn(retention.run_forever, services.config, None,
                                                 services.store, name="logsvc-retention")
             config = services.config
+            if not config.read_only and config.hot_rows:
+                services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
+                                                name="logsvc-seal")
             if not services.store.postgres and not config.read_only and config.wal_idle_s:
                 services.wal_keeper = runtime.spawn(wal.keep_trimmed, services.store,
                                                     config.wal_idle_s, name="logsvc-wal")

@@ -272,6 +272,10 @@ def enable_wal(path, patience_s=30.0):
     deadline = time.monotonic() + patience_s
     conn = sqlite3.connect(path, timeout=patience_s)
     try:
+        # A new file gives the pages that sealing and retention free back
+        # to the file system (segments.py runs the incremental vacuum); on
+        # a file that already has tables this changes nothing.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         while True:
             try:
                 conn.execute("PRAGMA journal_mode=wal")

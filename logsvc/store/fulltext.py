@@ -457,6 +457,12 @@ def delete_sqlite(ids):
                    _stored_documents(f"e.id IN ({marks})", list(ids), scoped=True))
 
 
+def delete_range(after_id, upto_id):
+    """`delete_sqlite` of the entries with after_id < id <= upto_id."""
+    db.executemany("INSERT INTO entry_fts (entry_fts, rowid, doc) VALUES ('delete', ?, ?)",
+                   _stored_documents("e.id > ? AND e.id <= ?", [after_id, upto_id], scoped=True))
+
+
 def indexed_document(text, project_id, container_id):
     """What SQLite's index holds of an entry: its document and its scope
     words. The mark of a scope word is a separator in the document (as

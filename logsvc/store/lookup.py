@@ -137,6 +137,14 @@ def delete(ids):
                    [(i, _stored_document(trace, ip)) for i, trace, ip in rows])
 
 
+def delete_range(after_id, upto_id):
+    """`delete` of the entries with after_id < id <= upto_id."""
+    rows = db.execute("SELECT id, trace_id, client_ip FROM entry WHERE id > ? AND id <= ?",
+                      (after_id, upto_id)).fetchall()
+    db.executemany("INSERT INTO entry_keys (entry_keys, rowid, doc) VALUES ('delete', ?, ?)",
+                   [(i, _stored_document(trace, ip)) for i, trace, ip in rows])
+
+
 def clear():
     db.execute("INSERT INTO entry_keys (entry_keys) VALUES ('delete-all')")
 

@@ -43,7 +43,7 @@ from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 
 class BaseModel(peewee.Model):
@@ -538,9 +538,25 @@ class PruneLog(BaseModel):
     max_id = peewee.BigIntegerField()
 
 
+class Segment(BaseModel):
+    """A sealed segment of entries (segments.py): a Parquet file and what
+    lets a question skip it."""
+    id = peewee.AutoField()
+    min_id = peewee.BigIntegerField(unique=True)
+    max_id = peewee.BigIntegerField()
+    min_ts = peewee.BigIntegerField()
+    max_ts = peewee.BigIntegerField()
+    rows = peewee.IntegerField()
+    bytes = peewee.BigIntegerField()
+    projects = peewee.TextField()  # JSON list of the project ids it holds
+    words = peewee.BlobField()  # a Bloom filter of its words and trace ids
+    data = peewee.BlobField()  # the Parquet file
+    created_ms = peewee.BigIntegerField()
+
+
 ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
               ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, StoredName,
-              DestroyedScope, PruneLog)
+              DestroyedScope, PruneLog, Segment)
 
 
 def _v1_to_v2():
@@ -713,7 +729,12 @@ MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_
               10: lambda: rollup.rebuild(rollup.CLASS_TABLES),
               # 11 -> 12 (SQLite): the scope words of every entry in the
               # full-text index (fulltext.scope_words).
-              11: _v11_to_v12}
+              11: _v11_to_v12,
+              # 12 -> 13: sealed segments (create_tables has made their
+              # table). The entries stay where they are: the background
+              # sealer moves the older ones into segments, a segment at a
+              # time, while the store serves (segments.py).
+              12: lambda: None}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
 # It runs for every counter row an ingest adds to, most often a batch's few

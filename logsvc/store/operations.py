@@ -11,7 +11,7 @@ import orjson
 
 from logsvc.entry import now_ms
 
-from . import db, fulltext, ingest, lookup
+from . import db, fulltext, ingest, lookup, segments
 from .db import database
 from .models import (
     ROLLUP_MODELS,
@@ -40,6 +40,7 @@ def clear():
             if not db.is_postgres():
                 fulltext.clear_sqlite()
                 lookup.clear()
+            segments.clear()
             for table in ("entry_body", "entry", *(model._meta.table_name for model in ROLLUP_MODELS)):
                 db.execute(f"DELETE FROM {table}")
             now = now_ms()

@@ -8,17 +8,20 @@ dimensions or the time range (exact to the millisecond, and cheap at any
 size: see rollup.counted); otherwise it is a count capped at
 `offset + limit + COUNT_CAP` rows, and `totalExact` says whether the cap was
 reached.
+
+Sealed entries (segments.py) are skeletons in `entry`: a page of them is
+completed from their segments, and a search, a trace id or a client address
+finds them in the segments, merged by id with what the hot entries give.
 """
 import dataclasses
 
-import orjson
+from logsvc.entry import COLUMNS
 
-from logsvc.entry import COLUMNS, row_to_dict
-
-from . import db, fulltext, lookup, names, planner, rollup
-from .bodies import unpack_body, unpack_data
+from . import db, fulltext, names, planner, rollup, segments
+from .bodies import unpack_body
 from .filters import where_sql
 from .models import IdSequence
+from .rows import render_row
 
 COUNT_CAP = 10_000
 MAX_LIMIT = 5000  # entries in one page (`limit`, `last`)
@@ -63,7 +66,15 @@ def last_entries(filters, n, max_id):
         rows = db.execute(
             f"{_SELECT} FROM {source} WHERE {where} AND {id_column} <= ? "
             f"ORDER BY {id_column} DESC LIMIT ?", [*params, max_id, n]).fetchall()
-        return [render_row(row) for row in reversed(rows)]
+        found = [render_row(row) for row in reversed(rows)]
+        through = segments.sealed_through()
+        if through and segments.heavy(filters) and len(found) < n:
+            older = segments.read(filters, upto_id=min(max_id, through), order="desc",
+                                  limit=n - len(found))
+            found = [*reversed(older), *found]
+        elif through:
+            segments.fill(found, through)
+        return found
     return db.read(run)
 
 
@@ -73,11 +84,15 @@ def high_water():
     return IdSequence.high_water()
 
 
-def rows_after(after_id, limit):
-    """Every stored row (COLUMNS order) with an id above `after_id`, ascending."""
-    return db.execute(
+def entries_from(after_id, limit):
+    """Every stored entry with an id above `after_id`, ascending, as the
+    API's entries (the live tail's ring)."""
+    found = [render_row(row) for row in db.execute(
         f"{_SELECT} FROM entry e WHERE e.id > ? ORDER BY e.id LIMIT ?",
-        (after_id, limit)).fetchall()
+        (after_id, limit)).fetchall()]
+    if found and found[0]["id"] <= (through := segments.sealed_through()):
+        segments.fill(found, through)
+    return found
 
 
 _SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)
@@ -91,6 +106,80 @@ _SLOWEST = "e.lat_bucket DESC, e.duration_ms DESC, e.id DESC"
 
 
 def _list_entries(filters, page):
+    through = segments.sealed_through()
+    if through and segments.heavy(filters):
+        return _list_with_sealed(filters, page, through)
+    result = _list_stored(filters, page)
+    if through:
+        segments.fill(result["entries"], through, _bodies(page))
+    return result
+
+
+def _bodies(page):
+    if page.include_request_body or page.include_response_body:
+        return page.include_request_body, page.include_response_body
+    return None
+
+
+def _list_with_sealed(filters, page, through):
+    """A page of a search (or a trace id, a client address) over hot and
+    sealed entries: as many as the page needs from each side, in the
+    page's order, then the page cut from them."""
+    if page.order == "slowest":  # only entries with a duration (see _list_stored)
+        filters = filters.replace(timed=True)
+    limit = page.last if page.last is not None else page.limit
+    need = page.offset + limit
+    upto = through if page.max_id is None else min(page.max_id, through)
+    bodies = _bodies(page)
+
+    def hot(count, after_id=page.after_id):
+        if count <= 0:
+            return []
+        if page.last is not None:
+            asked = dataclasses.replace(page, last=count, offset=0)
+        else:
+            asked = dataclasses.replace(page, limit=count, offset=0, after_id=after_id)
+        return _list_stored(filters, asked, total=False)["entries"]
+
+    def sealed(count, order, slowest=False):
+        if count <= 0 or (page.after_id is not None and page.after_id >= upto):
+            return []
+        return segments.read(filters, after_id=page.after_id, upto_id=upto, order=order,
+                             limit=count, bodies=bodies, slowest=slowest)
+
+    if page.order == "slowest":
+        found = sorted([*hot(need), *sealed(need, "desc", slowest=True)],
+                       key=segments.slowest_key, reverse=True)
+    elif page.last is not None:  # the newest, returned oldest first
+        newer = hot(need)
+        found = [*reversed(sealed(need - len(newer), "desc")), *newer]
+        found = found[max(0, len(found) - need):]
+    elif page.order == "asc":
+        older = sealed(need, "asc")
+        after = page.after_id if page.after_id is not None and page.after_id > through \
+            else (through if page.after_id is not None else None)
+        found = [*older, *hot(need - len(older), after)]
+    else:
+        newer = hot(need)
+        found = [*newer, *sealed(need - len(newer), "desc")]
+    if page.last is not None:
+        entries = found[:len(found) - page.offset] if page.offset else found
+        entries = entries[-limit:] if entries else []
+    else:
+        entries = found[page.offset:page.offset + limit]
+    total, exact = _count(filters, page.offset + limit + COUNT_CAP)
+    if entries:
+        total = max(total, page.offset + len(entries))
+    result = {"entries": entries, "total": total, "totalExact": exact, "limit": limit,
+              "offset": page.offset}
+    if page.last is not None or page.after_id is not None:
+        result["nextAfterId"] = entries[-1]["id"] if entries else page.after_id
+    return result
+
+
+def _list_stored(filters, page, total=True):
+    """A page of what `entry` holds (hot entries, and sealed ones as
+    skeletons)."""
     if page.order == "slowest":
         # Its own indexes, by latency bucket (models.py).
         filters = filters.replace(timed=True)
@@ -136,6 +225,8 @@ def _list_entries(filters, page):
                       unpack_body(row[width + 2], row[width + 3]),
                       page.include_request_body, page.include_response_body)
         entries.append(render_row(row[:width], bodies))
+    if not total:
+        return {"entries": entries}
     total, exact = _count(filters, page.offset + limit + COUNT_CAP)
     if entries:  # a page past the end must not make the total up
         total = max(total, page.offset + len(entries))
@@ -147,6 +238,22 @@ def _list_entries(filters, page):
 
 
 def _entries_after(filters, after_id, limit, max_id):
+    through = segments.sealed_through()
+    if through and after_id < through:
+        if segments.heavy(filters):
+            upto = through if max_id is None else min(max_id, through)
+            older = segments.read(filters, after_id=after_id, upto_id=upto, order="asc",
+                                  limit=limit)
+            if len(older) >= limit or (max_id is not None and max_id <= through):
+                return older
+            return [*older, *_entries_stored(filters, through, limit - len(older), max_id)]
+        found = _entries_stored(filters, after_id, limit, max_id)
+        segments.fill(found, through)
+        return found
+    return _entries_stored(filters, after_id, limit, max_id)
+
+
+def _entries_stored(filters, after_id, limit, max_id):
     source, where, params, id_column = _found(filters, limit, catch_up=True)
     sql = f"{_SELECT} FROM {source} WHERE {where} AND {id_column} > ?"
     params.append(after_id)
@@ -171,27 +278,6 @@ def _found(filters, need, ordered=True, order="desc", catch_up=False):
     return "entry e", *planner.where_sql(filters, need, ordered, order), "e.id"
 
 
-def render_row(row, bodies=None):
-    """An `entry` row as the API's entry, `data` kept as its stored JSON text."""
-    item = row_to_dict(row, bodies)
-    # SQLite's compact forms (schema 7: lookup.stored, bodies.pack_data).
-    item["traceId"] = lookup.shown("trace_id", item["traceId"])
-    item["clientIp"] = lookup.shown("client_ip", item["clientIp"])
-    item["data"] = orjson.Fragment(unpack_data(item["data"]))
-    # Schema 8: names as numbers (names.py).
-    shown = names.shower()
-    item["projectId"] = shown(item["projectId"])
-    item["containerId"] = shown(item["containerId"])
-    item["serviceName"] = shown(item["serviceName"])
-    item["method"] = shown(item["method"])
-    item["route"] = shown(item["route"])
-    unlettered = names.unlettered
-    item["level"] = unlettered("level", item["level"])
-    item["kind"] = unlettered("kind", item["kind"])
-    item["source"] = unlettered("source", item["source"])
-    return item
-
-
 def _count(filters, cap=None):
     if filters.timed and all(item.field in _TIMED_COUNTED for item, _ in filters.active):
         # The entries with a duration (`order=slowest`) of a scope and a
@@ -213,13 +299,20 @@ def _count(filters, cap=None):
             f"WHERE {where}", [*source[1], *params]).fetchone()
         return n, True
     cap = cap or COUNT_CAP
+    sealed = 0
+    through = segments.sealed_through() if segments.heavy(filters) else 0
+    if through:  # what the indexes of hot entries cannot find
+        sealed = segments.count(filters, upto_id=through, cap=cap)
+        if sealed > cap:
+            return cap, False
     if planner.index_alone(filters):
-        n = fulltext.indexed(filters.q, cap=cap + 1, scope=fulltext.scope_of(filters))
+        n = sealed + fulltext.indexed(filters.q, cap=cap + 1, scope=fulltext.scope_of(filters))
         return (cap, False) if n > cap else (n, True)
     source, where, params, _ = _found(filters, cap + 1, ordered=False)
     (n,) = db.execute(
         f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?) AS matched",
         [*params, cap + 1]).fetchone()
+    n += sealed
     return (cap, False) if n > cap else (n, True)
 
 

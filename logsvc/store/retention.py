@@ -1,5 +1,7 @@
 """Retention: delete entries older than LOGSVC_RETENTION_DAYS and the oldest
-ones beyond LOGSVC_MAX_ROWS.
+ones beyond LOGSVC_MAX_ROWS, or beyond what fits in LOGSVC_MAX_DISK_BYTES at
+the store's present bytes per entry (sealed entries take a fraction of hot
+ones, so the estimate follows what sealing saves).
 
 Deletion runs in small batches, each one transaction that removes the rows,
 their bodies and their share of the rollup counters together, so stats stay
@@ -20,7 +22,7 @@ import uuid
 from logsvc import runtime
 from logsvc.entry import now_ms
 
-from . import db, fulltext, lookup, partitions, query, rollup
+from . import db, fulltext, lookup, partitions, query, rollup, segments
 from .db import database
 from .models import PruneLog
 
@@ -67,8 +69,11 @@ def _prune(config, now, batch, holder, lease_s):
     db.call(_forget_prunes_before, now - PRUNE_LOG_KEEP_MS)
     db.call(_forget_expired_sessions, now)
     cutoff = now - config.retention_ms if config.retention_ms else None
+    max_rows = config.max_rows
+    if config.max_disk_bytes:
+        max_rows = min(max_rows, db.call(_rows_within, config.max_disk_bytes))
     if db.is_postgres():
-        removed += db.call(_drop_partitions, cutoff, config.max_rows)
+        removed += db.call(_drop_partitions, cutoff, max_rows)
     if cutoff is not None:
         while True:
             n = db.call(_delete_batch, "ts_ms < ? ORDER BY ts_ms LIMIT ?", (cutoff, batch))
@@ -78,7 +83,7 @@ def _prune(config, now, batch, holder, lease_s):
             _renew(holder, lease_s)
             runtime.pause()
     while True:
-        excess = db.call(_row_count) - config.max_rows
+        excess = db.call(_row_count) - max_rows
         if excess <= 0:
             break
         removed += db.call(_delete_batch, "TRUE ORDER BY id LIMIT ?", (min(excess, batch),))
@@ -112,6 +117,30 @@ def run_forever(config, holder=None, store=None):
         runtime.sleep(config.prune_interval_s)
 
 
+def seal_forever(config, store=None, holder=None):
+    """Seal (segments.py) in the background while this process holds the
+    seal lease."""
+    if store is not None:
+        db.use(store)
+    holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+    while True:
+        try:
+            if db.call(take_lease, segments.LEASE_NAME, holder, 120):
+                try:
+                    while db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
+                        runtime.pause()
+                finally:
+                    db.call(release_lease, segments.LEASE_NAME, holder)
+        except Exception as exc:
+            reason = db.unwritable_reason(exc)
+            if reason:
+                db.note_write(exc)
+                log.warning("sealing skipped: %s", reason)
+            elif not db.is_transient_error(exc):
+                log.exception("sealing failed")
+        runtime.sleep(config.seal_interval_s)
+
+
 def take_lease(name, holder, seconds):
     """Take or renew the named lease; True if `holder` now holds it."""
     now = now_ms()
@@ -131,7 +160,11 @@ def release_lease(name, holder):
 
 
 def _drop_partitions(cutoff, max_rows):
-    return partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
+    removed = partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
+    if removed:
+        with database.atomic():
+            segments.forget_emptied()
+    return removed
 
 
 def _forget_prunes_before(ts_ms):
@@ -143,6 +176,31 @@ def _forget_expired_sessions(now):
     past their expiry."""
     for table in ("session", "ws_token", "ingest_key"):
         db.execute(f"DELETE FROM {table} WHERE expires_ms <= ?", (now,))
+
+
+def used_bytes():
+    """What the store takes: SQLite's pages in use (free pages are reused
+    before the file grows), PostgreSQL's tables and indexes in its schema."""
+    if db.is_postgres():
+        (n,) = db.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')").fetchone()
+        return int(n)
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    (size,) = db.execute("PRAGMA page_size").fetchone()
+    return (pages - free) * size
+
+
+def _rows_within(max_bytes):
+    """How many entries fit in `max_bytes` at the store's present bytes per
+    entry (LOGSVC_MAX_DISK_BYTES): retention keeps the newest that many."""
+    rows = _row_count()
+    used = used_bytes()
+    if not rows or used <= max_bytes:
+        return rows
+    return int(rows * max_bytes / used)
 
 
 def _row_count():
@@ -163,8 +221,12 @@ def _delete_batch(where, params):
             deleted = db.execute(f"DELETE FROM entry WHERE id = ANY(?) RETURNING {rollup.ROW_SQL}",
                                  (ids,)).fetchall()
         else:
-            fulltext.delete_sqlite(ids)
-            lookup.delete(ids)
+            # Sealed entries (segments.py) have no index documents left.
+            through = segments.sealed_through()
+            hot = [i for i in ids if i > through]
+            if hot:
+                fulltext.delete_sqlite(hot)
+                lookup.delete(hot)
             db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
             marks = ", ".join("?" for _ in ids)
             deleted = db.execute(f"DELETE FROM entry WHERE id IN ({marks}) "
@@ -172,5 +234,6 @@ def _delete_batch(where, params):
         if not deleted:
             return 0
         rollup.add(deleted, sign=-1)
+        segments.forget_emptied()
         PruneLog.create(ts_ms=now_ms(), min_id=min(ids), max_id=max(ids))
         return len(deleted)

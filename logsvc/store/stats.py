@@ -47,7 +47,7 @@ from collections import Counter
 
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
-from . import db, names, planner, rollup, sketch
+from . import db, names, planner, rollup, segments, sketch
 from .query import InvalidParameter
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
@@ -106,8 +106,8 @@ def summary(filters, top_routes=TOP_ROUTES):
             counts, longest = rollup.class_latency(f, _found)
             routes = rollup.class_routes(f, _found)
         else:
-            result, counts, longest, routes = _raw_summary(*planner.where_sql(f, EVERY,
-                                                                               ordered=False))
+            result, counts, longest, routes = _raw_summary(
+                *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f))
         result["latency"] = sketch.summary(counts, longest)
         result["byRoute"] = _by_route(routes, top_routes)
         return result
@@ -229,12 +229,35 @@ _CHUNK = 10_000
 _ORDER = {"byLevel": LEVELS, "byKind": KINDS, "byStatus": STATUS_CLASSES, "bySource": SOURCES}
 
 
-def _raw_summary(where, params):
+def _sealed_rows(filters):
+    """The sealed entries that match a search, a trace id or a client
+    address (segments.py: `entry` keeps no words of them), as _RAW_SQL's
+    rows; () for other filters, which `entry` answers for all."""
+    through = segments.sealed_through() if segments.heavy(filters) else 0
+    if not through:
+        return ()
+    stored, lettered = names.stored, names.lettered
+    return [(stored(e["projectId"]), stored(e["containerId"]), stored(e["serviceName"]),
+             lettered("level", e["level"]), lettered("kind", e["kind"]), e["status"],
+             lettered("source", e["source"]), stored(e["route"]),
+             None if e["durationMs"] is None else sketch.bucket_of(e["durationMs"]),
+             -1.0 if e["durationMs"] is None else float(e["durationMs"]), e["tsMs"])
+            for e in segments.read(filters, upto_id=through, order="asc")]
+
+
+def _raw_summary(where, params, sealed=()):
     """(summary, {latency bucket: count}, longest, routes as rollup.routes
-    gives them) of the entries matching `where`."""
+    gives them) of the entries matching `where`, and the `sealed` rows
+    (_sealed_rows) beside them."""
     scopes, values, routes = Counter(), Counter(), Counter()
     longest = -1.0  # durations are never negative
     cursor = db.execute(_RAW_SQL.format(where=where), params)
+    if sealed:
+        rows = [row[:10] for row in sealed]
+        scopes.update(map(_SCOPE_OF, rows))
+        values.update(map(_VALUES_OF, rows))
+        routes.update(map(_ROUTE_OF, rows))
+        longest = max(longest, max(map(_DURATION_OF, rows)))
     while rows := cursor.fetchmany(_CHUNK):
         scopes.update(map(_SCOPE_OF, rows))
         values.update(map(_VALUES_OF, rows))
@@ -345,10 +368,19 @@ def _raw_buckets(size_ms, start, end, filters):
     condition, params = planner.where_sql(filters, EVERY, ordered=False)
     # One pass: counted per bucket, level and latency bucket.
     counted, timed = {}, {}
-    for b, level, bucket, n, longest in db.execute(
-            f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, e.lat_bucket, count(*), "
-            f"MAX(e.duration_ms) FROM entry e WHERE {condition} "
-            f"GROUP BY b, e.level, e.lat_bucket", params):
+    grouped = db.execute(
+        f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, e.lat_bucket, count(*), "
+        f"MAX(e.duration_ms) FROM entry e WHERE {condition} "
+        f"GROUP BY b, e.level, e.lat_bucket", params).fetchall()
+    sealed = Counter()
+    longest_sealed = {}
+    for row in _sealed_rows(filters):
+        key = (row[10] // size_ms * size_ms, row[3], row[8])
+        sealed[key] += 1
+        if row[9] >= 0:
+            longest_sealed[key] = max(longest_sealed.get(key, row[9]), row[9])
+    grouped.extend((*key, n, longest_sealed.get(key)) for key, n in sealed.items())
+    for b, level, bucket, n, longest in grouped:
         counted.setdefault(b, [0] * len(LEVELS))[
             LEVELS.index(names.unlettered("level", level))] += n
         if bucket is None:

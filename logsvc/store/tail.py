@@ -229,7 +229,7 @@ class Tailer:
 
     def _step(self):
         while True:
-            rows, cleared = db.call(_fetch, self.position, FETCH)
+            entries, cleared = db.call(_fetch, self.position, FETCH)
             if cleared != self._cleared:
                 self._cleared = cleared
                 self.ring = ([], [])
@@ -237,24 +237,21 @@ class Tailer:
                 self.position = db.call(_high_water_and_clear)[0]
                 self._broadcast()
                 return
-            if not rows:
+            if not entries:
                 return
-            new_items = []
-            for row in rows:
-                entry = query.render_row(row)
-                new_items.append((entry, orjson.dumps(entry)))
-            new_ids = [row[0] for row in rows]
+            new_items = [(entry, orjson.dumps(entry)) for entry in entries]
+            new_ids = [entry["id"] for entry in entries]
             ids, items = self.ring
-            if len(ids) + len(rows) > self.ring_size * 2:
+            if len(ids) + len(entries) > self.ring_size * 2:
                 keep = self.ring_size
                 self.ring = ((ids + new_ids)[-keep:], (items + new_items)[-keep:])
             else:
                 # The items first: a reader finds no id without its item.
                 items.extend(new_items)
                 ids.extend(new_ids)
-            self.position = rows[-1][0]
+            self.position = new_ids[-1]
             self._broadcast()
-            if len(rows) < FETCH:
+            if len(entries) < FETCH:
                 return
 
     def _broadcast(self):
@@ -371,7 +368,7 @@ def _gap_after(last_id, high):
 
 
 def _fetch(after_id, limit):
-    return query.rows_after(after_id, limit), operations.cleared_marker()
+    return query.entries_from(after_id, limit), operations.cleared_marker()
 
 
 def _high_water_and_clear():

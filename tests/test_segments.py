@@ -1,0 +1,268 @@
+"""Sealed segments: older entries sealed into compact segments answer every
+question exactly as they did while hot, across the boundary, through
+retention, a clear, an upgrade and a kill in the middle of a seal."""
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+import requests
+
+from logsvc.store import db, models, retention, segments
+from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
+
+STATS = LOGS + "/stats"
+HISTOGRAM = STATS + "/histogram"
+
+
+def corpus(n, start=0):
+    """Entries with bodies, words, traces, durations and a spread of scopes."""
+    out = []
+    for i in range(start, start + n):
+        out.append(make_entry(
+            i, tsMs=1_800_000_000_000 + i * 7_000,
+            durationMs=None if i % 5 == 0 else (i * 37) % 900 + 0.5,
+            responseBody=f"upstream word{i % 7} zanzibar{i % 3} reset" if i % 2 else None,
+            requestBody=f'{{"user": "ada{i % 11}"}}' if i % 3 == 0 else None,
+            clientIp=f"10.0.{i % 4}.{i % 9}"))
+    return out
+
+
+QUESTIONS = [
+    (LOGS, {}), (LOGS, {"order": "desc"}), (LOGS, {"last": 17}),
+    (LOGS, {"afterId": 50, "limit": 30}), (LOGS, {"offset": 140, "limit": 20}),
+    (LOGS, {"order": "slowest", "limit": 50}), (LOGS, {"order": "desc", "offset": 300}),
+    (LOGS, {"q": "word3"}), (LOGS, {"q": "word3", "order": "desc", "limit": 15}),
+    (LOGS, {"q": "word3", "includeResponseBody": "true", "includeRequestBody": "true"}),
+    (LOGS, {"q": "zanzibar1 OR word2"}), (LOGS, {"q": "zanz*", "order": "desc"}),
+    (LOGS, {"q": "word3 -zanzibar1"}), (LOGS, {"q": '"upstream word3"'}),
+    (LOGS, {"q": "ada3"}), (LOGS, {"q": "word3", "last": 5}),
+    (LOGS, {"q": "word1", "afterId": 100, "limit": 10}), (LOGS, {"q": "word1", "offset": 20}),
+    (LOGS, {"q": "word4", "order": "slowest", "limit": 12}),
+    (LOGS, {"q": "word5", "projectId": "proj_1", "level": "error,warn"}),
+    (LOGS, {"traceId": "trace-10"}), (LOGS, {"clientIp": "10.0.3.3", "order": "desc"}),
+    (LOGS, {"level": "error", "includeResponseBody": "true"}),
+    (LOGS, {"serviceName": "user-api", "status": "5xx", "minDurationMs": "300"}),
+    (STATS, {}), (STATS, {"q": "word3"}), (STATS, {"traceId": "trace-10"}),
+    (STATS, {"level": "error", "since": "1800000100000", "until": "1800002000500"}),
+    (STATS, {"projectId": "proj_2", "since": "1800000123456"}),
+    (HISTOGRAM, {"since": "1800000000000", "until": "1800003000000", "bucket": "5m"}),
+    (HISTOGRAM, {"q": "word3", "since": "1800000000000", "until": "1800003000000"}),
+]
+
+
+def answers(store):
+    return [store.page(path, **params) for path, params in QUESTIONS]
+
+
+def seal(app, hot_rows=100, segment_rows=64):
+    with db.using(app.extensions["logsvc"].store):
+        total = 0
+        while n := db.call(segments.seal_once, hot_rows, segment_rows):
+            total += n
+        return total
+
+
+@pytest.fixture
+def sealed_app(make_app):
+    return make_app(hot_rows=0, rate_limit_per_min=0)
+
+
+def test_every_question_has_the_same_answer_once_older_entries_are_sealed(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(400))
+    before = answers(store)
+    assert seal(sealed_app) == 256  # four segments of 64; the newest 144 stay hot
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert db.call(segments.sealed_through) == 256
+        # The sealed entries' words, bodies and documents left `entry`.
+        assert db.call(lambda: db.execute(
+            "SELECT count(*) FROM entry_body WHERE entry_id <= 256").fetchone()[0]) == 0
+    after = answers(store)
+    for (path, params), one, other in zip(QUESTIONS, before, after):
+        assert one == other, (path, params)
+
+
+def test_keyset_paging_crosses_the_boundary_without_skipping_or_repeating(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(300))
+    seal(sealed_app)
+    for params, expected in (({}, list(range(1, 301))),
+                             ({"q": "word2"}, [i + 1 for i in range(300)
+                                               if i % 2 and i % 7 == 2])):
+        seen, after = [], 0
+        while True:
+            page = store.page(afterId=after, limit=7, **params)
+            seen += [e["id"] for e in page["entries"]]
+            if not page["entries"]:
+                break
+            after = page["nextAfterId"]
+        assert seen == expected
+
+
+def test_a_sealed_entry_reads_as_it_was_written(sealed_app):
+    store = Store(sealed_app.test_client())
+    written = corpus(300)
+    store.ingest(written)
+    seal(sealed_app)
+    entry = store.page(traceId="trace-5", includeRequestBody="true",
+                       includeResponseBody="true")["entries"]
+    assert [e["id"] for e in entry] == [11, 12]
+    assert entry[0]["url"] == written[10]["url"] and entry[0]["clientIp"] == "10.0.2.1"
+    assert entry[1]["responseBody"] == written[11]["responseBody"]
+    assert entry[0]["data"] == {"n": 10} and entry[0]["requestBody"] is None
+
+
+def test_retention_drops_a_segment_once_its_entries_are_gone(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(400))
+    seal(sealed_app)
+    config = sealed_app.extensions["logsvc"].config.replace(max_rows=300, retention_days=0)
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert db.call(lambda: db.execute("SELECT count(*) FROM segment").fetchone()[0]) == 4
+        assert retention.prune(config) == 100
+        kept = db.call(lambda: db.execute("SELECT min_id FROM segment ORDER BY min_id")
+                       .fetchall())
+    # Entries 1-100 are gone: the first segment (1-64) with them; 65-128
+    # keeps its last 28.
+    assert kept == [(65,), (129,), (193,)]
+    assert store.page(STATS)["total"] == 300
+    page = store.page(q="word3", limit=500)
+    assert page["entries"] and min(e["id"] for e in page["entries"]) > 100
+    assert page["total"] == len([i for i in range(100, 400) if i % 2 and i % 7 == 3])
+
+
+def test_a_clear_removes_the_segments_too(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(300))
+    seal(sealed_app)
+    assert store.client.post("/api/proxy-logs/_admin/clear",
+                             headers=store.headers).status_code == 200
+    assert store.page(q="word3")["entries"] == []
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert db.call(lambda: db.execute("SELECT count(*) FROM segment").fetchone()[0]) == 0
+
+
+@pytest.mark.sqlite_only("the upgrade in place of a schema 12 SQLite store")
+def test_a_schema_12_store_is_upgraded_in_place_and_sealed_in_the_background(
+        make_app, tmp_path):
+    app = make_app(hot_rows=0, rate_limit_per_min=0)
+    store = Store(app.test_client())
+    store.ingest(corpus(300))
+    before = answers(store)
+    path = app.extensions["logsvc"].config.sqlite_path
+    app.extensions["logsvc"].store.close()
+    with sqlite3.connect(path) as conn:  # as schema 12 left it
+        conn.execute("DROP TABLE segment")
+        conn.execute("UPDATE meta SET value = '12' WHERE key = 'schema_version'")
+    upgraded = make_app(hot_rows=0, rate_limit_per_min=0)
+    with db.using(upgraded.extensions["logsvc"].store):
+        assert db.call(models._stored_version) == models.SCHEMA_VERSION
+    store = Store(upgraded.test_client())
+    assert seal(upgraded) == 192
+    assert answers(store) == before
+
+
+def _sealer(data_dir, hot_rows, segment_rows, log):
+    """A process that seals as fast as it can, to be killed."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from logsvc.config import Config\n"
+        "from logsvc.store import db, segments\n"
+        f"config = Config.from_env().replace(data_dir={str(data_dir)!r})\n"
+        "db.init(config)\n"
+        f"while db.call(segments.seal_once, {hot_rows}, {segment_rows}): pass\n"
+    )
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_a_kill_in_the_middle_of_a_seal_loses_and_repeats_nothing(make_app, tmp_path):
+    app = make_app(hot_rows=0, rate_limit_per_min=0)
+    store = Store(app.test_client())
+    for start in range(0, 4000, 1000):
+        store.ingest(corpus(1000, start))
+    before = answers(store)
+    data_dir = app.extensions["logsvc"].config.data_dir
+    rng = random.Random(5)
+    for _ in range(8):
+        child = _sealer(data_dir, 200, 97, tmp_path / "sealer.log")
+        time.sleep(rng.uniform(0.2, 1.2))
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    child = _sealer(data_dir, 200, 97, tmp_path / "sealer.log")  # then to the end
+    assert child.wait(timeout=300) == 0, (tmp_path / "sealer.log").read_text()[-3000:]
+    with db.using(app.extensions["logsvc"].store):
+        through = db.call(segments.sealed_through)
+        ranges = db.call(lambda: db.execute(
+            "SELECT min_id, max_id, rows FROM segment ORDER BY min_id").fetchall())
+    assert through >= 3700
+    # Consecutive ranges from 1 to the watermark, each entry in one.
+    assert ranges[0][0] == 1 and ranges[-1][1] == through
+    assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert sum(r[2] for r in ranges) == through
+    assert answers(store) == before
+    ids = [e["id"] for e in store.page(limit=5000)["entries"]]
+    assert ids == list(range(1, 4001))
+
+
+@pytest.mark.sqlite_only("the test reads the watermark from the store's file")
+def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "50", "LOGSVC_SEGMENT_ROWS": "50",
+                                   "LOGSVC_SEAL_INTERVAL_S": "0.2"})
+    server.start()
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    written = corpus(300)
+    response = requests.post(server.url + INGEST, data=orjson.dumps(written), timeout=30,
+                             headers={**headers, "Content-Type": "application/json"})
+    assert response.status_code == 200
+    path = tmp_path / "logs.db"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with sqlite3.connect(path) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
+        if row and int(row[0]) >= 200:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("nothing was sealed")
+    for params in ({}, {"q": "word3"}):
+        seen = []
+        with requests.get(server.url + LOGS + "/stream", params=params, stream=True,
+                          timeout=30, headers={**headers, "Last-Event-ID": "20"}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith(b"data: ") and line != b"data: {}":
+                    item = orjson.loads(line[6:])
+                    seen.append(item["id"])
+                    if item["id"] == 300 or (params and item["id"] >= 292):
+                        break
+        expected = [i + 1 for i in range(20, 300)
+                    if not params or (i % 2 and i % 7 == 3)]
+        assert seen == expected, params
+    server.stop()
+
+
+def test_retention_by_size_keeps_the_newest_that_fit_and_the_counters_exact(make_app):
+    app = make_app(hot_rows=0, rate_limit_per_min=0, retention_days=0)
+    store = Store(app.test_client())
+    store.ingest(corpus(1000))
+    seal(app, hot_rows=300, segment_rows=200)  # what is sealed takes less room
+    with db.using(app.extensions["logsvc"].store):
+        used = db.call(retention.used_bytes)
+        config = app.extensions["logsvc"].config.replace(max_disk_bytes=used // 2)
+        removed = retention.prune(config)
+    # Half the bytes: half the entries (PostgreSQL's sizes move a little
+    # between two looks: its statistics, its free space map).
+    assert abs(removed - 500) <= 25
+    assert store.page(STATS)["total"] == 1000 - removed
+    ids = [e["id"] for e in store.page(limit=5000)["entries"]]
+    assert ids == list(range(removed + 1, 1001))  # the oldest went first
+    page = store.page(q="word3", limit=5000)
+    assert [e["id"] for e in page["entries"]] == [i + 1 for i in range(removed, 1000)
+                                                   if i % 2 and i % 7 == 3]
