@@ -63,7 +63,11 @@ class Config:
     # Searches, counts and histograms of one scope that run at once in a
     # worker; more wait their turn (up to LOGSVC_QUERY_TIMEOUT_S, then 429).
     queries_per_scope: int = 2
-    max_streams_per_scope: int = 50
+    # Open streams of one scope on this host (all workers together).
+    max_streams_per_scope: int = 100
+    # Open streams one worker holds, the operator's included: below
+    # gunicorn's worker_connections, so that one more gets a 429.
+    max_streams_per_worker: int = 1900
     db_threads: int = 8
     # SQLite: checkpoint and truncate the write-ahead log past this size.
     wal_checkpoint_mb: int = 16

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import sys
 import threading
+from pathlib import Path
 
 from flask import Flask
 
@@ -67,7 +68,8 @@ def create_app(config=None):
         gate=limits.QueryGate(config.queries_per_scope, config.query_timeout_s),
         server_secret=db.call(models.shared_secret, "server"),
         tailer=tail.Tailer(config.ring_size, config.tail_poll_s, store),
-        streams=tail.StreamSlots(config.max_streams_per_scope),
+        streams=tail.StreamSlots(config.max_streams_per_scope, config.max_streams_per_worker,
+                                 str(Path(config.data_dir) / "limits.db")),
         scope_host=hosting.ScopeHost(config.scope_host) if config.scope_host else None,
     )
     if runtime.cooperative() and config.body_min_rate:

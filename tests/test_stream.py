@@ -355,6 +355,46 @@ def test_concurrent_streams_per_scope_are_capped(tmp_path):
         server.stop()
 
 
+def test_a_scopes_stream_cap_holds_on_the_host_however_the_workers_fill(tmp_path):
+    server = Server(tmp_path, workers=2, env={"LOGSVC_MAX_STREAMS_PER_SCOPE": "3"}).start()
+    try:
+        token = requests.post(server.url + "/api/proxy-logs/_admin/tokens", headers=ADMIN,
+                              json={"name": "t", "projectId": "p"}, timeout=10).json()["token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        opened = [events(server, headers=bearer, replay=0) for _ in range(3)]
+        # Whichever worker each landed on, a fourth is refused on both.
+        for _ in range(6):
+            more = requests.get(server.url + STREAM, headers={**bearer, "Connection": "close"},
+                                timeout=10)
+            assert more.status_code == 429, more.text
+            assert "LOGSVC_MAX_STREAMS_PER_SCOPE" in more.json()["message"]
+        opened[0][0].close()
+        time.sleep(2.5)  # the worker notices the hangup
+        response, _ = events(server, headers=bearer, replay=0)
+        response.close()
+        for response, _ in opened[1:]:
+            response.close()
+    finally:
+        server.stop()
+
+
+def test_a_stream_beyond_what_a_worker_holds_gets_a_429_not_silence(tmp_path):
+    server = Server(tmp_path, workers=1, env={"LOGSVC_MAX_STREAMS_PER_WORKER": "3"}).start()
+    try:
+        held = [events(server, headers=ADMIN, replay=0) for _ in range(3)]  # the operator's too
+        refused = requests.get(server.url + STREAM, headers={**ADMIN, "Connection": "close"},
+                               timeout=10)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+        assert "LOGSVC_MAX_STREAMS_PER_WORKER" in refused.json()["message"]
+        ticket = requests.get(server.url + "/api/ws-token", headers=ADMIN,
+                              timeout=10).json()["token"]
+        assert close_code(connect(ws_url(server, token=ticket))) == 4029
+        for response, _ in held:
+            response.close()
+    finally:
+        server.stop()
+
+
 # --- WebSocket ---------------------------------------------------------------------
 
 def ws_url(server, **params):

@@ -23,8 +23,10 @@ Ownership and flow:
   repeated.
 - A clear by the operator is seen by the tailer (the `cleared` record in
   `meta` changes): every subscription ends with a reset.
-- `StreamSlots` caps the open streams of each scope in this process
-  (LOGSVC_MAX_STREAMS_PER_SCOPE); a stream holds its slot until it ends.
+- `StreamSlots` caps the open streams of each scope on this host
+  (LOGSVC_MAX_STREAMS_PER_SCOPE, counted by every worker in limits.db)
+  and of this process (LOGSVC_MAX_STREAMS_PER_WORKER); a stream holds its
+  slots until it ends.
 - The tailer and its listener are greenlets of their own: they work on the
   store the tailer was made for (`db.use`), not on whatever store the
   greenlet that started them had.
@@ -32,7 +34,10 @@ Ownership and flow:
 import bisect
 import collections
 import logging
+import os
+import sqlite3
 import threading
+import time
 
 import orjson
 
@@ -57,43 +62,138 @@ class ScopeDestroyed(Exception):
 
 
 class TooManyStreams(Exception):
-    """The scope has as many open streams in this process as it may (429)."""
+    """The scope has as many open streams on this host as it may, or this
+    worker as many as it may hold (429)."""
 
 
 class StreamSlots:
-    """Open streams per scope in this process, at most `per_scope` each.
-    The operator's streams (key None) are not counted."""
+    """Caps on open streams: at most `per_scope` of one scope on this host
+    (every worker counts in `<data dir>/limits.db`, so a scope's cap does
+    not depend on how the workers happen to be filled), and at most
+    `per_worker` in this process, the operator's included, so that a
+    stream beyond what a worker can hold gets a 429 rather than no answer.
+    The operator's streams (key None) have no scope cap."""
 
-    def __init__(self, per_scope):
+    CLEAN_EVERY_S = 10.0
+
+    def __init__(self, per_scope, per_worker=0, path=None):
         self.per_scope = per_scope
+        self.per_worker = per_worker
+        self.path = path
         self._open = collections.Counter()
+        self._total = 0
         self._lock = threading.Lock()  # request threads share it under a threaded server
+        self._local = threading.local()
+        self._cleaned = 0.0
+        self._pid = None
 
     def take(self, key):
         """A slot for one more stream of `key`; raises TooManyStreams."""
-        if key is not None:
+        with self._lock:
+            if self.per_worker and self._total >= self.per_worker:
+                raise TooManyStreams("This worker holds as many open streams as it may "
+                                     "(LOGSVC_MAX_STREAMS_PER_WORKER); retry shortly")
+            self._total += 1
+        try:
+            if key is not None and self.per_scope and not self._take_scope(key):
+                raise TooManyStreams("Too many open streams for this scope "
+                                     "(LOGSVC_MAX_STREAMS_PER_SCOPE)")
+        except BaseException:
             with self._lock:
-                if self._open[key] >= self.per_scope:
-                    raise TooManyStreams("Too many open streams for this scope")
-                self._open[key] += 1
+                self._total -= 1
+            raise
         return _Slot(self, key)
+
+    def _take_scope(self, key):
+        if self.path is not None:
+            try:
+                return db.call(self._take_shared, key)
+            except (OSError, sqlite3.Error):
+                pass  # a data directory that cannot be written: count here
+        with self._lock:
+            if self._open[key] >= self.per_scope:
+                return False
+            self._open[key] += 1
+            return True
 
     def _release(self, key):
         with self._lock:
-            self._open[key] -= 1
-            if self._open[key] <= 0:
-                del self._open[key]
+            self._total -= 1
+            if key is None or not self.per_scope:
+                return
+            if self._open.get(key):
+                self._open[key] -= 1
+                if self._open[key] <= 0:
+                    del self._open[key]
+                return
+        if self.path is not None:
+            try:
+                db.call(self._release_shared, key)
+            except (OSError, sqlite3.Error):
+                log.warning("could not give back a stream slot")
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            db.enable_wal(self.path)
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA synchronous=off")  # a count lost on power loss is fine
+            conn.execute("CREATE TABLE IF NOT EXISTS stream_slot (scope TEXT, pid INTEGER, "
+                         "n INTEGER, PRIMARY KEY (scope, pid))")
+            self._local.conn = conn
+        return conn
+
+    def _take_shared(self, key):
+        conn = self._connection()
+        pid = os.getpid()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if self._pid != pid:  # a new worker: rows of an earlier process with this pid
+                conn.execute("DELETE FROM stream_slot WHERE pid = ?", (pid,))
+                self._pid = pid
+            if time.monotonic() > self._cleaned + self.CLEAN_EVERY_S:
+                self._cleaned = time.monotonic()
+                for (other,) in conn.execute("SELECT DISTINCT pid FROM stream_slot").fetchall():
+                    if not _alive(other):  # a worker that died holding streams
+                        conn.execute("DELETE FROM stream_slot WHERE pid = ?", (other,))
+            (held,) = conn.execute("SELECT coalesce(sum(n), 0) FROM stream_slot WHERE scope = ?",
+                                   (key,)).fetchone()
+            if held >= self.per_scope:
+                return False
+            conn.execute("INSERT INTO stream_slot (scope, pid, n) VALUES (?, ?, 1) "
+                         "ON CONFLICT (scope, pid) DO UPDATE SET n = n + 1", (key, pid))
+            return True
+
+    def _release_shared(self, key):
+        conn = self._connection()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE stream_slot SET n = n - 1 WHERE scope = ? AND pid = ?",
+                         (key, os.getpid()))
+            conn.execute("DELETE FROM stream_slot WHERE n <= 0")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Slot:
     def __init__(self, slots, key):
-        self._slots, self._key = slots, key
+        self._slots, self._key, self._open = slots, key, True
 
     def close(self):
         """Give the slot back (once; later calls do nothing)."""
-        key, self._key = self._key, None
-        if key is not None:
-            self._slots._release(key)
+        if not self._open:
+            return
+        self._open = False
+        self._slots._release(self._key)
 
 
 def subscribe(tailer, filters, last_event_id=None, replay=100):
