@@ -568,6 +568,50 @@ def test_a_removed_users_stream_ends(fast_server):
     assert [e.event for e in stream][-1] == "access-revoked"
 
 
+def test_ending_an_operators_session_ends_its_stream_and_its_websocket(fast_server):
+    import json
+    browser = requests.Session()
+    assert browser.post(fast_server.url + "/api/session", headers=ADMIN,
+                        timeout=10).status_code == 200
+    cookie = "logsvc_session=" + browser.cookies["logsvc_session"]
+    response, stream = events(fast_server, headers={"Cookie": cookie}, replay=0)
+    next(stream)
+    issued = browser.get(fast_server.url + "/api/ws-token", timeout=10).json()["token"]
+    ws = connect(ws_url(fast_server, token=issued, replay=0))
+    unused = browser.get(fast_server.url + "/api/ws-token", timeout=10).json()["token"]
+    assert browser.delete(fast_server.url + "/api/session", timeout=10).status_code == 200
+    for event in stream:
+        if event.event == "access-revoked":
+            assert json.loads(event.data)["reason"] == "the session has ended"
+            break
+    else:
+        pytest.fail("the stream went on")
+    while json.loads(ws.recv()).get("event") != "access-revoked":
+        pass
+    assert close_code(ws) == 4003
+    assert close_code(connect(ws_url(fast_server, token=unused))) == 4003
+
+
+def test_a_websocket_on_a_containers_host_carries_only_that_container(tmp_path):
+    import json
+    server = Server(tmp_path, env={
+        "LOGSVC_SCOPE_HOST": "{containerId}.{projectId}.logs.example.com"}).start()
+    try:
+        ingest(server, [make_entry(i, projectId=f"proj_{i % 2}", containerId=f"cnt_{i % 3}",
+                                   tsMs=None) for i in range(12)])
+        issued = ticket(server)  # the operator's, asked on the plain host
+        ws = websocket.create_connection(ws_url(server, token=issued, replay=20), timeout=10,
+                                         host="cnt_1.proj_0.logs.example.com.")
+        _opened.append(ws)
+        seen = [json.loads(ws.recv()) for _ in range(2)]
+        assert {(e["projectId"], e["containerId"]) for e in seen} == {("proj_0", "cnt_1")}
+        ws.settimeout(1.5)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            ws.recv()  # i = 4 and 10 were all: nothing of another scope follows
+    finally:
+        server.stop()
+
+
 def test_a_closed_stream_gives_its_slot_back_at_once(tmp_path):
     """One worker, one stream per scope, heartbeats every 15 s: a client
     reconnecting right after it hung up is not refused."""
