@@ -62,7 +62,7 @@ class Config:
     query_timeout_s: float = 10.0
     # Searches, counts and histograms of one scope that run at once in a
     # worker; more wait their turn (up to LOGSVC_QUERY_TIMEOUT_S, then 429).
-    queries_per_scope: int = 2
+    queries_per_scope: int = 1
     # Open streams of one scope on this host (all workers together).
     max_streams_per_scope: int = 100
     # Open streams one worker holds, the operator's included: below
