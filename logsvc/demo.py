@@ -101,8 +101,9 @@ def _traffic(base):
 def _upstream(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     method = environ["REQUEST_METHOD"]
-    if path == "/slow":
+    if path == "/slow":  # the route the Slowest view shows at its top
         gevent.sleep(random.uniform(0.3, 1.5))
+        return _reply(start_response, "200 OK", b'{"report": "ready"}')
     if path == "/error":
         status = random.choice(["500 Internal Server Error", "503 Service Unavailable"])
         return _reply(start_response, status, b'{"error": "upstream trouble"}')

@@ -467,3 +467,14 @@ def test_the_demo_shows_live_traffic_within_seconds(tmp_path):
             demo.terminate()
             demo.wait(timeout=10)
             demo.stdout.close()
+
+
+def test_the_demos_slow_route_answers_slowly_and_well():
+    from logsvc import demo
+
+    answered = []
+    started = time.monotonic()
+    body = demo._upstream({"PATH_INFO": "/slow", "REQUEST_METHOD": "GET"},
+                          lambda status, headers: answered.append(status))
+    assert answered == ["200 OK"] and b"".join(body)
+    assert time.monotonic() - started >= 0.3

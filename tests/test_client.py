@@ -224,6 +224,20 @@ def test_cli_exit_codes(server):
     assert cli(server, "query", "--help").returncode == 0
 
 
+def test_a_refused_cli_says_which_token_it_sent_and_where_tokens_are(server, tmp_path):
+    wrong = cli(server, "query", token="wrong")
+    assert wrong.returncode == 1
+    assert "the token in LOGSVC_TOKEN was refused" in wrong.stderr
+    assert "--token" in wrong.stderr and "admin_token" in wrong.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "logsvc", "query", "--url", server.url], cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert elsewhere.returncode == 1
+    assert "no token was sent" in elsewhere.stderr
+    assert "LOGSVC_TOKEN" in elsewhere.stderr and "admin_token" in elsewhere.stderr
+
+
 def test_cli_errors_are_one_line_naming_the_problem(server, tmp_path):
     missing = cli(None, "ingest", str(tmp_path / "missing.ndjson"))
     assert missing.returncode == 2

@@ -87,11 +87,14 @@ def add_commands(commands):
 
 
 def run(args, config):
-    client = Client(args.url or config.server_url, token=args.token or _default_token(config))
+    token, source = _token_and_source(args, config)
+    client = Client(args.url or config.server_url, token=token)
     try:
         args.remote(args, client)
     except ApiError as exc:
         print(f"logsvc: the server refused: {exc}", file=sys.stderr)
+        if exc.status == 401:
+            print(f"logsvc: {source}", file=sys.stderr)
         return EXIT_REFUSED
     except requests.ConnectionError:
         print(f"logsvc: cannot reach {client.base_url}", file=sys.stderr)
@@ -298,11 +301,19 @@ def _filter_params(args):
             "minDurationMs": args.min_duration, "maxDurationMs": args.max_duration}
 
 
-def _default_token(config):
+def _token_and_source(args, config):
+    """The token to send, and a sentence saying where it came from (shown
+    when the server answers 401)."""
+    where = os.path.join(config.data_dir, "admin_token")
+    hint = (f"pass --token or set LOGSVC_TOKEN (the operator's token of a local server is "
+            f"in its data directory, {where} by default, or LOGSVC_DATA_DIR/admin_token)")
+    if args.token:
+        return args.token, f"the token given with --token was refused; {hint}"
     if config.token:
-        return config.token
+        return config.token, f"the token in LOGSVC_TOKEN was refused; {hint}"
     try:
-        with open(os.path.join(config.data_dir, "admin_token")) as handle:
-            return handle.read().strip()
+        with open(where) as handle:
+            return handle.read().strip(), (f"the admin token read from {where} was refused "
+                                            f"(another server's?); {hint}")
     except OSError:
-        return None
+        return None, f"no token was sent: none given and no {where} here; {hint}"
