@@ -224,6 +224,25 @@ def test_cli_exit_codes(server):
     assert cli(server, "query", "--help").returncode == 0
 
 
+def test_cli_query_all_exports_every_match_and_a_cut_page_says_so(server):
+    ingest = requests.post(server.url + "/api/proxy-logs/_ingest", timeout=30,
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                           json=[{"kind": "event", "url": f"/x/{i}", "projectId": "p"}
+                                 for i in range(2500)])
+    assert ingest.status_code == 200
+    page = cli(server, "query", "--project", "p", "--ndjson")
+    assert len(page.stdout.splitlines()) == 50
+    assert "-- 50 of 2500; --all for every one --" in page.stderr
+    everything = cli(server, "query", "--project", "p", "--all", "--ndjson")
+    assert everything.returncode == 0, everything.stderr
+    ids = [json.loads(line)["id"] for line in everything.stdout.splitlines()]
+    assert len(ids) == 2500 and ids == sorted(set(ids))
+    assert "2,500 entries, all that match" in everything.stderr
+    assert cli(server, "query", "--all", "--last", "5").returncode == 2
+    stats = cli(server, "stats", "--project", "p", "--kind", "event", "--q", "x")
+    assert stats.returncode == 0 and "2,500" in stats.stdout
+
+
 def test_a_refused_cli_says_which_token_it_sent_and_where_tokens_are(server, tmp_path):
     wrong = cli(server, "query", token="wrong")
     assert wrong.returncode == 1

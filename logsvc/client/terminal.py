@@ -43,11 +43,13 @@ def add_commands(commands):
     query.add_argument("--slowest", action="store_true",
                        help="longest duration first (entries with a duration)")
     query.add_argument("--ndjson", action="store_true", help="one JSON entry a line")
+    query.add_argument("--all", action="store_true",
+                       help="every matching entry, oldest first, page after page (an export)")
     query.set_defaults(remote=_query)
 
     stats = commands.add_parser("stats", help="counts by level, service, status…")
-    stats.add_argument("--project")
-    stats.add_argument("--container")
+    _filters(stats)
+    stats.add_argument("--q", help="words or \"a phrase\" in the url, bodies or data")
     stats.add_argument("--since")
     stats.add_argument("--until")
     stats.add_argument("--routes", type=int, default=20, help="rows of the route table")
@@ -90,7 +92,7 @@ def run(args, config):
     token, source = _token_and_source(args, config)
     client = Client(args.url or config.server_url, token=token)
     try:
-        args.remote(args, client)
+        code = args.remote(args, client)
     except ApiError as exc:
         print(f"logsvc: the server refused: {exc}", file=sys.stderr)
         if exc.status == 401:
@@ -109,7 +111,7 @@ def run(args, config):
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
-    return 0
+    return code or 0
 
 
 def _tail(args, client):
@@ -134,6 +136,8 @@ def _tail(args, client):
 
 def _query(args, client):
     params = dict(_filter_params(args), q=args.q, since=args.since, until=args.until)
+    if args.all:
+        return _export(args, client, params)
     if args.last:
         params["last"] = args.last
     else:
@@ -144,14 +148,37 @@ def _query(args, client):
     colour = sys.stdout.isatty()
     for entry in page["entries"]:
         _print_entry(entry, args.ndjson, colour)
-    if not args.ndjson:
-        exact = "" if page["totalExact"] else "at least "
-        print(f"-- {len(page['entries'])} of {exact}{page['total']} --", file=sys.stderr)
+    exact = "" if page["totalExact"] else "at least "
+    cut = len(page["entries"]) < page["total"]
+    if not args.ndjson or cut:
+        more = "; --all for every one" if cut and not args.last and not args.slowest else ""
+        print(f"-- {len(page['entries'])} of {exact}{page['total']}{more} --", file=sys.stderr)
+
+
+EXPORT_PAGE = 1000
+
+
+def _export(args, client, params):
+    """Every matching entry, oldest first, paging by id underneath; a
+    count on the terminal's standard error as it goes."""
+    if args.last or args.slowest:
+        print("logsvc: --all pages oldest first: it takes no --last or --slowest",
+              file=sys.stderr)
+        return EXIT_USAGE
+    colour = sys.stdout.isatty()
+    progress = sys.stderr.isatty()
+    n = 0
+    for entry in client.iter_entries(page_size=EXPORT_PAGE, **params):
+        _print_entry(entry, args.ndjson, colour)
+        n += 1
+        if progress and n % EXPORT_PAGE == 0:
+            print(f"\r-- {n:,} entries --", end="", file=sys.stderr, flush=True)
+    print(f"\r-- {n:,} entries, all that match --", file=sys.stderr)
 
 
 def _stats(args, client):
-    stats = client.stats(projectId=args.project, containerId=args.container, since=args.since,
-                         until=args.until, topRoutes=args.routes)
+    stats = client.stats(**_filter_params(args), q=args.q, since=args.since, until=args.until,
+                         topRoutes=args.routes)
     print(f"total  {stats['total']:>12,}")
     for name in ("byLevel", "byStatus", "byKind", "bySource", "byService", "byProject",
                  "byContainer"):
