@@ -13,7 +13,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from logsvc import entry
 from logsvc.store import fulltext
 from logsvc.store.query import MAX_LIMIT
-from logsvc.store.stats import BUCKETS
+from logsvc.store.stats import BUCKETS, ROUTE_SORTS
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -246,6 +246,9 @@ class RangeParams(FilterParams):
 
 class StatsParams(RangeParams):
     top_routes = Int(minimum=1, maximum=200, data_key="topRoutes", load_default=20)
+    sort = fields.String(load_default="total", validate=validate.OneOf(ROUTE_SORTS),
+                         metadata={"description": "the column byRoute is sorted by: the "
+                                   "top routes by that column, highest first (route: A-Z)"})
 
 
 class HistogramParams(RangeParams):

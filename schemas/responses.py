@@ -43,6 +43,7 @@ class RouteSchema(Schema):
     total = fields.Integer(required=True, metadata={"description": "Entries on the route"})
     errors = fields.Integer(required=True, metadata={"description": "Of them, level error"})
     timed = fields.Integer(required=True, metadata={"description": "Of them, with a duration"})
+    errorRate = fields.Float(required=True, metadata={"description": "errors / total"})
     p50 = _ms("Median duration (ms)")
     p95 = _ms("95th percentile (ms)")
     p99 = _ms("99th percentile (ms)")
@@ -52,7 +53,8 @@ class StatsSchema(Schema):
     total = fields.Integer(required=True)
     latency = fields.Nested(LatencySchema, required=True)
     byRoute = fields.List(fields.Nested(RouteSchema), required=True,
-                          metadata={"description": "The busiest routes, most calls first"})
+                          metadata={"description": "The top routes by `sort` (default: "
+                                                   "the busiest, most entries first)"})
     byLevel = _Counts()
     byProject = _Counts()
     byContainer = _Counts()

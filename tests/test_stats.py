@@ -315,3 +315,30 @@ def test_stats_and_histogram_follow_every_filter(store, filters):
         assert item["total"] == len(inside)
         expected = summary_of(inside)["latency"]
         assert near(item["p95"], expected["p95"]) and near(item["p50"], expected["p50"])
+
+
+@pytest.mark.parametrize("sort, expected", [
+    ("total", ["/busy/{id}", "/failing/{id}", "/slow/{id}"]),
+    ("p95", ["/slow/{id}", "/busy/{id}", "/failing/{id}"]),
+    ("errorRate", ["/failing/{id}", "/busy/{id}", "/slow/{id}"]),
+    ("errors", ["/failing/{id}", "/busy/{id}", "/slow/{id}"]),
+    ("route", ["/busy/{id}", "/failing/{id}", "/slow/{id}"]),
+])
+def test_the_route_table_is_ranked_by_the_column_asked_for(store, sort, expected):
+    made = make_entry
+    entries = ([made(i, url=f"/busy/{i}", durationMs=10, status=200 if i % 10 else 500,
+                     level="info" if i % 10 else "error") for i in range(30)]
+               + [made(i, url=f"/slow/{i}", durationMs=900, status=200, level="info")
+                  for i in range(5)]
+               + [made(i, url=f"/failing/{i}", durationMs=None, status=503, level="error")
+                  for i in range(8)])
+    store.ingest(entries)
+    rows = store.page(STATS, sort=sort, topRoutes=3)["byRoute"]
+    assert [row["route"] for row in rows] == expected
+    busy = next(row for row in rows if row["route"] == "/busy/{id}")
+    assert busy["errorRate"] == 0.1
+
+
+def test_an_unknown_route_sort_is_a_400_naming_it(store):
+    response = store.get(STATS, sort="fastest")
+    assert response.status_code == 400 and "'sort'" in response.json["message"]

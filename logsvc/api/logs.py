@@ -50,10 +50,10 @@ def list_logs():
 @blueprint.get("/_logs/stats")
 def get_stats():
     params = stats_params.load(query_args(stats_params))
-    top_routes = params.pop("top_routes")
+    top_routes, sort = params.pop("top_routes"), params.pop("sort")
     filters, key = _filters(params)
     with state().gate.turn(key):
-        return _json(stats.summary(filters, top_routes))
+        return _json(stats.summary(filters, top_routes, sort))
 
 
 @blueprint.get("/_logs/stats/histogram")

@@ -76,7 +76,7 @@ def from_counters(filters):
     return all(item.field in _COUNTED for item, _ in filters.active)
 
 
-def summary(filters, top_routes=TOP_ROUTES):
+def summary(filters, top_routes=TOP_ROUTES, sort="total"):
     """{total, byLevel, byProject, byContainer, byService, byKind, byStatus,
     bySource, latency, byRoute} of the entries matching `filters`: from the
     counters when the filters are a scope and a time range, else counted
@@ -109,7 +109,7 @@ def summary(filters, top_routes=TOP_ROUTES):
             result, counts, longest, routes = _raw_summary(
                 *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f))
         result["latency"] = sketch.summary(counts, longest)
-        result["byRoute"] = _by_route(routes, top_routes)
+        result["byRoute"] = _by_route(routes, top_routes, sort)
         return result
     return db.read(run)
 
@@ -119,20 +119,32 @@ def _found(filters):
     return planner.where_sql(filters, EVERY, ordered=False)
 
 
-def _by_route(routes, top):
-    """The `top` routes by calls, busiest first (ties by name)."""
+# The columns the route table may be sorted by (`sort`).
+ROUTE_SORTS = ("total", "errors", "errorRate", "timed", "p50", "p95", "p99", "route")
+
+
+def _by_route(routes, top, sort="total"):
+    """The `top` routes by `sort` (ROUTE_SORTS), highest first (`route`:
+    by name); ties by name. By calls, only the busiest rows are worked out."""
     shown = names.shower()  # stored routes (names.py) by name
-    ranked = sorted(((shown(route), counts) for route, counts in routes.items()),
-                    key=lambda item: (-item[1][0], item[0]))
-    out = []
-    for route, (calls, errors, counts) in ranked[:top]:
-        if calls <= 0:
-            continue
-        timed = sum(counts.values())
-        row = {"route": route, "total": calls, "errors": errors, "timed": timed}
-        row.update((f"p{p}", v) for p, v in sketch.percentiles(counts, (50, 95, 99), timed).items())
-        out.append(row)
-    return out
+    ranked = sorted(((shown(route), counts) for route, counts in routes.items()
+                     if counts[0] > 0), key=lambda item: (-item[1][0], item[0]))
+    rows = [_route_row(route, counts)
+            for route, counts in (ranked[:top] if sort == "total" else ranked)]
+    if sort == "route":
+        rows.sort(key=lambda row: row["route"])
+    elif sort != "total":
+        rows.sort(key=lambda row: (row[sort] is None, -(row[sort] or 0), row["route"]))
+    return rows[:top]
+
+
+def _route_row(route, counts):
+    calls, errors, buckets = counts
+    timed = sum(buckets.values())
+    row = {"route": route, "total": calls, "errors": errors, "timed": timed,
+           "errorRate": round(errors / calls, 4)}
+    row.update((f"p{p}", v) for p, v in sketch.percentiles(buckets, (50, 95, 99), timed).items())
+    return row
 
 
 def histogram(bucket, filters):
