@@ -206,6 +206,8 @@ class QueryParams(FilterParams):
     offset = Int()
     last = Int(minimum=1, maximum=MAX_LIMIT)
     after_id = Int(data_key="afterId")
+    around = Int(minimum=1, metadata={"description": "an entry id: that entry and up to "
+                                      "`limit` matching entries before and after it"})
     cursor = Text(max_length=4096)
     order = fields.String(validate=validate.OneOf(("asc", "desc", "slowest")))
     format = fields.String(validate=validate.OneOf(("json", "ndjson", "text")),
@@ -228,6 +230,11 @@ class QueryParams(FilterParams):
         if "last" in data and "order" in data:
             raise ValidationError("last always returns the newest entries oldest first; "
                                   "drop order.", "order")
+        if "around" in data:
+            for name, key in (("last", "last"), ("after_id", "afterId"), ("offset", "offset"),
+                              ("order", "order"), ("cursor", "cursor")):
+                if name in data:
+                    raise ValidationError(f"around cannot be combined with {key}.", "around")
         if "after_id" in data and data.get("order") in ("desc", "slowest"):
             raise ValidationError("afterId pages in ascending order of id; drop order.",
                                   "order")

@@ -17,6 +17,8 @@ class QueryResultSchema(Schema):
     limit = fields.Integer(required=True)
     offset = fields.Integer(required=True)
     nextAfterId = fields.Integer(allow_none=True)
+    aroundId = fields.Integer(metadata={"description": "with `around`: the entry whose "
+                                        "context this is"})
 
 
 class _Counts(fields.Dict):

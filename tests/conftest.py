@@ -133,6 +133,17 @@ def _starts_a_server(item):
         return False
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Say how to run the browser tests when they were skipped for want of
+    a browser, rather than leaving it to the skip list."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any("chromium" in str(getattr(report, "longrepr", "")) for report in skipped):
+        terminalreporter.write_line(
+            "The web UI's browser tests were skipped: they need Debian's chromium and "
+            "chromium-driver (sudo apt-get install chromium chromium-driver), then run "
+            "the same command again.")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if _starts_a_server(item):

@@ -323,3 +323,24 @@ def test_client_addresses_are_found_exactly_and_leave_the_index_with_their_entri
             "SELECT rowid FROM entry_keys WHERE entry_keys MATCH ? ORDER BY rowid",
             ('"i0a000001"',)).fetchall())
         assert left == [(7,)]
+
+
+def test_around_gives_an_entrys_context_in_its_container(store):
+    store.ingest([make_entry(i, containerId=f"cnt_{i % 2}", projectId="proj_1", tsMs=None)
+                  for i in range(60)])
+    page = store.page(around=31, containerId="cnt_0", limit=3)
+    # Entry 31 is of cnt_0 (i = 30): three of its container's before, three after.
+    assert [e["id"] for e in page["entries"]] == [25, 27, 29, 31, 33, 35, 37]
+    assert page["aroundId"] == 31 and page["total"] == 30
+    # An entry of another container is no part of the context asked for.
+    assert [e["id"] for e in store.page(around=32, containerId="cnt_0",
+                                        limit=2)["entries"]] == [29, 31, 33, 35]
+    edge = store.page(around=1, limit=2, includeResponseBody="true")["entries"]
+    assert [e["id"] for e in edge] == [1, 2, 3] and "responseBody" in edge[0]
+
+
+@pytest.mark.parametrize("other", [{"last": "5"}, {"afterId": "3"}, {"offset": "2"},
+                                   {"order": "desc"}])
+def test_around_takes_no_other_paging(store, other):
+    response = store.get(around=5, **other)
+    assert response.status_code == 400 and "'around'" in response.json["message"]

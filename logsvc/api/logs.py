@@ -25,6 +25,7 @@ def list_logs():
             raise Forbidden("Caller is not permitted to use the cross-tenant cursor")
         with state().gate.turn(found.scope_key):
             return _sweep(params, project_id, container_id)
+    around = params.pop("around", None)
     page = query.Page(
         limit=params.pop("limit"), offset=params.pop("offset", 0),
         order=params.pop("order", "asc"), last=params.pop("last", None),
@@ -33,7 +34,10 @@ def list_logs():
         include_response_body=params.pop("include_response_body"))
     filters = Filters(project_id=project_id, container_id=container_id, **params)
     with state().gate.turn(found.scope_key):
-        result = query.list_entries(filters, page)
+        if around is not None:
+            result = query.list_around(filters, around, page.limit, page)
+        else:
+            result = query.list_entries(filters, page)
     if fmt == "json":
         return Response(orjson.dumps(result), mimetype="application/json")
     headers = {"X-Total-Count": str(result["total"]),

@@ -53,6 +53,23 @@ def list_entries(filters, page):
     return db.read(_list_entries, filters, page)
 
 
+def list_around(filters, around, n, page):
+    """The entry `around` (if it matches) and up to `n` matching entries
+    before and after it, oldest first: an entry's context. `page` gives the
+    body flags. {"entries", "total", "totalExact", "limit", "aroundId"}."""
+    def run():
+        flags = {"include_request_body": page.include_request_body,
+                 "include_response_body": page.include_response_body}
+        before = _list_entries(filters, Page(last=n, max_id=around - 1, **flags))
+        at = _list_entries(filters, Page(after_id=around - 1, max_id=around, limit=1, **flags))
+        after = _list_entries(filters, Page(after_id=around, limit=n, **flags))
+        entries = [*before["entries"], *at["entries"], *after["entries"]]
+        return {"entries": entries, "total": before["total"],
+                "totalExact": before["totalExact"], "limit": n, "offset": 0,
+                "aroundId": around}
+    return db.read(run)
+
+
 def entries_after(filters, after_id, limit, max_id=None):
     """Matching entries with after_id < id <= max_id, ascending, without a
     total (the live tail's catch-up). Runs on a database thread."""
