@@ -57,13 +57,7 @@ class Guard:
 
 
 def _guard(found):
-    return Guard(found, _guard_every_s(), session_cookie())
-
-
-def _guard_every_s():
-    """How often an open stream asks whether its credential still holds:
-    each heartbeat, and at least every five seconds."""
-    return min(state().config.heartbeat_s, 5.0)
+    return Guard(found, state().config.heartbeat_s, session_cookie())
 
 
 @blueprint.get("/api/proxy-logs/_logs/stream")
@@ -153,7 +147,8 @@ def ws_logs(ws):
         ws.close(WS_TOO_MANY, str(exc)[:120])
         return
     with contextlib.closing(slot):
-        _ws_session(ws, subscription_args, Guard(found, _guard_every_s(), session_digest=session))
+        _ws_session(ws, subscription_args, Guard(found, state().config.heartbeat_s,
+                                                 session_digest=session))
 
 
 def websocket_unsupported():
