@@ -72,12 +72,12 @@ def create_app(config=None):
                                  str(Path(config.data_dir) / "limits.db")),
         scope_host=hosting.ScopeHost(config.scope_host) if config.scope_host else None,
     )
-    if runtime.cooperative() and config.body_min_rate:
-        app.wsgi_app = deadline.BodyDeadline(app.wsgi_app, config.header_timeout_s,
-                                             config.body_min_rate, config.max_request_bytes)
     networks = hosting.parse_networks(config.trusted_proxies)
     if networks:
         app.wsgi_app = hosting.TrustedProxies(app.wsgi_app, networks)
+    if runtime.cooperative() and config.body_min_rate:  # first: before anything reads it
+        app.before_request(deadline.BodyDeadline(config.header_timeout_s, config.body_min_rate,
+                                                 config.max_request_bytes))
     # Each request works on this application's store.
     app.before_request(lambda: db.use(store))
     app.before_request(stream.websocket_unsupported)

@@ -24,13 +24,19 @@ _CHUNK = 64 * 1024
 
 
 class BodyDeadline:
-    def __init__(self, app, first_s, min_rate, max_bytes):
-        self.app = app
+    """Registered as the application's first `before_request`: it returns
+    before the view runs, so an open stream's greenlet holds no frame of
+    it (a WSGI middleware would stay on every stream's stack)."""
+
+    def __init__(self, first_s, min_rate, max_bytes):
         self.first_s = first_s
         self.min_rate = min_rate
         self.max_bytes = max_bytes
 
-    def __call__(self, environ, start_response):
+    def __call__(self):
+        from flask import request
+
+        environ = request.environ
         length = environ.get("CONTENT_LENGTH")
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         try:
@@ -38,7 +44,7 @@ class BodyDeadline:
         except ValueError:
             size = None
         if (size is None and not chunked) or size == 0 or (size or 0) > self.max_bytes:
-            return self.app(environ, start_response)
+            return None
         body = self._read(environ["wsgi.input"], size)
         if body is None:
             sock = environ.get("gunicorn.socket")
@@ -47,14 +53,13 @@ class BodyDeadline:
                     sock.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
-            response = errors.error_response(
+            return errors.error_response(
                 408, f"The request body arrived too slowly (under {self.min_rate} bytes a "
                      "second; LOGSVC_BODY_MIN_RATE)", {"Connection": "close"})
-            return response(environ, start_response)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
-        return self.app(environ, start_response)
+        return None
 
     def _read(self, stream, size):
         """The body, or None when it did not come in time. Reads at most
