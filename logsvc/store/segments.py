@@ -45,21 +45,17 @@ import collections
 import functools
 import hashlib
 import io
-import logging
 import threading
-import time
 
 import orjson
 
 from logsvc.entry import COLUMNS, now_ms, row_to_dict
 
-from . import db, fulltext, lookup
+from . import db, fulltext, lookup, sketch
 from .bodies import unpack_body, unpack_data
 from .db import database
 from .models import IdSequence
 from .rows import render_row
-
-log = logging.getLogger("logsvc.segments")
 
 SEGMENT_ROWS = 65_536
 ROW_GROUP = 8_192
@@ -104,10 +100,6 @@ def sealed_through():
 def _set_sealed_through(value):
     db.execute("INSERT INTO meta (key, value) VALUES ('sealed_through', ?) "
                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(value),))
-
-
-def any_sealed():
-    return db.execute("SELECT 1 FROM segment LIMIT 1").fetchone() is not None
 
 
 # --- sealing --------------------------------------------------------------------
@@ -227,11 +219,6 @@ def clear():
     db.execute("DELETE FROM segment")
 
 
-def stored_bytes():
-    (n,) = db.execute("SELECT coalesce(sum(bytes), 0) FROM segment").fetchone()
-    return n
-
-
 # --- reading ---------------------------------------------------------------------
 
 def heavy(filters):
@@ -299,21 +286,18 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
             if not slowest and limit is not None and len(found) >= limit:
                 return found[:limit]
     if slowest:
-        found.sort(key=_slowest_key, reverse=True)
+        found.sort(key=slowest_key, reverse=True)
         if limit is not None:
             found = found[:limit]
     return found
 
 
-def _slowest_key(item):
-    from . import sketch
-
+def slowest_key(item):
+    """What `order=slowest` sorts an entry by (its latency bucket, its
+    duration, its id), as the SQL of the hot entries does."""
     duration = item["durationMs"]
     return (sketch.bucket_of(duration) if duration is not None else -1, duration or 0,
             item["id"])
-
-
-slowest_key = _slowest_key
 
 
 def count(filters, after_id=None, upto_id=None, cap=None):
@@ -327,11 +311,6 @@ def count(filters, after_id=None, upto_id=None, cap=None):
             if cap is not None and n > cap:
                 return n
     return n
-
-
-def entries(filters):
-    """Every sealed entry matching `filters` (the raw stats of a search)."""
-    return read(filters, order="asc")
 
 
 def _segments(filters, after_id, upto_id):
@@ -572,15 +551,3 @@ class Bloom:
     def __contains__(self, word):
         bits = self.bits
         return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(word))
-
-
-def wait_sealed(hot_rows, timeout_s=60.0):
-    """Seal until nothing more is due (tests, benchmarks, the CLI)."""
-    deadline = time.monotonic() + timeout_s
-    total = 0
-    while time.monotonic() < deadline:
-        n = db.call(seal_once, hot_rows)
-        if not n:
-            return total
-        total += n
-    return total
