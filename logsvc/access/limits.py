@@ -89,15 +89,9 @@ class RateLimiter:
             return True
 
     def _connection(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            db.enable_wal(self.path)
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA synchronous=off")  # losing a count on power loss is fine
-            conn.execute("CREATE TABLE IF NOT EXISTS bucket (scope TEXT PRIMARY KEY, tat REAL)")
-            self._local.conn = conn
-        return conn
+        return db.counts_connection(
+            self._local, self.path,
+            "CREATE TABLE IF NOT EXISTS bucket (scope TEXT PRIMARY KEY, tat REAL)")
 
 
 class FailureLimiter(RateLimiter):

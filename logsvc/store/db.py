@@ -288,6 +288,21 @@ def enable_wal(path, patience_s=30.0):
         conn.close()
 
 
+def counts_connection(local, path, table_sql):
+    """This thread's connection (kept on `local`) to a small SQLite file of
+    counts that every worker of the host shares (`<data dir>/limits.db`:
+    rate budgets, open streams), with the table `table_sql` creates.
+    Autocommit; not synchronous: a count lost on power loss is fine."""
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        enable_wal(path)
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=off")
+        conn.execute(table_sql)
+        local.conn = conn
+    return conn
+
+
 def _postgres_database(url, read_only=False):
     try:
         import psycopg2.extensions  # fail here, with a clear message

@@ -133,16 +133,9 @@ class StreamSlots:
                 log.warning("could not give back a stream slot")
 
     def _connection(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            db.enable_wal(self.path)
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA synchronous=off")  # a count lost on power loss is fine
-            conn.execute("CREATE TABLE IF NOT EXISTS stream_slot (scope TEXT, pid INTEGER, "
-                         "n INTEGER, PRIMARY KEY (scope, pid))")
-            self._local.conn = conn
-        return conn
+        return db.counts_connection(
+            self._local, self.path, "CREATE TABLE IF NOT EXISTS stream_slot (scope TEXT, "
+            "pid INTEGER, n INTEGER, PRIMARY KEY (scope, pid))")
 
     def _take_shared(self, key):
         conn = self._connection()
