@@ -53,6 +53,20 @@ QUESTIONS = [
     (STATS, {"projectId": "proj_2", "since": "1800000123456"}),
     (HISTOGRAM, {"since": "1800000000000", "until": "1800003000000", "bucket": "5m"}),
     (HISTOGRAM, {"q": "word3", "since": "1800000000000", "until": "1800003000000"}),
+    # Partial minutes on both sides of the boundary: the counters' edges
+    # are counted from the entries, sealed ones included.
+    (LOGS, {"since": "1800000123456", "until": "1800001987654", "level": "error"}),
+    (LOGS, {"projectId": "proj_1", "since": "1800000123456", "limit": 5}),
+    (LOGS, {"containerId": "cnt_2", "projectId": "proj_2", "since": "1800000061000"}),
+    (LOGS, {"afterId": 200, "limit": 100}), (LOGS, {"order": "slowest", "offset": 30}),
+    (LOGS, {"minDurationMs": "800", "order": "desc"}), (LOGS, {"route": "/v1/items/:id"}),
+    (STATS, {"since": "1800000123456", "until": "1800002500001"}),
+    (STATS, {"projectId": "proj_0", "containerId": "cnt_3", "since": "1800000123456"}),
+    (STATS, {"status": "5xx", "since": "1800000061001", "until": "1800002000000"}),
+    (STATS, {"minDurationMs": "100", "sort": "p95"}),
+    (HISTOGRAM, {"since": "1800000123456", "until": "1800002345678", "bucket": "1m"}),
+    (HISTOGRAM, {"level": "error", "since": "1800000123456", "until": "1800003000000",
+                 "bucket": "5m"}),
 ]
 
 
@@ -118,23 +132,41 @@ def test_a_sealed_entry_reads_as_it_was_written(sealed_app):
     assert entry[0]["data"] == {"n": 10} and entry[0]["requestBody"] is None
 
 
-def test_retention_drops_a_segment_once_its_entries_are_gone(sealed_app):
+def test_retention_drops_the_oldest_segments_whole_and_the_counters_follow(sealed_app):
     store = Store(sealed_app.test_client())
     store.ingest(corpus(400))
     seal(sealed_app)
     config = sealed_app.extensions["logsvc"].config.replace(max_rows=300, retention_days=0)
     with db.using(sealed_app.extensions["logsvc"].store):
         assert db.call(lambda: db.execute("SELECT count(*) FROM segment").fetchone()[0]) == 4
-        assert retention.prune(config) == 100
+        # 100 too many: the two oldest segments (1-64, 65-128) go whole.
+        assert retention.prune(config) == 128
         kept = db.call(lambda: db.execute("SELECT min_id FROM segment ORDER BY min_id")
                        .fetchall())
-    # Entries 1-100 are gone: the first segment (1-64) with them; 65-128
-    # keeps its last 28.
-    assert kept == [(65,), (129,), (193,)]
-    assert store.page(STATS)["total"] == 300
+    assert kept == [(129,), (193,)]
+    stats = store.page(STATS)
+    assert stats["total"] == 272
+    assert sum(stats["byLevel"].values()) == 272
+    assert stats == store.page(STATS, since="0")  # the counters agree with the entries
+    assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(129, 401))
     page = store.page(q="word3", limit=500)
-    assert page["entries"] and min(e["id"] for e in page["entries"]) > 100
-    assert page["total"] == len([i for i in range(100, 400) if i % 2 and i % 7 == 3])
+    assert [e["id"] for e in page["entries"]] == [i + 1 for i in range(128, 400)
+                                                   if i % 2 and i % 7 == 3]
+    assert page["total"] == len(page["entries"])
+
+
+def test_retention_by_age_drops_a_segment_once_all_of_it_is_past(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(400))
+    seal(sealed_app)
+    # Entry i is at 1_800_000_000_000 + i * 7000: the cutoff falls inside
+    # the second segment (entries 65-128), which stays whole.
+    now = 1_800_000_000_000 + 100 * 7_000 + 30 * 86_400_000
+    config = sealed_app.extensions["logsvc"].config.replace(retention_days=30)
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert retention.prune(config, now=now) == 64
+    assert store.page(STATS)["total"] == 336
+    assert store.page(limit=1)["entries"][0]["id"] == 65
 
 
 def test_a_clear_removes_the_segments_too(sealed_app):
@@ -257,9 +289,10 @@ def test_retention_by_size_keeps_the_newest_that_fit_and_the_counters_exact(make
         used = db.call(retention.used_bytes)
         config = app.extensions["logsvc"].config.replace(max_disk_bytes=used // 2)
         removed = retention.prune(config)
-    # Half the bytes: half the entries (PostgreSQL's sizes move a little
-    # between two looks: its statistics, its free space map).
-    assert abs(removed - 500) <= 25
+    # Half the bytes: half the entries at least (PostgreSQL's sizes move a
+    # little between two looks: its statistics, its free space map), taken
+    # as whole segments of 200, the oldest first.
+    assert 475 <= removed <= 700 and removed % 200 == 0
     assert store.page(STATS)["total"] == 1000 - removed
     ids = [e["id"] for e in store.page(limit=5000)["entries"]]
     assert ids == list(range(removed + 1, 1001))  # the oldest went first

@@ -8,7 +8,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from logsvc.entry import LEVELS
 
-from . import db, query
+from . import db, query, segments
 
 
 def render():
@@ -37,5 +37,4 @@ def _read():
     row = db.execute(f"SELECT {sums} FROM rollup_total").fetchone()
     by_level = list(zip(LEVELS, row))
     last_id = query.high_water()
-    (oldest,) = db.execute("SELECT MIN(ts_ms) FROM entry").fetchone()
-    return by_level, last_id, oldest
+    return by_level, last_id, segments.oldest_ts()

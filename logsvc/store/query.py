@@ -9,9 +9,9 @@ size: see rollup.counted); otherwise it is a count capped at
 `offset + limit + COUNT_CAP` rows, and `totalExact` says whether the cap was
 reached.
 
-Sealed entries (segments.py) are skeletons in `entry`: a page of them is
-completed from their segments, and a search, a trace id or a client address
-finds them in the segments, merged by id with what the hot entries give.
+Sealed entries (segments.py) are no longer in `entry`: a page reaching
+them reads the segments too, merged by id with what the hot entries give;
+a count the counters cannot give counts them there.
 """
 import dataclasses
 
@@ -19,7 +19,7 @@ from logsvc.entry import COLUMNS
 
 from . import db, fulltext, names, planner, rollup, segments
 from .bodies import unpack_body
-from .filters import where_sql
+from .filters import Filters, where_sql
 from .models import IdSequence
 from .rows import render_row
 
@@ -85,12 +85,10 @@ def last_entries(filters, n, max_id):
             f"ORDER BY {id_column} DESC LIMIT ?", [*params, max_id, n]).fetchall()
         found = [render_row(row) for row in reversed(rows)]
         through = segments.sealed_through()
-        if through and segments.heavy(filters) and len(found) < n:
+        if through and len(found) < n:
             older = segments.read(filters, upto_id=min(max_id, through), order="desc",
                                   limit=n - len(found))
             found = [*reversed(older), *found]
-        elif through:
-            segments.fill(found, through)
         return found
     return db.read(run)
 
@@ -104,12 +102,17 @@ def high_water():
 def entries_from(after_id, limit):
     """Every stored entry with an id above `after_id`, ascending, as the
     API's entries (the live tail's ring)."""
-    found = [render_row(row) for row in db.execute(
+    found = []
+    through = segments.sealed_through()
+    if after_id < through:
+        found = segments.read(Filters(), after_id=after_id, upto_id=through, order="asc",
+                              limit=limit)
+        if len(found) >= limit:
+            return found
+        after_id, limit = through, limit - len(found)
+    return found + [render_row(row) for row in db.execute(
         f"{_SELECT} FROM entry e WHERE e.id > ? ORDER BY e.id LIMIT ?",
         (after_id, limit)).fetchall()]
-    if found and found[0]["id"] <= (through := segments.sealed_through()):
-        segments.fill(found, through)
-    return found
 
 
 _SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)
@@ -124,12 +127,9 @@ _SLOWEST = "e.lat_bucket DESC, e.duration_ms DESC, e.id DESC"
 
 def _list_entries(filters, page):
     through = segments.sealed_through()
-    if through and segments.heavy(filters):
+    if through and (page.after_id is None or page.after_id < through):
         return _list_with_sealed(filters, page, through)
-    result = _list_stored(filters, page)
-    if through:
-        segments.fill(result["entries"], through, _bodies(page))
-    return result
+    return _list_stored(filters, page)
 
 
 def _bodies(page):
@@ -139,8 +139,7 @@ def _bodies(page):
 
 
 def _list_with_sealed(filters, page, through):
-    """A page of a search (or a trace id, a client address) over hot and
-    sealed entries: as many as the page needs from each side, in the
+    """A page over hot and sealed entries: as many as the page needs from each side, in the
     page's order, then the page cut from them."""
     if page.order == "slowest":  # only entries with a duration (see _list_stored)
         filters = filters.replace(timed=True)
@@ -195,8 +194,7 @@ def _list_with_sealed(filters, page, through):
 
 
 def _list_stored(filters, page, total=True):
-    """A page of what `entry` holds (hot entries, and sealed ones as
-    skeletons)."""
+    """A page of what `entry` holds (the hot entries)."""
     if page.order == "slowest":
         # Its own indexes, by latency bucket (models.py).
         filters = filters.replace(timed=True)
@@ -257,16 +255,12 @@ def _list_stored(filters, page, total=True):
 def _entries_after(filters, after_id, limit, max_id):
     through = segments.sealed_through()
     if through and after_id < through:
-        if segments.heavy(filters):
-            upto = through if max_id is None else min(max_id, through)
-            older = segments.read(filters, after_id=after_id, upto_id=upto, order="asc",
-                                  limit=limit)
-            if len(older) >= limit or (max_id is not None and max_id <= through):
-                return older
-            return [*older, *_entries_stored(filters, through, limit - len(older), max_id)]
-        found = _entries_stored(filters, after_id, limit, max_id)
-        segments.fill(found, through)
-        return found
+        upto = through if max_id is None else min(max_id, through)
+        older = segments.read(filters, after_id=after_id, upto_id=upto, order="asc",
+                              limit=limit)
+        if len(older) >= limit or (max_id is not None and max_id <= through):
+            return older
+        return [*older, *_entries_stored(filters, through, limit - len(older), max_id)]
     return _entries_stored(filters, after_id, limit, max_id)
 
 
@@ -317,8 +311,8 @@ def _count(filters, cap=None):
         return n, True
     cap = cap or COUNT_CAP
     sealed = 0
-    through = segments.sealed_through() if segments.heavy(filters) else 0
-    if through:  # what the indexes of hot entries cannot find
+    through = segments.sealed_through()
+    if through:  # the sealed entries, which `entry` no longer holds
         sealed = segments.count(filters, upto_id=through, cap=cap)
         if sealed > cap:
             return cap, False

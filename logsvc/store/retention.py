@@ -75,6 +75,11 @@ def _prune(config, now, batch, holder, lease_s):
     if db.is_postgres():
         removed += db.call(_drop_partitions, cutoff, max_rows)
     if cutoff is not None:
+        # Sealed entries go a segment at a time, once all of it is older.
+        while (n := db.call(_drop_segment, cutoff)) is not None:
+            removed += n
+            _renew(holder, lease_s)
+            runtime.pause()
         while True:
             n = db.call(_delete_batch, "ts_ms < ? ORDER BY ts_ms LIMIT ?", (cutoff, batch))
             removed += n
@@ -86,7 +91,10 @@ def _prune(config, now, batch, holder, lease_s):
         excess = db.call(_row_count) - max_rows
         if excess <= 0:
             break
-        removed += db.call(_delete_batch, "TRUE ORDER BY id LIMIT ?", (min(excess, batch),))
+        n = db.call(_drop_segment)  # the oldest segment first, whole
+        if n is None:
+            n = db.call(_delete_batch, "TRUE ORDER BY id LIMIT ?", (min(excess, batch),))
+        removed += n
         _renew(holder, lease_s)
         runtime.pause()
     return removed
@@ -160,11 +168,25 @@ def release_lease(name, holder):
 
 
 def _drop_partitions(cutoff, max_rows):
-    removed = partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
-    if removed:
-        with database.atomic():
-            segments.forget_emptied()
-    return removed
+    return partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
+
+
+def _drop_segment(cutoff=None):
+    """Drop the oldest segment (with `cutoff`: the oldest whose entries are
+    all older), its entries subtracted from the counters in the same
+    transaction. Returns how many entries it held, None if none was due."""
+    with database.atomic():
+        segment_id = segments.droppable(cutoff)
+        if segment_id is None:
+            return None
+        dropped = segments.drop(segment_id)
+        if dropped is None:
+            return None
+        rows, low, high = dropped
+        if rows:
+            rollup.add(rows, sign=-1)
+        PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
+        return len(rows)
 
 
 def _forget_prunes_before(ts_ms):
@@ -221,12 +243,8 @@ def _delete_batch(where, params):
             deleted = db.execute(f"DELETE FROM entry WHERE id = ANY(?) RETURNING {rollup.ROW_SQL}",
                                  (ids,)).fetchall()
         else:
-            # Sealed entries (segments.py) have no index documents left.
-            through = segments.sealed_through()
-            hot = [i for i in ids if i > through]
-            if hot:
-                fulltext.delete_sqlite(hot)
-                lookup.delete(hot)
+            fulltext.delete_sqlite(ids)
+            lookup.delete(ids)
             db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
             marks = ", ".join("?" for _ in ids)
             deleted = db.execute(f"DELETE FROM entry WHERE id IN ({marks}) "
@@ -234,6 +252,5 @@ def _delete_batch(where, params):
         if not deleted:
             return 0
         rollup.add(deleted, sign=-1)
-        segments.forget_emptied()
         PruneLog.create(ts_ms=now_ms(), min_id=min(ids), max_id=max(ids))
         return len(deleted)

@@ -44,8 +44,8 @@ from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 """
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
-from . import db, names, sketch
-from .filters import unindexed, where_sql
+from . import db, names, segments, sketch
+from .filters import Filters, unindexed, where_sql
 
 ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
 # One count column per value of each breakdown, beside the row total `n`.
@@ -437,12 +437,16 @@ def _refresh_max(tier, folded):
         # From the entries left in that minute, one grouped read per minute.
         for minute in sorted({key[0] for key, _ in keys}):
             start = minute * MINUTE_MS
-            rows = db.execute(
-                "SELECT project_id, coalesce(container_id, ''), coalesce(service_name, ''), "
-                "MAX(duration_ms) FROM entry WHERE ts_ms >= ? AND ts_ms < ? "
-                "AND duration_ms IS NOT NULL GROUP BY 1, 2, 3",
-                (start, start + MINUTE_MS)).fetchall()
-            found = {tuple(row[:3]): row[3] for row in rows}
+            found = {}
+            for sql, params in _with_sealed(
+                    "SELECT project_id, coalesce(container_id, ''), coalesce(service_name, ''), "
+                    "MAX(duration_ms) FROM entry WHERE ts_ms >= ? AND ts_ms < ? "
+                    "AND duration_ms IS NOT NULL GROUP BY 1, 2, 3",
+                    [start, start + MINUTE_MS], _window(start, start + MINUTE_MS, None, None)):
+                for row in db.execute(sql, params).fetchall():
+                    key = tuple(row[:3])
+                    if found.get(key) is None or row[3] > found[key]:
+                        found[key] = row[3]
             db.executemany(
                 f"UPDATE {table} SET lat_max = ? WHERE {match} AND lat_max <= ?",
                 [(found.get(key[1:]), *key, longest) for key, longest in keys
@@ -518,14 +522,14 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
     parts = []
     for unit, start, end, sign in _signed_spans(since, until, _units(names)):
         if unit is None:
-            sql, params = _entry_part(start, end, project_id, container_id,
-                                      _entry_select(columns, keys=not every_scope))
-            if sign < 0:
-                sql = f"SELECT {negated} FROM ({sql}) AS raw"
+            for sql, params in _entry_part(start, end, project_id, container_id,
+                                           _entry_select(columns, keys=not every_scope)):
+                if sign < 0:
+                    sql = f"SELECT {negated} FROM ({sql}) AS raw"
+                parts.append((sql, params))
         else:
-            sql, params = _tier_part(names[unit], start, end, project_id, container_id,
-                                     select=counts if sign > 0 else negated)
-        parts.append((sql, params))
+            parts.append(_tier_part(names[unit], start, end, project_id, container_id,
+                                    select=counts if sign > 0 else negated))
     if not parts:
         return None
     return (" UNION ALL ".join(sql for sql, _ in parts),
@@ -590,15 +594,17 @@ def _counted_by_class(filters, columns, found, keys):
     parts = []
     for unit, start, end, sign in _class_spans(filters, tiers):
         if unit is None:
-            where, params = found(filters.replace(since=start, until=end))
-            sql = f"{_entry_select(columns, keys=keyed)} WHERE {where}"
-            if sign < 0:
-                sql = f"SELECT {negated} FROM ({sql}) AS raw"
+            part = filters.replace(since=start, until=end)
+            where, values = found(part)
+            for sql, params in _with_sealed(f"{_entry_select(columns, keys=keyed)} WHERE {where}",
+                                            values, part):
+                if sign < 0:
+                    sql = f"SELECT {negated} FROM ({sql}) AS raw"
+                parts.append((sql, params))
         else:
-            sql, params = _tier_part(tiers[unit], start, end, filters.project_id,
-                                     filters.container_id,
-                                     select=counts if sign > 0 else negated, also=also)
-        parts.append((sql, params))
+            parts.append(_tier_part(tiers[unit], start, end, filters.project_id,
+                                    filters.container_id,
+                                    select=counts if sign > 0 else negated, also=also))
     if not parts:
         return None
     return (" UNION ALL ".join(sql for sql, _ in parts),
@@ -614,10 +620,11 @@ def class_latency(filters, found):
     parts = []
     for unit, start, end, sign in _class_spans(filters, tiers):
         if unit is None:
-            where, params = found(filters.replace(since=start, until=end))
-            parts.append((f"SELECT {_NO_TEXT}, lat_bucket, count(*), {sign} FROM entry e "
-                          f"WHERE {where} AND +lat_bucket IS NOT NULL GROUP BY lat_bucket",
-                          params))
+            part = filters.replace(since=start, until=end)
+            where, params = found(part)
+            parts.extend(_with_sealed(
+                f"SELECT {_NO_TEXT}, lat_bucket, count(*), {sign} FROM entry e "
+                f"WHERE {where} AND +lat_bucket IS NOT NULL GROUP BY lat_bucket", params, part))
         else:
             parts.append(_tier_part(tiers[unit], start, end, filters.project_id,
                                     filters.container_id,
@@ -642,9 +649,10 @@ def latency_max(filters, counts):
         return None
     fields = {item.field for item, _ in filters.active}
     where, params = where_sql(filters, plain=fields - {"project_id"})
-    (longest,) = db.execute(f"SELECT MAX(e.duration_ms) FROM entry e WHERE {where} "
-                            "AND e.lat_bucket = ?", [*params, top]).fetchone()
-    return longest
+    sql = f"SELECT MAX(e.duration_ms) FROM entry e WHERE {where} AND e.lat_bucket = ?"
+    found = [db.execute(part, [*values, top]).fetchone()[0]
+             for part, values in _with_sealed(sql, params, filters, bucket=top)]
+    return max((n for n in found if n is not None), default=None)
 
 
 def class_routes(filters, found):
@@ -661,7 +669,8 @@ def class_routes(filters, found):
     parts = []
     for unit, start, end, sign in spans:
         if unit is None:
-            parts.append(_entry_routes(*found(filters.replace(since=start, until=end)), sign))
+            part = filters.replace(since=start, until=end)
+            parts.extend(_with_sealed(*_entry_routes(*found(part), sign), part))
         else:
             parts.append(_tier_part(tables[unit], start, end, filters.project_id,
                                     filters.container_id,
@@ -808,8 +817,25 @@ def _raw_where(low, high, project_id, container_id):
 
 
 def _entry_part(low, high, project_id, container_id, select):
+    """The parts that read the scope's entries with low <= ts_ms < high
+    (hot and sealed, see _with_sealed)."""
     where, params = _raw_where(low, high, project_id, container_id)
-    return f"{select} WHERE {where}", params
+    return _with_sealed(f"{select} WHERE {where}", params,
+                        _window(low, high, project_id, container_id))
+
+
+def _window(low, high, project_id, container_id):
+    return Filters(project_id=project_id, container_id=container_id, since=low, until=high)
+
+
+def _with_sealed(sql, params, filters, bucket=None):
+    """[(sql, params)]: `sql` over `entry`, and, where sealed entries may
+    match `filters` (segments.stage copies them into `sealed_entry`), the
+    same over them."""
+    parts = [(sql, params)]
+    if segments.stage(filters, bucket):
+        parts.append((segments.twin(sql), list(params)))
+    return parts
 
 
 def scope_where(project_id, container_id, indexed=True):
@@ -839,9 +865,10 @@ def latency(project_id=None, container_id=None, since=None, until=None):
     for unit, start, end, _ in _signed_spans(since, until, _units(names), subtract=False):
         if unit is None:
             where, params = _raw_where(start, end, project_id, container_id)
-            parts.append((f"SELECT {_NO_TEXT}, lat_bucket, count(*), MAX(duration_ms) "
-                          f"FROM entry e WHERE {where} AND +lat_bucket IS NOT NULL "
-                          f"GROUP BY lat_bucket", params))
+            parts.extend(_with_sealed(
+                f"SELECT {_NO_TEXT}, lat_bucket, count(*), MAX(duration_ms) "
+                f"FROM entry e WHERE {where} AND +lat_bucket IS NOT NULL "
+                f"GROUP BY lat_bucket", params, _window(start, end, project_id, container_id)))
         else:
             parts.append(_tier_part(names[unit], start, end, project_id, container_id,
                                     select=f"lat, {_NO_NUMBER}, {_NO_NUMBER}, lat_max",
@@ -878,7 +905,9 @@ def routes(project_id=None, container_id=None, since=None, until=None):
     # a sketch (counters) or a bucket (entries), sign).
     for unit, start, end, sign in _signed_spans(since, until, _units(tables)):
         if unit is None:
-            parts.append(_entry_routes(*_raw_where(start, end, project_id, container_id), sign))
+            parts.extend(_with_sealed(
+                *_entry_routes(*_raw_where(start, end, project_id, container_id), sign),
+                _window(start, end, project_id, container_id)))
         else:
             parts.append(_tier_part(tables[unit], start, end, project_id, container_id,
                                     select=f"route, n, errors, lat, {_NO_NUMBER}, {sign}"))

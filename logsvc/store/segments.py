@@ -11,50 +11,50 @@ table beside what lets a question skip it: its id and time ranges, the
 projects it holds, and a Bloom filter of its words (url, bodies, `data`;
 `fulltext.words`) and trace ids.
 
-What a sealed entry keeps in `entry` is its *skeleton*: id, time, scope,
-service, level, kind, method, status, source, route and duration, the
-columns every count, histogram, page order and tier of the counters
-reads. Its url, trace id, client address and `data` are emptied there,
-its bodies and its documents in the full-text and lookup indexes removed:
-those, the bulk of an entry, live in the segment only. So:
+A sealed entry leaves `entry`: its row, its bodies and its documents in the
+full-text and lookup indexes are removed in the transaction that adds its
+segment. What stays is its share of the counters (rollup.py), which go on
+counting it until retention drops its segment. So:
 
-- every question whose filters are among the skeleton's columns (scope,
-  level, status, service, time, duration, route...) runs in SQL as
-  before, over hot and sealed entries alike, and its pages are completed
-  from the segments (`fill`);
-- a search (`q`), a trace id or a client address finds the hot entries
-  through the indexes and the sealed ones through the segments (`read`,
-  `count`): the segments that may match (ranges, projects, Bloom filter)
-  are decoded, filtered with Arrow's compute functions, and checked by the
-  same `filters.matches` the live tail uses.
+- every question the counters answer (totals, stats and histograms of a
+  scope and a time range, a level or a status class) reads no entry and no
+  segment;
+- a page, a search, a count or stats that the counters cannot answer read
+  the hot entries in SQL and the segments that may hold a match (`read`,
+  `count`): id and time ranges, projects and the Bloom filter skip the
+  others; the rest are filtered with Arrow's compute functions, and `q` is
+  checked by the same `fulltext.matches` the live tail uses;
+- the counters' partial minutes (the edges of a time range, a container's
+  route table) are counted from the entries: SQL over `entry` and, for the
+  sealed ones, the same SQL over `sealed_entry`, a temporary table into
+  which `stage` copies the sealed entries of that window (`twin`).
 
 The watermark: `meta.sealed_through` is the highest sealed id: every entry
 at or below it is sealed, every one above it hot. A seal is one
-transaction that adds the segment, empties its entries' heavy columns and
-index documents and moves the watermark: a kill at any point leaves all of
-it or none, and segments cover consecutive id ranges.
+transaction that adds the segment, removes its entries from `entry` and
+moves the watermark: a kill at any point leaves all of it or none, and
+segments cover consecutive id ranges.
 
 Segments live in the database (a BLOB on SQLite, bytea on PostgreSQL):
 every host of a PostgreSQL store reads every segment, and a backup of the
-database is a backup of everything. Retention deletes skeletons as it
-deleted rows (the counters subtract them exactly) and drops a segment once
-none of its entries is left.
+database is a backup of everything. Retention drops whole segments, oldest
+first, subtracting their entries from the counters in the same
+transaction (`drop`).
 """
-import bisect
 import collections
 import functools
 import hashlib
 import io
+import re
 import threading
 
 import orjson
 
 from logsvc.entry import COLUMNS, now_ms, row_to_dict
 
-from . import db, fulltext, lookup, sketch
+from . import db, fulltext, lookup, names, sketch
 from .bodies import unpack_body, unpack_data
 from .db import database
-from .models import IdSequence
 from .rows import render_row
 
 SEGMENT_ROWS = 65_536
@@ -109,7 +109,7 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
     `hot_rows` entries would still be newer. Returns how many were sealed
     (0: none due)."""
     through = sealed_through()
-    high = IdSequence.high_water()
+    (high,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
     if high - through <= hot_rows + segment_rows:
         return 0
     upto = through + segment_rows
@@ -130,7 +130,7 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
                 "words, data, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (through + 1, upto, summary["min_ts"], summary["max_ts"], len(rows), len(blob),
                  orjson.dumps(summary["projects"]).decode(), summary["words"], blob, now_ms()))
-            _empty_hot(through, upto)
+            _remove_hot(through, upto)
         _set_sealed_through(upto)
     if not db.is_postgres():
         # The pages the emptied rows and documents left, back to the file
@@ -194,77 +194,161 @@ def _build(rows):
 _TRACE_MARK = "\x00trace:"
 
 
-def _empty_hot(through, upto):
-    """What sealing leaves of the entries in `entry`: their skeletons."""
+def _remove_hot(through, upto):
+    """Sealed entries leave `entry`, `entry_body` and the indexes."""
     if not db.is_postgres():
         fulltext.delete_range(through, upto)
         lookup.delete_range(through, upto)
     db.execute("DELETE FROM entry_body WHERE entry_id > ? AND entry_id <= ?", (through, upto))
-    db.execute("UPDATE entry SET trace_id = '', url = NULL, client_ip = NULL, data = '' "
-               "WHERE id > ? AND id <= ?", (through, upto))
+    db.execute("DELETE FROM entry WHERE id > ? AND id <= ?", (through, upto))
 
 
 # --- retention ---------------------------------------------------------------
 
-def forget_emptied():
-    """Drop the segments none of whose entries is left (retention deleted
-    their skeletons); returns how many."""
-    (oldest,) = db.execute("SELECT min(id) FROM entry").fetchone()
-    if oldest is None:
-        return db.execute("DELETE FROM segment").rowcount
-    return db.execute("DELETE FROM segment WHERE max_id < ?", (oldest,)).rowcount
+def oldest_id():
+    """The least id the store holds, sealed or hot (None: none)."""
+    row = db.execute("SELECT min_id FROM segment ORDER BY min_id LIMIT 1").fetchone()
+    if row is not None:
+        return row[0]
+    return db.execute("SELECT min(id) FROM entry").fetchone()[0]
+
+
+def oldest_ts():
+    """The earliest time of an entry the store holds (None: none)."""
+    found = [db.execute("SELECT min(min_ts) FROM segment").fetchone()[0],
+             db.execute("SELECT min(ts_ms) FROM entry").fetchone()[0]]
+    return min((ts for ts in found if ts is not None), default=None)
+
+
+def drop(segment_id):
+    """Drop one segment (in the caller's transaction, which subtracts its
+    entries from the counters). Returns (its entries as rollup.ROW_SQL's
+    rows, its least id, its greatest id), or None if it is gone."""
+    row = db.execute("SELECT min_id, max_id FROM segment WHERE id = ?", (segment_id,)).fetchone()
+    if row is None:
+        return None
+    table, _ = _decoded({"id": segment_id, "min_id": row[0], "max_id": row[1]})
+    db.execute("DELETE FROM segment WHERE id = ?", (segment_id,))
+    return _stored_rows(table, _COUNTED_COLUMNS), row[0], row[1]
+
+
+def droppable(cutoff=None):
+    """The oldest segment (id), or with `cutoff` the oldest whose every
+    entry is older than it; None if none."""
+    if cutoff is None:
+        row = db.execute("SELECT id FROM segment ORDER BY min_id LIMIT 1").fetchone()
+    else:
+        row = db.execute("SELECT id FROM segment WHERE max_ts < ? ORDER BY min_id LIMIT 1",
+                         (cutoff,)).fetchone()
+    return None if row is None else row[0]
+
+
+# rollup.ROW_SQL's columns, as a segment names them.
+_COUNTED_COLUMNS = ("ts_ms", "project_id", "container_id", "service_name", "level", "kind",
+                    "status", "source", "route", "lat_bucket", "duration_ms")
+# How each column of a segment is stored in `entry` (names.py).
+_NAMED = {"project_id", "container_id", "service_name", "method", "route"}
+_LETTERED = {"level", "kind", "source"}
+
+
+def _stored_rows(table, columns):
+    """The rows of an Arrow table of sealed entries as `entry` stores them
+    (tuples of `columns`)."""
+    stored, lettered = names.stored, names.lettered
+    converted = []
+    for column in columns:
+        values = table[column].to_pylist()
+        if column in _NAMED:
+            memo = {}
+            values = [memo[v] if v in memo else memo.setdefault(v, stored(v)) for v in values]
+        elif column in _LETTERED:
+            values = [lettered(column, v) for v in values]
+        converted.append(values)
+    return list(zip(*converted))
 
 
 def clear():
     db.execute("DELETE FROM segment")
+    _staged.clear()
+
+
+# --- the counters' partial minutes: sealed entries as rows of SQL --------------
+
+# `sealed_entry`: a temporary table (one per connection) with the columns
+# of `entry` that counting reads, in `entry`'s stored forms.
+_STAGED_COLUMNS = ("id", "ts_ms", "project_id", "container_id", "service_name", "level", "kind",
+                   "method", "status", "source", "route", "duration_ms", "lat_bucket")
+_STAGED_TYPES = ("id BIGINT PRIMARY KEY, ts_ms BIGINT, project_id TEXT, container_id TEXT, "
+                 "service_name TEXT, level TEXT, kind TEXT, method TEXT, status INTEGER, "
+                 "source TEXT, route TEXT, duration_ms DOUBLE PRECISION, lat_bucket SMALLINT")
+# Per connection: (the segments it was filled from, the windows staged).
+_staged = {}
+# Past this many rows, the table is emptied before the next window.
+_STAGED_MAX = 200_000
+
+
+def stage(filters, bucket=None):
+    """Copy into `sealed_entry` the sealed entries that may match `filters`
+    (their scope, time range and the other filters Arrow applies; with
+    `bucket`, only that latency bucket's). Returns whether there are any:
+    the caller then adds the `twin` of its SQL over `entry`."""
+    through = sealed_through()
+    if not through:
+        return False
+    version = db.execute("SELECT count(*), min(id), max(id) FROM segment").fetchone()
+    if not version[0]:
+        return False
+    key = id(database.connection())
+    state = _staged.get(key)
+    if state is None or not _staging_table_exists():
+        db.execute(f"CREATE TEMP TABLE IF NOT EXISTS sealed_entry ({_STAGED_TYPES})")
+        state = None
+    if state is None or state[0] != (through, *version) or state[2] > _STAGED_MAX:
+        db.execute("DELETE FROM sealed_entry")
+        state = _staged[key] = [(through, *version), {}, 0]
+    window = (filters, bucket)
+    if window in state[1]:
+        return state[1][window]
+    any_rows = False
+    for meta in _segments(filters, None, through):
+        table = _matching(meta, filters, None, through)
+        if bucket is not None and table.num_rows:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.equal(table["lat_bucket"], bucket))
+        if not table.num_rows:
+            continue
+        any_rows = True
+        rows = _stored_rows(table, _STAGED_COLUMNS)
+        marks = ", ".join("?" for _ in _STAGED_COLUMNS)
+        db.executemany(f"INSERT INTO sealed_entry ({', '.join(_STAGED_COLUMNS)}) "
+                       f"VALUES ({marks}) ON CONFLICT (id) DO NOTHING", rows)
+        state[2] += len(rows)
+    state[1][window] = any_rows
+    return any_rows
+
+
+def _staging_table_exists():
+    if db.is_postgres():
+        return db.execute("SELECT to_regclass('pg_temp.sealed_entry')").fetchone()[0] is not None
+    return db.execute("SELECT 1 FROM sqlite_temp_master WHERE name = 'sealed_entry'").fetchone() \
+        is not None
+
+
+def twin(sql):
+    """`sql` over `entry` rewritten over `sealed_entry` (see `stage`)."""
+    return _FROM_ENTRY.sub("FROM sealed_entry", sql)
+
+
+_FROM_ENTRY = re.compile(r"\bFROM entry\b(?!_)")
 
 
 # --- reading ---------------------------------------------------------------------
 
-def heavy(filters):
-    """Whether `filters` test what sealed entries keep only in their
-    segments (words, trace id, client address)."""
-    return bool(filters.q or filters.trace_id or filters.client_ip)
-
-
-def fill(entries, through, bodies=None):
-    """Complete the sealed entries (id <= `through`) of a page read from
-    `entry`: their url, trace id, client address, `data` and, with
-    `bodies` (request wanted, response wanted), their bodies."""
-    sealed = [item for item in entries if item["id"] <= through]
-    if not sealed:
-        return
-    ids = [item["id"] for item in sealed]
-    covering = db.execute("SELECT id, min_id, max_id FROM segment WHERE max_id >= ? "
-                          "AND min_id <= ? ORDER BY min_id", (min(ids), max(ids))).fetchall()
-    starts = [row[1] for row in covering]
-    for item in sealed:
-        at = bisect.bisect_right(starts, item["id"]) - 1
-        found = None
-        if at >= 0 and covering[at][2] >= item["id"]:
-            segment_id, low, high = covering[at]
-            table, positions = _decoded({"id": segment_id, "min_id": low, "max_id": high})
-            row = positions.get(item["id"])
-            found = None if row is None else (table, row)
-        if found is None:  # retention dropped its segment meanwhile
-            item["data"] = orjson.Fragment(b"{}")
-            continue
-        table, row = found
-        item["url"] = table["url"][row].as_py()
-        item["traceId"] = table["trace_id"][row].as_py()
-        item["clientIp"] = table["client_ip"][row].as_py()
-        item["data"] = orjson.Fragment(table["data"][row].as_py() or "{}")
-        if bodies is not None:
-            if bodies[0]:
-                item["requestBody"] = table["request_body"][row].as_py()
-            if bodies[1]:
-                item["responseBody"] = table["response_body"][row].as_py()
-
-
 def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=None,
          slowest=False):
-    """The sealed entries matching `filters` with after_id < id <= upto_id
-    that `entry` still holds, as the API's entries: newest first (`desc`),
+    """The sealed entries matching `filters` with after_id < id <= upto_id,
+    as the API's entries: newest first (`desc`),
     oldest first (`asc`), or longest first (`slowest`), at most `limit`
     (None: all). `bodies`: (request wanted, response wanted), or None."""
     chosen = _segments(filters, after_id, upto_id)
@@ -301,15 +385,17 @@ def slowest_key(item):
 
 
 def count(filters, after_id=None, upto_id=None, cap=None):
-    """How many sealed entries that `entry` still holds match (counting
-    stops past `cap`)."""
+    """How many sealed entries match (counting stops past `cap`)."""
     n = 0
     for meta in _segments(filters, after_id, upto_id):
         table = _matching(meta, filters, after_id, upto_id)
-        for batch in _batches(table, filters, None):
-            n += len(batch)
-            if cap is not None and n > cap:
-                return n
+        if not filters.q:
+            n += table.num_rows
+        else:
+            for batch in _batches(table, filters, None):
+                n += len(batch)
+        if cap is not None and n > cap:
+            return n
     return n
 
 
@@ -461,9 +547,8 @@ _BATCH = 500
 
 
 def _batches(table, filters, bodies):
-    """The API's entries of `table`'s rows, in its order, that pass `q`
-    and that `entry` still holds (retention may have deleted some), a
-    batch at a time."""
+    """The API's entries of `table`'s rows, in its order, that pass `q`,
+    a batch at a time."""
     parsed = fulltext.parse(filters.q) if filters.q else None
     for start in range(0, table.num_rows, _BATCH):
         part = table.slice(start, _BATCH).to_pydict()
@@ -478,14 +563,8 @@ def _batches(table, filters, bodies):
                                None if bodies is None else (request_body, response_body, *bodies))
             item["data"] = orjson.Fragment(data or "{}")
             candidates.append(item)
-        if not candidates:
-            continue
-        ids = [item["id"] for item in candidates]
-        marks = ", ".join("?" for _ in ids)
-        kept = {row[0] for row in db.execute(f"SELECT id FROM entry WHERE id IN ({marks})", ids)}
-        batch = [item for item in candidates if item["id"] in kept]
-        if batch:
-            yield batch
+        if candidates:
+            yield candidates
 
 
 # Decoded segments, per process: (store, segment id, first id) -> (table,

@@ -242,10 +242,9 @@ _ORDER = {"byLevel": LEVELS, "byKind": KINDS, "byStatus": STATUS_CLASSES, "bySou
 
 
 def _sealed_rows(filters):
-    """The sealed entries that match a search, a trace id or a client
-    address (segments.py: `entry` keeps no words of them), as _RAW_SQL's
-    rows; () for other filters, which `entry` answers for all."""
-    through = segments.sealed_through() if segments.heavy(filters) else 0
+    """The sealed entries that match `filters` (segments.py: `entry` no
+    longer holds them), as _RAW_SQL's rows, with their time."""
+    through = segments.sealed_through()
     if not through:
         return ()
     stored, lettered = names.stored, names.lettered

@@ -43,7 +43,7 @@ import orjson
 
 from logsvc import runtime
 
-from . import db, operations, query
+from . import db, operations, query, segments
 from .filters import matches
 from .ingest import TAIL_CHANNEL
 
@@ -448,7 +448,7 @@ def _gap_after(last_id, high):
     filter would not have passed: it says where loss is possible."""
     (pruned_to,) = db.execute(
         "SELECT max(max_id) FROM prune_log WHERE max_id > ?", (last_id,)).fetchone()
-    (oldest,) = db.execute("SELECT min(id) FROM entry").fetchone()
+    oldest = segments.oldest_id()
     missing_to = high if oldest is None else oldest - 1
     marker = operations.cleared_marker()
     if marker:
