@@ -502,6 +502,15 @@ def add_scope_words():
         after = rows[-1][0]
 
 
+def optimize_sqlite():
+    """Rewrite SQLite's index in one piece. A removed document leaves a
+    delete marker behind (the index is contentless) until a merge reaches
+    the oldest part of the index: after a seal has removed a segment's
+    documents, this gives their room back (about 13 µs per document
+    left)."""
+    db.execute("INSERT INTO entry_fts (entry_fts) VALUES ('optimize')")
+
+
 def clear_sqlite():
     db.execute("INSERT INTO entry_fts (entry_fts) VALUES ('delete-all')")
 

@@ -145,6 +145,11 @@ def delete_range(after_id, upto_id):
                    [(i, _stored_document(trace, ip)) for i, trace, ip in rows])
 
 
+def optimize():
+    """Rewrite the index in one piece (see fulltext.optimize_sqlite)."""
+    db.execute("INSERT INTO entry_keys (entry_keys) VALUES ('optimize')")
+
+
 def clear():
     db.execute("INSERT INTO entry_keys (entry_keys) VALUES ('delete-all')")
 

@@ -114,7 +114,8 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
         return 0
     upto = through + segment_rows
     rows = _rows_to_seal(through, upto)
-    blob, summary = _build(rows) if rows else (b"", None)
+    # Row groups of ROW_GROUP entries, at least eight to a segment.
+    blob, summary = _build(rows, max(1, min(ROW_GROUP, segment_rows // 8))) if rows else (b"", None)
     with database.atomic():
         if sealed_through() != through:
             return 0  # another sealer moved on meanwhile
@@ -132,10 +133,14 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
                  orjson.dumps(summary["projects"]).decode(), summary["words"], blob, now_ms()))
             _remove_hot(through, upto)
         _set_sealed_through(upto)
-    if not db.is_postgres():
-        # The pages the emptied rows and documents left, back to the file
-        # system (a store made with auto_vacuum=INCREMENTAL; else a no-op).
+    if not db.is_postgres() and rows:
+        # The removed documents' delete markers out of the indexes, then the
+        # pages the removed rows and documents left, back to the file system
+        # (a store made with auto_vacuum=INCREMENTAL; else a no-op).
         # executescript steps the pragma to its end (one step frees one page).
+        with database.atomic():
+            fulltext.optimize_sqlite()
+            lookup.optimize()
         database.connection().executescript("PRAGMA incremental_vacuum;")
     return max(len(rows), 1)
 
@@ -166,8 +171,9 @@ def _rows_to_seal(through, upto):
     return out
 
 
-def _build(rows):
-    """(Parquet bytes, summary) of segment rows."""
+def _build(rows, row_group=ROW_GROUP):
+    """(Parquet bytes, summary) of segment rows, in row groups of
+    `row_group` rows, each with a Bloom filter of its words."""
     rows.sort(key=lambda r: (r["project_id"], r["container_id"] or "", r["ts_ms"], r["id"]))
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -175,23 +181,41 @@ def _build(rows):
     table = pa.Table.from_pylist(rows, schema=_schema())
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd", compression_level=3,
-                   row_group_size=ROW_GROUP, use_dictionary=_DICTIONARY, write_statistics=True)
-    words = set()
-    for r in rows:
-        words.update(fulltext.words(fulltext.document(r["url"], r["request_body"],
-                                                      r["response_body"], r["data"])))
-        if r["trace_id"]:
-            words.add(_TRACE_MARK + r["trace_id"])
+                   row_group_size=row_group, use_dictionary=_DICTIONARY, write_statistics=True)
+    blooms = []
+    for start in range(0, len(rows), row_group):
+        words = set()
+        for r in rows[start:start + row_group]:
+            words.update(fulltext.words(fulltext.document(r["url"], r["request_body"],
+                                                          r["response_body"], r["data"])))
+            if r["trace_id"]:
+                words.add(_TRACE_MARK + r["trace_id"])
+        blooms.append(Bloom.of(words).dump())
     summary = {
         "min_ts": min(r["ts_ms"] for r in rows),
         "max_ts": max(r["ts_ms"] for r in rows),
         "projects": sorted({r["project_id"] for r in rows}),
-        "words": Bloom.of(words).dump(),
+        "words": _pack_blooms(blooms),
     }
     return out.getvalue(), summary
 
 
 _TRACE_MARK = "\x00trace:"
+
+
+def _pack_blooms(blooms):
+    """A Bloom filter per row group, in one value: each one's length (4
+    bytes) and its bytes (Bloom.dump)."""
+    return b"".join(len(b).to_bytes(4, "big") + b for b in blooms)
+
+
+def _unpack_blooms(stored):
+    stored, out, at = bytes(stored), [], 0
+    while at < len(stored):
+        size = int.from_bytes(stored[at:at + 4], "big")
+        out.append(Bloom.load(stored[at + 4:at + 4 + size]))
+        at += 4 + size
+    return out
 
 
 def _remove_hot(through, upto):
@@ -227,7 +251,7 @@ def drop(segment_id):
     row = db.execute("SELECT min_id, max_id FROM segment WHERE id = ?", (segment_id,)).fetchone()
     if row is None:
         return None
-    table, _ = _decoded({"id": segment_id, "min_id": row[0], "max_id": row[1]})
+    table = _read_groups({"id": segment_id, "min_id": row[0], "max_id": row[1], "groups": None})
     db.execute("DELETE FROM segment WHERE id = ?", (segment_id,))
     return _stored_rows(table, _COUNTED_COLUMNS), row[0], row[1]
 
@@ -421,9 +445,13 @@ def _segments(filters, after_id, upto_id):
     for segment_id, low, high, projects, words in rows:
         if filters.project_id is not None and filters.project_id not in orjson.loads(projects):
             continue
-        if wanted and not _may_hold(Bloom.load(words), wanted):
-            continue
-        chosen.append({"id": segment_id, "min_id": low, "max_id": high})
+        groups = None  # all of them
+        if wanted:
+            groups = [at for at, bloom in enumerate(_unpack_blooms(words))
+                      if _may_hold(bloom, wanted)]
+            if not groups:
+                continue
+        chosen.append({"id": segment_id, "min_id": low, "max_id": high, "groups": groups})
     return chosen
 
 
@@ -450,7 +478,7 @@ def _may_hold(bloom, groups):
 def _matching(meta, filters, after_id, upto_id):
     """The rows of one segment that pass the filters Arrow can apply (all
     but `q`, which `_batches` checks)."""
-    table, _ = _decoded(meta)
+    table = _read_groups(meta, filters)
     expression = _expression(filters, after_id, upto_id)
     if expression is not None:
         table = table.filter(expression)
@@ -567,31 +595,80 @@ def _batches(table, filters, bodies):
             yield candidates
 
 
-# Decoded segments, per process: (store, segment id, first id) -> (table,
-# {entry id: row}). A few, most recently used: a segment's decoded columns
-# take some tens of MB.
-_CACHE_SEGMENTS = 4
-_cache = collections.OrderedDict()
+# Per process: each segment's Parquet file (its bytes and metadata), and
+# row groups decoded from them, the most recently used kept. A row group
+# (ROW_GROUP entries with their bodies) decodes to a few MB.
+_CACHE_FILES = 8
+_CACHE_GROUPS = 64
+_files = collections.OrderedDict()
+_groups = collections.OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _decoded(meta):
-    key = (id(db.current()), meta["id"], meta["min_id"])
+def _cached(cache, key, limit, make):
     with _cache_lock:
-        found = _cache.get(key)
+        found = cache.get(key)
         if found is not None:
-            _cache.move_to_end(key)
+            cache.move_to_end(key)
             return found
-    import pyarrow.parquet as pq
-
-    (blob,) = db.execute("SELECT data FROM segment WHERE id = ?", (meta["id"],)).fetchone()
-    table = pq.read_table(io.BytesIO(bytes(blob)))
-    positions = {entry_id: at for at, entry_id in enumerate(table["id"].to_pylist())}
+    found = make()
     with _cache_lock:
-        _cache[key] = (table, positions)
-        while len(_cache) > _CACHE_SEGMENTS:
-            _cache.popitem(last=False)
-    return table, positions
+        cache[key] = found
+        while len(cache) > limit:
+            cache.popitem(last=False)
+    return found
+
+
+def _file(meta):
+    def load():
+        import pyarrow.parquet as pq
+
+        (blob,) = db.execute("SELECT data FROM segment WHERE id = ?", (meta["id"],)).fetchone()
+        return pq.ParquetFile(io.BytesIO(bytes(blob)))
+    return _cached(_files, (id(db.current()), meta["id"], meta["min_id"]), _CACHE_FILES, load)
+
+
+def _read_groups(meta, filters=None):
+    """The segment's rows (an Arrow table) in the row groups that may hold
+    a match: those its Bloom filters kept (meta["groups"]) whose statistics
+    admit the filters' project, container and time range."""
+    import pyarrow as pa
+
+    parquet = _file(meta)
+    groups = meta.get("groups")
+    if groups is None:
+        groups = range(parquet.metadata.num_row_groups)
+    if filters is not None:
+        groups = [g for g in groups if _admits(parquet.metadata.row_group(g), filters)]
+    key = (id(db.current()), meta["id"], meta["min_id"])
+    tables = [_cached(_groups, (*key, g), _CACHE_GROUPS,
+                      lambda g=g: parquet.read_row_group(g)) for g in groups]
+    if not tables:
+        return _schema().empty_table()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _admits(group, filters):
+    """Whether a row group's statistics (least and greatest value of each
+    column) admit the filters' project, container and time range."""
+    bounds = {}
+    for at in range(group.num_columns):
+        column = group.column(at)
+        if column.path_in_schema in ("project_id", "container_id", "ts_ms"):
+            stats = column.statistics
+            if stats is not None and stats.has_min_max:
+                bounds[column.path_in_schema] = (stats.min, stats.max)
+    for name, value in (("project_id", filters.project_id),
+                        ("container_id", filters.container_id)):
+        if value is not None and name in bounds and not bounds[name][0] <= value <= bounds[name][1]:
+            return False
+    if "ts_ms" in bounds:
+        low, high = bounds["ts_ms"]
+        if filters.since is not None and high < filters.since:
+            return False
+        if filters.until is not None and low >= filters.until:
+            return False
+    return True
 
 
 # --- the Bloom filter of a segment's words ------------------------------------------
