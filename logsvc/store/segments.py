@@ -41,6 +41,7 @@ database is a backup of everything. Retention drops whole segments, oldest
 first, subtracting their entries from the counters in the same
 transaction (`drop`).
 """
+import bisect
 import collections
 import functools
 import hashlib
@@ -59,6 +60,9 @@ from .rows import render_row
 
 SEGMENT_ROWS = 65_536
 ROW_GROUP = 8_192
+# Each row group's rows are split in this many blocks, each with a Bloom
+# filter of its words: a word found in few entries reads few blocks.
+BLOCKS_PER_GROUP = 4
 LEASE_NAME = "seal"
 # Bloom filter: bits per distinct word and hash functions (about 1 % false
 # positives).
@@ -183,9 +187,10 @@ def _build(rows, row_group=ROW_GROUP):
     pq.write_table(table, out, compression="zstd", compression_level=3,
                    row_group_size=row_group, use_dictionary=_DICTIONARY, write_statistics=True)
     blooms = []
-    for start in range(0, len(rows), row_group):
+    block = max(1, row_group // BLOCKS_PER_GROUP)
+    for start in range(0, len(rows), block):
         words = set()
-        for r in rows[start:start + row_group]:
+        for r in rows[start:start + block]:
             words.update(fulltext.words(fulltext.document(r["url"], r["request_body"],
                                                           r["response_body"], r["data"])))
             if r["trace_id"]:
@@ -195,7 +200,7 @@ def _build(rows, row_group=ROW_GROUP):
         "min_ts": min(r["ts_ms"] for r in rows),
         "max_ts": max(r["ts_ms"] for r in rows),
         "projects": sorted({r["project_id"] for r in rows}),
-        "words": _pack_blooms(blooms),
+        "words": block.to_bytes(4, "big") + _pack_blooms(blooms),
     }
     return out.getvalue(), summary
 
@@ -204,13 +209,19 @@ _TRACE_MARK = "\x00trace:"
 
 
 def _pack_blooms(blooms):
-    """A Bloom filter per row group, in one value: each one's length (4
+    """A Bloom filter per block of rows, in one value: each one's length (4
     bytes) and its bytes (Bloom.dump)."""
     return b"".join(len(b).to_bytes(4, "big") + b for b in blooms)
 
 
 def _unpack_blooms(stored):
-    stored, out, at = bytes(stored), [], 0
+    """(rows per block, [Bloom of each block]) of a segment's `words`."""
+    stored = bytes(stored)
+    return int.from_bytes(stored[:4], "big"), _unpack(stored[4:])
+
+
+def _unpack(stored):
+    out, at = [], 0
     while at < len(stored):
         size = int.from_bytes(stored[at:at + 4], "big")
         out.append(Bloom.load(stored[at + 4:at + 4 + size]))
@@ -251,7 +262,7 @@ def drop(segment_id):
     row = db.execute("SELECT min_id, max_id FROM segment WHERE id = ?", (segment_id,)).fetchone()
     if row is None:
         return None
-    table = _read_groups({"id": segment_id, "min_id": row[0], "max_id": row[1], "groups": None})
+    table = _read_groups({"id": segment_id, "min_id": row[0], "max_id": row[1]})
     db.execute("DELETE FROM segment WHERE id = ?", (segment_id,))
     return _stored_rows(table, _COUNTED_COLUMNS), row[0], row[1]
 
@@ -445,13 +456,13 @@ def _segments(filters, after_id, upto_id):
     for segment_id, low, high, projects, words in rows:
         if filters.project_id is not None and filters.project_id not in orjson.loads(projects):
             continue
-        groups = None  # all of them
+        blocks = None  # all of them
         if wanted:
-            groups = [at for at, bloom in enumerate(_unpack_blooms(words))
-                      if _may_hold(bloom, wanted)]
-            if not groups:
+            size, blooms = _unpack_blooms(words)
+            blocks = (size, [at for at, bloom in enumerate(blooms) if _may_hold(bloom, wanted)])
+            if not blocks[1]:
                 continue
-        chosen.append({"id": segment_id, "min_id": low, "max_id": high, "groups": groups})
+        chosen.append({"id": segment_id, "min_id": low, "max_id": high, "blocks": blocks})
     return chosen
 
 
@@ -629,20 +640,37 @@ def _file(meta):
 
 
 def _read_groups(meta, filters=None):
-    """The segment's rows (an Arrow table) in the row groups that may hold
-    a match: those its Bloom filters kept (meta["groups"]) whose statistics
-    admit the filters' project, container and time range."""
+    """The segment's rows (an Arrow table) that may hold a match: the row
+    groups whose statistics admit the filters' project, container and time
+    range, and of them the blocks of rows whose Bloom filters hold the
+    words asked for (meta["blocks"]: rows per block, the blocks kept)."""
     import pyarrow as pa
 
     parquet = _file(meta)
-    groups = meta.get("groups")
-    if groups is None:
-        groups = range(parquet.metadata.num_row_groups)
+    metadata = parquet.metadata
+    starts, at = [], 0
+    for g in range(metadata.num_row_groups):
+        starts.append(at)
+        at += metadata.row_group(g).num_rows
+    # (row group, first row, end row) of the parts to read, rows counted
+    # within the group.
+    parts = [(g, 0, metadata.row_group(g).num_rows) for g in range(len(starts))]
+    if meta.get("blocks") is not None:
+        size, kept = meta["blocks"]
+        parts = []
+        for block in kept:
+            low = block * size
+            g = bisect.bisect_right(starts, low) - 1
+            end = min(low + size, starts[g] + metadata.row_group(g).num_rows)
+            parts.append((g, low - starts[g], end - starts[g]))
     if filters is not None:
-        groups = [g for g in groups if _admits(parquet.metadata.row_group(g), filters)]
+        admitted = {}
+        parts = [part for part in parts if admitted.setdefault(
+            part[0], _admits(metadata.row_group(part[0]), filters))]
     key = (id(db.current()), meta["id"], meta["min_id"])
     tables = [_cached(_groups, (*key, g), _CACHE_GROUPS,
-                      lambda g=g: parquet.read_row_group(g)) for g in groups]
+                      lambda g=g: parquet.read_row_group(g)).slice(first, end - first)
+              for g, first, end in parts]
     if not tables:
         return _schema().empty_table()
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
