@@ -47,7 +47,7 @@ def entries(n, start=0, now_ms=None):
     return out
 
 
-def Server(data_dir, workers=1, database_url=""):
+def Server(data_dir, workers=1, database_url="", env=None):
     """A started gunicorn with production settings, except that nothing is
     pruned while a benchmark runs (the maintenance loop still runs, every
     10 s). Each of its runs writes a little (its lease), so SQLite's idle
@@ -56,7 +56,7 @@ def Server(data_dir, workers=1, database_url=""):
     env = {"LOGSVC_RETENTION_DAYS": "0", "LOGSVC_MAX_ROWS": "1000000000",
            "LOGSVC_PRUNE_INTERVAL_S": "10", "LOGSVC_WAL_IDLE_S": "5",
            "LOGSVC_DATABASE_URL": database_url, "LOGSVC_HEARTBEAT_S": "15",
-           "GUNICORN_CMD_ARGS": ""}
+           "GUNICORN_CMD_ARGS": "", **(env or {})}
     return _Server(data_dir, workers=workers, env=env, token=TOKEN).start()
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -r requirements-bench.txt
     .venv/bin/python -m bench.scale [--entries 1000000] [--repeat 11]
-        [--database-url postgresql://...] [--no-chdb]
+        [--database-url postgresql://...] [--no-chdb] [--hot-rows N]
 
 The corpus (seeded, the same for both sides): 200 projects with a Zipf-like
 share of the traffic, 10 containers each, 20 services; 60 % 200s and a tail
@@ -163,10 +163,12 @@ def median_ms(fn, repeat):
 
 
 class Logsvc:
-    def __init__(self, data_dir, database_url=""):
+    def __init__(self, data_dir, database_url="", hot_rows=0):
         self.data_dir = data_dir
         self.database_url = database_url
-        self.server = Server(data_dir, workers=2, database_url=database_url)
+        self.hot_rows = hot_rows
+        env = {"LOGSVC_HOT_ROWS": str(hot_rows), "LOGSVC_SEAL_INTERVAL_S": "2"} if hot_rows else {}
+        self.server = Server(data_dir, workers=2, database_url=database_url, env=env)
         self.session = requests.Session()
         self.session.headers.update(HEADERS)
 
@@ -186,6 +188,37 @@ class Logsvc:
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
             list(pool.map(send, enumerate(bodies)))
         return count / (time.perf_counter() - start)
+
+    def settle_seals(self, count, timeout_s=1800):
+        """Wait until the background sealer has sealed what it will of
+        `count` entries (segments.py: all but the newest hot_rows, in whole
+        segments). Returns the seconds waited."""
+        from logsvc.store.segments import SEGMENT_ROWS
+
+        due = max(0, (count - self.hot_rows) // SEGMENT_ROWS) * SEGMENT_ROWS
+        if count - due <= self.hot_rows + SEGMENT_ROWS:
+            due = max(0, due - SEGMENT_ROWS)
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout_s:
+            if self.sealed_through() >= due:
+                break
+            time.sleep(1)
+        return time.perf_counter() - start
+
+    def sealed_through(self):
+        sql = "SELECT value FROM meta WHERE key = 'sealed_through'"
+        if self.database_url:
+            import psycopg2
+
+            with psycopg2.connect(self.database_url) as conn, conn.cursor() as cursor:
+                cursor.execute(sql)
+                row = cursor.fetchone()
+        else:
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.data_dir / "logs.db")) as conn:
+                row = conn.execute(sql).fetchone()
+        return int(row[0]) if row else 0
 
     def get(self, path, **params):
         response = self.session.get(self.server.url + path, params=params, timeout=600)
@@ -278,6 +311,9 @@ def main():
     parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--no-chdb", action="store_true")
+    parser.add_argument("--hot-rows", type=int, default=0,
+                        help="LOGSVC_HOT_ROWS: seal all but the newest this many entries "
+                             "(segments.py), and wait for the sealer before measuring")
     parser.add_argument("--keep", help="directory to keep both stores in (on PostgreSQL, "
                         "the schema bench_scale_<entries> is kept too)")
     parser.add_argument("--reuse", action="store_true",
@@ -323,7 +359,7 @@ def main():
                if args.database_url else contextlib.nullcontext(""))
         with ctx as database_url:
             ours_dir = root / "logsvc"
-            logsvc = Logsvc(ours_dir, database_url or "")
+            logsvc = Logsvc(ours_dir, database_url or "", args.hot_rows)
             try:
                 if not args.reuse:
                     print("logsvc: ingesting ...", flush=True)
@@ -333,6 +369,10 @@ def main():
                     # SQLite gives the write-ahead log back once nothing
                     # was written for a while (see common.Server): waited
                     # for, up to a minute.
+                    if args.hot_rows:
+                        waited = logsvc.settle_seals(args.entries)
+                        print(f"logsvc: sealed through {logsvc.sealed_through():,}, "
+                              f"{waited:.0f} s after the load", flush=True)
                     time.sleep(20)
                     waited = 20.0
                     log = ours_dir / "logs.db-wal"
