@@ -5,6 +5,7 @@ receives a `Config`. Tests build one with `Config.from_env({...})` or pass a
 dict of overrides to `create_app`.
 """
 import dataclasses
+import ipaddress
 import os
 from pathlib import Path
 
@@ -86,6 +87,13 @@ class Config:
     read_only: bool = False
     # How long an ingest's Idempotency-Key is remembered (seconds).
     idempotency_window_s: int = 86_400
+    # Alerts (alerting.py): how often the rules are evaluated, the networks
+    # webhooks may reach beyond public addresses (e.g. 127.0.0.1/32 for a
+    # local Alertmanager), and the address of this service that links in
+    # notifications start with (default: http://host:port).
+    alert_interval_s: float = 15.0
+    webhook_allow: str = ""
+    public_url: str = ""
     # Where the command-line client finds a server, and the token it sends
     # (default: the admin token in the data dir, when it is readable).
     url: str = ""
@@ -104,6 +112,12 @@ class Config:
         if values.get("concurrency", "auto") not in ("auto", "gevent", "threads"):
             raise ConfigError(f"LOGSVC_CONCURRENCY={values['concurrency']!r} is not one of "
                               "auto, gevent, threads")
+        for network in values.get("webhook_allow", "").replace(",", " ").split():
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"LOGSVC_WEBHOOK_ALLOW: {network!r} is not a network "
+                                  "(such as 127.0.0.1/32 or 10.0.0.0/8)") from None
         return cls(**values)
 
     def replace(self, **changes):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import runtime
+from . import alerting, runtime
 from .access import authenticator, limits
 from .api import blueprints, deadline, errors, hosting, stream
 from .config import Config, ConfigError
@@ -35,6 +35,7 @@ class Services:
     background: object = None  # retention's task, once started
     wal_keeper: object = None  # SQLite: the idle write-ahead log's trimmer
     sealer: object = None  # the background sealer (segments.py)
+    alerter: object = None  # the alert rules' evaluator (alerting.py)
 
 
 def create_app(config=None):
@@ -106,8 +107,8 @@ def _security_headers(response):
 
 
 def start_background(app):
-    """Background work of a serving process: retention and sealing, each
-    under a lease, and, on SQLite, trimming the idle write-ahead log
+    """Background work of a serving process: retention, sealing and alerts,
+    each under a lease, and, on SQLite, trimming the idle write-ahead log
     (wal.py). Once per
     application; greenlets under gevent, else threads."""
     services = app.extensions["logsvc"]
@@ -121,6 +122,9 @@ def start_background(app):
             if not config.read_only and config.hot_rows:
                 services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
                                                 name="logsvc-seal")
+            if not config.read_only:
+                services.alerter = runtime.spawn(alerting.run_forever, config, services.store,
+                                                 name="logsvc-alerts")
             if not services.store.postgres and not config.read_only and config.wal_idle_s:
                 services.wal_keeper = runtime.spawn(wal.keep_trimmed, services.store,
                                                     config.wal_idle_s, name="logsvc-wal")

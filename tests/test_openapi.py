@@ -53,7 +53,8 @@ def test_the_document_is_served_and_covers_every_route(client):
     described = {(path.replace("{", "<").replace("}", ">"), verb)
                  for path, operations in document["paths"].items() for verb in operations}
     normalise = {"<tokenId>": "<int(max=9223372036854775807):token_id>", "<projectId>": "<project_id>",
-                 "<containerId>": "<container_id>"}
+                 "<containerId>": "<container_id>",
+                 "<ruleId>": "<int(max=9223372036854775807):rule_id>"}
     for old, new in normalise.items():
         described = {(path.replace(old, new), verb) for path, verb in described}
     missing = {(rule, verb) for rule, verb in routes - described

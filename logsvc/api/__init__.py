@@ -95,7 +95,7 @@ def query_args(schema):
 
 
 def blueprints():
-    from . import admin, ingest, logs, ops, session, stream, ui
+    from . import admin, alerts, ingest, logs, ops, session, stream, ui
 
     return (ops.blueprint, logs.blueprint, ingest.blueprint, admin.blueprint,
-            session.blueprint, stream.blueprint, ui.blueprint)
+            session.blueprint, stream.blueprint, alerts.blueprint, ui.blueprint)

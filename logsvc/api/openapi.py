@@ -6,6 +6,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from logsvc import __version__
 from schemas import admin as admin_schemas
+from schemas import alerts as alert_schemas
 from schemas import entries, params, responses
 
 _ERROR = {"description": "The one error shape",
@@ -35,7 +36,9 @@ def build():
             ("UserCreate", admin_schemas.UserCreate), ("Destroyed", responses.DestroyedSchema),
             ("Cleared", responses.ClearedSchema), ("Pruned", responses.PrunedSchema),
             ("Session", responses.SessionSchema), ("WsToken", responses.WsTokenSchema),
-            ("Health", responses.HealthSchema), ("DeletedUser", responses.DeletedUserSchema)):
+            ("Health", responses.HealthSchema), ("DeletedUser", responses.DeletedUserSchema),
+            ("AlertRuleIn", alert_schemas.RuleSchema), ("AlertRule", alert_schemas.AlertSchema),
+            ("AlertRuleList", alert_schemas.AlertListSchema)):
         spec.components.schema(name, schema=schema)
     for path, operations in _paths().items():
         spec.path(path=path, operations=operations)
@@ -108,6 +111,20 @@ def _paths():
                                                _json("Cleared"))},
         f"{prefix}/_admin/prune": {"post": _op("Run retention now", admin, None,
                                                _json("Pruned"))},
+        f"{prefix}/_alerts": {
+            "post": {**_body_op("Create an alert rule", "AlertRuleIn", "AlertRule", "201"),
+                     "security": write},
+            "get": _op("The alert rules of the caller's scope, with their state", read, None,
+                       _json("AlertRuleList"))},
+        f"{prefix}/_alerts/{{ruleId}}": {
+            "get": {**_op("One alert rule", read, None, _json("AlertRule")),
+                    "parameters": [_path_param("ruleId", "integer")]},
+            "patch": {**_body_op("Change an alert rule (the fields given)", "AlertRuleIn",
+                                 "AlertRule", "200"),
+                      "security": write, "parameters": [_path_param("ruleId", "integer")]},
+            "delete": {**_op("Delete an alert rule", write, None,
+                             {"204": {"description": "Deleted"}}),
+                       "parameters": [_path_param("ruleId", "integer")]}},
         "/api/session": {
             "post": _op("Open a browser session (sets an HttpOnly cookie)", write, None,
                         _json("Session")),
@@ -155,6 +172,7 @@ def _map_fields(plugin):
     plugin.map_to_openapi_type(params.Int, "integer", None)
     plugin.map_to_openapi_type(params.Flag, "boolean", None)
     plugin.map_to_openapi_type(params.Text, "string", None)
+    plugin.map_to_openapi_type(alert_schemas.Seconds, "string", None)
     for field in (params.Choices, params.StatusSpec, params.Instant):
         plugin.map_to_openapi_type(field, "string", None)
 

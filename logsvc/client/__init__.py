@@ -72,6 +72,9 @@ class Reset:
     """The store was cleared or replaced: positions from before mean nothing."""
 
 
+ALERTS = "/api/proxy-logs/_alerts"
+
+
 class Client:
     def __init__(self, base_url, token=None, auth=None, timeout=30.0, max_retries=5,
                  session=None):
@@ -115,6 +118,22 @@ class Client:
     def histogram(self, bucket="1m", **filters):
         return self._get("/api/proxy-logs/_logs/stats/histogram",
                          {"bucket": bucket, **filters}).json()
+
+    # --- alert rules -------------------------------------------------------------
+
+    def alerts(self):
+        """The alert rules the caller manages, with their state."""
+        return self._request("GET", ALERTS).json()["alerts"]
+
+    def create_alert(self, rule):
+        """Create an alert rule (see the README's Alerts); returns it."""
+        return self._request("POST", ALERTS, json=rule).json()
+
+    def update_alert(self, rule_id, changes):
+        return self._request("PATCH", f"{ALERTS}/{int(rule_id)}", json=changes).json()
+
+    def delete_alert(self, rule_id):
+        self._request("DELETE", f"{ALERTS}/{int(rule_id)}")
 
     # --- writing ---------------------------------------------------------------
 

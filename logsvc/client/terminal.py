@@ -83,7 +83,33 @@ def add_commands(commands):
                       help="address whose X-Forwarded-For is believed (repeatable)")
     edge.set_defaults(remote=_proxy)
 
-    for command in (tail, query, stats, ingest, importer, edge):
+    alerts = commands.add_parser("alerts", help="alert rules (list, create, delete)")
+    actions = alerts.add_subparsers(title="actions")
+    listed = actions.add_parser("list", help="the rules you manage, with their state")
+    listed.add_argument("--json", action="store_true", help="the rules as JSON")
+    listed.set_defaults(remote=_alerts_list)
+    create = actions.add_parser(
+        "create", help="notify a webhook when a metric of a search crosses a threshold")
+    create.add_argument("--name", required=True)
+    _filters(create)
+    create.add_argument("--q", help="words or \"a phrase\" in the url, bodies or data")
+    create.add_argument("--metric", required=True,
+                        choices=("count", "rate", "errorRate", "p50", "p95", "p99"))
+    create.add_argument("--op", default=">", choices=(">", ">=", "<", "<="))
+    create.add_argument("--threshold", type=float, required=True)
+    create.add_argument("--window", default="5m", help="1m to 24h (default 5m)")
+    create.add_argument("--for", dest="hold", default="0s",
+                        help="how long the condition must hold before it fires")
+    create.add_argument("--webhook", required=True, help="where notifications are POSTed")
+    create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE")
+    create.set_defaults(remote=_alerts_create)
+    delete = actions.add_parser("delete", help="delete a rule by id")
+    delete.add_argument("id", type=int)
+    delete.set_defaults(remote=_alerts_delete)
+    alert_commands = (listed, create, delete)
+
+    for command in (tail, query, stats, ingest, importer, edge, *alert_commands):
         command.add_argument("--url", help="server URL (LOGSVC_URL)")
         command.add_argument("--token", help="bearer token (LOGSVC_TOKEN)")
 
@@ -310,6 +336,50 @@ def _remember(path, value):
         with open(path + ".tmp", "w") as handle:
             handle.write(value)
         os.replace(path + ".tmp", path)
+
+
+def _alerts_list(args, client):
+    rules = client.alerts()
+    if args.json:
+        print(orjson.dumps(rules, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not rules:
+        print("no alert rules", file=sys.stderr)
+        return
+    print(f"{'id':>5}  {'state':<8} {'name':<30} {'condition':<28} {'window':>6}  last notification")
+    for rule in rules:
+        c = rule["condition"]
+        condition = f"{c['metric']} {c['op']} {c['threshold']:g}"
+        last = rule["lastNotification"]
+        told = "-" if last is None else f"{last['status']} ({last['result'] or 'pending'})"
+        print(f"{rule['id']:>5}  {rule['state']:<8} {rule['name'][:30]:<30} "
+              f"{condition[:28]:<28} {rule['window']:>6}  {told}")
+
+
+def _pairs(items, flag):
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"logsvc: {flag} takes KEY=VALUE, not {item!r}")
+        out[key] = value
+    return out
+
+
+def _alerts_create(args, client):
+    filters = {k: v for k, v in {**_filter_params(args), "q": args.q}.items() if v is not None}
+    rule = client.create_alert({
+        "name": args.name, "filters": filters,
+        "condition": {"metric": args.metric, "op": args.op, "threshold": args.threshold},
+        "window": args.window, "for": args.hold, "webhook": args.webhook,
+        "labels": _pairs(args.label, "--label"),
+        "annotations": _pairs(args.annotation, "--annotation")})
+    print(orjson.dumps(rule, option=orjson.OPT_INDENT_2).decode())
+
+
+def _alerts_delete(args, client):
+    client.delete_alert(args.id)
+    print(f"deleted alert rule {args.id}", file=sys.stderr)
 
 
 def _filters(command):

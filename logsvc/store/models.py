@@ -43,7 +43,7 @@ from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 
 class BaseModel(peewee.Model):
@@ -554,9 +554,52 @@ class Segment(BaseModel):
     created_ms = peewee.BigIntegerField()
 
 
+class AlertRule(BaseModel):
+    """An alert rule and its state (alerts.py)."""
+    id = peewee.AutoField()
+    name = peewee.TextField()
+    project_id = peewee.TextField(null=True)  # the owner's scope
+    container_id = peewee.TextField(null=True)
+    filters = peewee.TextField()  # JSON: as given
+    parsed = peewee.TextField()  # JSON: Filters' fields
+    metric = peewee.TextField()
+    op = peewee.TextField()
+    threshold = peewee.DoubleField()
+    window_s = peewee.IntegerField()
+    for_s = peewee.IntegerField()
+    webhook = peewee.TextField()
+    labels = peewee.TextField()  # JSON
+    annotations = peewee.TextField()  # JSON
+    enabled = peewee.BooleanField()
+    state = peewee.TextField()  # ok, pending, firing
+    state_since_ms = peewee.BigIntegerField()
+    episode_ms = peewee.BigIntegerField(null=True)
+    value = peewee.DoubleField(null=True)
+    evaluated_ms = peewee.BigIntegerField(null=True)
+    created_ms = peewee.BigIntegerField()
+    updated_ms = peewee.BigIntegerField()
+
+    class Meta:
+        indexes = ((("project_id", "container_id"), False),)
+
+
+class AlertDelivery(BaseModel):
+    """A notification an alert rule owes, until delivered or given up."""
+    id = peewee.AutoField()
+    rule_id = peewee.BigIntegerField(index=True)
+    status = peewee.TextField()  # firing, resolved
+    payload = peewee.TextField()  # JSON: the webhook's body
+    attempts = peewee.IntegerField()
+    next_ms = peewee.BigIntegerField(index=True)
+    delivered_ms = peewee.BigIntegerField(null=True)
+    tried_ms = peewee.BigIntegerField(null=True)
+    result = peewee.TextField(null=True)  # the receiver's status, or what went wrong
+    created_ms = peewee.BigIntegerField()
+
+
 ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
               ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, StoredName,
-              DestroyedScope, PruneLog, Segment)
+              DestroyedScope, PruneLog, Segment, AlertRule, AlertDelivery)
 
 
 def _v1_to_v2():
@@ -734,7 +777,9 @@ MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_
               # table). The entries stay where they are: the background
               # sealer moves the older ones into segments, a segment at a
               # time, while the store serves (segments.py).
-              12: lambda: None}
+              12: lambda: None,
+              # 13 -> 14: alert rules (create_tables has made their tables).
+              13: lambda: None}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
 # It runs for every counter row an ingest adds to, most often a batch's few
