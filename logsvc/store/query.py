@@ -310,20 +310,18 @@ def _count(filters, cap=None):
             f"WHERE {where}", [*source[1], *params]).fetchone()
         return n, True
     cap = cap or COUNT_CAP
-    sealed = 0
-    through = segments.sealed_through()
-    if through:  # the sealed entries, which `entry` no longer holds
-        sealed = segments.count(filters, upto_id=through, cap=cap)
-        if sealed > cap:
-            return cap, False
     if planner.index_alone(filters):
-        n = sealed + fulltext.indexed(filters.q, cap=cap + 1, scope=fulltext.scope_of(filters))
-        return (cap, False) if n > cap else (n, True)
-    source, where, params, _ = _found(filters, cap + 1, ordered=False)
-    (n,) = db.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?) AS matched",
-        [*params, cap + 1]).fetchone()
-    n += sealed
+        n = fulltext.indexed(filters.q, cap=cap + 1, scope=fulltext.scope_of(filters))
+    else:
+        source, where, params, _ = _found(filters, cap + 1, ordered=False)
+        (n,) = db.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?) AS matched",
+            [*params, cap + 1]).fetchone()
+    through = segments.sealed_through()
+    if through and n <= cap:
+        # The sealed entries, which `entry` no longer holds: only as many
+        # as the cap still needs.
+        n += segments.count(filters, upto_id=through, cap=cap - n)
     return (cap, False) if n > cap else (n, True)
 
 

@@ -400,10 +400,16 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
         else:
             keys = [("id", "descending" if order == "desc" else "ascending")]
         table = table.sort_by(keys)
+        if slowest and limit is not None and not filters.q:
+            table = table.slice(0, limit)  # the segment's `limit` longest
+        taken = 0
         for batch in _batches(table, filters, bodies):
             found.extend(batch)
-            if not slowest and limit is not None and len(found) >= limit:
+            taken += len(batch)
+            if limit is not None and len(found) >= limit and not slowest:
                 return found[:limit]
+            if slowest and limit is not None and taken >= limit:
+                break  # this segment's longest matches: enough of it
     if slowest:
         found.sort(key=slowest_key, reverse=True)
         if limit is not None:
@@ -429,6 +435,8 @@ def count(filters, after_id=None, upto_id=None, cap=None):
         else:
             for batch in _batches(table, filters, None):
                 n += len(batch)
+                if cap is not None and n > cap:
+                    return n
         if cap is not None and n > cap:
             return n
     return n
@@ -610,8 +618,10 @@ def _batches(table, filters, bodies):
 # row groups decoded from them, the most recently used kept. A row group
 # (ROW_GROUP entries with their bodies) decodes to a few MB.
 _CACHE_FILES = 8
+_CACHE_FOOTERS = 4096
 _CACHE_GROUPS = 64
 _files = collections.OrderedDict()
+_footers = collections.OrderedDict()
 _groups = collections.OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -631,12 +641,57 @@ def _cached(cache, key, limit, make):
 
 
 def _file(meta):
-    def load():
-        import pyarrow.parquet as pq
+    """The segment's Parquet file. SQLite: read in place through SQLite's
+    incremental blob I/O, so that a question reads the pages of the row
+    groups it decodes, not the whole segment (its footer, the metadata,
+    is kept per process). PostgreSQL: the segment's bytes, kept."""
+    import pyarrow.parquet as pq
 
-        (blob,) = db.execute("SELECT data FROM segment WHERE id = ?", (meta["id"],)).fetchone()
-        return pq.ParquetFile(io.BytesIO(bytes(blob)))
-    return _cached(_files, (id(db.current()), meta["id"], meta["min_id"]), _CACHE_FILES, load)
+    key = (id(db.current()), meta["id"], meta["min_id"])
+    if db.is_postgres():
+        def load():
+            (blob,) = db.execute("SELECT data FROM segment WHERE id = ?",
+                                 (meta["id"],)).fetchone()
+            return pq.ParquetFile(io.BytesIO(bytes(blob)), pre_buffer=False)
+        return _cached(_files, key, _CACHE_FILES, load)
+    connection = database.connection()
+    metadata = _cached(_footers, key, _CACHE_FOOTERS, lambda: pq.read_metadata(
+        _BlobFile(connection.blobopen("segment", "data", meta["id"], readonly=True))))
+    return pq.ParquetFile(_BlobFile(connection.blobopen("segment", "data", meta["id"],
+                                                        readonly=True)),
+                          metadata=metadata, pre_buffer=False)
+
+
+class _BlobFile(io.RawIOBase):
+    """A SQLite blob as the file pyarrow reads (on the thread that opened
+    it: pyarrow is asked to read with no threads of its own)."""
+
+    def __init__(self, blob):
+        super().__init__()
+        self.blob = blob
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.blob.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset, whence=0):
+        self.blob.seek(offset, whence)
+        return self.blob.tell()
+
+    def tell(self):
+        return self.blob.tell()
+
+    def close(self):
+        if not self.closed:
+            self.blob.close()
+        super().close()
 
 
 def _read_groups(meta, filters=None):
@@ -669,7 +724,8 @@ def _read_groups(meta, filters=None):
             part[0], _admits(metadata.row_group(part[0]), filters))]
     key = (id(db.current()), meta["id"], meta["min_id"])
     tables = [_cached(_groups, (*key, g), _CACHE_GROUPS,
-                      lambda g=g: parquet.read_row_group(g)).slice(first, end - first)
+                      lambda g=g: parquet.read_row_group(g, use_threads=False))
+              .slice(first, end - first)
               for g, first, end in parts]
     if not tables:
         return _schema().empty_table()
