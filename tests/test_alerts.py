@@ -301,3 +301,16 @@ def test_two_workers_notify_exactly_once_per_episode(tmp_path, receiver):
         assert shown["state"] == "ok" and shown["lastNotification"]["status"] == "resolved"
     finally:
         server.stop()
+
+
+def test_a_browser_session_changes_rules_only_with_its_request_header(client, receiver):
+    opened = client.post("/api/session", headers=ADMIN)
+    assert opened.status_code == 200
+    assert client.get(ALERTS).status_code == 200  # reading takes the cookie alone
+    refused = client.post(ALERTS, json=rule(receiver.url))
+    assert refused.status_code == 403 and "X-Requested-With" in refused.json["message"]
+    made = client.post(ALERTS, json=rule(receiver.url), headers={"X-Requested-With": "logsvc"})
+    assert made.status_code == 201, made.json
+    assert client.delete(f"{ALERTS}/{made.json['id']}").status_code == 403
+    assert client.delete(f"{ALERTS}/{made.json['id']}",
+                         headers={"X-Requested-With": "logsvc"}).status_code == 204

@@ -362,3 +362,34 @@ def test_a_facet_click_filters_the_query(browser, server):
     wait(lambda: sorted(row_ids(browser)) == [2, 5, 8, 11])
     wait(lambda: browser.execute_script(
         "return document.getElementById('tile-total').textContent") == "4")
+
+
+def test_alert_on_this_search_makes_a_rule_of_the_filters_and_lists_it(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    server = Server(tmp_path, env={"LOGSVC_WEBHOOK_ALLOW": "127.0.0.1/32"})
+    server.start()
+    try:
+        sign_in(browser, server, path="/?projectId=shop&level=error&since=15m&mode=search")
+        browser.find_element(By.CSS_SELECTOR, "#alerts-box summary").click()
+        form = browser.find_element(By.ID, "alert-form")
+        form.find_element(By.NAME, "name").send_keys("shop errors")
+        form.find_element(By.NAME, "threshold").send_keys("10")
+        form.find_element(By.NAME, "webhook").send_keys("ftp://hooks.example.com/x")
+        form.find_element(By.CSS_SELECTOR, "button").click()
+        wait(lambda: "'webhook'" in browser.find_element(By.ID, "alert-error").text)
+        form.find_element(By.NAME, "webhook").clear()
+        form.find_element(By.NAME, "webhook").send_keys("http://127.0.0.1:9/hook")
+        form.find_element(By.CSS_SELECTOR, "button").click()
+        row = wait(lambda: browser.find_element(By.CSS_SELECTOR, "#alerts tbody tr"))
+        assert "shop errors" in row.text and "count > 10" in row.text and "ok" in row.text
+        rules = requests.get(server.url + "/api/proxy-logs/_alerts", headers=ADMIN,
+                             timeout=10).json()["alerts"]
+        # The page's filters, not its time range: the window sets that.
+        assert [r["filters"] for r in rules] == [{"level": "error", "projectId": "shop"}]
+        row.find_element(By.TAG_NAME, "button").click()
+        wait(lambda: not browser.find_elements(By.CSS_SELECTOR, "#alerts tbody tr"))
+        assert requests.get(server.url + "/api/proxy-logs/_alerts", headers=ADMIN,
+                            timeout=10).json()["alerts"] == []
+    finally:
+        server.stop()

@@ -3,8 +3,10 @@
 Whoever may read a scope manages that scope's rules and sees only them (and
 those of the containers within a project); a rule's filters are folded into
 its owner's scope, so it can watch nothing its owner could not read. The
-operator sees and manages every rule. Reading rules takes a browser session
-too; changing them takes an Authorization header, as every write does.
+operator sees and manages every rule. The web UI manages rules with its
+browser session: a change made with the session cookie (SameSite=Strict)
+must also carry `X-Requested-With: logsvc`, a header no other site's page
+can send without the CORS preflight this service never grants.
 """
 import orjson
 from flask import Blueprint, Response, request
@@ -15,7 +17,7 @@ from logsvc.access.principal import READ, Forbidden, authorize
 from logsvc.store import alerts
 from schemas.alerts import parse_filters, rule_schema, shown
 
-from . import caller, reader, state
+from . import caller, reader, session_cookie, state
 from .errors import ApiError, validation_message
 
 blueprint = Blueprint("alerts", __name__, url_prefix="/api/proxy-logs/_alerts")
@@ -32,7 +34,7 @@ def list_rules():
 
 @blueprint.post("")
 def create_rule():
-    found = reader(caller())
+    found = _manager()
     fields = _settings(_body(partial=False), found)
     owned = alerts.listed(fields["project_id"], fields["container_id"])
     if len(owned) >= MAX_RULES_PER_SCOPE:
@@ -48,7 +50,7 @@ def get_rule(rule_id):
 
 @blueprint.patch("/<int(max=9223372036854775807):rule_id>")
 def change_rule(rule_id):
-    found = reader(caller())
+    found = _manager()
     rule = _owned(rule_id, found)
     data = _body(partial=True)
     if "filters" in data:
@@ -65,13 +67,23 @@ def change_rule(rule_id):
 
 @blueprint.delete("/<int(max=9223372036854775807):rule_id>")
 def delete_rule(rule_id):
-    found = reader(caller())
+    found = _manager()
     _owned(rule_id, found)
     try:
         alerts.delete(rule_id)
     except alerts.RuleNotFound:
         raise ApiError(404, f"No alert rule {rule_id}") from None
     return Response(status=204)
+
+
+def _manager():
+    """The caller of a change to rules: a header's credential, or the web
+    UI's session with its X-Requested-With header."""
+    found = reader(caller(allow_cookie=True))
+    if session_cookie() is not None and request.headers.get("X-Requested-With") != "logsvc":
+        raise Forbidden("A change made with a browser session must carry "
+                        "X-Requested-With: logsvc")
+    return found
 
 
 def _owned(rule_id, found):

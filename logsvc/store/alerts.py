@@ -201,7 +201,7 @@ def evaluate(now=None, base_url=""):
     """Evaluate every enabled rule once; returns [(rule id, state)] of the
     transitions made."""
     now = now_ms() if now is None else now
-    changed = []
+    changed, measured = [], []
     for rule in db.call(_select, "enabled = ?", (True,)):
         try:
             value = measure(rule, now)
@@ -215,13 +215,23 @@ def evaluate(now=None, base_url=""):
             state, since = "firing", now
         elif not holds and state in ("pending", "firing"):
             state, since = "ok", now
+        if state == rule.state and since == rule.state_since_ms:
+            measured.append((value, now, rule.id, rule.state, rule.updated_ms))
+            continue
         samples = []
         if state == "firing" and rule.state != "firing":
             samples = _samples(rule, now)
-        moved = db.call(_move, rule, state, since, value, now, samples, base_url)
-        if moved and state != rule.state:
+        if db.call(_move, rule, state, since, value, now, samples, base_url):
             changed.append((rule.id, state))
+    if measured:  # the rules whose state stays: their values, in one transaction
+        db.call(_measured, measured)
     return changed
+
+
+def _measured(rows):
+    with database.atomic():
+        db.executemany("UPDATE alert_rule SET value = ?, evaluated_ms = ? WHERE id = ? "
+                       "AND state = ? AND updated_ms = ?", rows)
 
 
 def _samples(rule, now):

@@ -561,3 +561,59 @@ document.addEventListener("keydown", (event) => {
 });
 
 start();
+
+// --- alert rules -------------------------------------------------------------------
+
+async function loadAlerts() {
+  const response = await fetch(`${API}/_alerts`, { credentials: "same-origin" });
+  if (!response.ok) { $("alerts-note").textContent = "(not available)"; return; }
+  const { alerts } = await response.json();
+  const firing = alerts.filter((rule) => rule.state === "firing").length;
+  $("alerts-note").textContent = alerts.length ? `(${alerts.length}${firing ? `, ${firing} firing` : ""})` : "";
+  const body = document.querySelector("#alerts tbody");
+  body.replaceChildren(...alerts.map((rule) => {
+    const tr = document.createElement("tr");
+    tr.className = `alert-${rule.state}`;
+    const c = rule.condition;
+    const shownFilters = Object.entries(rule.filters).map(([k, v]) => `${k}=${v}`).join(" ");
+    const last = rule.lastNotification;
+    const told = last ? `${last.status}: ${last.result || "pending"}` : "–";
+    for (const text of [rule.name, rule.state, `${c.metric} ${c.op} ${c.threshold}`, rule.window, shownFilters, told]) {
+      tr.append(cell(text));
+    }
+    const remove = document.createElement("button");
+    remove.textContent = "Delete";
+    remove.title = `Delete the rule ${rule.name}`;
+    remove.addEventListener("click", () => deleteAlert(rule.id));
+    const td = document.createElement("td");
+    td.append(remove);
+    tr.append(td);
+    return tr;
+  }));
+}
+
+const CHANGE = { "Content-Type": "application/json", "X-Requested-With": "logsvc" };
+
+$("alert-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = $("alert-form").elements;
+  const wanted = filters();
+  delete wanted.since;
+  delete wanted.until;
+  const rule = {
+    name: form.name.value.trim(), filters: wanted,
+    condition: { metric: form.metric.value, op: form.op.value, threshold: Number(form.threshold.value) },
+    window: form.window.value.trim(), for: form.for.value.trim(), webhook: form.webhook.value.trim(),
+  };
+  const response = await fetch(`${API}/_alerts`, { method: "POST", headers: CHANGE, body: JSON.stringify(rule), credentials: "same-origin" });
+  $("alert-error").textContent = response.ok ? "" : (await response.json()).message;
+  if (response.ok) { form.name.value = ""; loadAlerts(); }
+});
+
+async function deleteAlert(id) {
+  const response = await fetch(`${API}/_alerts/${id}`, { method: "DELETE", headers: CHANGE, credentials: "same-origin" });
+  $("alert-error").textContent = response.ok ? "" : (await response.json()).message;
+  loadAlerts();
+}
+
+$("alerts-box").addEventListener("toggle", () => { if ($("alerts-box").open) loadAlerts(); });
