@@ -185,15 +185,14 @@ def measure(rule, now):
     """The rule's metric over (now - window, now]: None where it has no
     value (no entries for a share, no durations for a percentile)."""
     since = now - rule.window_s * 1000 + 1
-    summary = stats.summary(rule.query_filters(since=since, until=now + 1), top_routes=0)
-    total = summary["total"]
+    found = stats.measure(rule.query_filters(since=since, until=now + 1), rule.metric)
     if rule.metric == "count":
-        return float(total)
+        return float(found["total"])
     if rule.metric == "rate":
-        return total / rule.window_s
+        return found["total"] / rule.window_s
     if rule.metric == "errorRate":
-        return summary["byLevel"].get("error", 0) / total if total else None
-    value = summary["latency"].get(rule.metric)
+        return found["errors"] / found["total"] if found["total"] else None
+    value = found.get(rule.metric)
     return None if value is None else float(value)
 
 

@@ -114,6 +114,42 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
     return db.read(run)
 
 
+def measure(filters, metric):
+    """What an alert rule measures (alerts.py): {"total", "errors"} for
+    count, rate and errorRate, or the latency summary for a percentile,
+    read with as few counter rows as the filters allow (a scope and a time
+    range: the counters' totals; with levels or status classes, the class
+    counters); other filters: `summary`."""
+    f = filters
+    if metric in ("count", "rate", "errorRate") and (
+            from_counters(f) or (rollup.classed(f) and metric != "errorRate")):
+        def run():
+            columns = ("n", "level_error") if from_counters(f) else ("n",)
+            if from_counters(f):
+                source = rollup.counted(f.project_id, f.container_id, f.since, f.until,
+                                        keys=False, columns=columns)
+            else:
+                source = rollup.counted(filters=f, found=_found, keys=False, columns=columns)
+            if source is None:
+                return {"total": 0, "errors": 0}
+            sums = ", ".join(f"CAST(coalesce(SUM({c}), 0) AS BIGINT)" for c in columns)
+            row = db.execute(f"SELECT {sums} FROM ({source[0]}) AS counted",
+                             source[1]).fetchone()
+            return {"total": row[0], "errors": row[1] if len(row) > 1 else None}
+        return db.read(run)
+    if metric.startswith("p") and (from_counters(f) or rollup.classed(f)):
+        def latency():
+            if from_counters(f):
+                counts, longest = rollup.latency(f.project_id, f.container_id, f.since, f.until)
+            else:
+                counts, longest = rollup.class_latency(f, _found)
+            return sketch.summary(counts, longest)
+        return db.read(latency)
+    found = summary(f, top_routes=1)
+    return {"total": found["total"], "errors": found["byLevel"].get("error", 0),
+            **found["latency"]}
+
+
 def _found(filters):
     """(condition, params) of every entry of `filters` (rollup's class readers)."""
     return planner.where_sql(filters, EVERY, ordered=False)
