@@ -322,3 +322,25 @@ def test_cli_tail_from_an_id_past_the_end_follows_from_now(server):
         assert "reset" in proc.stderr.read()
         proc.stderr.close()
     assert first is not None and first["id"] > 5  # not one of the five stored before
+
+
+def test_cli_alerts_create_list_and_delete(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_WEBHOOK_ALLOW": "127.0.0.1/32"}).start()
+    try:
+        made = cli(server, "alerts", "create", "--name", "slow search", "--project", "shop",
+                   "--route", "/v1/search", "--metric", "p95", "--threshold", "800",
+                   "--window", "10m", "--for", "2m", "--webhook", "http://127.0.0.1:9/hook",
+                   "--label", "severity=page")
+        assert made.returncode == 0, made.stderr
+        rule = json.loads(made.stdout)
+        assert rule["filters"] == {"projectId": "shop", "route": "/v1/search"}
+        assert (rule["window"], rule["for"], rule["labels"]) == ("10m", "2m", {"severity": "page"})
+        listed = cli(server, "alerts", "list")
+        assert "slow search" in listed.stdout and "p95 > 800" in listed.stdout
+        refused = cli(server, "alerts", "create", "--name", "x", "--metric", "count",
+                      "--threshold", "1", "--webhook", "http://10.0.0.1/")
+        assert refused.returncode == 1 and "'webhook'" in refused.stderr
+        assert cli(server, "alerts", "delete", str(rule["id"])).returncode == 0
+        assert "no alert rules" in cli(server, "alerts", "list").stderr
+    finally:
+        server.stop()
