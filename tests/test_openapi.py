@@ -19,6 +19,7 @@ SCHEMA = schemathesis.openapi.from_dict(openapi.build()).exclude(path_regex=r".*
 
 
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
+schemathesis.serializer.alias("application/x-protobuf", "application/octet-stream")
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -125,6 +125,31 @@ def _paths():
             "delete": {**_op("Delete an alert rule", write, None,
                              {"204": {"description": "Deleted"}}),
                        "parameters": [_path_param("ruleId", "integer")]}},
+        "/otlp/v1/logs": {"post": {
+            **_op("OTLP/HTTP logs: an ExportLogsServiceRequest (protobuf or JSON)", write,
+                  None, {"200": {"description": "An ExportLogsServiceResponse (its "
+                                                "partialSuccess counts records refused)",
+                                 "content": {"application/json": {"schema": {"type": "object"}},
+                                             "application/x-protobuf": {
+                                                 "schema": {"type": "string"}}}}}),
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/x-protobuf": {"schema": {"type": "string",
+                                                      "format": "binary"}}}}}},
+        "/loki/api/v1/push": {"post": {
+            **_op("Loki push (JSON)", write, None, {"204": {"description": "Stored"}}),
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"type": "object"}}}}}},
+        "/elasticsearch/": {"get": _op("As an Elasticsearch cluster's root", write, None,
+                                       _json({"type": "object"}))},
+        "/elasticsearch": {"get": _op("As an Elasticsearch cluster's root", write, None,
+                                      _json({"type": "object"}))},
+        "/elasticsearch/_cluster/health": {"get": _op("As an Elasticsearch cluster's health",
+                                                      write, None, _json({"type": "object"}))},
+        "/elasticsearch/_bulk": {"post": _es_bulk(write)},
+        "/elasticsearch/{index}/_bulk": {"post": {**_es_bulk(write),
+                                                   "parameters": [_path_param("index",
+                                                                              "string")]}},
         "/api/session": {
             "post": _op("Open a browser session (sets an HttpOnly cookie)", write, None,
                         _json("Session")),
@@ -143,6 +168,13 @@ def _paths():
                                   "content": {"application/json": {"schema": {
                                       "type": "object"}}}}}}},
     }
+
+
+def _es_bulk(security):
+    return {**_op("Elasticsearch bulk: index and create actions (an item result each)",
+                  security, None, _json({"type": "object"})),
+            "requestBody": {"required": True, "content": {_NDJSON: {"schema": {
+                "type": "string"}}}}}
 
 
 def _op(summary, security, query_schema, answers):

@@ -65,6 +65,19 @@ MAX_REJECTIONS_LISTED = 1000
 MAX_CONTAINERS = 1_000_000
 
 
+def decoded_body(body, content_encoding="", max_bytes=16 << 20):
+    """The request body as sent before its Content-Encoding (gzip or
+    none), within `max_bytes` before and after."""
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return _gunzip(body, max_bytes)
+    if encoding not in ("", "identity"):
+        raise PayloadError(f"Content-Encoding {content_encoding!r} is not supported; use gzip")
+    return body
+
+
 def parse_payload(body, content_type="", content_encoding="", max_bytes=16 << 20,
                   max_entries=50_000):
     """Return the posted items: decoded JSON values, or `_Malformed` markers

@@ -1,0 +1,228 @@
+"""Endpoints for the log shippers people already run (shipped.py maps their
+payloads to entries):
+
+- OTLP/HTTP logs: `POST /otlp/v1/logs`, protobuf (the SDKs' default) or
+  JSON, gzip or not; answered with an ExportLogsServiceResponse in the
+  request's encoding, its `partialSuccess` counting the records refused.
+- Loki push: `POST /loki/api/v1/push`, JSON (what Promtail, Alloy and
+  Vector send when told to; snappy protobuf is not read yet): 204.
+- Elasticsearch bulk: `POST /elasticsearch/_bulk` and
+  `/elasticsearch/{index}/_bulk` (`index` and `create` actions, an item
+  result each, `errors`), and `GET /elasticsearch/` answering as a
+  cluster's root, with the `X-Elastic-Product` header the official clients
+  look for.
+
+Every one writes with the caller's credential, as `_ingest` does: a scoped
+writer's entries take its scope, and one naming another is refused (that
+item only); the request size and entry count limits apply.
+"""
+import time
+
+import orjson
+from flask import Blueprint, Response, request
+
+from logsvc.access.principal import WRITE, authorize
+from logsvc.store import ingest
+
+from . import caller, shipped, state
+from .errors import ApiError
+
+blueprint = Blueprint("shippers", __name__)
+_CHUNK = ingest.MAX_REJECTIONS_LISTED  # every refusal of a chunk is listed
+
+
+def _writer():
+    found = caller()
+    authorize(found, WRITE)
+    return found
+
+
+def _body():
+    config = state().config
+    return ingest.decoded_body(request.get_data(cache=False),
+                               request.headers.get("Content-Encoding", ""),
+                               config.max_request_bytes)
+
+
+def _store(entries, found):
+    """Store the entries (in chunks whose refusals are all listed): the
+    answers of `ingest.ingest`, one per chunk, and the id of each entry
+    stored (None for one refused), in order."""
+    config = state().config
+    if len(entries) > config.max_entries_per_request:
+        raise ingest.PayloadTooLarge(
+            f"more than {config.max_entries_per_request} entries in one request "
+            "(LOGSVC_MAX_ENTRIES_PER_REQUEST); send smaller batches")
+    ids, reasons = [], []
+    for start in range(0, len(entries), _CHUNK):
+        part = entries[start:start + _CHUNK]
+        result = ingest.ingest(part, config, found.scope)
+        refused = {r["index"]: r["errors"] for r in result["rejected"]}
+        next_id = result["firstId"]
+        for at in range(len(part)):
+            if at in refused:
+                ids.append(None)
+                reasons.append(refused[at])
+            else:
+                ids.append(next_id)
+                reasons.append(None)
+                next_id += 1
+    if any(i is not None for i in ids):
+        state().tailer.notify()
+    return ids, reasons
+
+
+def _first_reason(reasons):
+    """The first refusal, as text ("status: Must be ...")."""
+    for reason in reasons:
+        if reason:
+            return "; ".join(f"{field}: {' '.join(map(str, problems))}"
+                             for field, problems in reason.items())
+    return ""
+
+
+# --- OpenTelemetry -----------------------------------------------------------------
+
+_PROTOBUF = ("application/x-protobuf", "application/protobuf")
+
+
+@blueprint.post("/otlp/v1/logs")
+def otlp_logs():
+    found = _writer()
+    media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    body = _body()
+    protobuf = media in _PROTOBUF
+    try:
+        if protobuf:
+            message = shipped.otlp_from_protobuf(body)
+        elif media in ("application/json", ""):
+            message = orjson.loads(body)
+        else:
+            raise ApiError(415, f"Content-Type {media!r}: OTLP/HTTP takes application/x-protobuf "
+                                "or application/json")
+        entries = shipped.otlp_entries(message)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise ApiError(400, f"Not an OTLP logs export request: {exc}") from None
+    ids, reasons = _store(entries, found)
+    rejected = sum(1 for i in ids if i is None)
+    why = _first_reason(reasons)
+    if protobuf:
+        return Response(shipped.otlp_response_protobuf(rejected, why),
+                        mimetype="application/x-protobuf")
+    answer = {"partialSuccess": {"rejectedLogRecords": str(rejected), "errorMessage": why}} \
+        if rejected else {}
+    return Response(orjson.dumps(answer), mimetype="application/json")
+
+
+# --- Loki --------------------------------------------------------------------------
+
+@blueprint.post("/loki/api/v1/push")
+def loki_push():
+    found = _writer()
+    media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media not in ("application/json", ""):
+        raise ApiError(415, f"Content-Type {media!r}: this endpoint reads Loki's JSON push "
+                            "format (application/json); snappy protobuf is not supported yet")
+    try:
+        entries = shipped.loki_entries(orjson.loads(_body()))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise ApiError(400, f"Not a Loki push request: {exc}") from None
+    ids, reasons = _store(entries, found)
+    refused = sum(1 for i in ids if i is None)
+    if refused:
+        raise ApiError(400, f"{refused} of {len(ids)} lines were refused (the others are "
+                            f"stored): {_first_reason(reasons)}")
+    return Response(status=204)
+
+
+# --- Elasticsearch -----------------------------------------------------------------
+
+_ES_HEADERS = {"X-Elastic-Product": "Elasticsearch"}
+ES_VERSION = "8.17.0"
+
+
+def _es(body, status=200):
+    return Response(orjson.dumps(body), status=status, mimetype="application/json",
+                    headers=_ES_HEADERS)
+
+
+@blueprint.route("/elasticsearch", methods=["GET", "HEAD"])
+@blueprint.route("/elasticsearch/", methods=["GET", "HEAD"])
+def es_root():
+    _writer()
+    return _es({"name": "logsvc", "cluster_name": "logsvc", "cluster_uuid": "logsvc",
+                "version": {"number": ES_VERSION, "build_flavor": "default",
+                            "build_type": "logsvc", "lucene_version": "9.12.0",
+                            "minimum_wire_compatibility_version": "7.17.0",
+                            "minimum_index_compatibility_version": "7.0.0"},
+                "tagline": "You Know, for Search"})
+
+
+@blueprint.get("/elasticsearch/_cluster/health")
+def es_health():
+    _writer()
+    return _es({"cluster_name": "logsvc", "status": "green", "timed_out": False,
+                "number_of_nodes": 1, "number_of_data_nodes": 1})
+
+
+@blueprint.post("/elasticsearch/_bulk")
+@blueprint.post("/elasticsearch/<index>/_bulk")
+def es_bulk(index=None):
+    found = _writer()
+    started = time.monotonic()
+    lines = [line for line in _body().split(b"\n") if line.strip()]
+    entries, items = [], []
+    at = 0
+    while at < len(lines):
+        try:
+            action = orjson.loads(lines[at])
+        except orjson.JSONDecodeError:
+            raise ApiError(400, f"Line {at + 1} of the bulk body is not JSON") from None
+        if not isinstance(action, dict) or len(action) != 1:
+            raise ApiError(400, f"Line {at + 1}: an action is an object with one key "
+                                "(index, create, update or delete)")
+        (name, meta), = action.items()
+        meta = meta if isinstance(meta, dict) else {}
+        target = meta.get("_index", index) or "logs"
+        if name == "delete":
+            items.append((name, target, "unsupported"))
+            at += 1
+            continue
+        if at + 1 >= len(lines):
+            raise ApiError(400, f"Line {at + 1}: the {name} action has no document after it")
+        source_line = lines[at + 1]
+        at += 2
+        if name not in ("index", "create"):
+            items.append((name, target, "unsupported"))
+            continue
+        try:
+            document = orjson.loads(source_line)
+        except orjson.JSONDecodeError:
+            document = None
+        if not isinstance(document, dict):
+            items.append((name, target, "not an object"))
+            continue
+        items.append((name, target, len(entries)))
+        entries.append(shipped.es_entry(document))
+    ids, reasons = _store(entries, found)
+    out, errors = [], False
+    for name, target, what in items:
+        if isinstance(what, int) and ids[what] is not None:
+            out.append({name: {"_index": target, "_id": str(ids[what]), "_version": 1,
+                               "result": "created", "status": 201, "_seq_no": ids[what],
+                               "_primary_term": 1,
+                               "_shards": {"total": 1, "successful": 1, "failed": 0}}})
+            continue
+        errors = True
+        if what == "unsupported":
+            error = {"type": "action_request_validation_exception",
+                     "reason": f"logsvc stores entries: the {name} action is not supported"}
+        elif what == "not an object":
+            error = {"type": "document_parsing_exception",
+                     "reason": "the document is not a JSON object"}
+        else:
+            error = {"type": "document_parsing_exception",
+                     "reason": _first_reason([reasons[what]])}
+        out.append({name: {"_index": target, "_id": None, "status": 400, "error": error}})
+    took = int((time.monotonic() - started) * 1000)
+    return _es({"took": took, "errors": errors, "items": out})

@@ -1,0 +1,173 @@
+"""What shippers send is stored as entries: OTLP/HTTP logs (through the
+OpenTelemetry SDK's own exporter, and in JSON), Loki push, Elasticsearch
+bulk; each item under the sender's scope, refused items answered in the
+protocol's own shape."""
+import gzip
+import time
+
+import orjson
+import pytest
+
+from logsvc.testing import ADMIN_TOKEN, LOGS, Store
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def token(client, project, container=None):
+    body = {"name": "shipper", "projectId": project, "containerId": container,
+            "capabilities": {"logs": True, "ingest": True}}
+    made = client.post("/api/proxy-logs/_admin/tokens", json=body, headers=ADMIN)
+    assert made.status_code == 201, made.json
+    return {"Authorization": f"Bearer {made.json['token']}"}
+
+
+def entries(client, **params):
+    return Store(client).page(LOGS, limit=100, **params)["entries"]
+
+
+@pytest.mark.server
+def test_the_opentelemetry_sdk_exporter_sends_its_logs(server):
+    import requests
+    from opentelemetry._logs import SeverityNumber
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+
+    provider = LoggerProvider(resource=Resource.create({"service.name": "checkout",
+                                                        "projectId": "shop",
+                                                        "container.id": "web-1"}))
+    exporter = OTLPLogExporter(endpoint=server.url + "/otlp/v1/logs", headers=ADMIN)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    logger = provider.get_logger("test-otlp")
+    try:
+        logger.emit(body="payment declined", severity_number=SeverityNumber.ERROR,
+                    severity_text="ERROR", timestamp=time.time_ns(), attributes={
+                        "http.request.method": "POST", "url.path": "/v1/pay",
+                        "url.query": "retry=1", "http.response.status_code": 402,
+                        "client.address": "203.0.113.9", "order": "A-17"})
+        logger.emit(body="slow upstream", severity_number=SeverityNumber.WARN,
+                    timestamp=time.time_ns())
+        assert provider.force_flush()
+    finally:
+        provider.shutdown()
+
+    found = requests.get(server.url + LOGS, params={"projectId": "shop"}, headers=ADMIN,
+                         timeout=10).json()["entries"]
+    by_message = {e["data"]["message"]: e for e in found}
+    paid = by_message["payment declined"]
+    assert (paid["serviceName"], paid["containerId"], paid["level"]) == ("checkout", "web-1",
+                                                                         "error")
+    assert (paid["method"], paid["url"], paid["status"], paid["clientIp"]) == \
+        ("POST", "/v1/pay?retry=1", 402, "203.0.113.9")
+    assert paid["data"]["order"] == "A-17" and paid["kind"] == "response"
+    assert by_message["slow upstream"]["level"] == "warn"
+    assert abs(paid["tsMs"] - time.time() * 1000) < 60_000
+
+
+def otlp_json(records, resource=None):
+    def attributes(values):
+        return [{"key": k, "value": {"intValue": str(v)} if isinstance(v, int)
+                 else {"stringValue": v}} for k, v in values.items()]
+    return {"resourceLogs": [{
+        "resource": {"attributes": attributes(resource or {"service.name": "api"})},
+        "scopeLogs": [{"logRecords": [
+            {"timeUnixNano": str(1_800_000_000_000_000_000 + i), "severityNumber": 17,
+             "severityText": "ERROR", "body": {"stringValue": f"record {i}"},
+             "traceId": "5b8efff798038103d269b633813fc60c",
+             "attributes": attributes(attrs)} for i, attrs in enumerate(records)]}]}]}
+
+
+def test_otlp_json_refuses_a_record_of_another_scope_and_stores_the_rest(client):
+    headers = {**token(client, "shop"), "Content-Type": "application/json",
+               "Content-Encoding": "gzip"}
+    body = otlp_json([{"http.response.status_code": 500}, {"projectId": "elsewhere"}])
+    response = client.post("/otlp/v1/logs", data=gzip.compress(orjson.dumps(body)),
+                           headers=headers)
+    assert response.status_code == 200, response.json
+    partial = response.json["partialSuccess"]
+    assert partial["rejectedLogRecords"] == "1" and "projectId" in partial["errorMessage"]
+    [stored] = entries(client)
+    assert (stored["projectId"], stored["status"], stored["level"]) == ("shop", 500, "error")
+    assert stored["traceId"] == "5b8efff798038103d269b633813fc60c"
+    assert stored["tsMs"] == 1_800_000_000_000 and stored["data"]["message"] == "record 0"
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"not json", "application/json"), (b"\x0a\xff\xff", "application/x-protobuf"),
+    (b"{}", "text/plain")])
+def test_otlp_that_cannot_be_read_is_a_4xx_and_stores_nothing(client, body, content_type):
+    response = client.post("/otlp/v1/logs", data=body,
+                           headers={**ADMIN, "Content-Type": content_type})
+    assert response.status_code in (400, 415) and response.json["message"]
+    assert entries(client) == []
+
+
+def test_a_loki_push_stores_each_line_with_its_labels(client):
+    push = {"streams": [
+        {"stream": {"projectId": "shop", "serviceName": "edge", "level": "warn", "job": "nginx"},
+         "values": [["1800000000000000000", "GET /v1/cart 200"],
+                    ["1800000001000000000", "GET /v1/cart 504", {"traceId": "t-9"}]]}]}
+    response = client.post("/loki/api/v1/push", json=push, headers=ADMIN)
+    assert response.status_code == 204
+    found = entries(client, order="asc")
+    assert [e["data"]["message"] for e in found] == ["GET /v1/cart 200", "GET /v1/cart 504"]
+    assert {(e["projectId"], e["serviceName"], e["level"]) for e in found} == \
+        {("shop", "edge", "warn")}
+    assert found[0]["data"]["job"] == "nginx" and found[1]["traceId"] == "t-9"
+    assert [e["tsMs"] for e in found] == [1_800_000_000_000, 1_800_000_001_000]
+
+
+def test_a_loki_push_naming_another_scope_stores_only_its_own_lines(client):
+    now = str(time.time_ns())
+    push = {"streams": [{"stream": {"projectId": "other"}, "values": [[now, "theirs"]]},
+                        {"stream": {}, "values": [[now, "mine"]]}]}
+    response = client.post("/loki/api/v1/push", json=push, headers=token(client, "shop"))
+    assert response.status_code == 400 and "1 of 2" in response.json["message"]
+    assert [e["data"]["message"] for e in entries(client)] == ["mine"]
+
+
+def test_elasticsearch_bulk_answers_each_item(client):
+    root = client.get("/elasticsearch/", headers=ADMIN)
+    assert root.status_code == 200 and root.headers["X-Elastic-Product"] == "Elasticsearch"
+    assert root.json["version"]["number"].startswith("8.")
+    lines = [
+        {"create": {"_index": "logs-nginx"}},
+        {"@timestamp": "2027-01-15T08:00:00.250Z", "message": "GET /v1/users/7 500",
+         "log": {"level": "error"}, "service": {"name": "gateway"},
+         "http": {"request": {"method": "GET"}, "response": {"status_code": 500}},
+         "url": {"path": "/v1/users/7"}, "client": {"ip": "198.51.100.4"},
+         "event": {"duration": 12_500_000}, "projectId": "shop", "host": {"name": "n1"}},
+        {"delete": {"_index": "logs-nginx", "_id": "1"}},
+        {"index": {}},
+        {"projectId": "shop", "status": "not a status"},
+        {"index": {}},
+        {"projectId": "shop", "message": "plain event"},
+    ]
+    body = b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
+    response = client.post("/elasticsearch/logs/_bulk", data=body,
+                           headers={**ADMIN, "Content-Type": "application/x-ndjson"})
+    assert response.status_code == 200
+    answer = response.json
+    assert answer["errors"] is True
+    statuses = [next(iter(item.values()))["status"] for item in answer["items"]]
+    assert statuses == [201, 400, 400, 201]
+    assert answer["items"][0]["create"]["_index"] == "logs-nginx"
+    assert answer["items"][3]["index"]["_index"] == "logs"
+    first_id = int(answer["items"][0]["create"]["_id"])
+    stored = {e["id"]: e for e in entries(client)}
+    assert set(stored) == {first_id, int(answer["items"][3]["index"]["_id"])}
+    e = stored[first_id]
+    assert (e["serviceName"], e["level"], e["method"], e["url"], e["status"], e["clientIp"]) == \
+        ("gateway", "error", "GET", "/v1/users/7", 500, "198.51.100.4")
+    assert e["durationMs"] == 12.5 and e["tsMs"] == 1800000000250
+    assert e["data"]["host.name"] == "n1" and e["data"]["message"] == "GET /v1/users/7 500"
+
+
+def test_shippers_need_a_writer(client):
+    made = client.post("/api/proxy-logs/_admin/tokens", headers=ADMIN, json={
+        "name": "r", "projectId": "shop", "capabilities": {"logs": True}})
+    reader = {"Authorization": f"Bearer {made.json['token']}"}
+    for path in ("/otlp/v1/logs", "/loki/api/v1/push", "/elasticsearch/_bulk"):
+        assert client.post(path, data=b"{}").status_code == 401
+        assert client.post(path, data=b"{}", headers=reader).status_code == 403
