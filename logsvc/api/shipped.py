@@ -180,10 +180,9 @@ def otlp_entries(request):
     return entries
 
 
-def otlp_from_protobuf(body):
-    """An ExportLogsServiceRequest in protobuf as its JSON mapping (trace
-    ids as hex, as OTLP/JSON writes them)."""
-    from google.protobuf.json_format import MessageToDict
+def otlp_protobuf_entries(body):
+    """The entries of an ExportLogsServiceRequest in protobuf, read from
+    the message itself (as `otlp_entries` reads its JSON mapping)."""
     from google.protobuf.message import DecodeError
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
         ExportLogsServiceRequest,
@@ -194,22 +193,38 @@ def otlp_from_protobuf(body):
         message.ParseFromString(body)
     except DecodeError as exc:
         raise ValueError("the body is not an ExportLogsServiceRequest in protobuf") from exc
-    as_dict = MessageToDict(message)
-    # MessageToDict writes bytes fields as base64; OTLP/JSON uses hex.
-    for resource_logs in as_dict.get("resourceLogs", []):
-        for scope_logs in resource_logs.get("scopeLogs", []):
-            for record in scope_logs.get("logRecords", []):
-                for key in ("traceId", "spanId"):
-                    if key in record:
-                        record[key] = base64.b64decode(record[key]).hex()
-                if isinstance(record.get("severityNumber"), str):
-                    record["severityNumber"] = _SEVERITY_NAMES.get(record["severityNumber"])
-    return as_dict
+    entries = []
+    for resource_logs in message.resource_logs:
+        resource = _pb_attributes(resource_logs.resource.attributes)
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                attributes = {**resource, **_pb_attributes(record.attributes)}
+                number = record.severity_number
+                level = next((name for span, name in _SEVERITY.items() if number in span), None)
+                level = level or level_of(record.severity_text)
+                body = _pb_value(record.body) if record.HasField("body") else None
+                ts = _nanos_to_ms(record.time_unix_nano) or \
+                    _nanos_to_ms(record.observed_time_unix_nano)
+                entries.append(entry_from(attributes, message=body, ts_ms=ts, level=level,
+                                          trace_id=record.trace_id.hex() or None))
+    return entries
 
 
-_SEVERITY_NAMES = {f"SEVERITY_NUMBER_{name}{n if n > 1 else ''}": base + n - 1
-                   for name, base in (("TRACE", 1), ("DEBUG", 5), ("INFO", 9), ("WARN", 13),
-                                      ("ERROR", 17), ("FATAL", 21)) for n in range(1, 5)}
+def _pb_value(value):
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_pb_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return _pb_attributes(value.kvlist_value.values)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return getattr(value, kind)
+
+
+def _pb_attributes(items):
+    return {item.key: _pb_value(item.value) for item in items}
 
 
 def otlp_response_protobuf(rejected, message):

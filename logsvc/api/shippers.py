@@ -94,13 +94,12 @@ def otlp_logs():
     protobuf = media in _PROTOBUF
     try:
         if protobuf:
-            message = shipped.otlp_from_protobuf(body)
+            entries = shipped.otlp_protobuf_entries(body)
         elif media in ("application/json", ""):
-            message = orjson.loads(body)
+            entries = shipped.otlp_entries(orjson.loads(body))
         else:
             raise ApiError(415, f"Content-Type {media!r}: OTLP/HTTP takes application/x-protobuf "
                                 "or application/json")
-        entries = shipped.otlp_entries(message)
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise ApiError(400, f"Not an OTLP logs export request: {exc}") from None
     ids, reasons = _store(entries, found)
