@@ -118,6 +118,27 @@ def test_a_loki_push_stores_each_line_with_its_labels(client):
     assert [e["tsMs"] for e in found] == [1_800_000_000_000, 1_800_000_001_000]
 
 
+def test_a_loki_push_in_snappy_protobuf_as_promtail_sends_it(client):
+    from logsvc.api.lokiproto import encode_push_request
+
+    now = time.time_ns()
+    push = {"streams": [
+        {"stream": {"projectId": "shop", "containerId": "edge-1", "job": 'nginx "main"'},
+         "values": [[str(now), "GET /v1/cart 200"],
+                    [str(now + 1_000_000), "GET /v1/cart 504", {"traceId": "t-7"}]]}]}
+    response = client.post("/loki/api/v1/push", data=encode_push_request(push),
+                           headers={**ADMIN, "Content-Type": "application/x-protobuf"})
+    assert response.status_code == 204, response.json
+    found = entries(client, order="asc")
+    assert [e["data"]["message"] for e in found] == ["GET /v1/cart 200", "GET /v1/cart 504"]
+    assert {(e["projectId"], e["containerId"]) for e in found} == {("shop", "edge-1")}
+    assert found[0]["data"]["job"] == 'nginx "main"' and found[1]["traceId"] == "t-7"
+    assert found[1]["tsMs"] == (now + 1_000_000) // 1_000_000
+    broken = client.post("/loki/api/v1/push", data=b"\x00not snappy",
+                         headers={**ADMIN, "Content-Type": "application/x-protobuf"})
+    assert broken.status_code == 400 and "snappy" in broken.json["message"]
+
+
 def test_a_loki_push_naming_another_scope_stores_only_its_own_lines(client):
     now = str(time.time_ns())
     push = {"streams": [{"stream": {"projectId": "other"}, "values": [[now, "theirs"]]},

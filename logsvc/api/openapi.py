@@ -137,9 +137,12 @@ def _paths():
                 "application/x-protobuf": {"schema": {"type": "string",
                                                       "format": "binary"}}}}}},
         "/loki/api/v1/push": {"post": {
-            **_op("Loki push (JSON)", write, None, {"204": {"description": "Stored"}}),
+            **_op("Loki push (snappy protobuf or JSON)", write, None,
+                  {"204": {"description": "Stored"}}),
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": {"type": "object"}}}}}},
+                "application/json": {"schema": {"type": "object"}},
+                "application/x-protobuf": {"schema": {"type": "string",
+                                                      "format": "binary"}}}}}},
         "/elasticsearch/": {"get": _op("As an Elasticsearch cluster's root", write, None,
                                        _json({"type": "object"}))},
         "/elasticsearch": {"get": _op("As an Elasticsearch cluster's root", write, None,

@@ -4,8 +4,8 @@ payloads to entries):
 - OTLP/HTTP logs: `POST /otlp/v1/logs`, protobuf (the SDKs' default) or
   JSON, gzip or not; answered with an ExportLogsServiceResponse in the
   request's encoding, its `partialSuccess` counting the records refused.
-- Loki push: `POST /loki/api/v1/push`, JSON (what Promtail, Alloy and
-  Vector send when told to; snappy protobuf is not read yet): 204.
+- Loki push: `POST /loki/api/v1/push`, snappy-compressed protobuf (what
+  Promtail, Alloy and Vector's `loki` sink send) or JSON: 204.
 - Elasticsearch bulk: `POST /elasticsearch/_bulk` and
   `/elasticsearch/{index}/_bulk` (`index` and `create` actions, an item
   result each, `errors`), and `GET /elasticsearch/` answering as a
@@ -24,7 +24,7 @@ from flask import Blueprint, Response, request
 from logsvc.access.principal import WRITE, authorize
 from logsvc.store import ingest
 
-from . import caller, shipped, state
+from . import caller, lokiproto, shipped, state
 from .errors import ApiError
 
 blueprint = Blueprint("shippers", __name__)
@@ -119,11 +119,15 @@ def otlp_logs():
 def loki_push():
     found = _writer()
     media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if media not in ("application/json", ""):
-        raise ApiError(415, f"Content-Type {media!r}: this endpoint reads Loki's JSON push "
-                            "format (application/json); snappy protobuf is not supported yet")
+    if media not in ("application/json", "application/x-protobuf", ""):
+        raise ApiError(415, f"Content-Type {media!r}: a Loki push is application/x-protobuf "
+                            "(snappy) or application/json")
     try:
-        entries = shipped.loki_entries(orjson.loads(_body()))
+        if media == "application/x-protobuf":
+            push = lokiproto.push_request_json(_body(), state().config.max_request_bytes)
+        else:
+            push = orjson.loads(_body())
+        entries = shipped.loki_entries(push)
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise ApiError(400, f"Not a Loki push request: {exc}") from None
     ids, reasons = _store(entries, found)
