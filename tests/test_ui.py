@@ -387,7 +387,20 @@ def test_alert_on_this_search_makes_a_rule_of_the_filters_and_lists_it(browser, 
                              timeout=10).json()["alerts"]
         # The page's filters, not its time range: the window sets that.
         assert [r["filters"] for r in rules] == [{"level": "error", "projectId": "shop"}]
-        row.find_element(By.TAG_NAME, "button").click()
+        # Edit: the form takes the rule's settings; saving changes them, not its filters.
+        row.find_element(By.XPATH, ".//button[text()='Edit']").click()
+        threshold = form.find_element(By.NAME, "threshold")
+        assert threshold.get_attribute("value") == "10"
+        threshold.clear()
+        threshold.send_keys("25")
+        form.find_element(By.CSS_SELECTOR, "button").click()
+        wait(lambda: "count > 25" in browser.find_element(By.CSS_SELECTOR, "#alerts tbody tr").text)
+        rules = requests.get(server.url + "/api/proxy-logs/_alerts", headers=ADMIN,
+                             timeout=10).json()["alerts"]
+        assert [(r["condition"]["threshold"], r["filters"]) for r in rules] == \
+            [(25, {"level": "error", "projectId": "shop"})]
+        row = browser.find_element(By.CSS_SELECTOR, "#alerts tbody tr")
+        row.find_element(By.XPATH, ".//button[text()='Delete']").click()
         wait(lambda: not browser.find_elements(By.CSS_SELECTOR, "#alerts tbody tr"))
         assert requests.get(server.url + "/api/proxy-logs/_alerts", headers=ADMIN,
                             timeout=10).json()["alerts"] == []

@@ -581,12 +581,16 @@ async function loadAlerts() {
     for (const text of [rule.name, rule.state, `${c.metric} ${c.op} ${c.threshold}`, rule.window, shownFilters, told]) {
       tr.append(cell(text));
     }
+    const edit = document.createElement("button");
+    edit.textContent = "Edit";
+    edit.title = `Change the rule ${rule.name} (its filters stay)`;
+    edit.addEventListener("click", () => editAlert(rule));
     const remove = document.createElement("button");
     remove.textContent = "Delete";
     remove.title = `Delete the rule ${rule.name}`;
     remove.addEventListener("click", () => deleteAlert(rule.id));
     const td = document.createElement("td");
-    td.append(remove);
+    td.append(edit, remove);
     tr.append(td);
     return tr;
   }));
@@ -597,18 +601,42 @@ const CHANGE = { "Content-Type": "application/json", "X-Requested-With": "logsvc
 $("alert-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = $("alert-form").elements;
-  const wanted = filters();
-  delete wanted.since;
-  delete wanted.until;
+  const editing = $("alert-form").dataset.editing;
   const rule = {
-    name: form.name.value.trim(), filters: wanted,
+    name: form.name.value.trim(),
     condition: { metric: form.metric.value, op: form.op.value, threshold: Number(form.threshold.value) },
     window: form.window.value.trim(), for: form.for.value.trim(), webhook: form.webhook.value.trim(),
   };
-  const response = await fetch(`${API}/_alerts`, { method: "POST", headers: CHANGE, body: JSON.stringify(rule), credentials: "same-origin" });
+  if (!editing) {
+    rule.filters = filters();
+    delete rule.filters.since;
+    delete rule.filters.until;
+  }
+  const [method, path] = editing ? ["PATCH", `${API}/_alerts/${editing}`] : ["POST", `${API}/_alerts`];
+  const response = await fetch(path, { method, headers: CHANGE, body: JSON.stringify(rule), credentials: "same-origin" });
   $("alert-error").textContent = response.ok ? "" : (await response.json()).message;
-  if (response.ok) { form.name.value = ""; loadAlerts(); }
+  if (response.ok) { form.name.value = ""; stopEditing(); loadAlerts(); }
 });
+
+function editAlert(rule) {
+  const form = $("alert-form");
+  const fields = form.elements;
+  fields.name.value = rule.name;
+  fields.metric.value = rule.condition.metric;
+  fields.op.value = rule.condition.op;
+  fields.threshold.value = rule.condition.threshold;
+  fields.window.value = rule.window;
+  fields.for.value = rule.for;
+  fields.webhook.value = rule.webhook;
+  form.dataset.editing = rule.id;
+  form.querySelector("button[type=submit]").textContent = "Save rule";
+}
+
+function stopEditing() {
+  const form = $("alert-form");
+  delete form.dataset.editing;
+  form.querySelector("button[type=submit]").textContent = "Alert on this search";
+}
 
 async function deleteAlert(id) {
   const response = await fetch(`${API}/_alerts/${id}`, { method: "DELETE", headers: CHANGE, credentials: "same-origin" });
