@@ -151,9 +151,11 @@ def deliver_due(allow=(), now=None):
 
 
 def run_forever(config, store=None, holder=None):
-    """Evaluate the rules every `alert_interval_s` and send the
-    notifications due (retries included) every TICK_S, while this process
-    holds the alerts lease."""
+    """Every `alert_interval_s`: if there are rules or notifications owed,
+    take (or renew) the alerts lease and, holding it, evaluate the rules;
+    while holding it, send what is due (retries included) every TICK_S.
+    A store with no rules is only read, so its idle write-ahead log is
+    still given back (wal.py)."""
     if store is not None:
         db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -162,21 +164,23 @@ def run_forever(config, store=None, holder=None):
     tick = min(TICK_S, interval)
     lease_s = max(30.0, interval * 3)
     base_url = config.public_url or config.server_url
-    next_evaluation = 0.0
+    next_evaluation, holding = 0.0, False
     while True:
         try:
-            if db.call(retention.take_lease, alerts.LEASE_NAME, holder, lease_s):
-                if time.monotonic() >= next_evaluation:
-                    next_evaluation = time.monotonic() + interval
+            if time.monotonic() >= next_evaluation:
+                next_evaluation = time.monotonic() + interval
+                holding = db.call(alerts.has_work) and db.call(
+                    retention.take_lease, alerts.LEASE_NAME, holder, lease_s)
+                if holding:
                     alerts.evaluate(base_url=base_url)
                     db.call(alerts.forget_delivered, int(time.time() * 1000) - 7 * 86_400_000)
+            if holding:
                 deliver_due(allow)
-                runtime.sleep(tick)
-                continue
         except Exception as exc:
+            holding = False
             reason = db.unwritable_reason(exc)
             if reason:
                 log.warning("alerts skipped: %s", reason)
             elif not db.is_transient_error(exc):
                 log.exception("alert evaluation failed")
-        runtime.sleep(interval)
+        runtime.sleep(tick if holding else max(0.0, next_evaluation - time.monotonic()))

@@ -11,6 +11,8 @@ block format (cramjam).
 import functools
 import re
 
+from .shipped import parsed
+
 _ESCAPE = re.compile(r"\\(.)")
 _ESCAPES = {"n": "\n", "t": "\t"}
 _LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
@@ -70,7 +72,6 @@ def labels_of(text):
 def push_request_json(body, max_bytes):
     """A snappy protobuf push request as the JSON push body (shipped.loki_entries)."""
     import cramjam
-    from google.protobuf.message import DecodeError
 
     try:
         if cramjam.snappy.decompress_raw_len(body) > max_bytes:
@@ -78,11 +79,7 @@ def push_request_json(body, max_bytes):
         raw = bytes(cramjam.snappy.decompress_raw(body))
     except cramjam.DecompressionError as exc:
         raise ValueError("the body is not snappy-compressed (block format)") from exc
-    request = _push_request()()
-    try:
-        request.ParseFromString(raw)
-    except DecodeError as exc:
-        raise ValueError("the body is not a Loki PushRequest in protobuf") from exc
+    request = parsed(_push_request(), raw)
     streams = []
     for stream in request.streams:
         values = []

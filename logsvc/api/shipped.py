@@ -183,16 +183,11 @@ def otlp_entries(request):
 def otlp_protobuf_entries(body):
     """The entries of an ExportLogsServiceRequest in protobuf, read from
     the message itself (as `otlp_entries` reads its JSON mapping)."""
-    from google.protobuf.message import DecodeError
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
         ExportLogsServiceRequest,
     )
 
-    message = ExportLogsServiceRequest()
-    try:
-        message.ParseFromString(body)
-    except DecodeError as exc:
-        raise ValueError("the body is not an ExportLogsServiceRequest in protobuf") from exc
+    message = parsed(ExportLogsServiceRequest, body)
     entries = []
     for resource_logs in message.resource_logs:
         resource = _pb_attributes(resource_logs.resource.attributes)
@@ -208,6 +203,19 @@ def otlp_protobuf_entries(body):
                 entries.append(entry_from(attributes, message=body, ts_ms=ts, level=level,
                                           trace_id=record.trace_id.hex() or None))
     return entries
+
+
+def parsed(kind, body):
+    """A protobuf message of class `kind` read from `body`; ValueError if
+    it is not one."""
+    from google.protobuf.message import DecodeError
+
+    message = kind()
+    try:
+        message.ParseFromString(body)
+    except DecodeError as exc:
+        raise ValueError(f"the body is not a {kind.DESCRIPTOR.name} in protobuf") from exc
+    return message
 
 
 def _pb_value(value):

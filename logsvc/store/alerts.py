@@ -399,6 +399,14 @@ def last_notifications(rule_ids):
     return db.call(run)
 
 
+def has_work():
+    """Whether there is an enabled rule or a notification still owed."""
+    return db.execute(
+        "SELECT 1 FROM alert_rule WHERE enabled = ? UNION ALL SELECT 1 FROM alert_delivery "
+        "WHERE delivered_ms IS NULL AND attempts < ? LIMIT 1", (True, MAX_ATTEMPTS)
+    ).fetchone() is not None
+
+
 def forget_delivered(before_ms):
     """Drop notifications delivered or given up before `before_ms`, but the
     latest of each rule (shown on the rule)."""
