@@ -192,3 +192,14 @@ def test_shippers_need_a_writer(client):
     for path in ("/otlp/v1/logs", "/loki/api/v1/push", "/elasticsearch/_bulk"):
         assert client.post(path, data=b"{}").status_code == 401
         assert client.post(path, data=b"{}", headers=reader).status_code == 403
+
+
+@pytest.mark.parametrize("body, named", [
+    (b"not json\n", "Line 1"), (b'{"index": {}}\n', "no document"),
+    (b'{"index": {}, "create": {}}\n{}\n', "one key")])
+def test_a_bulk_body_that_cannot_be_read_is_a_400_and_stores_nothing(client, body, named):
+    response = client.post("/elasticsearch/_bulk", data=body,
+                           headers={**ADMIN, "Content-Type": "application/x-ndjson"})
+    assert response.status_code == 400 and named in response.json["message"]
+    assert set(response.json) == {"statusCode", "error", "message"}
+    assert entries(client) == []
