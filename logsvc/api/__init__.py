@@ -95,8 +95,8 @@ def query_args(schema):
 
 
 def blueprints():
-    from . import admin, alerts, ingest, logs, ops, session, shippers, stream, ui
+    from . import admin, alerts, ingest, logs, loki, ops, session, shippers, stream, ui
 
     return (ops.blueprint, logs.blueprint, ingest.blueprint, admin.blueprint,
             session.blueprint, stream.blueprint, alerts.blueprint, shippers.blueprint,
-            ui.blueprint)
+            loki.blueprint, ui.blueprint)

@@ -197,6 +197,19 @@ def histogram(bucket, filters):
     return db.read(_histogram, bucket, since, until, filters)
 
 
+def level_buckets(filters, size_ms, start, end):
+    """({bucket start: counts in LEVELS order}, {bucket start: (latency
+    sketch, longest)}) of the entries matching `filters` in whole buckets
+    of `size_ms` over [start, end) (both multiples of it): from the
+    counters when the filters are a scope and a time range and the bucket
+    whole minutes, else counted over the matching entries."""
+    def run():
+        if from_counters(filters) and size_ms % MINUTE_MS == 0:
+            return _counted_buckets(size_ms // MINUTE_MS, start, end, filters)
+        return _raw_buckets(size_ms, start, end, filters)
+    return db.read(run)
+
+
 def _empty():
     return {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
 

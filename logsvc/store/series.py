@@ -1,0 +1,124 @@
+"""Entries counted per time bucket and per set of labels, and the distinct
+label values of a question: what LogQL's metric queries and Grafana's label
+browser ask (api/loki.py).
+
+One statement over the matching entries (found through the index the
+planner picks, as a stats question is), grouped by bucket and by the label
+columns asked for; sealed entries (segments.py) are counted from their
+segments beside it. A label's stored form (names.py) is shown as sent.
+"""
+from logsvc.entry import KINDS, LEVELS, SOURCES
+
+from . import db, names, planner, segments, sketch
+
+# LogQL label -> `entry` column
+LABEL_COLUMNS = {"projectId": "project_id", "containerId": "container_id",
+                 "serviceName": "service_name", "level": "level", "kind": "kind",
+                 "method": "method", "status": "status", "source": "source",
+                 "route": "route"}
+LABELS = tuple(LABEL_COLUMNS)
+FIXED_VALUES = {"level": LEVELS, "kind": KINDS, "source": SOURCES}
+_EVERY = float("inf")
+
+
+class Cell:
+    """What one bucket of one label set holds."""
+    __slots__ = ("count", "timed", "total_ms", "least_ms", "most_ms", "sketch", "bytes")
+
+    def __init__(self):
+        self.count = self.timed = self.bytes = 0
+        self.total_ms = 0.0
+        self.least_ms = self.most_ms = None
+        self.sketch = {}
+
+    def add(self, n, timed, total_ms, least_ms, most_ms, bucket=None):
+        self.count += n
+        if not timed:
+            return
+        self.timed += timed
+        self.total_ms += total_ms
+        self.least_ms = least_ms if self.least_ms is None else min(self.least_ms, least_ms)
+        self.most_ms = most_ms if self.most_ms is None else max(self.most_ms, most_ms)
+        if bucket is not None:
+            self.sketch[bucket] = self.sketch.get(bucket, 0) + timed
+
+
+def buckets(filters, origin, size_ms, labels, timed=False):
+    """{(bucket number, label values): Cell} of the entries matching
+    `filters`; bucket n holds [origin + n × size_ms, origin + (n+1) × size_ms).
+    `labels` are LogQL labels; `timed`: keep a latency sketch per cell."""
+    return db.read(_buckets, filters, int(origin), int(size_ms), tuple(labels), timed)
+
+
+def _buckets(filters, origin, size_ms, labels, timed):
+    condition, params = planner.where_sql(filters, _EVERY, ordered=False)
+    columns = [f"e.{LABEL_COLUMNS[label]}" for label in labels]
+    if timed:
+        columns.append("e.lat_bucket")
+    grouped = ", ".join(["b", *columns])
+    selected = ", ".join(columns) + ", " if columns else ""
+    rows = db.execute(
+        f"SELECT (e.ts_ms - {origin}) / {size_ms} AS b, {selected}count(*), "
+        "count(e.duration_ms), SUM(e.duration_ms), MIN(e.duration_ms), MAX(e.duration_ms) "
+        f"FROM entry e WHERE {condition} GROUP BY {grouped}", params).fetchall()
+    shown = _shower(labels)
+    width = len(labels)
+    cells = {}
+    for row in rows:
+        key = (row[0], tuple(show(value) for show, value in zip(shown, row[1:1 + width])))
+        bucket = row[1 + width] if timed else None
+        n, n_timed, total, least, most = row[-5:]
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = Cell()
+        cell.add(n, n_timed, total or 0.0, least, most, bucket)
+    through = segments.sealed_through()
+    if through:
+        for item in segments.read(filters, upto_id=through, order="asc"):
+            key = ((item["tsMs"] - origin) // size_ms, tuple(
+                None if item[label] is None else item[label] for label in labels))
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = Cell()
+            duration = item["durationMs"]
+            if duration is None:
+                cell.add(1, 0, 0.0, None, None)
+            else:
+                cell.add(1, 1, duration, duration, duration,
+                         sketch.bucket_of(duration) if timed else None)
+    return cells
+
+
+def distinct(filters, labels, limit):
+    """Up to `limit` distinct tuples of `labels`' values among the entries
+    matching `filters`."""
+    return db.read(_distinct, filters, tuple(labels), limit)
+
+
+def _distinct(filters, labels, limit):
+    condition, params = planner.where_sql(filters, _EVERY, ordered=False)
+    columns = ", ".join(f"e.{LABEL_COLUMNS[label]}" for label in labels)
+    rows = db.execute(f"SELECT DISTINCT {columns} FROM entry e WHERE {condition} LIMIT ?",
+                      [*params, limit]).fetchall()
+    shown = _shower(labels)
+    found = {tuple(show(value) for show, value in zip(shown, row)) for row in rows}
+    through = segments.sealed_through()
+    if through and len(found) < limit:
+        for item in segments.read(filters, upto_id=through, order="desc"):
+            found.add(tuple(item[label] for label in labels))
+            if len(found) >= limit:
+                break
+    return sorted(found, key=lambda values: tuple("" if v is None else str(v)
+                                                  for v in values))
+
+
+def _shower(labels):
+    name = names.shower()
+
+    def of(label):
+        if label in FIXED_VALUES:
+            return lambda value: None if value is None else names.unlettered(label, value)
+        if label == "status":
+            return lambda value: value
+        return lambda value: None if value is None else name(value)
+    return [of(label) for label in labels]
