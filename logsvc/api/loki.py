@@ -589,6 +589,7 @@ def _by_level(filters, origin, last, g, labels):
     counted, timed = stats.level_buckets(filters, g, origin, last)
     cells = {}
     for ts, counts in counted.items():
+        counts = [n or 0 for n in counts]  # PostgreSQL's SUM of nothing is NULL
         j = (ts - origin) // g
         if labels:
             for level, n in zip(LEVELS, counts):
