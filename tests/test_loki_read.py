@@ -311,9 +311,10 @@ def test_grafana_basic_auth_with_a_user_reads(loaded):
 
 @pytest.mark.server
 def test_the_live_tail_sends_every_matching_entry_once_in_loki_frames(server):
+    from urllib.parse import urlencode
+
     import requests
     import websocket
-    from urllib.parse import urlencode
 
     def ingest(items):
         response = requests.post(server.url + INGEST, json=items,

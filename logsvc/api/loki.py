@@ -24,7 +24,7 @@ import re
 
 import orjson
 from flask import Blueprint, Response, request
-from flask_sock import ConnectionClosed
+from flask_sock import ConnectionClosed, Sock
 
 from logsvc import runtime
 from logsvc.access.limits import RateLimited
@@ -37,16 +37,16 @@ from logsvc.store.query import InvalidParameter
 from . import caller, host_scoped, reader, state
 from .errors import ApiError
 from .logql import LogQLError, LogQuery, Number, RangeAggregation, VectorAggregation, duration_ms, parse
-from .stream import WS_BAD_REQUEST, WS_BAD_TOKEN, WS_NO_TOKEN, WS_TOO_MANY, Guard, _slot, sock
+from .tailing import WS_BAD_REQUEST, WS_BAD_TOKEN, WS_NO_TOKEN, WS_TOO_MANY, Guard, take_slot
 
 blueprint = Blueprint("loki", __name__, url_prefix="/loki/api/v1")
+sock = Sock()  # only its route decorator: the route is the blueprint's
 
 LABELS = series.LABELS
 MAX_SCAN = 200_000  # entries read for filters checked entry by entry
 MAX_POINTS = 11_000  # points per series, as Loki
 MAX_BUCKETS = 100_000  # buckets of gcd(step, range) in one question
 DEFAULT_LIMIT = 100
-TAIL_PATH = "/loki/api/v1/tail"
 _ADDITIVE = {"count_over_time", "rate", "bytes_over_time", "bytes_rate", "sum_over_time"}
 _FIXED = {"level": LEVELS, "kind": KINDS, "source": SOURCES}
 _FIELDS = {"serviceName": "service_names", "level": "levels", "kind": "kinds",
@@ -935,7 +935,7 @@ def buildinfo():
 
 # --- live tail ----------------------------------------------------------------------
 
-@sock.route(TAIL_PATH)
+@sock.route("/tail", bp=blueprint)
 def tail_ws(ws):
     """Loki's tail: frames {"streams": [...], "dropped_entries": null}.
     Every matching entry once, in order, as logsvc's own tail; none dropped."""
@@ -948,7 +948,7 @@ def tail_ws(ws):
         start_ns = _time_ns("start", (now_ms() - 3_600_000) * 1_000_000)
         limit = _limit()
         plan = Plan(parsed, scope, _ms_at_or_after(start_ns))
-        slot = _slot(found)
+        slot = take_slot(state().streams, found)
     except LogQLError as exc:
         ws.close(WS_BAD_REQUEST, str(exc)[:120])
         return

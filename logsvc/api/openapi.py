@@ -143,6 +143,22 @@ def _paths():
                 "application/json": {"schema": {"type": "object"}},
                 "application/x-protobuf": {"schema": {"type": "string",
                                                       "format": "binary"}}}}}},
+        "/loki/api/v1/query_range": _loki(
+            "LogQL over a time range: log lines (streams) or series (matrix)", read,
+            ("query!", "start", "end", "limit", "direction", "step"), both=True),
+        "/loki/api/v1/query": _loki("LogQL at one instant (vector or scalar)", read,
+                                    ("query!", "time", "limit", "direction"), both=True),
+        "/loki/api/v1/labels": _loki("Labels with values in a time range", read,
+                                     ("start", "end", "query")),
+        "/loki/api/v1/label/{name}/values": {"get": {
+            **_loki("A label's values in a time range", read, ("start", "end", "query"))["get"],
+            "parameters": [_path_param("name", "string"),
+                           *_loki_params(("start", "end", "query"))]}},
+        "/loki/api/v1/series": _loki("The label sets of the streams a selector matches", read,
+                                     ("match[]!", "start", "end"), both=True),
+        "/loki/api/v1/index/stats": _loki("The entries a selector matches in a time range",
+                                          read, ("query", "start", "end")),
+        "/loki/api/v1/status/buildinfo": _loki("The Loki API version followed", read, ()),
         "/elasticsearch/": {"get": _op("As an Elasticsearch cluster's root", write, None,
                                        _json({"type": "object"}))},
         "/elasticsearch": {"get": _op("As an Elasticsearch cluster's root", write, None,
@@ -171,6 +187,18 @@ def _paths():
                                   "content": {"application/json": {"schema": {
                                       "type": "object"}}}}}}},
     }
+
+
+def _loki(summary, security, names, both=False):
+    operation = {**_op(summary, security, None, _json({"type": "object"})),
+                 "parameters": _loki_params(names)}
+    return {"get": operation, "post": operation} if both else {"get": operation}
+
+
+def _loki_params(names):
+    """Query parameters; a name ending in "!" is required."""
+    return [{"in": "query", "name": name.rstrip("!"), "schema": {"type": "string"},
+             "required": name.endswith("!")} for name in names]
 
 
 def _es_bulk(security):

@@ -10,7 +10,6 @@ import contextlib
 import re
 import socket
 import threading
-import time
 
 import orjson
 from flask import Blueprint, Response, request
@@ -27,34 +26,18 @@ from schemas.params import stream_params, websocket_params
 
 from . import query_args, reader, session_cookie, state
 from .errors import ApiError, error_response, validation_message
+from .tailing import (
+    WS_BAD_REQUEST,
+    WS_BAD_TOKEN,
+    WS_NO_TOKEN,
+    WS_SCOPE_DESTROYED,
+    WS_TOO_MANY,
+    Guard,
+    take_slot,
+)
 
 blueprint = Blueprint("stream", __name__)
 sock = Sock()
-
-WS_NO_TOKEN = 4001
-WS_BAD_TOKEN = 4003
-WS_BAD_REQUEST = 4000
-WS_TOO_MANY = 4029
-WS_SCOPE_DESTROYED = 4010  # 4000 + 410 Gone
-
-
-class Guard:
-    """Asks, at most every `every_s` seconds, whether the stream's
-    credential still holds (credentials.revoked)."""
-
-    def __init__(self, found, every_s, session_cookie=None, session_digest=None):
-        self.found, self.every_s = found, every_s
-        self.cookie, self.session_digest = session_cookie, session_digest
-        self.next_check = time.monotonic() + every_s
-
-    def revoked(self):
-        if time.monotonic() < self.next_check:
-            return None
-        if self.found.is_admin and self.cookie is None and self.session_digest is None:
-            return None  # the admin token itself: nothing to revoke
-        self.next_check = time.monotonic() + self.every_s
-        return credentials.revoked(self.found, self.cookie, self.session_digest)
-
 
 def _guard(found):
     return Guard(found, state().config.heartbeat_s, session_cookie())
@@ -241,10 +224,7 @@ def _subscription_args(found, params):
 
 
 def _slot(found):
-    try:
-        return state().streams.take(None if found.is_admin else found.scope_key)
-    except tail.TooManyStreams as exc:
-        raise ApiError(429, str(exc), {"Retry-After": "2"}) from None
+    return take_slot(state().streams, found)
 
 
 def _sse_frames(opening, subscription, heartbeat_s, slot, guard, watcher=None):
