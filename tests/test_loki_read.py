@@ -317,8 +317,8 @@ def test_the_live_tail_sends_every_matching_entry_once_in_loki_frames(server):
     import websocket
 
     def ingest(items):
-        response = requests.post(server.url + INGEST, json=items,
-                                 headers=ADMIN, timeout=30)
+        response = requests.post(server.url + INGEST, json=items, timeout=30,
+                                 headers={**ADMIN, "Connection": "close"})
         assert response.status_code == 200, response.text
 
     now = int(time.time() * 1000)
@@ -351,4 +351,7 @@ def test_the_live_tail_sends_every_matching_entry_once_in_loki_frames(server):
     refused = websocket.create_connection(server.url.replace("http://", "ws://")
                                           + "/loki/api/v1/tail?query=%7B%7D", timeout=10)
     from logsvc.testing import close_code
-    assert close_code(refused) == 4001
+    try:
+        assert close_code(refused) == 4001  # no credentials
+    finally:
+        refused.close()
