@@ -348,10 +348,11 @@ def test_the_live_tail_sends_every_matching_entry_once_in_loki_frames(server):
         assert seen == list(range(0, 40, 2))
     finally:
         ws.close()
+        ws.shutdown()
     refused = websocket.create_connection(server.url.replace("http://", "ws://")
                                           + "/loki/api/v1/tail?query=%7B%7D", timeout=10)
     from logsvc.testing import close_code
     try:
         assert close_code(refused) == 4001  # no credentials
     finally:
-        refused.close()
+        refused.shutdown()
