@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.server,
               pytest.mark.sqlite_only("the examples use the default store")]
 
 PAGES = ["README.md", "docs/api.md", "docs/live-tail.md", "docs/capture.md", "docs/client.md",
-         "docs/access.md", "docs/alerts.md", "docs/operations.md", "docs/deploy.md",
+         "docs/access.md", "docs/alerts.md", "docs/grafana.md", "docs/operations.md",
+         "docs/deploy.md",
          "docs/benchmarks.md"]
 PROJECT_FILES = [".venv", "app.py", "wsgi.py", "gunicorn.conf.py", "requirements.txt",
                  "requirements-dev.txt", "requirements-bench.txt", "pyproject.toml", "logsvc",

@@ -356,3 +356,42 @@ def test_the_live_tail_sends_every_matching_entry_once_in_loki_frames(server):
         assert close_code(refused) == 4001  # no credentials
     finally:
         refused.shutdown()
+
+
+# --- docs/grafana.md ---------------------------------------------------------------
+
+def test_every_query_of_the_documented_dashboard_answers(loaded):
+    from logsvc.testing import ROOT
+    dashboard = orjson.loads((ROOT / "docs/grafana-dashboard.json").read_bytes())
+    variable = dashboard["templating"]["list"][0]
+    assert variable["query"]["label"] == "projectId"
+    assert get(loaded, "/label/projectId/values", start=str(T0 * NS),
+               end=str((T0 + 3_600_000) * NS))["data"] == ["blog", "shop"]
+    for panel in dashboard["panels"]:
+        [target] = panel["targets"]
+        expr = target["expr"].replace("$project", "shop").replace("$__auto", "5m")
+        if panel["type"] == "logs":
+            lines = logs(loaded, expr, limit=str(target["maxLines"]))
+            assert len(lines) == 90 and {s["projectId"] for _, _, s in lines} == {"shop"}
+            continue
+        found = matrix(loaded, expr, step="300000ms")
+        assert found, panel["title"]
+        if panel["title"] == "Error ratio":  # one in five of shop's calls fail
+            assert all(0.1 < float(v) < 0.3 for v in found[()].values())
+
+
+def test_the_documented_provisioning_is_a_loki_data_source():
+    import re
+
+    import yaml
+
+    from logsvc.testing import ROOT
+    text = (ROOT / "docs/grafana.md").read_text()
+    [provisioning, header] = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    source = yaml.safe_load(provisioning)["datasources"][0]
+    assert (source["type"], source["access"], source["url"]) == ("loki", "proxy",
+                                                                 "http://logsvc:8080")
+    assert source["basicAuth"] is True and "basicAuthPassword" in source["secureJsonData"]
+    extra = yaml.safe_load(re.sub(r"^    ", "", header, flags=re.M))  # the same level
+    assert extra["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert extra["secureJsonData"]["httpHeaderValue1"].startswith("Bearer ")
