@@ -163,16 +163,19 @@ def derive_route(url):
 
 
 def text_line(entry):
-    """One human-readable line for `format=text`."""
-    status = entry["status"] if entry["status"] is not None else "-"
-    scope = entry["projectId"] + (f"/{entry['containerId']}" if entry["containerId"] else "")
-    duration = entry.get("durationMs")
-    parts = [entry["tsIso"], f"{entry['level'].upper():<5}", f"{entry['kind']:<8}",
-             entry["method"] or "-", entry["url"] or "-", str(status),
-             "-" if duration is None else f"{duration}ms",
-             entry["serviceName"] or "-", scope, f"trace={entry['traceId']}",
-             f"id={entry['id']}"]
-    return " ".join(parts)
+    """One human-readable line for `format=text` (and Loki's lines)."""
+    status, duration = entry["status"], entry.get("durationMs")
+    level, kind, container = entry["level"], entry["kind"], entry["containerId"]
+    return (f"{entry['tsIso']} {_LEVEL_TEXT.get(level) or f'{level.upper():<5}'} "
+            f"{_KIND_TEXT.get(kind) or f'{kind:<8}'} {entry['method'] or '-'} "
+            f"{entry['url'] or '-'} {'-' if status is None else status} "
+            f"{'-' if duration is None else f'{duration}ms'} {entry['serviceName'] or '-'} "
+            f"{entry['projectId']}{'/' + container if container else ''} "
+            f"trace={entry['traceId']} id={entry['id']}")
+
+
+_LEVEL_TEXT = {level: f"{level.upper():<5}" for level in LEVELS}
+_KIND_TEXT = {kind: f"{kind:<8}" for kind in KINDS}
 
 
 # --- Coercion of ingested fields ------------------------------------------

@@ -20,6 +20,7 @@ dashboard panels.
   matching entries (series.py).
 """
 import math
+import operator
 import re
 
 import orjson
@@ -49,9 +50,11 @@ MAX_BUCKETS = 100_000  # buckets of gcd(step, range) in one question
 DEFAULT_LIMIT = 100
 _ADDITIVE = {"count_over_time", "rate", "bytes_over_time", "bytes_rate", "sum_over_time"}
 _FIXED = {"level": LEVELS, "kind": KINDS, "source": SOURCES}
+_ALWAYS = {"projectId", "level", "kind", "source"}  # labels every entry has
 _FIELDS = {"serviceName": "service_names", "level": "levels", "kind": "kinds",
            "method": "methods", "source": "sources", "route": "routes"}
 _PAGE = 2000
+_EVERY_ID = 2**62  # above every id
 
 
 def _success(data, warnings=()):
@@ -205,6 +208,9 @@ class Plan:
             if values is not None:
                 self._narrow(label, values)
                 return
+        if op == "=~" and value in (".*", ".+", ".*?", ".+?") and (
+                value.startswith(".*") or label in _ALWAYS):
+            return  # every value (every entry has a project, level, kind and source)
         if negative and label in _FIXED and op == "!=":
             self._narrow(label, [v for v in _FIXED[label] if v != value])
             return
@@ -232,16 +238,14 @@ class Plan:
                 self.checks.append(lambda e, _line: e[label] in allowed)
             return
         if label == "status":
-            ranges = tuple(sorted((int(v), int(v)) for v in values))
+            codes = sorted(int(v) for v in values)
             held = self.values.get("status_ranges")
             if held:
-                kept = {v for v in values
-                        if any(low <= int(v) <= high for low, high in held)}
-                ranges = tuple(sorted((int(v), int(v)) for v in kept))
-                if not ranges:
+                codes = [c for c in codes if any(low <= c <= high for low, high in held)]
+                if not codes:
                     self.empty = True
                     return
-            self.values["status_ranges"] = ranges
+            self.values["status_ranges"] = _ranges(codes)
             return
         field = _FIELDS[label]
         held = self.values.get(field)
@@ -314,6 +318,17 @@ class Plan:
                 cache.append(render_line(entry))
             return cache[0]
         return all(check(entry, line) for check in self.checks)
+
+
+def _ranges(codes):
+    """Sorted codes as inclusive (low, high) runs: 500..599 is one range."""
+    runs = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return tuple((low, high) for low, high in runs)
 
 
 _COMPARE = {"==": float.__eq__, "!=": float.__ne__, ">": float.__gt__, ">=": float.__ge__,
@@ -392,14 +407,12 @@ def _number_check(label, compare, number, json):
 
 
 def render_line(entry):
+    """The entry's text form, then its `data` as JSON (unless empty)."""
     data = entry["data"]
     text = orjson.dumps(data).decode() if not isinstance(data, str) else data
-    line = text_line(entry)
-    return line if text in ("{}", "null") else f"{line} {text}"
-
-
-def stream_labels(entry):
-    return {label: str(entry[label]) for label in LABELS if entry[label] is not None}
+    if text == "{}" or text == "null":
+        return text_line(entry)
+    return f"{text_line(entry)} {text}"
 
 
 # --- log queries ----------------------------------------------------------------
@@ -408,19 +421,20 @@ def select(plan, limit, backward, warnings):
     """Up to `limit` matching entries, newest first when `backward`."""
     if plan.empty:
         return []
-    high = query.high_water()
     if not plan.checks:
         if backward:
-            return list(reversed(query.last_entries(plan.filters, limit, high)))
-        return query.entries_after(plan.filters, 0, limit, high)
+            # A line shows no client address: not formatted.
+            return list(reversed(query.last_entries(plan.filters, limit, _EVERY_ID,
+                                                    addresses=False)))
+        return query.entries_after(plan.filters, 0, limit)
     found, scanned = [], 0
-    cursor = high if backward else 0
+    cursor = _EVERY_ID if backward else 0
     while len(found) < limit and scanned < MAX_SCAN:
         if backward:
             page = query.last_entries(plan.filters, _PAGE, cursor)
             page.reverse()
         else:
-            page = query.entries_after(plan.filters, cursor, _PAGE, high)
+            page = query.entries_after(plan.filters, cursor, _PAGE)
         if not page:
             return found
         scanned += len(page)
@@ -435,15 +449,34 @@ def select(plan, limit, backward, warnings):
     return found[:limit]
 
 
+_STREAM_KEY = operator.itemgetter(*LABELS)
+
+
 def streams_of(entries):
+    """Entries as Loki's streams: grouped by their labels, in their order."""
     streams = {}
     for item in entries:
-        labels = stream_labels(item)
-        key = tuple(labels.items())
-        if key not in streams:
-            streams[key] = {"stream": labels, "values": []}
-        streams[key]["values"].append([str(item["tsMs"] * 1_000_000), render_line(item)])
-    return list(streams.values())
+        value = [f"{item['tsMs']}000000", render_line(item)]
+        key = _STREAM_KEY(item)
+        held = streams.get(key)
+        if held is None:
+            streams[key] = [value]
+        else:
+            held.append(value)
+    return [{"stream": _labels(key), "values": values} for key, values in streams.items()]
+
+
+_STATUS_AT = LABELS.index("status")
+
+
+def _labels(key):
+    """A stream's labels from its key (the label values in LABELS order)."""
+    labels = dict(zip(LABELS, key))
+    if None in key:
+        labels = {label: value for label, value in labels.items() if value is not None}
+    if key[_STATUS_AT] is not None:
+        labels["status"] = str(key[_STATUS_AT])
+    return labels
 
 
 def _logs(parsed, scope, start_ns, end_ns, warnings):
@@ -609,9 +642,9 @@ def _by_level(filters, origin, last, g, labels):
 def _scanned(plan, origin, g, labels):
     """Cells counted entry by entry (filters the index cannot answer, or
     bytes), reading at most MAX_SCAN entries."""
-    cells, cursor, scanned, high = {}, 0, 0, query.high_water()
+    cells, cursor, scanned = {}, 0, 0
     while True:
-        page = query.entries_after(plan.filters, cursor, _PAGE, high)
+        page = query.entries_after(plan.filters, cursor, _PAGE)
         scanned += len(page)
         if scanned > MAX_SCAN:
             raise _bad(f"This query reads more than {MAX_SCAN:,} entries to check filters "
@@ -780,7 +813,11 @@ def query_range():
         return _success(_gated(found, lambda: _logs(parsed, scope, start_ns, end_ns,
                                                    warnings)), warnings)
     start_ms, end_ms = _ms_at_or_after(start_ns), end_ns // 1_000_000
-    grid = Grid(start_ms, max(start_ms, end_ms), _step_ms(start_ms, end_ms))
+    step = _step_ms(start_ms, end_ms)
+    # Steps at multiples of the step, as Loki's query frontend aligns them:
+    # the buckets then fall on whole minutes, which the counters answer.
+    start_ms -= start_ms % step
+    grid = Grid(start_ms, max(start_ms, end_ms), step)
     return _success(_gated(found, lambda: _matrix(evaluate(parsed, grid, scope), grid)))
 
 

@@ -76,14 +76,15 @@ def entries_after(filters, after_id, limit, max_id=None):
     return db.call(_entries_after, filters, after_id, limit, max_id)
 
 
-def last_entries(filters, n, max_id):
-    """The newest `n` matching entries with id <= max_id, oldest first."""
+def last_entries(filters, n, max_id, addresses=True):
+    """The newest `n` matching entries with id <= max_id, oldest first
+    (without `addresses`: their clientIp left out, see render_row)."""
     def run():
         source, where, params, id_column = _found(filters, n)
         rows = db.execute(
             f"{_SELECT} FROM {source} WHERE {where} AND {id_column} <= ? "
             f"ORDER BY {id_column} DESC LIMIT ?", [*params, max_id, n]).fetchall()
-        found = [render_row(row) for row in reversed(rows)]
+        found = [render_row(row, None, addresses) for row in reversed(rows)]
         through = segments.sealed_through()
         if through and len(found) < n:
             older = segments.read(filters, upto_id=min(max_id, through), order="desc",
