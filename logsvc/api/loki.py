@@ -863,11 +863,12 @@ def labels():
         plan = _selector_plan(scope, since, until)
         if plan.empty:
             return []
-        present = []
-        for label in LABELS:
-            if _values(plan, label, 1):
-                present.append(label)
-        return present
+        summary = None
+        if not plan.checks and stats.from_counters(plan.filters):
+            summary = stats.summary(plan.filters, top_routes=1)
+            if not summary["total"]:
+                return []
+        return [label for label in LABELS if _values(plan, label, 1, summary)]
     return _success(_gated(found, run))
 
 
@@ -885,8 +886,22 @@ def label_values(name):
     return _success(_gated(found, run))
 
 
-def _values(plan, label, limit):
-    """Distinct values of `label` (strings), up to `limit`."""
+_SUMMARY_KEYS = {"projectId": "byProject", "containerId": "byContainer",
+                 "serviceName": "byService", "level": "byLevel", "kind": "byKind",
+                 "source": "bySource"}
+
+
+def _values(plan, label, limit, summary=None):
+    """Distinct values of `label` (strings), up to `limit`: from the
+    counters' breakdowns when the selector is a scope and a time range
+    (`summary`: one already read), else from the matching entries."""
+    if not plan.checks and (label in _SUMMARY_KEYS or label == "route") \
+            and stats.from_counters(plan.filters):
+        if summary is None or (label == "route" and limit > 1):
+            summary = stats.summary(plan.filters, top_routes=limit if label == "route" else 1)
+        if label == "route":
+            return sorted(row["route"] for row in summary["byRoute"])[:limit]
+        return sorted(key for key, n in summary[_SUMMARY_KEYS[label]].items() if n)[:limit]
     wanted = limit if not plan.checks else limit * 50
     found = series.distinct(plan.filters, (label,) if not plan.checks else LABELS, wanted)
     if plan.checks:
