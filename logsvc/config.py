@@ -94,6 +94,11 @@ class Config:
     alert_interval_s: float = 15.0
     webhook_allow: str = ""
     public_url: str = ""
+    # Syslog listeners (syslogd.py), host:port each, one per host; what they
+    # receive is stored under this project. Syslog has no authentication.
+    syslog_udp: str = ""
+    syslog_tcp: str = ""
+    syslog_project: str = "syslog"
     # Where the command-line client finds a server, and the token it sends
     # (default: the admin token in the data dir, when it is readable).
     url: str = ""
@@ -118,6 +123,12 @@ class Config:
             except ValueError:
                 raise ConfigError(f"LOGSVC_WEBHOOK_ALLOW: {network!r} is not a network "
                                   "(such as 127.0.0.1/32 or 10.0.0.0/8)") from None
+        for name in ("syslog_udp", "syslog_tcp"):
+            if values.get(name):
+                host, _, port = values[name].rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ConfigError(f"LOGSVC_{name.upper()}={values[name]!r} is not "
+                                      "host:port (such as 127.0.0.1:5514)")
         return cls(**values)
 
     def replace(self, **changes):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import alerting, runtime
+from . import alerting, runtime, syslogd
 from .access import authenticator, limits
 from .api import blueprints, deadline, errors, hosting, stream
 from .config import Config, ConfigError
@@ -36,6 +36,7 @@ class Services:
     wal_keeper: object = None  # SQLite: the idle write-ahead log's trimmer
     sealer: object = None  # the background sealer (segments.py)
     alerter: object = None  # the alert rules' evaluator (alerting.py)
+    syslog: object = None  # the syslog listeners, in one process a host (syslogd.py)
 
 
 def create_app(config=None):
@@ -125,6 +126,9 @@ def start_background(app):
             if not config.read_only:
                 services.alerter = runtime.spawn(alerting.run_forever, config, services.store,
                                                  name="logsvc-alerts")
+            if not config.read_only and (config.syslog_udp or config.syslog_tcp):
+                services.syslog = runtime.spawn(syslogd.run_forever, config, services.store,
+                                                name="logsvc-syslog")
             if not services.store.postgres and not config.read_only and config.wal_idle_s:
                 services.wal_keeper = runtime.spawn(wal.keep_trimmed, services.store,
                                                     config.wal_idle_s, name="logsvc-wal")

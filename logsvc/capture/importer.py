@@ -1,11 +1,13 @@
 """Turn existing access logs into entries: nginx/Apache combined format,
-Caddy's JSON access log and Traefik's JSON access log.
+HAProxy's `option httplog`, Caddy's JSON access log and Traefik's JSON
+access log.
 
 `parse_line(line, fmt)` returns an entry (kind `response`, source `edge`)
 or None for a line it cannot read; `fmt` is "auto" (decided per line),
-"nginx", "caddy" or "traefik".
+"nginx", "haproxy", "caddy" or "traefik".
 """
 import re
+import time
 from datetime import datetime
 
 import orjson
@@ -24,10 +26,13 @@ def parse_line(line, fmt="auto"):
     if not line:
         return None
     if fmt == "auto":
-        fmt = "json" if line.startswith("{") else "nginx"
+        fmt = "json" if line.startswith("{") else (
+            "haproxy" if _HAPROXY.match(line) else "nginx")
     try:
         if fmt == "nginx":
             return _combined(line)
+        if fmt == "haproxy":
+            return _haproxy(line)
         record = orjson.loads(line)
         if not isinstance(record, dict):
             return None
@@ -56,6 +61,34 @@ def _combined(line):
     return _entry(int(when.timestamp() * 1000), method or None, url or None, match["ip"],
                   int(match["status"]), data,
                   round(float(timed[1]) * 1000, 3) if timed else None)
+
+
+# HAProxy's httplog: client:port [accept date] frontend backend/server
+# TR/Tw/Tc/Tr/Ta status bytes ... "request" (the timers in ms, -1 when the
+# step did not happen; the last is the total).
+_HAPROXY = re.compile(
+    r'^(?P<ip>[0-9A-Fa-f.:]+):\d+ \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d(?:\.\d+)?)\] '
+    r'(?P<frontend>\S+) (?P<backend>\S+) (?P<timers>-?\d+/-?\d+/-?\d+/-?\d+/\+?-?\d+) '
+    r'(?P<status>-?\d+) \+?(?P<bytes>\d+) .*?"(?P<request>[^"]*)"\s*$')
+
+
+def _haproxy(line):
+    match = _HAPROXY.match(line)
+    if not match:
+        return None
+    method, _, rest = match["request"].partition(" ")
+    url = rest.rsplit(" ", 1)[0] if " HTTP/" in rest else rest
+    stamp = match["time"]
+    when = datetime.strptime(stamp, "%d/%b/%Y:%H:%M:%S.%f" if "." in stamp
+                             else "%d/%b/%Y:%H:%M:%S")
+    # HAProxy writes its host's local time, without an offset.
+    ts_ms = int(time.mktime(when.timetuple()) * 1000) + when.microsecond // 1000
+    total = int(match["timers"].rsplit("/", 1)[1].lstrip("+"))
+    backend, _, server = match["backend"].partition("/")
+    data = {"bytesOut": int(match["bytes"]), "frontend": match["frontend"],
+            "backend": backend, "server": server or None}
+    return _entry(ts_ms, method or None, url or None, match["ip"], int(match["status"]), data,
+                  float(total) if total >= 0 else None)
 
 
 def _caddy(record):
