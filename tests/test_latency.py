@@ -120,7 +120,7 @@ def test_percentiles_are_within_one_percent_also_after_retention(app, store, sha
     rng = random.Random(shape.__name__)
     values = shape(rng, 3000)
     store.ingest([make_entry(i, tsMs=BASE + i * 1000, durationMs=d, url=f"/v1/{'abc'[i % 3]}/x",
-                             projectId="p", containerId="c", status=200)
+                             projectId="p", containerId="c", status=200, kind="response")
                   for i, d in enumerate(values)])
     assert_near(store.page(STATS)["latency"], values)
     assert_near(store.page(STATS, projectId="p", since=BASE + 1_234_567)["latency"],
@@ -163,15 +163,31 @@ def test_the_engine_merges_sketches_as_python_does(app):
 
 
 def test_route_table_counts_calls_and_errors(store):
-    store.ingest([make_entry(i, url=f"/v1/users/{i}", status=(200, 503)[i % 4 == 0],
-                             durationMs=i) for i in range(8)]
-                 + [make_entry(8, url="/v1/teams/1", durationMs=None)])
-    by_route = store.page(STATS)["byRoute"]
-    assert [(r["route"], r["total"], r["errors"], r["timed"]) for r in by_route] == [
-        ("/v1/users/{id}", 8, 2, 8), ("/v1/teams/{id}", 1, 0, 0)]
-    assert by_route[1]["p95"] is None
+    # As the capture middleware sends them: a call is a request entry and its
+    # response, which carries the status and the duration; a proxy's failed
+    # call is one error event.
+    entries = []
+    for i in range(8):
+        entries.append(make_entry(i, kind="request", url=f"/v1/users/{i}", status=None,
+                                  durationMs=None, level="info"))
+        entries.append(make_entry(i, kind="response", url=f"/v1/users/{i}",
+                                  status=(200, 503)[i % 4 == 0], durationMs=i))
+    entries.append(make_entry(8, kind="request", url="/v1/teams/1", status=None,
+                              durationMs=None, level="info"))
+    entries.append(make_entry(8, kind="event", url="/v1/teams/1", status=None,
+                              durationMs=None, level="error"))
+    store.ingest(entries)
+    for params in ({}, {"serviceName": "user-api,billing-api,webhook-svc"}):  # counters, entries
+        by_route = store.page(STATS, **params)["byRoute"]
+        assert [(r["route"], r["total"], r["errors"], r["timed"], r["errorRate"])
+                for r in by_route] == [("/v1/users/{id}", 8, 2, 8, 0.25),
+                                       ("/v1/teams/{id}", 1, 1, 0, 1.0)]  # not 50 %
+        assert by_route[1]["p95"] is None
     assert store.page(STATS)["latency"]["count"] == 8
-
+    # Asked for, request entries are counted.
+    requests = store.page(STATS, kind="request")["byRoute"]
+    assert [(r["route"], r["total"]) for r in requests] == [("/v1/users/{id}", 8),
+                                                            ("/v1/teams/{id}", 1)]
 
 def test_slowest_pages_count_their_entries_exactly_from_the_counters(store, app):
     from logsvc.store.query import COUNT_CAP

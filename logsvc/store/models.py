@@ -43,7 +43,7 @@ from . import db, fulltext, lookup, names, rollup, sketch
 from .db import database
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 
 class BaseModel(peewee.Model):
@@ -779,7 +779,10 @@ MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: lambda: None, 5: _v5_
               # time, while the store serves (segments.py).
               12: lambda: None,
               # 13 -> 14: alert rules (create_tables has made their tables).
-              13: lambda: None}
+              13: lambda: None,
+              # 14 -> 15: a route's counts are calls (a request entry no longer
+              # counts, its response does), recounted from the entries.
+              14: lambda: rollup.rebuild(rollup.ROUTE_TIERS)}
 
 # PostgreSQL's twin of sketch.merge_stored (SQLite calls the Python one).
 # It runs for every counter row an ingest adds to, most often a batch's few

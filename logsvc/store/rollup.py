@@ -235,6 +235,7 @@ def summarize(rows, sign=1, weights=None, ids=False):
     offsets = {}  # minute -> [first, last] offset in the batch
     level_at, kind_at, source_at, status_at = LEVEL_AT, KIND_AT, SOURCE_AT, STATUS_AT
     error_at = LEVEL_AT["error"]
+    request_at = KIND_AT["request"]
     # Rows bring a level as a word (ingest) or as stored (from `entry`);
     # the class tiers key it as `entry` stores it.
     stored_level = _STORED_LEVEL[db.is_postgres()]
@@ -281,7 +282,9 @@ def summarize(rows, sign=1, weights=None, ids=False):
             if lat is None:
                 lat = classed[1] = {}
             lat[bucket] = lat.get(bucket, 0) + step
-        if route is not None:
+        if route is not None and kind_at[kind] != request_at:
+            # A route's counts are calls: a request entry is the first half
+            # of a call whose response (or failure event) counts it.
             error = step if at == error_at else 0
             for base, key in ((routes, (project_id, container_id, route)),
                               (route_minutes, (project_id, minute, route)),
@@ -346,8 +349,29 @@ def rebuild(tables=None):
     while chunk := cursor.fetchmany(50_000):
         summary = summarize([row[:11] for row in chunk], weights=[row[11] for row in chunk])
         write([part for part in summary if part[0].table in chosen])
+    # Sealed entries (segments.py) are counted too, a page at a time.
+    through, after = segments.sealed_through(), 0
+    while through and after < through:
+        found = segments.read(Filters(), after_id=after, upto_id=through, order="asc",
+                              limit=50_000)
+        if not found:
+            break
+        write([part for part in summarize([_stored_row(e) for e in found])
+               if part[0].table in chosen])
+        after = found[-1]["id"]
     if "rollup_minute_all" in chosen:
         fill_id_bounds()
+
+
+def _stored_row(e):
+    """An API entry as ROW_SQL's columns, in their stored forms."""
+    stored, lettered = names.stored, names.lettered
+    duration = e["durationMs"]
+    return (e["tsMs"], stored(e["projectId"]), stored(e["containerId"]),
+            stored(e["serviceName"]), lettered("level", e["level"]),
+            lettered("kind", e["kind"]), e["status"], lettered("source", e["source"]),
+            stored(e["route"]), None if duration is None else sketch.bucket_of(duration),
+            duration)
 
 
 # The tiers by level and status class (schema 11).
@@ -919,6 +943,7 @@ def _entry_routes(where, params, sign):
     entries matching `where`."""
     return (f"SELECT route, count(*), SUM({_entry_expression('level_error')}), {_NO_TEXT}, "
             f"lat_bucket, {sign} FROM entry e WHERE {where} AND route IS NOT NULL "
+            f"AND kind NOT IN ({_either('kind', 'request')}) "  # calls (summarize)
             "GROUP BY route, lat_bucket", params)
 
 

@@ -107,7 +107,8 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
             routes = rollup.class_routes(f, _found)
         else:
             result, counts, longest, routes = _raw_summary(
-                *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f))
+                *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f),
+                requests="request" in f.kinds)
         result["latency"] = sketch.summary(counts, longest)
         result["byRoute"] = _by_route(routes, top_routes, sort)
         return result
@@ -284,7 +285,7 @@ _RAW_SQL = ("SELECT project_id, container_id, service_name, level, kind, status,
             "route, lat_bucket, coalesce(duration_ms, -1.0) FROM entry e WHERE {where}")
 _SCOPE_OF = operator.itemgetter(0, 1, 2)
 _VALUES_OF = operator.itemgetter(3, 4, 5, 6)
-_ROUTE_OF = operator.itemgetter(7, 8, 3)  # route, latency bucket, level
+_ROUTE_OF = operator.itemgetter(7, 8, 3, 4)  # route, latency bucket, level, kind
 _DURATION_OF = operator.itemgetter(9)
 _CHUNK = 10_000
 _ORDER = {"byLevel": LEVELS, "byKind": KINDS, "byStatus": STATUS_CLASSES, "bySource": SOURCES}
@@ -305,10 +306,11 @@ def _sealed_rows(filters):
             for e in segments.read(filters, upto_id=through, order="asc")]
 
 
-def _raw_summary(where, params, sealed=()):
+def _raw_summary(where, params, sealed=(), requests=False):
     """(summary, {latency bucket: count}, longest, routes as rollup.routes
     gives them) of the entries matching `where`, and the `sealed` rows
-    (_sealed_rows) beside them."""
+    (_sealed_rows) beside them. A route counts calls, not request entries,
+    unless `requests` (the question asks for requests)."""
     scopes, values, routes = Counter(), Counter(), Counter()
     longest = -1.0  # durations are never negative
     cursor = db.execute(_RAW_SQL.format(where=where), params)
@@ -336,11 +338,11 @@ def _raw_summary(where, params, sealed=()):
     for name, order in _ORDER.items():
         result[name] = {value: found[name][value] for value in order if found[name][value]}
     counts, by_route = {}, {}
-    for (route, bucket, level), n in routes.items():
+    for (route, bucket, level, kind), n in routes.items():
         if bucket is not None:
             counts[bucket] = counts.get(bucket, 0) + n
-        if route is None:
-            continue
+        if route is None or (not requests and names.unlettered("kind", kind) == "request"):
+            continue  # a route's counts are calls (rollup.summarize)
         into = by_route.setdefault(route, [0, 0, {}])
         into[0] += n
         if names.unlettered("level", level) == "error":
