@@ -290,6 +290,28 @@ def test_slowest_view_route_table_and_tiles_follow_the_filters(browser, server):
         .endswith("ms")
 
 
+def test_a_click_on_a_route_header_ranks_the_routes_by_that_column(browser, server):
+    from selenium.webdriver.common.by import By
+    calls = [make_entry(i, tsMs=None, kind="response", url=f"/fast/{i}", durationMs=10)
+             for i in range(6)]
+    calls += [make_entry(i, tsMs=None, kind="response", url=f"/slow/{i}", durationMs=900)
+              for i in range(2)]
+    ingest(server, calls)
+    sign_in(browser, server)
+    browser.find_element(By.CSS_SELECTOR, "#routes-box summary").click()
+
+    def routes():
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#routes tbody tr')]"
+            ".map(r => r.cells[0].textContent)")
+    wait(lambda: routes() == ["/fast/{id}", "/slow/{id}"])  # busiest first
+    browser.find_element(By.CSS_SELECTOR, "#routes th[data-sort=p95]").click()
+    wait(lambda: routes() == ["/slow/{id}", "/fast/{id}"])
+    assert "slowest by p95" in browser.find_element(By.ID, "routes-note").text
+    assert browser.find_element(By.CSS_SELECTOR, "#routes th[data-sort=p95]") \
+        .get_attribute("aria-sort") == "descending"
+
+
 def test_the_api_docs_page_renders_under_the_content_security_policy(browser, server):
     browser.get(server.url + "/api/proxy-logs/docs")
     wait(lambda: "/_logs/stats" in browser.find_element("id", "paths").text)

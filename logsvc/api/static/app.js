@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 
 const ui = {
   mode: "live", paused: false, pending: [], lastId: null, socket: null, retry: 1000,
-  offset: 0, total: 0, statsTimer: null, stopped: false,
+  offset: 0, total: 0, statsTimer: null, stopped: false, routeSort: "total",
 };
 
 // --- sign in ------------------------------------------------------------------
@@ -335,7 +335,7 @@ async function refreshStats() {
   const range = { since: "1h", ...wanted };
   range.bucket = bucketFor(range);
   const [stats, histogram] = await Promise.all([
-    fetch(`${API}/_logs/stats?${new URLSearchParams(wanted)}`, { credentials: "same-origin" }),
+    fetch(`${API}/_logs/stats?${new URLSearchParams({ ...wanted, sort: ui.routeSort })}`, { credentials: "same-origin" }),
     fetch(`${API}/_logs/stats/histogram?${new URLSearchParams(range)}`, { credentials: "same-origin" }),
   ]);
   if (stats.ok) {
@@ -371,9 +371,24 @@ function parseTime(value) {
   return Number.isNaN(parsed) ? null : parsed;
 }
 
+// A click on a header ranks the route table by that column (the API's
+// `sort`): highest first, routes A–Z.
+const ROUTE_SORT_NAMES = { total: "busiest", errorRate: "most failing", p50: "slowest by p50",
+  p95: "slowest by p95", p99: "slowest by p99", route: "by name" };
+document.querySelectorAll("#routes th[data-sort]").forEach((th) => {
+  th.tabIndex = 0;
+  th.title = "Rank the routes by this column";
+  const pick = () => { ui.routeSort = th.dataset.sort; refreshStats(); };
+  th.addEventListener("click", pick);
+  th.addEventListener("keydown", (event) => { if (event.key === "Enter") pick(); });
+});
+
 function showRoutes(routes) {
   const body = document.querySelector("#routes tbody");
-  $("routes-note").textContent = routes.length ? `(${routes.length} busiest)` : "(none)";
+  document.querySelectorAll("#routes th[data-sort]").forEach((th) => {
+    th.setAttribute("aria-sort", th.dataset.sort === ui.routeSort ? (th.dataset.sort === "route" ? "ascending" : "descending") : "none");
+  });
+  $("routes-note").textContent = routes.length ? `(${routes.length} ${ROUTE_SORT_NAMES[ui.routeSort]})` : "(none)";
   body.replaceChildren(...routes.map((r) => {
     const tr = document.createElement("tr");
     tr.tabIndex = 0;
