@@ -125,3 +125,17 @@ def test_nul_in_the_path_query_or_credentials_is_refused_not_a_500(client, admin
     created = client.post("/api/proxy-logs/_admin/tokens", headers=admin,
                           json={"name": "n", "projectId": "p\x00"})
     assert created.status_code in (400, 422) and "projectId" in created.json["message"]
+
+
+def test_the_session_endpoint_says_whose_scope_a_caller_has(client, admin):
+    made = client.post("/api/proxy-logs/_admin/tokens", headers=admin, json={
+        "name": "ui", "projectId": "proj_a", "containerId": "cnt_1",
+        "capabilities": {"logs": True}})
+    scoped = {"Authorization": f"Bearer {made.json['token']}"}
+    assert client.get("/api/session", headers=scoped).json == {
+        "status": "success", "projectId": "proj_a", "containerId": "cnt_1", "admin": False}
+    assert client.get("/api/session", headers=admin).json["admin"] is True
+    browser = client.application.test_client()
+    assert browser.get("/api/session").status_code == 401
+    browser.post("/api/session", headers=scoped)  # the cookie
+    assert browser.get("/api/session").json["containerId"] == "cnt_1"

@@ -234,6 +234,12 @@ def test_a_narrow_screen_shows_a_card_per_entry_with_the_filters_folded(
     browser.find_element("css selector", "#filters-box summary").click()
     wait(lambda: browser.execute_script(
         "return document.getElementById('filters').checkVisibility()"))
+    # Who is signed in stays in sight, also in a tab that did not sign in.
+    assert browser.find_element("id", "who").is_displayed()
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    wait(lambda: browser.find_element("id", "who").text == "operator")
+    assert browser.find_element("id", "who").is_displayed()
 
 
 def test_the_page_loads_nothing_from_elsewhere(server):

@@ -170,6 +170,8 @@ def _paths():
                                                    "parameters": [_path_param("index",
                                                                               "string")]}},
         "/api/session": {
+            "get": _op("The caller's scope (a session's or the header's)", read, None,
+                       _json("Session")),
             "post": _op("Open a browser session (sets an HttpOnly cookie)", write, None,
                         _json("Session")),
             "delete": _op("End the browser session", [{"session": []}, {}], None,

@@ -26,6 +26,15 @@ def open_session():
     return response
 
 
+@blueprint.get("/session")
+def who():
+    """The caller's scope (a session's, or the Authorization header's): what
+    the web UI shows as signed in."""
+    found = reader()
+    return jsonify({"status": "success", "projectId": found.project_id,
+                    "containerId": found.container_id, "admin": found.is_admin})
+
+
 @blueprint.delete("/session")
 def close_session():
     cookie = request.cookies.get(SESSION_COOKIE)

@@ -43,10 +43,15 @@ $("signin-form").addEventListener("submit", async (event) => {
     return;
   }
   const session = await response.json();
-  sessionStorage.setItem("logsvc.who", session.admin ? "operator" : [session.projectId, session.containerId].filter(Boolean).join(" / "));
+  sessionStorage.setItem("logsvc.who", whoText(session));
   $("signin-form").reset();
   showMain();
 });
+
+function whoText(session) {
+  return session.admin && !session.projectId ? "operator"
+    : [session.projectId, session.containerId].filter(Boolean).join(" / ");
+}
 
 $("signout").addEventListener("click", async () => {
   closeSocket();
@@ -59,6 +64,11 @@ function showMain() {
   $("signin").hidden = true;
   $("main").hidden = false;
   $("who").textContent = sessionStorage.getItem("logsvc.who") || "";
+  if (!$("who").textContent) {  // a new tab: ask who the session is
+    fetch("api/session", { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : null)).then((session) => {
+      if (session) $("who").textContent = whoText(session);
+    });
+  }
   readFiltersFromUrl();
   // Narrow screens: the filters fold away under their summary.
   if (window.matchMedia("(max-width: 600px)").matches) $("filters-box").open = false;
