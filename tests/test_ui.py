@@ -352,10 +352,30 @@ def test_the_chart_has_axes_a_legend_tooltips_and_survives_a_spike(browser, serv
     heights = browser.execute_script(
         "return [...document.querySelectorAll('#chart .bar.info')].map(r => r.getBBox().height)")
     assert min(heights) > 5, heights
-    tooltip = browser.execute_script(
-        "return [...document.querySelectorAll('#chart .hover title')].map(t => t.textContent)"
-        ".find(t => t.includes('error: 400'))")
-    assert tooltip and "403 entries" in tooltip  # the spike and that minute's three
+    # Pointing at the spike shows its tooltip, an element of the page.
+    from selenium.webdriver.common.action_chains import ActionChains
+    spike = browser.execute_script(
+        "const bars = [...document.querySelectorAll('#chart .bar.error')];"
+        "return bars.length && document.querySelector("
+        "`#chart .hover[data-index='${[...document.querySelectorAll('#chart .hover')]"
+        ".findIndex(h => Math.abs(h.getBBox().x - bars[0].getBBox().x) < 1)}']`)")
+    ActionChains(browser).move_to_element(spike).perform()
+    tip = browser.find_element("id", "chart-tip")
+    wait(lambda: tip.is_displayed() and "error: 400" in tip.text)
+    assert "403 entries" in tip.text  # the spike and that minute's three
+    assert not browser.execute_script("return document.querySelector('#chart title')")
+
+
+def test_a_chart_of_a_few_minutes_of_data_is_fitted_to_them(browser, server):
+    now = int(time.time() * 1000)
+    ingest(server, [make_entry(i, tsMs=now - (i % 3) * 60_000) for i in range(30)])
+    sign_in(browser, server)  # the default range: the last hour, by the minute
+    wait(lambda: browser.execute_script("return document.querySelectorAll('#chart .bar').length"))
+    slots = browser.execute_script("return document.querySelectorAll('#chart .hover').length")
+    assert slots <= 12  # not 60 slots with the data in the last three
+    widths = browser.execute_script(
+        "return [...document.querySelectorAll('#chart .bar')].map(r => r.getBBox().width)")
+    assert min(widths) > 20  # bars a reader can point at
 
 
 def test_dragging_across_the_chart_selects_a_time_range(browser, server):

@@ -355,6 +355,7 @@ async function refreshStats() {
     $("tile-warns").textContent = (s.byLevel.warn || 0).toLocaleString();
     $("tile-p95").textContent = ms(s.latency.p95) || "–";
     $("tile-services").textContent = Object.entries(s.byService).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, v]) => `${k} ${v}`).join(" · ") || "–";
+    $("tile-services").title = $("tile-services").textContent;  // cut to the tile's width
     showRoutes(s.byRoute);
     showFacets(s);
   }
@@ -431,7 +432,12 @@ function niceCeiling(value) {
 }
 
 function drawChart(histogram) {
-  const buckets = histogram.buckets;
+  // Less data than the range (a new store, a quiet hour): the range is
+  // fitted to the data, from a little before its first bucket, rather
+  // than a sliver at the right edge. A range the reader chose is kept.
+  let buckets = histogram.buckets;
+  const first = buckets.findIndex((b) => b.total > 0);
+  if (!filters().since && first > 0) buckets = buckets.slice(Math.max(0, Math.min(first - 2, buckets.length - 12)));
   const svg = $("chart");
   const width = Math.max(200, svg.clientWidth || 600);
   const { height, left, right, top, bottom } = CHART;
@@ -446,7 +452,7 @@ function drawChart(histogram) {
   const slot = plotW / Math.max(1, buckets.length);
   const x = (i) => left + i * slot;
   const y = (n) => top + plotH - (Math.min(n, axisTop) / axisTop) * plotH;
-  const parts = [];
+  const parts = [], tips = [];
   for (const fraction of [0, 0.5, 1]) {
     const value = axisTop * fraction;
     parts.push(`<line class="grid" x1="${left}" x2="${left + plotW}" y1="${y(value)}" y2="${y(value)}"/>`,
@@ -467,7 +473,8 @@ function drawChart(histogram) {
     const lines = [`${new Date(bucket.tsMs).toLocaleString()}`, `${bucket.total.toLocaleString()} entries`];
     for (const level of ["error", "warn", "info", "debug"]) if (bucket.byLevel[level]) lines.push(`${level}: ${bucket.byLevel[level].toLocaleString()}`);
     if (bucket.p95 !== null && bucket.p95 !== undefined) lines.push(`p95: ${ms(bucket.p95)}`);
-    parts.push(`<rect class="hover" data-index="${i}" x="${x(i).toFixed(1)}" y="${top}" width="${slot.toFixed(1)}" height="${plotH}"><title>${lines.join("\n")}</title></rect>`);
+    tips.push(lines);
+    parts.push(`<rect class="hover" data-index="${i}" x="${x(i).toFixed(1)}" y="${top}" width="${slot.toFixed(1)}" height="${plotH}"/>`);
   });
   const slowest = Math.max(0, ...buckets.map((b) => b.p95 || 0));
   if (slowest > 0) {
@@ -490,7 +497,7 @@ function drawChart(histogram) {
   }
   parts.push(`<rect id="chart-selection" class="selection" x="0" y="${top}" width="0" height="${plotH}"/>`);
   svg.innerHTML = parts.join("");
-  ui.chart = { buckets, bucketMs: histogram.bucketMs, left, slot };
+  ui.chart = { buckets, bucketMs: histogram.bucketMs, left, slot, tips };
   // Classes, not style attributes: the page's Content-Security-Policy allows no inline style.
   const legend = Object.keys(LEVEL_COLOURS).map((level) => `<span><i class="${level}"></i>${level}</span>`);
   legend.push('<span><i class="line"></i>p95 duration (right axis)</span>');
@@ -521,10 +528,29 @@ $("chart").addEventListener("mousedown", (event) => {
   event.preventDefault();
 });
 $("chart").addEventListener("mousemove", (event) => {
+  showTip(event);
   if (!ui.drag) return;
   ui.drag.to = chartIndexAt(event);
   showSelection();
 });
+$("chart").addEventListener("mouseleave", () => { $("chart-tip").hidden = true; });
+
+// The tooltip of the bucket under the pointer: an element of the page (an
+// SVG <title> does not show in every browser, nor on touch screens).
+function showTip(event) {
+  const index = chartIndexAt(event), tip = $("chart-tip");
+  if (index === null || !ui.chart.tips[index]) { tip.hidden = true; return; }
+  tip.replaceChildren(...ui.chart.tips[index].map((line, k) => {
+    const row = document.createElement(k ? "div" : "b");
+    row.textContent = line;
+    return row;
+  }));
+  tip.hidden = false;
+  const box = $("chart").getBoundingClientRect(), figure = tip.parentElement.getBoundingClientRect();
+  const x = event.clientX - figure.left, room = figure.width - tip.offsetWidth - 4;
+  tip.style.left = `${Math.max(4, Math.min(room, x + 12))}px`;  // CSSOM: allowed by the page's CSP
+  tip.style.top = `${box.top - figure.top + 4}px`;
+}
 document.addEventListener("mouseup", () => {
   if (!ui.drag) return;
   const { from, to } = ui.drag;
