@@ -145,9 +145,33 @@ def test_clicking_an_entry_shows_its_fields_and_bodies_and_its_trace(browser, se
     wait(lambda: row_ids(browser) == [3, 2, 1])
     browser.find_element(By.CSS_SELECTOR, "#entries tbody tr[data-id='1']").click()
     wait(lambda: "hello body" in browser.find_element(By.ID, "detail-body").text)
+    # Its context: the entries around it in its container, itself marked.
+    around = wait(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#detail-body .context li')]"
+        ".map(li => [Number(li.dataset.id), li.className])"))
+    assert around == [[1, "here"]]  # make_entry puts these three in three containers
     browser.find_element(By.CSS_SELECTOR, "#entries tbody tr[data-id='1'] a.trace").click()
     wait(lambda: row_ids(browser) == [1, 3])  # the whole trace, in order
     assert "traceId=t-1" in browser.current_url
+
+
+def test_the_detail_pane_shows_the_entries_around_one_in_its_container(browser, server):
+    from selenium.webdriver.common.by import By
+    ingest(server, [make_entry(i, tsMs=None, projectId="p", containerId=("web", "db")[i % 2],
+                               url=f"/e/{i}") for i in range(30)])
+    sign_in(browser, server, path="/?mode=search")
+    wait(lambda: len(row_ids(browser)) == 30)
+    browser.find_element(By.CSS_SELECTOR, "#entries tbody tr[data-id='15']").click()
+
+    def around():
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#detail-body .context li')]"
+            ".map(li => Number(li.dataset.id))")
+    # id 15 is entry 14, of "web": the ten web entries before and after it.
+    wait(lambda: around() == [i for i in range(1, 31, 2) if abs(i - 15) <= 20])
+    browser.find_element(By.CSS_SELECTOR, "#detail-body .context li[data-id='17']").click()
+    wait(lambda: browser.find_element(By.CSS_SELECTOR, "#detail-body .context li.here")
+         .get_attribute("data-id") == "17")
 
 
 def test_pause_counts_new_entries_and_resume_shows_them(browser, server):

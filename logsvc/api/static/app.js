@@ -332,7 +332,37 @@ async function showDetail(entry) {
     const pre = document.createElement("pre"); pre.textContent = value;
     body.append(heading, pre);
   }
+  body.append(await contextOf(full));
   $("detail").hidden = false;
+}
+
+// The entries just before and after this one in its container (or its
+// project, without one): `around` of the search API.
+async function contextOf(entry) {
+  const section = document.createElement("section");
+  section.className = "context";
+  const heading = document.createElement("h4");
+  heading.textContent = `around it in ${entry.containerId || entry.projectId}`;
+  section.append(heading);
+  const params = new URLSearchParams({ around: entry.id, limit: 10, projectId: entry.projectId });
+  if (entry.containerId) params.set("containerId", entry.containerId);
+  const response = await fetch(`${API}/_logs?${params}`, { credentials: "same-origin" });
+  if (!response.ok) return section;
+  const list = document.createElement("ol");
+  for (const near of (await response.json()).entries) {
+    const item = document.createElement("li");
+    item.dataset.id = near.id;
+    item.textContent = `${near.tsIso.slice(11, 23)} ${near.level} ${near.status ?? near.kind} ${near.method || ""} ${near.url || ""}`;
+    if (near.id === entry.id) item.className = "here";
+    else {
+      item.tabIndex = 0;
+      item.addEventListener("click", () => showDetail(near));
+      item.addEventListener("keydown", (event) => { if (event.key === "Enter") showDetail(near); });
+    }
+    list.append(item);
+  }
+  section.append(list);
+  return section;
 }
 
 $("close-detail").addEventListener("click", () => { $("detail").hidden = true; });
