@@ -416,9 +416,13 @@ def test_dragging_across_the_chart_selects_a_time_range(browser, server):
     query = parse_qs(urlparse(browser.current_url).query)
     since, until = query["since"][0], query["until"][0]
     assert since < until and query["mode"] == ["search"]
-    span_s = (time.mktime(time.strptime(until[:19], "%Y-%m-%dT%H:%M:%S"))
-              - time.mktime(time.strptime(since[:19], "%Y-%m-%dT%H:%M:%S")))
+    from datetime import datetime
+    # Readable: to the minute, with its offset (no milliseconds).
+    assert len(since) <= 22 and "." not in since, since
+    span_s = (datetime.fromisoformat(until.replace("Z", "+00:00"))
+              - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
     assert 5 * 60 <= span_s <= 30 * 60  # about a fifth of the hour
+    wait(lambda: row_ids(browser))  # the API took them
 
 
 def test_a_facet_click_filters_the_query(browser, server):

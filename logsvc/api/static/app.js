@@ -588,10 +588,20 @@ document.addEventListener("mouseup", () => {
   const chart = ui.chart;
   const first = Math.min(from, to), last = Math.max(from, to);
   const form = $("filters").elements;
-  form.since.value = new Date(chart.buckets[first].tsMs).toISOString();
-  form.until.value = new Date(chart.buckets[last].tsMs + chart.bucketMs).toISOString();
+  form.since.value = readableTime(chart.buckets[first].tsMs);
+  form.until.value = readableTime(chart.buckets[last].tsMs + chart.bucketMs);
   if (ui.mode === "live") setMode("search"); else apply();
 });
+
+// A time as a person reads it and the API takes it: local, to the minute
+// (the second when it has one), with its offset: 2026-12-03T15:05+01:00.
+function readableTime(ms) {
+  const when = new Date(ms), pad = (n) => String(Math.abs(n)).padStart(2, "0");
+  const offset = -when.getTimezoneOffset();
+  const seconds = when.getSeconds() ? `:${pad(when.getSeconds())}` : "";
+  return `${when.getFullYear()}-${pad(when.getMonth() + 1)}-${pad(when.getDate())}T${pad(when.getHours())}:${pad(when.getMinutes())}${seconds}`
+    + (offset ? `${offset < 0 ? "-" : "+"}${pad(Math.trunc(offset / 60))}:${pad(offset % 60)}` : "Z");
+}
 
 function showSelection() {
   const chart = ui.chart, box = $("chart-selection");
