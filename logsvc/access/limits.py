@@ -66,6 +66,10 @@ class RateLimiter:
             return memory(*memory_args)
 
     def _take_shared(self, key, now):
+        # The time of the statement, not of the request: under load a
+        # request waits for a database thread, and a budget advanced by a
+        # later request with an earlier `now` would refuse one too many.
+        now = max(now, time.time())
         interval = 60.0 / self.per_minute
         row = db.execute(
             "INSERT INTO rate_bucket (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
@@ -79,6 +83,7 @@ class RateLimiter:
         interval = 60.0 / self.per_minute
         with conn:
             conn.execute("BEGIN IMMEDIATE")
+            now = max(now, time.time())  # the transaction's time (see _take_shared)
             row = conn.execute("SELECT tat FROM bucket WHERE scope = ?", (key,)).fetchone()
             tat = max(row[0] if row else now, now)
             if tat + interval - now > 60.0:
