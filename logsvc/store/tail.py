@@ -21,6 +21,12 @@ Ownership and flow:
   client holds no more than one page and never slows ingest, the tailer or
   other subscribers; and because positions are ids, nothing is skipped or
   repeated.
+- Fan-out follows what is delivered, not the number of open streams: the
+  ring is also kept per project and per container (`keyed`, the same items,
+  in id order), and a subscription of one project or container reads and
+  tests only its scope's entries, and is woken only when its scope has new
+  ones (an event per scope). A subscription of every project reads the
+  whole ring.
 - A clear by the operator is seen by the tailer (the `cleared` record in
   `meta` changes): every subscription ends with a reset.
 - `StreamSlots` caps the open streams of each scope on this host
@@ -240,12 +246,14 @@ class Tailer:
         self.ring_size = ring_size
         self.poll_s = poll_s
         # (ids ascending, [(entry dict, rendered JSON bytes)] in the same
-        # order), replaced as one value when it is cut or reset, so that a
-        # reader in another thread always sees the two lists match.
-        self.ring = ([], [])
+        # order, {scope key: (ids, items) of that scope}), replaced as one
+        # value when it is cut or reset, so that a reader in another thread
+        # always sees the lists match.
+        self.ring = ([], [], {})
         self.position = None  # highest id seen
         self.generation = 0  # bumped by a clear
         self.changed = runtime.event()
+        self._scoped_events = {}  # scope key -> the event its subscribers wait on
         self._wake = runtime.event()
         self._cleared = None
         self._task = None
@@ -268,15 +276,35 @@ class Tailer:
     def notify(self):
         self._wake.set()
 
-    def since(self, position, limit):
-        """Ring items with an id above `position`, at most `limit`; None
-        when the ring no longer holds the entry right after `position` (or
-        is empty): that reader must go to the database."""
-        ids, items = self.ring
+    def since(self, position, limit, key=None, upto=None):
+        """(items, examined): the ring items with position < id <= upto
+        (default: the ring's last), of the scope `key` (scope_key; None:
+        every scope), at most `limit`, and the id up to which the ring was
+        examined for them. None when the ring no longer holds the entry
+        right after `position` (or is empty): that reader must go to the
+        database."""
+        ids, items, keyed = self.ring
         if not ids or position < ids[0] - 1:
             return None
+        upto = ids[-1] if upto is None else min(upto, ids[-1])
+        if key is not None:
+            ids, items = keyed.get(key, _NOTHING)
         start = bisect.bisect_right(ids, position)
-        return items[start:start + limit]
+        end = bisect.bisect_right(ids, upto)
+        if end - start > limit:
+            chosen = items[start:start + limit]
+            return chosen, chosen[-1][0]["id"]
+        return items[start:end], upto
+
+    def changed_for(self, key):
+        """The event set when the scope `key` has new entries (or the ring
+        was reset); None: the event of every change."""
+        if key is None:
+            return self.changed
+        event = self._scoped_events.get(key)
+        if event is None:  # setdefault: two subscribers of a scope share one
+            event = self._scoped_events.setdefault(key, runtime.event())
+        return event
 
     def _run(self):
         db.use(self.store)
@@ -325,31 +353,73 @@ class Tailer:
             entries, cleared = db.call(_fetch, self.position, FETCH)
             if cleared != self._cleared:
                 self._cleared = cleared
-                self.ring = ([], [])
+                self.ring = ([], [], {})
                 self.generation += 1
                 self.position = db.call(_high_water_and_clear)[0]
-                self._broadcast()
+                self._broadcast(None)
                 return
             if not entries:
                 return
             new_items = [(entry, orjson.dumps(entry)) for entry in entries]
             new_ids = [entry["id"] for entry in entries]
-            ids, items = self.ring
+            ids, items, keyed = self.ring
             if len(ids) + len(entries) > self.ring_size * 2:
                 keep = self.ring_size
-                self.ring = ((ids + new_ids)[-keep:], (items + new_items)[-keep:])
+                ids, items = (ids + new_ids)[-keep:], (items + new_items)[-keep:]
+                self.ring = (ids, items, _keyed(items, {}))
             else:
                 # The items first: a reader finds no id without its item.
+                _keyed(new_items, keyed)
                 items.extend(new_items)
                 ids.extend(new_ids)
             self.position = new_ids[-1]
-            self._broadcast()
+            self._broadcast({key for entry in entries for key in _scope_keys(entry)})
             if len(entries) < FETCH:
                 return
 
-    def _broadcast(self):
+    def _broadcast(self, keys):
+        """Wake the subscribers of every scope (and of each scope of
+        `keys`; None: every scope, after a reset)."""
         changed, self.changed = self.changed, runtime.event()
         changed.set()
+        events = self._scoped_events
+        for key in list(events) if keys is None else keys:
+            event = events.pop(key, None)
+            if event is not None:
+                event.set()
+
+
+_NOTHING = ((), ())
+
+
+def scope_key(filters):
+    """The ring a subscription of `filters` reads: its container's, its
+    project's, or None (every scope)."""
+    if isinstance(filters.project_id, str):
+        return (filters.project_id,
+                filters.container_id if isinstance(filters.container_id, str) else None)
+    return None
+
+
+def _scope_keys(entry):
+    project = entry["projectId"]
+    container = entry["containerId"]
+    return ((project, None), (project, container)) if container is not None else \
+        ((project, None),)
+
+
+def _keyed(items, keyed):
+    """Add `items` (in id order) to the per-scope lists of `keyed` (item
+    first, then id, as the ring itself); return it."""
+    for item in items:
+        entry = item[0]
+        for key in _scope_keys(entry):
+            lists = keyed.get(key)
+            if lists is None:
+                lists = keyed[key] = ([], [])
+            lists[1].append(item)
+            lists[0].append(entry["id"])
+    return keyed
 
 
 class Subscription:
@@ -363,13 +433,15 @@ class Subscription:
     def __init__(self, tailer, filters, position, destroyed_scope, generation):
         self.tailer = tailer
         self.filters = filters
+        self.key = scope_key(filters)
         self.position = position
         self.generation = generation  # the tailer's, taken before `position` was read
         self.destroyed_scope = destroyed_scope  # (project, container) that ends it
 
     def events(self, heartbeat_s):
         while True:
-            changed = self.tailer.changed
+            # Taken before looking: what arrives after the look sets it.
+            changed = self.tailer.changed_for(self.key)
             if self.tailer.generation != self.generation:
                 raise Reset()
             batch = self._next_batch()
@@ -395,13 +467,11 @@ class Subscription:
         if self.filters.q:
             return self._from_database(upto)
         batch = []
-        while not batch:
-            items = tailer.since(self.position, PAGE)
-            if items is None:  # fell behind the ring
+        while not batch and self.position < upto:
+            found = tailer.since(self.position, PAGE, self.key, upto)
+            if found is None:  # fell behind the ring
                 return self._from_database(upto)
-            if not items:
-                break
-            self.position = items[-1][0]["id"]
+            items, self.position = found
             batch = [item for item in items if matches(self.filters, item[0])]
         return batch
 
