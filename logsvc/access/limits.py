@@ -50,7 +50,7 @@ class RateLimiter:
             return
         take = self._take_shared if db.is_postgres() else self._take
         now, interval = time.time(), 60.0 / self.per_minute
-        if not self._shared_or_memory(take, (scope_key, now), self._memory.take,
+        if not self._shared_or_memory(take, (scope_key, None), self._memory.take,
                                       (scope_key, now, interval)):
             raise RateLimited()
 
@@ -66,10 +66,10 @@ class RateLimiter:
             return memory(*memory_args)
 
     def _take_shared(self, key, now):
-        # The time of the statement, not of the request: under load a
-        # request waits for a database thread, and a budget advanced by a
-        # later request with an earlier `now` would refuse one too many.
-        now = max(now, time.time())
+        # `now` None: the time of the statement, not of the request. Under
+        # load a request waits for a database thread, and a budget advanced
+        # by a later request with an earlier time would refuse one too many.
+        now = time.time() if now is None else now
         interval = 60.0 / self.per_minute
         row = db.execute(
             "INSERT INTO rate_bucket (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
@@ -83,7 +83,7 @@ class RateLimiter:
         interval = 60.0 / self.per_minute
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            now = max(now, time.time())  # the transaction's time (see _take_shared)
+            now = time.time() if now is None else now  # the transaction's (_take_shared)
             row = conn.execute("SELECT tat FROM bucket WHERE scope = ?", (key,)).fetchone()
             tat = max(row[0] if row else now, now)
             if tat + interval - now > 60.0:
@@ -129,7 +129,7 @@ class FailureLimiter(RateLimiter):
         now, interval = time.time(), 60.0 / self.per_minute
         key = self.PREFIX + key
         take = self._take_shared if db.is_postgres() else self._take
-        if self._shared_or_memory(take, (key, now), self._memory.take, (key, now, interval)):
+        if self._shared_or_memory(take, (key, None), self._memory.take, (key, now, interval)):
             return 0
         return self.blocked(key[len(self.PREFIX):]) or 1
 

@@ -73,24 +73,49 @@ def _release_on_hangup(sock, slot):
     than when the next heartbeat fails to write (up to LOGSVC_HEARTBEAT_S
     later), so that a client reconnecting at once is not refused. Needs the
     connection's socket, which gunicorn passes in the environ; under gevent
-    only (with threads, the next heartbeat finds the hangup)."""
+    only (with threads, the next heartbeat finds the hangup). A watcher of
+    the event loop, not a greenlet: an idle stream holds no second stack."""
     if sock is None or not runtime.cooperative():
         return None
+    return _HangupWatch(sock, slot)
 
-    import gevent
-    import gevent.socket
 
-    def watch():
+class _HangupWatch:
+    """Calls slot.close() (in a greenlet of its own) when `sock` is closed
+    by its peer; kill() stops watching."""
+
+    def __init__(self, sock, slot):
+        import gevent
+
+        self.sock, self.slot = sock, slot
+        loop = gevent.get_hub().loop
+        self.io = loop.io(sock.fileno(), 1)  # readable
+        self.timer = loop.timer(1.0)
+        self.io.start(self._readable)
+
+    def _readable(self):
+        import gevent
+
         try:
-            while True:
-                gevent.socket.wait_read(sock.fileno())
-                if not sock.recv(1, socket.MSG_PEEK):  # the client closed its end
-                    slot.close()
-                    return
-                gevent.sleep(1)  # it sent something; an SSE client has nothing to say
+            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
         except (OSError, ValueError):  # the connection is gone
-            slot.close()
-    return gevent.spawn(watch)
+            data = b""
+        self.io.stop()
+        if data:  # it sent something; an SSE client has nothing to say: look again in 1 s
+            self.timer.start(self._again)
+            return
+        gevent.spawn(self.slot.close)  # the client closed its end
+
+    def _again(self):
+        self.io.start(self._readable)
+
+    def kill(self):
+        self.io.stop()
+        self.timer.stop()
+        self.io.close()
+        self.timer.close()
 
 
 @blueprint.get("/api/ws-token")
