@@ -8,7 +8,9 @@ _config = Config.from_env()
 worker_class = "logsvc.worker.GeventWorker"
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers
-worker_connections = 2000
+# Room for every stream a worker may hold and 100 more (requests, and the
+# stream beyond the cap, which gets its 429).
+worker_connections = _config.max_streams_per_worker + 100
 # Streams stay open for hours; a worker is only killed when it stops answering.
 timeout = 60
 # Open streams never finish by themselves; on shutdown they are cut after

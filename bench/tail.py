@@ -15,6 +15,10 @@ Memory per idle subscriber: the workers' resident anonymous memory
 streams are opened, before any entry is written, divided by their number.
 `--soak N` then keeps the load on for N seconds and samples the same figure
 every 10 s.
+
+`--idle N` instead opens N idle streams (heartbeat every 5 s), and reports
+how many opened (and how many got a 429), the memory per stream, and how
+far each heartbeat came from its period over 30 s.
 """
 from gevent import monkey
 
@@ -54,7 +58,7 @@ def worker_pids(server):
     return [int(p) for p in out.stdout.split()]
 
 
-def subscribe(port, container, latencies, ready, failures=None):
+def subscribe(port, container, latencies, ready, failures=None, beats=None):
     try:
         sock = socket.create_connection(("127.0.0.1", port))
     except OSError as exc:
@@ -78,6 +82,8 @@ def subscribe(port, container, latencies, ready, failures=None):
             opened = True
             ready.append(container)
         end = buffer.rfind(b"\n") + 1  # only whole lines
+        if beats is not None and b"\r\n:\n\n\r\n" in chunk:  # a heartbeat, chunk-encoded
+            beats.append(now)
         for sent in _TS.findall(buffer, 0, end):
             latencies.append((now - float(sent)) * 1000)
         buffer = buffer[end:]
@@ -117,7 +123,10 @@ def main():
     parser.add_argument("--soak", type=int, default=0)
     parser.add_argument("--database-url", default="",
                         help="run the server on this store (e.g. a PostgreSQL URL); default SQLite")
+    parser.add_argument("--idle", type=int, default=0)
     args = parser.parse_args()
+    if args.idle:
+        return idle(args.idle)
     with tempfile.TemporaryDirectory() as data_dir:
         server = Server(data_dir, workers=2, database_url=args.database_url)
         try:
@@ -162,6 +171,44 @@ def main():
                       + f"; first minute median {statistics.median(samples[:6]):.0f}, "
                         f"last minute median {statistics.median(samples[-6:]):.0f} "
                         f"({time.time() - start:.0f}s)")
+            for reader in readers:
+                reader.kill()
+        finally:
+            server.stop()
+
+
+def idle(n, period=5, seconds=30):
+    """`n` idle SSE streams on two workers: opened, refused, memory, and
+    the heartbeats' distance from their period."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(data_dir, workers=2, env={"LOGSVC_HEARTBEAT_S": str(period)})
+        try:
+            port = int(server.url.rsplit(":", 1)[1])
+            pids = worker_pids(server)
+            for _ in range(5):
+                requests.get(server.url + "/api/proxy-logs/_logs?limit=1", headers=HEADERS)
+            before = rss_kib(pids)
+            ready, failures = [], []
+            beats = [[] for _ in range(n)]
+            readers = [gevent.spawn(subscribe, port, f"c{i}", [], ready, failures, beats[i])
+                       for i in range(n)]
+            deadline = time.time() + 120
+            while len(ready) + len(failures) < n and time.time() < deadline:
+                gevent.sleep(0.2)
+            after = rss_kib(pids)
+            refused = sum(1 for f in failures if isinstance(f, bytes) and b"429" in f)
+            print(f"idle: {len(ready):,} of {n:,} streams open ({refused:,} refused with 429, "
+                  f"{len(failures) - refused} failed otherwise); "
+                  f"{(after - before) / max(1, len(ready)):.1f} KiB per stream")
+            for beat in beats:
+                del beat[:]
+            gevent.sleep(seconds)
+            gaps = [abs((b - a) - period) for beat in beats for a, b in zip(beat, beat[1:])]
+            late = sum(1 for g in gaps if g > 1.0)
+            print(f"heartbeats over {seconds}s: {len(gaps):,} intervals, largest distance from "
+                  f"{period}s {max(gaps, default=0):.2f}s, p99 "
+                  f"{(sorted(gaps)[int(len(gaps) * 0.99)] if gaps else 0):.2f}s, "
+                  f"{late} beyond 1 s")
             for reader in readers:
                 reader.kill()
         finally:

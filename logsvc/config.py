@@ -66,9 +66,10 @@ class Config:
     queries_per_scope: int = 1
     # Open streams of one scope on this host (all workers together).
     max_streams_per_scope: int = 100
-    # Open streams one worker holds, the operator's included: below
-    # gunicorn's worker_connections, so that one more gets a 429.
-    max_streams_per_worker: int = 1900
+    # Open streams one worker holds, the operator's included: gunicorn's
+    # worker_connections is this and 100 more, so that one more gets a 429;
+    # also kept below the process's open-file limit (server.py).
+    max_streams_per_worker: int = 6000
     db_threads: int = 8
     # SQLite: checkpoint and truncate the write-ahead log past this size.
     wal_checkpoint_mb: int = 16

@@ -70,7 +70,8 @@ def create_app(config=None):
         gate=limits.QueryGate(config.queries_per_scope, config.query_timeout_s),
         server_secret=db.call(models.shared_secret, "server"),
         tailer=tail.Tailer(config.ring_size, config.tail_poll_s, store),
-        streams=tail.StreamSlots(config.max_streams_per_scope, config.max_streams_per_worker,
+        streams=tail.StreamSlots(config.max_streams_per_scope,
+                                 _stream_room(config.max_streams_per_worker),
                                  str(Path(config.data_dir) / "limits.db")),
         scope_host=hosting.ScopeHost(config.scope_host) if config.scope_host else None,
     )
@@ -105,6 +106,27 @@ def _security_headers(response):
     for name, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
+
+
+def _stream_room(wanted):
+    """Open streams this process may hold: `wanted`, within its open-file
+    limit (each stream is a socket). The soft limit is raised towards the
+    hard one first; a stream past what the process can open would get no
+    answer at all, one past this cap gets a 429."""
+    if not wanted:
+        return wanted
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        needed = wanted + 256  # the database, the listening socket, requests
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    except (ImportError, ValueError, OSError):
+        return wanted
+    return wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, soft - 256))
 
 
 def start_background(app):

@@ -5,6 +5,15 @@ SSE sends `id:`/`data:` frames, named `gap`, `reset` and `scope-destroyed`
 events and `:` heartbeats; the WebSocket sends one JSON entry per text
 message, control messages as JSON objects with an `event` key, and answers
 `ping` with `pong`.
+
+What an open stream holds, idle: the request's greenlet (its saved stack:
+gunicorn's handler, the WSGI call and the frames generator waiting on its
+scope's event), the connection's socket and buffers, the WSGI environ and
+the request's caller, the subscription (its filters, scope key and
+position: nothing queued, see store/tail.py), its slot, and, under gevent,
+an event-loop watcher that notices the client hanging up (not a greenlet).
+Measured with bench/tail.py (10,000 idle SSE streams on two workers):
+about 21 KiB a stream, every heartbeat within 0.02 s of its period.
 """
 import contextlib
 import re
