@@ -2,6 +2,7 @@
 import time
 
 import gevent
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,3 +89,34 @@ def test_subscribers_arriving_together_share_one_tailer_and_see_each_entry_once(
                 break
             seen += [e["id"] for e, _ in batch]
         assert seen == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.server
+@pytest.mark.sqlite_only("PostgreSQL's workers wake each other with NOTIFY")
+def test_an_entry_committed_by_another_worker_arrives_before_the_poll(tmp_path):
+    """The workers ring each other's doorbell after a commit: with a poll of
+    10 s, entries ingested through either worker reach a stream at once."""
+    import requests
+    import sseclient
+
+    from logsvc.testing import ADMIN_TOKEN, INGEST, Server
+
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    server = Server(tmp_path, workers=2, env={"LOGSVC_TAIL_POLL_S": "10"}).start()
+    try:
+        stream = requests.get(server.url + "/api/proxy-logs/_logs/stream",
+                              params={"replay": 0}, headers=admin, stream=True, timeout=(5, 20))
+        events = sseclient.SSEClient(stream).events()
+        next(events)  # the (empty) replay: subscribed
+        late = []
+        for i in range(20):  # new connections: the kernel spreads them over both workers
+            sent = time.monotonic()
+            requests.post(server.url + INGEST, json={"url": f"/bell/{i}"},
+                          headers={**admin, "Connection": "close"}, timeout=10)
+            event = next(events)
+            assert f'"url":"/bell/{i}"' in event.data
+            late.append(time.monotonic() - sent)
+        stream.close()
+        assert max(late) < 2.0, late
+    finally:
+        server.stop()

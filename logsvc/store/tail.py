@@ -10,7 +10,10 @@ Ownership and flow:
   written by other workers or hosts arrive within that delay. On PostgreSQL
   every committed ingest also sends NOTIFY, and a listener greenlet per
   process wakes the tailer on it, so other hosts' entries arrive at once;
-  the poll remains as the fallback. Ids become visible in the order they
+  the poll remains as the fallback. On SQLite, the workers of a host ring
+  each other's doorbell (a Unix datagram socket per tailer, in a directory
+  named after the data directory) after each commit, with the same effect
+  for the other workers of the host. Ids become visible in the order they
   were handed out on both engines (see ingest.py), so following "id > last
   seen" never skips an entry.
 - A `Subscription` (one per SSE or WebSocket client) keeps only its
@@ -39,6 +42,7 @@ Ownership and flow:
 """
 import bisect
 import collections
+import contextlib
 import logging
 import os
 import sqlite3
@@ -259,6 +263,7 @@ class Tailer:
         self._task = None
         self._ready = runtime.event()
         self._starting = threading.Lock()
+        self._doorbells = Doorbells(None if self.store.postgres else self.store.database.database)
 
     def start(self, timeout=None):
         """Start following (once per process); return when positioned.
@@ -269,12 +274,19 @@ class Tailer:
                 self._task = runtime.spawn(self._run, name="logsvc-tail")
                 if self.store.postgres:
                     runtime.spawn(self._listen, name="logsvc-tail-listen")
+                else:
+                    runtime.spawn(self._doorbells.answer, self._wake,
+                                  name="logsvc-tail-doorbell")
         if not self._ready.wait(START_TIMEOUT_S if timeout is None else timeout):
             raise StoreUnavailable("the store does not answer; the live tail cannot start")
         return self
 
     def notify(self):
+        """Entries were committed: wake this tailer, and on SQLite the
+        other workers' (their doorbells)."""
         self._wake.set()
+        if not self.store.postgres:
+            self._doorbells.ring()
 
     def since(self, position, limit, key=None, upto=None):
         """(items, examined): the ring items with position < id <= upto
@@ -387,6 +399,89 @@ class Tailer:
             event = events.pop(key, None)
             if event is not None:
                 event.set()
+
+
+class Doorbells:
+    """SQLite: how the workers of a host wake each other's tailer at once
+    after a commit, rather than at their next poll. Each tailer that runs
+    binds a Unix datagram socket named after its process in a directory of
+    the temporary directory named after the database file; `ring` sends a
+    byte to every other socket there (a socket whose process is gone is
+    removed). Anything that fails leaves the poll to do the work."""
+
+    REFRESH_S = 1.0
+
+    def __init__(self, database_path):
+        self.directory = None
+        if database_path:
+            import hashlib
+            import tempfile
+
+            digest = hashlib.sha1(os.path.realpath(database_path).encode()).hexdigest()[:16]
+            self.directory = os.path.join(tempfile.gettempdir(), f"logsvc-tail-{digest}")
+        self._own = None
+        self._others, self._listed = [], 0.0
+        self._sender = None
+
+    def answer(self, wake):
+        """Bind this process's doorbell and set `wake` whenever it rings."""
+        import socket
+
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            path = os.path.join(self.directory, f"{os.getpid()}.sock")
+            if os.path.exists(path):
+                os.unlink(path)
+            bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            bell.bind(path)
+            bell.setblocking(False)
+        except OSError as exc:
+            log.info("live tail: no doorbell (%s); other workers' entries arrive by polling",
+                     exc)
+            return
+        self._own = path
+        while True:
+            runtime.wait_readable(bell.fileno(), 30)
+            rang = False
+            try:
+                while bell.recv(64):
+                    rang = True
+            except OSError:
+                pass
+            if rang:
+                wake.set()
+
+    def ring(self):
+        if self.directory is None:
+            return
+        import socket
+
+        now = time.monotonic()
+        if now > self._listed + self.REFRESH_S:
+            self._listed = now
+            try:
+                self._others = [os.path.join(self.directory, name)
+                                for name in os.listdir(self.directory)
+                                if name.endswith(".sock") and name != f"{os.getpid()}.sock"]
+            except OSError:
+                self._others = []
+        if not self._others:
+            return
+        if self._sender is None:
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+        for path in self._others:
+            try:
+                self._sender.sendto(b"!", path)
+            except BlockingIOError:
+                pass  # its queue is full: it has been rung already
+            except (ConnectionRefusedError, FileNotFoundError):
+                pid = os.path.basename(path)[:-5]
+                if pid.isdigit() and not _alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+            except OSError:
+                pass
 
 
 _NOTHING = ((), ())
