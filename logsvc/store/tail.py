@@ -275,7 +275,7 @@ class Tailer:
                 if self.store.postgres:
                     runtime.spawn(self._listen, name="logsvc-tail-listen")
                 else:
-                    runtime.spawn(self._doorbells.answer, self._wake,
+                    runtime.spawn(self._doorbells.answer, self._wake, self.store,
                                   name="logsvc-tail-doorbell")
         if not self._ready.wait(START_TIMEOUT_S if timeout is None else timeout):
             raise StoreUnavailable("the store does not answer; the live tail cannot start")
@@ -419,12 +419,11 @@ class Doorbells:
 
             digest = hashlib.sha1(os.path.realpath(database_path).encode()).hexdigest()[:16]
             self.directory = os.path.join(tempfile.gettempdir(), f"logsvc-tail-{digest}")
-        self._own = None
         self._others, self._listed = [], 0.0
-        self._sender = None
 
-    def answer(self, wake):
-        """Bind this process's doorbell and set `wake` whenever it rings."""
+    def answer(self, wake, store):
+        """Bind this process's doorbell and set `wake` whenever it rings,
+        until `store` is closed."""
         import socket
 
         try:
@@ -439,22 +438,25 @@ class Doorbells:
             log.info("live tail: no doorbell (%s); other workers' entries arrive by polling",
                      exc)
             return
-        self._own = path
-        while True:
-            runtime.wait_readable(bell.fileno(), 30)
-            rang = False
-            try:
-                while bell.recv(64):
-                    rang = True
-            except OSError:
-                pass
-            if rang:
-                wake.set()
+        try:
+            while not store.closed:
+                runtime.wait_readable(bell.fileno(), 5)
+                rang = False
+                try:
+                    while bell.recv(64):
+                        rang = True
+                except OSError:
+                    pass
+                if rang:
+                    wake.set()
+        finally:
+            bell.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def ring(self):
         if self.directory is None:
             return
-        import socket
 
         now = time.monotonic()
         if now > self._listed + self.REFRESH_S:
@@ -467,12 +469,10 @@ class Doorbells:
                 self._others = []
         if not self._others:
             return
-        if self._sender is None:
-            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sender.setblocking(False)
+        sender = _sender()
         for path in self._others:
             try:
-                self._sender.sendto(b"!", path)
+                sender.sendto(b"!", path)
             except BlockingIOError:
                 pass  # its queue is full: it has been rung already
             except (ConnectionRefusedError, FileNotFoundError):
@@ -482,6 +482,22 @@ class Doorbells:
                         os.unlink(path)
             except OSError:
                 pass
+
+
+_SENDER = []
+
+
+def _sender():
+    """The process's one socket for ringing doorbells (closed at exit)."""
+    if not _SENDER:
+        import atexit
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        _SENDER.append(sock)
+        atexit.register(sock.close)
+    return _SENDER[0]
 
 
 _NOTHING = ((), ())
