@@ -22,16 +22,18 @@ dashboard panels.
 import math
 import operator
 import re
+from datetime import datetime
 
 import orjson
 from flask import Blueprint, Response, request
 from flask_sock import ConnectionClosed, Sock
 
 from logsvc import runtime
+from logsvc.access import credentials
 from logsvc.access.limits import RateLimited
 from logsvc.access.principal import READ, Forbidden, authorize
 from logsvc.entry import KINDS, LEVELS, SOURCES, now_ms, text_line
-from logsvc.store import fulltext, query, series, stats, tail
+from logsvc.store import fulltext, query, series, sketch, stats, tail
 from logsvc.store.filters import Filters
 from logsvc.store.query import InvalidParameter
 
@@ -86,7 +88,6 @@ def _time_ns(name, default_ns):
         return number * 1_000_000_000 if len(value.lstrip("-")) <= 10 else number
     if re.fullmatch(r"-?[0-9]*\.[0-9]+|-?[0-9]+\.[0-9]*", value):
         return int(float(value) * 1e9)
-    from datetime import datetime
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -535,7 +536,7 @@ def _range(node, grid, scope, group):
                    f"{(last - origin) // g:,} buckets of {g} ms; at most {MAX_BUCKETS:,}")
     plan = Plan(node.logs, scope, origin, last)
     function = node.function
-    timed = function in ("quantile_over_time",)
+    timed = function == "quantile_over_time"
     if plan.empty:
         cells = {}
     elif plan.checks or function in ("bytes_over_time", "bytes_rate"):
@@ -611,7 +612,6 @@ def _window(function, cells, range_ms, parameter):
 
 
 def _quantile(counts, phi, total, most):
-    from logsvc.store import sketch
     p = max(phi * 100, 1e-9)
     return sketch.percentiles(counts, (p,), total, most)[p]
 
@@ -651,19 +651,10 @@ def _scanned(plan, origin, g, labels):
                        "the index cannot answer (|~, !~, bytes, label filters on data); "
                        "narrow the selector or the time range")
         for item in page:
-            if not plan.passes(item):
-                continue
-            key = ((item["tsMs"] - origin) // g, tuple(item[label] for label in labels))
-            cell = cells.get(key)
-            if cell is None:
-                cell = cells[key] = series.Cell()
-            duration = item["durationMs"]
-            if duration is None:
-                cell.add(1, 0, 0.0, None, None)
-            else:
-                from logsvc.store import sketch
-                cell.add(1, 1, duration, duration, duration, sketch.bucket_of(duration))
-            cell.bytes += len(render_line(item).encode())
+            if plan.passes(item):
+                key = ((item["tsMs"] - origin) // g, tuple(item[label] for label in labels))
+                cell = series.add_entry(cells, key, item)
+                cell.bytes += len(render_line(item).encode())
         if len(page) < _PAGE:
             return cells
         cursor = page[-1]["id"]
@@ -967,12 +958,7 @@ def index_stats():
             return {"streams": 0, "chunks": 0, "entries": 0, "bytes": 0}
         total = stats.summary(plan.filters.replace(q=None), top_routes=1)["total"]
         return {"streams": 0, "chunks": 0, "entries": total, "bytes": 0}
-    with state().gate.turn(found.scope_key):
-        try:
-            body = run()
-        except LogQLError as exc:
-            raise _bad(f"Invalid query parameter 'query': {exc}") from None
-    return Response(orjson.dumps(body), mimetype="application/json")
+    return Response(orjson.dumps(_gated(found, run)), mimetype="application/json")
 
 
 @blueprint.get("/status/buildinfo")
@@ -1022,7 +1008,6 @@ def tail_ws(ws):
 def _tail_caller():
     ticket = request.args.get("token")
     if ticket:
-        from logsvc.access import credentials
         found, _session = credentials.redeem_ws_ticket(ticket)
         if found is None:
             raise Forbidden("token invalid, expired or already used")

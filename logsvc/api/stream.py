@@ -103,8 +103,6 @@ class _HangupWatch:
         self.io.start(self._readable)
 
     def _readable(self):
-        import gevent
-
         try:
             data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -115,7 +113,7 @@ class _HangupWatch:
         if data:  # it sent something; an SSE client has nothing to say: look again in 1 s
             self.timer.start(self._again)
             return
-        gevent.spawn(self.slot.close)  # the client closed its end
+        runtime.spawn(self.slot.close)  # the client closed its end (off the event loop)
 
     def _again(self):
         self.io.start(self._readable)

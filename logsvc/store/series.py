@@ -75,18 +75,24 @@ def _buckets(filters, origin, size_ms, labels, timed):
     through = segments.sealed_through()
     if through:
         for item in segments.read(filters, upto_id=through, order="asc"):
-            key = ((item["tsMs"] - origin) // size_ms, tuple(
-                None if item[label] is None else item[label] for label in labels))
-            cell = cells.get(key)
-            if cell is None:
-                cell = cells[key] = Cell()
-            duration = item["durationMs"]
-            if duration is None:
-                cell.add(1, 0, 0.0, None, None)
-            else:
-                cell.add(1, 1, duration, duration, duration,
-                         sketch.bucket_of(duration) if timed else None)
+            add_entry(cells, ((item["tsMs"] - origin) // size_ms,
+                              tuple(item[label] for label in labels)), item, timed)
     return cells
+
+
+def add_entry(cells, key, item, timed=True):
+    """Count one entry (API shape) into the cell `key` of `cells`; `timed`:
+    into its latency sketch too. Returns the cell."""
+    cell = cells.get(key)
+    if cell is None:
+        cell = cells[key] = Cell()
+    duration = item["durationMs"]
+    if duration is None:
+        cell.add(1, 0, 0.0, None, None)
+    else:
+        cell.add(1, 1, duration, duration, duration,
+                 sketch.bucket_of(duration) if timed else None)
+    return cell
 
 
 def distinct(filters, labels, limit):

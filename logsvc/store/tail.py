@@ -40,12 +40,16 @@ Ownership and flow:
   store the tailer was made for (`db.use`), not on whatever store the
   greenlet that started them had.
 """
+import atexit
 import bisect
 import collections
 import contextlib
+import hashlib
 import logging
 import os
+import socket
 import sqlite3
+import tempfile
 import threading
 import time
 
@@ -414,9 +418,6 @@ class Doorbells:
     def __init__(self, database_path):
         self.directory = None
         if database_path:
-            import hashlib
-            import tempfile
-
             digest = hashlib.sha1(os.path.realpath(database_path).encode()).hexdigest()[:16]
             self.directory = os.path.join(tempfile.gettempdir(), f"logsvc-tail-{digest}")
         self._others, self._listed = [], 0.0
@@ -424,8 +425,6 @@ class Doorbells:
     def answer(self, wake, store):
         """Bind this process's doorbell and set `wake` whenever it rings,
         until `store` is closed."""
-        import socket
-
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             path = os.path.join(self.directory, f"{os.getpid()}.sock")
@@ -490,9 +489,6 @@ _SENDER = []
 def _sender():
     """The process's one socket for ringing doorbells (closed at exit)."""
     if not _SENDER:
-        import atexit
-        import socket
-
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         _SENDER.append(sock)
