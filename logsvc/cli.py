@@ -17,7 +17,7 @@ import sys
 from .access import credentials
 from .client import terminal
 from .config import Config, ConfigError
-from .store import db, models, operations, retention
+from .store import db, migrations, operations, retention
 
 
 def main(argv=None):
@@ -39,9 +39,9 @@ def main(argv=None):
     try:
         config = Config.from_env()
         db.init(config)
-        db.call(models.create_schema, config.partition_rows)
+        db.call(migrations.create_schema, config.partition_rows)
         result = args.run(args, config)
-    except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
+    except (ConfigError, db.UnsupportedDatabase, migrations.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 2
     except (credentials.NotFound, credentials.Conflict, ValueError,
@@ -119,7 +119,7 @@ def _parser():
     clear.set_defaults(run=_clear)
     commands.add_parser(
         "migrate", help="create the store, or upgrade it to this version's schema").set_defaults(
-        run=lambda args, config: {"schemaVersion": models.SCHEMA_VERSION})
+        run=lambda args, config: {"schemaVersion": migrations.SCHEMA_VERSION})
     commands.add_parser("prune", help="run retention now").set_defaults(
         run=lambda args, config: {"removed": retention.prune(config, wait_s=30)})
     terminal.add_commands(commands)

@@ -16,7 +16,7 @@ from . import alerting, runtime, syslogd
 from .access import authenticator, limits
 from .api import blueprints, deadline, errors, hosting, stream
 from .config import Config, ConfigError
-from .store import db, models, retention, tail, wal
+from .store import db, migrations, models, retention, tail, wal
 
 
 @dataclasses.dataclass
@@ -51,7 +51,7 @@ def create_app(config=None):
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     store = db.init(config)
     try:
-        db.call(models.create_schema, config.partition_rows)
+        db.call(migrations.create_schema, config.partition_rows)
     except Exception as exc:
         reason = db.unwritable_reason(exc)
         if reason:
@@ -176,7 +176,7 @@ def serve():
         config = Config.from_env()
         app = create_app(config)
         runtime.tune_gc()
-    except (ConfigError, db.UnsupportedDatabase, models.SchemaTooNew) as exc:
+    except (ConfigError, db.UnsupportedDatabase, migrations.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 2
     from gevent.pywsgi import WSGIServer

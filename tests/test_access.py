@@ -75,10 +75,10 @@ def test_a_bad_setting_is_named_in_the_error(name, value):
 
 
 def test_a_store_from_a_newer_version_is_refused(make_app):
-    from logsvc.store import db, models
+    from logsvc.store import db, migrations, models
     make_app()
     db.call(lambda: models.Meta.update(value="99").execute())
-    with pytest.raises(models.SchemaTooNew):
+    with pytest.raises(migrations.SchemaTooNew):
         make_app()
 
 
@@ -96,10 +96,10 @@ def test_a_version_1_store_is_migrated_and_keeps_its_id_sequence(tmp_path, make_
     old.close()
     client = make_app().test_client()
     assert client.post(INGEST, json={"kind": "event"}, headers=admin).json["firstId"] == 501
-    from logsvc.store import db, models
+    from logsvc.store import db, migrations
     assert db.call(lambda: db.execute(
         "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == (
-            str(models.SCHEMA_VERSION),)
+            str(migrations.SCHEMA_VERSION),)
 
 
 def test_database_url_can_name_the_sqlite_file(tmp_path, make_app, admin):

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import requests
 
-from logsvc.store import db, models, retention, segments
+from logsvc.store import db, migrations, retention, segments
 from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
 
 STATS = LOGS + "/stats"
@@ -194,7 +194,7 @@ def test_a_schema_12_store_is_upgraded_in_place_and_sealed_in_the_background(
         conn.execute("UPDATE meta SET value = '12' WHERE key = 'schema_version'")
     upgraded = make_app(hot_rows=0, rate_limit_per_min=0)
     with db.using(upgraded.extensions["logsvc"].store):
-        assert db.call(models._stored_version) == models.SCHEMA_VERSION
+        assert db.call(migrations.stored_version) == migrations.SCHEMA_VERSION
     store = Store(upgraded.test_client())
     assert seal(upgraded) == 192
     assert answers(store) == before

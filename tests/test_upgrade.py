@@ -3,7 +3,7 @@ bodies answer exactly as before."""
 import pytest
 import zstandard
 
-from logsvc.store import bodies, db, fulltext, lookup, models, names, retention, rollup
+from logsvc.store import bodies, db, fulltext, lookup, migrations, models, names, retention, rollup
 from logsvc.store.filters import Filters
 from logsvc.testing import Store, make_entry
 
@@ -131,7 +131,7 @@ def test_a_version_2_store_gains_hourly_counters_and_keeps_its_bodies(make_app):
                       includeResponseBody="true")["entries"][0]["responseBody"] == OLD_BODY
     assert db.call(lambda: db.execute(
         "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == (
-            str(models.SCHEMA_VERSION),)
+            str(migrations.SCHEMA_VERSION),)
     indexes = db.call(lambda: db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index'" if not db.is_postgres() else
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall())
@@ -150,11 +150,11 @@ def test_the_migrate_command_upgrades_a_store_before_the_server_starts(make_app,
     app.extensions["logsvc"].store.close()
     done = cli(tmp_path, "migrate")
     assert done.returncode == 0, done.stderr
-    assert f'"schemaVersion": {models.SCHEMA_VERSION}' in done.stdout
+    assert f'"schemaVersion": {migrations.SCHEMA_VERSION}' in done.stdout
     make_app()  # opens the store again: already current
     assert db.call(lambda: db.execute(
         "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()) == (
-            str(models.SCHEMA_VERSION),)
+            str(migrations.SCHEMA_VERSION),)
     assert db.call(lambda: db.database.table_exists("ingest_key"))
     assert db.call(lambda: db.execute(
         "SELECT count(*) FROM entry WHERE duration_ms IS NOT NULL").fetchone()) == (5,)
@@ -521,7 +521,7 @@ def test_a_version_9_store_on_postgresql_gets_the_faster_sketch_merge(make_app, 
     app.extensions["logsvc"].store.close()
 
     store = Store(make_app().test_client())
-    assert db.call(source) in models._PG_SKETCH_ADD and "pairs int" in db.call(source)
+    assert db.call(source) in migrations._PG_SKETCH_ADD and "pairs int" in db.call(source)
     assert store.page(STATS) == before
     # The counters go on adding up with the new merge.
     store.ingest([make_entry(i, durationMs=i % 40 + 1) for i in range(300, 600)])

@@ -3,7 +3,7 @@
 The one part of `capture` that reaches into the store: the other capture
 tools talk to a server over HTTP and work without it.
 """
-from logsvc.store import db, ingest, models
+from logsvc.store import db, ingest, migrations
 
 from .sinks import QueuedSink
 
@@ -15,7 +15,7 @@ class LocalSink(QueuedSink):
     def __init__(self, config, **kwargs):
         self.config = config
         self.store = db.init(config)
-        db.call(models.create_schema, config.partition_rows)
+        db.call(migrations.create_schema, config.partition_rows)
         super().__init__(**kwargs)
 
     def send(self, batch):
