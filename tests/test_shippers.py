@@ -185,6 +185,84 @@ def test_elasticsearch_bulk_answers_each_item(client):
     assert e["data"]["host.name"] == "n1" and e["data"]["message"] == "GET /v1/users/7 500"
 
 
+def _bulk(client, lines, headers=ADMIN, url="/elasticsearch/_bulk"):
+    body = b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
+    response = client.post(url, data=body,
+                           headers={**headers, "Content-Type": "application/x-ndjson"})
+    assert response.status_code == 200, response.get_data()
+    return response.json
+
+
+def _statuses(answer):
+    return [next(iter(item.values()))["status"] for item in answer["items"]]
+
+
+def test_a_bulk_sent_again_with_its_ids_stores_each_document_once(client):
+    lines = [{"create": {"_index": "web", "_id": "a1"}}, {"projectId": "shop", "message": "one"},
+             {"index": {"_index": "web", "_id": "a2"}}, {"projectId": "shop", "message": "two"},
+             {"create": {"_index": "web"}}, {"projectId": "shop", "message": "no id"}]
+    first = _bulk(client, lines)
+    assert first["errors"] is False and _statuses(first) == [201, 201, 201]
+    assert [next(iter(i.values()))["_id"] for i in first["items"][:2]] == ["a1", "a2"]
+    stored_as = {i["create" if "create" in i else "index"]["_id"]:
+                 i["create" if "create" in i else "index"]["_seq_no"] for i in first["items"]}
+
+    # A shipper retrying the whole request after a lost answer.
+    again = _bulk(client, lines)
+    create, index, unkeyed = (next(iter(item.values())) for item in again["items"])
+    assert again["errors"] is True  # as Elasticsearch answers a create of an existing _id
+    assert create["status"] == 409 and create["error"]["type"] == \
+        "version_conflict_engine_exception"
+    assert (index["status"], index["result"], index["_seq_no"]) == (200, "noop",
+                                                                    stored_as["a2"])
+    assert unkeyed["status"] == 201  # without an _id, a document is a new one
+    messages = sorted(e["data"]["message"] for e in entries(client))
+    assert messages == ["no id", "no id", "one", "two"]
+
+
+def test_an_id_twice_in_one_bulk_is_stored_once_and_ids_are_per_index_and_scope(client):
+    lines = [{"create": {"_id": "x"}}, {"projectId": "shop", "message": "first"},
+             {"create": {"_id": "x"}}, {"projectId": "shop", "message": "second"},
+             {"create": {"_index": "other", "_id": "x"}}, {"projectId": "shop", "message": "b"},
+             {"create": {"_id": "y" * 513}}, {"projectId": "shop", "message": "long id"}]
+    answer = _bulk(client, lines)
+    assert _statuses(answer) == [201, 409, 201, 400]
+    assert "_id" in answer["items"][3]["create"]["error"]["reason"]
+    # Another tenant's _id "x" is its own.
+    theirs = _bulk(client, [{"create": {"_id": "x"}}, {"message": "theirs"}],
+                   headers=token(client, "shop-b"))
+    assert _statuses(theirs) == [201]
+    assert sorted(e["data"]["message"] for e in entries(client)) == ["b", "first", "theirs"]
+
+
+@pytest.mark.server
+def test_the_same_bulk_sent_at_once_through_both_workers_stores_each_id_once(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    lines = []
+    for n in range(300):
+        lines += [{"create": {"_index": "web", "_id": f"doc-{n}"}},
+                  {"projectId": "race", "message": f"m{n}"}]
+    body = b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
+
+    def send(_):
+        response = requests.post(server.url + "/elasticsearch/_bulk", data=body, timeout=60,
+                                 headers={**ADMIN, "Content-Type": "application/x-ndjson"})
+        assert response.status_code == 200, response.text
+        return _statuses(response.json())
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(send, range(12)))
+    # Each document was created by exactly one of the requests.
+    for n in range(300):
+        assert sorted(statuses[n] for statuses in answers) == [201] + [409] * 11
+    found = requests.get(server.url + LOGS, headers=ADMIN, timeout=10,
+                         params={"projectId": "race", "limit": 1000}).json()["entries"]
+    assert sorted(e["data"]["message"] for e in found) == sorted(f"m{n}" for n in range(300))
+
+
 def test_shippers_need_a_writer(client):
     made = client.post("/api/proxy-logs/_admin/tokens", headers=ADMIN, json={
         "name": "r", "projectId": "shop", "capabilities": {"logs": True}})

@@ -10,7 +10,8 @@ payloads to entries):
   `/elasticsearch/{index}/_bulk` (`index` and `create` actions, an item
   result each, `errors`), and `GET /elasticsearch/` answering as a
   cluster's root, with the `X-Elastic-Product` header the official clients
-  look for.
+  look for. A document's `_id` is kept for the idempotency window
+  (ingest.DocumentKeys): sent again, it is not stored twice.
 
 Every one writes with the caller's credential, as `_ingest` does: a scoped
 writer's entries take its scope, and one naming another is refused (that
@@ -44,32 +45,73 @@ def _body():
                                config.max_request_bytes)
 
 
-def _store(entries, found):
-    """Store the entries (in chunks whose refusals are all listed): the
-    answers of `ingest.ingest`, one per chunk, and the id of each entry
-    stored (None for one refused), in order."""
+def _store(entries, found, keys=None):
+    """Store the entries (in chunks whose refusals are all listed): the id
+    of each entry stored (None for one refused), the reasons of the
+    refused, in order, and the indexes of the entries not stored because
+    their key (`keys`, beside the entries: an Elasticsearch `_id`) was
+    stored before, whose id is then the stored entry's."""
     config = state().config
     if len(entries) > config.max_entries_per_request:
         raise ingest.PayloadTooLarge(
             f"more than {config.max_entries_per_request} entries in one request "
             "(LOGSVC_MAX_ENTRIES_PER_REQUEST); send smaller batches")
-    ids, reasons = [], []
+    if not config.idempotency_window_s:
+        keys = None
+    ids, reasons, duplicates = [], [], set()
     for start in range(0, len(entries), _CHUNK):
         part = entries[start:start + _CHUNK]
-        result = ingest.ingest(part, config, found.scope)
-        refused = {r["index"]: r["errors"] for r in result["rejected"]}
-        next_id = result["firstId"]
-        for at in range(len(part)):
-            if at in refused:
-                ids.append(None)
-                reasons.append(refused[at])
-            else:
-                ids.append(next_id)
-                reasons.append(None)
+        part_keys = keys[start:start + _CHUNK] if keys and any(keys) else None
+        known, sent, result = {}, list(range(len(part))), None
+        for _ in range(_ATTEMPTS):
+            doc_keys = None
+            if part_keys:
+                known = ingest.DocumentKeys("*" if found.is_admin else found.scope_key,
+                                            part_keys, config.idempotency_window_s).stored()
+                first_of, sent = {}, []
+                for at, key in enumerate(part_keys):
+                    if key is None or (key not in known and key not in first_of):
+                        sent.append(at)
+                        if key is not None:
+                            first_of[key] = at
+                doc_keys = ingest.DocumentKeys(
+                    "*" if found.is_admin else found.scope_key,
+                    [part_keys[at] for at in sent], config.idempotency_window_s)
+            result = ingest.ingest([part[at] for at in sent], config, found.scope, key=doc_keys)
+            if result is not ingest.DocumentKeys.AGAIN:
+                break
+        else:
+            raise ApiError(503, "documents with the same _id are being stored by other "
+                                "requests; retry", headers={"Retry-After": "1"})
+        refused = {sent[r["index"]]: r["errors"] for r in result["rejected"]}
+        stored, next_id = {}, result["firstId"]
+        for at in sent:
+            if at not in refused:
+                stored[at] = next_id
                 next_id += 1
+        for at in range(len(part)):
+            key = part_keys[at] if part_keys else None
+            if at in stored or at in refused:
+                ids.append(stored.get(at))
+                reasons.append(refused.get(at))
+            elif key in known:  # stored by an earlier request
+                ids.append(known[key])
+                reasons.append(None)
+                duplicates.add(start + at)
+            else:  # the same key earlier in this request
+                first = next(i for i in sent if part_keys[i] == key)
+                ids.append(stored.get(first))
+                reasons.append(refused.get(first))
+                if first in stored:
+                    duplicates.add(start + at)
     if any(i is not None for i in ids):
         state().tailer.notify()
-    return ids, reasons
+    return ids, reasons, duplicates
+
+
+# How often a chunk whose keys another request stored meanwhile is sent
+# again (each time without the entries stored meanwhile).
+_ATTEMPTS = 5
 
 
 def _first_reason(reasons):
@@ -102,7 +144,7 @@ def otlp_logs():
                                 "or application/json")
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise ApiError(400, f"Not an OTLP logs export request: {exc}") from None
-    ids, reasons = _store(entries, found)
+    ids, reasons, _ = _store(entries, found)
     rejected = sum(1 for i in ids if i is None)
     why = _first_reason(reasons)
     if protobuf:
@@ -130,7 +172,7 @@ def loki_push():
         entries = shipped.loki_entries(push)
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise ApiError(400, f"Not a Loki push request: {exc}") from None
-    ids, reasons = _store(entries, found)
+    ids, reasons, _ = _store(entries, found)
     refused = sum(1 for i in ids if i is None)
     if refused:
         raise ApiError(400, f"{refused} of {len(ids)} lines were refused (the others are "
@@ -174,7 +216,7 @@ def es_bulk(index=None):
     found = _writer()
     started = time.monotonic()
     lines = [line for line in _body().split(b"\n") if line.strip()]
-    entries, items = [], []
+    entries, keys, items = [], [], []
     at = 0
     while at < len(lines):
         try:
@@ -187,8 +229,9 @@ def es_bulk(index=None):
         (name, meta), = action.items()
         meta = meta if isinstance(meta, dict) else {}
         target = meta.get("_index", index) or "logs"
+        doc_id = meta.get("_id")
         if name == "delete":
-            items.append((name, target, "unsupported"))
+            items.append((name, target, doc_id, "unsupported"))
             at += 1
             continue
         if at + 1 >= len(lines):
@@ -196,23 +239,39 @@ def es_bulk(index=None):
         source_line = lines[at + 1]
         at += 2
         if name not in ("index", "create"):
-            items.append((name, target, "unsupported"))
+            items.append((name, target, doc_id, "unsupported"))
+            continue
+        if doc_id is not None and not (isinstance(doc_id, str)
+                                       and 0 < len(doc_id.encode()) <= MAX_ES_ID_BYTES):
+            items.append((name, target, None, "bad id"))
             continue
         try:
             document = orjson.loads(source_line)
         except orjson.JSONDecodeError:
             document = None
         if not isinstance(document, dict):
-            items.append((name, target, "not an object"))
+            items.append((name, target, doc_id, "not an object"))
             continue
-        items.append((name, target, len(entries)))
+        items.append((name, target, doc_id, len(entries)))
         entries.append(shipped.es_entry(document))
-    ids, reasons = _store(entries, found)
+        # An _id is unique within its index, as in Elasticsearch.
+        keys.append(None if doc_id is None else f"\x1fes\x1f{target}\x1f{doc_id}")
+    ids, reasons, duplicates = _store(entries, found, keys)
     out, errors = [], False
-    for name, target, what in items:
+    for name, target, doc_id, what in items:
+        shown_id = doc_id
         if isinstance(what, int) and ids[what] is not None:
-            out.append({name: {"_index": target, "_id": str(ids[what]), "_version": 1,
-                               "result": "created", "status": 201, "_seq_no": ids[what],
+            shown_id = doc_id if doc_id is not None else str(ids[what])
+            if what in duplicates and name == "create":
+                errors = True
+                out.append({name: {"_index": target, "_id": shown_id, "status": 409, "error": {
+                    "type": "version_conflict_engine_exception",
+                    "reason": f"[{doc_id}]: version conflict, document already exists "
+                              f"(current version [1])"}}})
+                continue
+            result, status = ("noop", 200) if what in duplicates else ("created", 201)
+            out.append({name: {"_index": target, "_id": shown_id, "_version": 1,
+                               "result": result, "status": status, "_seq_no": ids[what],
                                "_primary_term": 1,
                                "_shards": {"total": 1, "successful": 1, "failed": 0}}})
             continue
@@ -220,12 +279,18 @@ def es_bulk(index=None):
         if what == "unsupported":
             error = {"type": "action_request_validation_exception",
                      "reason": f"logsvc stores entries: the {name} action is not supported"}
+        elif what == "bad id":
+            error = {"type": "action_request_validation_exception",
+                     "reason": f"_id must be a string of 1 to {MAX_ES_ID_BYTES} bytes"}
         elif what == "not an object":
             error = {"type": "document_parsing_exception",
                      "reason": "the document is not a JSON object"}
         else:
             error = {"type": "document_parsing_exception",
                      "reason": _first_reason([reasons[what]])}
-        out.append({name: {"_index": target, "_id": None, "status": 400, "error": error}})
+        out.append({name: {"_index": target, "_id": shown_id, "status": 400, "error": error}})
     took = int((time.monotonic() - started) * 1000)
     return _es({"took": took, "errors": errors, "items": out})
+
+
+MAX_ES_ID_BYTES = 512  # Elasticsearch's own limit

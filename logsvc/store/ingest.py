@@ -166,6 +166,68 @@ class IdempotencyKey:
         return row is not None
 
 
+class DocumentKeys:
+    """Keys of single entries (an Elasticsearch document's `_id`), kept
+    like an Idempotency-Key (in `ingest_key`, for the same window) but one
+    per entry: a document sent again under its key is not stored twice.
+
+    `keys` runs beside the items of one `ingest` call (None: no key).
+    `stored(keys)` tells which were stored and as which entry. In the
+    writing transaction, `remember` adds the keys of the accepted entries;
+    when another request stored one of them meanwhile, nothing of this
+    request is stored and `ingest` returns AGAIN: the caller asks `stored`
+    again and sends the rest."""
+
+    AGAIN = {"again": True}
+
+    def __init__(self, scope, keys, window_s):
+        self.scope = scope
+        self.keys = keys
+        self.window_ms = window_s * 1000
+        self.offsets = []  # (offset among the accepted entries, key)
+        self.replayed = False
+        self.answer = None
+
+    def stored(self):
+        """{key: entry id} of the keys already stored, and not expired."""
+        wanted = sorted({k for k in self.keys if k is not None})
+        found = {}
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            marks = ", ".join("?" for _ in part)
+            found.update(db.call(lambda part=part, marks=marks: db.execute(
+                f"SELECT key, answer FROM ingest_key WHERE scope = ? AND key IN ({marks}) "
+                f"AND expires_ms > ?", (self.scope, *part, entry.now_ms())).fetchall()))
+        return {key: int(answer) for key, answer in found.items()}
+
+    def settle(self, accepted):
+        """Learn which items were accepted (their indexes, in order)."""
+        self.offsets = [(at, self.keys[index]) for at, index in enumerate(accepted)
+                        if self.keys[index] is not None]
+
+    def remember(self, first_id):
+        if not self.offsets:
+            return True
+        now = entry.now_ms()
+        expires = now + self.window_ms
+        for start in range(0, len(self.offsets), 500):
+            part = self.offsets[start:start + 500]
+            values = ", ".join("(?, ?, '', ?, ?)" for _ in part)
+            params = [p for at, key in part
+                      for p in (self.scope, key, str(first_id + at), expires)]
+            done = db.execute(
+                f"INSERT INTO ingest_key (scope, key, digest, answer, expires_ms) "
+                f"VALUES {values} ON CONFLICT (scope, key) DO UPDATE SET "
+                f"answer = excluded.answer, expires_ms = excluded.expires_ms "
+                f"WHERE ingest_key.expires_ms <= ? RETURNING 1", (*params, now)).fetchall()
+            if len(done) < len(part):
+                return False
+        return True
+
+    def replay(self):
+        return self.AGAIN
+
+
 class _Replayed(Exception):
     """Raised in the writing transaction: these requests' keys were stored
     meanwhile by a request that committed first."""
@@ -190,6 +252,7 @@ def ingest(items, config, scope=None, grouped=True, key=None):
     "rejectedCount", "firstId", "lastId"}.
     """
     accepted = []
+    accepted_at = []
     rejected = []
     rejected_count = 0
     now = entry.now_ms()
@@ -206,11 +269,14 @@ def ingest(items, config, scope=None, grouped=True, key=None):
                 rejected.append({"index": index, "errors": errors})
         else:
             accepted.append(fields)
+            accepted_at.append(index)
     answer = {"accepted": len(accepted), "rejected": rejected, "rejectedCount": rejected_count,
               "firstId": None, "lastId": None}
     if accepted:
         if key is not None:
             key.answer = dict(answer)
+            if isinstance(key, DocumentKeys):
+                key.settle(accepted_at)
         if grouped and runtime.cooperative():
             stored = _committer().commit(accepted, key)
         else:
