@@ -39,7 +39,7 @@ def main(argv=None):
     try:
         config = Config.from_env()
         db.init(config)
-        db.call(migrations.create_schema, config.partition_rows)
+        db.call(migrations.create_schema, config.store_partition_rows)
         result = args.run(args, config)
     except (ConfigError, db.UnsupportedDatabase, migrations.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)

@@ -76,8 +76,10 @@ class Config:
     # SQLite: once no process has written for this long, give the
     # write-ahead log's space back (0: never).
     wal_idle_s: float = 10.0
-    # PostgreSQL: entry ids per partition (fixed when the store is created).
-    partition_rows: int = 1_000_000
+    # PostgreSQL: entry ids per partition (fixed when the store is created);
+    # 0: a million, or a segment's (store_partition_rows) when the store
+    # seals its history, so that sealed partitions are dropped whole.
+    partition_rows: int = 0
     # Proxies (addresses or networks, comma-separated) whose X-Forwarded-*
     # headers are honoured; from anyone else they are ignored.
     trusted_proxies: str = ""
@@ -142,6 +144,17 @@ class Config:
     @property
     def server_url(self):
         return self.url or f"http://{self.host}:{self.port}"
+
+    @property
+    def store_partition_rows(self):
+        """PostgreSQL: the ids of a partition of a store made now. When
+        history is sealed (hot_rows), a segment's (segment_rows):
+        a partition is then emptied by one seal and dropped after it,
+        which gives its space back, where rows deleted from a partition
+        that goes on holding hot entries leave their space behind."""
+        if self.partition_rows:
+            return self.partition_rows
+        return self.segment_rows if self.hot_rows else 1_000_000
 
     @property
     def retention_ms(self):

@@ -51,7 +51,7 @@ def create_app(config=None):
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     store = db.init(config)
     try:
-        db.call(migrations.create_schema, config.partition_rows)
+        db.call(migrations.create_schema, config.store_partition_rows)
     except Exception as exc:
         reason = db.unwritable_reason(exc)
         if reason:

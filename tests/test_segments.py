@@ -280,6 +280,34 @@ def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
     server.stop()
 
 
+@pytest.mark.postgres_only("SQLite gives sealed rows' pages back through incremental vacuum")
+def test_on_postgresql_a_sealed_partition_is_dropped_and_its_space_given_back(make_app):
+    from logsvc.store import partitions
+
+    app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
+    config = app.extensions["logsvc"].config
+    assert config.store_partition_rows == 64  # a segment's ids per partition
+    store = Store(app.test_client())
+    store.ingest(corpus(500))
+    before = answers(store)
+
+    def entry_bytes():
+        return db.call(lambda: int(db.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "
+            "WHERE i.inhparent IN ('entry'::regclass, 'entry_body'::regclass)").fetchone()[0]))
+
+    with db.using(app.extensions["logsvc"].store):
+        full = entry_bytes()
+        # Whole segments, as long as more than 100 newer entries stay hot.
+        assert retention.seal_due(config) == 64 * 6
+        through = db.call(segments.sealed_through)
+        left = db.call(partitions.listed)
+        # Every partition below the watermark is gone, not just emptied.
+        assert through == 384 and left == [6, 7]
+        assert entry_bytes() < full * 0.5
+    assert answers(store) == before  # nothing was lost with the tables
+
+
 def test_retention_by_size_keeps_the_newest_that_fit_and_the_counters_exact(make_app):
     app = make_app(hot_rows=0, rate_limit_per_min=0, retention_days=0)
     store = Store(app.test_client())

@@ -15,7 +15,7 @@ class LocalSink(QueuedSink):
     def __init__(self, config, **kwargs):
         self.config = config
         self.store = db.init(config)
-        db.call(migrations.create_schema, config.partition_rows)
+        db.call(migrations.create_schema, config.store_partition_rows)
         super().__init__(**kwargs)
 
     def send(self, batch):

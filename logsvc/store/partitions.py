@@ -82,6 +82,29 @@ def listed():
     return sorted(int(name[len("entry_p"):]) for (name,) in rows)
 
 
+def drop_sealed(through):
+    """Drop the partitions whose every id is at or below `through` (the
+    sealed watermark, segments.py) and that hold no row any more: their
+    entries live in segments now. Nothing is subtracted from the counters
+    and nothing goes to prune_log: no entry is removed. Dropping the table
+    gives its space back at once; the deleted rows' would stay until a
+    VACUUM FULL. Returns the partitions dropped."""
+    size = partition_rows()
+    dropped = []
+    for n in listed():
+        if (n + 1) * size > through:
+            break
+        with db.database.atomic():
+            if db.execute(f"SELECT 1 FROM entry_p{n} LIMIT 1").fetchone():
+                break  # a seal of this range has not committed (or a clear raced it)
+            # As retention's drop: the parents to ourselves, before anything else.
+            db.execute("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
+            db.execute(f"DROP TABLE entry_body_p{n}")
+            db.execute(f"DROP TABLE entry_p{n}")
+        dropped.append(n)
+    return dropped
+
+
 def drop_expired(cutoff_ms, excess_rows, high_water):
     """Drop the oldest partitions that retention may remove whole: every
     entry older than `cutoff_ms` (None: no age limit), or no more rows than

@@ -135,8 +135,7 @@ def seal_forever(config, store=None, holder=None):
         try:
             if db.call(take_lease, segments.LEASE_NAME, holder, 120):
                 try:
-                    while db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
-                        runtime.pause()
+                    seal_due(config)
                 finally:
                     db.call(release_lease, segments.LEASE_NAME, holder)
         except Exception as exc:
@@ -147,6 +146,20 @@ def seal_forever(config, store=None, holder=None):
             elif not db.is_transient_error(exc):
                 log.exception("sealing failed")
         runtime.sleep(config.seal_interval_s)
+
+
+def seal_due(config):
+    """Seal every segment that is due (under the seal lease). On
+    PostgreSQL, drop each partition a seal emptied (a store that seals has
+    a segment's ids in a partition: config.store_partition_rows). Returns
+    the entries sealed."""
+    total = 0
+    while sealed := db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
+        total += sealed
+        if db.is_postgres():
+            db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
+        runtime.pause()
+    return total
 
 
 def take_lease(name, holder, seconds):
