@@ -3,12 +3,17 @@ OpenTelemetry SDK's own exporter, and in JSON), Loki push, Elasticsearch
 bulk; each item under the sender's scope, refused items answered in the
 protocol's own shape."""
 import gzip
+import os
+import re
+import shutil
+import socket
+import subprocess
 import time
 
 import orjson
 import pytest
 
-from logsvc.testing import ADMIN_TOKEN, LOGS, Store
+from logsvc.testing import ADMIN_TOKEN, LOGS, ROOT, Store, free_port
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -261,6 +266,76 @@ def test_the_same_bulk_sent_at_once_through_both_workers_stores_each_id_once(ser
     found = requests.get(server.url + LOGS, headers=ADMIN, timeout=10,
                          params={"projectId": "race", "limit": 1000}).json()["entries"]
     assert sorted(e["data"]["message"] for e in found) == sorted(f"m{n}" for n in range(300))
+
+
+def _documented_rsyslog_config(rsyslog_port, logsvc_port, errors):
+    """docs/capture.md's rsyslog configuration, on the test's ports."""
+    page = (ROOT / "docs" / "capture.md").read_text()
+    config = re.search(r"```rsyslog\n(.*?)```", page, re.S).group(1)
+    for documented, ours in (('port="5515"', f'port="{rsyslog_port}"'),
+                             ("127.0.0.1:8080", f"127.0.0.1:{logsvc_port}"),
+                             ("/var/log/rsyslog-logsvc-errors.json", str(errors))):
+        assert documented in config
+        config = config.replace(documented, ours)
+    return config
+
+
+@pytest.mark.server
+def test_rsyslog_ships_each_message_once_through_the_bulk_api(server, tmp_path):
+    import requests
+
+    rsyslogd = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+    if not os.path.exists(rsyslogd):
+        pytest.skip("rsyslog is not installed (.ci/run installs Debian's)")
+    made = requests.post(server.url + "/api/proxy-logs/_admin/users", headers=ADMIN, timeout=10,
+                         json={"username": "ship", "password": "a-long-passphrase",
+                               "projectId": "edge",
+                               "capabilities": {"ingest": True, "logs": True}})
+    assert made.status_code == 201, made.text
+    port, errors = free_port(), tmp_path / "errors.json"
+    config = tmp_path / "rsyslog.conf"
+    config.write_text(f'global(workDirectory="{tmp_path}")\n'
+                      + _documented_rsyslog_config(port, server.port, errors))
+    with open(tmp_path / "rsyslogd.log", "wb") as log:
+        shipper = subprocess.Popen([rsyslogd, "-n", "-f", str(config), "-i",
+                                    str(tmp_path / "pid")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                sender = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "rsyslogd.log").read_text()
+                time.sleep(0.1)
+        stamp = time.strftime("%b %e %H:%M:%S", time.localtime())
+        with sender:
+            for _ in range(2):  # each message twice: the same _id
+                for n in range(20):
+                    severity = 131 if n % 4 == 0 else 134  # local0.err, local0.info
+                    sender.sendall(f"<{severity}>{stamp} web1 checkout[42]: order {n} "
+                                   f"took {n * 10} ms\n".encode())
+
+        def stored():
+            return requests.get(server.url + LOGS, headers=ADMIN, timeout=10,
+                                params={"projectId": "edge", "limit": 100}).json()["entries"]
+
+        deadline = time.monotonic() + 30
+        while len(found := stored()) < 20 or not errors.exists():
+            assert time.monotonic() < deadline, (len(found), (tmp_path / "rsyslogd.log").read_text())
+            time.sleep(0.2)
+        time.sleep(1)  # anything sent twice would have arrived by now
+        found = stored()
+    finally:
+        shipper.terminate()
+        shipper.wait(timeout=10)
+    assert sorted(e["data"]["message"].strip() for e in found) == sorted(
+        f"order {n} took {n * 10} ms" for n in range(20))
+    first = next(e for e in found if e["data"]["message"].strip() == "order 0 took 0 ms")
+    assert (first["projectId"], first["serviceName"], first["level"]) == ("edge", "checkout",
+                                                                          "error")
+    assert first["data"]["host.name"] == "web1" and abs(first["tsMs"] - time.time() * 1000) < 120_000
+    assert "version_conflict_engine_exception" in errors.read_text()
 
 
 def test_shippers_need_a_writer(client):

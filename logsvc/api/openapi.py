@@ -165,6 +165,10 @@ def _paths():
                                       _json({"type": "object"}))},
         "/elasticsearch/_cluster/health": {"get": _op("As an Elasticsearch cluster's health",
                                                       write, None, _json({"type": "object"}))},
+        "/elasticsearch/_cat/health": {"get": _op("As an Elasticsearch cluster's health, "
+                                                  "in text (rsyslog asks it)", write, None, {
+            "200": {"description": "One line", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}})},
         "/elasticsearch/_bulk": {"post": _es_bulk(write)},
         "/elasticsearch/{index}/_bulk": {"post": {**_es_bulk(write),
                                                    "parameters": [_path_param("index",

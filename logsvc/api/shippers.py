@@ -210,6 +210,15 @@ def es_health():
                 "number_of_nodes": 1, "number_of_data_nodes": 1})
 
 
+@blueprint.route("/elasticsearch/_cat/health", methods=["GET", "HEAD"])
+def es_cat_health():
+    # What rsyslog's omelasticsearch asks before it sends.
+    _writer()
+    return Response(f"{int(time.time())} {time.strftime('%H:%M:%S', time.gmtime())} logsvc "
+                    "green 1 1 0 0 0 0 0 0 - 100.0%\n", mimetype="text/plain",
+                    headers=_ES_HEADERS)
+
+
 @blueprint.post("/elasticsearch/_bulk")
 @blueprint.post("/elasticsearch/<index>/_bulk")
 def es_bulk(index=None):
