@@ -134,3 +134,48 @@ def test_partitions_are_analyzed_when_new_and_again_when_they_grew(make_app):
         "SELECT reltuples FROM pg_class WHERE relname = 'entry_p0' "
         "AND relnamespace = current_schema()::regnamespace").fetchone())
     assert "entry_p0" in analyzed and tuples == 2200
+
+
+def _fillfactors():
+    return dict(db.call(lambda: db.execute(
+        "SELECT relname, array_to_string(reloptions, ',') FROM pg_class "
+        "WHERE relnamespace = current_schema()::regnamespace AND relname LIKE 'rollup%' "
+        "AND relkind = 'r'").fetchall()))
+
+
+@pytest.mark.postgres_only("PostgreSQL keeps old row versions until they are vacuumed")
+def test_counters_rewritten_by_every_ingest_are_vacuumed_and_leave_room_in_their_pages(
+        make_app):
+    import time
+
+    from logsvc.store import migrations, partitions
+    from logsvc.testing import Store
+
+    app = make_app(rate_limit_per_min=0)
+    options = _fillfactors()
+    # The all-time tiers leave half of each page for new row versions.
+    assert options["rollup_total"] == options["rollup_route_class_total_all"] == \
+        "fillfactor=50"
+    assert not options["rollup_minute"] and not options["rollup_hour"]
+    store = Store(app.test_client())
+    for batch in range(60):  # every batch rewrites the scope's all-time rows
+        store.ingest([make_entry(batch * 10 + i) for i in range(10)])
+
+    def dead(table):
+        return db.call(lambda: db.execute(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = ? "
+            "AND schemaname = current_schema()", (table,)).fetchone()[0])
+
+    vacuumed, deadline = [], time.monotonic() + 10  # the statistics lag a little
+    while "id_sequence" not in vacuumed and time.monotonic() < deadline:
+        vacuumed += db.call(partitions.vacuum_updated)
+        time.sleep(0.2)
+    assert "id_sequence" in vacuumed and dead("id_sequence") == 0
+    assert not any(name.startswith("entry") for name in vacuumed)
+    assert db.call(partitions.vacuum_updated) == []  # nothing left to do
+
+    # A store of version 15 gains the setting when it is upgraded.
+    db.call(lambda: db.execute("ALTER TABLE rollup_total RESET (fillfactor)"))
+    db.call(lambda: db.execute("UPDATE meta SET value = '15' WHERE key = 'schema_version'"))
+    db.call(migrations.create_schema)
+    assert _fillfactors()["rollup_total"] == "fillfactor=50"

@@ -21,7 +21,7 @@ from .db import database
 from .models import ALL_MODELS, ROLLUP_MODELS, Entry, EntryBody, IdSequence, Meta, entry_indexes
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 
 # Columns that later versions added to tables that existed before them:
@@ -194,6 +194,31 @@ def _v14_to_v15():
 
 
 
+def _v15_to_v16():
+    # Version 16 (PostgreSQL): the all-time counters, which every ingest
+    # rewrites, leave room in each page for a row's new version (see
+    # _PG_UPDATED); the pages written from now on.
+    if db.is_postgres():
+        for table in sorted(_all_time()):
+            db.execute(f"ALTER TABLE {table} SET ({_PG_UPDATED})")
+
+
+# PostgreSQL: the storage of a counter table whose rows are rewritten all
+# the time (the all-time tiers: a scope's row takes every batch of it). With
+# half of each page free, a row's new version goes in the same page (a
+# HOT update) and the page's dead versions are pruned when it fills,
+# without waiting for a VACUUM; packed pages sent each new version to the
+# end of the table (41 MB for 2,000 rows of rollup_total after a million
+# entries, autovacuum off).
+_PG_UPDATED = "fillfactor = 50"
+
+
+def _all_time():
+    """The counter tables without a time column."""
+    return {t.table for tiers in (rollup.TIERS, rollup.ROUTE_TIERS) for t in tiers.values()
+            if t.time_column is None}
+
+
 def _nothing():
     """Only new tables, which create_tables has made."""
 
@@ -221,6 +246,7 @@ STEPS = (
     # 13 -> 14: alert rules and their deliveries (their tables).
     _nothing,
     _v14_to_v15,
+    _v15_to_v16,
 )
 assert len(STEPS) == SCHEMA_VERSION - 1
 
@@ -291,8 +317,13 @@ def create_schema(partition_rows=1_000_000):
         # The usual start of a worker: nothing to create, and no DDL that
         # would lock tables that the writers of other hosts are using.
         return
+    rewritten = _all_time()
     for model in ROLLUP_MODELS:
-        model._meta.table_settings = [] if postgres else ["WITHOUT ROWID"]
+        if not postgres:
+            model._meta.table_settings = ["WITHOUT ROWID"]
+        else:
+            rewritten_here = model._meta.table_name in rewritten
+            model._meta.table_settings = [f"WITH ({_PG_UPDATED})"] if rewritten_here else []
     Entry._meta.table_settings = ["PARTITION BY RANGE (id)"] if postgres else []
     entry_indexes(postgres)
     EntryBody._meta.table_settings = ["PARTITION BY RANGE (entry_id)"] if postgres else []

@@ -74,6 +74,23 @@ def analyze_stale():
     return names
 
 
+def vacuum_updated():
+    """VACUUM the tables whose rows are updated in place (the counters, the
+    id sequence, rate buckets, leases) once a fifth of them or more are
+    dead row versions: every ingest rewrites a counter row, and the
+    all-time ones (a scope's, a route's) many times a minute. Run by
+    retention's loop, under its lease, as analyze_stale is, so that the
+    space of the old versions is reused whether or not the server's
+    autovacuum keeps up (or runs at all). Returns the tables vacuumed."""
+    names = [row[0] for row in db.execute(
+        "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema() "
+        "AND relname NOT LIKE 'entry\\_%' AND relname <> 'entry' "
+        "AND n_dead_tup > 50 + 0.2 * n_live_tup").fetchall()]
+    for name in names:
+        db.execute(f"VACUUM {name}")  # outside a transaction: db.call is autocommit
+    return names
+
+
 def listed():
     """The partition numbers of `entry`, oldest first."""
     rows = db.execute(

@@ -113,6 +113,7 @@ def run_forever(config, holder=None, store=None):
                 log.info("retention removed %d entries", removed)
             if db.is_postgres():
                 db.call(partitions.analyze_stale)
+                db.call(partitions.vacuum_updated)
         except PruneBusy:
             pass  # another process prunes this time
         except Exception as exc:
