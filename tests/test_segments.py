@@ -308,6 +308,102 @@ def test_on_postgresql_a_sealed_partition_is_dropped_and_its_space_given_back(ma
     assert answers(store) == before  # nothing was lost with the tables
 
 
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 48 MB filesystem of its own (tmpfs), unmounted after the test."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.sqlite_only("the data directory's own filesystem")
+def test_on_a_small_filesystem_retention_by_size_keeps_room_and_tails_are_told(
+        small_filesystem):
+    limit = 16_000_000
+    server = Server(small_filesystem, env={
+        "LOGSVC_MAX_DISK_BYTES": str(limit), "LOGSVC_HOT_ROWS": "4000",
+        "LOGSVC_SEGMENT_ROWS": "2000", "LOGSVC_SEAL_INTERVAL_S": "0.2",
+        "LOGSVC_PRUNE_INTERVAL_S": "0.5", "LOGSVC_WAL_CHECKPOINT_MB": "4",
+        "LOGSVC_RATE_LIMIT_PER_MIN": "0", "LOGSVC_RETENTION_DAYS": "0"}).start()
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    gaps, delivered = [], []
+
+    def tail():
+        with requests.get(server.url + LOGS + "/stream", stream=True, timeout=120,
+                          headers={**headers, "Last-Event-ID": "0"}) as stream:
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith(b"event: "):
+                    event = line[7:].decode()
+                elif line.startswith(b"data: ") and line != b"data: {}":
+                    item = orjson.loads(line[6:])
+                    if event == "gap":
+                        gaps.append(item)
+                    else:
+                        delivered.append(item["id"])
+                    event = None
+                    if delivered and delivered[-1] >= total:
+                        return
+
+    import threading
+
+    rng = random.Random(5)
+    words = [f"w{rng.getrandbits(20):x}" for _ in range(500)]
+    batches, size = 70, 1000  # about 90 MB of entries: more than the filesystem holds
+    total = batches * size
+    reader = threading.Thread(target=tail, daemon=True)
+    reader.start()
+    fullest = 0
+    for b in range(batches):
+        batch = [make_entry(b * size + i, responseBody=orjson.dumps({
+            "items": [rng.choice(words) for _ in range(60)], "ref": f"{rng.getrandbits(64):x}",
+            "note": " ".join(rng.choice(words) for _ in range(60))}).decode())
+            for i in range(size)]
+        response = requests.post(server.url + INGEST, data=orjson.dumps(batch), timeout=60,
+                                 headers={**headers, "Content-Type": "application/json"})
+        # Retention makes room: no write is refused for want of disk.
+        assert response.status_code == 200, (b, response.text)
+        usage = os.statvfs(small_filesystem)
+        fullest = max(fullest, (usage.f_blocks - usage.f_bavail) * usage.f_frsize)
+        time.sleep(0.1)
+    reader.join(timeout=60)
+
+    def look():
+        stats = requests.get(server.url + STATS, headers=headers, timeout=10).json()
+        page = requests.get(server.url + LOGS, headers=headers, timeout=10,
+                            params={"limit": 1, "order": "asc"}).json()
+        return stats["total"], page["entries"][0]["id"]
+
+    deadline, seen = time.monotonic() + 60, None
+    while time.monotonic() < deadline:  # until the last prunes and seals are done
+        time.sleep(2)
+        now = look()
+        if now == seen:
+            break
+        seen = now
+    count, first = seen
+    kept = (small_filesystem / "logs.db").stat().st_size
+    # A tail resuming from the beginning is told first what it missed.
+    with requests.get(server.url + LOGS + "/stream", stream=True, timeout=30,
+                      headers={**headers, "Last-Event-ID": "0"}) as stream:
+        lines = (line for line in stream.iter_lines() if line.startswith((b"event:", b"data:")))
+        told = [next(lines), next(lines)]
+    server.stop()
+    assert fullest < 48 * 1024 * 1024 * 0.95  # the filesystem never filled
+    # The newest entries are kept, whole, and the counters count exactly them.
+    assert count == total - first + 1 and 10_000 < count < 45_000
+    assert kept < limit * 1.25  # the file itself, not just the pages it uses
+    assert told[0] == b"event: gap"
+    assert orjson.loads(told[1][6:]) == {"fromId": 1, "toId": first - 1}
+    # The tail that kept up saw every entry once, in order.
+    assert delivered == list(range(1, total + 1)) or (gaps and delivered[-1] == total)
+
+
 def test_retention_by_size_keeps_the_newest_that_fit_and_the_counters_exact(make_app):
     app = make_app(hot_rows=0, rate_limit_per_min=0, retention_days=0)
     store = Store(app.test_client())

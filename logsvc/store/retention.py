@@ -97,6 +97,10 @@ def _prune(config, now, batch, holder, lease_s):
         removed += n
         _renew(holder, lease_s)
         runtime.pause()
+    if removed:
+        # SQLite: the file shrinks by what was removed (else it stays at its
+        # largest, and LOGSVC_MAX_DISK_BYTES would bound only what is used).
+        db.call(db.give_back_free_pages)
     return removed
 
 

@@ -139,13 +139,11 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
         _set_sealed_through(upto)
     if not db.is_postgres() and rows:
         # The removed documents' delete markers out of the indexes, then the
-        # pages the removed rows and documents left, back to the file system
-        # (a store made with auto_vacuum=INCREMENTAL; else a no-op).
-        # executescript steps the pragma to its end (one step frees one page).
+        # pages the removed rows and documents left, back to the file system.
         with database.atomic():
             fulltext.optimize_sqlite()
             lookup.optimize()
-        database.connection().executescript("PRAGMA incremental_vacuum;")
+        db.give_back_free_pages()
     return max(len(rows), 1)
 
 
