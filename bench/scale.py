@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -r requirements-bench.txt
     .venv/bin/python -m bench.scale [--entries 1000000] [--repeat 11]
-        [--database-url postgresql://...] [--no-chdb] [--hot-rows N]
+        [--database-url postgresql://...] [--no-chdb] [--hot-rows N] [--busy]
 
 The corpus (seeded, the same for both sides): 200 projects with a Zipf-like
 share of the traffic, 10 containers each, 20 services; 60 % 200s and a tail
@@ -29,7 +29,11 @@ The url question is a phrase search on our side (`q=/v1/orders/4242`, the
 path's words in order) and a LIKE '%...%' on ClickHouse's (served by its
 ngram index); the body question is a word on both (`hasToken` on theirs).
 
-Prints one table of medians and logsvc/chdb ratios.
+Prints one table of medians and logsvc/chdb ratios. With --busy, the
+questions are asked again while a writer sends 2,000 entries a second
+(batches of 200, timed now) and a dashboard asks the last hour's stats and
+the day's histogram four times a second, and a second table gives each
+question's p50 busy beside idle.
 """
 import argparse
 import contextlib
@@ -52,6 +56,8 @@ from logsvc.entry import derive_route
 
 PROJECTS, CONTAINERS_PER_PROJECT, SERVICES = 200, 10, 20
 PER_REQUEST, IN_FLIGHT = 5_000, 4
+# --busy: the steady ingest and the dashboard the questions are asked beside.
+BUSY_RATE, DASHBOARD_HZ = 2_000, 4
 DAY_MS = 23 * 3_600_000
 RESOURCES = ("users", "orders", "invoices", "carts", "products", "sessions", "payments",
              "webhooks", "teams", "files", "search", "reports", "tokens", "events", "plans")
@@ -237,6 +243,52 @@ class Logsvc:
                 "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')")
             return int(cursor.fetchone()[0])
 
+    def while_busy(self, measure, dashboard):
+        """(measure(), entries/s stored) while a writer sends BUSY_RATE
+        entries a second (batches of a tenth of it, of the corpus' shape,
+        timed now) and a dashboard asks `dashboard`'s questions in turn,
+        DASHBOARD_HZ times a second."""
+        import threading
+
+        stop = threading.Event()
+        stored = [0]
+        headers = {**HEADERS, "Content-Type": "application/x-ndjson"}
+
+        def write():
+            session, size = requests.Session(), BUSY_RATE // 10
+            fresh = corpus(10**7, seed=11)
+            next_at = time.monotonic()
+            while not stop.is_set():
+                now = int(time.time() * 1000)
+                batch = [dict(next(fresh), tsMs=now) for _ in range(size)]
+                response = session.post(self.server.url + "/api/proxy-logs/_ingest",
+                                        data=b"\n".join(orjson.dumps(e) for e in batch),
+                                        headers=headers, timeout=60)
+                assert response.status_code == 200, response.text[:300]
+                stored[0] += size
+                next_at += 0.1
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+        def watch():
+            turn = 0
+            while not stop.wait(1 / DASHBOARD_HZ):
+                dashboard[turn % len(dashboard)]()
+                turn += 1
+
+        threads = [threading.Thread(target=write), threading.Thread(target=watch)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(3)  # under way
+            started, before = time.monotonic(), stored[0]
+            measured = measure()
+            achieved = (stored[0] - before) / (time.monotonic() - started)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        return measured, achieved
+
     def stop(self):
         self.server.stop()
 
@@ -314,6 +366,9 @@ def main():
     parser.add_argument("--hot-rows", type=int, default=0,
                         help="LOGSVC_HOT_ROWS: seal all but the newest this many entries "
                              "(segments.py), and wait for the sealer before measuring")
+    parser.add_argument("--busy", action="store_true",
+                        help=f"ask the questions again while {BUSY_RATE:,} entries/s arrive "
+                             f"and a dashboard asks {DASHBOARD_HZ} times a second")
     parser.add_argument("--keep", help="directory to keep both stores in (on PostgreSQL, "
                         "the schema bench_scale_<entries> is kept too)")
     parser.add_argument("--reuse", action="store_true",
@@ -435,6 +490,13 @@ def main():
                 for name, ask in questions.items():
                     print(f"logsvc: {name}", flush=True)
                     results[name] = [median_ms(ask, args.repeat)]
+                if args.busy:
+                    print(f"logsvc: the questions again, while {BUSY_RATE:,} entries/s arrive "
+                          f"and a dashboard asks {DASHBOARD_HZ} times a second", flush=True)
+                    busy = logsvc.while_busy(lambda: {
+                        name: median_ms(ask, args.repeat) for name, ask in questions.items()},
+                        dashboard=[questions["/stats?since=1h"],
+                                   questions["histogram 24h/5m"]])
             finally:
                 logsvc.stop()
 
@@ -511,6 +573,8 @@ def main():
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
+    if args.busy:
+        _print_busy(results, busy)
     engine = "PostgreSQL" if args.database_url else "SQLite"
     print(f"\n{args.entries:,} entries, logsvc on {engine}, p50 of {args.repeat} (ms unless noted)")
     print("| question | logsvc | chdb | logsvc/chdb |\n|---|---|---|---|")
@@ -519,6 +583,17 @@ def main():
         theirs_v = values[1] if len(values) > 1 else None
         ratio = (f"{ours_v / theirs_v:.2f}" if ours_v is not None and theirs_v else "—")
         print(f"| {name} | {_fmt(ours_v)} | {_fmt(theirs_v)} | {ratio} |")
+
+
+def _print_busy(results, busy):
+    """Each question's p50 idle and busy, and their ratio (goal: at most 1.5)."""
+    measured, achieved = busy
+    print(f"\nWhile busy: {achieved:,.0f} entries/s stored (asked {BUSY_RATE:,}), "
+          f"a dashboard asking {DASHBOARD_HZ} times a second")
+    print("| question | idle | busy | busy/idle |\n|---|---|---|---|")
+    for name, value in measured.items():
+        idle = results[name][0]
+        print(f"| {name} | {_fmt(idle)} | {_fmt(value)} | {value / idle:.2f} |")
 
 
 def _fmt(value):
