@@ -532,10 +532,16 @@ def _keyed(items, keyed):
 class Subscription:
     """What one client is owed: entries matching `filters` after `position`.
 
-    `events(heartbeat_s)` yields ("entries", [(entry, json), ...]),
-    ("heartbeat", None), ("scope-destroyed", None) (then stops) and raises
-    Reset when the store was cleared under it.
+    `next_event(heartbeat_s)` returns ("entries", [(entry, json), ...]),
+    ("heartbeat", None) or ("scope-destroyed", None) (the last), and raises
+    Reset when the store was cleared under it; `events(heartbeat_s)`
+    yields the same. A stream that waits in `next_event`, a plain call,
+    holds less of its greenlet's stack than one resuming a generator in a
+    generator (each resumption is a level of the C stack, saved with it).
     """
+
+    __slots__ = ("tailer", "filters", "key", "position", "generation", "destroyed_scope",
+                 "_ending")
 
     def __init__(self, tailer, filters, position, destroyed_scope, generation):
         self.tailer = tailer
@@ -544,8 +550,11 @@ class Subscription:
         self.position = position
         self.generation = generation  # the tailer's, taken before `position` was read
         self.destroyed_scope = destroyed_scope  # (project, container) that ends it
+        self._ending = False  # the last entries were sent: scope-destroyed is next
 
-    def events(self, heartbeat_s):
+    def next_event(self, heartbeat_s):
+        if self._ending:
+            return "scope-destroyed", None
         while True:
             # Taken before looking: what arrives after the look sets it.
             changed = self.tailer.changed_for(self.key)
@@ -554,15 +563,21 @@ class Subscription:
             batch = self._next_batch()
             if batch:
                 ending = self._destroy_event(batch)
-                if ending is not None:
-                    if ending:
-                        yield "entries", batch[:ending]
-                    yield "scope-destroyed", None
-                    return
-                yield "entries", batch
-                continue
+                if ending is None:
+                    return "entries", batch
+                if not ending:
+                    return "scope-destroyed", None
+                self._ending = True
+                return "entries", batch[:ending]
             if not changed.wait(heartbeat_s):
-                yield "heartbeat", None
+                return "heartbeat", None
+
+    def events(self, heartbeat_s):
+        while True:
+            kind, value = self.next_event(heartbeat_s)
+            yield kind, value
+            if kind == "scope-destroyed":
+                return
 
     def _next_batch(self):
         tailer = self.tailer
