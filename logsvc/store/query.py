@@ -291,7 +291,7 @@ def _found(filters, need, ordered=True, order="desc", catch_up=False):
 
 
 def _count(filters, cap=None):
-    if filters.timed and all(item.field in _TIMED_COUNTED for item, _ in filters.active):
+    if filters.timed and rollup.only(filters, rollup.TIMED_FIELDS):
         # The entries with a duration (`order=slowest`) of a scope and a
         # time range: what the latency counters hold, summed.
         counts, _ = rollup.latency(filters.project_id, filters.container_id,
@@ -326,21 +326,15 @@ def _count(filters, cap=None):
     return (cap, False) if n > cap else (n, True)
 
 
-# The filters the counters have a dimension for.
-_COUNTER_FILTERS = {"project_id", "container_id", "since", "until", "service_names", "levels",
-                    "kinds", "status_ranges", "sources"}
-_TIMED_COUNTED = {"project_id", "container_id", "since", "until", "timed"}
-
-
 def _rollup_sum(f):
     """(count columns to sum, condition, parameters) over `rollup.counted` rows (the
     scope and time range already applied) that counts the entries matching
     `f`, or None when the counters cannot answer exactly: a filter that is
     not a counter dimension, or two breakdown filters at once (the counters
     hold each breakdown, not their product)."""
-    if any(item.field not in _COUNTER_FILTERS for item, _ in f.active):
+    if not rollup.only(f, rollup.COLUMN_FIELDS):
         return None
-    classes = _status_classes(f.status_ranges)
+    classes = rollup.whole_classes(f.status_ranges)
     if classes is None:
         return None
     breakdowns = [(prefix, values) for prefix, values in
@@ -357,13 +351,3 @@ def _rollup_sum(f):
         terms.append(f"service_name IN ({', '.join('?' * len(f.service_names))})")
         params.extend(names.stored_all(f.service_names))
     return columns, (" AND ".join(terms) if terms else "TRUE"), params
-
-
-def _status_classes(ranges):
-    """Status ranges as whole classes ('4xx', ...), or None if one is not."""
-    classes = []
-    for low, high in ranges:
-        if low % 100 != 0 or high % 100 != 99 or low < 100 or high > 599:
-            return None
-        classes.extend(f"{c}xx" for c in range(low // 100, high // 100 + 1))
-    return tuple(dict.fromkeys(classes))

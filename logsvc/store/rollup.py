@@ -570,17 +570,46 @@ def _class_tiers(filters):
     """The class tiers of a question: every scope's without a scope."""
     every_scope = filters.project_id is None and filters.container_id is None
     return _CLASS_ALL_TIER if every_scope else _CLASS_TIER
-_CLASSED_FIELDS = {"project_id", "container_id", "since", "until", "levels", "status_ranges"}
+
+
+# What the counters answer, by the filters of a question (Filters' fields),
+# in one place for every reader:
+# - a scope and a time range: the scope tiers (totals, breakdowns, latency,
+#   routes; stats.from_counters);
+SCOPE_FIELDS = frozenset({"project_id", "container_id", "since", "until"})
+# - and levels or whole status classes: the class tiers (`classed`);
+CLASS_FIELDS = SCOPE_FIELDS | {"levels", "status_ranges"}
+# - and services, or the values of one breakdown (levels, kinds, whole
+#   status classes or sources): a count, from the count columns of the
+#   scope tiers' rows (query.py);
+COLUMN_FIELDS = SCOPE_FIELDS | {"service_names", "levels", "kinds", "status_ranges", "sources"}
+# - and only the entries that have a duration: a count, from the latency
+#   sketches (query.py).
+TIMED_FIELDS = SCOPE_FIELDS | {"timed"}
+
+
+def only(filters, fields):
+    """Whether every filter of `filters` is one of `fields`."""
+    return all(item.field in fields for item, _ in filters.active)
+
+
+def whole_classes(ranges):
+    """Status ranges as whole classes ('4xx', ...), or None if one is not
+    (`5xx` and `400-599` are; `404` and `500-503` are not)."""
+    classes = []
+    for low, high in ranges:
+        if low % 100 != 0 or high % 100 != 99 or low < 100 or high > 599 or low > high:
+            return None
+        classes.extend(f"{c}xx" for c in range(low // 100, high // 100 + 1))
+    return tuple(dict.fromkeys(classes))
 
 
 def classed(filters):
     """Whether the class tiers answer stats of `filters`: a scope, a time
     range and a level or a status class (whole classes: `5xx`, `400-599`),
     one of them at least."""
-    fields = {item.field for item, _ in filters.active}
-    return (bool(fields & {"levels", "status_ranges"}) and fields <= _CLASSED_FIELDS
-            and all(low % 100 == 0 and high % 100 == 99 and 100 <= low <= high <= 599
-                    for low, high in filters.status_ranges))
+    return ((bool(filters.levels) or bool(filters.status_ranges)) and only(filters, CLASS_FIELDS)
+            and whole_classes(filters.status_ranges) is not None)
 
 
 def class_where(filters):

@@ -68,12 +68,12 @@ _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 
 TOP_ROUTES = 20
 EVERY = float("inf")  # a count of every match (planner.where_sql's `need`)
-# Filters the counters answer; any other sends the question to `entry`.
-_COUNTED = {"project_id", "container_id", "since", "until"}
 
 
 def from_counters(filters):
-    return all(item.field in _COUNTED for item, _ in filters.active)
+    """Whether the scope tiers answer (rollup.SCOPE_FIELDS); any other
+    filter sends the question to `entry`."""
+    return rollup.only(filters, rollup.SCOPE_FIELDS)
 
 
 def summary(filters, top_routes=TOP_ROUTES, sort="total"):
