@@ -268,6 +268,80 @@ def test_the_same_bulk_sent_at_once_through_both_workers_stores_each_id_once(ser
     assert sorted(e["data"]["message"] for e in found) == sorted(f"m{n}" for n in range(300))
 
 
+@pytest.mark.server
+def test_the_official_elasticsearch_client_bulk_helpers_store_and_retry_by_id(server):
+    import requests
+    from elasticsearch import Elasticsearch, helpers
+
+    es = Elasticsearch(server.url + "/elasticsearch", headers=ADMIN, request_timeout=30)
+    assert es.info()["version"]["number"].startswith("8.")
+    assert es.cluster.health()["status"] == "green"
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    actions = [{"_op_type": "create", "_index": "web", "_id": f"req-{n}",
+                "_source": {"@timestamp": now, "message": f"GET /v1/items/{n} 200",
+                            "projectId": "es-client", "service": {"name": "shop"},
+                            "http": {"request": {"method": "GET"},
+                                     "response": {"status_code": 200}},
+                            "url": {"path": f"/v1/items/{n}"}}}
+               for n in range(250)]
+    done, errors = helpers.bulk(es, actions, chunk_size=100, raise_on_error=False)
+    assert (done, errors) == (250, [])
+    # The same documents again: each a 409 (already stored), nothing twice.
+    done, errors = helpers.bulk(es, actions, chunk_size=100, raise_on_error=False)
+    assert done == 0 and len(errors) == 250
+    assert {next(iter(e.values()))["status"] for e in errors} == {409}
+    found = requests.get(server.url + LOGS, headers=ADMIN, timeout=10,
+                         params={"projectId": "es-client", "limit": 1000}).json()["entries"]
+    assert len(found) == 250
+    item = next(e for e in found if e["url"] == "/v1/items/7")
+    assert (item["method"], item["status"], item["serviceName"]) == ("GET", 200, "shop")
+
+
+def _configurations():
+    """The fenced blocks of docs/capture.md's shipper configurations, by
+    their language."""
+    page = (ROOT / "docs" / "capture.md").read_text()
+    section = page[page.index("### Shipper configurations"):]
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+
+
+def test_every_documented_shipper_configuration_parses_and_names_a_served_address(client):
+    import tomllib
+
+    import yaml
+
+    blocks = _configurations()
+    assert sorted({lang for lang, _ in blocks}) == ["alloy", "ini", "toml", "yaml"]
+    addresses = []
+    for lang, text in blocks:
+        if lang == "yaml":
+            config = yaml.safe_load(text)
+            if "exporters" in config:  # the Collector
+                addresses.append(config["exporters"]["otlphttp/logsvc"]["logs_endpoint"])
+            elif "clients" in config:  # Promtail
+                addresses.append(config["clients"][0]["url"])
+            else:  # Filebeat
+                out = config["output.elasticsearch"]
+                addresses.append(out["hosts"][0] + out["path"] + "/_bulk")
+        elif lang == "toml":
+            sinks = tomllib.loads(text)["sinks"]
+            loki, es = sinks["logsvc_loki"], sinks["logsvc_elasticsearch"]
+            addresses += [loki["endpoint"] + loki["path"], es["endpoints"][0] + "/_bulk"]
+        elif lang == "ini":  # Fluent Bit: Host, Port, Path
+            fields = dict(line.split(None, 1) for line in text.splitlines()[1:] if line.strip())
+            addresses.append(f"http://{fields['Host']}:{fields['Port']}{fields['Path']}/_bulk")
+        else:  # Alloy
+            addresses.append(re.search(r'url\s*=\s*"([^"]+)"', text).group(1))
+    assert len(addresses) == 7
+    adapter = client.application.url_map.bind("127.0.0.1:8080")
+    for address in addresses:
+        assert address.startswith("http://127.0.0.1:8080/"), address
+        path = address[len("http://127.0.0.1:8080"):]
+        # The route that takes what the shipper sends there (a POST).
+        endpoint, _ = adapter.match(path, method="POST")
+        assert endpoint.startswith("shippers."), (address, endpoint)
+
+
 def _documented_rsyslog_config(rsyslog_port, logsvc_port, errors):
     """docs/capture.md's rsyslog configuration, on the test's ports."""
     page = (ROOT / "docs" / "capture.md").read_text()

@@ -169,10 +169,10 @@ def _paths():
                                                   "in text (rsyslog asks it)", write, None, {
             "200": {"description": "One line", "content": {
                 "text/plain": {"schema": {"type": "string"}}}}})},
-        "/elasticsearch/_bulk": {"post": _es_bulk(write)},
-        "/elasticsearch/{index}/_bulk": {"post": {**_es_bulk(write),
-                                                   "parameters": [_path_param("index",
-                                                                              "string")]}},
+        "/elasticsearch/_bulk": {"post": _es_bulk(write), "put": _es_bulk(write)},
+        "/elasticsearch/{index}/_bulk": {method: {**_es_bulk(write),
+                                                  "parameters": [_path_param("index", "string")]}
+                                         for method in ("post", "put")},
         "/api/session": {
             "get": _op("The caller's scope (a session's or the header's)", read, None,
                        _json("Session")),

@@ -219,8 +219,10 @@ def es_cat_health():
                     headers=_ES_HEADERS)
 
 
-@blueprint.post("/elasticsearch/_bulk")
-@blueprint.post("/elasticsearch/<index>/_bulk")
+# Elasticsearch takes a bulk request by POST or PUT (the official Python
+# client sends PUT).
+@blueprint.route("/elasticsearch/_bulk", methods=["POST", "PUT"])
+@blueprint.route("/elasticsearch/<index>/_bulk", methods=["POST", "PUT"])
 def es_bulk(index=None):
     found = _writer()
     started = time.monotonic()
