@@ -44,6 +44,11 @@ _FIELDS = {
 }
 
 
+# name -> (the field it sets, its place among that field's names)
+_FIELD_OF = {name: (field, rank) for field, names in _FIELDS.items()
+             for rank, name in enumerate(names)}
+
+
 def level_of(word):
     if not isinstance(word, str):
         return None
@@ -66,12 +71,16 @@ def entry_from(attributes, message=None, ts_ms=None, level=None, trace_id=None,
     """An entry (ingest shape) of flat attributes and what the protocol
     gives beside them."""
     remaining = dict(attributes)
-    item = {}
-    for field, names in _FIELDS.items():
-        for name in names:
-            if name in remaining and remaining[name] not in (None, ""):
-                item[field] = remaining.pop(name)
-                break
+    # Each attribute is looked up once: the field it names, and how early
+    # its name comes among that field's names (the earliest present wins).
+    chosen = {}
+    for name, value in attributes.items():
+        named = _FIELD_OF.get(name)
+        if named is not None and value is not None and value != "":
+            field, rank = named
+            if field not in chosen or rank < chosen[field][0]:
+                chosen[field] = (rank, name)
+    item = {field: remaining.pop(name) for field, (_, name) in chosen.items()}
     path = remaining.pop("url.path", None)
     if "url" not in item and path is not None:
         query = remaining.pop("url.query", None)
@@ -137,8 +146,11 @@ def _any_value(value):
 def _attributes(items):
     out = {}
     for item in items or []:
-        if isinstance(item, dict) and isinstance(item.get("key"), str):
-            out[item["key"]] = _any_value(item.get("value"))
+        if isinstance(item, dict) and isinstance(key := item.get("key"), str):
+            value = item.get("value")
+            # Most attributes are strings: read without a call.
+            out[key] = value["stringValue"] if isinstance(value, dict) and \
+                "stringValue" in value else _any_value(value)
     return out
 
 
