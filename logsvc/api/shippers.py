@@ -58,25 +58,25 @@ def _store(entries, found, keys=None):
             "(LOGSVC_MAX_ENTRIES_PER_REQUEST); send smaller batches")
     if not config.idempotency_window_s:
         keys = None
+    scope = "*" if found.is_admin else found.scope_key
     ids, reasons, duplicates = [], [], set()
     for start in range(0, len(entries), _CHUNK):
         part = entries[start:start + _CHUNK]
         part_keys = keys[start:start + _CHUNK] if keys and any(keys) else None
-        known, sent, result = {}, list(range(len(part))), None
+        known, first_of, sent = {}, {}, list(range(len(part)))
         for _ in range(_ATTEMPTS):
             doc_keys = None
             if part_keys:
-                known = ingest.DocumentKeys("*" if found.is_admin else found.scope_key,
-                                            part_keys, config.idempotency_window_s).stored()
-                first_of, sent = {}, []
+                # Sent: the entries without a key, and the first of each key
+                # not stored yet.
+                known, first_of = ingest.DocumentKeys.stored(scope, part_keys), {}
                 for at, key in enumerate(part_keys):
-                    if key is None or (key not in known and key not in first_of):
-                        sent.append(at)
-                        if key is not None:
-                            first_of[key] = at
-                doc_keys = ingest.DocumentKeys(
-                    "*" if found.is_admin else found.scope_key,
-                    [part_keys[at] for at in sent], config.idempotency_window_s)
+                    if key is not None and key not in known:
+                        first_of.setdefault(key, at)
+                sent = [at for at, key in enumerate(part_keys)
+                        if key is None or first_of.get(key) == at]
+                doc_keys = ingest.DocumentKeys(scope, [part_keys[at] for at in sent],
+                                               config.idempotency_window_s)
             result = ingest.ingest([part[at] for at in sent], config, found.scope, key=doc_keys)
             if result is not ingest.DocumentKeys.AGAIN:
                 break
@@ -99,7 +99,7 @@ def _store(entries, found, keys=None):
                 reasons.append(None)
                 duplicates.add(start + at)
             else:  # the same key earlier in this request
-                first = next(i for i in sent if part_keys[i] == key)
+                first = first_of[key]
                 ids.append(stored.get(first))
                 reasons.append(refused.get(first))
                 if first in stored:

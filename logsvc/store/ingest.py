@@ -150,6 +150,10 @@ class IdempotencyKey:
                             "use a new key for a new batch")
         return orjson.loads(row[1])
 
+    def accept(self, answer, accepted):
+        """Before the write: the answer to keep (without its ids)."""
+        self.answer = dict(answer)
+
     def remember(self, first_id):
         """In the writing transaction: keep the answer. False if another
         request with this key committed first."""
@@ -172,11 +176,11 @@ class DocumentKeys:
     per entry: a document sent again under its key is not stored twice.
 
     `keys` runs beside the items of one `ingest` call (None: no key).
-    `stored(keys)` tells which were stored and as which entry. In the
-    writing transaction, `remember` adds the keys of the accepted entries;
-    when another request stored one of them meanwhile, nothing of this
-    request is stored and `ingest` returns AGAIN: the caller asks `stored`
-    again and sends the rest."""
+    `stored(scope, keys)` tells which keys were stored, as which entry. In
+    the writing transaction, `remember` adds the keys of the accepted
+    entries; when another request stored one of them meanwhile, nothing of
+    this request is stored and `ingest` returns AGAIN: the caller asks
+    `stored` again and sends the rest."""
 
     AGAIN = {"again": True}
 
@@ -186,22 +190,23 @@ class DocumentKeys:
         self.window_ms = window_s * 1000
         self.offsets = []  # (offset among the accepted entries, key)
         self.replayed = False
-        self.answer = None
 
-    def stored(self):
-        """{key: entry id} of the keys already stored, and not expired."""
-        wanted = sorted({k for k in self.keys if k is not None})
+    @staticmethod
+    def stored(scope, keys):
+        """{key: entry id} of `keys` already stored in `scope`, not expired."""
+        wanted = sorted({k for k in keys if k is not None})
         found = {}
         for start in range(0, len(wanted), 500):
             part = wanted[start:start + 500]
             marks = ", ".join("?" for _ in part)
             found.update(db.call(lambda part=part, marks=marks: db.execute(
                 f"SELECT key, answer FROM ingest_key WHERE scope = ? AND key IN ({marks}) "
-                f"AND expires_ms > ?", (self.scope, *part, entry.now_ms())).fetchall()))
+                f"AND expires_ms > ?", (scope, *part, entry.now_ms())).fetchall()))
         return {key: int(answer) for key, answer in found.items()}
 
-    def settle(self, accepted):
-        """Learn which items were accepted (their indexes, in order)."""
+    def accept(self, answer, accepted):
+        """Before the write: which items were accepted (their indexes, in
+        order), so that each key goes with its entry's id."""
         self.offsets = [(at, self.keys[index]) for at, index in enumerate(accepted)
                         if self.keys[index] is not None]
 
@@ -274,9 +279,7 @@ def ingest(items, config, scope=None, grouped=True, key=None):
               "firstId": None, "lastId": None}
     if accepted:
         if key is not None:
-            key.answer = dict(answer)
-            if isinstance(key, DocumentKeys):
-                key.settle(accepted_at)
+            key.accept(answer, accepted_at)
         if grouped and runtime.cooperative():
             stored = _committer().commit(accepted, key)
         else:
