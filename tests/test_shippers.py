@@ -419,6 +419,24 @@ def test_shippers_need_a_writer(client):
     for path in ("/otlp/v1/logs", "/loki/api/v1/push", "/elasticsearch/_bulk"):
         assert client.post(path, data=b"{}").status_code == 401
         assert client.post(path, data=b"{}", headers=reader).status_code == 403
+    # The bulk API by PUT, and the health answers, behind the same gate.
+    assert client.put("/elasticsearch/_bulk", data=b"{}").status_code == 401
+    assert client.put("/elasticsearch/web/_bulk", data=b"{}", headers=reader).status_code == 403
+    for path in ("/elasticsearch/_cat/health", "/elasticsearch/_cluster/health"):
+        refused = client.get(path)
+        assert refused.status_code == 401 and set(refused.json) == {"statusCode", "error",
+                                                                     "message"}
+        assert client.get(path, headers=reader).status_code == 403
+    health = client.get("/elasticsearch/_cat/health", headers=ADMIN)
+    assert health.status_code == 200 and " green " in health.get_data(as_text=True)
+
+
+def test_a_bulk_put_that_cannot_be_read_is_a_400_and_stores_nothing(client):
+    response = client.put("/elasticsearch/web/_bulk", data=b'{"index": {}}\n',
+                          headers={**ADMIN, "Content-Type": "application/x-ndjson"})
+    assert response.status_code == 400 and "no document" in response.json["message"]
+    assert set(response.json) == {"statusCode", "error", "message"}
+    assert entries(client) == []
 
 
 @pytest.mark.parametrize("body, named", [
