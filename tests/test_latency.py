@@ -189,6 +189,56 @@ def test_route_table_counts_calls_and_errors(store):
     assert [(r["route"], r["total"]) for r in requests] == [("/v1/users/{id}", 8),
                                                             ("/v1/teams/{id}", 1)]
 
+@pytest.mark.parametrize("params", [
+    {},  # every scope's counters
+    {"projectId": "p"},  # a project's
+    {"projectId": "p", "since": str(BASE + 30_000)},  # minutes counted from the entries
+    {"level": "info"},  # the counters by class
+    {"serviceName": "user-api,billing-api,webhook-svc"},  # counted from the entries
+])
+def test_percentiles_stay_within_the_exact_shortest_and_longest_call(store, params):
+    # A call that took 38.5 ms lies in a bucket whose middle is 38.611: a
+    # route of one call shows 38.5 at every percentile, and no percentile
+    # of a route or of the whole falls outside its calls' exact extremes.
+    calls = {"/v1/one": [38.5], "/v1/two": [100.0, 100.9],
+             "/v1/many": [round(3 + 0.37 * i, 3) for i in range(40)]}
+    entries, i = [], 0
+    for url, durations in calls.items():
+        for duration in durations:
+            entries.append(make_entry(i, tsMs=BASE + 60_000 + i * 1000, url=url,
+                                      projectId="p", durationMs=duration, kind="response",
+                                      status=200, level="info"))
+            i += 1
+    store.ingest(entries)
+    found = store.page(STATS, **params)
+    routes = {r["route"]: r for r in found["byRoute"]}
+    assert [routes["/v1/one"][f"p{p}"] for p in (50, 95, 99)] == [38.5, 38.5, 38.5]
+    for url, durations in calls.items():
+        for p in (50, 95, 99):
+            assert min(durations) <= routes[url][f"p{p}"] <= max(durations), (url, p)
+    everything = [d for durations in calls.values() for d in durations]
+    for p in (50, 90, 95, 99):
+        assert min(everything) <= found["latency"][f"p{p}"] <= max(everything), p
+    # Sorted by a percentile, the shown rows are in the order of their values.
+    by_p95 = store.page(STATS, sort="p95", **params)["byRoute"]
+    assert [r["route"] for r in by_p95] == ["/v1/two", "/v1/one", "/v1/many"]
+
+
+def test_the_shortest_call_bounds_a_percentile_from_the_counters(store):
+    # Three calls in one latency bucket (98.91 to 100.89 ms share it): the
+    # bucket's middle is below the shortest, so every percentile is that
+    # shortest.
+    store.ingest([make_entry(i, tsMs=BASE + i * 1000, url="/v1/x", durationMs=d,
+                             kind="response", status=200)
+                  for i, d in enumerate([100.5, 100.6, 100.7])])
+    assert sketch.bucket_of(100.5) == sketch.bucket_of(100.7)
+    assert sketch.value_of(sketch.bucket_of(100.5)) < 100.5
+    latency = store.page(STATS)["latency"]
+    route = store.page(STATS)["byRoute"][0]
+    assert latency["p50"] == route["p50"] == 100.5
+    assert latency["p99"] == route["p99"] == 100.5
+
+
 def test_slowest_pages_count_their_entries_exactly_from_the_counters(store, app):
     from logsvc.store.query import COUNT_CAP
 

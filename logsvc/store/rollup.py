@@ -695,17 +695,31 @@ def class_latency(filters, found):
 
 def latency_max(filters, counts):
     """The longest duration of the entries of `filters`, whose latency
-    buckets are `counts`: it lies in the highest bucket that holds one, and
-    the entries of that bucket are found through the latency bucket index."""
+    buckets are `counts` (see latency_extreme)."""
     top = max(counts, default=None)
-    if top is None:
-        return None
+    return None if top is None else latency_extreme(filters, top)
+
+
+def latency_extreme(filters, bucket, shortest=False, route=None, calls=False):
+    """The longest (`shortest`: the shortest) duration of the entries of
+    `filters` in latency bucket `bucket`, found through the latency bucket
+    index: the highest (lowest) bucket that holds a duration holds the
+    extreme. With `route` (stored), of that route's entries; `calls`: its
+    calls, as the route counters count them (no request entries)."""
     fields = {item.field for item, _ in filters.active}
     where, params = where_sql(filters, plain=fields - {"project_id"})
-    sql = f"SELECT MAX(e.duration_ms) FROM entry e WHERE {where} AND e.lat_bucket = ?"
-    found = [db.execute(part, [*values, top]).fetchone()[0]
-             for part, values in _with_sealed(sql, params, filters, bucket=top)]
-    return max((n for n in found if n is not None), default=None)
+    sql = (f"SELECT {'MIN' if shortest else 'MAX'}(e.duration_ms) FROM entry e "
+           f"WHERE {where} AND e.lat_bucket = ?")
+    params = [*params, bucket]
+    if route is not None:
+        sql += " AND e.route = ?"
+        params.append(route)
+        if calls:
+            sql += f" AND e.kind NOT IN ({_either('kind', 'request')})"
+    found = [db.execute(part, values).fetchone()[0]
+             for part, values in _with_sealed(sql, params, filters, bucket=bucket)]
+    found = [n for n in found if n is not None]
+    return (min if shortest else max)(found, default=None)
 
 
 def class_routes(filters, found):

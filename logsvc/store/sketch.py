@@ -18,7 +18,10 @@ so that counts over raw rows use the very same layout.
 
 Percentiles are nearest-rank: p95 of n durations is the ceil(0.95·n)-th
 smallest. The answer is the representative of the bucket holding that
-rank, capped at the exact maximum.
+rank, kept within the exact minimum and maximum: only the lowest and the
+highest bucket's representative can lie outside them (every duration of
+a bucket in between is above the minimum and below the maximum), so the
+exact extremes are asked for only when an answer falls in one of those.
 """
 import math
 from bisect import bisect_left
@@ -115,32 +118,65 @@ def merge_stored(a, b):
     return orjson.dumps(x).decode() if x else None
 
 
-def percentiles(counts, ps, total=None, maximum=None):
+def percentiles(counts, ps, total=None, maximum=None, minimum=None):
     """{p: the nearest-rank p-th percentile} of a {bucket: count} sketch
-    for each p of `ps`, in one walk over its buckets (None when empty)."""
+    for each p of `ps`, in one walk over its buckets (None when empty),
+    within `minimum` and `maximum`: the exact extremes, each a number, or
+    a function called (once) only when an answer falls in the lowest or
+    the highest bucket."""
     total = sum(counts.values()) if total is None else total
     if total <= 0:
         return dict.fromkeys(ps)
+    highest = _Bound(maximum)
+    lowest = _Bound(minimum)
+    first, last = min(counts), max(counts)
     ranks = sorted((max(1, math.ceil(p / 100 * total)), p) for p in ps)
     out, seen, at = {}, 0, 0
     for bucket in sorted(counts):
         seen += counts[bucket]
         while at < len(ranks) and seen >= ranks[at][0]:
             value = value_of(bucket)
-            out[ranks[at][1]] = _rounded(value if maximum is None else min(value, maximum))
+            if bucket == last or not highest.lazy:
+                value = highest.cap(value)
+            if bucket == first:
+                value = lowest.floor(value)
+            out[ranks[at][1]] = _rounded(value)
             at += 1
         if at == len(ranks):
             break
     for _, p in ranks[at:]:  # counts that do not add up to `total`
-        out[p] = _rounded(maximum) if maximum is not None else None
+        longest = highest.value()
+        out[p] = _rounded(longest) if longest is not None else None
     return out
 
 
-def summary(counts, maximum, ps=PERCENTILES):
-    """{count, p50, p90, p95, p99, max} of a sketch and its exact maximum."""
+class _Bound:
+    """An exact extreme given as a number, or as a function asked once."""
+
+    def __init__(self, given):
+        self.lazy = callable(given)
+        self._given, self._known = given, not self.lazy
+
+    def value(self):
+        if not self._known:
+            self._given, self._known = self._given(), True
+        return self._given
+
+    def cap(self, value):
+        bound = self.value()
+        return value if bound is None else min(value, bound)
+
+    def floor(self, value):
+        bound = self.value()
+        return value if bound is None else max(value, bound)
+
+
+def summary(counts, maximum, ps=PERCENTILES, minimum=None):
+    """{count, p50, p90, p95, p99, max} of a sketch and its exact maximum
+    (percentiles within `minimum` too: see percentiles)."""
     total = sum(counts.values())
     out = {"count": total}
-    out.update((f"p{p}", v) for p, v in percentiles(counts, ps, total, maximum).items())
+    out.update((f"p{p}", v) for p, v in percentiles(counts, ps, total, maximum, minimum).items())
     out["max"] = _whole(maximum) if total and maximum is not None else None
     return out
 

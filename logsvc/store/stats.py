@@ -42,6 +42,7 @@ sketches of the same rows, merged (sketch.py).
 (rollup.latency, rollup.routes); percentiles are within 1 % of the exact
 nearest-rank value, and `max` is exact.
 """
+import math
 import operator
 from collections import Counter
 
@@ -106,11 +107,15 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
             counts, longest = rollup.class_latency(f, _found)
             routes = rollup.class_routes(f, _found)
         else:
-            result, counts, longest, routes = _raw_summary(
+            result, counts, longest, routes, spans = _raw_summary(
                 *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f),
                 requests="request" in f.kinds)
-        result["latency"] = sketch.summary(counts, longest)
-        result["byRoute"] = _by_route(routes, top_routes, sort)
+            result["latency"] = sketch.summary(counts, longest, minimum=spans.pop(None, (None,))[0])
+            result["byRoute"] = _by_route(routes, top_routes, sort,
+                                          lambda route, _: spans.get(route))
+            return result
+        result["latency"] = sketch.summary(counts, longest, minimum=_shortest(f, counts))
+        result["byRoute"] = _by_route(routes, top_routes, sort, _route_spans(f))
         return result
     return db.read(run)
 
@@ -144,7 +149,7 @@ def measure(filters, metric):
                 counts, longest = rollup.latency(f.project_id, f.container_id, f.since, f.until)
             else:
                 counts, longest = rollup.class_latency(f, _found)
-            return sketch.summary(counts, longest)
+            return sketch.summary(counts, longest, minimum=_shortest(f, counts))
         return db.read(latency)
     found = summary(f, top_routes=1)
     return {"total": found["total"], "errors": found["byLevel"].get("error", 0),
@@ -160,19 +165,49 @@ def _found(filters):
 ROUTE_SORTS = ("total", "errors", "errorRate", "timed", "p50", "p95", "p99", "route")
 
 
-def _by_route(routes, top, sort="total"):
+def _shortest(filters, counts):
+    """The exact shortest duration of the entries of `filters` (latency
+    buckets `counts`), asked for only when a percentile needs it."""
+    return lambda: rollup.latency_extreme(filters, min(counts), shortest=True)
+
+
+def _route_spans(filters):
+    """spans(route) -> (shortest, longest) of a route's calls among the
+    entries of `filters`, each a function asked only when a percentile
+    needs it (sketch.percentiles), found through the latency bucket index."""
+    def spans(route, buckets):
+        return (lambda: rollup.latency_extreme(filters, min(buckets), shortest=True,
+                                               route=route, calls=True),
+                lambda: rollup.latency_extreme(filters, max(buckets), route=route, calls=True))
+    return spans
+
+
+def _by_route(routes, top, sort="total", spans=None):
     """The `top` routes by `sort` (ROUTE_SORTS), highest first (`route`:
-    by name); ties by name. By calls, only the busiest rows are worked out."""
+    by name); ties by name. By calls, only the busiest rows are worked out.
+    `spans(route, buckets)`: the exact (shortest, longest) duration of a
+    route's calls, which its percentiles stay within; by a percentile, the
+    routes are ranked by their sketches and the shown ones then kept within
+    their extremes (which moves a value by less than 1 %)."""
     shown = names.shower()  # stored routes (names.py) by name
-    ranked = sorted(((shown(route), counts) for route, counts in routes.items()
-                     if counts[0] > 0), key=lambda item: (-item[1][0], item[0]))
-    rows = [_route_row(route, counts)
+    ranked = sorted(((route, counts) for route, counts in routes.items()
+                     if counts[0] > 0), key=lambda item: (-item[1][0], shown(item[0])))
+    rows = [(route, _route_row(shown(route), counts))
             for route, counts in (ranked[:top] if sort == "total" else ranked)]
     if sort == "route":
-        rows.sort(key=lambda row: row["route"])
+        rows.sort(key=lambda row: row[1]["route"])
     elif sort != "total":
-        rows.sort(key=lambda row: (row[sort] is None, -(row[sort] or 0), row["route"]))
-    return rows[:top]
+        rows.sort(key=lambda row: _sort_key(row[1], sort))
+    rows = rows[:top]
+    if spans is not None:
+        for route, row in rows:
+            buckets = routes[route][2]
+            if buckets:
+                row.update((f"p{p}", v) for p, v in sketch.percentiles(
+                    buckets, (50, 95, 99), row["timed"], *_pair(spans(route, buckets))).items())
+        if sort not in ("total", "route"):
+            rows.sort(key=lambda row: _sort_key(row[1], sort))
+    return [row for _, row in rows]
 
 
 def _route_row(route, counts):
@@ -182,6 +217,16 @@ def _route_row(route, counts):
            "errorRate": round(errors / calls, 4)}
     row.update((f"p{p}", v) for p, v in sketch.percentiles(buckets, (50, 95, 99), timed).items())
     return row
+
+
+def _sort_key(row, sort):
+    return (row[sort] is None, -(row[sort] or 0), row["route"])
+
+
+def _pair(span):
+    """(maximum, minimum) for sketch.percentiles from (shortest, longest)."""
+    shortest, longest = span if span is not None else (None, None)
+    return longest, shortest
 
 
 def histogram(bucket, filters):
@@ -287,6 +332,7 @@ _SCOPE_OF = operator.itemgetter(0, 1, 2)
 _VALUES_OF = operator.itemgetter(3, 4, 5, 6)
 _ROUTE_OF = operator.itemgetter(7, 8, 3, 4)  # route, latency bucket, level, kind
 _DURATION_OF = operator.itemgetter(9)
+_SPAN_OF = operator.itemgetter(7, 4, 9)  # route, kind, duration
 _CHUNK = 10_000
 _ORDER = {"byLevel": LEVELS, "byKind": KINDS, "byStatus": STATUS_CLASSES, "bySource": SOURCES}
 
@@ -308,11 +354,14 @@ def _sealed_rows(filters):
 
 def _raw_summary(where, params, sealed=(), requests=False):
     """(summary, {latency bucket: count}, longest, routes as rollup.routes
-    gives them) of the entries matching `where`, and the `sealed` rows
+    gives them, {route: (shortest, longest) of its calls, None: of every
+    entry}) of the entries matching `where`, and the `sealed` rows
     (_sealed_rows) beside them. A route counts calls, not request entries,
     unless `requests` (the question asks for requests)."""
     scopes, values, routes = Counter(), Counter(), Counter()
     longest = -1.0  # durations are never negative
+    spans = {}
+    skipped = () if requests else {names.lettered("kind", "request"), "request"}
     cursor = db.execute(_RAW_SQL.format(where=where), params)
     if sealed:
         rows = [row[:10] for row in sealed]
@@ -320,11 +369,13 @@ def _raw_summary(where, params, sealed=(), requests=False):
         values.update(map(_VALUES_OF, rows))
         routes.update(map(_ROUTE_OF, rows))
         longest = max(longest, max(map(_DURATION_OF, rows)))
+        _add_spans(spans, rows, skipped)
     while rows := cursor.fetchmany(_CHUNK):
         scopes.update(map(_SCOPE_OF, rows))
         values.update(map(_VALUES_OF, rows))
         routes.update(map(_ROUTE_OF, rows))
         longest = max(longest, max(map(_DURATION_OF, rows)))
+        _add_spans(spans, rows, skipped)
     result = _empty()
     _add_scopes(result, ((*key, n) for key, n in scopes.items()))
     result["total"] = scopes.total()
@@ -349,7 +400,29 @@ def _raw_summary(where, params, sealed=(), requests=False):
             into[1] += n
         if bucket is not None:
             into[2][bucket] = into[2].get(bucket, 0) + n
-    return result, counts, (longest if longest >= 0 else None), by_route
+    return result, counts, (longest if longest >= 0 else None), by_route, spans
+
+
+def _add_spans(spans, rows, skipped):
+    """Widen spans ({route: (shortest, longest)}, None: every entry) by
+    the durations of `rows` (_RAW_SQL's); a route's without the kinds in
+    `skipped`."""
+    timed = [row for row in rows if row[9] >= 0]
+    if not timed:
+        return
+    durations = list(map(_DURATION_OF, timed))
+    low, high = spans.get(None, (math.inf, -math.inf))
+    spans[None] = (min(low, min(durations)), max(high, max(durations)))
+    for route, kind, duration in map(_SPAN_OF, timed):
+        if route is None or kind in skipped:
+            continue
+        span = spans.get(route)
+        if span is None:
+            spans[route] = (duration, duration)
+        elif duration < span[0]:
+            spans[route] = (duration, span[1])
+        elif duration > span[1]:
+            spans[route] = (span[0], duration)
 
 
 def _histogram(bucket, since, until, filters):
