@@ -700,26 +700,67 @@ def latency_max(filters, counts):
     return None if top is None else latency_extreme(filters, top)
 
 
-def latency_extreme(filters, bucket, shortest=False, route=None, calls=False):
+def latency_extreme(filters, bucket, shortest=False):
     """The longest (`shortest`: the shortest) duration of the entries of
     `filters` in latency bucket `bucket`, found through the latency bucket
     index: the highest (lowest) bucket that holds a duration holds the
-    extreme. With `route` (stored), of that route's entries; `calls`: its
-    calls, as the route counters count them (no request entries)."""
-    fields = {item.field for item, _ in filters.active}
-    where, params = where_sql(filters, plain=fields - {"project_id"})
+    extreme."""
+    where, params = _by_bucket(filters)
     sql = (f"SELECT {'MIN' if shortest else 'MAX'}(e.duration_ms) FROM entry e "
            f"WHERE {where} AND e.lat_bucket = ?")
-    params = [*params, bucket]
-    if route is not None:
-        sql += " AND e.route = ?"
-        params.append(route)
-        if calls:
-            sql += f" AND e.kind NOT IN ({_either('kind', 'request')})"
     found = [db.execute(part, values).fetchone()[0]
-             for part, values in _with_sealed(sql, params, filters, bucket=bucket)]
+             for part, values in _with_sealed(sql, [*params, bucket], filters, bucket=bucket)]
     found = [n for n in found if n is not None]
     return (min if shortest else max)(found, default=None)
+
+
+def _by_bucket(filters):
+    """where_sql of `filters` written so that the latency bucket index
+    (with the project, when there is one) is the one used."""
+    fields = {item.field for item, _ in filters.active}
+    return where_sql(filters, plain=fields - {"project_id"})
+
+
+def route_extremes(filters, wanted, found=None):
+    """{route: (shortest, longest)} of the calls (as the route counters
+    count them: no request entries) of the entries of `filters`, for the
+    routes of `wanted` ({stored route: (lowest bucket or None, highest
+    bucket or None)}): the shortest of the lowest bucket, the longest of
+    the highest, in one statement. With `found` (filters -> condition and
+    params over `entry e`, as the class readers take it), read through it
+    (a scan of the matching entries: the choice when they are few); else
+    through the latency bucket index, every bucket of it asked for."""
+    buckets = sorted({b for pair in wanted.values() for b in pair if b is not None})
+    routes = list(wanted)
+    where, params = found(filters) if found is not None else _by_bucket(filters)
+
+    def statement(among):
+        return (f"SELECT e.route, e.lat_bucket, MIN(e.duration_ms), MAX(e.duration_ms) "
+                f"FROM entry e WHERE {where} AND e.lat_bucket IN ({', '.join('?' for _ in among)}) "
+                f"AND e.route IN ({', '.join('?' for _ in routes)}) "
+                f"AND e.kind NOT IN ({_either('kind', 'request')}) "
+                "GROUP BY e.route, e.lat_bucket", [*params, *among, *routes])
+    rows = list(db.execute(*statement(buckets)).fetchall())
+    # Sealed entries: staged with the filters (those found by a scan), or
+    # a bucket at a time, each read as soon as it is staged.
+    if found is not None:
+        if segments.stage(filters):
+            sql, values = statement(buckets)
+            rows += db.execute(segments.twin(sql), values).fetchall()
+    else:
+        for bucket in buckets:
+            if segments.stage(filters, bucket):
+                sql, values = statement([bucket])
+                rows += db.execute(segments.twin(sql), values).fetchall()
+    out = {route: [None, None] for route in wanted}
+    for route, bucket, low, high in rows:
+        lowest, highest = wanted[route]
+        span = out[route]
+        if bucket == lowest and (span[0] is None or low < span[0]):
+            span[0] = low
+        if bucket == highest and (span[1] is None or high > span[1]):
+            span[1] = high
+    return {route: tuple(span) for route, span in out.items()}
 
 
 def class_routes(filters, found):

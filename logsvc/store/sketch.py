@@ -150,6 +150,19 @@ def percentiles(counts, ps, total=None, maximum=None, minimum=None):
     return out
 
 
+def extremes_needed(counts, ps, total=None):
+    """(the lowest bucket, the highest) of a {bucket: count} sketch, each
+    None unless a percentile of `ps` falls in it: only there can an answer
+    lie outside the exact extremes (see percentiles)."""
+    total = sum(counts.values()) if total is None else total
+    if total <= 0 or not counts:
+        return None, None
+    ranks = [max(1, math.ceil(p / 100 * total)) for p in ps]
+    first, last = min(counts), max(counts)
+    return (first if min(ranks) <= counts[first] else None,
+            last if max(ranks) > total - counts[last] else None)
+
+
 class _Bound:
     """An exact extreme given as a number, or as a function asked once."""
 

@@ -111,11 +111,11 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
                 *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f),
                 requests="request" in f.kinds)
             result["latency"] = sketch.summary(counts, longest, minimum=spans.pop(None, (None,))[0])
-            result["byRoute"] = _by_route(routes, top_routes, sort,
-                                          lambda route, _: spans.get(route))
+            result["byRoute"] = _by_route(routes, top_routes, sort, lambda wanted: spans)
             return result
         result["latency"] = sketch.summary(counts, longest, minimum=_shortest(f, counts))
-        result["byRoute"] = _by_route(routes, top_routes, sort, _route_spans(f))
+        result["byRoute"] = _by_route(routes, top_routes, sort,
+                                      _route_spans(f, sum(counts.values())))
         return result
     return db.read(run)
 
@@ -171,62 +171,73 @@ def _shortest(filters, counts):
     return lambda: rollup.latency_extreme(filters, min(counts), shortest=True)
 
 
-def _route_spans(filters):
-    """spans(route) -> (shortest, longest) of a route's calls among the
-    entries of `filters`, each a function asked only when a percentile
-    needs it (sketch.percentiles), found through the latency bucket index."""
-    def spans(route, buckets):
-        return (lambda: rollup.latency_extreme(filters, min(buckets), shortest=True,
-                                               route=route, calls=True),
-                lambda: rollup.latency_extreme(filters, max(buckets), route=route, calls=True))
-    return spans
+# Up to this many timed entries, the exact extremes of the routes are read
+# by a scan of the question's entries; past it, through the latency bucket
+# index (see rollup.route_extremes).
+SCANNED_EXTREMES = 20_000
+
+
+def _route_spans(filters, timed):
+    """spans(wanted) -> {route: (shortest, longest)} of the routes' calls
+    among the entries of `filters` (`timed` of them have a duration), in
+    one statement (rollup.route_extremes)."""
+    found = _found if timed <= SCANNED_EXTREMES else None
+    return lambda wanted: rollup.route_extremes(filters, wanted, found)
+
+
+_ROUTE_PS = (50, 95, 99)
 
 
 def _by_route(routes, top, sort="total", spans=None):
     """The `top` routes by `sort` (ROUTE_SORTS), highest first (`route`:
-    by name); ties by name. By calls, only the busiest rows are worked out.
-    `spans(route, buckets)`: the exact (shortest, longest) duration of a
-    route's calls, which its percentiles stay within; by a percentile, the
-    routes are ranked by their sketches and the shown ones then kept within
-    their extremes (which moves a value by less than 1 %)."""
+    by name); ties by name. By calls or by name, only the shown rows are
+    worked out. `spans(wanted)`: the exact (shortest, longest) duration of
+    the calls of each route of `wanted` ({route: (lowest bucket, highest
+    bucket)}, each None when no percentile falls in it), which its
+    percentiles stay within; by another column, the routes are ranked by
+    their sketches and the shown ones then kept within their extremes
+    (which moves a value by less than 1 %)."""
     shown = names.shower()  # stored routes (names.py) by name
     ranked = sorted(((route, counts) for route, counts in routes.items()
                      if counts[0] > 0), key=lambda item: (-item[1][0], shown(item[0])))
-    rows = [(route, _route_row(shown(route), counts))
-            for route, counts in (ranked[:top] if sort == "total" else ranked)]
-    if sort == "route":
-        rows.sort(key=lambda row: row[1]["route"])
-    elif sort != "total":
-        rows.sort(key=lambda row: _sort_key(row[1], sort))
-    rows = rows[:top]
-    if spans is not None:
-        for route, row in rows:
-            buckets = routes[route][2]
-            if buckets:
-                row.update((f"p{p}", v) for p, v in sketch.percentiles(
-                    buckets, (50, 95, 99), row["timed"], *_pair(spans(route, buckets))).items())
-        if sort not in ("total", "route"):
-            rows.sort(key=lambda row: _sort_key(row[1], sort))
-    return [row for _, row in rows]
+    if sort in ("total", "route"):
+        if sort == "route":
+            ranked.sort(key=lambda item: shown(item[0]))
+        chosen = ranked[:top]
+        found = _spans_of(chosen, spans)
+        return [_route_row(shown(route), counts, found.get(route)) for route, counts in chosen]
+    rows = sorted(((route, _route_row(shown(route), counts)) for route, counts in ranked),
+                  key=lambda row: _sort_key(row[1], sort))[:top]
+    found = _spans_of([(route, routes[route]) for route, _ in rows], spans)
+    rows = [_route_row(row["route"], routes[route], found[route]) if route in found else row
+            for route, row in rows]
+    return sorted(rows, key=lambda row: _sort_key(row, sort))
 
 
-def _route_row(route, counts):
+def _spans_of(chosen, spans):
+    """{route: (shortest, longest)} of the routes of `chosen` ((route,
+    counts) pairs) whose percentiles need them."""
+    wanted = {}
+    for route, (_, _, buckets) in chosen:
+        pair = sketch.extremes_needed(buckets, _ROUTE_PS)
+        if pair != (None, None):
+            wanted[route] = pair
+    return spans(wanted) if spans is not None and wanted else {}
+
+
+def _route_row(route, counts, span=None):
     calls, errors, buckets = counts
     timed = sum(buckets.values())
     row = {"route": route, "total": calls, "errors": errors, "timed": timed,
            "errorRate": round(errors / calls, 4)}
-    row.update((f"p{p}", v) for p, v in sketch.percentiles(buckets, (50, 95, 99), timed).items())
+    shortest, longest = span or (None, None)
+    row.update((f"p{p}", v) for p, v in
+               sketch.percentiles(buckets, _ROUTE_PS, timed, longest, shortest).items())
     return row
 
 
 def _sort_key(row, sort):
     return (row[sort] is None, -(row[sort] or 0), row["route"])
-
-
-def _pair(span):
-    """(maximum, minimum) for sketch.percentiles from (shortest, longest)."""
-    shortest, longest = span if span is not None else (None, None)
-    return longest, shortest
 
 
 def histogram(bucket, filters):
