@@ -224,6 +224,28 @@ def test_percentiles_stay_within_the_exact_shortest_and_longest_call(store, para
     assert [r["route"] for r in by_p95] == ["/v1/two", "/v1/one", "/v1/many"]
 
 
+def test_with_many_timed_entries_the_extremes_come_through_the_latency_index(store):
+    # Past stats.SCANNED_EXTREMES timed entries, a route's extremes are
+    # read through the latency bucket index rather than by a scan.
+    from logsvc.store.stats import SCANNED_EXTREMES
+
+    rng = random.Random(3)
+    busy = [round(rng.uniform(1, 400), 3) for _ in range(SCANNED_EXTREMES + 500)]
+    entries = [make_entry(i, tsMs=BASE + i * 10, url="/v1/busy", durationMs=d,
+                          kind="response", status=200) for i, d in enumerate(busy)]
+    for at, (url, duration) in enumerate([("/v1/one", 38.5), ("/v1/two", 100.5),
+                                          ("/v1/two", 100.6)]):
+        entries.append(make_entry(len(entries), tsMs=BASE + at, url=url, durationMs=duration,
+                                  kind="response", status=200))
+    for start in range(0, len(entries), 5000):
+        store.ingest(entries[start:start + 5000])
+    for params in ({}, {"since": str(BASE - 1)}, {"sort": "p95"}):
+        routes = {r["route"]: r for r in store.page(STATS, **params)["byRoute"]}
+        assert [routes["/v1/one"][f"p{p}"] for p in (50, 95, 99)] == [38.5] * 3, params
+        assert all(100.5 <= routes["/v1/two"][f"p{p}"] <= 100.6 for p in (50, 95, 99))
+        assert min(busy) <= routes["/v1/busy"]["p50"] <= routes["/v1/busy"]["p99"] <= max(busy)
+
+
 def test_the_shortest_call_bounds_a_percentile_from_the_counters(store):
     # Three calls in one latency bucket (98.91 to 100.89 ms share it): the
     # bucket's middle is below the shortest, so every percentile is that
