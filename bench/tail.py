@@ -12,7 +12,12 @@ which every delivery includes.
 
 Memory per idle subscriber: the workers' resident anonymous memory
 (RssAnon: the heap, not the file pages SQLite reads) before and after the
-streams are opened, before any entry is written, divided by their number.
+streams are opened, before any entry is written, divided by their number
+("all"); and what the second half of the streams added, divided by their
+number ("each"): what one more stream costs. Before either, both workers
+are warmed by concurrent requests, so that what a worker sets up once
+whatever the number of streams (its tailer and ring, its database threads
+and their connections) is in place.
 `--soak N` then keeps the load on for N seconds and samples the same figure
 every 10 s.
 
@@ -51,6 +56,16 @@ def rss_kib(pids, field="RssAnon:"):
                 if line.startswith(field):
                     total += int(line.split()[1])
     return total
+
+
+def warm(server, concurrent=32):
+    """Bring both workers to the state any traffic leaves them in: their
+    tailer and ring, and every database thread with its connection (asked
+    for together, so that each worker's pool grows to its size)."""
+    def ask():
+        for _ in range(4):
+            requests.get(server.url + "/api/proxy-logs/_logs?limit=1", headers=HEADERS)
+    gevent.joinall([gevent.spawn(ask) for _ in range(concurrent)])
 
 
 def worker_pids(server):
@@ -132,23 +147,30 @@ def main():
         try:
             port = int(server.url.rsplit(":", 1)[1])
             pids = worker_pids(server)
-            for _ in range(5):  # warm both workers (tailer, pools)
-                requests.get(server.url + "/api/proxy-logs/_logs?limit=1", headers=HEADERS)
+            warm(server)
             before = rss_kib(pids)
             latencies, ready, failures = [], [], []
-            readers = [gevent.spawn(subscribe, port, f"c{i}", latencies, ready, failures)
-                       for i in range(args.subscribers)]
-            deadline = time.time() + 60
-            while len(ready) < args.subscribers:
-                if time.time() > deadline:
-                    raise SystemExit(f"only {len(ready)} of {args.subscribers} streams opened: "
-                                     f"{failures[:3]}")
-                gevent.sleep(0.1)
-            gevent.sleep(1)
+            half = args.subscribers // 2
+            readers = []
+            for upto in (half, args.subscribers):
+                readers += [gevent.spawn(subscribe, port, f"c{i}", latencies, ready, failures)
+                            for i in range(len(readers), upto)]
+                deadline = time.time() + 60
+                while len(ready) < upto:
+                    if time.time() > deadline:
+                        raise SystemExit(f"only {len(ready)} of {upto} streams opened: "
+                                         f"{failures[:3]}")
+                    gevent.sleep(0.1)
+                gevent.sleep(1)
+                if upto == half:
+                    middle = rss_kib(pids)
             after = rss_kib(pids)
             per_sub = (after - before) / args.subscribers
-            print(f"memory: {per_sub:.1f} KiB per idle subscriber "
-                  f"({before / 1024:.0f} -> {after / 1024:.0f} MiB in both workers)")
+            each = (after - middle) / (args.subscribers - half)
+            print(f"memory: {per_sub:.1f} KiB per idle subscriber, all; {each:.1f} KiB each "
+                  f"of the second {args.subscribers - half:,} "
+                  f"({before / 1024:.0f} -> {middle / 1024:.0f} -> {after / 1024:.0f} MiB "
+                  "in both workers)")
             acks = []
             total = write(server.url, args.rate, args.seconds, args.subscribers, acks, [])
             gevent.sleep(1)
@@ -185,21 +207,27 @@ def idle(n, period=5, seconds=30):
         try:
             port = int(server.url.rsplit(":", 1)[1])
             pids = worker_pids(server)
-            for _ in range(5):
-                requests.get(server.url + "/api/proxy-logs/_logs?limit=1", headers=HEADERS)
+            warm(server)
             before = rss_kib(pids)
             ready, failures = [], []
             beats = [[] for _ in range(n)]
-            readers = [gevent.spawn(subscribe, port, f"c{i}", [], ready, failures, beats[i])
-                       for i in range(n)]
-            deadline = time.time() + 120
-            while len(ready) + len(failures) < n and time.time() < deadline:
-                gevent.sleep(0.2)
+            readers = []
+            for upto in (n // 2, n):
+                readers += [gevent.spawn(subscribe, port, f"c{i}", [], ready, failures, beats[i])
+                            for i in range(len(readers), upto)]
+                deadline = time.time() + 120
+                while len(ready) + len(failures) < upto and time.time() < deadline:
+                    gevent.sleep(0.2)
+                gevent.sleep(1)
+                if upto < n:
+                    middle, opened = rss_kib(pids), len(ready)
             after = rss_kib(pids)
             refused = sum(1 for f in failures if isinstance(f, bytes) and b"429" in f)
             print(f"idle: {len(ready):,} of {n:,} streams open ({refused:,} refused with 429, "
                   f"{len(failures) - refused} failed otherwise); "
-                  f"{(after - before) / max(1, len(ready)):.1f} KiB per stream")
+                  f"{(after - before) / max(1, len(ready)):.1f} KiB per stream, all; "
+                  f"{(after - middle) / max(1, len(ready) - opened):.1f} KiB each of the second "
+                  "half")
             for beat in beats:
                 del beat[:]
             gevent.sleep(seconds)
