@@ -123,6 +123,23 @@ def test_a_loki_push_stores_each_line_with_its_labels(client):
     assert [e["tsMs"] for e in found] == [1_800_000_000_000, 1_800_000_001_000]
 
 
+def test_a_duration_in_loki_metadata_is_the_entrys_duration(client):
+    # Loki's structured metadata are strings: a duration spelled as one is
+    # the entry's duration (in the unit its name says); one that is not a
+    # number stays in data.
+    push = {"streams": [{"stream": {"projectId": "shop"}, "values": [
+        ["1800000000000000000", "a", {"durationMs": "12.5", "http.route": "/v1/cart"}],
+        ["1800000001000000000", "b", {"http.server.request.duration": "0.25"}],
+        ["1800000002000000000", "c", {"durationMs": "slow"}],
+        ["1800000003000000000", "d", {"durationMs": "nan"}]]}]}
+    assert client.post("/loki/api/v1/push", json=push, headers=ADMIN).status_code == 204
+    found = entries(client, order="asc")
+    assert [e["durationMs"] for e in found] == [12.5, 250, None, None]
+    assert [e["data"].get("durationMs") for e in found] == [None, None, "slow", "nan"]
+    stats = client.get("/api/proxy-logs/_logs/stats", headers=ADMIN).json
+    assert stats["latency"]["count"] == 2 and stats["latency"]["max"] == 250
+
+
 def test_a_loki_push_in_snappy_protobuf_as_promtail_sends_it(client):
     from logsvc.api.lokiproto import encode_push_request
 

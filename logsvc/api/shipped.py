@@ -15,6 +15,7 @@ to the project `default`, as any entry that names none.
 """
 import base64
 import datetime
+import math
 
 from logsvc.entry import LEVELS
 
@@ -23,6 +24,7 @@ MAX_DATA_KEYS = 200
 # OpenTelemetry severity numbers (1-24) by the level they fall in.
 _SEVERITY = {range(1, 9): "debug", range(9, 13): "info", range(13, 17): "warn",
              range(17, 25): "error"}
+_LEVEL_OF_NUMBER = {number: level for span, level in _SEVERITY.items() for number in span}
 _LEVEL_WORDS = {"trace": "debug", "debug": "debug", "info": "info", "information": "info",
                 "notice": "info", "warn": "warn", "warning": "warn", "error": "error",
                 "err": "error", "fatal": "error", "critical": "error", "crit": "error",
@@ -47,6 +49,29 @@ _FIELDS = {
 # name -> (the field it sets, its place among that field's names)
 _FIELD_OF = {name: (field, rank) for field, names in _FIELDS.items()
              for rank, name in enumerate(names)}
+
+
+# Names of a duration, with what turns their unit into milliseconds.
+_DURATIONS = (("durationMs", 1), ("duration_ms", 1), ("http.duration_ms", 1),
+              ("event.duration", 1e-6), ("http.server.request.duration", 1000),
+              ("duration", 1000))
+
+
+def _number(value):
+    """A duration's number: an int or a float, or a string that spells one
+    (Loki's structured metadata and syslog's structured data are strings);
+    None for anything else, which then stays in `data`."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str) and value and len(value) <= 32:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
 
 
 def level_of(word):
@@ -98,13 +123,13 @@ def entry_from(attributes, message=None, ts_ms=None, level=None, trace_id=None,
         item["level"] = level
     if trace_id and "traceId" not in item:
         item["traceId"] = trace_id
-    for name, scale in (("durationMs", 1), ("duration_ms", 1), ("http.duration_ms", 1),
-                        ("event.duration", 1e-6), ("http.server.request.duration", 1000),
-                        ("duration", 1000)):
-        if name in remaining and isinstance(remaining[name], (int, float)) \
-                and not isinstance(remaining[name], bool):
-            duration_ms = remaining.pop(name) * scale
-            break
+    for name, scale in _DURATIONS:
+        if name in remaining:
+            number = _number(remaining[name])
+            if number is not None:
+                remaining.pop(name)
+                duration_ms = number * scale
+                break
     if duration_ms is not None:
         item["durationMs"] = duration_ms
     if ts_ms is not None:
@@ -145,12 +170,18 @@ def _any_value(value):
 
 def _attributes(items):
     out = {}
-    for item in items or []:
-        if isinstance(item, dict) and isinstance(key := item.get("key"), str):
-            value = item.get("value")
+    for item in items or ():
+        try:
             # Most attributes are strings: read without a call.
-            out[key] = value["stringValue"] if isinstance(value, dict) and \
-                "stringValue" in value else _any_value(value)
+            key, value = item["key"], item["value"]["stringValue"]
+        except (KeyError, TypeError):
+            if not isinstance(item, dict) or not isinstance(key := item.get("key"), str):
+                continue
+            value = _any_value(item.get("value"))
+        else:
+            if type(key) is not str:
+                continue
+        out[key] = value
     return out
 
 
@@ -178,10 +209,7 @@ def otlp_entries(request):
                     raise ValueError("logRecords must hold objects")
                 attributes = {**resource, **_attributes(record.get("attributes"))}
                 number = record.get("severityNumber")
-                level = None
-                if isinstance(number, int):
-                    level = next((name for span, name in _SEVERITY.items() if number in span),
-                                 None)
+                level = _LEVEL_OF_NUMBER.get(number) if type(number) is int else None
                 level = level or level_of(record.get("severityText"))
                 trace = record.get("traceId") or None
                 body = _any_value(record.get("body")) if "body" in record else None
@@ -206,9 +234,8 @@ def otlp_protobuf_entries(body):
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
                 attributes = {**resource, **_pb_attributes(record.attributes)}
-                number = record.severity_number
-                level = next((name for span, name in _SEVERITY.items() if number in span), None)
-                level = level or level_of(record.severity_text)
+                level = _LEVEL_OF_NUMBER.get(record.severity_number) or \
+                    level_of(record.severity_text)
                 body = _pb_value(record.body) if record.HasField("body") else None
                 ts = _nanos_to_ms(record.time_unix_nano) or \
                     _nanos_to_ms(record.observed_time_unix_nano)
