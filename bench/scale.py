@@ -72,8 +72,10 @@ WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
 RARE_WORD = "zanzibar"
 
 
-def corpus(n, seed=7, now_ms=None):
-    """Yield `n` entries (dicts in the ingest shape), oldest first."""
+def corpus(n, seed=7, now_ms=None, services=1):
+    """Yield `n` entries (dicts in the ingest shape), oldest first; each
+    container's spread over `services` services (a gateway in front of
+    them) rather than one."""
     rng = random.Random(seed)
     now_ms = now_ms or int(time.time() * 1000)
     start = now_ms - DAY_MS
@@ -96,6 +98,7 @@ def corpus(n, seed=7, now_ms=None):
         level = "error" if status >= 500 else "warn" if status >= 400 else "info"
         kind = "event" if rng.random() < 0.02 else ("request", "response")[i % 2]
         duration = min(60_000, int(math.exp(rng.gauss(3.5, 1.2))))
+        spread = rng.randrange(services) if services > 1 else 0
         entry = {
             "traceId": f"{rng.getrandbits(128):032x}",
             "tsMs": start + i * DAY_MS // n + rng.randrange(2000),
@@ -103,7 +106,7 @@ def corpus(n, seed=7, now_ms=None):
             "level": level,
             "projectId": f"proj_{project:03d}",
             "containerId": f"cnt_{project:03d}_{container}",
-            "serviceName": f"svc-{(project * 7 + container) % SERVICES:02d}",
+            "serviceName": f"svc-{(project * 7 + container + spread) % SERVICES:02d}",
             "method": rng.choice(("GET", "GET", "GET", "POST", "POST", "PUT", "DELETE")),
             "url": f"/v1/{resource}/{rng.randrange(1, 100_000)}",
             "clientIp": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
@@ -147,10 +150,10 @@ def _body(rng, resource, status, i):
     return json.dumps(body, separators=(",", ":"))
 
 
-def batches(n, seed=7, now_ms=None):
+def batches(n, seed=7, now_ms=None, services=1):
     """The corpus as lists of PER_REQUEST entries."""
     batch = []
-    for entry in corpus(n, seed, now_ms):
+    for entry in corpus(n, seed, now_ms, services):
         batch.append(entry)
         if len(batch) == PER_REQUEST:
             yield batch
@@ -361,6 +364,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=11)
+    parser.add_argument("--services-per-container", type=int, default=1,
+                        help="spread each container's entries over this many services "
+                             "(a gateway in front of them; at most 20)")
     parser.add_argument("--database-url", default="")
     parser.add_argument("--no-chdb", action="store_true")
     parser.add_argument("--hot-rows", type=int, default=0,
@@ -389,7 +395,7 @@ def main():
     print(f"building the corpus: {args.entries:,} entries ...", flush=True)
     ours, theirs, sample = [], [], None
     next_id = 1
-    for batch in batches(args.entries, now_ms=now_ms):
+    for batch in batches(args.entries, now_ms=now_ms, services=args.services_per_container):
         if sample is None:
             sample = batch
         if args.reuse:

@@ -2,7 +2,7 @@
 finds no server error and no answer outside the description."""
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, reject, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -40,8 +40,16 @@ def fuzzed_app(tmp_path_factory):
 @settings(max_examples=60, deadline=None,
           suppress_health_check=list(HealthCheck))
 def test_every_endpoint_answers_within_its_description(case, fuzzed_app):
-    case.call_and_validate(app=fuzzed_app, checks=CHECKS,
-                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    try:
+        case.call_and_validate(app=fuzzed_app, checks=CHECKS,
+                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    except ValueError as exc:
+        # requests cannot build some generated requests at all (its cookie
+        # handling fails to parse the request's URL: "Invalid IPv6 URL"):
+        # nothing reached the app, so the example is not one.
+        if "Invalid IPv6 URL" not in str(exc):
+            raise
+        reject()
 
 
 def test_the_document_is_served_and_covers_every_route(client):

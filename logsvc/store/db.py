@@ -357,6 +357,17 @@ def execute(text, params=()):
     return database.execute_sql(sql(text), params)
 
 
+def table_exists(name):
+    """Whether the store has table `name` (in the schema it works in): one
+    catalog lookup. (peewee's table_exists lists every table of the
+    database through information_schema, slow on a PostgreSQL database of
+    many schemas.)"""
+    if is_postgres():
+        return execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
+    return execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                   (name,)).fetchone() is not None
+
+
 def executemany(text, rows):
     """Run one statement (`?` placeholders) once per row, in as few round
     trips as the engine allows."""

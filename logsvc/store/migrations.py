@@ -42,7 +42,7 @@ _ADDED_COLUMNS = {
 def _add_columns():
     postgres = db.is_postgres()
     for table, columns in _ADDED_COLUMNS.items():
-        if not database.table_exists(table):
+        if not db.table_exists(table):
             continue
         present = {c.name for c in database.get_columns(table)}
         for name, pg_type, sqlite_type in columns:
@@ -302,7 +302,7 @@ class SchemaTooNew(RuntimeError):
 
 
 def stored_version():
-    if not database.table_exists("meta"):  # a new store
+    if not db.table_exists("meta"):  # a new store
         return None
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return int(row[0]) if row else None
