@@ -92,7 +92,7 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
             # rows give both.
             if f.project_id is None and f.container_id is None:
                 result = _summarize(rollup.counted(*scope, columns=("n",)),
-                                    rollup.counted(*scope, keys=False))
+                                    rollup.counted(*scope, keys=False), _ranged(f))
             else:
                 result = _summarize(rollup.counted(*scope))
             counts, longest = rollup.latency(*scope)
@@ -101,7 +101,8 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
             # A level or a status class: the counters kept by class.
             if f.project_id is None and f.container_id is None:
                 result = _summarize(rollup.counted(filters=f, found=_found, columns=("n",)),
-                                    rollup.counted(filters=f, found=_found, keys=False))
+                                    rollup.counted(filters=f, found=_found, keys=False),
+                                    _ranged(f))
             else:
                 result = _summarize(rollup.counted(filters=f, found=_found))
             counts, longest = rollup.class_latency(f, _found)
@@ -118,6 +119,10 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
                                       _route_spans(f, sum(counts.values())))
         return result
     return db.read(run)
+
+
+def _ranged(filters):
+    return filters.since is not None or filters.until is not None
 
 
 def measure(filters, metric):
@@ -271,31 +276,41 @@ def _empty():
     return {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
 
 
-def _summarize(source, totals=None):
+def _summarize(source, totals=None, ranged=True):
     """The summary of the counter rows of `source` (sql, params: one row
     per scope and time unit) and `totals` (the same entries, without their
     scope keys where no scope is asked for; None: `source` has every count
-    column and gives the total too), in one statement."""
+    column and gives the total too), in one statement. `ranged`: the
+    question has a time range (its source has several parts)."""
     result = _empty()
     if source is None:
         return result
     if totals is None:
         sql, params = _SHARED_SQL.format(source=source[0]), source[1]
+    elif ranged:
+        sql = _RANGE_SUMMARY_SQL.format(totals=totals[0], source=source[0])
+        params = [*totals[1], *source[1]]
     else:
         sql = _SUMMARY_SQL.format(totals=totals[0], source=source[0])
-        params = [*totals[1], *source[1]]
-    scopes = []
-    for kind, project, container, service, *counts in db.execute(sql, params).fetchall():
-        if kind == "scope":
-            # One row per scope (as many as the breakdowns have keys).
-            scopes.append((project, container, service, counts[0]))
-            continue
-        result["total"] = counts[0] or 0
-        for column, n in zip(COUNT_COLUMNS[1:], counts[1:]):
+        params = [*totals[1], *source[1], *source[1], *source[1]]
+    shown = names.shower()  # stored names (names.py) by name
+    total, scopes = None, []
+    for row in db.execute(sql, params).fetchall():
+        kind = row[0]
+        if kind == "total":
+            total = row[-len(COUNT_COLUMNS):]
+        elif kind == "scope":  # one row per scope
+            scopes.append(row[1:5])
+        else:  # one row per project, container or service
+            result[kind][shown(row[1])] = row[2]
+    if scopes:
+        _add_scopes(result, scopes)
+    if total is not None:
+        result["total"] = total[0] or 0
+        for column, n in zip(COUNT_COLUMNS[1:], total[1:]):
             if n:
                 prefix, value = column.split("_", 1)
                 result[_BREAKDOWN_OF_PREFIX[prefix]][value] = n
-    _add_scopes(result, scopes)
     return result
 
 
@@ -317,20 +332,35 @@ def _add_scopes(result, counted):
 
 _SUMS = ", ".join(f"CAST(SUM({c}) AS BIGINT)" for c in COUNT_COLUMNS)
 # The total row (from the all-scope tiers when there is no scope), then
-# the entry count of each scope, which is all the key breakdowns need:
-# summing one column per scope costs a fifth of summing all of them.
-# (Typed NULLs pad the rows to one shape, as a UNION ALL needs.)
-_TOTAL_ROW = ("SELECT 'total', CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), "
-              f"{_SUMS} FROM {{totals}}")
-_SCOPE_ROWS = (f"SELECT 'scope', {_KEYS}, CAST(SUM(n) AS BIGINT), "
-               + ", ".join("CAST(NULL AS BIGINT)" for _ in COUNT_COLUMNS[1:])
-               + f" FROM {{source}} GROUP BY {_KEYS} HAVING SUM(n) > 0")
+# the entry count of each project, container and service, which is all the
+# key breakdowns need: summing one column costs a fifth of summing all of
+# them, and a sum per key of each breakdown returns as many rows as the
+# answer has keys, not one per scope (a gateway container in front of
+# twenty services is twenty scopes). (Typed NULLs pad the rows to one
+# shape, as a UNION ALL needs.)
+_TOTAL_ROW = f"SELECT 'total', CAST(NULL AS TEXT), {_SUMS} FROM {{totals}}"
+_NO_COUNTS = ", ".join("CAST(NULL AS BIGINT)" for _ in COUNT_COLUMNS[1:])
+# Counter rows key "no container" and "no service" as ''.
+_KEYED = {"project_id": "", "container_id": " WHERE container_id <> ''",
+          "service_name": " WHERE service_name <> ''"}
+_KEY_ROWS = " UNION ALL ".join(
+    f"SELECT '{breakdown}', {column}, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
+    f"FROM {{source}}{_KEYED[column]} GROUP BY {column} HAVING SUM(n) > 0"
+    for breakdown, column in _KEY_BREAKDOWNS.items())
+# All time, the rows of one table are summed three times; over a range,
+# its parts (hours, minutes, entries) are read once, a row per scope
+# (summed in Python: gathering the parts first costs more than that).
 _SUMMARY_SQL = (_TOTAL_ROW.format(totals="({totals}) AS totals") + " UNION ALL "
-                + _SCOPE_ROWS.format(source="({source}) AS counted"))
-# A scope's rows read once for both.
+                + _KEY_ROWS.format(source="({source}) AS counted"))
+_SCOPE_ROWS = (f"SELECT 'scope', {_KEYS}, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
+               f"FROM {{source}} GROUP BY {_KEYS} HAVING SUM(n) > 0")
+_RANGE_SUMMARY_SQL = ("SELECT 'total', CAST(NULL AS TEXT), CAST(NULL AS TEXT), "
+                      f"CAST(NULL AS TEXT), {_SUMS} FROM ({{totals}}) AS totals UNION ALL "
+                      + _SCOPE_ROWS.format(source="({source}) AS counted"))
+# A scope's rows read once for all of them.
 _SHARED_SQL = ("WITH counted AS MATERIALIZED ({source}) "
                + _TOTAL_ROW.format(totals="counted") + " UNION ALL "
-               + _SCOPE_ROWS.format(source="counted"))
+               + _KEY_ROWS.format(source="counted"))
 
 # Stats over the entries themselves (filters the counters lack): one pass
 # over the matching rows gives the summary, its latency and its routes.
