@@ -84,6 +84,7 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
     over the matching entries (through the same indexes as a search)."""
     f = filters
     def run():
+        found = _planned()
         if from_counters(f):
             scope = (f.project_id, f.container_id, f.since, f.until)
             # The total and its breakdowns by level, kind, status and source
@@ -100,13 +101,13 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
         elif rollup.classed(f):
             # A level or a status class: the counters kept by class.
             if f.project_id is None and f.container_id is None:
-                result = _summarize(rollup.counted(filters=f, found=_found, columns=("n",)),
-                                    rollup.counted(filters=f, found=_found, keys=False),
+                result = _summarize(rollup.counted(filters=f, found=found, columns=("n",)),
+                                    rollup.counted(filters=f, found=found, keys=False),
                                     _ranged(f))
             else:
-                result = _summarize(rollup.counted(filters=f, found=_found))
-            counts, longest = rollup.class_latency(f, _found)
-            routes = rollup.class_routes(f, _found)
+                result = _summarize(rollup.counted(filters=f, found=found))
+            counts, longest = rollup.class_latency(f, found)
+            routes = rollup.class_routes(f, found)
         else:
             result, counts, longest, routes, spans = _raw_summary(
                 *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f),
@@ -116,7 +117,7 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
             return result
         result["latency"] = sketch.summary(counts, longest, minimum=_shortest(f, counts))
         result["byRoute"] = _by_route(routes, top_routes, sort,
-                                      _route_spans(f, sum(counts.values())))
+                                      _route_spans(f, sum(counts.values()), found))
         return result
     return db.read(run)
 
@@ -161,6 +162,20 @@ def measure(filters, metric):
             **found["latency"]}
 
 
+def _planned():
+    """_found with each plan worked out once: within one request, several
+    readers (the totals, the breakdowns, the latency, the routes) ask for
+    the entries of the same filters (a range, or a part of it)."""
+    plans = {}
+
+    def found(filters):
+        plan = plans.get(filters)
+        if plan is None:
+            plan = plans[filters] = _found(filters)
+        return plan[0], list(plan[1])
+    return found
+
+
 def _found(filters):
     """(condition, params) of every entry of `filters` (rollup's class readers)."""
     return planner.where_sql(filters, EVERY, ordered=False)
@@ -182,12 +197,13 @@ def _shortest(filters, counts):
 SCANNED_EXTREMES = 20_000
 
 
-def _route_spans(filters, timed):
+def _route_spans(filters, timed, found):
     """spans(wanted) -> {route: (shortest, longest)} of the routes' calls
     among the entries of `filters` (`timed` of them have a duration), in
-    one statement (rollup.route_extremes)."""
-    found = _found if timed <= SCANNED_EXTREMES else None
-    return lambda wanted: rollup.route_extremes(filters, wanted, found)
+    one statement (rollup.route_extremes); `found`: _found, or the
+    request's `_planned`."""
+    scan = found if timed <= SCANNED_EXTREMES else None
+    return lambda wanted: rollup.route_extremes(filters, wanted, scan)
 
 
 _ROUTE_PS = (50, 95, 99)
