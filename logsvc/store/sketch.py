@@ -21,7 +21,8 @@ smallest. The answer is the representative of the bucket holding that
 rank, kept within the exact minimum and maximum: only the lowest and the
 highest bucket's representative can lie outside them (every duration of
 a bucket in between is above the minimum and below the maximum), so the
-exact extremes are asked for only when an answer falls in one of those.
+exact extremes are read only when an answer falls in one of those
+(`extremes_needed`).
 """
 import math
 from bisect import bisect_left
@@ -121,39 +122,34 @@ def merge_stored(a, b):
 def percentiles(counts, ps, total=None, maximum=None, minimum=None):
     """{p: the nearest-rank p-th percentile} of a {bucket: count} sketch
     for each p of `ps`, in one walk over its buckets (None when empty),
-    within `minimum` and `maximum`: the exact extremes, each a number, or
-    a function called (once) only when an answer falls in the lowest or
-    the highest bucket."""
+    within the exact `minimum` and `maximum` when they are given (see
+    extremes_needed for when they are needed)."""
     total = sum(counts.values()) if total is None else total
     if total <= 0:
         return dict.fromkeys(ps)
-    highest = _Bound(maximum)
-    lowest = _Bound(minimum)
-    first, last = min(counts), max(counts)
     ranks = sorted((max(1, math.ceil(p / 100 * total)), p) for p in ps)
     out, seen, at = {}, 0, 0
     for bucket in sorted(counts):
         seen += counts[bucket]
         while at < len(ranks) and seen >= ranks[at][0]:
             value = value_of(bucket)
-            if bucket == last or not highest.lazy:
-                value = highest.cap(value)
-            if bucket == first:
-                value = lowest.floor(value)
+            if maximum is not None:
+                value = min(value, maximum)
+            if minimum is not None:
+                value = max(value, minimum)
             out[ranks[at][1]] = _rounded(value)
             at += 1
         if at == len(ranks):
             break
     for _, p in ranks[at:]:  # counts that do not add up to `total`
-        longest = highest.value()
-        out[p] = _rounded(longest) if longest is not None else None
+        out[p] = _rounded(maximum) if maximum is not None else None
     return out
 
 
 def extremes_needed(counts, ps, total=None):
     """(the lowest bucket, the highest) of a {bucket: count} sketch, each
     None unless a percentile of `ps` falls in it: only there can an answer
-    lie outside the exact extremes (see percentiles)."""
+    lie outside the exact extremes, which are then worth reading."""
     total = sum(counts.values()) if total is None else total
     if total <= 0 or not counts:
         return None, None
@@ -161,27 +157,6 @@ def extremes_needed(counts, ps, total=None):
     first, last = min(counts), max(counts)
     return (first if min(ranks) <= counts[first] else None,
             last if max(ranks) > total - counts[last] else None)
-
-
-class _Bound:
-    """An exact extreme given as a number, or as a function asked once."""
-
-    def __init__(self, given):
-        self.lazy = callable(given)
-        self._given, self._known = given, not self.lazy
-
-    def value(self):
-        if not self._known:
-            self._given, self._known = self._given(), True
-        return self._given
-
-    def cap(self, value):
-        bound = self.value()
-        return value if bound is None else min(value, bound)
-
-    def floor(self, value):
-        bound = self.value()
-        return value if bound is None else max(value, bound)
 
 
 def summary(counts, maximum, ps=PERCENTILES, minimum=None):

@@ -187,8 +187,10 @@ ROUTE_SORTS = ("total", "errors", "errorRate", "timed", "p50", "p95", "p99", "ro
 
 def _shortest(filters, counts):
     """The exact shortest duration of the entries of `filters` (latency
-    buckets `counts`), asked for only when a percentile needs it."""
-    return lambda: rollup.latency_extreme(filters, min(counts), shortest=True)
+    buckets `counts`), read only when a percentile falls in the lowest
+    bucket (else None: no percentile needs it)."""
+    lowest, _ = sketch.extremes_needed(counts, sketch.PERCENTILES)
+    return None if lowest is None else rollup.latency_extreme(filters, lowest, shortest=True)
 
 
 # Up to this many timed entries, the exact extremes of the routes are read
