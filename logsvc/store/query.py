@@ -148,6 +148,7 @@ def _list_with_sealed(filters, page, through):
     need = page.offset + limit
     upto = through if page.max_id is None else min(page.max_id, through)
     bodies = _bodies(page)
+    memo = {}  # the segments' matching rows, for the page and its total
 
     def hot(count, after_id=page.after_id):
         if count <= 0:
@@ -162,7 +163,7 @@ def _list_with_sealed(filters, page, through):
         if count <= 0 or (page.after_id is not None and page.after_id >= upto):
             return []
         return segments.read(filters, after_id=page.after_id, upto_id=upto, order=order,
-                             limit=count, bodies=bodies, slowest=slowest)
+                             limit=count, bodies=bodies, slowest=slowest, memo=memo)
 
     if page.order == "slowest":
         found = sorted([*hot(need), *sealed(need, "desc", slowest=True)],
@@ -184,7 +185,7 @@ def _list_with_sealed(filters, page, through):
         entries = entries[-limit:] if entries else []
     else:
         entries = found[page.offset:page.offset + limit]
-    total, exact = _count(filters, page.offset + limit + COUNT_CAP)
+    total, exact = _count(filters, page.offset + limit + COUNT_CAP, memo)
     if entries:
         total = max(total, page.offset + len(entries))
     result = {"entries": entries, "total": total, "totalExact": exact, "limit": limit,
@@ -290,7 +291,7 @@ def _found(filters, need, ordered=True, order="desc", catch_up=False):
     return "entry e", *planner.where_sql(filters, need, ordered, order), "e.id"
 
 
-def _count(filters, cap=None):
+def _count(filters, cap=None, memo=None):
     if filters.timed and rollup.only(filters, rollup.TIMED_FIELDS):
         # The entries with a duration (`order=slowest`) of a scope and a
         # time range: what the latency counters hold, summed.
@@ -322,7 +323,7 @@ def _count(filters, cap=None):
     if through and n <= cap:
         # The sealed entries, which `entry` no longer holds: only as many
         # as the cap still needs.
-        n += segments.count(filters, upto_id=through, cap=cap - n)
+        n += segments.count(filters, upto_id=through, cap=cap - n, memo=memo)
     return (cap, False) if n > cap else (n, True)
 
 

@@ -379,17 +379,20 @@ _FROM_ENTRY = re.compile(r"\bFROM entry\b(?!_)")
 # --- reading ---------------------------------------------------------------------
 
 def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=None,
-         slowest=False):
+         slowest=False, memo=None):
     """The sealed entries matching `filters` with after_id < id <= upto_id,
     as the API's entries: newest first (`desc`),
     oldest first (`asc`), or longest first (`slowest`), at most `limit`
-    (None: all). `bodies`: (request wanted, response wanted), or None."""
+    (None: all). `bodies`: (request wanted, response wanted), or None.
+    `memo`: a dict that `read` and `count` share within one request, so
+    that a segment's matching rows are found once for the page and its
+    total."""
     chosen = _segments(filters, after_id, upto_id)
     if order == "desc" or slowest:
         chosen.reverse()
     found = []
     for meta in chosen:
-        table = _matching(meta, filters, after_id, upto_id)
+        table = _matching(meta, filters, after_id, upto_id, memo)
         if table.num_rows == 0:
             continue
         if slowest:
@@ -423,16 +426,19 @@ def slowest_key(item):
             item["id"])
 
 
-def count(filters, after_id=None, upto_id=None, cap=None):
+def count(filters, after_id=None, upto_id=None, cap=None, memo=None):
     """How many sealed entries match (counting stops past `cap`)."""
     n = 0
+    parsed = fulltext.parse(filters.q) if filters.q else None
     for meta in _segments(filters, after_id, upto_id):
-        table = _matching(meta, filters, after_id, upto_id)
-        if not filters.q:
+        table = _matching(meta, filters, after_id, upto_id, memo)
+        if parsed is None:
             n += table.num_rows
         else:
-            for batch in _batches(table, filters, None):
-                n += len(batch)
+            for start in range(0, table.num_rows, _BATCH):
+                part = table.slice(start, _BATCH).select(_DOCUMENT).to_pydict()
+                n += sum(1 for document in zip(*(part[c] for c in _DOCUMENT))
+                         if fulltext.matches(parsed, fulltext.document(*document)))
                 if cap is not None and n > cap:
                     return n
         if cap is not None and n > cap:
@@ -455,21 +461,31 @@ def _segments(filters, after_id, upto_id):
     if filters.until is not None:
         terms.append("min_ts < ?")
         params.append(filters.until)
-    rows = db.execute(f"SELECT id, min_id, max_id, projects, words FROM segment "
+    rows = db.execute(f"SELECT id, min_id, max_id FROM segment "
                       f"WHERE {' AND '.join(terms)} ORDER BY min_id", params).fetchall()
     chosen = []
     wanted = _wanted_words(filters)
-    for segment_id, low, high, projects, words in rows:
-        if filters.project_id is not None and filters.project_id not in orjson.loads(projects):
+    for segment_id, low, high in rows:
+        projects, (size, blooms) = _skipping(segment_id, low)
+        if filters.project_id is not None and filters.project_id not in projects:
             continue
         blocks = None  # all of them
         if wanted:
-            size, blooms = _unpack_blooms(words)
             blocks = (size, [at for at, bloom in enumerate(blooms) if _may_hold(bloom, wanted)])
             if not blocks[1]:
                 continue
         chosen.append({"id": segment_id, "min_id": low, "max_id": high, "blocks": blocks})
     return chosen
+
+
+def _skipping(segment_id, low):
+    """(projects, (rows per block, Blooms)) of a segment: what `_segments`
+    skips it by, read once per process (a segment never changes)."""
+    def load():
+        projects, words = db.execute("SELECT projects, words FROM segment WHERE id = ?",
+                                     (segment_id,)).fetchone()
+        return frozenset(orjson.loads(projects)), _unpack_blooms(words)
+    return _cached(_skips, (id(db.current()), segment_id, low), _CACHE_SKIPS, load)
 
 
 def _wanted_words(filters):
@@ -492,45 +508,66 @@ def _may_hold(bloom, groups):
     return any(all(word in bloom for word in group) for group in groups)
 
 
-def _matching(meta, filters, after_id, upto_id):
+def _matching(meta, filters, after_id, upto_id, memo=None):
     """The rows of one segment that pass the filters Arrow can apply (all
-    but `q`, which `_batches` checks)."""
+    but `q`, which `_batches` checks); kept in `memo` when one is given."""
+    key = (meta["id"], meta["min_id"], filters, after_id, upto_id)
+    if memo is not None and key in memo:
+        return memo[key]
     table = _read_groups(meta, filters)
     expression = _expression(filters, after_id, upto_id)
     if expression is not None:
         table = table.filter(expression)
     if filters.q and table.num_rows:
         table = _prefiltered(table, filters.q)
+    if memo is not None:
+        memo[key] = table
     return table
 
 
 _TEXT_COLUMNS = ("url", "data", "request_body", "response_body")
+# fulltext.document's arguments.
+_DOCUMENT = ("url", "request_body", "response_body", "data")
 
 
 def _prefiltered(table, q):
     """The rows that may match `q`: each word of a group's positive phrases
     appears, in any case, in one of the document's columns (Arrow's
     vectorised substring search; `_batches` then checks words and phrases
-    exactly). Words beyond ASCII are left to that check."""
+    exactly). Words beyond ASCII are left to that check.
+
+    A group's words are looked for longest first, each among the rows that
+    held the words before it: the longest is usually the rarest (an id in
+    a path beside `v1` and `users`), and the others then search few rows."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    keep = None
+    groups = []
     for group in fulltext.parse(q):
-        group_mask = None
-        for phrase in group.positive:
-            for word in phrase.words:
-                if not word.isascii():
-                    continue
-                found = None
-                for column in _TEXT_COLUMNS:
-                    hit = pc.fill_null(pc.match_substring(table[column], word, ignore_case=True),
-                                       False)
-                    found = hit if found is None else pc.or_(found, hit)
-                group_mask = found if group_mask is None else pc.and_(group_mask, found)
-        if group_mask is None:
+        words = sorted({word for phrase in group.positive for word in phrase.words
+                        if word.isascii()}, key=len, reverse=True)
+        if not words:
             return table  # a group of words beyond ASCII: every row may match
-        keep = group_mask if keep is None else pc.or_(keep, group_mask)
-    return table.filter(keep)
+        groups.append(words)
+    if len(groups) > 1:  # alternatives: which rows each keeps, in table order
+        table = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    kept = []
+    for words in groups:
+        rows = table
+        for word in words:
+            if not rows.num_rows:
+                break
+            found = None
+            for column in _TEXT_COLUMNS:
+                hit = pc.fill_null(pc.match_substring(rows[column], word, ignore_case=True),
+                                   False)
+                found = hit if found is None else pc.or_(found, hit)
+            rows = rows.filter(found)
+        kept.append(rows)
+    if len(kept) == 1:
+        return kept[0]
+    at = sorted({i for rows in kept for i in rows["_row"].to_pylist()})
+    return table.take(pa.array(at, pa.int64())).drop_columns(["_row"])
 
 
 def _expression(filters, after_id, upto_id):
@@ -618,9 +655,13 @@ def _batches(table, filters, bodies):
 _CACHE_FILES = 8
 _CACHE_FOOTERS = 4096
 _CACHE_GROUPS = 64
+# Segments' projects and Bloom filters (about 10 B an entry: 650 KB a
+# segment of 65,536), the most recently used kept.
+_CACHE_SKIPS = 64
 _files = collections.OrderedDict()
 _footers = collections.OrderedDict()
 _groups = collections.OrderedDict()
+_skips = collections.OrderedDict()
 _cache_lock = threading.Lock()
 
 
