@@ -515,6 +515,12 @@ def _matching(meta, filters, after_id, upto_id, memo=None):
     if memo is not None and key in memo:
         return memo[key]
     table = _read_groups(meta, filters)
+    # Bounds that every row of the segment meets filter nothing (and
+    # filtering copies every column, bodies too).
+    if after_id is not None and after_id < meta["min_id"]:
+        after_id = None
+    if upto_id is not None and upto_id >= meta["max_id"]:
+        upto_id = None
     expression = _expression(filters, after_id, upto_id)
     if expression is not None:
         table = table.filter(expression)
