@@ -281,6 +281,32 @@ def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
     server.stop()
 
 
+@pytest.mark.sqlite_only("the test reads the store's write-ahead log")
+def test_once_everything_due_is_sealed_an_idle_store_gives_its_write_ahead_log_back(tmp_path):
+    # The sealer asks whether a seal is due before it takes its lease (a
+    # write): a lease taken every round kept the log from ever being idle.
+    server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "50", "LOGSVC_SEGMENT_ROWS": "50",
+                                   "LOGSVC_SEAL_INTERVAL_S": "0.1", "LOGSVC_WAL_IDLE_S": "1"})
+    server.start()
+    response = requests.post(server.url + INGEST, data=orjson.dumps(corpus(300)), timeout=30,
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                      "Content-Type": "application/json"})
+    assert response.status_code == 200
+    log = tmp_path / "logs.db-wal"
+    deadline = time.monotonic() + 30
+    sealed = 0
+    while time.monotonic() < deadline:
+        with sqlite3.connect(tmp_path / "logs.db") as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
+        sealed = int(row[0]) if row else 0
+        if sealed == 200 and log.exists() and log.stat().st_size == 0:
+            break
+        time.sleep(0.2)
+    size = log.stat().st_size if log.exists() else None
+    server.stop()
+    assert sealed == 200 and size == 0, (sealed, size)
+
+
 @pytest.mark.postgres_only("SQLite gives sealed rows' pages back through incremental vacuum")
 def test_on_postgresql_a_sealed_partition_is_dropped_and_its_space_given_back(make_app):
     from logsvc.store import partitions

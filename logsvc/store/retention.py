@@ -138,7 +138,8 @@ def seal_forever(config, store=None, holder=None):
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     while True:
         try:
-            if db.call(take_lease, segments.LEASE_NAME, holder, 120):
+            due = db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
+            if due and db.call(take_lease, segments.LEASE_NAME, holder, 120):
                 try:
                     seal_due(config)
                 finally:

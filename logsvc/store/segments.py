@@ -108,13 +108,20 @@ def _set_sealed_through(value):
 
 # --- sealing --------------------------------------------------------------------
 
+def due(hot_rows, segment_rows=SEGMENT_ROWS):
+    """Whether `seal_once` would seal (a read: the background sealer asks
+    before it takes its lease, a write, so that an idle store is not
+    written to every round and its write-ahead log can be given back)."""
+    (high,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
+    return high - sealed_through() > hot_rows + segment_rows
+
+
 def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
     """Seal the oldest `segment_rows` unsealed entries if more than
     `hot_rows` entries would still be newer. Returns how many were sealed
     (0: none due)."""
     through = sealed_through()
-    (high,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
-    if high - through <= hot_rows + segment_rows:
+    if not due(hot_rows, segment_rows):
         return 0
     upto = through + segment_rows
     rows = _rows_to_seal(through, upto)
