@@ -48,6 +48,9 @@ class Config:
     segment_rows: int = 65_536
     # How often the background sealer looks for entries to seal.
     seal_interval_s: float = 30.0
+    # With hot_rows: hours of minute counters kept per scope and per route
+    # (horizon.py); older minutes are counted from the entries. 0: all.
+    minute_counters_hours: float = 6.0
     workers: int = 2
     # gevent, threads, or auto (gevent when it has patched the process).
     concurrency: str = "auto"

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import requests
 
-from logsvc.store import db, migrations, retention, segments
+from logsvc.store import db, horizon, migrations, retention, segments
 from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
 
 STATS = LOGS + "/stats"
@@ -281,30 +281,134 @@ def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
     server.stop()
 
 
-@pytest.mark.sqlite_only("the test reads the store's write-ahead log")
-def test_once_everything_due_is_sealed_an_idle_store_gives_its_write_ahead_log_back(tmp_path):
-    # The sealer asks whether a seal is due before it takes its lease (a
-    # write): a lease taken every round kept the log from ever being idle.
+T0 = 1_800_000_000_000  # on an hour
+HOUR = 3_600_000
+
+
+def spread(n, start=0):
+    """corpus(), 30 s apart: 400 entries over 3 h 20 min."""
+    entries = corpus(n, start)
+    for i, e in enumerate(entries, start):
+        e["tsMs"] = T0 + i * 30_000
+    return entries
+
+
+# Questions whose edges, scopes and buckets fall on both sides of a floor
+# at T0 + 2 h, each asked of the counters and, with a filter they lack that
+# every entry meets (a method), of the entries themselves.
+EVERY_METHOD = {"method": "GET,POST,DELETE"}
+FLOOR_QUESTIONS = [
+    (STATS, {"projectId": "proj_1", "since": T0 + HOUR + 123_456, "until": T0 + 3 * HOUR + 5_000}),
+    (STATS, {"since": T0 + 61_001, "until": T0 + 2 * HOUR + 1}),
+    (STATS, {"projectId": "proj_2", "containerId": "cnt_2", "since": T0 + 45 * 60_000 + 7}),
+    (STATS, {"projectId": "proj_0", "since": T0 + 100_000, "until": T0 + 119 * 60_000 + 1}),
+    (STATS, {"containerId": "cnt_4", "since": T0 + 5_000}),
+    (HISTOGRAM, {"projectId": "proj_0", "since": T0, "until": T0 + 4 * HOUR, "bucket": "5m"}),
+    (HISTOGRAM, {"projectId": "proj_1", "since": T0 + 3_000_000, "until": T0 + 9_000_000,
+                 "bucket": "1m"}),
+    (HISTOGRAM, {"containerId": "cnt_1", "since": T0 + 60_000, "until": T0 + 3 * HOUR,
+                 "bucket": "15m"}),
+    (STATS, {"projectId": "proj_1", "since": T0, "until": T0 + HOUR}),
+    (STATS, {"since": T0, "until": T0 + HOUR}),
+]
+
+
+def floor_answers(store, oracle=False):
+    return [store.page(path, **params, **(EVERY_METHOD if oracle else {}))
+            for path, params in FLOOR_QUESTIONS]
+
+
+def test_minute_counters_below_the_floor_go_and_every_answer_stays_exact(sealed_app):
+    store = Store(sealed_app.test_client())
+    written = spread(400)
+    written[10]["durationMs"] = 9_999.5  # the longest of its hour, which retention drops
+    store.ingest(written)
+    before = answers(store) + floor_answers(store)
+    assert before[-1]["latency"]["max"] == 9_999.5
+    assert floor_answers(store) == floor_answers(store, oracle=True)
+    seal(sealed_app)
+    minutes = "SELECT count(*) FROM {} WHERE minute < ?"
+    with db.using(sealed_app.extensions["logsvc"].store):
+        # Keeping 2 hours at T0 + 4 h: the floor is T0 + 2 h, raised now,
+        # its rows deleted once the grace has passed.
+        assert horizon.trim(2, 1_000, now=T0 + 4 * HOUR) == 0
+        assert db.call(horizon.floor_ms) == T0 + 2 * HOUR
+        assert answers(store) + floor_answers(store) == before
+        assert horizon.trim(2, 1_000, now=T0 + 4 * HOUR + 999) == 0
+        deleted = horizon.trim(2, 1_000, now=T0 + 4 * HOUR + 1_000)
+        floor = (T0 + 2 * HOUR) // 60_000
+        assert deleted > 200
+        for table in horizon.TRIMMED:
+            assert db.call(lambda t=table: db.execute(minutes.format(t), (floor,))
+                           .fetchone()[0]) == 0, table
+        assert db.call(lambda: db.execute("SELECT count(*) FROM rollup_minute")
+                       .fetchone()[0]) > 0
+    assert answers(store) + floor_answers(store) == before
+    # Late entries below the floor and new ones above it; then retention
+    # drops the oldest segments, subtracting entries below the floor.
+    late = spread(20, 400)
+    for i, e in enumerate(late):
+        e["tsMs"] = T0 + (i * 397_000 if i % 2 else 2 * HOUR + i * 61_000)
+        e["durationMs"] = 1.0 + i
+    store.ingest(late)
+    assert floor_answers(store) == floor_answers(store, oracle=True)
+    config = sealed_app.extensions["logsvc"].config.replace(max_rows=300, retention_days=0)
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert retention.prune(config) == 128
+        assert db.call(lambda: db.execute(minutes.format("rollup_minute"), (floor,))
+                       .fetchone()[0]) == 0
+    after = floor_answers(store)
+    assert after == floor_answers(store, oracle=True)
+    assert store.page(STATS)["total"] == 420 - 128
+    # The longest duration of the hour that lost it is the longest left.
+    assert 0 < after[-1]["latency"]["max"] < 9_999 and after[-2]["latency"]["max"] < 9_999
+
+
+@pytest.mark.sqlite_only("the test reads the store's file and its write-ahead log")
+def test_a_sealing_server_trims_old_minute_counters_then_gives_its_log_back(tmp_path):
+    # The background work seals, raises the minute counters' floor to an
+    # hour ago and deletes the rows below it once the grace (twice the
+    # query timeout) has passed; the answers stay exact. Then the sealer
+    # asks whether anything is due before it takes its lease (a write):
+    # a lease taken every round kept the log from ever being idle.
     server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "50", "LOGSVC_SEGMENT_ROWS": "50",
-                                   "LOGSVC_SEAL_INTERVAL_S": "0.1", "LOGSVC_WAL_IDLE_S": "1"})
+                                   "LOGSVC_SEAL_INTERVAL_S": "0.1", "LOGSVC_WAL_IDLE_S": "1",
+                                   "LOGSVC_MINUTE_COUNTERS_HOURS": "1",
+                                   "LOGSVC_QUERY_TIMEOUT_S": "0.5"})
     server.start()
-    response = requests.post(server.url + INGEST, data=orjson.dumps(corpus(300)), timeout=30,
-                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
-                                      "Content-Type": "application/json"})
+    now = int(time.time() * 1000)
+    written = corpus(300)
+    for i, e in enumerate(written):
+        e["tsMs"] = now - 3 * HOUR + i * 36_000  # the last 3 hours
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    response = requests.post(server.url + INGEST, data=orjson.dumps(written), timeout=30,
+                             headers={**headers, "Content-Type": "application/json"})
     assert response.status_code == 200
     log = tmp_path / "logs.db-wal"
+    floor = (now - HOUR) // HOUR * 60
     deadline = time.monotonic() + 30
-    sealed = 0
+    state = None
     while time.monotonic() < deadline:
         with sqlite3.connect(tmp_path / "logs.db") as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
-        sealed = int(row[0]) if row else 0
-        if sealed == 200 and log.exists() and log.stat().st_size == 0:
+            state = conn.execute(
+                "SELECT (SELECT value FROM meta WHERE key = 'sealed_through'), "
+                "(SELECT value FROM meta WHERE key = 'minute_floor'), "
+                "(SELECT min(minute) FROM rollup_minute)").fetchone()
+        size = log.stat().st_size if log.exists() else None
+        if state[0] == "200" and state[1] and state[1].split()[2] == str(floor) and size == 0:
             break
         time.sleep(0.2)
-    size = log.stat().st_size if log.exists() else None
+    else:
+        server.stop()
+        pytest.fail(f"sealed, floor, first minute: {state}; write-ahead log {size}")
+    assert state[1].split()[0] == str(floor) and state[2] >= floor
+    for params in ({"projectId": "proj_1", "since": now - 150 * 60_000 + 7},
+                   {"containerId": "cnt_3", "since": now - 3 * HOUR, "until": now - 5_000}):
+        ours, entries = (requests.get(server.url + STATS, params={**params, **extra},
+                                      headers=headers, timeout=30).json()
+                         for extra in ({}, EVERY_METHOD))
+        assert ours == entries and ours["total"] > 0, params
     server.stop()
-    assert sealed == 200 and size == 0, (sealed, size)
 
 
 @pytest.mark.postgres_only("SQLite gives sealed rows' pages back through incremental vacuum")

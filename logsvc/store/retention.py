@@ -22,7 +22,7 @@ import uuid
 from logsvc import runtime
 from logsvc.entry import now_ms
 
-from . import db, fulltext, lookup, partitions, query, rollup, segments
+from . import db, fulltext, horizon, lookup, partitions, query, rollup, segments
 from .db import database
 from .models import PruneLog
 
@@ -138,7 +138,9 @@ def seal_forever(config, store=None, holder=None):
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     while True:
         try:
-            due = db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
+            due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
+                   or db.call(horizon.due, config.minute_counters_hours,
+                              horizon.grace_ms(config)))
             if due and db.call(take_lease, segments.LEASE_NAME, holder, 120):
                 try:
                     seal_due(config)
@@ -165,6 +167,7 @@ def seal_due(config):
         if db.is_postgres():
             db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
         runtime.pause()
+    horizon.trim(config.minute_counters_hours, horizon.grace_ms(config))
     return total
 
 

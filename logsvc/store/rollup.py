@@ -44,7 +44,7 @@ from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 """
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
-from . import db, names, segments, sketch
+from . import db, horizon, names, segments, sketch
 from .filters import Filters, unindexed, where_sql
 
 ROLLUP_DIMENSIONS = ("project_id", "container_id", "service_name")
@@ -210,7 +210,13 @@ def add(rows, sign=1, weights=None):
 def write(summary, sign=1, first_id=None):
     """Apply what `summarize` prepared, in the writing transaction.
     `first_id`: the id of the batch's first row (summarize(ids=True))."""
+    floor = horizon.floor()
     for tier, rows, folded in summary:
+        if floor and tier.table in horizon.TRIMMED:
+            # Minutes of a scope below the floor are not kept (horizon.py).
+            at = tier.keys.index("minute")
+            rows = [row for row in rows if row[at] >= floor]
+            folded = {key: value for key, value in folded.items() if key[at] >= floor}
         if tier.with_ids and sign > 0:
             # Each row ends with the offsets in the batch of its least and
             # greatest row (None: not known).
@@ -458,24 +464,19 @@ def _refresh_max(tier, folded):
     table = tier.table
     match = " AND ".join(f"{c} = ?" for c in tier.keys)
     if table == "rollup_minute":
-        # From the entries left in that minute, one grouped read per minute.
-        for minute in sorted({key[0] for key, _ in keys}):
-            start = minute * MINUTE_MS
-            found = {}
-            for sql, params in _with_sealed(
-                    "SELECT project_id, coalesce(container_id, ''), coalesce(service_name, ''), "
-                    "MAX(duration_ms) FROM entry WHERE ts_ms >= ? AND ts_ms < ? "
-                    "AND duration_ms IS NOT NULL GROUP BY 1, 2, 3",
-                    [start, start + MINUTE_MS], _window(start, start + MINUTE_MS, None, None)):
-                for row in db.execute(sql, params).fetchall():
-                    key = tuple(row[:3])
-                    if found.get(key) is None or row[3] > found[key]:
-                        found[key] = row[3]
-            db.executemany(
-                f"UPDATE {table} SET lat_max = ? WHERE {match} AND lat_max <= ?",
-                [(found.get(key[1:]), *key, longest) for key, longest in keys
-                 if key[0] == minute])
+        _max_from_entries(table, keys, match, MINUTE_MS, per_scope=True)
         return
+    floor_ms = horizon.floor_ms()
+    if floor_ms and table in ("rollup_hour", "rollup_minute_all"):
+        # Below the floor, minutes of each scope are not kept (horizon.py):
+        # from the entries of the hour or the minute, as rollup_minute's.
+        unit_ms = HOUR_MS if table == "rollup_hour" else MINUTE_MS
+        below = [(key, longest) for key, longest in keys if key[0] * unit_ms < floor_ms]
+        if below:
+            _max_from_entries(table, below, match, unit_ms, per_scope=table == "rollup_hour")
+            keys = [(key, longest) for key, longest in keys if key[0] * unit_ms >= floor_ms]
+            if not keys:
+                return
     finer, finer_time = _MAX_SOURCES[table]
     shared = [c for c in tier.keys if c != tier.time_column and c != "one"]
     where = [f"f.{c} = {table}.{c}" for c in shared]
@@ -489,6 +490,29 @@ def _refresh_max(tier, folded):
         f"UPDATE {table} SET lat_max = (SELECT MAX(f.lat_max) FROM {finer} f "
         f"WHERE {condition}) WHERE {match} AND lat_max <= ?",
         [(*key, longest) for key, longest in keys])
+
+
+def _max_from_entries(table, keys, match, unit_ms, per_scope):
+    """Set lat_max of the rows of `keys` ((key, removed longest), the key's
+    time first, then its scope when `per_scope`) to the longest duration
+    of the entries left in that unit, one grouped read per unit."""
+    scope = "project_id, coalesce(container_id, ''), coalesce(service_name, ''), "
+    for unit in sorted({key[0] for key, _ in keys}):
+        start = unit * unit_ms
+        found = {}
+        longest = (f"SELECT {scope if per_scope else ''}MAX(duration_ms) FROM entry "
+                   "WHERE ts_ms >= ? AND ts_ms < ? AND duration_ms IS NOT NULL"
+                   + (" GROUP BY 1, 2, 3" if per_scope else ""))
+        for sql, params in _with_sealed(longest, [start, start + unit_ms],
+                                        _window(start, start + unit_ms, None, None)):
+            for row in db.execute(sql, params).fetchall():
+                key = tuple(row[:-1])
+                if row[-1] is not None and (found.get(key) is None or row[-1] > found[key]):
+                    found[key] = row[-1]
+        db.executemany(
+            f"UPDATE {table} SET lat_max = ? WHERE {match} AND lat_max <= ?",
+            [(found.get(tuple(key[1:])), *key, longest) for key, longest in keys
+             if key[0] == unit])
 
 
 def _upsert(tier, sign, rows):
@@ -544,7 +568,7 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
     if not every_scope:
         counts, negated = f"{_KEYS}, {counts}", f"{_KEYS}, {negated}"
     parts = []
-    for unit, start, end, sign in _signed_spans(since, until, _units(names)):
+    for unit, start, end, sign in _planned_spans(since, until, names):
         if unit is None:
             for sql, params in _entry_part(start, end, project_id, container_id,
                                            _entry_select(columns, keys=not every_scope)):
@@ -797,13 +821,28 @@ _UNIT_COST = {HOUR_MS: 10, FIVE_MINUTES_MS: 2, MINUTE_MS: 1}
 _RAW_COST = 10
 
 
-def _signed_spans(since, until, units=(HOUR_MS, MINUTE_MS), subtract=True):
+def _signed_spans(since, until, units=(HOUR_MS, MINUTE_MS), subtract=True, floor_ms=0):
     """signed_spans of [since, until) (None: unbounded); without a range,
-    the one span ("total", None, None, 1): all time."""
+    the one span ("total", None, None, 1): all time. Before `floor_ms` (an
+    hour boundary), no minute unit is used (horizon.py)."""
     if since is None and until is None:
         return [("total", None, None, 1)]
-    return signed_spans(0 if since is None else since, _WHOLE if until is None else until,
-                        now_ms() if until is None else None, units, subtract)
+    low, high = 0 if since is None else since, _WHOLE if until is None else until
+    now = now_ms() if until is None else None
+    if floor_ms and MINUTE_MS in units and low < floor_ms:
+        coarse = tuple(u for u in units if u != MINUTE_MS)
+        spans = signed_spans(low, min(high, floor_ms), now, coarse, subtract)
+        if high > floor_ms:
+            spans += signed_spans(floor_ms, high, now, units, subtract)
+        return spans
+    return signed_spans(low, high, now, units, subtract)
+
+
+def _planned_spans(since, until, tiers, subtract=True):
+    """_signed_spans over the units of `tiers` ({unit: table}), minutes of a
+    scope only from the floor on (horizon.py)."""
+    floor_ms = horizon.floor_ms() if tiers.get(MINUTE_MS) in horizon.TRIMMED else 0
+    return _signed_spans(since, until, _units(tiers), subtract, floor_ms)
 
 
 def signed_spans(low, high, horizon=None, units=(HOUR_MS, MINUTE_MS), subtract=True):
@@ -970,7 +1009,7 @@ def latency(project_id=None, container_id=None, since=None, until=None):
     parts = []
     # A maximum cannot be subtracted: whole units are only added. Rows are
     # a sketch (counters) or a bucket's count (entries), with the longest.
-    for unit, start, end, _ in _signed_spans(since, until, _units(names), subtract=False):
+    for unit, start, end, _ in _planned_spans(since, until, names, subtract=False):
         if unit is None:
             where, params = _raw_where(start, end, project_id, container_id)
             parts.extend(_with_sealed(
@@ -1011,7 +1050,7 @@ def routes(project_id=None, container_id=None, since=None, until=None):
     # Calls, errors and sketches are sums: spans may be subtracted (the
     # route counters keep no maximum). Rows are (route, calls, errors, and
     # a sketch (counters) or a bucket (entries), sign).
-    for unit, start, end, sign in _signed_spans(since, until, _units(tables)):
+    for unit, start, end, sign in _planned_spans(since, until, tables):
         if unit is None:
             parts.extend(_with_sealed(
                 *_entry_routes(*_raw_where(start, end, project_id, container_id), sign),

@@ -48,7 +48,7 @@ from collections import Counter
 
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
-from . import db, names, planner, rollup, segments, sketch
+from . import db, horizon, names, planner, rollup, segments, sketch
 from .query import InvalidParameter
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
 
@@ -528,6 +528,17 @@ def _counted_buckets(minutes, start, end, filters):
     else:
         table = "rollup_minute" if where else "rollup_minute_all"
         unit, per_bucket = "minute", minutes
+        floor_ms = horizon.floor_ms() if table in horizon.TRIMMED else 0
+        if start < floor_ms:
+            # A scope's minutes before the floor are counted from its entries
+            # (horizon.py; the floor is on an hour, so on a bucket's start).
+            counted, timed = _raw_buckets(minutes * MINUTE_MS, start, min(end, floor_ms),
+                                          filters)
+            if end > floor_ms:
+                later = _counted_buckets(minutes, floor_ms, end, filters)
+                counted.update(later[0])
+                timed.update(later[1])
+            return counted, timed
     unit_ms = {"hour": HOUR_MS, "five_minutes": 5 * MINUTE_MS, "minute": MINUTE_MS}[unit]
     where.append(f"{unit} >= ? AND {unit} < ?")
     params += [start // unit_ms, end // unit_ms]
