@@ -204,18 +204,29 @@ class Logsvc:
         segments). Returns the seconds waited."""
         from logsvc.store.segments import SEGMENT_ROWS
 
-        due = max(0, (count - self.hot_rows) // SEGMENT_ROWS) * SEGMENT_ROWS
-        if count - due <= self.hot_rows + SEGMENT_ROWS:
-            due = max(0, due - SEGMENT_ROWS)
+        # A seal is due while more than hot_rows + SEGMENT_ROWS entries are
+        # unsealed: it ends at the last whole segment with more than
+        # hot_rows entries after it.
+        due = max(0, (count - self.hot_rows - 1) // SEGMENT_ROWS) * SEGMENT_ROWS
         start = time.perf_counter()
         while time.perf_counter() - start < timeout_s:
             if self.sealed_through() >= due:
                 break
             time.sleep(1)
+        # The minute counters older than LOGSVC_MINUTE_COUNTERS_HOURS go a
+        # grace after the floor is raised (logsvc/store/horizon.py).
+        while time.perf_counter() - start < timeout_s:
+            floor = (self._meta("minute_floor") or "0 0 0").split()
+            if floor[0] == floor[2]:
+                break
+            time.sleep(1)
         return time.perf_counter() - start
 
     def sealed_through(self):
-        sql = "SELECT value FROM meta WHERE key = 'sealed_through'"
+        return int(self._meta("sealed_through") or 0)
+
+    def _meta(self, key):
+        sql = f"SELECT value FROM meta WHERE key = '{key}'"
         if self.database_url:
             import psycopg2
 
@@ -227,7 +238,7 @@ class Logsvc:
 
             with contextlib.closing(sqlite3.connect(self.data_dir / "logs.db")) as conn:
                 row = conn.execute(sql).fetchone()
-        return int(row[0]) if row else 0
+        return row[0] if row else None
 
     def get(self, path, **params):
         response = self.session.get(self.server.url + path, params=params, timeout=600)
