@@ -115,14 +115,16 @@ def assert_stats(got, want):
 durations = st.one_of(st.none(), st.integers(0, 3), st.floats(0, 86_400_000),
                       st.floats(0.5, 2000).map(lambda d: round(d, 1)))
 entries = st.lists(st.builds(
-    lambda i, ts, status, level, container, duration, url: make_entry(
+    lambda i, ts, status, level, container, duration, url, service: make_entry(
         i, tsMs=BASE + ts, status=status, level=level, containerId=container,
-        durationMs=duration, url=url),
+        durationMs=duration, url=url, serviceName=service),
     st.integers(0, 50), st.one_of(st.integers(0, 10 * 60_000), st.integers(0, 4 * HOUR)),
     st.sampled_from([None, 200, 404, 503]),
     st.sampled_from(["debug", "info", "warn", "error"]),
     st.sampled_from([None, "cnt_a", "cnt_b"]), durations,
-    st.sampled_from([None, "/v1/a/1", "/v1/a/22?x=1", "/v1/b", "/v2/c/9/d"])),
+    st.sampled_from([None, "/v1/a/1", "/v1/a/22?x=1", "/v1/b", "/v2/c/9/d"]),
+    # Several services behind one container (a gateway's), or none.
+    st.sampled_from([None, "user-api", "billing-api", "webhook-svc"])),
     min_size=1, max_size=40)
 
 
@@ -204,6 +206,44 @@ def test_stats_take_an_hour_and_subtract_what_lies_outside_the_range(store):
         assert_stats(got, truth(scope.get("projectId"), scope.get("containerId"), since, until))
         page = store.page(since=since, until=until, level="error", limit=1, **scope)
         assert page["totalExact"] and page["total"] == got["byLevel"].get("error", 0)
+
+
+def test_stats_without_a_scope_count_each_container_and_service_exactly(make_app):
+    """Gateway containers in front of several services: what a question
+    without a scope says per project, container and service (read from the
+    counters per container and per service) equals a count of the entries,
+    over any range, by level or status class, and after retention."""
+    app = make_app(retention_days=0)
+    store = Store(app.test_client())
+    services = ("user-api", "billing-api", "webhook-svc", "search", None)
+    store.ingest([make_entry(i, tsMs=BASE + i * 61_789 % (5 * HOUR), projectId=f"proj_{i % 3}",
+                             containerId=f"gw_{i % 4}", serviceName=services[i * 7 % 5],
+                             level=("info", "warn", "error")[i % 7 % 3],
+                             status=(200, 404, 503, None)[i % 11 % 4]) for i in range(600)])
+    windows = [(None, None), (BASE, BASE + 3 * HOUR), (BASE + 17, BASE + 4 * HOUR - 70_001),
+               (BASE + HOUR + 1_000, BASE + 5 * HOUR + 1), (BASE - HOUR, None),
+               (None, BASE + 2 * HOUR + 59_999)]
+    classes = [({}, {}), ({"level": "error"}, {"levels": ["error"]}),
+               ({"status": "5xx"}, {"statuses": ["5xx"]})]
+    keys = ("total", "byProject", "byContainer", "byService", "byLevel", "byStatus")
+
+    def check():
+        checked = 0
+        for since, until in windows:
+            for params, kept in classes:
+                ranged = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+                got, want = store.page(STATS, **ranged, **params), truth(None, None, since, until,
+                                                                         **kept)
+                assert {k: got[k] for k in keys} == {k: want[k] for k in keys}, (ranged, params)
+                checked += len(got["byService"]) > 2 and len(got["byContainer"]) > 2
+        assert checked > 10
+
+    check()
+    config = app.extensions["logsvc"].config
+    assert retention.prune(config.replace(max_rows=450)) == 150
+    check()
+    assert retention.prune(config.replace(max_rows=200)) == 250
+    check()
 
 
 def test_stats_has_every_breakdown(store):

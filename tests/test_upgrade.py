@@ -615,3 +615,43 @@ def test_a_version_11_store_gives_its_indexed_entries_their_projects_and_contain
             "INSERT INTO entry_fts (entry_fts, rank) VALUES ('integrity-check', 0)"))
         assert db.call(lambda: fulltext.indexed("shipped", cap=1000, scope=scope)) == len(
             wanted("proj_1", "cnt_2", low=180))
+
+
+def test_a_version_16_store_counts_its_entries_per_container_and_per_service(make_app):
+    app = make_app()
+    store = Store(app.test_client())
+    entries = [make_entry(i, tsMs=BASE + i * 97_000, containerId=f"gw_{i % 4}",
+                          serviceName=("a", "b", "c")[i % 3], level=("info", "error")[i % 5 % 2],
+                          durationMs=i % 50 + 1) for i in range(400)]
+    store.ingest(entries[:300])
+    questions = [{}, {"since": BASE + HOUR + 17, "until": BASE + 6 * HOUR - 70_001},
+                 {"level": "error"}, {"status": "2xx", "since": BASE + 2 * HOUR}]
+    before = [store.page(STATS, **params) for params in questions]
+    assert all(len(answer["byService"]) == 3 for answer in before)
+    tables = [table for tiers in (*(t for t, _ in rollup.KEY_TIERS.values()),
+                                  *rollup.CLASS_KEY_TIERS.values())
+              for table in (tiers["total"], tiers[HOUR])]
+    assert len(tables) == 8
+
+    def make_version_16():
+        for table in tables:
+            db.execute(f"DROP TABLE {table}")
+        models.Meta.update(value="16").where(models.Meta.key == "schema_version").execute()
+
+    db.call(make_version_16)
+    app.extensions["logsvc"].store.close()
+
+    store = Store(make_app().test_client())
+    # The same answers, now from the counters per container and service.
+    assert [store.page(STATS, **params) for params in questions] == before
+    store.ingest(entries[300:])
+
+    def counted():
+        return db.call(lambda: (
+            db.execute("SELECT service_name, n FROM rollup_service_total_all "
+                       "ORDER BY 1").fetchall(),
+            db.execute("SELECT service_name, count(*) FROM entry GROUP BY 1 ORDER BY 1")
+            .fetchall()))
+    mine, wanted = counted()
+    assert mine == wanted and sum(n for _, n in mine) == 400
+    assert store.page(STATS)["byContainer"] == {f"gw_{i}": 100 for i in range(4)}

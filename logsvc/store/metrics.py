@@ -34,7 +34,7 @@ class _StoreCollector:
 
 def _read():
     sums = ", ".join(f"CAST(coalesce(SUM(level_{name}), 0) AS BIGINT)" for name in LEVELS)
-    row = db.execute(f"SELECT {sums} FROM rollup_total").fetchone()
+    row = db.execute(f"SELECT {sums} FROM rollup_total_all").fetchone()
     by_level = list(zip(LEVELS, row))
     last_id = query.high_water()
     return by_level, last_id, segments.oldest_ts()

@@ -21,7 +21,7 @@ from .db import database
 from .models import ALL_MODELS, ROLLUP_MODELS, Entry, EntryBody, IdSequence, Meta, entry_indexes
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 
 # Columns that later versions added to tables that existed before them:
@@ -203,6 +203,15 @@ def _v15_to_v16():
             db.execute(f"ALTER TABLE {table} SET ({_PG_UPDATED})")
 
 
+def _v16_to_v17():
+    # Version 17: the key tiers (entries per container and per service, per
+    # hour and all time, and by class), summed from the scope tiers.
+    for tiers in (*(tiers for tiers, _ in rollup.KEY_TIERS.values()),
+                  *rollup.CLASS_KEY_TIERS.values()):
+        for table in (tiers["total"], tiers[rollup.HOUR_MS]):
+            rollup.fill_from_finer(table)
+
+
 # PostgreSQL: the storage of a counter table whose rows are rewritten all
 # the time (the all-time tiers: a scope's row takes every batch of it). With
 # half of each page free, a row's new version goes in the same page (a
@@ -247,6 +256,7 @@ STEPS = (
     _nothing,
     _v14_to_v15,
     _v15_to_v16,
+    _v16_to_v17,
 )
 assert len(STEPS) == SCHEMA_VERSION - 1
 

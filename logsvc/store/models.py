@@ -19,7 +19,9 @@
   transaction as the rows, so they always equal a GROUP BY over `entry`
   (see rollup.py, and stats.py for which question reads which). Key
   columns use '' for "none" because a primary key treats NULLs as distinct
-  and the upsert needs a key.
+  and the upsert needs a key. The key counters (`RollupContainerTotal`,
+  `RollupServiceTotalAll`...) keep the entry count alone per container and
+  per service: what a question without a scope breaks its answer down by.
 - `IdSequence`: the last id handed out, per sequence ('entry').
 - `Meta`: small key/value records (the schema version, the partition size).
 - `RateBucket`: the rate limit's state per scope (PostgreSQL only).
@@ -229,6 +231,93 @@ class RollupTotalAll(BaseModel):
         table_settings = ["WITHOUT ROWID"]
 
 
+# Entries per container and per service, per hour and all time: the key
+# breakdowns of a question without a scope (rollup.KEY_TIERS).
+def _key_counted(cls):
+    cls._meta.add_field("n", peewee.BigIntegerField(default=0))
+    return cls
+
+
+@_key_counted
+class RollupContainerHour(BaseModel):
+    hour = peewee.BigIntegerField()
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "project_id", "container_id")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
+class RollupContainerTotal(BaseModel):
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("project_id", "container_id")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
+class RollupServiceHourAll(BaseModel):
+    hour = peewee.BigIntegerField()
+    service_name = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "service_name")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
+class RollupServiceTotalAll(BaseModel):
+    service_name = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
+class RollupClassContainerHour(BaseModel):
+    hour = peewee.BigIntegerField()
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "project_id", "container_id", "level",
+                                          "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
+class RollupClassContainerTotal(BaseModel):
+    project_id = peewee.TextField()
+    container_id = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("project_id", "container_id", "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
+class RollupClassServiceHourAll(BaseModel):
+    hour = peewee.BigIntegerField()
+    service_name = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("hour", "service_name", "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
+class RollupClassServiceTotalAll(BaseModel):
+    service_name = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("service_name", "level", "status_class")
+        table_settings = ["WITHOUT ROWID"]
+
+
 # Per scope, level and status class (rollup.CLASS_KEYS), per hour and all
 # time: the counts and latency of stats filtered by a level or a status
 # class. No longest duration (rollup.latency_max finds it in `entry`).
@@ -279,6 +368,9 @@ class RollupClassTotalAll(BaseModel):
 
 for _model in (RollupClassHour, RollupClassTotal, RollupClassHourAll, RollupClassTotalAll):
     _add_counts(_model, COUNT_COLUMNS, with_max=False)
+for _model in (RollupClassContainerHour, RollupClassContainerTotal, RollupClassServiceHourAll,
+               RollupClassServiceTotalAll):
+    _class_keys(_model)
 
 
 # Per route: calls, errors and latency. Per project and minute or hour, per
@@ -409,7 +501,10 @@ ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll, RollupF
                  RollupRouteMinuteAll, RollupRouteFiveMinutesAll, RollupRouteHourAll,
                  RollupRouteTotalAll, RollupClassHour, RollupClassTotal, RollupClassHourAll,
                  RollupClassTotalAll, RollupRouteClassHour, RollupRouteClassTotal,
-                 RollupRouteClassHourAll, RollupRouteClassTotalAll)
+                 RollupRouteClassHourAll, RollupRouteClassTotalAll, RollupContainerHour,
+                 RollupContainerTotal, RollupServiceHourAll, RollupServiceTotalAll,
+                 RollupClassContainerHour, RollupClassContainerTotal, RollupClassServiceHourAll,
+                 RollupClassServiceTotalAll)
 
 
 class IdSequence(BaseModel):

@@ -36,7 +36,7 @@ def clear():
             next_seq = IdSequence.take(ID_GAP_AFTER_CLEAR)
             seq = next_seq - ID_GAP_AFTER_CLEAR
             (removed,) = db.execute(
-                "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total").fetchone()
+                "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total_all").fetchone()
             if not db.is_postgres():
                 fulltext.clear_sqlite()
                 lookup.clear()

@@ -282,8 +282,8 @@ def choose(filters, need, ordered=True, order="desc"):
     return frozenset(plain & active), bounds if between_ids else None
 
 
-# How long a process keeps the entry count of each service: it reads every
-# scope's counter row, and an estimate needs no more recent figures.
+# How long a process keeps the entry count of each service (a row per
+# service name): an estimate needs no more recent figures.
 SERVICES_KEPT_S = 30.0
 
 
@@ -294,8 +294,7 @@ def _per_service():
     kept = getattr(store, "per_service", None)
     now = time.monotonic()
     if kept is None or now - kept[0] > SERVICES_KEPT_S:
-        rows = db.execute("SELECT service_name, CAST(SUM(n) AS BIGINT) FROM rollup_total "
-                          "GROUP BY service_name").fetchall()
+        rows = db.execute("SELECT service_name, n FROM rollup_service_total_all").fetchall()
         kept = store.per_service = (now, {name: n for name, n in rows})
     return kept[1]
 
@@ -334,8 +333,9 @@ class _Counts:
 
     def _scope(self, project_id, container_id=None):
         where, params = rollup.scope_where(project_id, container_id)
-        (n,) = db.execute("SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total "
-                          f"WHERE {' AND '.join(where)}", params).fetchone()
+        (n,) = db.execute("SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM "
+                          f"rollup_container_total WHERE {' AND '.join(where)}",
+                          params).fetchone()
         return n
 
     def _breakdown(self, prefix, values):

@@ -24,6 +24,20 @@ finds it through the entries' latency bucket index):
     rollup_class_hour  (hour, project, container, service, level, status class)
     rollup_class_total (project, container, service, level, status class)
 
+Key counters: the entry count `n` alone, per container and per service,
+per hour and all time, and the same by class. A question without a scope
+reads its project, container and service breakdowns from them (KEY_TIERS,
+`key_counted`): a row per key of the answer, where the scope tiers hold
+one per container and service (twenty for a gateway in front of twenty
+services):
+
+    rollup_container_hour  (hour, project, container)
+    rollup_container_total (project, container)
+    rollup_service_hour_all / rollup_service_total_all (service)
+    rollup_class_container_hour / rollup_class_container_total /
+    rollup_class_service_hour_all / rollup_class_service_total_all
+                           (the same and the level and status class)
+
 Route counters: calls `n`, `errors` (level error) and `lat`, for the
 entries that have a route:
 
@@ -57,6 +71,7 @@ COUNT_COLUMNS = (
     + tuple(f"source_{name}" for name in SOURCES)
 )
 ROUTE_COUNT_COLUMNS = ("n", "errors")
+KEY_COUNTS = ("n",)
 
 WIDTH = len(COUNT_COLUMNS)
 # The count column of each level, kind and source, by name and by its
@@ -86,10 +101,13 @@ class Tier:
     Readers sum them (SUM skips NULLs) or take NULL as 0."""
 
     def __init__(self, table, keys, time_column, counts, source, key_from, with_ids=False,
-                 with_max=None):
+                 with_max=None, with_lat=True):
         self.table, self.keys, self.time_column = table, keys, time_column
         self.counts, self.source, self.key_from = counts, source, key_from
-        self.with_max = counts is COUNT_COLUMNS if with_max is None else with_max
+        # Without a sketch: the counts only, a prefix of the source's
+        # (the key tiers keep `n`).
+        self.with_lat = with_lat
+        self.with_max = (counts is COUNT_COLUMNS and with_lat) if with_max is None else with_max
         self.with_ids = with_ids  # id_min and id_max, widened by each batch
         self.staged = f"{table}_staged"  # PostgreSQL: see _upsert
         self.sql = {postgres: self._sql(postgres) for postgres in (False, True)}
@@ -99,11 +117,13 @@ class Tier:
         rows are the statement's parameters, on PostgreSQL they are first
         copied into the tier's staging table (see _upsert)."""
         table, counts = self.table, self.counts
-        columns = [*self.keys, *counts, "lat"] + (["lat_max"] if self.with_max else [])
+        columns = ([*self.keys, *counts] + (["lat"] if self.with_lat else [])
+                   + (["lat_max"] if self.with_max else []))
         sets = [f"{c} = {table}.{c} + excluded.{c}" if c == "n" or not postgres else
                 f"{c} = nullif(coalesce({table}.{c}, 0) + coalesce(excluded.{c}, 0), 0)"
                 for c in counts]
-        sets.append(f"lat = logsvc_sketch_add({table}.lat, excluded.lat)")
+        if self.with_lat:
+            sets.append(f"lat = logsvc_sketch_add({table}.lat, excluded.lat)")
         keys = ", ".join(self.keys)
 
         def upsert(columns):
@@ -144,6 +164,17 @@ TIERS = {t.table: t for t in (
     Tier("rollup_hour", ("hour", *_SCOPE), "hour", COUNT_COLUMNS, "rollup_minute",
          lambda k: (k[0] // 60, k[1], k[2], k[3])),
     Tier("rollup_total", _SCOPE, None, COUNT_COLUMNS, "rollup_hour", lambda k: k[1:]),
+    # The key tiers: entries per container and per service, what the key
+    # breakdowns of a question without a scope read (a row per key of the
+    # answer, where the scope tiers have one per container and service).
+    Tier("rollup_container_hour", ("hour", "project_id", "container_id"), "hour", KEY_COUNTS,
+         "rollup_hour", lambda k: k[:3], with_lat=False),
+    Tier("rollup_container_total", ("project_id", "container_id"), None, KEY_COUNTS,
+         "rollup_total", lambda k: k[:2], with_lat=False),
+    Tier("rollup_service_hour_all", ("hour", "service_name"), "hour", KEY_COUNTS,
+         "rollup_hour", lambda k: (k[0], k[3]), with_lat=False),
+    Tier("rollup_service_total_all", ("service_name",), None, KEY_COUNTS,
+         "rollup_total", lambda k: (k[2],), with_lat=False),
     Tier("rollup_minute_all", ("minute",), "minute", COUNT_COLUMNS, "scopes",
          lambda k: (k[0],), with_ids=True),
     Tier("rollup_five_minutes_all", ("five_minutes",), "five_minutes", COUNT_COLUMNS,
@@ -160,6 +191,15 @@ TIERS = {t.table: t for t in (
          "classes", None, with_max=False),
     Tier("rollup_class_total", (*_SCOPE, *CLASS_KEYS), None, COUNT_COLUMNS,
          "rollup_class_hour", lambda k: k[1:], with_max=False),
+    # And the key tiers by class.
+    Tier("rollup_class_container_hour", ("hour", "project_id", "container_id", *CLASS_KEYS),
+         "hour", KEY_COUNTS, "rollup_class_hour", lambda k: (*k[:3], *k[4:]), with_lat=False),
+    Tier("rollup_class_container_total", ("project_id", "container_id", *CLASS_KEYS), None,
+         KEY_COUNTS, "rollup_class_total", lambda k: (*k[:2], *k[3:]), with_lat=False),
+    Tier("rollup_class_service_hour_all", ("hour", "service_name", *CLASS_KEYS), "hour",
+         KEY_COUNTS, "rollup_class_hour", lambda k: (k[0], *k[3:]), with_lat=False),
+    Tier("rollup_class_service_total_all", ("service_name", *CLASS_KEYS), None, KEY_COUNTS,
+         "rollup_class_total", lambda k: k[2:], with_lat=False),
     Tier("rollup_class_hour_all", ("hour", *CLASS_KEYS), "hour", COUNT_COLUMNS,
          "rollup_class_hour", lambda k: (k[0], k[4], k[5]), with_max=False),
     Tier("rollup_class_total_all", CLASS_KEYS, None, COUNT_COLUMNS,
@@ -312,8 +352,9 @@ def summarize(rows, sign=1, weights=None, ids=False):
     for tiers in (TIERS, ROUTE_TIERS):
         for tier in tiers.values():
             source = summed[tier.source]
-            folded = summed[tier.table] = (source if tier.key_from is None
-                                           else _fold(source, tier.key_from))
+            folded = summed[tier.table] = (
+                source if tier.key_from is None else
+                _fold(source, tier.key_from) if tier.with_lat else _fold_n(source, tier.key_from))
             rows = _rows(tier, folded, sign, postgres)
             if tier.with_ids and sign > 0:
                 rows = [(*row, *offsets.get(row[0], (None, None))) for row in rows]
@@ -329,14 +370,17 @@ _STORED_LEVEL = {postgres: {key: (word if postgres else names.LETTERS["level"][w
 
 
 def _rows(tier, folded, sign, postgres):
-    rows = []
-    with_max = tier.with_max
-    dumps = sketch.dumps
-    for key, (counts, lat, longest) in folded.items():
-        if postgres:  # zeros as NULL (see Tier)
-            counts = (counts[0], *(n or None for n in counts[1:]))
-        row = (*key, *counts, dumps(lat) if lat else None)
-        rows.append(row + (longest if sign > 0 else None,) if with_max else row)
+    if not tier.with_lat:  # a key tier: `n` alone
+        rows = [(*key, counts[0]) for key, (counts, _, _) in folded.items()]
+    else:
+        rows = []
+        with_max = tier.with_max
+        dumps = sketch.dumps
+        for key, (counts, lat, longest) in folded.items():
+            if postgres:  # zeros as NULL (see Tier)
+                counts = (counts[0], *(n or None for n in counts[1:]))
+            row = (*key, *counts, dumps(lat) if lat else None)
+            rows.append(row + (longest if sign > 0 else None,) if with_max else row)
     if postgres:
         # In key order, so that concurrent transactions lock rows in one
         # order (SQLite has one writer; its keys mix numbers' bytes and '').
@@ -397,6 +441,13 @@ def fill_from_finer(table):
     """A new tier summed from the tier it is summed from (a schema upgrade)."""
     tier = TIERS.get(table) or ROUTE_TIERS[table]
     finer = TIERS.get(tier.source) or ROUTE_TIERS[tier.source]
+    if not tier.with_lat:
+        # A key tier: its keys are columns of the finer tier's.
+        keys = ", ".join(tier.keys)
+        db.execute(f"DELETE FROM {table}")
+        db.execute(f"INSERT INTO {table} ({keys}, n) SELECT {keys}, SUM(n) FROM {finer.table} "
+                   f"GROUP BY {keys} HAVING SUM(n) > 0")
+        return
     width = len(finer.keys)
     columns = [*finer.keys, *finer.counts, "lat"] + (["lat_max"] if finer.with_max else [])
     source = {}
@@ -432,6 +483,20 @@ def _fold(source, key_from):
                     mine[bucket] = mine.get(bucket, 0) + n
         if longest is not None and (into[2] is None or longest > into[2]):
             into[2] = longest
+    return out
+
+
+def _fold_n(source, key_from):
+    """The entry counts `n` of `source` summed per key_from(key), shaped as
+    _fold's (a key tier's: no sketch, no longest)."""
+    out = {}
+    for key, (counts, _, _) in source.items():
+        key = key_from(key)
+        into = out.get(key)
+        if into is None:
+            out[key] = [[counts[0]], None, None]
+        else:
+            into[0][0] += counts[0]
     return out
 
 
@@ -578,6 +643,66 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
         else:
             parts.append(_tier_part(names[unit], start, end, project_id, container_id,
                                     select=counts if sign > 0 else negated))
+    if not parts:
+        return None
+    return (" UNION ALL ".join(sql for sql, _ in parts),
+            [p for _, part_params in parts for p in part_params])
+
+
+# The key tiers of each key breakdown of a question without a scope, by
+# unit, and the keys they give (the minutes of the scope tier, whose rows
+# are about as many as the entries of those minutes anyway).
+KEY_TIERS = {
+    "containers": ({"total": "rollup_container_total", HOUR_MS: "rollup_container_hour",
+                    MINUTE_MS: "rollup_minute"}, "project_id, container_id"),
+    "services": ({"total": "rollup_service_total_all", HOUR_MS: "rollup_service_hour_all",
+                  MINUTE_MS: "rollup_minute"}, "service_name"),
+}
+_ENTRY_KEYS = {"containers": "project_id, coalesce(container_id, '') AS container_id",
+               "services": "coalesce(service_name, '') AS service_name"}
+
+
+# By class (`classed`): hours and all time.
+CLASS_KEY_TIERS = {
+    "containers": {"total": "rollup_class_container_total",
+                   HOUR_MS: "rollup_class_container_hour"},
+    "services": {"total": "rollup_class_service_total_all", HOUR_MS: "rollup_class_service_hour_all"},
+}
+
+
+def key_counted(breakdown, since=None, until=None, filters=None, found=None):
+    """(sql, params) of rows (<keys of `breakdown`>, n) of every scope, whose
+    sums per key count exactly the entries with since <= ts_ms < until
+    (None: unbounded), or None when none can match: as many rows as the
+    breakdown has keys per hour (or all time), where the scope tiers have
+    one per container and service. `breakdown`: "containers" (project_id,
+    container_id) or "services" (service_name), see KEY_TIERS. `filters`:
+    a time range and a level or status class (`classed`, no scope), read
+    from the key tiers by class and the entries `found` gives."""
+    tiers, keys = KEY_TIERS[breakdown]
+    counts, negated = f"{keys}, n", f"{keys}, -n AS n"
+    select = f"SELECT {_ENTRY_KEYS[breakdown]}, 1 AS n FROM entry e"
+    parts = []
+    if filters is None:
+        spans, also = _planned_spans(since, until, tiers), None
+    else:
+        tiers = CLASS_KEY_TIERS[breakdown]
+        spans, also = _class_spans(filters, tiers), class_where(filters)
+    for unit, start, end, sign in spans:
+        if unit is None:
+            if filters is None:
+                raw = _entry_part(start, end, None, None, select)
+            else:
+                part = filters.replace(since=start, until=end)
+                where, values = found(part)
+                raw = _with_sealed(f"{select} WHERE {where}", values, part)
+            for sql, params in raw:
+                if sign < 0:
+                    sql = f"SELECT {negated} FROM ({sql}) AS raw"
+                parts.append((sql, params))
+        else:
+            parts.append(_tier_part(tiers[unit], start, end, None, None,
+                                    select=counts if sign > 0 else negated, also=also))
     if not parts:
         return None
     return (" UNION ALL ".join(sql for sql, _ in parts),

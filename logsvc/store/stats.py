@@ -5,7 +5,8 @@ container, service, n, <count columns>) that together count exactly the
 entries of the question, summed per scope once and then into the total
 and the breakdowns.
 
-- No time range: `rollup_total`, one row per scope.
+- No time range: `rollup_total`, one row per scope (without a scope:
+  `rollup_total_all`, `rollup_container_total`, `rollup_service_total_all`).
 - A time range [since, until): whole hours from `rollup_hour`, the whole
   minutes around them from `rollup_minute`, and the partial minutes at
   either end straight from `entry` through its `ts_ms` index, so the answer
@@ -16,10 +17,12 @@ and the breakdowns.
 
 The database does the summing: the total and its level, kind, status and
 source breakdowns in one row (from the all-scope tiers when no scope is
-asked for), the entry count of each scope in one row per scope, which
-Python adds into the project, container and service breakdowns. The cost
-follows the size of the answer (the number of projects, containers and
-services in it), not the number of entries.
+asked for), and the project, container and service breakdowns: without a
+scope, from the key tiers (rows per container and per service, see
+rollup.key_counted); with one, from the scope's rows (one per container
+and service), which Python adds up. The cost follows the size of the
+answer (the number of projects, containers and services in it), not the
+number of entries, nor the number of services behind each container.
 
 A level or a status class (whole classes: `5xx`, `400-599`), with a scope
 and a time range or not, is read the same way from the counters kept per
@@ -92,8 +95,8 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
             # tiers (a row per minute or hour, not one per scope). A scope's
             # rows give both.
             if f.project_id is None and f.container_id is None:
-                result = _summarize(rollup.counted(*scope, columns=("n",)),
-                                    rollup.counted(*scope, keys=False), _ranged(f))
+                result = _summarize_every_scope(rollup.counted(*scope, keys=False),
+                                                f.since, f.until)
             else:
                 result = _summarize(rollup.counted(*scope))
             counts, longest = rollup.latency(*scope)
@@ -101,9 +104,9 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
         elif rollup.classed(f):
             # A level or a status class: the counters kept by class.
             if f.project_id is None and f.container_id is None:
-                result = _summarize(rollup.counted(filters=f, found=found, columns=("n",)),
-                                    rollup.counted(filters=f, found=found, keys=False),
-                                    _ranged(f))
+                result = _summarize_every_scope(
+                    rollup.counted(filters=f, found=found, keys=False), f.since, f.until,
+                    filters=f, found=found)
             else:
                 result = _summarize(rollup.counted(filters=f, found=found))
             counts, longest = rollup.class_latency(f, found)
@@ -311,6 +314,27 @@ def _summarize(source, totals=None, ranged=True):
     else:
         sql = _SUMMARY_SQL.format(totals=totals[0], source=source[0])
         params = [*totals[1], *source[1], *source[1], *source[1]]
+    return _summarized(result, sql, params)
+
+
+def _summarize_every_scope(totals, since, until, filters=None, found=None):
+    """The summary of every scope's entries over [since, until): the total
+    and its breakdowns from the all-scope rows of `totals`, the key
+    breakdowns from the key tiers (rollup.key_counted; by class with
+    `filters` and `found`), in one statement."""
+    result = _empty()
+    if totals is None:
+        return result
+    containers, services = (rollup.key_counted(breakdown, since, until, filters, found)
+                            for breakdown in ("containers", "services"))
+    sql = _EVERY_SCOPE_SQL.format(containers=containers[0], totals=totals[0],
+                                  services=services[0])
+    return _summarized(result, sql, [*containers[1], *totals[1], *services[1]])
+
+
+def _summarized(result, sql, params):
+    """`result` with the rows of `sql` (a total row, per-key rows and
+    per-scope rows, see _SUMMARY_SQL) added in."""
     shown = names.shower()  # stored names (names.py) by name
     total, scopes = None, []
     for row in db.execute(sql, params).fetchall():
@@ -375,6 +399,19 @@ _SCOPE_ROWS = (f"SELECT 'scope', {_KEYS}, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
 _RANGE_SUMMARY_SQL = ("SELECT 'total', CAST(NULL AS TEXT), CAST(NULL AS TEXT), "
                       f"CAST(NULL AS TEXT), {_SUMS} FROM ({{totals}}) AS totals UNION ALL "
                       + _SCOPE_ROWS.format(source="({source}) AS counted"))
+# Without a scope: the key rows from the key tiers (rollup.key_counted), a
+# row per key of the answer; the containers' read once for the projects and
+# the containers.
+_EVERY_SCOPE_SQL = (
+    "WITH containers AS MATERIALIZED ({containers}) "
+    + _TOTAL_ROW.format(totals="({totals}) AS totals")
+    + f" UNION ALL SELECT 'byProject', project_id, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
+    "FROM containers GROUP BY project_id HAVING SUM(n) > 0"
+    f" UNION ALL SELECT 'byContainer', container_id, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
+    "FROM containers WHERE container_id <> '' GROUP BY container_id HAVING SUM(n) > 0"
+    f" UNION ALL SELECT 'byService', service_name, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
+    "FROM ({services}) AS services WHERE service_name <> '' GROUP BY service_name "
+    "HAVING SUM(n) > 0")
 # A scope's rows read once for all of them.
 _SHARED_SQL = ("WITH counted AS MATERIALIZED ({source}) "
                + _TOTAL_ROW.format(totals="counted") + " UNION ALL "
