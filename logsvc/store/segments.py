@@ -472,6 +472,11 @@ def _segments(filters, after_id, upto_id):
                       f"WHERE {' AND '.join(terms)} ORDER BY min_id", params).fetchall()
     chosen = []
     wanted = _wanted_words(filters)
+    # Each word's share of the blocks that may hold it, learnt from the
+    # first segment with candidate blocks: a block is asked for the rarest
+    # word first (most are then ruled out by one look), and the candidate
+    # rows are searched for it first (_prefiltered).
+    rarity = {}
     for segment_id, low, high in rows:
         projects, (size, blooms) = _skipping(segment_id, low)
         if filters.project_id is not None and filters.project_id not in projects:
@@ -486,7 +491,12 @@ def _segments(filters, after_id, upto_id):
                 starts, admitted = _admitted(meta, filters)
                 candidates = [at for at in candidates
                               if bisect.bisect_right(starts, at * size) - 1 in admitted]
+            if not rarity and candidates:
+                for word in {word for group in wanted for word in group}:
+                    rarity[word] = sum(word in blooms[at] for at in candidates) / len(candidates)
+                wanted = [tuple(sorted(group, key=rarity.get)) for group in wanted]
             meta["blocks"] = (size, [at for at in candidates if _may_hold(blooms[at], wanted)])
+            meta["rarity"] = rarity
             if not meta["blocks"][1]:
                 continue
         chosen.append(meta)
@@ -540,7 +550,7 @@ def _matching(meta, filters, after_id, upto_id, memo=None):
     if mask is not None:
         table = table.filter(mask)
     if filters.q and table.num_rows:
-        table = _prefiltered(table, filters.q)
+        table = _prefiltered(table, filters.q, meta.get("rarity"))
     if memo is not None:
         memo[key] = table
     return table
@@ -551,22 +561,25 @@ _TEXT_COLUMNS = ("url", "data", "request_body", "response_body")
 _DOCUMENT = ("url", "request_body", "response_body", "data")
 
 
-def _prefiltered(table, q):
+def _prefiltered(table, q, rarity=None):
     """The rows that may match `q`: each word of a group's positive phrases
     appears, in any case, in one of the document's columns (Arrow's
     vectorised substring search; `_batches` then checks words and phrases
     exactly). Words beyond ASCII are left to that check.
 
-    A group's words are looked for longest first, each among the rows that
-    held the words before it: the longest is usually the rarest (an id in
-    a path beside `v1` and `users`), and the others then search few rows."""
+    A group's words are looked for rarest first (`rarity`: each word's share
+    of the blocks whose Bloom filter may hold it; the longest first where
+    that is not known), each among the rows that held the words before it:
+    the others then search few rows (an id in a path beside `v1` and
+    `users`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     groups = []
     for group in fulltext.parse(q):
         words = sorted({word for phrase in group.positive for word in phrase.words
-                        if word.isascii()}, key=len, reverse=True)
+                        if word.isascii()},
+                       key=lambda word: ((rarity or {}).get(word, 1.0), -len(word)))
         if not words:
             return table  # a group of words beyond ASCII: every row may match
         groups.append(words)
