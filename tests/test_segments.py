@@ -305,6 +305,7 @@ EVERY_METHOD = {"method": "GET,POST,DELETE"}
 FLOOR_QUESTIONS = [
     (STATS, {"projectId": "proj_1", "since": T0 + HOUR + 123_456, "until": T0 + 3 * HOUR + 5_000}),
     (STATS, {"since": T0 + 61_001, "until": T0 + 2 * HOUR + 1}),
+    (STATS, {"since": T0 + HOUR + 20 * 60_000 + 5, "until": T0 + 3 * HOUR + 40 * 60_000}),
     (STATS, {"projectId": "proj_2", "containerId": "cnt_2", "since": T0 + 45 * 60_000 + 7}),
     (STATS, {"projectId": "proj_0", "since": T0 + 100_000, "until": T0 + 119 * 60_000 + 1}),
     (STATS, {"containerId": "cnt_4", "since": T0 + 5_000}),

@@ -10,7 +10,8 @@ minutes at the edges of a scope's time range and a scope's histogram in
 buckets shorter than an hour; the hours, the all-scope minutes and the
 totals are counted in their own tiers, which are kept.
 
-So a store that seals its history (LOGSVC_HOT_ROWS) keeps them for the
+So a store that seals its history (LOGSVC_HOT_ROWS) keeps them, and the
+service minutes summed from them (`rollup_service_minute_all`), for the
 last LOGSVC_MINUTE_COUNTERS_HOURS hours only. The *floor* is the first
 minute they still count (on an hour boundary; `meta.minute_floor`, 0: no
 floor): below it
@@ -38,7 +39,7 @@ HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 # The tables that keep minutes of each scope above the floor, and where
 # their key holds the minute.
-TRIMMED = ("rollup_minute", "rollup_route_minute")
+TRIMMED = ("rollup_minute", "rollup_route_minute", "rollup_service_minute_all")
 GRACE_MS = 60_000
 
 
@@ -131,6 +132,10 @@ def _delete_below(minute):
             deleted += db.call(_delete, "DELETE FROM rollup_minute WHERE minute >= ? "
                                "AND minute < ?", (start, end))
             start = end
+    # Summed from rollup_minute's rows, so kept over the same minutes (a
+    # row per service and minute: one statement).
+    deleted += db.call(_delete, "DELETE FROM rollup_service_minute_all WHERE minute < ?",
+                       (minute,))
     projects = db.call(lambda: [row[0] for row in db.execute(
         "SELECT DISTINCT project_id FROM rollup_route_minute").fetchall()])
     for project in projects:

@@ -205,11 +205,13 @@ def _v15_to_v16():
 
 def _v16_to_v17():
     # Version 17: the key tiers (entries per container and per service, per
-    # hour and all time, and by class), summed from the scope tiers.
+    # hour and all time, by class, and per service and minute as far back
+    # as rollup_minute reaches), summed from the scope tiers.
     for tiers in (*(tiers for tiers, _ in rollup.KEY_TIERS.values()),
                   *rollup.CLASS_KEY_TIERS.values()):
-        for table in (tiers["total"], tiers[rollup.HOUR_MS]):
-            rollup.fill_from_finer(table)
+        for table in tiers.values():
+            if table != "rollup_minute":
+                rollup.fill_from_finer(table)
 
 
 # PostgreSQL: the storage of a counter table whose rows are rewritten all

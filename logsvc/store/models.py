@@ -260,6 +260,16 @@ class RollupContainerTotal(BaseModel):
 
 
 @_key_counted
+class RollupServiceMinuteAll(BaseModel):
+    minute = peewee.BigIntegerField()
+    service_name = peewee.TextField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("minute", "service_name")
+        table_settings = ["WITHOUT ROWID"]
+
+
+@_key_counted
 class RollupServiceHourAll(BaseModel):
     hour = peewee.BigIntegerField()
     service_name = peewee.TextField()
@@ -502,7 +512,8 @@ ROLLUP_MODELS = (RollupTotal, RollupHour, RollupMinute, RollupMinuteAll, RollupF
                  RollupRouteTotalAll, RollupClassHour, RollupClassTotal, RollupClassHourAll,
                  RollupClassTotalAll, RollupRouteClassHour, RollupRouteClassTotal,
                  RollupRouteClassHourAll, RollupRouteClassTotalAll, RollupContainerHour,
-                 RollupContainerTotal, RollupServiceHourAll, RollupServiceTotalAll,
+                 RollupContainerTotal, RollupServiceMinuteAll, RollupServiceHourAll,
+                 RollupServiceTotalAll,
                  RollupClassContainerHour, RollupClassContainerTotal, RollupClassServiceHourAll,
                  RollupClassServiceTotalAll)
 

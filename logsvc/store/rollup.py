@@ -33,7 +33,8 @@ services):
 
     rollup_container_hour  (hour, project, container)
     rollup_container_total (project, container)
-    rollup_service_hour_all / rollup_service_total_all (service)
+    rollup_service_minute_all / rollup_service_hour_all /
+    rollup_service_total_all (service)
     rollup_class_container_hour / rollup_class_container_total /
     rollup_class_service_hour_all / rollup_class_service_total_all
                            (the same and the level and status class)
@@ -171,6 +172,8 @@ TIERS = {t.table: t for t in (
          "rollup_hour", lambda k: k[:3], with_lat=False),
     Tier("rollup_container_total", ("project_id", "container_id"), None, KEY_COUNTS,
          "rollup_total", lambda k: k[:2], with_lat=False),
+    Tier("rollup_service_minute_all", ("minute", "service_name"), "minute", KEY_COUNTS,
+         "rollup_minute", lambda k: (k[0], k[3]), with_lat=False),
     Tier("rollup_service_hour_all", ("hour", "service_name"), "hour", KEY_COUNTS,
          "rollup_hour", lambda k: (k[0], k[3]), with_lat=False),
     Tier("rollup_service_total_all", ("service_name",), None, KEY_COUNTS,
@@ -650,13 +653,13 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
 
 
 # The key tiers of each key breakdown of a question without a scope, by
-# unit, and the keys they give (the minutes of the scope tier, whose rows
-# are about as many as the entries of those minutes anyway).
+# unit, and the keys they give (a container's minutes from the scope tier,
+# whose rows are about as many as the entries of those minutes anyway).
 KEY_TIERS = {
     "containers": ({"total": "rollup_container_total", HOUR_MS: "rollup_container_hour",
                     MINUTE_MS: "rollup_minute"}, "project_id, container_id"),
     "services": ({"total": "rollup_service_total_all", HOUR_MS: "rollup_service_hour_all",
-                  MINUTE_MS: "rollup_minute"}, "service_name"),
+                  MINUTE_MS: "rollup_service_minute_all"}, "service_name"),
 }
 _ENTRY_KEYS = {"containers": "project_id, coalesce(container_id, '') AS container_id",
                "services": "coalesce(service_name, '') AS service_name"}
