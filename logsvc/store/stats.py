@@ -20,7 +20,7 @@ source breakdowns in one row (from the all-scope tiers when no scope is
 asked for), and the project, container and service breakdowns: without a
 scope, from the key tiers (rows per container and per service, see
 rollup.key_counted); with one, from the scope's rows (one per container
-and service), which Python adds up. The cost follows the size of the
+and service), summed per key. The cost follows the size of the
 answer (the number of projects, containers and services in it), not the
 number of entries, nor the number of services behind each container.
 
@@ -53,7 +53,7 @@ from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
 from . import db, horizon, names, planner, rollup, segments, sketch
 from .query import InvalidParameter
-from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS
+from .rollup import COUNT_COLUMNS
 
 MINUTE_MS = rollup.MINUTE_MS
 HOUR_MS = rollup.HOUR_MS
@@ -67,7 +67,6 @@ _BREAKDOWN_OF_PREFIX = {"level": "byLevel", "kind": "byKind", "status": "byStatu
 # Breakdowns read from key columns: name -> column
 _KEY_BREAKDOWNS = {"byProject": "project_id", "byContainer": "container_id",
                    "byService": "service_name"}
-_KEYS = ", ".join(ROLLUP_DIMENSIONS)
 
 
 TOP_ROUTES = 20
@@ -123,10 +122,6 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
                                       _route_spans(f, sum(counts.values()), found))
         return result
     return db.read(run)
-
-
-def _ranged(filters):
-    return filters.since is not None or filters.until is not None
 
 
 def measure(filters, metric):
@@ -297,24 +292,13 @@ def _empty():
     return {"total": 0, **{name: {} for name in (*_KEY_BREAKDOWNS, *_BREAKDOWN_OF_PREFIX.values())}}
 
 
-def _summarize(source, totals=None, ranged=True):
-    """The summary of the counter rows of `source` (sql, params: one row
-    per scope and time unit) and `totals` (the same entries, without their
-    scope keys where no scope is asked for; None: `source` has every count
-    column and gives the total too), in one statement. `ranged`: the
-    question has a time range (its source has several parts)."""
+def _summarize(source):
+    """The summary of the counter rows of `source` (sql, params: one row per
+    scope and time unit, with every count column), in one statement."""
     result = _empty()
     if source is None:
         return result
-    if totals is None:
-        sql, params = _SHARED_SQL.format(source=source[0]), source[1]
-    elif ranged:
-        sql = _RANGE_SUMMARY_SQL.format(totals=totals[0], source=source[0])
-        params = [*totals[1], *source[1]]
-    else:
-        sql = _SUMMARY_SQL.format(totals=totals[0], source=source[0])
-        params = [*totals[1], *source[1], *source[1], *source[1]]
-    return _summarized(result, sql, params)
+    return _summarized(result, _SHARED_SQL.format(source=source[0]), source[1])
 
 
 def _summarize_every_scope(totals, since, until, filters=None, found=None):
@@ -329,24 +313,28 @@ def _summarize_every_scope(totals, since, until, filters=None, found=None):
                             for breakdown in ("containers", "services"))
     sql = _EVERY_SCOPE_SQL.format(containers=containers[0], totals=totals[0],
                                   services=services[0])
-    return _summarized(result, sql, [*containers[1], *totals[1], *services[1]])
+    return _summarized(result, sql, [*totals[1], *containers[1], *services[1]])
 
 
 def _summarized(result, sql, params):
-    """`result` with the rows of `sql` (a total row, per-key rows and
-    per-scope rows, see _SUMMARY_SQL) added in."""
+    """`result` with the rows of `sql` (a total row, then a row per
+    project, container and service, see _SHARED_SQL, or per container and
+    service, see _EVERY_SCOPE_SQL) added in."""
     shown = names.shower()  # stored names (names.py) by name
-    total, scopes = None, []
+    total, projects, containers = None, {}, {}
     for row in db.execute(sql, params).fetchall():
         kind = row[0]
         if kind == "total":
-            total = row[-len(COUNT_COLUMNS):]
-        elif kind == "scope":  # one row per scope
-            scopes.append(row[1:5])
+            total = row[2:2 + len(COUNT_COLUMNS)]
+        elif kind == "container":  # project, n, ..., container
+            projects[row[1]] = projects.get(row[1], 0) + row[2]
+            if row[-1]:  # the same name in two projects: one key
+                containers[row[-1]] = containers.get(row[-1], 0) + row[2]
         else:  # one row per project, container or service
             result[kind][shown(row[1])] = row[2]
-    if scopes:
-        _add_scopes(result, scopes)
+    for name, summed in (("byProject", projects), ("byContainer", containers)):
+        if summed:
+            result[name] = {shown(key): n for key, n in summed.items()}
     if total is not None:
         result["total"] = total[0] or 0
         for column, n in zip(COUNT_COLUMNS[1:], total[1:]):
@@ -389,29 +377,16 @@ _KEY_ROWS = " UNION ALL ".join(
     f"SELECT '{breakdown}', {column}, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
     f"FROM {{source}}{_KEYED[column]} GROUP BY {column} HAVING SUM(n) > 0"
     for breakdown, column in _KEY_BREAKDOWNS.items())
-# All time, the rows of one table are summed three times; over a range,
-# its parts (hours, minutes, entries) are read once, a row per scope
-# (summed in Python: gathering the parts first costs more than that).
-_SUMMARY_SQL = (_TOTAL_ROW.format(totals="({totals}) AS totals") + " UNION ALL "
-                + _KEY_ROWS.format(source="({source}) AS counted"))
-_SCOPE_ROWS = (f"SELECT 'scope', {_KEYS}, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
-               f"FROM {{source}} GROUP BY {_KEYS} HAVING SUM(n) > 0")
-_RANGE_SUMMARY_SQL = ("SELECT 'total', CAST(NULL AS TEXT), CAST(NULL AS TEXT), "
-                      f"CAST(NULL AS TEXT), {_SUMS} FROM ({{totals}}) AS totals UNION ALL "
-                      + _SCOPE_ROWS.format(source="({source}) AS counted"))
 # Without a scope: the key rows from the key tiers (rollup.key_counted), a
-# row per key of the answer; the containers' read once for the projects and
-# the containers.
+# row per key of the answer: a row per container (which Python adds into
+# the projects too), its name in a last column, and per service.
 _EVERY_SCOPE_SQL = (
-    "WITH containers AS MATERIALIZED ({containers}) "
-    + _TOTAL_ROW.format(totals="({totals}) AS totals")
-    + f" UNION ALL SELECT 'byProject', project_id, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
-    "FROM containers GROUP BY project_id HAVING SUM(n) > 0"
-    f" UNION ALL SELECT 'byContainer', container_id, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
-    "FROM containers WHERE container_id <> '' GROUP BY container_id HAVING SUM(n) > 0"
-    f" UNION ALL SELECT 'byService', service_name, CAST(SUM(n) AS BIGINT), {_NO_COUNTS} "
-    "FROM ({services}) AS services WHERE service_name <> '' GROUP BY service_name "
-    "HAVING SUM(n) > 0")
+    f"SELECT 'total', CAST(NULL AS TEXT), {_SUMS}, CAST(NULL AS TEXT) FROM ({{totals}}) AS totals"
+    f" UNION ALL SELECT 'container', project_id, CAST(SUM(n) AS BIGINT), {_NO_COUNTS}, "
+    "container_id FROM ({containers}) AS containers GROUP BY project_id, container_id "
+    f"HAVING SUM(n) > 0 UNION ALL SELECT 'byService', service_name, CAST(SUM(n) AS BIGINT), "
+    f"{_NO_COUNTS}, CAST(NULL AS TEXT) FROM ({{services}}) AS services "
+    "WHERE service_name <> '' GROUP BY service_name HAVING SUM(n) > 0")
 # A scope's rows read once for all of them.
 _SHARED_SQL = ("WITH counted AS MATERIALIZED ({source}) "
                + _TOTAL_ROW.format(totals="counted") + " UNION ALL "
