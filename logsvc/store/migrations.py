@@ -207,11 +207,9 @@ def _v16_to_v17():
     # Version 17: the key tiers (entries per container and per service, per
     # hour and all time, by class, and per service and minute as far back
     # as rollup_minute reaches), summed from the scope tiers.
-    for tiers in (*(tiers for tiers, _ in rollup.KEY_TIERS.values()),
-                  *rollup.CLASS_KEY_TIERS.values()):
-        for table in tiers.values():
-            if table != "rollup_minute":
-                rollup.fill_from_finer(table)
+    for tier in rollup.TIERS.values():
+        if not tier.with_lat:
+            rollup.fill_from_finer(tier.table)
 
 
 # PostgreSQL: the storage of a counter table whose rows are rewritten all

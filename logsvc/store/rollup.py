@@ -646,10 +646,7 @@ def counted(project_id=None, container_id=None, since=None, until=None, keys=Tru
         else:
             parts.append(_tier_part(names[unit], start, end, project_id, container_id,
                                     select=counts if sign > 0 else negated))
-    if not parts:
-        return None
-    return (" UNION ALL ".join(sql for sql, _ in parts),
-            [p for _, part_params in parts for p in part_params])
+    return _joined(parts)
 
 
 # The key tiers of each key breakdown of a question without a scope, by
@@ -706,10 +703,7 @@ def key_counted(breakdown, since=None, until=None, filters=None, found=None):
         else:
             parts.append(_tier_part(tiers[unit], start, end, None, None,
                                     select=counts if sign > 0 else negated, also=also))
-    if not parts:
-        return None
-    return (" UNION ALL ".join(sql for sql, _ in parts),
-            [p for _, part_params in parts for p in part_params])
+    return _joined(parts)
 
 
 # The class tiers (a level and a status class beside the scope), by unit;
@@ -810,10 +804,7 @@ def _counted_by_class(filters, columns, found, keys):
             parts.append(_tier_part(tiers[unit], start, end, filters.project_id,
                                     filters.container_id,
                                     select=counts if sign > 0 else negated, also=also))
-    if not parts:
-        return None
-    return (" UNION ALL ".join(sql for sql, _ in parts),
-            [p for _, part_params in parts for p in part_params])
+    return _joined(parts)
 
 
 def class_latency(filters, found):
@@ -1219,10 +1210,16 @@ def _route_rows(parts):
 _NO_TEXT, _NO_NUMBER = "CAST(NULL AS TEXT)", "CAST(NULL AS BIGINT)"
 
 
+def _joined(parts):
+    """The (sql, params) parts as one (sql, params), None if there are none."""
+    if not parts:
+        return None
+    return (" UNION ALL ".join(sql for sql, _ in parts),
+            [p for _, params in parts for p in params])
+
+
 def _union(parts):
     """The rows of the (sql, params) parts, in one statement."""
-    if not parts:
-        return []
-    return db.execute(" UNION ALL ".join(sql for sql, _ in parts),
-                      [p for _, params in parts for p in params]).fetchall()
+    joined = _joined(parts)
+    return [] if joined is None else db.execute(*joined).fetchall()
 
