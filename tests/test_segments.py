@@ -560,3 +560,30 @@ def test_retention_by_size_keeps_the_newest_that_fit_and_the_counters_exact(make
     page = store.page(q="word3", limit=5000)
     assert [e["id"] for e in page["entries"]] == [i + 1 for i in range(removed, 1000)
                                                    if i % 2 and i % 7 == 3]
+
+
+def test_a_bloom_filter_sets_the_bits_its_layout_defines():
+    """Segments sealed earlier are read with the same layout: each word's
+    bits are (h1 + i * h2) mod size for i < hashes, h1 and h2 the two
+    halves of its 16-byte BLAKE2b digest (h2 odd), size ten bits a word in
+    whole bytes, bit p being bit p % 8 of byte p // 8. Built word by word
+    here, the filter must match bit for bit, and answer for every word."""
+    import hashlib
+
+    rng = random.Random(3)
+    for count in (0, 1, 7, 300, 5000):
+        words = {"".join(rng.choice("abcdéz019_\x00:") for _ in range(rng.randint(1, 14)))
+                 for _ in range(count)}
+        size = -(-max(64, len(words) * 10) // 8) * 8
+        expected = bytearray(size // 8)
+        for word in words:
+            digest = hashlib.blake2b(word.encode(), digest_size=16).digest()
+            first = int.from_bytes(digest[:8], "big")
+            second = int.from_bytes(digest[8:], "big") | 1
+            for i in range(7):
+                position = (first + i * second) % size
+                expected[position // 8] |= 1 << (position % 8)
+        built = segments.Bloom.of(words)
+        assert built.dump() == (7).to_bytes(4, "big") + bytes(expected)
+        loaded = segments.Bloom.load(built.dump())
+        assert all(word in loaded for word in words)

@@ -453,14 +453,15 @@ def delete_sqlite(ids):
     """Remove entries from the index (SQLite), before their rows are
     deleted: FTS5 needs each one's document to find its words."""
     marks = ", ".join("?" for _ in ids)
-    db.executemany("INSERT INTO entry_fts (entry_fts, rowid, doc) VALUES ('delete', ?, ?)",
-                   _stored_documents(f"e.id IN ({marks})", list(ids), scoped=True))
+    delete_documents(_stored_documents(f"e.id IN ({marks})", list(ids), scoped=True))
 
 
-def delete_range(after_id, upto_id):
-    """`delete_sqlite` of the entries with after_id < id <= upto_id."""
+def delete_documents(documents):
+    """Take (entry id, document as `indexed_document` made it) out of
+    SQLite's index: FTS5 needs a contentless row's very document to remove
+    its words."""
     db.executemany("INSERT INTO entry_fts (entry_fts, rowid, doc) VALUES ('delete', ?, ?)",
-                   _stored_documents("e.id > ? AND e.id <= ?", [after_id, upto_id], scoped=True))
+                   documents)
 
 
 def indexed_document(text, project_id, container_id):

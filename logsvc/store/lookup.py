@@ -137,12 +137,11 @@ def delete(ids):
                    [(i, _stored_document(trace, ip)) for i, trace, ip in rows])
 
 
-def delete_range(after_id, upto_id):
-    """`delete` of the entries with after_id < id <= upto_id."""
-    rows = db.execute("SELECT id, trace_id, client_ip FROM entry WHERE id > ? AND id <= ?",
-                      (after_id, upto_id)).fetchall()
+def delete_documents(rows):
+    """Take (entry id, `document` of its trace id and address, as the API
+    shows them) out of the index."""
     db.executemany("INSERT INTO entry_keys (entry_keys, rowid, doc) VALUES ('delete', ?, ?)",
-                   [(i, _stored_document(trace, ip)) for i, trace, ip in rows])
+                   rows)
 
 
 def optimize():

@@ -56,7 +56,6 @@ from logsvc.entry import COLUMNS, now_ms, row_to_dict
 from . import db, fulltext, lookup, names, sketch
 from .bodies import unpack_body, unpack_data
 from .db import database
-from .rows import render_row
 
 SEGMENT_ROWS = 65_536
 ROW_GROUP = 8_192
@@ -124,87 +123,107 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
     if not due(hot_rows, segment_rows):
         return 0
     upto = through + segment_rows
-    rows = _rows_to_seal(through, upto)
+    columns = _rows_to_seal(through, upto)
+    count = len(columns["id"])
     # Row groups of ROW_GROUP entries, at least eight to a segment.
-    blob, summary = _build(rows, max(1, min(ROW_GROUP, segment_rows // 8))) if rows else (b"", None)
+    blob, summary = (_build(columns, max(1, min(ROW_GROUP, segment_rows // 8))) if count
+                     else (b"", None))
     with database.atomic():
         if sealed_through() != through:
             return 0  # another sealer moved on meanwhile
         # Ids below the high-water mark are settled; only retention (or a
         # clear) may have removed some of them since they were read.
-        (count,) = db.execute("SELECT count(*) FROM entry WHERE id > ? AND id <= ?",
-                              (through, upto)).fetchone()
-        if count != len(rows):
+        (stored,) = db.execute("SELECT count(*) FROM entry WHERE id > ? AND id <= ?",
+                               (through, upto)).fetchone()
+        if stored != count:
             return 0  # read again next time
-        if rows:
+        if count:
             db.execute(
                 "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
                 "words, data, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (through + 1, upto, summary["min_ts"], summary["max_ts"], len(rows), len(blob),
+                (through + 1, upto, summary["min_ts"], summary["max_ts"], count, len(blob),
                  orjson.dumps(summary["projects"]).decode(), summary["words"], blob, now_ms()))
-            _remove_hot(through, upto)
+            _remove_hot(through, upto, columns)
         _set_sealed_through(upto)
-    if not db.is_postgres() and rows:
+    if not db.is_postgres() and count:
         # The removed documents' delete markers out of the indexes, then the
         # pages the removed rows and documents left, back to the file system.
         with database.atomic():
             fulltext.optimize_sqlite()
             lookup.optimize()
         db.give_back_free_pages()
-    return max(len(rows), 1)
+    return max(count, 1)
 
 
 def _rows_to_seal(through, upto):
-    """The entries with through < id <= upto as segment rows (dicts of
-    _SCHEMA's columns), in the API's values."""
+    """The entries with through < id <= upto, by id, as segment columns
+    ({column of _schema(): [values]}, in the API's values), and beside them
+    "_text", each entry's searchable text, and (SQLite) "_indexed", the
+    full-text index's document of it (what `_remove_hot` hands back to the
+    index)."""
     width = len(COLUMNS)
+    postgres = db.is_postgres()
     sql = (f"SELECT {', '.join('e.' + c for c in COLUMNS)}, e.lat_bucket, "
            "b.request_body, b.request_body_z, b.response_body, b.response_body_z "
            "FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
            "WHERE e.id > ? AND e.id <= ? ORDER BY e.id")
-    out = []
+    columns = {name: [] for name in (*_schema().names, "_text", "_indexed")}
+    add = [columns[name].append for name in (*COLUMNS, "lat_bucket", "request_body",
+                                             "response_body", "_text", "_indexed")]
+    # The stored forms as the API's values (rows.render_row's, without
+    # what a segment does not keep).
+    name_of, shown = names.shower(), lookup.shown
+    words = {column: functools.partial(names.unlettered, column)
+             for column in ("kind", "level", "source")}
+    shows = (None, functools.partial(shown, "trace_id"), None, words["kind"], words["level"],
+             name_of, name_of, name_of, name_of, None, functools.partial(shown, "client_ip"),
+             None, words["source"], unpack_data, bool, bool, None, name_of)
+    document, indexed_document = fulltext.document, fulltext.indexed_document
     for row in db.execute(sql, (through, upto)).fetchall():
-        item = render_row(row[:width])
-        out.append({
-            "id": item["id"], "trace_id": item["traceId"], "ts_ms": item["tsMs"],
-            "kind": item["kind"], "level": item["level"], "project_id": item["projectId"],
-            "container_id": item["containerId"], "service_name": item["serviceName"],
-            "method": item["method"], "url": item["url"], "client_ip": item["clientIp"],
-            "status": item["status"], "source": item["source"],
-            "data": unpack_data(row[13]), "has_body": bool(row[14]),
-            "body_truncated": bool(row[15]), "duration_ms": row[16], "route": item["route"],
-            "lat_bucket": row[width],
-            "request_body": unpack_body(row[width + 1], row[width + 2]),
-            "response_body": unpack_body(row[width + 3], row[width + 4]),
-        })
-    return out
+        for at in range(width):
+            show = shows[at]
+            add[at](row[at] if show is None else show(row[at]))
+        request_body = unpack_body(row[width + 1], row[width + 2])
+        response_body = unpack_body(row[width + 3], row[width + 4])
+        text = document(row[9], request_body, response_body, columns["data"][-1])
+        for at, value in enumerate((row[width], request_body, response_body, text,
+                                    None if postgres else indexed_document(text, row[5], row[6])),
+                                   start=width):
+            add[at](value)
+    return columns
 
 
-def _build(rows, row_group=ROW_GROUP):
-    """(Parquet bytes, summary) of segment rows, in row groups of
-    `row_group` rows, each with a Bloom filter of its words."""
-    rows.sort(key=lambda r: (r["project_id"], r["container_id"] or "", r["ts_ms"], r["id"]))
+def _build(columns, row_group=ROW_GROUP):
+    """(Parquet bytes, summary) of segment columns (`_rows_to_seal`'s),
+    sorted by scope and time, in row groups of `row_group` rows, each with
+    a Bloom filter of its words."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows, schema=_schema())
+    projects, containers = columns["project_id"], columns["container_id"]
+    times, ids = columns["ts_ms"], columns["id"]
+    order = sorted(range(len(ids)),
+                   key=lambda i: (projects[i], containers[i] or "", times[i], ids[i]))
+    schema = _schema()
+    table = pa.Table.from_pydict({name: columns[name] for name in schema.names},
+                                 schema=schema).take(order)
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd", compression_level=3,
                    row_group_size=row_group, use_dictionary=_DICTIONARY, write_statistics=True)
+    texts, traces = columns["_text"], columns["trace_id"]
     blooms = []
     block = max(1, row_group // BLOCKS_PER_GROUP)
-    for start in range(0, len(rows), block):
+    for start in range(0, len(order), block):
         words = set()
-        for r in rows[start:start + block]:
-            words.update(fulltext.words(fulltext.document(r["url"], r["request_body"],
-                                                          r["response_body"], r["data"])))
-            if r["trace_id"]:
-                words.add(_TRACE_MARK + r["trace_id"])
+        for i in order[start:start + block]:
+            words.update(fulltext.words(texts[i]))
+            if traces[i]:
+                words.add(_TRACE_MARK + traces[i])
         blooms.append(Bloom.of(words).dump())
     summary = {
-        "min_ts": min(r["ts_ms"] for r in rows),
-        "max_ts": max(r["ts_ms"] for r in rows),
-        "projects": sorted({r["project_id"] for r in rows}),
+        "min_ts": min(times),
+        "max_ts": max(times),
+        "projects": sorted(set(projects)),
         "words": block.to_bytes(4, "big") + _pack_blooms(blooms),
     }
     return out.getvalue(), summary
@@ -234,11 +253,14 @@ def _unpack(stored):
     return out
 
 
-def _remove_hot(through, upto):
-    """Sealed entries leave `entry`, `entry_body` and the indexes."""
+def _remove_hot(through, upto, columns):
+    """Sealed entries leave `entry`, `entry_body` and the indexes
+    (`columns`: `_rows_to_seal`'s, which hold the index's documents)."""
     if not db.is_postgres():
-        fulltext.delete_range(through, upto)
-        lookup.delete_range(through, upto)
+        fulltext.delete_documents(zip(columns["id"], columns["_indexed"]))
+        lookup.delete_documents(
+            (i, lookup.document(trace, address))
+            for i, trace, address in zip(columns["id"], columns["trace_id"], columns["client_ip"]))
     db.execute("DELETE FROM entry_body WHERE entry_id > ? AND entry_id <= ?", (through, upto))
     db.execute("DELETE FROM entry WHERE id > ? AND id <= ?", (through, upto))
 
@@ -887,13 +909,27 @@ class Bloom:
 
     @classmethod
     def of(cls, words):
+        """The filter of `words` (distinct), its bits set all at once: each
+        word's two hashes (`_hashed`'s, unchanged), then its positions
+        (first + i * second) % size, computed from both hashes reduced by
+        `size` so that they stay within 64 bits."""
+        import numpy as np
+
         size = -(-max(64, len(words) * _BITS_PER_WORD) // 8) * 8  # whole bytes
-        bits = bytearray(size // 8)
-        bloom = cls(bits, _HASHES, size)
-        for word in words:  # each once: not through _hashed's cache
-            for position in bloom._positions(word, _hashed.__wrapped__):
-                bits[position >> 3] |= 1 << (position & 7)
-        return bloom
+        if not words:
+            return cls(bytearray(size // 8), _HASHES, size)
+        digests = b"".join([hashlib.blake2b(word.encode(), digest_size=16).digest()
+                            for word in words])
+        pairs = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        first = pairs[:, 0] % np.uint64(size)
+        second = (pairs[:, 1] | np.uint64(1)) % np.uint64(size)
+        steps = np.arange(_HASHES, dtype=np.uint64)
+        positions = ((first[:, None] + steps[None, :] * second[:, None])
+                     % np.uint64(size)).ravel()
+        marks = np.zeros(size, dtype=np.uint8)
+        marks[positions] = 1
+        # Bit p is bit p & 7 of byte p >> 3: little-endian bit order.
+        return cls(bytearray(np.packbits(marks, bitorder="little").tobytes()), _HASHES, size)
 
     def dump(self):
         return self.hashes.to_bytes(4, "big") + bytes(self.bits)
