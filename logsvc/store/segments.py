@@ -214,11 +214,10 @@ def _build(columns, row_group=ROW_GROUP):
     blooms = []
     block = max(1, row_group // BLOCKS_PER_GROUP)
     for start in range(0, len(order), block):
-        words = set()
-        for i in order[start:start + block]:
-            words.update(fulltext.words(texts[i]))
-            if traces[i]:
-                words.add(_TRACE_MARK + traces[i])
+        part = order[start:start + block]
+        # A block's texts read as one (a word never spans the line break).
+        words = set(fulltext.words("\n".join([texts[i] for i in part])))
+        words.update(_TRACE_MARK + traces[i] for i in part if traces[i])
         blooms.append(Bloom.of(words).dump())
     summary = {
         "min_ts": min(times),
