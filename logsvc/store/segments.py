@@ -372,7 +372,7 @@ def stage(filters, bucket=None):
         return state[1][window]
     any_rows = False
     for meta in _segments(filters, None, through):
-        table = _matching(meta, filters, None, through)
+        table = _matching(meta, filters, None, through, columns=frozenset(_STAGED_COLUMNS))
         if bucket is not None and table.num_rows:
             import pyarrow.compute as pc
 
@@ -418,21 +418,19 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
     chosen = _segments(filters, after_id, upto_id)
     if order == "desc" or slowest:
         chosen.reverse()
+    if slowest and limit is not None and not filters.q:
+        return _slowest(chosen, filters, after_id, upto_id, limit, bodies, memo)
     found = []
     for meta in chosen:
-        table = _matching(meta, filters, after_id, upto_id, memo)
+        # The rows are found, ordered and checked by a few columns; only
+        # those returned are read whole.
+        table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
         if table.num_rows == 0:
             continue
-        if slowest:
-            keys = [("lat_bucket", "descending"), ("duration_ms", "descending"),
-                    ("id", "descending")]
-        else:
-            keys = [("id", "descending" if order == "desc" else "ascending")]
-        table = table.sort_by(keys)
-        if slowest and limit is not None and not filters.q:
-            table = table.slice(0, limit)  # the segment's `limit` longest
+        table = table.sort_by(_SLOWEST if slowest else
+                              [("id", "descending" if order == "desc" else "ascending")])
         taken = 0
-        for batch in _batches(table, filters, bodies):
+        for batch in _batches(table, filters, bodies, meta):
             found.extend(batch)
             taken += len(batch)
             if limit is not None and len(found) >= limit and not slowest:
@@ -443,6 +441,41 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
         found.sort(key=slowest_key, reverse=True)
         if limit is not None:
             found = found[:limit]
+    return found
+
+
+# What `order=slowest` sorts by (slowest_key), as Arrow sort keys; an entry
+# without a duration has no bucket, and comes last.
+_SLOWEST = [("lat_bucket", "descending"), ("duration_ms", "descending"), ("id", "descending")]
+
+
+def _slowest(chosen, filters, after_id, upto_id, limit, bodies, memo):
+    """The `limit` longest sealed matches of the segments `chosen`: each
+    one's longest, ranked together by their key columns; only those
+    returned are read whole."""
+    import pyarrow as pa
+
+    ranked = []
+    for at, meta in enumerate(chosen):
+        table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
+        if table.num_rows:
+            top = table.select(["lat_bucket", "duration_ms", "id", "_pos"]).sort_by(
+                _SLOWEST).slice(0, limit)
+            ranked.append(top.append_column("_segment", pa.array([at] * top.num_rows,
+                                                                  pa.int32())))
+    if not ranked:
+        return []
+    top = pa.concat_tables(ranked).sort_by(_SLOWEST).slice(0, limit)
+    picks = {}  # segment -> [(rank, place in it)]
+    for rank, (at, position) in enumerate(zip(top["_segment"].to_pylist(),
+                                              top["_pos"].to_pylist())):
+        picks.setdefault(at, []).append((rank, position))
+    found = [None] * top.num_rows
+    for at, chosen_rows in picks.items():
+        rows = _rows_at(chosen[at], [position for _, position in chosen_rows],
+                        _ENTRY_COLUMNS if bodies is None else _WITH_BODIES)
+        for (rank, _), item in zip(chosen_rows, _entries(rows, bodies)):
+            found[rank] = item
     return found
 
 
@@ -459,7 +492,7 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None):
     n = 0
     parsed = fulltext.parse(filters.q) if filters.q else None
     for meta in _segments(filters, after_id, upto_id):
-        table = _matching(meta, filters, after_id, upto_id, memo)
+        table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
         if parsed is None:
             n += table.num_rows
         else:
@@ -554,13 +587,17 @@ def _may_hold(bloom, groups):
     return any(all(word in bloom for word in group) for group in groups)
 
 
-def _matching(meta, filters, after_id, upto_id, memo=None):
+def _matching(meta, filters, after_id, upto_id, memo=None, columns=None):
     """The rows of one segment that pass the filters Arrow can apply (all
-    but `q`, which `_batches` checks); kept in `memo` when one is given."""
-    key = (meta["id"], meta["min_id"], filters, after_id, upto_id)
+    but `q`, which `_batches` checks); kept in `memo` when one is given.
+    With `columns`, the rows hold those, the ones the filters read, the
+    document's when there is a `q`, and "_pos" (`_read_groups`)."""
+    key = (meta["id"], meta["min_id"], filters, after_id, upto_id, columns)
     if memo is not None and key in memo:
         return memo[key]
-    table = _read_groups(meta, filters)
+    if columns is not None:
+        columns = {*columns, *_filtered_columns(filters, after_id, upto_id)}
+    table = _read_groups(meta, filters, columns)
     # Bounds that every row of the segment meets filter nothing (and
     # filtering copies every column, bodies too).
     if after_id is not None and after_id < meta["min_id"]:
@@ -576,6 +613,31 @@ def _matching(meta, filters, after_id, upto_id, memo=None):
         memo[key] = table
     return table
 
+
+def _filtered_columns(filters, after_id=None, upto_id=None):
+    """The columns that `_mask` and `_prefiltered` read for `filters`."""
+    f = filters
+    columns = {"id"} if after_id is not None or upto_id is not None else set()
+    for column, value in (("project_id", f.project_id), ("container_id", f.container_id),
+                          ("trace_id", f.trace_id), ("client_ip", f.client_ip),
+                          ("ts_ms", f.since), ("ts_ms", f.until),
+                          ("duration_ms", f.min_duration_ms), ("duration_ms", f.max_duration_ms)):
+        if value is not None:
+            columns.add(column)
+    for column, values in (("service_name", f.service_names), ("level", f.levels),
+                           ("kind", f.kinds), ("method", f.methods), ("source", f.sources),
+                           ("route", f.routes), ("status", f.status_ranges),
+                           ("duration_ms", f.timed)):
+        if values:
+            columns.add(column)
+    if f.q:
+        columns.update(_TEXT_COLUMNS)
+    return columns
+
+
+# What `read` and `count` sort and check the rows by, before the rows they
+# return are read whole (`_rows_at`).
+_KEY_COLUMNS = frozenset(("id", "lat_bucket", "duration_ms"))
 
 _TEXT_COLUMNS = ("url", "data", "request_body", "response_body")
 # fulltext.document's arguments.
@@ -687,40 +749,60 @@ def _shown_ip(value):
 _BATCH = 500
 
 
-def _batches(table, filters, bodies):
+# What an entry of the API is made of, without and with its bodies.
+_ENTRY_COLUMNS = frozenset(COLUMNS)
+_WITH_BODIES = _ENTRY_COLUMNS | {"request_body", "response_body"}
+
+
+def _batches(table, filters, bodies, meta=None):
     """The API's entries of `table`'s rows, in its order, that pass `q`,
-    a batch at a time."""
+    a batch at a time. With `meta`, `table` holds some columns of that
+    segment's rows (`_matching`'s), and the rows that pass are read whole."""
     parsed = fulltext.parse(filters.q) if filters.q else None
     for start in range(0, table.num_rows, _BATCH):
-        part = table.slice(start, _BATCH).to_pydict()
-        candidates = []
-        for i in range(len(part["id"])):
-            request_body, response_body = part["request_body"][i], part["response_body"][i]
-            data = part["data"][i]
-            if parsed is not None and not fulltext.matches(parsed, fulltext.document(
-                    part["url"][i], request_body, response_body, data)):
+        part = table.slice(start, _BATCH)
+        if parsed is not None:
+            texts = part.select(_DOCUMENT).to_pydict()
+            passing = [i for i, document in enumerate(zip(*(texts[c] for c in _DOCUMENT)))
+                       if fulltext.matches(parsed, fulltext.document(*document))]
+            if not passing:
                 continue
-            item = row_to_dict(tuple(part[c][i] for c in COLUMNS),
-                               None if bodies is None else (request_body, response_body, *bodies))
-            item["data"] = orjson.Fragment(data or "{}")
-            candidates.append(item)
-        if candidates:
-            yield candidates
+            if len(passing) < part.num_rows:
+                part = part.take(passing)
+        if meta is not None:
+            part = _rows_at(meta, part["_pos"].to_pylist(),
+                            _ENTRY_COLUMNS if bodies is None else _WITH_BODIES)
+        yield _entries(part, bodies)
+
+
+def _entries(table, bodies):
+    """The API's entries of `table`'s rows (`bodies` as `read` takes it)."""
+    rows = table.to_pydict()
+    entries = []
+    for i in range(len(rows["id"])):
+        item = row_to_dict(tuple(rows[c][i] for c in COLUMNS), None if bodies is None else
+                           (rows["request_body"][i], rows["response_body"][i], *bodies))
+        item["data"] = orjson.Fragment(rows["data"][i] or "{}")
+        entries.append(item)
+    return entries
 
 
 # Per process: each segment's Parquet file (its bytes and metadata), and
-# row groups decoded from them, the most recently used kept. A row group
-# (ROW_GROUP entries with their bodies) decodes to a few MB.
+# the columns of row groups decoded from them, the most recently used kept
+# within _CACHE_COLUMN_BYTES. A row group (ROW_GROUP entries) decodes to a
+# few MB, most of it its bodies; its other columns take a tenth of that, so
+# that the columns questions sort and filter by stay kept for many groups.
 _CACHE_FILES = 8
 _CACHE_FOOTERS = 4096
-_CACHE_GROUPS = 64
+_CACHE_COLUMN_BYTES = 224 << 20
 # Segments' projects and Bloom filters (about 10 B an entry: 650 KB a
 # segment of 65,536), the most recently used kept.
 _CACHE_SKIPS = 64
 _files = collections.OrderedDict()
 _footers = collections.OrderedDict()
 _bounds = collections.OrderedDict()  # _row_groups of each segment
-_groups = collections.OrderedDict()
+_groups = collections.OrderedDict()  # (store, segment, row group, column) -> column
+_group_bytes = [0]  # what _groups holds
 _skips = collections.OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -823,11 +905,13 @@ def _admitted(meta, filters):
     return starts, {g for g, group in enumerate(bounds) if _admits(group, filters)}
 
 
-def _read_groups(meta, filters=None):
+def _read_groups(meta, filters=None, columns=None):
     """The segment's rows (an Arrow table) that may hold a match: the row
     groups whose statistics admit the filters' project, container and time
     range, and of them the blocks of rows whose Bloom filters hold the
-    words asked for (meta["blocks"]: rows per block, the blocks kept)."""
+    words asked for (meta["blocks"]: rows per block, the blocks kept).
+    With `columns` (a set), only those columns, and "_pos", each row's
+    place in the segment (what `_rows_at` reads the rest of a row by)."""
     import pyarrow as pa
 
     starts, sizes, bounds = _layout(meta)
@@ -845,19 +929,90 @@ def _read_groups(meta, filters=None):
     if filters is not None:
         admitted = {g: _admits(bounds[g], filters) for g in {part[0] for part in parts}}
         parts = [part for part in parts if admitted[part[0]]]
-    key = (id(db.current()), meta["id"], meta["min_id"])
-    opened = []  # the file, opened for the first row group not kept
-
-    def read(g):
-        if not opened:
-            opened.append(_file(meta))
-        return opened[0].read_row_group(g, use_threads=False)
-    tables = [_cached(_groups, (*key, g), _CACHE_GROUPS, lambda g=g: read(g))
-              .slice(first, end - first)
-              for g, first, end in parts]
+    names = _schema().names if columns is None else [c for c in _schema().names if c in columns]
+    reader = _GroupReader(meta)
+    tables = []
+    for g, first, end in parts:
+        table = reader.group(g, names).slice(first, end - first)
+        if columns is not None:
+            table = table.append_column("_pos", pa.array(
+                range(starts[g] + first, starts[g] + end), pa.int64()))
+        tables.append(table)
     if not tables:
-        return _schema().empty_table()
+        empty = _schema().empty_table().select(names)
+        if columns is not None:
+            empty = empty.append_column("_pos", pa.array([], pa.int64()))
+        return empty
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _rows_at(meta, positions, columns):
+    """The `columns` of the segment's rows at `positions` (`_pos` values),
+    in that order."""
+    import pyarrow as pa
+
+    starts, _, _ = _layout(meta)
+    wanted = {}  # row group -> [row within it]
+    picks = []  # (row group, index among its wanted rows) of each position
+    for position in positions:
+        g = bisect.bisect_right(starts, position) - 1
+        rows = wanted.setdefault(g, [])
+        picks.append((g, len(rows)))
+        rows.append(position - starts[g])
+    reader = _GroupReader(meta)
+    names = [name for name in _schema().names if name in columns]
+    offsets, tables, at = {}, [], 0
+    for g, rows in wanted.items():
+        tables.append(reader.group(g, names).take(pa.array(rows, pa.int64())))
+        offsets[g] = at
+        at += len(rows)
+    if not tables:
+        return _schema().empty_table().select(names)
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    if len(tables) == 1:
+        return table
+    return table.take(pa.array([offsets[g] + k for g, k in picks], pa.int64()))
+
+
+class _GroupReader:
+    """A segment's row groups, decoded column by column: each column of a
+    row group is kept per process (the most recently used), so that a
+    question decodes the columns it needs, and the next one asking for
+    them finds them."""
+
+    def __init__(self, meta):
+        self.meta = meta
+        self.key = (id(db.current()), meta["id"], meta["min_id"])
+        self.file = None  # opened for the first column not kept
+
+    def group(self, g, names):
+        import pyarrow as pa
+
+        found, missing = {}, []
+        with _cache_lock:
+            for name in names:
+                column = _groups.get((*self.key, g, name))
+                if column is None:
+                    missing.append(name)
+                else:
+                    _groups.move_to_end((*self.key, g, name))
+                    found[name] = column
+        if missing:
+            if self.file is None:
+                self.file = _file(self.meta)
+            read = self.file.read_row_group(g, columns=missing, use_threads=False)
+            with _cache_lock:
+                for name in missing:
+                    key = (*self.key, g, name)
+                    if key not in _groups:
+                        _groups[key] = read[name]
+                        _group_bytes[0] += read[name].nbytes
+                    found[name] = _groups[key]
+                while _group_bytes[0] > _CACHE_COLUMN_BYTES and _groups:
+                    _group_bytes[0] -= _groups.popitem(last=False)[1].nbytes
+        schema = _schema()
+        return pa.table([found[name] for name in names],
+                        schema=pa.schema([schema.field(name) for name in names]))
 
 
 def _group_bounds(group):
