@@ -929,6 +929,8 @@ def _read_groups(meta, filters=None, columns=None):
     if filters is not None:
         admitted = {g: _admits(bounds[g], filters) for g in {part[0] for part in parts}}
         parts = [part for part in parts if admitted[part[0]]]
+    import numpy as np
+
     names = _schema().names if columns is None else [c for c in _schema().names if c in columns]
     reader = _GroupReader(meta)
     tables = []
@@ -936,7 +938,7 @@ def _read_groups(meta, filters=None, columns=None):
         table = reader.group(g, names).slice(first, end - first)
         if columns is not None:
             table = table.append_column("_pos", pa.array(
-                range(starts[g] + first, starts[g] + end), pa.int64()))
+                np.arange(starts[g] + first, starts[g] + end, dtype=np.int64)))
         tables.append(table)
     if not tables:
         empty = _schema().empty_table().select(names)
