@@ -550,7 +550,7 @@ def test_retention_by_size_keeps_the_newest_that_fit_and_the_counters_exact(make
     store.ingest(corpus(1000))
     seal(app, hot_rows=300, segment_rows=200)  # what is sealed takes less room
     with db.using(app.extensions["logsvc"].store):
-        used = db.call(retention.used_bytes)
+        used = db.call(db.used_bytes)
         config = app.extensions["logsvc"].config.replace(max_disk_bytes=used // 2)
         removed = retention.prune(config)
     # Half the bytes: half the entries at least (PostgreSQL's sizes move a

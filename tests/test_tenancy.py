@@ -262,10 +262,10 @@ def test_reads_are_rate_limited_per_scope(make_app):
 
 
 def test_the_budget_refills_over_the_minute(tmp_path):
-    from logsvc.access.limits import RateLimiter
-    limiter = RateLimiter(tmp_path, per_minute=60)
+    from logsvc.access.limits import _FileBuckets
+    buckets = _FileBuckets(tmp_path / "limits.db")
     start = 1_000_000.0
-    assert all(limiter._take("s", start) for _ in range(60))
-    assert not limiter._take("s", start)
-    assert limiter._take("s", start + 1.01)  # one more a second
-    assert not limiter._take("s", start + 1.02)
+    assert all(buckets.take("s", start, 1.0) for _ in range(60))  # 60 a minute
+    assert not buckets.take("s", start, 1.0)
+    assert buckets.take("s", start + 1.01, 1.0)  # one more a second
+    assert not buckets.take("s", start + 1.02, 1.0)

@@ -37,66 +37,36 @@ class RateLimited(Exception):
 
 class RateLimiter:
     def __init__(self, data_dir, per_minute):
-        self.path = str(Path(data_dir) / "limits.db")
         self.per_minute = per_minute
-        self._local = threading.local()
-        # Where the budgets are kept while the store takes no writes (a
-        # read-only store): this process's memory.
+        # Where the budgets are kept: the store's table (PostgreSQL) or the
+        # host's file (SQLite), chosen by the store at each use; and while
+        # the store takes no writes (a read-only store), this process's
+        # memory.
+        self._stored = {True: _TableBuckets(), False: _FileBuckets(Path(data_dir) / "limits.db")}
         self._memory = _MemoryBuckets()
 
     def hit(self, scope_key):
         """Count one read for `scope_key`; raise RateLimited when over."""
         if not self.per_minute:
             return
-        take = self._take_shared if db.is_postgres() else self._take
         now, interval = time.time(), 60.0 / self.per_minute
-        if not self._shared_or_memory(take, (scope_key, None), self._memory.take,
+        if not self._shared_or_memory("take", (scope_key, None, interval),
                                       (scope_key, now, interval)):
             raise RateLimited()
 
-    def _shared_or_memory(self, shared, args, memory, memory_args):
-        """`shared(*args)` on a database thread; `memory(*memory_args)`
-        instead when the shared budgets cannot be written (a read-only
-        store or data directory)."""
+    def _shared_or_memory(self, operation, args, memory_args=None):
+        """The buckets' `operation(*args)` on a database thread; the same
+        in this process's memory (with `memory_args`, or `args`) when the
+        shared budgets cannot be written (a read-only store or data
+        directory)."""
+        buckets = self._stored[db.is_postgres()]
         try:
-            return db.call(shared, *args)
+            return db.call(getattr(buckets, operation), *args)
         except Exception as exc:
             if not _unusable(exc):
                 raise
-            return memory(*memory_args)
-
-    def _take_shared(self, key, now):
-        # `now` None: the time of the statement, not of the request. Under
-        # load a request waits for a database thread, and a budget advanced
-        # by a later request with an earlier time would refuse one too many.
-        now = time.time() if now is None else now
-        interval = 60.0 / self.per_minute
-        row = db.execute(
-            "INSERT INTO rate_bucket (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
-            "SET tat = greatest(rate_bucket.tat, ?) + ? "
-            "WHERE greatest(rate_bucket.tat, ?) + ? - ? <= 60 RETURNING tat",
-            (key, now + interval, now, interval, now, interval, now)).fetchone()
-        return row is not None
-
-    def _take(self, key, now):
-        conn = self._connection()
-        interval = 60.0 / self.per_minute
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            now = time.time() if now is None else now  # the transaction's (_take_shared)
-            row = conn.execute("SELECT tat FROM bucket WHERE scope = ?", (key,)).fetchone()
-            tat = max(row[0] if row else now, now)
-            if tat + interval - now > 60.0:
-                return False
-            conn.execute("INSERT INTO bucket (scope, tat) VALUES (?, ?) "
-                         "ON CONFLICT (scope) DO UPDATE SET tat = excluded.tat",
-                         (key, tat + interval))
-            return True
-
-    def _connection(self):
-        return db.counts_connection(
-            self._local, self.path,
-            "CREATE TABLE IF NOT EXISTS bucket (scope TEXT PRIMARY KEY, tat REAL)")
+            return getattr(self._memory, operation)(*(args if memory_args is None
+                                                      else memory_args))
 
 
 class FailureLimiter(RateLimiter):
@@ -112,8 +82,7 @@ class FailureLimiter(RateLimiter):
         if not self.per_minute:
             return 0
         key = self.PREFIX + key
-        tat = max(self._shared_or_memory(self._read, (key,), lambda: None, ()) or 0,
-                  self._memory.read(key) or 0)
+        tat = max(self._shared_or_memory("read", (key,)) or 0, self._memory.read(key) or 0)
         interval = 60.0 / self.per_minute
         wait = tat - time.time() - (60.0 - interval)
         return int(wait) + 1 if wait > 0 else 0
@@ -128,8 +97,7 @@ class FailureLimiter(RateLimiter):
             return 0
         now, interval = time.time(), 60.0 / self.per_minute
         key = self.PREFIX + key
-        take = self._take_shared if db.is_postgres() else self._take
-        if self._shared_or_memory(take, (key, None), self._memory.take, (key, now, interval)):
+        if self._shared_or_memory("take", (key, None, interval), (key, now, interval)):
             return 0
         return self.blocked(key[len(self.PREFIX):]) or 1
 
@@ -137,17 +105,8 @@ class FailureLimiter(RateLimiter):
         """Give back a failure `reserve` counted (the password was right)."""
         if not self.per_minute:
             return
-        args = (self.PREFIX + key, time.time(), -60.0 / self.per_minute)
-        self._shared_or_memory(self._give_back, args, self._memory.give_back, args)
-
-    def _give_back(self, key, now, interval):
-        sql = ("UPDATE {table} SET tat = {greatest}(tat + ?, ?) WHERE scope = ?")
-        params = (interval, now, key)
-        if db.is_postgres():
-            db.execute(sql.format(table="rate_bucket", greatest="greatest"), params)
-        else:
-            with self._connection() as conn:
-                conn.execute(sql.format(table="bucket", greatest="max"), params)
+        self._shared_or_memory("give_back", (self.PREFIX + key, time.time(),
+                                             -60.0 / self.per_minute))
 
     # A user's known-good sources: an address a user signed in from is
     # remembered for this long, and the limit by user name does not apply
@@ -159,52 +118,104 @@ class FailureLimiter(RateLimiter):
         if not self.per_minute or not client:
             return
         key = "known-good:" + scope_key(username, client)
-        args = (key, time.time() + self.GOOD_FOR_S)
-        self._shared_or_memory(self._set, args, self._memory.set, args)
+        self._shared_or_memory("set", (key, time.time() + self.GOOD_FOR_S))
 
     def known_good(self, username, client):
         if not self.per_minute or not client:
             return False
         key = "known-good:" + scope_key(username, client)
-        until = max(self._shared_or_memory(self._read, (key,), lambda: None, ()) or 0,
-                    self._memory.read(key) or 0)
+        until = max(self._shared_or_memory("read", (key,)) or 0, self._memory.read(key) or 0)
         return until > time.time()
-
-    def _set(self, key, value):
-        sql = ("INSERT INTO {table} (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
-               "SET tat = excluded.tat")
-        if db.is_postgres():
-            db.execute(sql.format(table="rate_bucket"), (key, value))
-        else:
-            with self._connection() as conn:
-                conn.execute(sql.format(table="bucket"), (key, value))
 
     def failed(self, key):
         """Count one failure for `key`."""
         if not self.per_minute:
             return
-        args = (self.PREFIX + key, time.time(), 60.0 / self.per_minute)
-        self._shared_or_memory(self._add, args, self._memory.add, args)
+        self._shared_or_memory("add", (self.PREFIX + key, time.time(),
+                                       60.0 / self.per_minute))
 
-    def _read(self, key):
-        if db.is_postgres():
-            row = db.execute("SELECT tat FROM rate_bucket WHERE scope = ?", (key,)).fetchone()
-        else:
-            row = self._connection().execute(
-                "SELECT tat FROM bucket WHERE scope = ?", (key,)).fetchone()
+
+class _StoredBuckets:
+    """GCRA buckets in a table `scope, tat` (the time a bucket is empty
+    again): the statements both stores share, each run by `_run`."""
+
+    TABLE = GREATEST = None
+
+    def read(self, key):
+        row = self._run(f"SELECT tat FROM {self.TABLE} WHERE scope = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def _add(self, key, now, interval):
+    def set(self, key, value):
+        self._run(f"INSERT INTO {self.TABLE} (scope, tat) VALUES (?, ?) ON CONFLICT (scope) "
+                  f"DO UPDATE SET tat = excluded.tat", (key, value))
+
+    def give_back(self, key, now, interval):
+        self._run(f"UPDATE {self.TABLE} SET tat = {self.GREATEST}(tat + ?, ?) WHERE scope = ?",
+                  (interval, now, key))
+
+    def add(self, key, now, interval):
         # Failures are never refused: the bucket keeps filling, so a client
         # that goes on guessing stays blocked.
-        sql = ("INSERT INTO {table} (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
-               "SET tat = {greatest}({table}.tat, ?) + ?")
-        params = (key, now + interval, now, interval)
-        if db.is_postgres():
-            db.execute(sql.format(table="rate_bucket", greatest="greatest"), params)
-        else:
-            with self._connection() as conn:
-                conn.execute(sql.format(table="bucket", greatest="max"), params)
+        self._run(f"INSERT INTO {self.TABLE} (scope, tat) VALUES (?, ?) ON CONFLICT (scope) "
+                  f"DO UPDATE SET tat = {self.GREATEST}({self.TABLE}.tat, ?) + ?",
+                  (key, now + interval, now, interval))
+
+
+class _TableBuckets(_StoredBuckets):
+    """PostgreSQL: the store's `rate_bucket` table, each change one
+    statement (a row lock): every host shares the budgets."""
+
+    TABLE, GREATEST = "rate_bucket", "greatest"
+
+    def _run(self, sql, params):
+        return db.execute(sql, params)
+
+    def take(self, key, now, interval):
+        # `now` None: the time of the statement, not of the request. Under
+        # load a request waits for a database thread, and a budget advanced
+        # by a later request with an earlier time would refuse one too many.
+        now = time.time() if now is None else now
+        row = db.execute(
+            "INSERT INTO rate_bucket (scope, tat) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
+            "SET tat = greatest(rate_bucket.tat, ?) + ? "
+            "WHERE greatest(rate_bucket.tat, ?) + ? - ? <= 60 RETURNING tat",
+            (key, now + interval, now, interval, now, interval, now)).fetchone()
+        return row is not None
+
+
+class _FileBuckets(_StoredBuckets):
+    """SQLite: `limits.db` in the data directory, a file of its own, so
+    every worker of the host counts against the same budgets without
+    taking the log store's write lock."""
+
+    TABLE, GREATEST = "bucket", "max"
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._local = threading.local()
+
+    def _connection(self):
+        return db.counts_connection(
+            self._local, self.path,
+            "CREATE TABLE IF NOT EXISTS bucket (scope TEXT PRIMARY KEY, tat REAL)")
+
+    def _run(self, sql, params):
+        with self._connection() as conn:
+            return conn.execute(sql, params)
+
+    def take(self, key, now, interval):
+        conn = self._connection()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            now = time.time() if now is None else now  # the transaction's (_TableBuckets)
+            row = conn.execute("SELECT tat FROM bucket WHERE scope = ?", (key,)).fetchone()
+            tat = max(row[0] if row else now, now)
+            if tat + interval - now > 60.0:
+                return False
+            conn.execute("INSERT INTO bucket (scope, tat) VALUES (?, ?) "
+                         "ON CONFLICT (scope) DO UPDATE SET tat = excluded.tat",
+                         (key, tat + interval))
+            return True
 
 
 class QueryGate:

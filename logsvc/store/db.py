@@ -288,6 +288,21 @@ def enable_wal(path, patience_s=30.0):
         conn.close()
 
 
+def used_bytes():
+    """What the store takes: SQLite's pages in use (free pages are reused
+    before the file grows), PostgreSQL's tables and indexes in its schema."""
+    if is_postgres():
+        (n,) = execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')").fetchone()
+        return int(n)
+    (pages,) = execute("PRAGMA page_count").fetchone()
+    (free,) = execute("PRAGMA freelist_count").fetchone()
+    (size,) = execute("PRAGMA page_size").fetchone()
+    return (pages - free) * size
+
+
 def give_back_free_pages():
     """SQLite: return the file's free pages to the file system (a store
     made with auto_vacuum=INCREMENTAL, see enable_wal; else a no-op), after

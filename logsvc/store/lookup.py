@@ -92,6 +92,13 @@ def shown(column, value):
     return value.hex() if column == "trace_id" else str(ipaddress.ip_address(value))
 
 
+def canonical(column, value):
+    """The text a sealed entry holds for `value` of `column` (a filter's
+    value): on SQLite, what its stored form (`stored`) reads back as; on
+    PostgreSQL, the text itself."""
+    return value if db.is_postgres() else shown(column, stored(column, value))
+
+
 def document(trace_id, client_ip):
     return " ".join(t for t in (trace_token(trace_id), ip_token(client_ip)) if t)
 

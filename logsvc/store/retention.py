@@ -222,26 +222,11 @@ def _forget_expired_sessions(now):
         db.execute(f"DELETE FROM {table} WHERE expires_ms <= ?", (now,))
 
 
-def used_bytes():
-    """What the store takes: SQLite's pages in use (free pages are reused
-    before the file grows), PostgreSQL's tables and indexes in its schema."""
-    if db.is_postgres():
-        (n,) = db.execute(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')").fetchone()
-        return int(n)
-    (pages,) = db.execute("PRAGMA page_count").fetchone()
-    (free,) = db.execute("PRAGMA freelist_count").fetchone()
-    (size,) = db.execute("PRAGMA page_size").fetchone()
-    return (pages - free) * size
-
-
 def _rows_within(max_bytes):
     """How many entries fit in `max_bytes` at the store's present bytes per
     entry (LOGSVC_MAX_DISK_BYTES): retention keeps the newest that many."""
     rows = _row_count()
-    used = used_bytes()
+    used = db.used_bytes()
     if not rows or used <= max_bytes:
         return rows
     return int(rows * max_bytes / used)

@@ -415,7 +415,7 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
     `memo`: a dict that `read` and `count` share within one request, so
     that a segment's matching rows are found once for the page and its
     total."""
-    chosen = _segments(filters, after_id, upto_id)
+    chosen = _segments(filters, after_id, upto_id, memo)
     if order == "desc" or slowest:
         chosen.reverse()
     if slowest and limit is not None and not filters.q:
@@ -491,7 +491,7 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None):
     """How many sealed entries match (counting stops past `cap`)."""
     n = 0
     parsed = fulltext.parse(filters.q) if filters.q else None
-    for meta in _segments(filters, after_id, upto_id):
+    for meta in _segments(filters, after_id, upto_id, memo):
         table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
         if parsed is None:
             n += table.num_rows
@@ -507,8 +507,19 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None):
     return n
 
 
-def _segments(filters, after_id, upto_id):
-    """The segments (dicts) that may hold a match, oldest first."""
+def _segments(filters, after_id, upto_id, memo=None):
+    """The segments (dicts) that may hold a match, oldest first (found once
+    a request for `read` and `count` when they share `memo`)."""
+    key = ("segments", filters, after_id, upto_id)
+    if memo is not None and key in memo:
+        return list(memo[key])
+    chosen = _chosen_segments(filters, after_id, upto_id)
+    if memo is not None:
+        memo[key] = chosen
+    return list(chosen)
+
+
+def _chosen_segments(filters, after_id, upto_id):
     terms, params = ["TRUE"], []
     if after_id is not None:
         terms.append("max_id > ?")
@@ -532,11 +543,12 @@ def _segments(filters, after_id, upto_id):
     # rows are searched for it first (_prefiltered).
     rarity = {}
     for segment_id, low, high in rows:
-        projects, (size, blooms) = _skipping(segment_id, low)
-        if filters.project_id is not None and filters.project_id not in projects:
+        if filters.project_id is not None and filters.project_id not in _projects(segment_id,
+                                                                                  low):
             continue
         meta = {"id": segment_id, "min_id": low, "max_id": high, "blocks": None}  # all
         if wanted:
+            size, blooms = _blooms(segment_id, low)
             # The blocks of the row groups that the project, container and
             # time range admit, and of them those that may hold the words.
             candidates = range(len(blooms))
@@ -557,14 +569,35 @@ def _segments(filters, after_id, upto_id):
     return chosen
 
 
-def _skipping(segment_id, low):
-    """(projects, (rows per block, Blooms)) of a segment: what `_segments`
-    skips it by, read once per process (a segment never changes)."""
+def _projects(segment_id, low):
+    """The projects a segment holds, read once per process (a segment never
+    changes): what `_segments` skips it by."""
     def load():
-        projects, words = db.execute("SELECT projects, words FROM segment WHERE id = ?",
-                                     (segment_id,)).fetchone()
-        return frozenset(orjson.loads(projects)), _unpack_blooms(words)
-    return _cached(_skips, (id(db.current()), segment_id, low), _CACHE_SKIPS, load)
+        (projects,) = db.execute("SELECT projects FROM segment WHERE id = ?",
+                                 (segment_id,)).fetchone()
+        return frozenset(orjson.loads(projects))
+    return _cached(_segment_projects, (id(db.current()), segment_id, low), _CACHE_FOOTERS, load)
+
+
+def _blooms(segment_id, low):
+    """(rows per block, Blooms) of a segment, read only for a question with
+    words or a trace id, and kept per process (the most recently used,
+    within _CACHE_BLOOM_BYTES)."""
+    key = (id(db.current()), segment_id, low)
+    with _cache_lock:
+        found = _skips.get(key)
+        if found is not None:
+            _skips.move_to_end(key)
+            return found[0]
+    (words,) = db.execute("SELECT words FROM segment WHERE id = ?", (segment_id,)).fetchone()
+    found = _unpack_blooms(words), len(words)
+    with _cache_lock:
+        if key not in _skips:
+            _skips[key] = found
+            _bloom_bytes[0] += found[1]
+        while _bloom_bytes[0] > _CACHE_BLOOM_BYTES and len(_skips) > 1:
+            _bloom_bytes[0] -= _skips.popitem(last=False)[1][1]
+    return found[0]
 
 
 def _wanted_words(filters):
@@ -578,7 +611,7 @@ def _wanted_words(filters):
                 needed.extend(phrase.words[:-1] if phrase.prefix else phrase.words)
             groups.append(tuple(needed))
     if filters.trace_id:
-        trace = _TRACE_MARK + _shown_trace(filters.trace_id)
+        trace = _TRACE_MARK + lookup.canonical("trace_id", filters.trace_id)
         groups = [(*g, trace) for g in groups] or [(trace,)]
     return groups
 
@@ -710,9 +743,9 @@ def _mask(table, filters, after_id, upto_id):
         if values:
             terms.append(pc.is_in(table[column], value_set=pa.array(list(values), pa.string())))
     if f.trace_id is not None:
-        terms.append(pc.equal(table["trace_id"], _shown_trace(f.trace_id)))
+        terms.append(pc.equal(table["trace_id"], lookup.canonical("trace_id", f.trace_id)))
     if f.client_ip is not None:
-        terms.append(pc.equal(table["client_ip"], _shown_ip(f.client_ip)))
+        terms.append(pc.equal(table["client_ip"], lookup.canonical("client_ip", f.client_ip)))
     if f.status_ranges:
         alternatives = None
         for low, high in f.status_ranges:
@@ -736,14 +769,6 @@ def _mask(table, filters, after_id, upto_id):
     for term in terms[1:]:
         mask = pc.and_kleene(mask, term)
     return mask
-
-
-def _shown_trace(value):
-    return value if db.is_postgres() else lookup.shown("trace_id", lookup.stored("trace_id", value))
-
-
-def _shown_ip(value):
-    return value if db.is_postgres() else lookup.shown("client_ip", lookup.stored("client_ip", value))
 
 
 _BATCH = 500
@@ -795,15 +820,18 @@ def _entries(table, bodies):
 _CACHE_FILES = 8
 _CACHE_FOOTERS = 4096
 _CACHE_COLUMN_BYTES = 224 << 20
-# Segments' projects and Bloom filters (about 10 B an entry: 650 KB a
-# segment of 65,536), the most recently used kept.
-_CACHE_SKIPS = 64
+# Segments' Bloom filters (about 10 B an entry: 650 KB a segment of
+# 65,536), the most recently used kept within this (about 200 segments:
+# a search of 13 million sealed entries asks its filters from memory).
+_CACHE_BLOOM_BYTES = 128 << 20
 _files = collections.OrderedDict()
 _footers = collections.OrderedDict()
 _bounds = collections.OrderedDict()  # _row_groups of each segment
 _groups = collections.OrderedDict()  # (store, segment, row group, column) -> column
 _group_bytes = [0]  # what _groups holds
-_skips = collections.OrderedDict()
+_skips = collections.OrderedDict()  # key -> ((rows per block, Blooms), stored bytes)
+_bloom_bytes = [0]  # what _skips holds
+_segment_projects = collections.OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -833,11 +861,12 @@ def _file(meta):
         def load():
             (blob,) = db.execute("SELECT data FROM segment WHERE id = ?",
                                  (meta["id"],)).fetchone()
-            return pq.ParquetFile(io.BytesIO(bytes(blob)), pre_buffer=False)
+            return pq.ParquetFile(io.BytesIO(bytes(blob)), pre_buffer=False,
+                                  read_dictionary=_DICTIONARY)
         return _cached(_files, key, _CACHE_FILES, load)
     return pq.ParquetFile(_BlobFile(database.connection().blobopen(
         "segment", "data", meta["id"], readonly=True)), metadata=_metadata(meta),
-        pre_buffer=False)
+        pre_buffer=False, read_dictionary=_DICTIONARY)
 
 
 def _metadata(meta):
@@ -1012,9 +1041,9 @@ class _GroupReader:
                     found[name] = _groups[key]
                 while _group_bytes[0] > _CACHE_COLUMN_BYTES and _groups:
                     _group_bytes[0] -= _groups.popitem(last=False)[1].nbytes
-        schema = _schema()
-        return pa.table([found[name] for name in names],
-                        schema=pa.schema([schema.field(name) for name in names]))
+        # Names (_DICTIONARY) come decoded as dictionaries: a row group's
+        # few distinct values and an index a row, not a string each.
+        return pa.table([found[name] for name in names], names=names)
 
 
 def _group_bounds(group):
