@@ -172,12 +172,18 @@ def _rows_to_seal(through, upto):
                                              "response_body", "_text", "_indexed")]
     # The stored forms as the API's values (rows.render_row's, without
     # what a segment does not keep).
-    name_of, shown = names.shower(), lookup.shown
-    words = {column: functools.partial(names.unlettered, column)
-             for column in ("kind", "level", "source")}
-    shows = (None, functools.partial(shown, "trace_id"), None, words["kind"], words["level"],
-             name_of, name_of, name_of, name_of, None, functools.partial(shown, "client_ip"),
-             None, words["source"], unpack_data, bool, bool, None, name_of)
+    name_of = names.shower()
+    shown = {**{column: functools.partial(lookup.shown, column)
+                for column in ("trace_id", "client_ip")},
+             **{column: functools.partial(names.unlettered, column)
+                for column in ("kind", "level", "source")},
+             **dict.fromkeys(("project_id", "container_id", "service_name", "method", "route"),
+                             name_of),
+             "data": unpack_data, "has_body": bool, "body_truncated": bool}
+    shows = [shown.get(column) for column in COLUMNS]
+    at_url, at_project, at_container = (COLUMNS.index(c) for c in ("url", "project_id",
+                                                                     "container_id"))
+    data = columns["data"]
     document, indexed_document = fulltext.document, fulltext.indexed_document
     for row in db.execute(sql, (through, upto)).fetchall():
         for at in range(width):
@@ -185,10 +191,11 @@ def _rows_to_seal(through, upto):
             add[at](row[at] if show is None else show(row[at]))
         request_body = unpack_body(row[width + 1], row[width + 2])
         response_body = unpack_body(row[width + 3], row[width + 4])
-        text = document(row[9], request_body, response_body, columns["data"][-1])
-        for at, value in enumerate((row[width], request_body, response_body, text,
-                                    None if postgres else indexed_document(text, row[5], row[6])),
-                                   start=width):
+        text = document(row[at_url], request_body, response_body, data[-1])
+        for at, value in enumerate(
+                (row[width], request_body, response_body, text,
+                 None if postgres else indexed_document(text, row[at_project], row[at_container])),
+                start=width):
             add[at](value)
     return columns
 
