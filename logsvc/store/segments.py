@@ -168,8 +168,6 @@ def _rows_to_seal(through, upto):
            "FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
            "WHERE e.id > ? AND e.id <= ? ORDER BY e.id")
     columns = {name: [] for name in (*_schema().names, "_text", "_indexed")}
-    add = [columns[name].append for name in (*COLUMNS, "lat_bucket", "request_body",
-                                             "response_body", "_text", "_indexed")]
     # The stored forms as the API's values (rows.render_row's, without
     # what a segment does not keep).
     name_of = names.shower()
@@ -180,23 +178,21 @@ def _rows_to_seal(through, upto):
              **dict.fromkeys(("project_id", "container_id", "service_name", "method", "route"),
                              name_of),
              "data": unpack_data, "has_body": bool, "body_truncated": bool}
-    shows = [shown.get(column) for column in COLUMNS]
-    at_url, at_project, at_container = (COLUMNS.index(c) for c in ("url", "project_id",
-                                                                     "container_id"))
-    data = columns["data"]
+    converted = [(columns[column].append, shown.get(column)) for column in COLUMNS]
+    at_project, at_container = COLUMNS.index("project_id"), COLUMNS.index("container_id")
     document, indexed_document = fulltext.document, fulltext.indexed_document
     for row in db.execute(sql, (through, upto)).fetchall():
-        for at in range(width):
-            show = shows[at]
-            add[at](row[at] if show is None else show(row[at]))
+        for (add, show), value in zip(converted, row):
+            add(value if show is None else show(value))
         request_body = unpack_body(row[width + 1], row[width + 2])
         response_body = unpack_body(row[width + 3], row[width + 4])
-        text = document(row[at_url], request_body, response_body, data[-1])
-        for at, value in enumerate(
-                (row[width], request_body, response_body, text,
-                 None if postgres else indexed_document(text, row[at_project], row[at_container])),
-                start=width):
-            add[at](value)
+        text = document(columns["url"][-1], request_body, response_body, columns["data"][-1])
+        columns["lat_bucket"].append(row[width])
+        columns["request_body"].append(request_body)
+        columns["response_body"].append(response_body)
+        columns["_text"].append(text)
+        columns["_indexed"].append(None if postgres else indexed_document(
+            text, row[at_project], row[at_container]))
     return columns
 
 
@@ -588,23 +584,14 @@ def _projects(segment_id, low):
 
 def _blooms(segment_id, low):
     """(rows per block, Blooms) of a segment, read only for a question with
-    words or a trace id, and kept per process (the most recently used,
-    within _CACHE_BLOOM_BYTES)."""
+    words or a trace id, and kept per process (`_skips`)."""
     key = (id(db.current()), segment_id, low)
-    with _cache_lock:
-        found = _skips.get(key)
-        if found is not None:
-            _skips.move_to_end(key)
-            return found[0]
-    (words,) = db.execute("SELECT words FROM segment WHERE id = ?", (segment_id,)).fetchone()
-    found = _unpack_blooms(words), len(words)
-    with _cache_lock:
-        if key not in _skips:
-            _skips[key] = found
-            _bloom_bytes[0] += found[1]
-        while _bloom_bytes[0] > _CACHE_BLOOM_BYTES and len(_skips) > 1:
-            _bloom_bytes[0] -= _skips.popitem(last=False)[1][1]
-    return found[0]
+    found = _skips.get(key)
+    if found is None:
+        (words,) = db.execute("SELECT words FROM segment WHERE id = ?",
+                              (segment_id,)).fetchone()
+        found = _skips.put(key, _unpack_blooms(words), len(words))
+    return found
 
 
 def _wanted_words(filters):
@@ -821,25 +808,52 @@ def _entries(table, bodies):
 
 # Per process: each segment's Parquet file (its bytes and metadata), and
 # the columns of row groups decoded from them, the most recently used kept
-# within _CACHE_COLUMN_BYTES. A row group (ROW_GROUP entries) decodes to a
+# within 224 MiB (`_groups`). A row group (ROW_GROUP entries) decodes to a
 # few MB, most of it its bodies; its other columns take a tenth of that, so
 # that the columns questions sort and filter by stay kept for many groups.
 _CACHE_FILES = 8
 _CACHE_FOOTERS = 4096
-_CACHE_COLUMN_BYTES = 224 << 20
-# Segments' Bloom filters (about 10 B an entry: 650 KB a segment of
-# 65,536), the most recently used kept within this (about 200 segments:
-# a search of 13 million sealed entries asks its filters from memory).
-_CACHE_BLOOM_BYTES = 128 << 20
+_cache_lock = threading.Lock()
+
+
+class _Budgeted:
+    """Values kept per process, the most recently used, within a budget of
+    bytes (each value's size given when it is put)."""
+
+    def __init__(self, budget):
+        self.budget, self.held = budget, 0
+        self.values = collections.OrderedDict()  # key -> (value, size)
+
+    def get(self, key):
+        with _cache_lock:
+            found = self.values.get(key)
+            if found is None:
+                return None
+            self.values.move_to_end(key)
+            return found[0]
+
+    def put(self, key, value, size):
+        """Keep `value` (unless another thread kept one first); returns the
+        value kept."""
+        with _cache_lock:
+            if key not in self.values:
+                self.values[key] = (value, size)
+                self.held += size
+            kept = self.values[key][0]
+            while self.held > self.budget and len(self.values) > 1:
+                self.held -= self.values.popitem(last=False)[1][1]
+            return kept
+
+
 _files = collections.OrderedDict()
 _footers = collections.OrderedDict()
-_bounds = collections.OrderedDict()  # _row_groups of each segment
-_groups = collections.OrderedDict()  # (store, segment, row group, column) -> column
-_group_bytes = [0]  # what _groups holds
-_skips = collections.OrderedDict()  # key -> ((rows per block, Blooms), stored bytes)
-_bloom_bytes = [0]  # what _skips holds
+_bounds = collections.OrderedDict()  # _layout of each segment
+_groups = _Budgeted(224 << 20)  # (store, segment, row group, column) -> column
+# Segments' Bloom filters (about 10 B an entry: 650 KB a segment of
+# 65,536), about 200 segments: a search of 13 million sealed entries asks
+# its filters from memory.
+_skips = _Budgeted(128 << 20)
 _segment_projects = collections.OrderedDict()
-_cache_lock = threading.Lock()
 
 
 def _cached(cache, key, limit, make):
@@ -948,6 +962,7 @@ def _read_groups(meta, filters=None, columns=None):
     words asked for (meta["blocks"]: rows per block, the blocks kept).
     With `columns` (a set), only those columns, and "_pos", each row's
     place in the segment (what `_rows_at` reads the rest of a row by)."""
+    import numpy as np
     import pyarrow as pa
 
     starts, sizes, bounds = _layout(meta)
@@ -965,8 +980,6 @@ def _read_groups(meta, filters=None, columns=None):
     if filters is not None:
         admitted = {g: _admits(bounds[g], filters) for g in {part[0] for part in parts}}
         parts = [part for part in parts if admitted[part[0]]]
-    import numpy as np
-
     names = _schema().names if columns is None else [c for c in _schema().names if c in columns]
     reader = _GroupReader(meta)
     tables = []
@@ -1006,10 +1019,10 @@ def _rows_at(meta, positions, columns):
         at += len(rows)
     if not tables:
         return _schema().empty_table().select(names)
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-    if len(tables) == 1:
-        return table
-    return table.take(pa.array([offsets[g] + k for g, k in picks], pa.int64()))
+    if len(tables) == 1:  # its rows taken in the order asked
+        return tables[0]
+    return pa.concat_tables(tables).take(pa.array([offsets[g] + k for g, k in picks],
+                                                  pa.int64()))
 
 
 class _GroupReader:
@@ -1026,28 +1039,14 @@ class _GroupReader:
     def group(self, g, names):
         import pyarrow as pa
 
-        found, missing = {}, []
-        with _cache_lock:
-            for name in names:
-                column = _groups.get((*self.key, g, name))
-                if column is None:
-                    missing.append(name)
-                else:
-                    _groups.move_to_end((*self.key, g, name))
-                    found[name] = column
+        found = {name: _groups.get((*self.key, g, name)) for name in names}
+        missing = [name for name, column in found.items() if column is None]
         if missing:
             if self.file is None:
                 self.file = _file(self.meta)
             read = self.file.read_row_group(g, columns=missing, use_threads=False)
-            with _cache_lock:
-                for name in missing:
-                    key = (*self.key, g, name)
-                    if key not in _groups:
-                        _groups[key] = read[name]
-                        _group_bytes[0] += read[name].nbytes
-                    found[name] = _groups[key]
-                while _group_bytes[0] > _CACHE_COLUMN_BYTES and _groups:
-                    _group_bytes[0] -= _groups.popitem(last=False)[1].nbytes
+            for name in missing:
+                found[name] = _groups.put((*self.key, g, name), read[name], read[name].nbytes)
         # Names (_DICTIONARY) come decoded as dictionaries: a row group's
         # few distinct values and an index a row, not a string each.
         return pa.table([found[name] for name in names], names=names)
@@ -1084,11 +1083,17 @@ def _admits(bounds, filters):
 
 # --- the Bloom filter of a segment's words ------------------------------------------
 
+def _digest(word):
+    """The 16 bytes a word's two hashes are read from (`_hashed`)."""
+    return hashlib.blake2b(word.encode(), digest_size=16).digest()
+
+
 @functools.lru_cache(maxsize=4096)
 def _hashed(word):
-    """The two hashes a word's bit positions are made of (a question asks
-    each block of every segment for the same few words)."""
-    digest = hashlib.blake2b(word.encode(), digest_size=16).digest()
+    """The two hashes a word's bit positions are made of: the halves of its
+    digest, the second made odd (a question asks each block of every
+    segment for the same few words)."""
+    digest = _digest(word)
     return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big") | 1
 
 
@@ -1110,8 +1115,7 @@ class Bloom:
         size = -(-max(64, len(words) * _BITS_PER_WORD) // 8) * 8  # whole bytes
         if not words:
             return cls(bytearray(size // 8), _HASHES, size)
-        digests = b"".join([hashlib.blake2b(word.encode(), digest_size=16).digest()
-                            for word in words])
+        digests = b"".join([_digest(word) for word in words])
         pairs = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         first = pairs[:, 0] % np.uint64(size)
         second = (pairs[:, 1] | np.uint64(1)) % np.uint64(size)
@@ -1132,8 +1136,8 @@ class Bloom:
         bits = stored[4:]
         return cls(bits, int.from_bytes(stored[:4], "big"), len(bits) * 8)
 
-    def _positions(self, word, hashed=_hashed):
-        first, second = hashed(word)
+    def _positions(self, word):
+        first, second = _hashed(word)
         return [(first + i * second) % self.size for i in range(self.hashes)]
 
     def __contains__(self, word):
