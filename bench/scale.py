@@ -213,6 +213,15 @@ class Logsvc:
             if self.sealed_through() >= due:
                 break
             time.sleep(1)
+        # Then the runs of segments due to be merged.
+        from logsvc.store.segments import MERGE_SEGMENTS, merge_plan
+
+        while time.perf_counter() - start < timeout_s:
+            stored = self._rows("SELECT id, min_id, max_id, rows, bytes FROM segment "
+                                "ORDER BY min_id")
+            if merge_plan(stored, MERGE_SEGMENTS * SEGMENT_ROWS) is None:
+                break
+            time.sleep(1)
         # The minute counters older than LOGSVC_MINUTE_COUNTERS_HOURS go a
         # grace after the floor is raised (logsvc/store/horizon.py).
         while time.perf_counter() - start < timeout_s:
@@ -226,19 +235,20 @@ class Logsvc:
         return int(self._meta("sealed_through") or 0)
 
     def _meta(self, key):
-        sql = f"SELECT value FROM meta WHERE key = '{key}'"
+        rows = self._rows(f"SELECT value FROM meta WHERE key = '{key}'")
+        return rows[0][0] if rows else None
+
+    def _rows(self, sql):
         if self.database_url:
             import psycopg2
 
             with psycopg2.connect(self.database_url) as conn, conn.cursor() as cursor:
                 cursor.execute(sql)
-                row = cursor.fetchone()
-        else:
-            import sqlite3
+                return cursor.fetchall()
+        import sqlite3
 
-            with contextlib.closing(sqlite3.connect(self.data_dir / "logs.db")) as conn:
-                row = conn.execute(sql).fetchone()
-        return row[0] if row else None
+        with contextlib.closing(sqlite3.connect(self.data_dir / "logs.db")) as conn:
+            return conn.execute(sql).fetchall()
 
     def get(self, path, **params):
         response = self.session.get(self.server.url + path, params=params, timeout=600)

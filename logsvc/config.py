@@ -46,6 +46,9 @@ class Config:
     hot_rows: int = 0
     # Entries per sealed segment.
     segment_rows: int = 65_536
+    # Runs of this many consecutive segments are merged into one in the
+    # background (segments.py, "merging"); 0 or 1: never merged.
+    merge_segments: int = 16
     # How often the background sealer looks for entries to seal.
     seal_interval_s: float = 30.0
     # With hot_rows: hours of minute counters kept per scope and per route
@@ -158,6 +161,18 @@ class Config:
         if self.partition_rows:
             return self.partition_rows
         return self.segment_rows if self.hot_rows else 1_000_000
+
+    @property
+    def merge_rows(self):
+        """The most entries a merged segment holds (0: none is merged)."""
+        return self.merge_segments * self.segment_rows if self.merge_segments > 1 else 0
+
+    @property
+    def merge_bytes(self):
+        """The most bytes a merged segment takes (0: no bound): with
+        LOGSVC_MAX_DISK_BYTES, a sixteenth of it, so that retention by size
+        still drops the oldest entries a small part at a time."""
+        return self.max_disk_bytes // 16
 
     @property
     def retention_ms(self):

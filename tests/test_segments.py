@@ -111,6 +111,73 @@ def test_every_question_has_the_same_answer_once_older_entries_are_sealed(sealed
         assert one == other, (path, params)
 
 
+def merge(app, merge_rows):
+    with db.using(app.extensions["logsvc"].store):
+        total = 0
+        while n := db.call(segments.merge_once, merge_rows):
+            total += n
+        return total
+
+
+def segment_rows_of(app):
+    with db.using(app.extensions["logsvc"].store):
+        return db.call(lambda: [row[0] for row in db.execute(
+            "SELECT rows FROM segment ORDER BY min_id")])
+
+
+def test_merged_segments_answer_every_question_as_the_segments_they_replace(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(900))
+    before = answers(store)
+    assert seal(sealed_app, hot_rows=100, segment_rows=64) == 768
+    assert segment_rows_of(sealed_app) == [64] * 12
+    # Runs of five: two merged (each due at seven eighths of 320 rows);
+    # the newest two segments wait for more.
+    assert merge(sealed_app, 320) == 640
+    assert segment_rows_of(sealed_app) == [320, 320, 64, 64]
+    assert merge(sealed_app, 320) == 0  # a merged segment is merged no more
+    after = answers(store)
+    for (path, params), one, other in zip(QUESTIONS, before, after):
+        assert one == other, (path, params)
+    with db.using(sealed_app.extensions["logsvc"].store):
+        # The merged segment's rows sorted by scope as a whole: each
+        # project's rows in one run.
+        table = db.call(lambda: segments._read_groups(
+            {"id": db.execute("SELECT id FROM segment ORDER BY min_id").fetchone()[0],
+             "min_id": 1, "max_id": 320}))
+    projects = table["project_id"].to_pylist()
+    assert len(projects) == 320
+    runs = [p for i, p in enumerate(projects) if i == 0 or projects[i - 1] != p]
+    assert runs == sorted(set(projects))
+
+
+def test_a_read_whose_segments_were_merged_meanwhile_is_answered_from_the_merged_one(
+        sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(500))
+    expected = store.page(q="word3", limit=500)["entries"]
+    seal(sealed_app, hot_rows=50, segment_rows=64)
+    attempts = []
+
+    def question():
+        from logsvc.store.filters import Filters
+        memo = {}
+        filters = Filters(q="word3")
+        segments._segments(filters, None, None, memo)  # the segments chosen first
+        if not attempts:  # then merged by another process before they are read
+            attempts.append(segments.merge_once(64 * 8))
+        else:
+            attempts.append("again")
+        return segments.read(filters, order="asc", memo=memo)
+
+    with db.using(sealed_app.extensions["logsvc"].store):
+        found = db.call(question)
+    assert attempts == [448, "again"]
+    sealed = [e for e in expected if e["id"] <= 448]
+    assert [e["id"] for e in found] == [e["id"] for e in sealed]
+    assert found[0]["url"] == sealed[0]["url"]
+
+
 def test_keyset_paging_crosses_the_boundary_without_skipping_or_repeating(sealed_app):
     store = Store(sealed_app.test_client())
     store.ingest(corpus(300))
@@ -210,21 +277,24 @@ def test_a_schema_12_store_is_upgraded_in_place_and_sealed_in_the_background(
 
 
 def _sealer(data_dir, hot_rows, segment_rows, log):
-    """A process that seals as fast as it can, to be killed."""
+    """A process that seals and merges (runs of four segments) as fast as
+    it can, to be killed."""
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "from logsvc.config import Config\n"
         "from logsvc.store import db, segments\n"
         f"config = Config.from_env().replace(data_dir={str(data_dir)!r})\n"
         "db.init(config)\n"
-        f"while db.call(segments.seal_once, {hot_rows}, {segment_rows}): pass\n"
+        f"while (db.call(segments.seal_once, {hot_rows}, {segment_rows})\n"
+        f"       or db.call(segments.merge_once, {4 * segment_rows})): pass\n"
     )
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def test_a_kill_in_the_middle_of_a_seal_loses_and_repeats_nothing(make_app, tmp_path):
+def test_a_kill_in_the_middle_of_a_seal_or_a_merge_loses_and_repeats_nothing(make_app,
+                                                                             tmp_path):
     app = make_app(hot_rows=0, rate_limit_per_min=0)
     store = Store(app.test_client())
     for start in range(0, 4000, 1000):
@@ -248,6 +318,7 @@ def test_a_kill_in_the_middle_of_a_seal_loses_and_repeats_nothing(make_app, tmp_
     assert ranges[0][0] == 1 and ranges[-1][1] == through
     assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
     assert sum(r[2] for r in ranges) == through
+    assert [r[2] for r in ranges[:9]] == [4 * 97] * 9  # merged, the newest few waiting
     assert answers(store) == before
     ids = [e["id"] for e in store.page(limit=5000)["entries"]]
     assert ids == list(range(1, 4001))
@@ -256,6 +327,7 @@ def test_a_kill_in_the_middle_of_a_seal_loses_and_repeats_nothing(make_app, tmp_
 @pytest.mark.sqlite_only("the test reads the watermark from the store's file")
 def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
     server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "50", "LOGSVC_SEGMENT_ROWS": "50",
+                                   "LOGSVC_MERGE_SEGMENTS": "2",
                                    "LOGSVC_SEAL_INTERVAL_S": "0.2"})
     server.start()
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -273,6 +345,15 @@ def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
         time.sleep(0.2)
     else:
         pytest.fail("nothing was sealed")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # pairs of segments merged
+        with sqlite3.connect(path) as conn:
+            sizes = [row[0] for row in conn.execute("SELECT rows FROM segment ORDER BY min_id")]
+        if sizes[:2] == [100, 100]:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"segments not merged: {sizes}")
     for params in ({}, {"q": "word3"}):
         seen = []
         with requests.get(server.url + LOGS + "/stream", params=params, stream=True,

@@ -432,18 +432,31 @@ def _copy_text(value):
     return str(value)
 
 
+class Stale(Exception):
+    """What a read chose is gone: a sealed segment merged or dropped since
+    (segments.py). `call` runs the read again, which then chooses anew."""
+
+
+# Runs of a call that found its segments gone, before the error is raised.
+_STALE_TRIES = 3
+
+
 def call(fn, *args, **kwargs):
     """Run `fn(*args, **kwargs)` on a database thread, on the caller's
     current store; the greenlet yields. An exception raised by `fn` is
     raised here, in the caller. Under a threaded server (see runtime.py)
-    the request's own thread runs it."""
-    if runtime.cooperative():
-        ok, value = gevent.get_hub().threadpool.apply(_capture, (current(), fn, args, kwargs))
-    else:
-        ok, value = _capture(current(), fn, args, kwargs)
-    if ok:
-        return value
-    raise value
+    the request's own thread runs it. A call that raises Stale is run
+    again (a read that chose segments a merge has since replaced)."""
+    for attempt in range(_STALE_TRIES):
+        if runtime.cooperative():
+            ok, value = gevent.get_hub().threadpool.apply(_capture,
+                                                          (current(), fn, args, kwargs))
+        else:
+            ok, value = _capture(current(), fn, args, kwargs)
+        if ok:
+            return value
+        if not isinstance(value, Stale) or attempt == _STALE_TRIES - 1:
+            raise value
 
 
 class QueryTimeout(Exception):

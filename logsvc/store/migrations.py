@@ -21,7 +21,7 @@ from .db import database
 from .models import ALL_MODELS, ROLLUP_MODELS, Entry, EntryBody, IdSequence, Meta, entry_indexes
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 
 
 # Columns that later versions added to tables that existed before them:
@@ -212,6 +212,19 @@ def _v16_to_v17():
             rollup.fill_from_finer(tier.table)
 
 
+def _v17_to_v18():
+    # Version 18 (PostgreSQL): segments' bytes are stored uncompressed out
+    # of line (they are compressed already), so that a question reads the
+    # ranges of a segment it decodes, not all of it (segments.py): the
+    # segments written from now on; those before were stored so already
+    # unless their first kilobyte compressed.
+    if db.is_postgres():
+        db.execute(_PG_SEGMENT_STORAGE)
+
+
+_PG_SEGMENT_STORAGE = "ALTER TABLE segment ALTER COLUMN data SET STORAGE EXTERNAL"
+
+
 # PostgreSQL: the storage of a counter table whose rows are rewritten all
 # the time (the all-time tiers: a scope's row takes every batch of it). With
 # half of each page free, a row's new version goes in the same page (a
@@ -257,6 +270,7 @@ STEPS = (
     _v14_to_v15,
     _v15_to_v16,
     _v16_to_v17,
+    _v17_to_v18,
 )
 assert len(STEPS) == SCHEMA_VERSION - 1
 
@@ -351,6 +365,7 @@ def create_schema(partition_rows=1_000_000):
         _create_lookup_indexes()
         fulltext.create()
         if postgres:
+            db.execute(_PG_SEGMENT_STORAGE)
             # Partitions are dropped whole by retention, bodies with their
             # entries: a foreign key between the two would forbid that.
             db.execute("ALTER TABLE entry_body DROP CONSTRAINT IF EXISTS entry_body_entry_id_fkey")

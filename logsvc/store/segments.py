@@ -35,6 +35,10 @@ transaction that adds the segment, removes its entries from `entry` and
 moves the watermark: a kill at any point leaves all of it or none, and
 segments cover consecutive id ranges.
 
+In the background, runs of consecutive segments are merged into one
+sorted by scope as a whole (`merge_once`): a tenant's rows sit together,
+and one transaction swaps the new segment in for the ones it replaces.
+
 Segments live in the database (a BLOB on SQLite, bytea on PostgreSQL):
 every host of a PostgreSQL store reads every segment, and a backup of the
 database is a backup of everything. Retention drops whole segments, oldest
@@ -214,14 +218,8 @@ def _build(columns, row_group=ROW_GROUP):
     pq.write_table(table, out, compression="zstd", compression_level=3,
                    row_group_size=row_group, use_dictionary=_DICTIONARY, write_statistics=True)
     texts, traces = columns["_text"], columns["trace_id"]
-    blooms = []
     block = max(1, row_group // BLOCKS_PER_GROUP)
-    for start in range(0, len(order), block):
-        part = order[start:start + block]
-        # A block's texts read as one (a word never spans the line break).
-        words = set(fulltext.words("\n".join([texts[i] for i in part])))
-        words.update(_TRACE_MARK + traces[i] for i in part if traces[i])
-        blooms.append(Bloom.of(words).dump())
+    blooms = _block_blooms([texts[i] for i in order], [traces[i] for i in order], block)
     summary = {
         "min_ts": min(times),
         "max_ts": max(times),
@@ -229,6 +227,18 @@ def _build(columns, row_group=ROW_GROUP):
         "words": block.to_bytes(4, "big") + _pack_blooms(blooms),
     }
     return out.getvalue(), summary
+
+
+def _block_blooms(texts, traces, block):
+    """The dumped Bloom filter of each `block` rows' words and trace ids
+    (`texts`: each row's searchable text, in the segment's order)."""
+    blooms = []
+    for start in range(0, len(texts), block):
+        # A block's texts read as one (a word never spans the line break).
+        words = set(fulltext.words("\n".join(texts[start:start + block])))
+        words.update(_TRACE_MARK + trace for trace in traces[start:start + block] if trace)
+        blooms.append(Bloom.of(words).dump())
+    return blooms
 
 
 _TRACE_MARK = "\x00trace:"
@@ -267,6 +277,167 @@ def _remove_hot(through, upto, columns):
     db.execute("DELETE FROM entry WHERE id > ? AND id <= ?", (through, upto))
 
 
+# --- merging -------------------------------------------------------------------
+
+# A sealed segment holds SEGMENT_ROWS consecutive entries, so a tenant with
+# few entries has a few rows in one row group of every segment: a search of
+# its words decodes a row group per segment. In the background, runs of
+# consecutive segments are merged into one of up to MERGE_SEGMENTS times as
+# many entries, sorted by scope and time as a whole (as ClickHouse merges
+# its parts): the tenant's rows then sit together in one or two row groups
+# of it, and the names and texts of a scope compress together.
+MERGE_SEGMENTS = 16
+
+
+def merge_due(merge_rows, max_bytes=0):
+    """Whether `merge_once` would merge (a read)."""
+    return _merge_run(merge_rows, max_bytes) is not None
+
+
+def _merge_run(merge_rows, max_bytes=0):
+    if merge_rows <= 0:
+        return None
+    return merge_plan(db.execute("SELECT id, min_id, max_id, rows, bytes FROM segment "
+                                 "ORDER BY min_id").fetchall(), merge_rows, max_bytes)
+
+
+def merge_plan(stored, merge_rows, max_bytes=0):
+    """Of the segments `stored` ((id, min_id, max_id, rows, bytes), by
+    min_id), the oldest run of consecutive ones to merge into one of at
+    most `merge_rows` entries (and `max_bytes`, when not 0); None if none
+    is due.
+
+    A segment of more than half `merge_rows` is done: it is merged no more,
+    so that an entry is rewritten once. A run is due once it holds seven
+    eighths of `merge_rows`, or when the segment after it cannot join it;
+    the newest run waits for the segments that will fill it."""
+    run, rows, size = [], 0, 0
+    for segment in stored:
+        _, low, _, count, length = segment
+        joins = (count <= merge_rows // 2 and rows + count <= merge_rows
+                 and (not max_bytes or size + length <= max_bytes)
+                 and (not run or low == run[-1][2] + 1))
+        if joins:
+            run.append(segment)
+            rows += count
+            size += length
+            if len(run) > 1 and rows >= merge_rows - merge_rows // 8:
+                return run
+            continue
+        if len(run) > 1:
+            return run
+        starts = count <= merge_rows // 2 and (not max_bytes or length <= max_bytes)
+        run, rows, size = ([segment], count, length) if starts else ([], 0, 0)
+    return None
+
+
+def merge_once(merge_rows, max_bytes=0):
+    """Merge the oldest run of segments that is due (`_merge_run`) into one
+    segment. The new segment is built while the store serves; one
+    transaction then adds it and removes the segments it replaces, unless
+    one of them is gone meanwhile (retention), when nothing changes.
+    Returns how many entries were merged (0: none due)."""
+    run = _merge_run(merge_rows, max_bytes)
+    if run is None:
+        return 0
+    metas = [{"id": i, "min_id": low, "max_id": high, "blocks": None}
+             for i, low, high, _, _ in run]
+    blob, summary = _merged(metas)
+    ids = [meta["id"] for meta in metas]
+    marks = ", ".join("?" for _ in ids)
+    with database.atomic():
+        (present,) = db.execute(f"SELECT count(*) FROM segment WHERE id IN ({marks})",
+                                ids).fetchone()
+        if present != len(ids):
+            return 0
+        db.execute(f"DELETE FROM segment WHERE id IN ({marks})", ids)
+        db.execute(
+            "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
+            "words, data, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (metas[0]["min_id"], metas[-1]["max_id"], summary["min_ts"], summary["max_ts"],
+             summary["rows"], len(blob), orjson.dumps(summary["projects"]).decode(),
+             summary["words"], blob, now_ms()))
+    if not db.is_postgres():
+        db.give_back_free_pages()
+    return summary["rows"]
+
+
+def _merged(metas):
+    """(Parquet bytes, summary) of one segment holding the rows of the
+    segments `metas`, sorted by scope and time as a whole. Each source is
+    already sorted so, and is read a row group at a time as the merged
+    order reaches it: what is held at once is a row group of each source
+    and the merged file, not every row."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files, keys = [], []
+    for at, meta in enumerate(metas):
+        file = _file(meta, dictionaries=False)
+        files.append(file)
+        key = file.read(columns=["project_id", "container_id", "ts_ms", "id"], use_threads=False)
+        keys.append(pa.table({
+            "project_id": key["project_id"],
+            "container_id": pc.fill_null(key["container_id"], ""),
+            "ts_ms": key["ts_ms"], "id": key["id"],
+            "_src": pa.array(np.full(key.num_rows, at, dtype=np.int32)),
+            "_pos": pa.array(np.arange(key.num_rows, dtype=np.int64))}))
+    order = pa.concat_tables(keys).sort_by(
+        [("project_id", "ascending"), ("container_id", "ascending"), ("ts_ms", "ascending"),
+         ("id", "ascending")])
+    sources = order["_src"].to_numpy()
+    positions = order["_pos"].to_numpy()
+    total = len(positions)
+    # Row groups of whole blocks: each block's Bloom filter covers rows of
+    # one row group.
+    block = max(1, min(ROW_GROUP, total // 8) // BLOCKS_PER_GROUP)
+    row_group = block * BLOCKS_PER_GROUP
+    starts = [np.cumsum([0] + [file.metadata.row_group(g).num_rows
+                               for g in range(file.metadata.num_row_groups)])
+              for file in files]
+    held = {}  # source -> (its row group, decoded)
+    schema = _schema()
+    out = io.BytesIO()
+    blooms = []
+    with pq.ParquetWriter(out, schema, compression="zstd", compression_level=3,
+                          use_dictionary=_DICTIONARY, write_statistics=True) as writer:
+        for start in range(0, total, row_group):
+            chunk_sources = sources[start:start + row_group]
+            chunk_positions = positions[start:start + row_group]
+            parts, places = [], []
+            for at in np.unique(chunk_sources):
+                place = np.nonzero(chunk_sources == at)[0]
+                wanted = chunk_positions[place]
+                groups = np.searchsorted(starts[at], wanted, side="right") - 1
+                for g in np.unique(groups):
+                    if held.get(at, (None,))[0] != g:
+                        held[at] = (g, files[at].read_row_group(int(g), use_threads=False))
+                    among = groups == g
+                    parts.append(held[at][1].take(pa.array(wanted[among] - starts[at][g])))
+                    places.append(place[among])
+            chunk = pa.concat_tables(parts)
+            back = np.empty(chunk.num_rows, dtype=np.int64)
+            back[np.concatenate(places)] = np.arange(chunk.num_rows, dtype=np.int64)
+            chunk = chunk.take(pa.array(back))
+            writer.write_table(chunk, row_group_size=row_group)
+            text = chunk.select(_DOCUMENT).to_pydict()
+            document = fulltext.document
+            blooms.extend(_block_blooms(
+                [document(*row) for row in zip(*(text[c] for c in _DOCUMENT))],
+                chunk["trace_id"].to_pylist(), block))
+    projects = set()
+    for meta in metas:
+        projects |= _projects(meta)
+    low, high = db.execute(
+        f"SELECT min(min_ts), max(max_ts) FROM segment WHERE id IN "
+        f"({', '.join('?' for _ in metas)})", [meta["id"] for meta in metas]).fetchone()
+    summary = {"rows": total, "min_ts": low, "max_ts": high, "projects": sorted(projects),
+               "words": block.to_bytes(4, "big") + _pack_blooms(blooms)}
+    return out.getvalue(), summary
+
+
 # --- retention ---------------------------------------------------------------
 
 def oldest_id():
@@ -291,7 +462,8 @@ def drop(segment_id):
     row = db.execute("SELECT min_id, max_id FROM segment WHERE id = ?", (segment_id,)).fetchone()
     if row is None:
         return None
-    table = _read_groups({"id": segment_id, "min_id": row[0], "max_id": row[1]})
+    table = _read_groups({"id": segment_id, "min_id": row[0], "max_id": row[1]},
+                         columns=frozenset(_COUNTED_COLUMNS))
     db.execute("DELETE FROM segment WHERE id = ?", (segment_id,))
     return _stored_rows(table, _COUNTED_COLUMNS), row[0], row[1]
 
@@ -318,17 +490,41 @@ _LETTERED = {"level", "kind", "source"}
 def _stored_rows(table, columns):
     """The rows of an Arrow table of sealed entries as `entry` stores them
     (tuples of `columns`)."""
-    stored, lettered = names.stored, names.lettered
     converted = []
     for column in columns:
-        values = table[column].to_pylist()
         if column in _NAMED:
-            memo = {}
-            values = [memo[v] if v in memo else memo.setdefault(v, stored(v)) for v in values]
+            convert = names.stored
         elif column in _LETTERED:
-            values = [lettered(column, v) for v in values]
+            convert = functools.partial(names.lettered, column)
+        else:
+            convert = None
+        values = _values(table[column], convert)
+        if convert is not None and not _is_dictionary(table[column]):
+            memo = {}
+            values = [memo[v] if v in memo else memo.setdefault(v, convert(v)) for v in values]
         converted.append(values)
     return list(zip(*converted))
+
+
+def _is_dictionary(column):
+    import pyarrow as pa
+
+    return pa.types.is_dictionary(column.type)
+
+
+def _values(column, convert=None):
+    """A column's values as Python's. A dictionary column's (the names) are
+    made from its dictionary, a value per distinct name (and given to
+    `convert`, when there is one, once each), not an object per row."""
+    if not _is_dictionary(column):
+        return column.to_pylist()
+    out = []
+    for chunk in getattr(column, "chunks", [column]):
+        distinct = chunk.dictionary.to_pylist()
+        if convert is not None:
+            distinct = [convert(name) for name in distinct]
+        out.extend([None if i is None else distinct[i] for i in chunk.indices.to_pylist()])
+    return out
 
 
 def clear():
@@ -433,7 +629,8 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
         table = table.sort_by(_SLOWEST if slowest else
                               [("id", "descending" if order == "desc" else "ascending")])
         taken = 0
-        for batch in _batches(table, filters, bodies, meta):
+        want = None if limit is None or slowest else limit - len(found)
+        for batch in _batches(table, filters, bodies, meta, want):
             found.extend(batch)
             taken += len(batch)
             if limit is not None and len(found) >= limit and not slowest:
@@ -546,12 +743,11 @@ def _chosen_segments(filters, after_id, upto_id):
     # rows are searched for it first (_prefiltered).
     rarity = {}
     for segment_id, low, high in rows:
-        if filters.project_id is not None and filters.project_id not in _projects(segment_id,
-                                                                                  low):
-            continue
         meta = {"id": segment_id, "min_id": low, "max_id": high, "blocks": None}  # all
+        if filters.project_id is not None and filters.project_id not in _projects(meta):
+            continue
         if wanted:
-            size, blooms = _blooms(segment_id, low)
+            size, blooms = _blooms(meta)
             # The blocks of the row groups that the project, container and
             # time range admit, and of them those that may hold the words.
             candidates = range(len(blooms))
@@ -572,25 +768,27 @@ def _chosen_segments(filters, after_id, upto_id):
     return chosen
 
 
-def _projects(segment_id, low):
+def _projects(meta):
     """The projects a segment holds, read once per process (a segment never
     changes): what `_segments` skips it by."""
     def load():
-        (projects,) = db.execute("SELECT projects FROM segment WHERE id = ?",
-                                 (segment_id,)).fetchone()
-        return frozenset(orjson.loads(projects))
-    return _cached(_segment_projects, (id(db.current()), segment_id, low), _CACHE_FOOTERS, load)
+        found = db.execute(f"SELECT projects FROM segment WHERE {_THIS}", _this(meta)).fetchone()
+        if found is None:
+            raise db.Stale(f"segment {meta['id']} is gone")
+        return frozenset(orjson.loads(found[0]))
+    return _cached(_segment_projects, _key(meta), _CACHE_FOOTERS, load)
 
 
-def _blooms(segment_id, low):
+def _blooms(meta):
     """(rows per block, Blooms) of a segment, read only for a question with
     words or a trace id, and kept per process (`_skips`)."""
-    key = (id(db.current()), segment_id, low)
+    key = _key(meta)
     found = _skips.get(key)
     if found is None:
-        (words,) = db.execute("SELECT words FROM segment WHERE id = ?",
-                              (segment_id,)).fetchone()
-        found = _skips.put(key, _unpack_blooms(words), len(words))
+        stored = db.execute(f"SELECT words FROM segment WHERE {_THIS}", _this(meta)).fetchone()
+        if stored is None:
+            raise db.Stale(f"segment {meta['id']} is gone")
+        found = _skips.put(key, _unpack_blooms(stored[0]), len(stored[0]))
     return found
 
 
@@ -619,7 +817,7 @@ def _matching(meta, filters, after_id, upto_id, memo=None, columns=None):
     but `q`, which `_batches` checks); kept in `memo` when one is given.
     With `columns`, the rows hold those, the ones the filters read, the
     document's when there is a `q`, and "_pos" (`_read_groups`)."""
-    key = (meta["id"], meta["min_id"], filters, after_id, upto_id, columns)
+    key = (_key(meta), filters, after_id, upto_id, columns)
     if memo is not None and key in memo:
         return memo[key]
     if columns is not None:
@@ -773,10 +971,11 @@ _ENTRY_COLUMNS = frozenset(COLUMNS)
 _WITH_BODIES = _ENTRY_COLUMNS | {"request_body", "response_body"}
 
 
-def _batches(table, filters, bodies, meta=None):
+def _batches(table, filters, bodies, meta=None, want=None):
     """The API's entries of `table`'s rows, in its order, that pass `q`,
-    a batch at a time. With `meta`, `table` holds some columns of that
-    segment's rows (`_matching`'s), and the rows that pass are read whole."""
+    a batch at a time (with `want`, no more than that many in all). With
+    `meta`, `table` holds some columns of that segment's rows
+    (`_matching`'s), and the rows that pass are read whole."""
     parsed = fulltext.parse(filters.q) if filters.q else None
     for start in range(0, table.num_rows, _BATCH):
         part = table.slice(start, _BATCH)
@@ -788,15 +987,21 @@ def _batches(table, filters, bodies, meta=None):
                 continue
             if len(passing) < part.num_rows:
                 part = part.take(passing)
+        if want is not None and part.num_rows > want:
+            part = part.slice(0, want)  # read whole only the rows returned
         if meta is not None:
             part = _rows_at(meta, part["_pos"].to_pylist(),
                             _ENTRY_COLUMNS if bodies is None else _WITH_BODIES)
+        if want is not None:
+            want -= part.num_rows
         yield _entries(part, bodies)
+        if want is not None and want <= 0:
+            return
 
 
 def _entries(table, bodies):
     """The API's entries of `table`'s rows (`bodies` as `read` takes it)."""
-    rows = table.to_pydict()
+    rows = {name: _values(table[name]) for name in table.column_names}
     entries = []
     for i in range(len(rows["id"])):
         item = row_to_dict(tuple(rows[c][i] for c in COLUMNS), None if bodies is None else
@@ -811,7 +1016,6 @@ def _entries(table, bodies):
 # within 224 MiB (`_groups`). A row group (ROW_GROUP entries) decodes to a
 # few MB, most of it its bodies; its other columns take a tenth of that, so
 # that the columns questions sort and filter by stay kept for many groups.
-_CACHE_FILES = 8
 _CACHE_FOOTERS = 4096
 _cache_lock = threading.Lock()
 
@@ -845,7 +1049,6 @@ class _Budgeted:
             return kept
 
 
-_files = collections.OrderedDict()
 _footers = collections.OrderedDict()
 _bounds = collections.OrderedDict()  # _layout of each segment
 _groups = _Budgeted(224 << 20)  # (store, segment, row group, column) -> column
@@ -854,6 +1057,22 @@ _groups = _Budgeted(224 << 20)  # (store, segment, row group, column) -> column
 # its filters from memory.
 _skips = _Budgeted(128 << 20)
 _segment_projects = collections.OrderedDict()
+
+
+# The segment `meta` names, unless it is gone (merged or dropped, its id
+# perhaps given to another).
+_THIS = "id = ? AND min_id = ? AND max_id = ?"
+
+
+def _this(meta):
+    return (meta["id"], meta["min_id"], meta["max_id"])
+
+
+def _key(meta):
+    """What a segment's kept parts are known by in this process: its store,
+    its id and its id range (SQLite may give a merged segment the id of
+    one it replaced; never with the same range)."""
+    return (id(db.current()), meta["id"], meta["min_id"], meta["max_id"])
 
 
 def _cached(cache, key, limit, make):
@@ -870,35 +1089,53 @@ def _cached(cache, key, limit, make):
     return found
 
 
-def _file(meta):
-    """The segment's Parquet file. SQLite: read in place through SQLite's
-    incremental blob I/O, so that a question reads the pages of the row
-    groups it decodes, not the whole segment (its footer, the metadata,
-    is kept per process). PostgreSQL: the segment's bytes, kept."""
+def _file(meta, dictionaries=True):
+    """The segment's Parquet file, its names (_DICTIONARY) read as
+    dictionaries unless `dictionaries` is false. It is read in place, so
+    that a question reads the bytes of the row groups it decodes, not the
+    whole segment (its footer, the metadata, is kept per process): SQLite
+    through its incremental blob I/O, PostgreSQL by ranges of the bytea
+    (stored uncompressed out of line, so that a range reads its own pages:
+    migrations.py)."""
     import pyarrow.parquet as pq
 
-    key = (id(db.current()), meta["id"], meta["min_id"])
+    return pq.ParquetFile(_open(meta), metadata=_metadata(meta), pre_buffer=False,
+                          read_dictionary=_DICTIONARY if dictionaries else None)
+
+
+def _open(meta):
+    """The segment's Parquet bytes as a file (db.Stale if the segment is
+    gone: merged or dropped since the question chose it)."""
     if db.is_postgres():
-        def load():
-            (blob,) = db.execute("SELECT data FROM segment WHERE id = ?",
-                                 (meta["id"],)).fetchone()
-            return pq.ParquetFile(io.BytesIO(bytes(blob)), pre_buffer=False,
-                                  read_dictionary=_DICTIONARY)
-        return _cached(_files, key, _CACHE_FILES, load)
-    return pq.ParquetFile(_BlobFile(database.connection().blobopen(
-        "segment", "data", meta["id"], readonly=True)), metadata=_metadata(meta),
-        pre_buffer=False, read_dictionary=_DICTIONARY)
+        return _RangeFile(meta)
+    return _BlobFile(_blobopen(meta))
+
+
+def _blobopen(meta):
+    """SQLite: the segment's Parquet bytes as a blob handle."""
+    import sqlite3
+
+    try:
+        blob = database.connection().blobopen("segment", "data", meta["id"], readonly=True)
+    except sqlite3.OperationalError as exc:
+        raise db.Stale(f"segment {meta['id']} is gone") from exc
+    # The open handle holds its snapshot: the row it reads is this one, not
+    # a later segment given the same id.
+    found = db.execute("SELECT min_id, max_id FROM segment WHERE id = ?", (meta["id"],)).fetchone()
+    if found is None or tuple(found) != (meta["min_id"], meta["max_id"]):
+        blob.close()
+        raise db.Stale(f"segment {meta['id']} is gone")
+    return blob
 
 
 def _metadata(meta):
     """The segment's Parquet metadata (its footer), kept per process."""
     import pyarrow.parquet as pq
 
-    if db.is_postgres():
-        return _file(meta).metadata
-    key = (id(db.current()), meta["id"], meta["min_id"])
-    return _cached(_footers, key, _CACHE_FOOTERS, lambda: pq.read_metadata(_BlobFile(
-        database.connection().blobopen("segment", "data", meta["id"], readonly=True))))
+    def load():
+        with _open(meta) as file:
+            return pq.read_metadata(file)
+    return _cached(_footers, _key(meta), _CACHE_FOOTERS, load)
 
 
 def _layout(meta):
@@ -912,8 +1149,48 @@ def _layout(meta):
             sizes.append(metadata.row_group(g).num_rows)
             at += sizes[-1]
         return starts, sizes, [_group_bounds(metadata.row_group(g)) for g in range(len(starts))]
-    return _cached(_bounds, (id(db.current()), meta["id"], meta["min_id"]), _CACHE_FOOTERS,
+    return _cached(_bounds, _key(meta), _CACHE_FOOTERS,
                    load)
+
+
+class _RangeFile(io.RawIOBase):
+    """PostgreSQL: a segment's Parquet bytes as a file, each read a range of
+    its bytea (on the thread whose connection asks)."""
+
+    def __init__(self, meta):
+        super().__init__()
+        self.meta, self.at = meta, 0
+        found = db.execute(f"SELECT bytes FROM segment WHERE {_THIS}", _this(meta)).fetchone()
+        if found is None:
+            raise db.Stale(f"segment {meta['id']} is gone")
+        self.size = found[0]
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        wanted = min(len(buffer), self.size - self.at)
+        if wanted <= 0:
+            return 0
+        found = db.execute(f"SELECT substring(data FROM ? FOR ?) FROM segment WHERE {_THIS}",
+                           (self.at + 1, wanted, *_this(self.meta))).fetchone()
+        if found is None:
+            raise db.Stale(f"segment {self.meta['id']} is gone")
+        data = bytes(found[0])
+        buffer[:len(data)] = data
+        self.at += len(data)
+        return len(data)
+
+    def seek(self, offset, whence=0):
+        self.at = offset if whence == 0 else self.at + offset if whence == 1 else \
+            self.size + offset
+        return self.at
+
+    def tell(self):
+        return self.at
 
 
 class _BlobFile(io.RawIOBase):
@@ -1033,7 +1310,7 @@ class _GroupReader:
 
     def __init__(self, meta):
         self.meta = meta
-        self.key = (id(db.current()), meta["id"], meta["min_id"])
+        self.key = _key(meta)
         self.file = None  # opened for the first column not kept
 
     def group(self, g, names):
