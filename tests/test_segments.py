@@ -151,6 +151,36 @@ def test_merged_segments_answer_every_question_as_the_segments_they_replace(seal
     assert runs == sorted(set(projects))
 
 
+def stored_segments(*sizes, size_bytes=100):
+    """Segment rows as merge_plan reads them: consecutive id ranges."""
+    out, low = [], 1
+    for i, rows in enumerate(sizes, 1):
+        out.append((i, low, low + rows - 1, rows, size_bytes * rows))
+        low += rows
+    return out
+
+
+def test_a_merge_plan_takes_the_oldest_full_run_and_merges_an_entry_once():
+    ids = lambda run: None if run is None else [segment[0] for segment in run]  # noqa: E731
+    plan = segments.merge_plan
+    # Seven eighths of 16 x 64 rows are due; fewer wait for more segments.
+    assert ids(plan(stored_segments(*[64] * 13), 1024)) is None
+    assert ids(plan(stored_segments(*[64] * 14), 1024)) == list(range(1, 15))
+    # A merged segment (over half the most) is merged no more: the run
+    # after it is the one due, as soon as it holds seven eighths.
+    assert ids(plan(stored_segments(1024, 896, *[64] * 16), 1024)) == list(range(3, 17))
+    # A run that the next segment cannot join is due as it is.
+    assert ids(plan(stored_segments(64, 64, 64, 700, 64), 1024)) == [1, 2, 3]
+    # Ids that do not follow (none are missing in a store) break a run.
+    broken = stored_segments(*[64] * 16)
+    broken[8] = (9, 10_000, 10_063, 64, 6400)
+    assert ids(plan(broken, 1024)) == list(range(1, 9))
+    # With a bound on bytes (LOGSVC_MAX_DISK_BYTES / 16), runs stop at it.
+    assert ids(plan(stored_segments(*[64] * 16, size_bytes=100), 1024, 64 * 100 * 4)) \
+        == [1, 2, 3, 4]
+    assert plan(stored_segments(*[64] * 16), 0) is None  # merging off
+
+
 def test_a_read_whose_segments_were_merged_meanwhile_is_answered_from_the_merged_one(
         sealed_app):
     store = Store(sealed_app.test_client())

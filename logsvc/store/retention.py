@@ -138,6 +138,7 @@ def seal_forever(config, store=None, holder=None):
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     while True:
         try:
+            db.call(segments.warm)
             due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
                    or db.call(segments.merge_due, config.merge_rows, config.merge_bytes)
                    or db.call(horizon.due, config.minute_counters_hours,

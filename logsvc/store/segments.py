@@ -435,7 +435,7 @@ def _merged(metas):
         f"({', '.join('?' for _ in metas)})", [meta["id"] for meta in metas]).fetchone()
     summary = {"rows": total, "min_ts": low, "max_ts": high, "projects": sorted(projects),
                "words": block.to_bytes(4, "big") + _pack_blooms(blooms)}
-    return out.getvalue(), summary
+    return out.getbuffer(), summary  # not copied: a merged file is large
 
 
 # --- retention ---------------------------------------------------------------
@@ -766,6 +766,20 @@ def _chosen_segments(filters, after_id, upto_id):
                 continue
         chosen.append(meta)
     return chosen
+
+
+def warm():
+    """Read what a question reads first of each segment (its footer and
+    row-group bounds, its projects, its Bloom filters), that this process
+    has not read yet: the background sealer of every worker calls it each
+    round, so that the first question after a start, a seal or a merge
+    finds them."""
+    for segment_id, low, high in db.execute(
+            "SELECT id, min_id, max_id FROM segment ORDER BY min_id").fetchall():
+        meta = {"id": segment_id, "min_id": low, "max_id": high}
+        _layout(meta)
+        _projects(meta)
+        _blooms(meta)
 
 
 def _projects(meta):
