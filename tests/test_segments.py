@@ -161,7 +161,7 @@ def stored_segments(*sizes, size_bytes=100):
 
 
 def test_a_merge_plan_takes_the_oldest_full_run_and_merges_an_entry_once():
-    ids = lambda run: None if run is None else [segment[0] for segment in run]  # noqa: E731
+    ids = lambda run: None if run is None else [segment[0] for segment in run]
     plan = segments.merge_plan
     # Seven eighths of 16 x 64 rows are due; fewer wait for more segments.
     assert ids(plan(stored_segments(*[64] * 13), 1024)) is None
