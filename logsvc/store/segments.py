@@ -142,11 +142,7 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
         if stored != count:
             return 0  # read again next time
         if count:
-            db.execute(
-                "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
-                "words, data, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (through + 1, upto, summary["min_ts"], summary["max_ts"], count, len(blob),
-                 orjson.dumps(summary["projects"]).decode(), summary["words"], blob, now_ms()))
+            _insert(through + 1, upto, count, blob, summary)
             _remove_hot(through, upto, columns)
         _set_sealed_through(upto)
     if not db.is_postgres() and count:
@@ -157,6 +153,15 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
             lookup.optimize()
         db.give_back_free_pages()
     return max(count, 1)
+
+
+def _insert(min_id, max_id, rows, blob, summary):
+    """Add a segment (`_build`'s or `_merged`'s file and summary)."""
+    db.execute(
+        "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
+        "words, data, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (min_id, max_id, summary["min_ts"], summary["max_ts"], rows, len(blob),
+         orjson.dumps(summary["projects"]).decode(), summary["words"], blob, now_ms()))
 
 
 def _rows_to_seal(through, upto):
@@ -351,12 +356,7 @@ def merge_once(merge_rows, max_bytes=0):
         if present != len(ids):
             return 0
         db.execute(f"DELETE FROM segment WHERE id IN ({marks})", ids)
-        db.execute(
-            "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
-            "words, data, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (metas[0]["min_id"], metas[-1]["max_id"], summary["min_ts"], summary["max_ts"],
-             summary["rows"], len(blob), orjson.dumps(summary["projects"]).decode(),
-             summary["words"], blob, now_ms()))
+        _insert(metas[0]["min_id"], metas[-1]["max_id"], summary["rows"], blob, summary)
     if not db.is_postgres():
         db.give_back_free_pages()
     return summary["rows"]
@@ -394,9 +394,7 @@ def _merged(metas):
     # one row group.
     block = max(1, min(ROW_GROUP, total // 8) // BLOCKS_PER_GROUP)
     row_group = block * BLOCKS_PER_GROUP
-    starts = [np.cumsum([0] + [file.metadata.row_group(g).num_rows
-                               for g in range(file.metadata.num_row_groups)])
-              for file in files]
+    starts = [_layout(meta)[0] for meta in metas]
     held = {}  # source -> (its row group, decoded)
     schema = _schema()
     out = io.BytesIO()
@@ -423,17 +421,15 @@ def _merged(metas):
             chunk = chunk.take(pa.array(back))
             writer.write_table(chunk, row_group_size=row_group)
             text = chunk.select(_DOCUMENT).to_pydict()
-            document = fulltext.document
             blooms.extend(_block_blooms(
-                [document(*row) for row in zip(*(text[c] for c in _DOCUMENT))],
+                [fulltext.document(*row) for row in zip(*(text[c] for c in _DOCUMENT))],
                 chunk["trace_id"].to_pylist(), block))
     projects = set()
     for meta in metas:
         projects |= _projects(meta)
-    low, high = db.execute(
-        f"SELECT min(min_ts), max(max_ts) FROM segment WHERE id IN "
-        f"({', '.join('?' for _ in metas)})", [meta["id"] for meta in metas]).fetchone()
-    summary = {"rows": total, "min_ts": low, "max_ts": high, "projects": sorted(projects),
+    times = pc.min_max(order["ts_ms"])
+    summary = {"rows": total, "min_ts": times["min"].as_py(), "max_ts": times["max"].as_py(),
+               "projects": sorted(projects),
                "words": block.to_bytes(4, "big") + _pack_blooms(blooms)}
     return out.getbuffer(), summary  # not copied: a merged file is large
 
@@ -498,26 +494,23 @@ def _stored_rows(table, columns):
             convert = functools.partial(names.lettered, column)
         else:
             convert = None
-        values = _values(table[column], convert)
-        if convert is not None and not _is_dictionary(table[column]):
-            memo = {}
-            values = [memo[v] if v in memo else memo.setdefault(v, convert(v)) for v in values]
-        converted.append(values)
+        converted.append(_values(table[column], convert))
     return list(zip(*converted))
 
 
-def _is_dictionary(column):
+def _values(column, convert=None):
+    """A column's values as Python's, each given to `convert` when there is
+    one (once per distinct value). A dictionary column's (the names) are
+    made from its dictionary, a value per distinct name, not an object per
+    row."""
     import pyarrow as pa
 
-    return pa.types.is_dictionary(column.type)
-
-
-def _values(column, convert=None):
-    """A column's values as Python's. A dictionary column's (the names) are
-    made from its dictionary, a value per distinct name (and given to
-    `convert`, when there is one, once each), not an object per row."""
-    if not _is_dictionary(column):
-        return column.to_pylist()
+    if not pa.types.is_dictionary(column.type):
+        values = column.to_pylist()
+        if convert is None:
+            return values
+        memo = {}
+        return [memo[v] if v in memo else memo.setdefault(v, convert(v)) for v in values]
     out = []
     for chunk in getattr(column, "chunks", [column]):
         distinct = chunk.dictionary.to_pylist()
@@ -769,17 +762,17 @@ def _chosen_segments(filters, after_id, upto_id):
 
 
 def warm():
-    """Read what a question reads first of each segment (its footer and
-    row-group bounds, its projects, its Bloom filters), that this process
-    has not read yet: the background sealer of every worker calls it each
-    round, so that the first question after a start, a seal or a merge
-    finds them."""
+    """Read what every question reads first of each segment (its footer and
+    row-group bounds, its projects), that this process has not read yet:
+    the background sealer of every worker calls it each round, so that the
+    first question after a start, a seal or a merge finds them. (Not the
+    Bloom filters: only searches read them, and they are kept within a
+    budget that warming them all each round would cycle through.)"""
     for segment_id, low, high in db.execute(
             "SELECT id, min_id, max_id FROM segment ORDER BY min_id").fetchall():
         meta = {"id": segment_id, "min_id": low, "max_id": high}
         _layout(meta)
         _projects(meta)
-        _blooms(meta)
 
 
 def _projects(meta):
