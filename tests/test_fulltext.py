@@ -1,4 +1,6 @@
 """`q`: words and phrases over url, bodies and data, through an index."""
+import re
+
 import gevent
 import pytest
 from hypothesis import given, settings
@@ -178,6 +180,19 @@ def test_the_phrase_check_agrees_with_the_words_of_the_text(text, term, prefix):
     phrase = fulltext.Phrase(tuple(phrase_words), prefix)
     groups = (fulltext.Group((phrase,)),)
     assert fulltext.matches(groups, text) == _in_order(fulltext.words(text), phrase)
+
+
+_WORD_TEXT = st.text(alphabet=st.characters(max_codepoint=0x17F), max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(_WORD_TEXT, _WORD_TEXT.filter(str.isascii)))
+def test_words_are_the_runs_of_letters_and_digits_lowercased(text):
+    # words() takes a shortcut for ASCII text; both paths give the
+    # definition's words, and word_bytes their UTF-8.
+    expected = re.findall(r"[^\W_]+", text.lower())
+    assert fulltext.words(text) == expected
+    assert fulltext.word_bytes(text) == {word.encode() for word in expected}
 
 
 def test_an_entry_cannot_claim_another_projects_scope_in_the_index(app, store):

@@ -62,6 +62,11 @@ MAX_WORDS = 64
 # longer words are left out of its index; nobody searches for them.
 MAX_WORD = 200
 _WORD = re.compile(r"[^\W_]+")
+# ASCII text: its letters lowered, its digits kept, every other byte a
+# space. For ASCII, [^\W_] is exactly the letters and digits, so splitting
+# the translated bytes gives `_WORD`'s words, four times as fast.
+_ASCII_WORDS = bytes(c if chr(c).isascii() and chr(c).isalnum() else 32
+                     for c in range(256)).lower()
 _TERM = re.compile(r'-?"[^"]*"\*?|\S+')
 
 
@@ -79,7 +84,18 @@ class Group:
 
 
 def words(text):
+    """The words of `text`, lowercased: its runs of letters and digits."""
+    if text.isascii():
+        return text.encode().translate(_ASCII_WORDS).decode().split()
     return _WORD.findall(text.lower())
+
+
+def word_bytes(text):
+    """The distinct `words` of `text`, each as UTF-8 (what a Bloom filter
+    hashes), without making a str of each."""
+    if text.isascii():
+        return set(text.encode().translate(_ASCII_WORDS).split())
+    return {word.encode() for word in _WORD.findall(text.lower())}
 
 
 # SQLite (schema 12): an entry's document in the index also holds a word for

@@ -246,8 +246,9 @@ def _block_blooms(texts, traces, block):
     blooms = []
     for start in range(0, len(texts), block):
         # A block's texts read as one (a word never spans the line break).
-        words = set(fulltext.words("\n".join(texts[start:start + block])))
-        words.update(_TRACE_MARK + trace for trace in traces[start:start + block] if trace)
+        words = fulltext.word_bytes("\n".join(texts[start:start + block]))
+        words.update((_TRACE_MARK + trace).encode() for trace in traces[start:start + block]
+                     if trace)
         blooms.append(Bloom.of(words).dump())
     return blooms
 
@@ -1374,8 +1375,11 @@ def _admits(bounds, filters):
 # --- the Bloom filter of a segment's words ------------------------------------------
 
 def _digest(word):
-    """The 16 bytes a word's two hashes are read from (`_hashed`)."""
-    return hashlib.blake2b(word.encode(), digest_size=16).digest()
+    """The 16 bytes a word's two hashes are read from (`_hashed`); `word`
+    as str or as its UTF-8."""
+    if isinstance(word, str):
+        word = word.encode()
+    return hashlib.blake2b(word, digest_size=16).digest()
 
 
 @functools.lru_cache(maxsize=4096)
