@@ -194,21 +194,26 @@ def _rows_to_seal(through, upto):
              **dict.fromkeys(("project_id", "container_id", "service_name", "method", "route"),
                              name_of),
              "data": unpack_data, "has_body": bool, "body_truncated": bool}
-    converted = [(columns[column].append, shown.get(column)) for column in COLUMNS]
-    at_project, at_container = COLUMNS.index("project_id"), COLUMNS.index("container_id")
-    document, indexed_document = fulltext.document, fulltext.indexed_document
-    for row in db.execute(sql, (through, upto)).fetchall():
-        for (add, show), value in zip(converted, row):
-            add(value if show is None else show(value))
-        request_body = unpack_body(row[width + 1], row[width + 2])
-        response_body = unpack_body(row[width + 3], row[width + 4])
-        text = document(columns["url"][-1], request_body, response_body, columns["data"][-1])
-        columns["lat_bucket"].append(row[width])
-        columns["request_body"].append(request_body)
-        columns["response_body"].append(response_body)
-        columns["_text"].append(text)
-        columns["_indexed"].append(None if postgres else indexed_document(
-            text, row[at_project], row[at_container]))
+    rows = db.execute(sql, (through, upto)).fetchall()
+    if not rows:
+        return columns
+    # Column by column: each stored column mapped to its values at once.
+    stored = list(zip(*rows))
+    for at, column in enumerate(COLUMNS):
+        show = shown.get(column)
+        if column in _NAMED or column in _LETTERED:  # few values: each shown once
+            show = {value: show(value) for value in set(stored[at])}.__getitem__
+        columns[column] = list(stored[at] if show is None else map(show, stored[at]))
+    columns["lat_bucket"] = list(stored[width])
+    request_bodies = columns["request_body"] = list(map(unpack_body, stored[width + 1],
+                                                        stored[width + 2]))
+    response_bodies = columns["response_body"] = list(map(unpack_body, stored[width + 3],
+                                                          stored[width + 4]))
+    texts = columns["_text"] = list(map(fulltext.document, columns["url"], request_bodies,
+                                        response_bodies, columns["data"]))
+    columns["_indexed"] = [None] * len(rows) if postgres else list(map(
+        fulltext.indexed_document, texts, stored[COLUMNS.index("project_id")],
+        stored[COLUMNS.index("container_id")]))
     return columns
 
 
