@@ -12,8 +12,10 @@ import time
 import orjson
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from logsvc.store import db, horizon, migrations, retention, segments
+from logsvc.store import db, fulltext, horizon, migrations, retention, segments
 from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
 
 STATS = LOGS + "/stats"
@@ -701,3 +703,34 @@ def test_a_bloom_filter_sets_the_bits_its_layout_defines():
         assert built.dump() == (7).to_bytes(4, "big") + bytes(expected)
         loaded = segments.Bloom.load(built.dump())
         assert all(word in loaded for word in words)
+
+
+# Few letters, so that words often match; every kind of separator, case,
+# and letters beyond ASCII whose lowercase differs from their case folding.
+_COLUMN_TEXT = st.text(alphabet="abAB1_ -./:\n\"éÉİKß", max_size=24)
+_TERM = st.sampled_from(["a", "ab", "b1", "AB", "a*", "-a", "-b1", "NOT ab", '"a b"', "a-b",
+                         "OR", "é", "i", "k", "ss", "1"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(rows=st.lists(st.tuples(_COLUMN_TEXT, st.none() | _COLUMN_TEXT,
+                               st.none() | _COLUMN_TEXT, _COLUMN_TEXT), min_size=1, max_size=6),
+       terms=st.lists(_TERM, min_size=1, max_size=4))
+def test_a_sealed_search_finds_what_the_live_tail_matches(rows, terms):
+    # A segment's rows are searched with Arrow's regular expressions, and
+    # those they cannot decide are checked by fulltext.matches: together
+    # they must find exactly the rows whose document matches.
+    import pyarrow as pa
+
+    q = " ".join(terms)
+    try:
+        parsed = fulltext.parse(q)
+    except ValueError:
+        return
+    table = pa.table({**{column: pa.array([r[at] for r in rows], pa.string()) for at, column in
+                         enumerate(("url", "request_body", "response_body", "data"))},
+                      "_pos": list(range(len(rows)))})
+    kept = segments._prefiltered(table, q)
+    found = sorted(kept["_pos"][i].as_py() for i in segments._passing(kept, parsed))
+    assert found == [i for i, row in enumerate(rows)
+                     if fulltext.matches(parsed, fulltext.document(*row))]

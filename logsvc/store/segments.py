@@ -702,9 +702,7 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None):
             n += table.num_rows
         else:
             for start in range(0, table.num_rows, _BATCH):
-                part = table.slice(start, _BATCH).select(_DOCUMENT).to_pydict()
-                n += sum(1 for document in zip(*(part[c] for c in _DOCUMENT))
-                         if fulltext.matches(parsed, fulltext.document(*document)))
+                n += len(_passing(table.slice(start, _BATCH), parsed))
                 if cap is not None and n > cap:
                     return n
         if cap is not None and n > cap:
@@ -889,46 +887,94 @@ _DOCUMENT = ("url", "request_body", "response_body", "data")
 
 
 def _prefiltered(table, q, rarity=None):
-    """The rows that may match `q`: each word of a group's positive phrases
-    appears, in any case, in one of the document's columns (Arrow's
-    vectorised substring search; `_batches` then checks words and phrases
-    exactly). Words beyond ASCII are left to that check.
+    """The rows that may match `q`, found with Arrow's vectorised string
+    search over the document's columns; `_batches` and `count` check the
+    rest exactly with `fulltext.matches`.
+
+    Each word of a group's positive phrases must appear, in any case, in
+    one of a row's columns (RE2's case folding finds every spelling that
+    Python's lowercasing does, but for "İ", which lowercases to "i" and a
+    dot: a word with an "i" is looked for by its longest part without
+    one, and a word of "i"s alone keeps the rows beyond ASCII). When every
+    phrase of `q` is a single word, the rows that hold it are then searched for it
+    between two characters that are not letters or digits: for ASCII text
+    that is exactly the word `fulltext.matches` finds, so an ASCII row is
+    decided here, and carries `_sure` true so that it is not checked again.
 
     A group's words are looked for rarest first (`rarity`: each word's share
     of the blocks whose Bloom filter may hold it; the longest first where
     that is not known), each among the rows that held the words before it:
     the others then search few rows (an id in a path beside `v1` and
     `users`)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    groups = []
-    for group in fulltext.parse(q):
-        words = sorted({word for phrase in group.positive for word in phrase.words
-                        if word.isascii()},
-                       key=lambda word: ((rarity or {}).get(word, 1.0), -len(word)))
-        if not words:
-            return table  # a group of words beyond ASCII: every row may match
-        groups.append(words)
-    if len(groups) > 1:  # alternatives: which rows each keeps, in table order
+    parsed = fulltext.parse(q)
+    single = all(len(p.words) == 1 and p.words[0].isascii()
+                 for group in parsed for p in (*group.positive, *group.negative))
+    if not all(any(p.words[0].isascii() for p in group.positive) for group in parsed):
+        return table  # a group without an ASCII word: every row may match
+
+    def each(rows, test):
+        found = None
+        for column in _TEXT_COLUMNS:
+            one = pc.fill_null(test(rows[column]), False)
+            found = one if found is None else pc.or_(found, one)
+        return found
+
+    def ascii(rows):
+        return pc.invert(each(rows, lambda c: pc.invert(pc.string_is_ascii(c))))
+
+    def pattern(phrase, word):
+        return (f"(?i)(?:^|[^0-9A-Za-z]){re.escape(word)}"
+                + ("" if phrase.prefix else "(?:[^0-9A-Za-z]|$)"))
+
+    def kept(rows, phrase, word):
+        """Which of `rows` may hold `word` (exactly, for ASCII rows)."""
+        # "İ" is a spelling of "i" that RE2 does not fold: a word with an
+        # "i" is looked for by its longest part without one.
+        part = max(word.split("i"), key=len)
+        hit = each(rows, lambda c: pc.match_substring(c, part or word, ignore_case=True))
+        if not part:  # "i", "ii": and every row beyond ASCII
+            hit = pc.or_(hit, pc.invert(ascii(rows)))
+        if single:
+            # The exact search runs several times slower than the plain
+            # one: only over the rows that hold the word somewhere.
+            held = rows.filter(hit)
+            exact = pc.or_(each(held, lambda c: pc.match_substring_regex(
+                c, pattern(phrase, word))), pc.invert(ascii(held)))
+            mask = np.zeros(rows.num_rows, dtype=bool)
+            mask[np.flatnonzero(hit.to_numpy(zero_copy_only=False))] = exact.to_numpy(
+                zero_copy_only=False)
+            hit = pa.array(mask)
+        return hit
+
+    if len(parsed) > 1:  # alternatives: which rows each keeps, in table order
         table = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-    kept = []
-    for words in groups:
+    found = []
+    for group in parsed:
+        wanted = sorted(((p, word) for p in group.positive for word in p.words
+                         if word.isascii()),
+                        key=lambda pw: ((rarity or {}).get(pw[1], 1.0), -len(pw[1])))
         rows = table
-        for word in words:
-            if not rows.num_rows:
-                break
-            found = None
-            for column in _TEXT_COLUMNS:
-                hit = pc.fill_null(pc.match_substring(rows[column], word, ignore_case=True),
-                                   False)
-                found = hit if found is None else pc.or_(found, hit)
-            rows = rows.filter(found)
-        kept.append(rows)
-    if len(kept) == 1:
-        return kept[0]
-    at = sorted({i for rows in kept for i in rows["_row"].to_pylist()})
-    return table.take(pa.array(at, pa.int64())).drop_columns(["_row"])
+        for phrase, word in wanted:
+            if rows.num_rows:
+                rows = rows.filter(kept(rows, phrase, word))
+        for phrase in group.negative if single else ():
+            if rows.num_rows:
+                held = each(rows, lambda c, p=phrase: pc.match_substring_regex(
+                    c, pattern(p, p.words[0])))
+                rows = rows.filter(pc.or_(pc.invert(held), pc.invert(ascii(rows))))
+        found.append(rows)
+    rows = found[0]
+    if len(found) > 1:
+        at = sorted({i for rows in found for i in rows["_row"].to_pylist()})
+        rows = table.take(pa.array(at, pa.int64())).drop_columns(["_row"])
+    if single:
+        rows = rows.append_column("_sure", ascii(rows) if rows.num_rows else
+                                  pa.array([], pa.bool_()))
+    return rows
 
 
 def _mask(table, filters, after_id, upto_id):
@@ -999,9 +1045,7 @@ def _batches(table, filters, bodies, meta=None, want=None):
     for start in range(0, table.num_rows, _BATCH):
         part = table.slice(start, _BATCH)
         if parsed is not None:
-            texts = part.select(_DOCUMENT).to_pydict()
-            passing = [i for i, document in enumerate(zip(*(texts[c] for c in _DOCUMENT)))
-                       if fulltext.matches(parsed, fulltext.document(*document))]
+            passing = _passing(part, parsed)
             if not passing:
                 continue
             if len(passing) < part.num_rows:
@@ -1016,6 +1060,19 @@ def _batches(table, filters, bodies, meta=None, want=None):
         yield _entries(part, bodies)
         if want is not None and want <= 0:
             return
+
+
+def _passing(part, parsed):
+    """The indexes of `part`'s rows that match `parsed` (a parsed `q`):
+    those `_prefiltered` decided (`_sure`), and those `fulltext.matches`
+    finds matching."""
+    sure = part["_sure"].to_pylist() if "_sure" in part.column_names else None
+    if sure is not None and all(sure):
+        return list(range(part.num_rows))
+    texts = part.select(_DOCUMENT).to_pydict()
+    return [i for i, document in enumerate(zip(*(texts[c] for c in _DOCUMENT)))
+            if (sure is not None and sure[i])
+            or fulltext.matches(parsed, fulltext.document(*document))]
 
 
 def _entries(table, bodies):
