@@ -1075,8 +1075,12 @@ def _raw_where(low, high, project_id, container_id):
     # the greatest id that the ts_ms index holds for it (read from the index
     # alone); the tenant's entries in that id range come from its own index.
     # Of a busy store's minute this reads the tenant's rows, not everyone's.
+    # The bound is written `id + 0`: given min(id), PostgreSQL walks the
+    # primary key from the least id until it meets the span (38,000 rows
+    # for the last minute at a million entries, 7 ms), where the ts_ms index
+    # holds the span's few hundred (0.1 ms). SQLite reads the index either way.
     where, params = scope_where(project_id, container_id)
-    span = "(SELECT {}(id) FROM entry WHERE ts_ms >= ? AND ts_ms < ?)"
+    span = "(SELECT {}(id + 0) FROM entry WHERE ts_ms >= ? AND ts_ms < ?)"
     where.append(f"e.id >= {span.format('min')} AND e.id <= {span.format('max')} "
                  "AND ts_ms >= ? AND ts_ms < ?")
     return " AND ".join(where), [*params, low, high, low, high, low, high]
