@@ -33,6 +33,7 @@ Hand-written SQL uses `?` placeholders; `sql()` turns them into psycopg2's
 """
 import contextlib
 import contextvars
+import functools
 import io
 import os
 import sqlite3
@@ -88,6 +89,25 @@ SQLITE_PRAGMAS = {
 
 SQLITE_READ_ONLY_PRAGMAS = {key: value for key, value in SQLITE_PRAGMAS.items()
                             if key not in ("synchronous", "journal_size_limit")}
+
+
+def only(engine, default=None):
+    """Declare a function as one engine's ("sqlite" or "postgresql"): on
+    the other engine's store, calling it does nothing and returns
+    `default`. The parts of the store that one engine alone has (SQLite's
+    side indexes, PostgreSQL's partitions) are marked where they are
+    defined, and the code that calls them does not ask which engine it
+    runs on."""
+    postgres = {"sqlite": False, "postgresql": True}[engine]
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def on_engine(*args, **kwargs):
+            if is_postgres() != postgres:
+                return default
+            return fn(*args, **kwargs)
+        return on_engine
+    return decorate
 
 
 class UnsupportedDatabase(ValueError):
@@ -303,13 +323,13 @@ def used_bytes():
     return (pages - free) * size
 
 
+@only("sqlite")
 def give_back_free_pages():
     """SQLite: return the file's free pages to the file system (a store
     made with auto_vacuum=INCREMENTAL, see enable_wal; else a no-op), after
     a seal or a prune freed many. Outside a transaction: executescript
     steps the pragma to its end (one step frees one page)."""
-    if not is_postgres():
-        database.connection().executescript("PRAGMA incremental_vacuum;")
+    database.connection().executescript("PRAGMA incremental_vacuum;")
 
 
 def counts_connection(local, path, table_sql):
@@ -365,6 +385,29 @@ def sql(text):
     if converted is None:
         converted = _converted[text] = text.replace("%", "%%").replace("?", "%s")
     return converted
+
+
+def one_of(column, values):
+    """(condition, params): `column` is one of `values` (a list), as one
+    parameter on PostgreSQL (an array) and one per value on SQLite."""
+    if is_postgres():
+        return f"{column} = ANY(?)", [list(values)]
+    return f"{column} IN ({', '.join('?' for _ in values)})", list(values)
+
+
+def unindexed(column, text=True):
+    """`column` written so that the database uses no index for it (see
+    planner.py): SQLite's unary + leaves any value as it is; PostgreSQL has
+    no unary + for `text` columns, and appending '' leaves them as they are."""
+    return f"({column} || '')" if text and is_postgres() else f"+{column}"
+
+
+def temp_table_exists(name):
+    """Whether this connection has the temporary table `name`."""
+    if is_postgres():
+        return execute("SELECT to_regclass(?)", (f"pg_temp.{name}",)).fetchone()[0] is not None
+    return execute("SELECT 1 FROM sqlite_temp_master WHERE name = ?", (name,)).fetchone() \
+        is not None
 
 
 def execute(text, params=()):

@@ -59,9 +59,8 @@ _TEXT = {*names.CODED_COLUMNS["entry"], *names.LETTERS}
 
 def unindexed(column):
     """`column` of `entry` written so that the database uses no index for
-    it (see planner.py): SQLite's unary + leaves any value as it is;
-    PostgreSQL has no unary + for text, and appending '' leaves it as it is."""
-    return f"({column} || '')" if column in _TEXT and db.is_postgres() else f"+{column}"
+    it (planner.py)."""
+    return db.unindexed(column, column in _TEXT)
 
 
 def _column(column, plain):

@@ -465,6 +465,7 @@ def insert_sqlite(rows, first=0):
     db.executemany(f"INSERT INTO entry_fts (rowid, doc) VALUES (? + {int(first)}, ?)", rows)
 
 
+@db.only("sqlite")
 def delete_sqlite(ids):
     """Remove entries from the index (SQLite), before their rows are
     deleted: FTS5 needs each one's document to find its words."""
@@ -472,6 +473,7 @@ def delete_sqlite(ids):
     delete_documents(_stored_documents(f"e.id IN ({marks})", list(ids), scoped=True))
 
 
+@db.only("sqlite")
 def delete_documents(documents):
     """Take (entry id, document as `indexed_document` made it) out of
     SQLite's index: FTS5 needs a contentless row's very document to remove
@@ -519,6 +521,7 @@ def add_scope_words():
         after = rows[-1][0]
 
 
+@db.only("sqlite")
 def optimize_sqlite():
     """Rewrite SQLite's index in one piece. A removed document leaves a
     delete marker behind (the index is contentless) until a merge reaches
@@ -528,6 +531,7 @@ def optimize_sqlite():
     db.execute("INSERT INTO entry_fts (entry_fts) VALUES ('optimize')")
 
 
+@db.only("sqlite")
 def clear_sqlite():
     db.execute("INSERT INTO entry_fts (entry_fts) VALUES ('delete-all')")
 

@@ -438,8 +438,7 @@ def _write(entries, keys=()):
         prepare_bodies()  # the store's compression dictionary, once
         written = _write_batch(entries, keys)
     except BaseException as exc:
-        if db.is_postgres():
-            partitions.forget()  # it may have made partitions that rolled back
+        partitions.forget()  # it may have made partitions that rolled back
         db.note_write(exc)
         raise
     db.note_write()

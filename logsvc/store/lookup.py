@@ -124,9 +124,9 @@ def _stored_document(trace_id, client_ip):
     return document(shown("trace_id", trace_id), shown("client_ip", client_ip))
 
 
+@db.only("sqlite")
 def create():
-    if not db.is_postgres():
-        db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS entry_keys USING {_FTS5}")
+    db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS entry_keys USING {_FTS5}")
 
 
 def insert(rows, first=0):
@@ -134,6 +134,7 @@ def insert(rows, first=0):
     db.executemany(f"INSERT INTO entry_keys (rowid, doc) VALUES (? + {int(first)}, ?)", rows)
 
 
+@db.only("sqlite")
 def delete(ids):
     """Remove entries from the index before their rows are deleted (FTS5
     needs each one's tokens again to find them)."""
@@ -144,6 +145,7 @@ def delete(ids):
                    [(i, _stored_document(trace, ip)) for i, trace, ip in rows])
 
 
+@db.only("sqlite")
 def delete_documents(rows):
     """Take (entry id, `document` of its trace id and address, as the API
     shows them) out of the index."""
@@ -151,11 +153,13 @@ def delete_documents(rows):
                    rows)
 
 
+@db.only("sqlite")
 def optimize():
     """Rewrite the index in one piece (see fulltext.optimize_sqlite)."""
     db.execute("INSERT INTO entry_keys (entry_keys) VALUES ('optimize')")
 
 
+@db.only("sqlite")
 def clear():
     db.execute("INSERT INTO entry_keys (entry_keys) VALUES ('delete-all')")
 

@@ -37,9 +37,8 @@ def clear():
             seq = next_seq - ID_GAP_AFTER_CLEAR
             (removed,) = db.execute(
                 "SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM rollup_total_all").fetchone()
-            if not db.is_postgres():
-                fulltext.clear_sqlite()
-                lookup.clear()
+            fulltext.clear_sqlite()
+            lookup.clear()
             segments.clear()
             for table in ("entry_body", "entry", *(model._meta.table_name for model in ROLLUP_MODELS)):
                 db.execute(f"DELETE FROM {table}")

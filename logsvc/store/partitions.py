@@ -27,6 +27,7 @@ def partition_rows():
     return state["rows"]
 
 
+@db.only("postgresql")
 def forget():
     """Drop what this process remembers of the current store's partitions
     (a transaction that made some rolled back)."""
@@ -56,6 +57,7 @@ def ensure(first_id, last_id):
         state["covered"] = max(state["covered"], ((last_id - 1) // size + 1) * size)
 
 
+@db.only("postgresql", ())
 def analyze_stale():
     """ANALYZE the partitions that were never analyzed or changed by more
     than a fifth since. PostgreSQL's autovacuum gets to a partition being
@@ -74,6 +76,7 @@ def analyze_stale():
     return names
 
 
+@db.only("postgresql", ())
 def vacuum_updated():
     """VACUUM the tables whose rows are updated in place (the counters, the
     id sequence, rate buckets, leases) once a fifth of them or more are
@@ -99,6 +102,7 @@ def listed():
     return sorted(int(name[len("entry_p"):]) for (name,) in rows)
 
 
+@db.only("postgresql", ())
 def drop_sealed(through):
     """Drop the partitions whose every id is at or below `through` (the
     sealed watermark, segments.py) and that hold no row any more: their
@@ -122,6 +126,7 @@ def drop_sealed(through):
     return dropped
 
 
+@db.only("postgresql", 0)
 def drop_expired(cutoff_ms, excess_rows, high_water):
     """Drop the oldest partitions that retention may remove whole: every
     entry older than `cutoff_ms` (None: no age limit), or no more rows than

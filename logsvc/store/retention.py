@@ -72,8 +72,7 @@ def _prune(config, now, batch, holder, lease_s):
     max_rows = config.max_rows
     if config.max_disk_bytes:
         max_rows = min(max_rows, db.call(_rows_within, config.max_disk_bytes))
-    if db.is_postgres():
-        removed += db.call(_drop_partitions, cutoff, max_rows)
+    removed += db.call(_drop_partitions, cutoff, max_rows)
     if cutoff is not None:
         # Sealed entries go a segment at a time, once all of it is older.
         while (n := db.call(_drop_segment, cutoff)) is not None:
@@ -115,9 +114,8 @@ def run_forever(config, holder=None, store=None):
             removed = prune(config, holder=holder)
             if removed:
                 log.info("retention removed %d entries", removed)
-            if db.is_postgres():
-                db.call(partitions.analyze_stale)
-                db.call(partitions.vacuum_updated)
+            db.call(partitions.analyze_stale)
+            db.call(partitions.vacuum_updated)
         except PruneBusy:
             pass  # another process prunes this time
         except Exception as exc:
@@ -166,8 +164,7 @@ def seal_due(config):
     total = 0
     while sealed := db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
         total += sealed
-        if db.is_postgres():
-            db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
+        db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
         runtime.pause()
     while db.call(segments.merge_once, config.merge_rows, config.merge_bytes):
         runtime.pause()
@@ -193,6 +190,7 @@ def release_lease(name, holder):
     db.execute("UPDATE lease SET expires_ms = 0 WHERE name = ? AND holder = ?", (name, holder))
 
 
+@db.only("postgresql", 0)
 def _drop_partitions(cutoff, max_rows):
     return partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
 
@@ -249,17 +247,13 @@ def _delete_batch(where, params):
             return 0
         # What the counters lose is what the DELETE removed, not what was
         # selected: on PostgreSQL another prune may have removed some first.
-        if db.is_postgres():  # one statement each, the ids as an array
-            db.execute("DELETE FROM entry_body WHERE entry_id = ANY(?)", (ids,))
-            deleted = db.execute(f"DELETE FROM entry WHERE id = ANY(?) RETURNING {rollup.ROW_SQL}",
-                                 (ids,)).fetchall()
-        else:
-            fulltext.delete_sqlite(ids)
-            lookup.delete(ids)
-            db.executemany("DELETE FROM entry_body WHERE entry_id = ?", [(i,) for i in ids])
-            marks = ", ".join("?" for _ in ids)
-            deleted = db.execute(f"DELETE FROM entry WHERE id IN ({marks}) "
-                                 f"RETURNING {rollup.ROW_SQL}", ids).fetchall()
+        fulltext.delete_sqlite(ids)  # SQLite's side indexes first (db.only)
+        lookup.delete(ids)
+        where, params = db.one_of("entry_id", ids)
+        db.execute(f"DELETE FROM entry_body WHERE {where}", params)
+        where, params = db.one_of("id", ids)
+        deleted = db.execute(f"DELETE FROM entry WHERE {where} RETURNING {rollup.ROW_SQL}",
+                             params).fetchall()
         if not deleted:
             return 0
         rollup.add(deleted, sign=-1)

@@ -152,9 +152,10 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
             _insert(through + 1, upto, count, blob, summary)
             _remove_hot(through, upto, columns)
         _set_sealed_through(upto)
-    if not db.is_postgres() and count:
-        # The removed documents' delete markers out of the indexes, then the
-        # pages the removed rows and documents left, back to the file system.
+    if count:
+        # SQLite: the removed documents' delete markers out of the indexes,
+        # then the pages the removed rows and documents left, back to the
+        # file system.
         with database.atomic():
             fulltext.optimize_sqlite()
             lookup.optimize()
@@ -285,11 +286,10 @@ def _unpack(stored):
 def _remove_hot(through, upto, columns):
     """Sealed entries leave `entry`, `entry_body` and the indexes
     (`columns`: `_rows_to_seal`'s, which hold the index's documents)."""
-    if not db.is_postgres():
-        fulltext.delete_documents(zip(columns["id"], columns["_indexed"]))
-        lookup.delete_documents(
-            (i, lookup.document(trace, address))
-            for i, trace, address in zip(columns["id"], columns["trace_id"], columns["client_ip"]))
+    fulltext.delete_documents(zip(columns["id"], columns["_indexed"]))
+    lookup.delete_documents(
+        (i, lookup.document(trace, address))
+        for i, trace, address in zip(columns["id"], columns["trace_id"], columns["client_ip"]))
     db.execute("DELETE FROM entry_body WHERE entry_id > ? AND entry_id <= ?", (through, upto))
     db.execute("DELETE FROM entry WHERE id > ? AND id <= ?", (through, upto))
 
@@ -369,8 +369,7 @@ def merge_once(merge_rows, max_bytes=0):
             return 0
         db.execute(f"DELETE FROM segment WHERE id IN ({marks})", ids)
         _insert(metas[0]["min_id"], metas[-1]["max_id"], summary["rows"], blob, summary)
-    if not db.is_postgres():
-        db.give_back_free_pages()
+    db.give_back_free_pages()
     return summary["rows"]
 
 
@@ -594,10 +593,7 @@ def stage(filters, bucket=None):
 
 
 def _staging_table_exists():
-    if db.is_postgres():
-        return db.execute("SELECT to_regclass('pg_temp.sealed_entry')").fetchone()[0] is not None
-    return db.execute("SELECT 1 FROM sqlite_temp_master WHERE name = 'sealed_entry'").fetchone() \
-        is not None
+    return db.temp_table_exists("sealed_entry")
 
 
 def twin(sql):
