@@ -153,6 +153,42 @@ def test_merged_segments_answer_every_question_as_the_segments_they_replace(seal
     assert runs == sorted(set(projects))
 
 
+def test_segments_of_the_former_layout_are_read_and_merged_as_before(sealed_app):
+    # Segments written by earlier versions have row groups of four Bloom
+    # blocks (8,192 entries, blocks of 2,048); now a row group is a block.
+    # A store keeps its old segments: they answer as the new ones do, and
+    # merging them writes the new layout.
+    import io
+
+    import pyarrow.parquet as pq
+
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(900))
+    before = answers(store)
+    assert seal(sealed_app, hot_rows=100, segment_rows=64) == 768
+
+    def former_layout():
+        for segment_id, data in db.execute("SELECT id, data FROM segment").fetchall():
+            out = io.BytesIO()
+            pq.write_table(pq.read_table(io.BytesIO(bytes(data))), out, row_group_size=32,
+                           compression="zstd", use_dictionary=segments._DICTIONARY)
+            db.execute("UPDATE segment SET data = ?, bytes = ? WHERE id = ?",
+                       (out.getvalue(), len(out.getvalue()), segment_id))
+
+    def group_rows():
+        return sorted({pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(0).num_rows
+                       for (data,) in db.execute("SELECT data FROM segment").fetchall()})
+
+    with db.using(sealed_app.extensions["logsvc"].store):
+        db.call(former_layout)
+        assert db.call(group_rows) == [32]  # four blocks of 8 (a 64-row segment's)
+    assert answers(store) == before
+    assert merge(sealed_app, 320) == 640
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert db.call(group_rows) == [32, 40]  # the merged: a block each
+    assert answers(store) == before
+
+
 def stored_segments(*sizes, size_bytes=100):
     """Segment rows as merge_plan reads them: consecutive id ranges."""
     out, low = [], 1
