@@ -175,16 +175,15 @@ def _insert(min_id, max_id, rows, blob, summary):
 def _rows_to_seal(through, upto):
     """The entries with through < id <= upto, by id, as segment columns
     ({column of _schema(): [values]}, in the API's values), and beside them
-    "_text", each entry's searchable text, and (SQLite) "_indexed", the
-    full-text index's document of it (what `_remove_hot` hands back to the
-    index)."""
+    (SQLite) "_indexed", the full-text index's document of each (what
+    `_remove_hot` hands back to the index)."""
     width = len(COLUMNS)
     postgres = db.is_postgres()
     sql = (f"SELECT {', '.join('e.' + c for c in COLUMNS)}, e.lat_bucket, "
            "b.request_body, b.request_body_z, b.response_body, b.response_body_z "
            "FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
            "WHERE e.id > ? AND e.id <= ? ORDER BY e.id")
-    columns = {name: [] for name in (*_schema().names, "_text", "_indexed")}
+    columns = {name: [] for name in (*_schema().names, "_indexed")}
     # The stored forms as the API's values (rows.render_row's, without
     # what a segment does not keep).
     name_of = names.shower()
@@ -210,8 +209,8 @@ def _rows_to_seal(through, upto):
                                                         stored[width + 2]))
     response_bodies = columns["response_body"] = list(map(unpack_body, stored[width + 3],
                                                           stored[width + 4]))
-    texts = columns["_text"] = list(map(fulltext.document, columns["url"], request_bodies,
-                                        response_bodies, columns["data"]))
+    texts = map(fulltext.document, columns["url"], request_bodies, response_bodies,
+                columns["data"])
     columns["_indexed"] = [None] * len(rows) if postgres else list(map(
         fulltext.indexed_document, texts, stored[COLUMNS.index("project_id")],
         stored[COLUMNS.index("container_id")]))
@@ -235,43 +234,76 @@ def _build(columns, row_group=ROW_GROUP):
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd", compression_level=SEAL_LEVEL,
                    row_group_size=row_group, use_dictionary=_DICTIONARY, write_statistics=True)
-    texts, traces = columns["_text"], columns["trace_id"]
-    blooms = _block_blooms([texts[i] for i in order], [traces[i] for i in order], row_group)
+    blooms = _block_blooms(*([columns[c][i] for i in order] for c in _BLOOMED), row_group)
     summary = {
         "min_ts": min(times),
         "max_ts": max(times),
         "projects": sorted(set(projects)),
-        "words": row_group.to_bytes(4, "big") + _pack_blooms(blooms),
+        "words": _words_value(row_group, blooms),
     }
     return out.getvalue(), summary
 
 
-def _block_blooms(texts, traces, block):
-    """The dumped Bloom filter of each `block` rows' words and trace ids
-    (`texts`: each row's searchable text, in the segment's order)."""
+# What a block's two Bloom filters are made of: its head (url, `data`, trace
+# ids) and its bodies.
+_BLOOMED = ("url", "data", "trace_id", "request_body", "response_body")
+
+
+def _block_blooms(urls, data, traces, request_bodies, response_bodies, block):
+    """The dumped Bloom filters of each `block` rows, in the segment's
+    order: one of the words of their urls and `data` and of their trace
+    ids, one of the words of their bodies. A search for words that no body
+    of a block holds then decodes only the block's small columns (an id in
+    a url path, a value of `data`)."""
     blooms = []
-    for start in range(0, len(texts), block):
+    for start in range(0, len(urls), block):
+        end = start + block
         # A block's texts read as one (a word never spans the line break).
-        words = fulltext.word_bytes("\n".join(texts[start:start + block]))
-        words.update((_TRACE_MARK + trace).encode() for trace in traces[start:start + block]
-                     if trace)
-        blooms.append(Bloom.of(words).dump())
+        head = fulltext.word_bytes("\n".join(filter(None, (*urls[start:end],
+                                                             *data[start:end]))))
+        head.update((_TRACE_MARK + trace).encode() for trace in traces[start:end] if trace)
+        body = fulltext.word_bytes("\n".join(filter(None, (*request_bodies[start:end],
+                                                             *response_bodies[start:end]))))
+        blooms.append((Bloom.of(head).dump(), Bloom.of(body).dump()))
     return blooms
 
 
 _TRACE_MARK = "\x00trace:"
+# The high bit of a segment's `words` header: each block has two filters
+# (_Split). Segments written by earlier versions have one, of all its
+# words and trace ids; readers take either.
+_SPLIT = 1 << 31
 
 
-def _pack_blooms(blooms):
-    """A Bloom filter per block of rows, in one value: each one's length (4
-    bytes) and its bytes (Bloom.dump)."""
-    return b"".join(len(b).to_bytes(4, "big") + b for b in blooms)
+def _words_value(row_group, blooms):
+    """A segment's `words`: the rows per block (4 bytes, _SPLIT set), then
+    each block's two Bloom filters, each its length (4 bytes) and its bytes
+    (Bloom.dump)."""
+    return (row_group | _SPLIT).to_bytes(4, "big") + b"".join(
+        len(b).to_bytes(4, "big") + b for pair in blooms for b in pair)
 
 
 def _unpack_blooms(stored):
-    """(rows per block, [Bloom of each block]) of a segment's `words`."""
+    """(rows per block, [the filter of each block]) of a segment's `words`:
+    a _Split, or a Bloom of all its words (earlier versions)."""
     stored = bytes(stored)
-    return int.from_bytes(stored[:4], "big"), _unpack(stored[4:])
+    header = int.from_bytes(stored[:4], "big")
+    blooms = _unpack(stored[4:])
+    if header & _SPLIT:
+        return header & ~_SPLIT, [_Split(*blooms[at:at + 2]) for at in range(0, len(blooms), 2)]
+    return header, blooms
+
+
+class _Split:
+    """A block's two Bloom filters: `word in` it asks both."""
+
+    __slots__ = ("head", "body")
+
+    def __init__(self, head, body):
+        self.head, self.body = head, body
+
+    def __contains__(self, word):
+        return word in self.head or word in self.body
 
 
 def _unpack(stored):
@@ -431,17 +463,15 @@ def _merged(metas):
             back[np.concatenate(places)] = np.arange(chunk.num_rows, dtype=np.int64)
             chunk = chunk.take(pa.array(back))
             writer.write_table(chunk, row_group_size=row_group)
-            text = chunk.select(_DOCUMENT).to_pydict()
-            blooms.extend(_block_blooms(
-                [fulltext.document(*row) for row in zip(*(text[c] for c in _DOCUMENT))],
-                chunk["trace_id"].to_pylist(), row_group))
+            text = chunk.select(_BLOOMED).to_pydict()
+            blooms.extend(_block_blooms(*(text[c] for c in _BLOOMED), row_group))
     projects = set()
     for meta in metas:
         projects |= _projects(meta)
     times = pc.min_max(order["ts_ms"])
     summary = {"rows": total, "min_ts": times["min"].as_py(), "max_ts": times["max"].as_py(),
                "projects": sorted(projects),
-               "words": row_group.to_bytes(4, "big") + _pack_blooms(blooms)}
+               "words": _words_value(row_group, blooms)}
     return out.getbuffer(), summary  # not copied: a merged file is large
 
 
@@ -736,6 +766,7 @@ def _chosen_segments(filters, after_id, upto_id):
                       f"WHERE {' AND '.join(terms)} ORDER BY min_id", params).fetchall()
     chosen = []
     wanted = _wanted_words(filters)
+    searched = _searched_words(filters)
     # Each word's share of the blocks that may hold it, learnt from the
     # first segment with candidate blocks: a block is asked for the rarest
     # word first (most are then ruled out by one look), and the candidate
@@ -763,6 +794,12 @@ def _chosen_segments(filters, after_id, upto_id):
             meta["rarity"] = rarity
             if not meta["blocks"][1]:
                 continue
+            if searched:
+                # The blocks whose bodies hold none of the words: their
+                # bodies are not decoded (_read_groups).
+                meta["bodiless"] = frozenset(
+                    at for at in meta["blocks"][1] if isinstance(blooms[at], _Split)
+                    and not any(word in blooms[at].body for word in searched))
         chosen.append(meta)
     return chosen
 
@@ -821,6 +858,27 @@ def _wanted_words(filters):
     return groups
 
 
+def _searched_words(filters):
+    """Every word of `q`'s phrases, positive and negative (None when a
+    phrase ends with a prefix, which a Bloom filter cannot be asked for)."""
+    if not filters.q:
+        return None
+    found = set()
+    for group in fulltext.parse(filters.q):
+        for phrase in (*group.positive, *group.negative):
+            if phrase.prefix:
+                return None
+            found.update(phrase.words)
+    return found
+
+
+def _single_words(parsed):
+    """Whether every phrase of a parsed `q` is a single whole word: then an
+    entry matches whatever text lies between its parts."""
+    return all(len(p.words) == 1 and not p.prefix
+               for group in parsed for p in (*group.positive, *group.negative))
+
+
 def _may_hold(bloom, groups):
     return any(all(word in bloom for word in group) for group in groups)
 
@@ -847,9 +905,36 @@ def _matching(meta, filters, after_id, upto_id, memo=None, columns=None):
         table = table.filter(mask)
     if filters.q and table.num_rows > _CHECKED_ALONE:
         table = _prefiltered(table, filters.q, meta.get("rarity"))
+    if "_bodiless" in table.column_names:
+        table = _bodies_back(meta, table, filters.q)
     if memo is not None:
         memo[key] = table
     return table
+
+
+def _bodies_back(meta, table, q):
+    """`table` with the bodies of its rows from blocks whose bodies hold no
+    word of `q` (`_bodiless` true; `_read_groups` left them empty), where
+    the match is not decided without them: a phrase may run from a url
+    into `data` only when no word of a body lies between. When every
+    phrase of `q` is a single word, and for the rows `_prefiltered`
+    decided (`_sure`), the rest of a row decides alone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bare = table["_bodiless"]
+    table = table.drop_columns(["_bodiless"])
+    if not table.num_rows or _single_words(fulltext.parse(q)):
+        return table
+    if "_sure" in table.column_names:
+        bare = pc.and_(bare, pc.invert(table["_sure"]))
+    if not pc.any(bare).as_py():
+        return table
+    kept, back = table.filter(pc.invert(bare)), table.filter(bare)
+    bodies = _rows_at(meta, back["_pos"].to_pylist(), _BODIES)
+    for name in _BODIES:
+        back = back.set_column(back.column_names.index(name), name, bodies[name])
+    return pa.concat_tables((kept, back))
 
 
 # Rows that `fulltext.matches` checks in less time than Arrow's search
@@ -884,6 +969,7 @@ def _filtered_columns(filters, after_id=None, upto_id=None):
 _KEY_COLUMNS = frozenset(("id", "lat_bucket", "duration_ms"))
 
 _TEXT_COLUMNS = ("url", "data", "request_body", "response_body")
+_BODIES = ("request_body", "response_body")
 # fulltext.document's arguments.
 _DOCUMENT = ("url", "request_body", "response_body", "data")
 
@@ -1321,9 +1407,9 @@ def _read_groups(meta, filters=None, columns=None):
     import pyarrow as pa
 
     starts, sizes, bounds = _layout(meta)
-    # (row group, first row, end row) of the parts to read, rows counted
-    # within the group.
-    parts = [(g, 0, size) for g, size in enumerate(sizes)]
+    # (row group, first row, end row, block) of the parts to read, rows
+    # counted within the group.
+    parts = [(g, 0, size, None) for g, size in enumerate(sizes)]
     if meta.get("blocks") is not None:
         size, kept = meta["blocks"]
         parts = []
@@ -1331,21 +1417,35 @@ def _read_groups(meta, filters=None, columns=None):
             low = block * size
             g = bisect.bisect_right(starts, low) - 1
             end = min(low + size, starts[g] + sizes[g])
-            parts.append((g, low - starts[g], end - starts[g]))
+            parts.append((g, low - starts[g], end - starts[g], block))
     if filters is not None:
         admitted = {g: _admits(bounds[g], filters) for g in {part[0] for part in parts}}
         parts = [part for part in parts if admitted[part[0]]]
-    names = _schema().names if columns is None else [c for c in _schema().names if c in columns]
+    schema = _schema()
+    names = schema.names if columns is None else [c for c in schema.names if c in columns]
+    # Blocks whose bodies hold none of the words searched (meta["bodiless"]):
+    # their bodies are left empty, and "_bodiless" marks their rows.
+    bodiless = (meta.get("bodiless") or None) if columns is not None and _BODIES[0] in names \
+        else None
     reader = _GroupReader(meta)
     tables = []
-    for g, first, end in parts:
-        table = reader.group(g, names).slice(first, end - first)
+    for g, first, end, block in parts:
+        if bodiless is not None and block in bodiless:
+            read = reader.group(g, [n for n in names if n not in _BODIES]).slice(first, end - first)
+            table = pa.table([read[n] if n not in _BODIES else
+                              pa.nulls(read.num_rows, schema.field(n).type) for n in names],
+                             names=names)
+        else:
+            table = reader.group(g, names).slice(first, end - first)
         if columns is not None:
             table = table.append_column("_pos", pa.array(
                 np.arange(starts[g] + first, starts[g] + end, dtype=np.int64)))
+        if bodiless is not None:
+            table = table.append_column("_bodiless", pa.array(
+                np.full(table.num_rows, block in bodiless)))
         tables.append(table)
     if not tables:
-        empty = _schema().empty_table().select(names)
+        empty = schema.empty_table().select(names)
         if columns is not None:
             empty = empty.append_column("_pos", pa.array([], pa.int64()))
         return empty
