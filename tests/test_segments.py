@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logsvc.store import db, fulltext, horizon, migrations, retention, segments
+from logsvc.store.filters import Filters
 from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
 
 STATS = LOGS + "/stats"
@@ -195,8 +196,6 @@ def test_a_search_that_skips_the_bodies_of_a_block_finds_what_it_found_while_hot
     # the words searched is read without them. A phrase may still run from
     # a url into `data` only where no word of a body lies between, so rows
     # that the rest does not decide are read with their bodies.
-    from logsvc.store.filters import Filters
-
     def entry(i):
         block = i // 8  # one scope: a segment's blocks are 8 consecutive entries
         body = None if i % 2 == 0 else ("zulu yankee" if block % 2 == 0 else "note omega zulu")
@@ -218,8 +217,10 @@ def test_a_search_that_skips_the_bodies_of_a_block_finds_what_it_found_while_hot
     assert seal(sealed_app, hot_rows=40, segment_rows=64) == 256
     with db.using(sealed_app.extensions["logsvc"].store):
         chosen = db.call(segments._chosen_segments, Filters(q='"alpha0 note"'), None, None)
-        assert any(meta["bodiless"] for meta in chosen)
-        assert any(set(meta["blocks"][1]) - meta["bodiless"] for meta in chosen)
+        # Blocks whose bodies hold the phrase's words, and blocks whose
+        # bodies do not.
+        assert {bool(held) for meta in chosen for held in meta["bodies"].values()} == {
+            True, False}
     assert [store.page(path, **params) for path, params in questions] == before
     assert merge(sealed_app, 256) == 256
     assert [store.page(path, **params) for path, params in questions] == before
@@ -844,3 +845,48 @@ def test_a_sealed_search_finds_what_the_live_tail_matches(rows, terms):
     found = sorted(kept["_pos"][i].as_py() for i in segments._passing(kept, parsed))
     assert found == [i for i, row in enumerate(rows)
                      if fulltext.matches(parsed, fulltext.document(*row))]
+
+
+@settings(max_examples=500, deadline=None)
+@given(rows=st.lists(st.tuples(_COLUMN_TEXT, st.none() | _COLUMN_TEXT,
+                               st.none() | _COLUMN_TEXT, _COLUMN_TEXT, st.integers(-1, 2)),
+                     min_size=1, max_size=8),
+       terms=st.lists(_TERM, min_size=1, max_size=4))
+def test_a_search_reading_bodies_only_where_they_may_decide_finds_what_the_live_tail_matches(
+        rows, terms):
+    # A search of a segment reads the rows of some blocks without their
+    # bodies (the others, block -1, whole), then the bodies of the rows
+    # that may need them, by each block's filter of its bodies
+    # (_with_bodies); then as above.
+    import pyarrow as pa
+
+    q = " ".join(terms)
+    try:
+        parsed = fulltext.parse(q)
+    except ValueError:
+        return
+    columns = ("url", "request_body", "response_body", "data")
+    whole = pa.table({**{column: pa.array([r[at] for r in rows], pa.string())
+                         for at, column in enumerate(columns)},
+                      "_pos": list(range(len(rows)))})
+    bare = whole.set_column(1, "request_body", pa.array(
+        [r[1] if r[4] < 0 else None for r in rows], pa.string())).set_column(
+        2, "response_body", pa.array([r[2] if r[4] < 0 else None for r in rows],
+                                     pa.string())).append_column(
+        "has_body", pa.array([r[1] is not None or r[2] is not None for r in rows])).append_column(
+        "_block", pa.array([r[4] for r in rows], pa.int64()))
+    searched = segments._searched_words(Filters(q=q))
+    held = {}
+    for block in range(3):
+        bloom = segments.Bloom.of(fulltext.word_bytes("\n".join(
+            part for r in rows if r[4] == block for part in r[1:3] if part)))
+        held[block] = frozenset(word for word in searched if word in bloom)
+    expected = [i for i, row in enumerate(rows)
+                if fulltext.matches(parsed, fulltext.document(*row[:4]))]
+    for prefilter in (False, True):
+        kept = segments._with_bodies(bare, q, held, lambda positions: whole.select(
+            ["request_body", "response_body"]).take(pa.array(positions, pa.int64())))
+        if prefilter:
+            kept = segments._prefiltered(kept, q)
+        found = sorted(kept["_pos"][i].as_py() for i in segments._passing(kept, parsed))
+        assert found == expected, prefilter

@@ -767,6 +767,11 @@ def _chosen_segments(filters, after_id, upto_id):
     chosen = []
     wanted = _wanted_words(filters)
     searched = _searched_words(filters)
+    # Each group's positive whole words (a group without any reads bodies).
+    needed = [] if searched is None else [
+        {word for phrase in group.positive
+         for word in (phrase.words[:-1] if phrase.prefix else phrase.words)}
+        for group in fulltext.parse(filters.q)]
     # Each word's share of the blocks that may hold it, learnt from the
     # first segment with candidate blocks: a block is asked for the rarest
     # word first (most are then ruled out by one look), and the candidate
@@ -794,28 +799,39 @@ def _chosen_segments(filters, after_id, upto_id):
             meta["rarity"] = rarity
             if not meta["blocks"][1]:
                 continue
-            if searched:
-                # The blocks whose bodies hold none of the words: their
-                # bodies are not decoded (_read_groups).
-                meta["bodiless"] = frozenset(
-                    at for at in meta["blocks"][1] if isinstance(blooms[at], _Split)
-                    and not any(word in blooms[at].body for word in searched))
+            if searched is not None and isinstance(blooms[meta["blocks"][1][0]], _Split):
+                # The blocks whose bodies lack a word that each group
+                # needs, and the words searched that their bodies may
+                # hold: their bodies are read only for the rows that need
+                # them (_with_bodies).
+                lazy = {}
+                for at in meta["blocks"][1]:
+                    held = frozenset(w for w in searched if w in blooms[at].body)
+                    if all(set(group) - held for group in needed):
+                        lazy[at] = held
+                if lazy:
+                    meta["bodies"] = lazy
         chosen.append(meta)
     return chosen
 
 
 def warm():
-    """Read what every question reads first of each segment (its footer and
-    row-group bounds, its projects), that this process has not read yet:
-    the background sealer of every worker calls it each round, so that the
-    first question after a start, a seal or a merge finds them. (Not the
-    Bloom filters: only searches read them, and they are kept within a
-    budget that warming them all each round would cycle through.)"""
-    for segment_id, low, high in db.execute(
-            "SELECT id, min_id, max_id FROM segment ORDER BY min_id").fetchall():
+    """Read what questions read first of each segment, that this process
+    has not read yet: the background sealer of every worker calls it each
+    round, so that the first question after a start, a seal or a merge
+    finds them. Every segment's footer, row-group bounds and projects; and
+    its Bloom filters, which only searches read, while all of them fit in
+    their budget (past that, warming would cycle through them every
+    round)."""
+    found = db.execute("SELECT id, min_id, max_id, length(words) FROM segment "
+                       "ORDER BY min_id").fetchall()
+    filters = sum(row[3] or 0 for row in found) <= _skips.budget
+    for segment_id, low, high, _ in found:
         meta = {"id": segment_id, "min_id": low, "max_id": high}
         _layout(meta)
         _projects(meta)
+        if filters:
+            _blooms(meta)
 
 
 def _projects(meta):
@@ -859,17 +875,13 @@ def _wanted_words(filters):
 
 
 def _searched_words(filters):
-    """Every word of `q`'s phrases, positive and negative (None when a
-    phrase ends with a prefix, which a Bloom filter cannot be asked for)."""
+    """Every whole word of `q`'s phrases, positive and negative (not the
+    prefix a phrase may end with)."""
     if not filters.q:
         return None
-    found = set()
-    for group in fulltext.parse(filters.q):
-        for phrase in (*group.positive, *group.negative):
-            if phrase.prefix:
-                return None
-            found.update(phrase.words)
-    return found
+    return {word for group in fulltext.parse(filters.q)
+            for phrase in (*group.positive, *group.negative)
+            for word in (phrase.words[:-1] if phrase.prefix else phrase.words)}
 
 
 def _single_words(parsed):
@@ -903,35 +915,113 @@ def _matching(meta, filters, after_id, upto_id, memo=None, columns=None):
     mask = _mask(table, filters, after_id, upto_id) if table.num_rows else None
     if mask is not None:
         table = table.filter(mask)
+    if "_block" in table.column_names:
+        table = _with_bodies(table, filters.q, meta["bodies"],
+                             lambda positions: _rows_at(meta, positions, _BODIES),
+                             meta.get("rarity"))
     if filters.q and table.num_rows > _CHECKED_ALONE:
         table = _prefiltered(table, filters.q, meta.get("rarity"))
-    if "_bodiless" in table.column_names:
-        table = _bodies_back(meta, table, filters.q)
     if memo is not None:
         memo[key] = table
     return table
 
 
-def _bodies_back(meta, table, q):
-    """`table` with the bodies of its rows from blocks whose bodies hold no
-    word of `q` (`_bodiless` true; `_read_groups` left them empty), where
-    the match is not decided without them: a phrase may run from a url
-    into `data` only when no word of a body lies between. When every
-    phrase of `q` is a single word, and for the rows `_prefiltered`
-    decided (`_sure`), the rest of a row decides alone."""
+def _with_bodies(table, q, held, load, rarity=None):
+    """The rows of `table` that may match `q`, with the bodies that can
+    decide it. The rows of the blocks in `held` were read without their
+    bodies (`_read_groups`; "_block" is each row's block, -1 for a block
+    read whole): `held` gives the words of `q` that each one's bodies may
+    hold (their Bloom filter), `load(positions)` the bodies of rows by
+    `_pos`.
+
+    Such a row may match if, for a group of `q`, each positive word is in
+    its url or `data` (Arrow's case-insensitive search, as `_prefiltered`
+    looks for it) or may be in its bodies: it has a body, and its block's
+    filter may hold the word. The words are looked for rarest first
+    (`rarity`), each among the rows that held the ones before. Of the rows
+    that may match, those with a body are read with it, unless their
+    block's bodies hold no word of `q` and each phrase is a single whole
+    word (then whatever the bodies say, the rest of the row decides; a
+    longer phrase may run from the url into `data` only where no word of a
+    body lies between)."""
+    import numpy as np
+    import pyarrow as pa
+
+    blocks = table["_block"].to_numpy()
+    table = table.drop_columns(["_block"])
+    # The rows read whole come first (_read_groups): they stay as they are,
+    # not copied.
+    first = int(np.count_nonzero(blocks < 0))
+    if first and (blocks[:first] >= 0).any():  # not so: put them first
+        order = np.argsort(blocks >= 0, kind="stable")
+        table, blocks = table.take(pa.array(order)), blocks[order]
+    if first:
+        whole_rows, table, blocks = table.slice(0, first), table.slice(first), blocks[first:]
+        return pa.concat_tables((whole_rows, _with_bodies_read(table, blocks, q, held, load,
+                                                               rarity)))
+    return _with_bodies_read(table, blocks, q, held, load, rarity)
+
+
+def _with_bodies_read(table, blocks, q, held, load, rarity):
+    """`_with_bodies` of rows all read without their bodies."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    bare = table["_bodiless"]
-    table = table.drop_columns(["_bodiless"])
-    if not table.num_rows or _single_words(fulltext.parse(q)):
+    n = table.num_rows
+    if not n:
         return table
-    if "_sure" in table.column_names:
-        bare = pc.and_(bare, pc.invert(table["_sure"]))
-    if not pc.any(bare).as_py():
+    parsed = fulltext.parse(q)
+    bodied = np.asarray(table["has_body"].to_numpy(zero_copy_only=False), dtype=bool)
+    # Each row's block among the distinct ones, for per-block answers.
+    kinds, inverse = np.unique(blocks, return_inverse=True)
+
+    def per_block(test):
+        return np.array([test(held[b]) for b in kinds], dtype=bool)[inverse]
+
+    def in_head(word, among):
+        """Of the rows `among` (indexes), whether each one's url or data may
+        hold `word` (or start with it)."""
+        # "İ" is a spelling of "i" that RE2's case folding does not see: a
+        # word with an "i" is looked for by its longest part without one;
+        # a word beyond ASCII is not looked for.
+        part = max(word.split("i"), key=len) if word.isascii() else ""
+        if not part:
+            return np.ones(len(among), dtype=bool)
+        rows = table.select(["url", "data"])
+        if len(among) < n:
+            rows = rows.take(pa.array(among, pa.int64()))
+        hit = None
+        for column in ("url", "data"):
+            one = pc.fill_null(pc.match_substring(rows[column], part, ignore_case=True), False)
+            hit = one if hit is None else pc.or_(hit, one)
+        return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+
+    may = np.zeros(n, dtype=bool)
+    for group in parsed:
+        tests = [(word, False) for phrase in group.positive
+                 for word in (phrase.words[:-1] if phrase.prefix else phrase.words)]
+        tests.sort(key=lambda test: ((rarity or {}).get(test[0], 1.0), -len(test[0])))
+        tests += [(phrase.words[-1], True) for phrase in group.positive if phrase.prefix]
+        ok = np.ones(n, dtype=bool)
+        for word, prefix in tests:
+            among = np.flatnonzero(ok)
+            if not len(among):
+                break
+            body = bodied if prefix else bodied & per_block(lambda words, w=word: w in words)
+            ok[among] = in_head(word, among) | body[among]
+        may |= ok
+    if not may.all():
+        keep = pa.array(may)
+        table, bodied = table.filter(keep), bodied[may]
+        if _single_words(parsed):
+            bodied &= per_block(bool)[may]
+    elif _single_words(parsed):
+        bodied &= per_block(bool)
+    if not bodied.any():
         return table
-    kept, back = table.filter(pc.invert(bare)), table.filter(bare)
-    bodies = _rows_at(meta, back["_pos"].to_pylist(), _BODIES)
+    kept, back = table.filter(pa.array(~bodied)), table.filter(pa.array(bodied))
+    bodies = load(back["_pos"].to_pylist())
     for name in _BODIES:
         back = back.set_column(back.column_names.index(name), name, bodies[name])
     return pa.concat_tables((kept, back))
@@ -1423,14 +1513,16 @@ def _read_groups(meta, filters=None, columns=None):
         parts = [part for part in parts if admitted[part[0]]]
     schema = _schema()
     names = schema.names if columns is None else [c for c in schema.names if c in columns]
-    # Blocks whose bodies hold none of the words searched (meta["bodiless"]):
-    # their bodies are left empty, and "_bodiless" marks their rows.
-    bodiless = (meta.get("bodiless") or None) if columns is not None and _BODIES[0] in names \
-        else None
+    # A search of segments whose blocks have a filter of their bodies
+    # (meta["bodies"]): the bodies are left empty, read by `_with_bodies`
+    # for the rows that need them, and "_block" is each row's block.
+    lazy = meta.get("bodies") if columns is not None and _BODIES[0] in names else None
+    if lazy and "has_body" not in names:
+        names = [c for c in schema.names if c in columns or c == "has_body"]
     reader = _GroupReader(meta)
     tables = []
     for g, first, end, block in parts:
-        if bodiless is not None and block in bodiless:
+        if lazy and block in lazy:
             read = reader.group(g, [n for n in names if n not in _BODIES]).slice(first, end - first)
             table = pa.table([read[n] if n not in _BODIES else
                               pa.nulls(read.num_rows, schema.field(n).type) for n in names],
@@ -1440,10 +1532,12 @@ def _read_groups(meta, filters=None, columns=None):
         if columns is not None:
             table = table.append_column("_pos", pa.array(
                 np.arange(starts[g] + first, starts[g] + end, dtype=np.int64)))
-        if bodiless is not None:
-            table = table.append_column("_bodiless", pa.array(
-                np.full(table.num_rows, block in bodiless)))
+        if lazy:
+            table = table.append_column("_block", pa.array(
+                np.full(table.num_rows, block if block in lazy else -1, dtype=np.int64)))
         tables.append(table)
+    if lazy:  # the rows read whole first (`_with_bodies` leaves them as they are)
+        tables.sort(key=lambda table: table["_block"][0].as_py() >= 0 if table.num_rows else 0)
     if not tables:
         empty = schema.empty_table().select(names)
         if columns is not None:
