@@ -770,7 +770,7 @@ def _chosen_segments(filters, after_id, upto_id):
     # Each group's positive whole words (a group without any reads bodies).
     needed = [] if searched is None else [
         {word for phrase in group.positive
-         for word in (phrase.words[:-1] if phrase.prefix else phrase.words)}
+         for word in _whole_words(phrase)}
         for group in fulltext.parse(filters.q)]
     # Each word's share of the blocks that may hold it, learnt from the
     # first segment with candidate blocks: a block is asked for the rarest
@@ -866,7 +866,7 @@ def _wanted_words(filters):
         for group in fulltext.parse(filters.q):
             needed = []
             for phrase in group.positive:
-                needed.extend(phrase.words[:-1] if phrase.prefix else phrase.words)
+                needed.extend(_whole_words(phrase))
             groups.append(tuple(needed))
     if filters.trace_id:
         trace = _TRACE_MARK + lookup.canonical("trace_id", filters.trace_id)
@@ -881,7 +881,12 @@ def _searched_words(filters):
         return None
     return {word for group in fulltext.parse(filters.q)
             for phrase in (*group.positive, *group.negative)
-            for word in (phrase.words[:-1] if phrase.prefix else phrase.words)}
+            for word in _whole_words(phrase)}
+
+
+def _whole_words(phrase):
+    """A phrase's words but the prefix it may end with."""
+    return phrase.words[:-1] if phrase.prefix else phrase.words
 
 
 def _single_words(parsed):
@@ -1000,7 +1005,7 @@ def _with_bodies_read(table, blocks, q, held, load, rarity):
     may = np.zeros(n, dtype=bool)
     for group in parsed:
         tests = [(word, False) for phrase in group.positive
-                 for word in (phrase.words[:-1] if phrase.prefix else phrase.words)]
+                 for word in _whole_words(phrase)]
         tests.sort(key=lambda test: ((rarity or {}).get(test[0], 1.0), -len(test[0])))
         tests += [(phrase.words[-1], True) for phrase in group.positive if phrase.prefix]
         ok = np.ones(n, dtype=bool)
@@ -1011,13 +1016,10 @@ def _with_bodies_read(table, blocks, q, held, load, rarity):
             body = bodied if prefix else bodied & per_block(lambda words, w=word: w in words)
             ok[among] = in_head(word, among) | body[among]
         may |= ok
-    if not may.all():
-        keep = pa.array(may)
-        table, bodied = table.filter(keep), bodied[may]
-        if _single_words(parsed):
-            bodied &= per_block(bool)[may]
-    elif _single_words(parsed):
+    if _single_words(parsed):
         bodied &= per_block(bool)
+    if not may.all():
+        table, bodied = table.filter(pa.array(may)), bodied[may]
     if not bodied.any():
         return table
     kept, back = table.filter(pa.array(~bodied)), table.filter(pa.array(bodied))
@@ -1517,8 +1519,11 @@ def _read_groups(meta, filters=None, columns=None):
     # (meta["bodies"]): the bodies are left empty, read by `_with_bodies`
     # for the rows that need them, and "_block" is each row's block.
     lazy = meta.get("bodies") if columns is not None and _BODIES[0] in names else None
-    if lazy and "has_body" not in names:
-        names = [c for c in schema.names if c in columns or c == "has_body"]
+    if lazy:
+        if "has_body" not in names:
+            names = [c for c in schema.names if c in columns or c == "has_body"]
+        # The blocks read whole first (`_with_bodies` leaves them as they are).
+        parts.sort(key=lambda part: part[3] in lazy)
     reader = _GroupReader(meta)
     tables = []
     for g, first, end, block in parts:
@@ -1536,8 +1541,6 @@ def _read_groups(meta, filters=None, columns=None):
             table = table.append_column("_block", pa.array(
                 np.full(table.num_rows, block if block in lazy else -1, dtype=np.int64)))
         tables.append(table)
-    if lazy:  # the rows read whole first (`_with_bodies` leaves them as they are)
-        tables.sort(key=lambda table: table["_block"][0].as_py() >= 0 if table.num_rows else 0)
     if not tables:
         empty = schema.empty_table().select(names)
         if columns is not None:
