@@ -114,6 +114,40 @@ def test_every_question_has_the_same_answer_once_older_entries_are_sealed(sealed
         assert one == other, (path, params)
 
 
+@pytest.mark.sqlite_only("PostgreSQL keeps a segment's bytes in one bytea")
+def test_segments_kept_in_small_parts_answer_as_while_hot_and_leave_no_part_behind(
+        sealed_app, monkeypatch):
+    # SQLite keeps a segment's bytes in parts: at 2 KB a part, every row
+    # group's columns cross parts. The answers stay those of the hot rows,
+    # through a merge, and the parts go with the segments they belong to.
+    monkeypatch.setattr(segments, "PART_BYTES", 2048)
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(400))
+    before = answers(store)
+    assert seal(sealed_app) == 256
+
+    def parts():
+        kept = db.execute("SELECT count(*) FROM segment_part").fetchone()[0]
+        wanted = sum((size + 2047) // 2048 for (size,) in db.execute(
+            "SELECT bytes FROM segment").fetchall())
+        return kept, wanted
+
+    with db.using(sealed_app.extensions["logsvc"].store):
+        kept, wanted = db.call(parts)
+        assert kept == wanted > 4 * 4  # four segments, each in several parts
+    assert answers(store) == before
+    assert merge(sealed_app, 256) == 256
+    with db.using(sealed_app.extensions["logsvc"].store):
+        kept, wanted = db.call(parts)
+        assert kept == wanted and db.call(lambda: db.execute(
+            "SELECT count(*) FROM segment").fetchone()[0]) == 1
+    assert answers(store) == before
+    assert store.client.post("/api/proxy-logs/_admin/clear",
+                             headers=store.headers).status_code == 200
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert db.call(parts) == (0, 0)
+
+
 def merge(app, merge_rows):
     with db.using(app.extensions["logsvc"].store):
         total = 0
@@ -169,16 +203,22 @@ def test_segments_of_the_former_layout_are_read_and_merged_as_before(sealed_app)
     assert seal(sealed_app, hot_rows=100, segment_rows=64) == 768
 
     def former_layout():
-        for segment_id, data in db.execute("SELECT id, data FROM segment").fetchall():
+        # Row groups of 32, and the bytes in the row as they were before
+        # segments were kept in parts.
+        for (segment_id,) in db.execute("SELECT id FROM segment").fetchall():
             out = io.BytesIO()
-            pq.write_table(pq.read_table(io.BytesIO(bytes(data))), out, row_group_size=32,
-                           compression="zstd", use_dictionary=segments._DICTIONARY)
-            db.execute("UPDATE segment SET data = ?, bytes = ? WHERE id = ?",
+            pq.write_table(pq.read_table(io.BytesIO(segments.stored_bytes(segment_id))), out,
+                           row_group_size=32, compression="zstd",
+                           use_dictionary=segments._DICTIONARY)
+            db.execute("UPDATE segment SET data = ?, bytes = ?, part_id = NULL, "
+                       "part_bytes = NULL WHERE id = ?",
                        (out.getvalue(), len(out.getvalue()), segment_id))
+        db.execute("DELETE FROM segment_part")
 
     def group_rows():
-        return sorted({pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(0).num_rows
-                       for (data,) in db.execute("SELECT data FROM segment").fetchall()})
+        return sorted({pq.ParquetFile(io.BytesIO(segments.stored_bytes(segment_id)))
+                       .metadata.row_group(0).num_rows
+                       for (segment_id,) in db.execute("SELECT id FROM segment").fetchall()})
 
     with db.using(sealed_app.extensions["logsvc"].store):
         db.call(former_layout)
@@ -235,10 +275,12 @@ def test_segments_with_one_bloom_filter_a_block_answer_as_before(sealed_app):
     assert seal(sealed_app) == 256
 
     def one_filter_a_block():
-        for segment_id, data in db.execute("SELECT id, data FROM segment").fetchall():
+        for (segment_id,) in db.execute("SELECT id FROM segment").fetchall():
             import io
 
             import pyarrow.parquet as pq
+
+            data = segments.stored_bytes(segment_id)
 
             table = pq.read_table(io.BytesIO(bytes(data)))
             size = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(0).num_rows

@@ -16,18 +16,18 @@ sealer, not by the upgrade).
 """
 from logsvc.entry import coerce_duration, derive_route
 
-from . import db, fulltext, lookup, names, rollup, sketch
+from . import db, fulltext, lookup, names, rollup, segments, sketch
 from .db import database
 from .models import ALL_MODELS, ROLLUP_MODELS, Entry, EntryBody, IdSequence, Meta, entry_indexes
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 
 
 # Columns that later versions added to tables that existed before them:
 # added before create_tables, whose indexes may use them. (Version 4: the
 # latency and route columns; version 7: the kind of a dictionary; version
-# 9: the id bounds of a minute.)
+# 9: the id bounds of a minute; version 19: a segment's parts.)
 _ADDED_COLUMNS = {
     "entry": (("duration_ms", "DOUBLE PRECISION", "REAL"), ("route", "TEXT", "TEXT"),
               ("lat_bucket", "SMALLINT", "INTEGER")),
@@ -36,6 +36,8 @@ _ADDED_COLUMNS = {
     "body_dictionary": (("kind", "TEXT NOT NULL DEFAULT 'body'", "TEXT NOT NULL DEFAULT 'body'"),),
     "rollup_minute_all": (("lat", "TEXT", "TEXT"), ("lat_max", "DOUBLE PRECISION", "REAL"),
                           ("id_min", "BIGINT", "INTEGER"), ("id_max", "BIGINT", "INTEGER")),
+    # Version 19: where a segment's parts are (SQLite).
+    "segment": (("part_id", "BIGINT", "INTEGER"), ("part_bytes", "INTEGER", "INTEGER")),
 }
 
 
@@ -225,6 +227,16 @@ def _v17_to_v18():
 _PG_SEGMENT_STORAGE = "ALTER TABLE segment ALTER COLUMN data SET STORAGE EXTERNAL"
 
 
+def _v18_to_v19():
+    # Version 19 (SQLite): segments written from now on keep their bytes in
+    # parts (`segment_part`, which create_tables has made), so that a
+    # question reading a row group walks a part's pages, not the segment's
+    # from its start; the parts go with their segment (a trigger). Those
+    # before stay in `segment.data`, until a merge rewrites them.
+    if not db.is_postgres():
+        segments.create_parts_trigger()
+
+
 # PostgreSQL: the storage of a counter table whose rows are rewritten all
 # the time (the all-time tiers: a scope's row takes every batch of it). With
 # half of each page free, a row's new version goes in the same page (a
@@ -271,6 +283,7 @@ STEPS = (
     _v15_to_v16,
     _v16_to_v17,
     _v17_to_v18,
+    _v18_to_v19,
 )
 assert len(STEPS) == SCHEMA_VERSION - 1
 
@@ -364,6 +377,8 @@ def create_schema(partition_rows=1_000_000):
         database.create_tables(ALL_MODELS, safe=True)
         _create_lookup_indexes()
         fulltext.create()
+        if not postgres:
+            segments.create_parts_trigger()
         if postgres:
             db.execute(_PG_SEGMENT_STORAGE)
             # Partitions are dropped whole by retention, bodies with their

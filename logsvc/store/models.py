@@ -654,8 +654,18 @@ class Segment(BaseModel):
     bytes = peewee.BigIntegerField()
     projects = peewee.TextField()  # JSON list of the project ids it holds
     words = peewee.BlobField()  # a Bloom filter of its words and trace ids
-    data = peewee.BlobField()  # the Parquet file
+    data = peewee.BlobField()  # the Parquet file (SQLite: empty when in parts)
     created_ms = peewee.BigIntegerField()
+    # SQLite: the file is in `segment_part` rows of part_bytes each, from
+    # part_id on (segments.py); NULL: in `data` (earlier versions).
+    part_id = peewee.BigIntegerField(null=True)
+    part_bytes = peewee.IntegerField(null=True)
+
+
+class SegmentPart(BaseModel):
+    """SQLite: a piece of a segment's Parquet file (segments.py)."""
+    id = peewee.AutoField()
+    data = peewee.BlobField()
 
 
 class AlertRule(BaseModel):
@@ -703,7 +713,7 @@ class AlertDelivery(BaseModel):
 
 ALL_MODELS = (Entry, EntryBody, *ROLLUP_MODELS, IdSequence, RateBucket, Meta, Lease,
               ApiToken, User, Session, WsToken, IngestKey, BodyDictionary, StoredName,
-              DestroyedScope, PruneLog, Segment, AlertRule, AlertDelivery)
+              DestroyedScope, PruneLog, Segment, SegmentPart, AlertRule, AlertDelivery)
 
 
 def shared_secret(name):

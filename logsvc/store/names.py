@@ -132,6 +132,23 @@ def shower():
     return show
 
 
+def warm():
+    """Remember the stored names while they fit the memory (REMEMBERED):
+    one read, where a first question would look each name up alone (a
+    breakdown by container and service holds thousands). SQLite; the
+    background work calls it each round, and reads the names again only
+    when more are stored than it remembers."""
+    if db.is_postgres():
+        return
+    memory = _memory()
+    known = len(memory.code_of) - 2  # beside None and ""
+    (count,) = db.execute("SELECT count(*) FROM stored_name").fetchone()
+    if not count or known >= count or count > REMEMBERED:
+        return
+    memory.remember([(name, pack(code)) for name, code in
+                     db.execute("SELECT name, code FROM stored_name").fetchall()])
+
+
 def numbered(names):
     """{name: stored form} for the distinct `names` of a batch: a name this
     process knows no number for gets one (or the one another process gave

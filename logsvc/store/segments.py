@@ -164,12 +164,49 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
 
 
 def _insert(min_id, max_id, rows, blob, summary):
-    """Add a segment (`_build`'s or `_merged`'s file and summary)."""
+    """Add a segment (`_build`'s or `_merged`'s file and summary). SQLite
+    keeps its bytes in parts (`_store_parts`), PostgreSQL in `data`."""
+    data, part_id, part_bytes = blob, None, None
+    if not db.is_postgres() and blob:
+        data, part_bytes = b"", PART_BYTES
+        part_id = _store_parts(blob, part_bytes)
     db.execute(
         "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
-        "words, data, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "words, data, created_ms, part_id, part_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (min_id, max_id, summary["min_ts"], summary["max_ts"], rows, len(blob),
-         orjson.dumps(summary["projects"]).decode(), summary["words"], blob, now_ms()))
+         orjson.dumps(summary["projects"]).decode(), summary["words"], data, now_ms(),
+         part_id, part_bytes))
+
+
+# SQLite: a segment's bytes are kept in rows of `segment_part` of this size.
+# SQLite reads a blob at an offset by walking its overflow pages from the
+# start (a first read at the end of a 78 MB segment took 18-30 ms, each time
+# a question opened it); a part's walk is at most 64 pages.
+PART_BYTES = 256 << 10
+
+
+def _store_parts(blob, part_bytes):
+    """SQLite: write `blob` as consecutive `segment_part` rows of
+    `part_bytes`; returns the first one's id."""
+    first = None
+    for at in range(0, len(blob), part_bytes):
+        cursor = db.execute("INSERT INTO segment_part (data) VALUES (?)",
+                            (blob[at:at + part_bytes],))
+        if first is None:
+            first = cursor.lastrowid
+        elif cursor.lastrowid != first + at // part_bytes:  # one writer: cannot happen
+            raise RuntimeError("segment parts not consecutive")
+    return first
+
+
+def create_parts_trigger():
+    """SQLite: a segment's parts go with it (merges, retention, clearing),
+    in the statement that removes it."""
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS segment_parts_go AFTER DELETE ON segment "
+        "WHEN old.part_id IS NOT NULL BEGIN DELETE FROM segment_part "
+        "WHERE id >= old.part_id "
+        "AND id < old.part_id + (old.bytes + old.part_bytes - 1) / old.part_bytes; END")
 
 
 def _rows_to_seal(through, upto):
@@ -605,7 +642,8 @@ def stage(filters, bucket=None):
         return state[1][window]
     any_rows = False
     for meta in _segments(filters, None, through):
-        table = _matching(meta, filters, None, through, columns=frozenset(_STAGED_COLUMNS))
+        table = _matching(meta, filters, None, through, columns=frozenset(_STAGED_COLUMNS),
+                          bucket=bucket)
         if bucket is not None and table.num_rows:
             import pyarrow.compute as pc
 
@@ -819,12 +857,16 @@ def warm():
     """Read what questions read first of each segment, that this process
     has not read yet: the background sealer of every worker calls it each
     round, so that the first question after a start, a seal or a merge
-    finds them. Every segment's footer, row-group bounds and projects; and
+    finds them. The stored names (names.warm); every segment's footer,
+    row-group bounds and projects; and
     its Bloom filters, which only searches read, while all of them fit in
     their budget (past that, warming would cycle through them every
     round)."""
     found = db.execute("SELECT id, min_id, max_id, length(words) FROM segment "
                        "ORDER BY min_id").fetchall()
+    names.warm()
+    if found:
+        _arrow_ready()
     filters = sum(row[3] or 0 for row in found) <= _skips.budget
     for segment_id, low, high, _ in found:
         meta = {"id": segment_id, "min_id": low, "max_id": high}
@@ -832,6 +874,17 @@ def warm():
         _projects(meta)
         if filters:
             _blooms(meta)
+
+
+@functools.cache
+def _arrow_ready():
+    """Arrow's first array made from a NumPy array looks for pandas, and
+    imports it where it is installed (a third of a second): done here,
+    by the background warming, rather than by a first question."""
+    import numpy as np
+    import pyarrow as pa
+
+    pa.array(np.zeros(1, dtype=np.int64))
 
 
 def _projects(meta):
@@ -900,17 +953,18 @@ def _may_hold(bloom, groups):
     return any(all(word in bloom for word in group) for group in groups)
 
 
-def _matching(meta, filters, after_id, upto_id, memo=None, columns=None):
+def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=None):
     """The rows of one segment that pass the filters Arrow can apply (all
     but `q`, which `_batches` checks); kept in `memo` when one is given.
     With `columns`, the rows hold those, the ones the filters read, the
-    document's when there is a `q`, and "_pos" (`_read_groups`)."""
-    key = (_key(meta), filters, after_id, upto_id, columns)
+    document's when there is a `q`, and "_pos" (`_read_groups`). With
+    `bucket`, only the rows of that latency bucket."""
+    key = (_key(meta), filters, after_id, upto_id, columns, bucket)
     if memo is not None and key in memo:
         return memo[key]
     if columns is not None:
         columns = {*columns, *_filtered_columns(filters, after_id, upto_id)}
-    table = _read_groups(meta, filters, columns)
+    table = _read_groups(meta, filters, columns, bucket)
     # Bounds that every row of the segment meets filter nothing (and
     # filtering copies every column, bodies too).
     if after_id is not None and after_id < meta["min_id"]:
@@ -1313,6 +1367,7 @@ _groups = _Budgeted(224 << 20)  # (store, segment, row group, column) -> column
 # its filters from memory.
 _skips = _Budgeted(128 << 20)
 _segment_projects = collections.OrderedDict()
+_segment_parts = collections.OrderedDict()
 
 
 # The segment `meta` names, unless it is gone (merged or dropped, its id
@@ -1364,7 +1419,37 @@ def _open(meta):
     gone: merged or dropped since the question chose it)."""
     if db.is_postgres():
         return _RangeFile(meta)
-    return _BlobFile(_blobopen(meta))
+    parts = _parts(meta)
+    if parts[0] is None:  # an earlier version's: in `data`
+        return _BlobFile(_blobopen(meta))
+    return _PartFile(meta, *parts)
+
+
+def stored_bytes(segment_id):
+    """A segment's Parquet file, whole, wherever it is kept."""
+    found = db.execute("SELECT id, min_id, max_id, part_id, part_bytes, bytes FROM segment "
+                       "WHERE id = ?", (segment_id,)).fetchone()
+    if found is None:
+        raise db.Stale(f"segment {segment_id} is gone")
+    meta = dict(zip(("id", "min_id", "max_id"), found))
+    if db.is_postgres() or found[3] is None:
+        file = _open(meta)
+    else:
+        file = _PartFile(meta, *found[3:])
+    with file:
+        return file.read()
+
+
+def _parts(meta):
+    """SQLite: (first part id, part size, total bytes) of a segment; the
+    first is None when its bytes are in `data`. Kept per process."""
+    def load():
+        found = db.execute(f"SELECT part_id, part_bytes, bytes FROM segment WHERE {_THIS}",
+                           _this(meta)).fetchone()
+        if found is None:
+            raise db.Stale(f"segment {meta['id']} is gone")
+        return tuple(found)
+    return _cached(_segment_parts, _key(meta), _CACHE_FOOTERS, load)
 
 
 def _blobopen(meta):
@@ -1481,6 +1566,74 @@ class _BlobFile(io.RawIOBase):
         super().close()
 
 
+class _PartFile(io.RawIOBase):
+    """SQLite: a segment kept in parts as the file pyarrow reads, each part
+    read through a blob handle of its own. One handle stays open from the
+    first read on: the connection's snapshot, in which the segment was
+    found, is the one every part is read in."""
+
+    def __init__(self, meta, part_id, part_bytes, size):
+        super().__init__()
+        self.meta, self.part_id, self.part_bytes, self.size = meta, part_id, part_bytes, size
+        self.at, self.part, self.blob = 0, None, None
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def _use(self, part):
+        import sqlite3
+
+        try:
+            blob = database.connection().blobopen("segment_part", "data", self.part_id + part,
+                                                  readonly=True)
+        except sqlite3.OperationalError as exc:
+            raise db.Stale(f"segment {self.meta['id']} is gone") from exc
+        if self.blob is None:
+            # Now that a handle holds the snapshot: the segment is still
+            # the one whose parts these are.
+            found = db.execute(f"SELECT part_id FROM segment WHERE {_THIS}",
+                               _this(self.meta)).fetchone()
+            if found is None or found[0] != self.part_id:
+                blob.close()
+                raise db.Stale(f"segment {self.meta['id']} is gone")
+        else:
+            self.blob.close()
+        self.blob, self.part = blob, part
+
+    def readinto(self, buffer):
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self.at < self.size:
+            part, offset = divmod(self.at, self.part_bytes)
+            if part != self.part:
+                self._use(part)
+            self.blob.seek(offset)
+            data = self.blob.read(min(len(view) - done, self.part_bytes - offset))
+            if not data:
+                break
+            view[done:done + len(data)] = data
+            done += len(data)
+            self.at += len(data)
+        return done
+
+    def seek(self, offset, whence=0):
+        base = (0, self.at, self.size)[whence]
+        self.at = max(0, base + offset)
+        return self.at
+
+    def tell(self):
+        return self.at
+
+    def close(self):
+        if not self.closed and self.blob is not None:
+            self.blob.close()
+            self.blob = None
+        super().close()
+
+
 def _admitted(meta, filters):
     """(the first row of each row group, the row groups whose statistics
     admit the filters' project, container and time range) of a segment."""
@@ -1488,13 +1641,15 @@ def _admitted(meta, filters):
     return starts, {g for g, group in enumerate(bounds) if _admits(group, filters)}
 
 
-def _read_groups(meta, filters=None, columns=None):
+def _read_groups(meta, filters=None, columns=None, bucket=None):
     """The segment's rows (an Arrow table) that may hold a match: the row
     groups whose statistics admit the filters' project, container and time
     range, and of them the blocks of rows whose Bloom filters hold the
     words asked for (meta["blocks"]: rows per block, the blocks kept).
     With `columns` (a set), only those columns, and "_pos", each row's
-    place in the segment (what `_rows_at` reads the rest of a row by)."""
+    place in the segment (what `_rows_at` reads the rest of a row by).
+    With `bucket`, only the row groups that hold durations of that latency
+    bucket."""
     import numpy as np
     import pyarrow as pa
 
@@ -1511,7 +1666,7 @@ def _read_groups(meta, filters=None, columns=None):
             end = min(low + size, starts[g] + sizes[g])
             parts.append((g, low - starts[g], end - starts[g], block))
     if filters is not None:
-        admitted = {g: _admits(bounds[g], filters) for g in {part[0] for part in parts}}
+        admitted = {g: _admits(bounds[g], filters, bucket) for g in {part[0] for part in parts}}
         parts = [part for part in parts if admitted[part[0]]]
     schema = _schema()
     names = schema.names if columns is None else [c for c in schema.names if c in columns]
@@ -1605,21 +1760,24 @@ class _GroupReader:
 
 
 def _group_bounds(group):
-    """{column: (least, greatest)} of a row group's project, container and
-    time (its statistics), where the file holds them."""
+    """{column: (least, greatest)} of a row group's project, container,
+    time and latency bucket (its statistics), where the file holds them."""
     bounds = {}
     for at in range(group.num_columns):
         column = group.column(at)
-        if column.path_in_schema in ("project_id", "container_id", "ts_ms"):
+        if column.path_in_schema in ("project_id", "container_id", "ts_ms", "lat_bucket"):
             stats = column.statistics
             if stats is not None and stats.has_min_max:
                 bounds[column.path_in_schema] = (stats.min, stats.max)
     return bounds
 
 
-def _admits(bounds, filters):
+def _admits(bounds, filters, bucket=None):
     """Whether a row group's bounds (_group_bounds) admit the filters'
-    project, container and time range."""
+    project, container and time range, and latency bucket `bucket`."""
+    low, high = bounds.get("lat_bucket", (None, None))
+    if bucket is not None and low is not None and not low <= bucket <= high:
+        return False
     for name, value in (("project_id", filters.project_id),
                         ("container_id", filters.container_id)):
         if value is not None and name in bounds and not bounds[name][0] <= value <= bounds[name][1]:
