@@ -1070,10 +1070,18 @@ def _with_bodies_read(table, blocks, q, held, load, rarity):
             body = bodied if prefix else bodied & per_block(lambda words, w=word: w in words)
             ok[among] = in_head(word, among) | body[among]
         may |= ok
-    if _single_words(parsed):
-        bodied &= per_block(bool)
+    # The rows whose block's bodies hold no word searched: bodies that
+    # cannot decide, unless their having words or none does (a phrase
+    # that runs from the url into `data` only where no body lies between).
+    quiet = bodied & ~per_block(bool) if not _any_prefix(parsed) else None
     if not may.all():
         table, bodied = table.filter(pa.array(may)), bodied[may]
+        quiet = None if quiet is None else quiet[may]
+    if quiet is not None and quiet.any():
+        if _single_words(parsed):
+            bodied &= ~quiet
+        else:
+            bodied[_undecided_by_bodies(table, np.flatnonzero(quiet), parsed)] = False
     if not bodied.any():
         return table
     kept, back = table.filter(pa.array(~bodied)), table.filter(pa.array(bodied))
@@ -1081,6 +1089,30 @@ def _with_bodies_read(table, blocks, q, held, load, rarity):
     for name in _BODIES:
         back = back.set_column(back.column_names.index(name), name, bodies[name])
     return pa.concat_tables((kept, back))
+
+
+def _undecided_by_bodies(table, rows, parsed):
+    """Of `rows` (indexes of `table`, rows whose bodies hold none of the
+    words searched), those whose match does not depend on their bodies:
+    the same whether the bodies hold words (none of the phrases', so that
+    a phrase cannot run through them) or none at all."""
+    import numpy as np
+
+    words = {word for group in parsed for p in (*group.positive, *group.negative)
+             for word in p.words}
+    between = "logsvcbody"
+    while between in words:
+        between += "0"
+    taken = table.select(["url", "data"]).take(rows)
+    document, matches = fulltext.document, fulltext.matches
+    same = [matches(parsed, document(url, None, None, data))
+            == matches(parsed, document(url, between, None, data))
+            for url, data in zip(taken["url"].to_pylist(), taken["data"].to_pylist())]
+    return rows[np.asarray(same, dtype=bool)]
+
+
+def _any_prefix(parsed):
+    return any(p.prefix for group in parsed for p in (*group.positive, *group.negative))
 
 
 # Rows that `fulltext.matches` checks in less time than Arrow's search
