@@ -139,6 +139,7 @@ def seal_forever(config, store=None, holder=None):
             db.call(segments.warm)
             due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
                    or db.call(segments.merge_due, config.merge_rows, config.merge_bytes)
+                   or db.call(segments.split_due)
                    or db.call(horizon.due, config.minute_counters_hours,
                               horizon.grace_ms(config)))
             if due and db.call(take_lease, segments.LEASE_NAME, holder, 120):
@@ -167,6 +168,8 @@ def seal_due(config):
         db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
         runtime.pause()
     while db.call(segments.merge_once, config.merge_rows, config.merge_bytes):
+        runtime.pause()
+    while db.call(segments.split_once):
         runtime.pause()
     horizon.trim(config.minute_counters_hours, horizon.grace_ms(config))
     return total

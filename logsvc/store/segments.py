@@ -375,6 +375,32 @@ def _remove_hot(through, upto, columns):
 MERGE_SEGMENTS = 16
 
 
+@db.only("sqlite", default=False)
+def split_due():
+    """Whether a segment keeps its bytes in its row, as before schema 19
+    (SQLite; a read)."""
+    return db.execute("SELECT 1 FROM segment WHERE part_id IS NULL AND bytes > 0 "
+                      "LIMIT 1").fetchone() is not None
+
+
+@db.only("sqlite", default=0)
+def split_once():
+    """Move one such segment's bytes into parts (`_store_parts`), in one
+    transaction: what an upgraded store's background work does, a segment
+    a round, so that its first questions do not walk the segment's pages.
+    Returns its bytes (0: none left)."""
+    with database.atomic():
+        found = db.execute("SELECT id, data FROM segment WHERE part_id IS NULL AND bytes > 0 "
+                           "ORDER BY min_id LIMIT 1").fetchone()
+        if found is None:
+            return 0
+        blob = bytes(found[1])
+        db.execute("UPDATE segment SET data = ?, part_id = ?, part_bytes = ? WHERE id = ?",
+                   (b"", _store_parts(blob, PART_BYTES), PART_BYTES, found[0]))
+    db.give_back_free_pages()
+    return len(blob)
+
+
 def merge_due(merge_rows, max_bytes=0):
     """Whether `merge_once` would merge (a read)."""
     return _merge_run(merge_rows, max_bytes) is not None
@@ -1378,6 +1404,11 @@ class _Budgeted:
             self.values.move_to_end(key)
             return found[0]
 
+    def clear(self):
+        with _cache_lock:
+            self.values.clear()
+            self.held = 0
+
     def put(self, key, value, size):
         """Keep `value` (unless another thread kept one first); returns the
         value kept."""
@@ -1453,7 +1484,14 @@ def _open(meta):
         return _RangeFile(meta)
     parts = _parts(meta)
     if parts[0] is None:  # an earlier version's: in `data`
-        return _BlobFile(_blobopen(meta))
+        blob = _blobopen(meta)
+        if len(blob) == parts[2]:
+            return _BlobFile(blob)
+        # Moved into parts since this process looked (split_once).
+        blob.close()
+        with _cache_lock:
+            _segment_parts.pop(_key(meta), None)
+        parts = _parts(meta)
     return _PartFile(meta, *parts)
 
 
