@@ -316,6 +316,12 @@ class _Counts:
             self.window = self._between(f.since, f.until)
 
     def _between(self, since, until):
+        # An estimate: the whole minutes around the range, which the
+        # counters hold (its partial minutes would be counted from the
+        # entries, sealed ones too).
+        minute = rollup.MINUTE_MS
+        since = None if since is None else since // minute * minute
+        until = None if until is None else -(-until // minute) * minute
         source = rollup.counted(None, None, since, until, keys=False, columns=("n",))
         if source is None:
             return 0
