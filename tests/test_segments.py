@@ -148,6 +148,26 @@ def test_segments_kept_in_small_parts_answer_as_while_hot_and_leave_no_part_behi
         assert db.call(parts) == (0, 0)
 
 
+def test_the_longest_of_a_level_is_found_in_the_row_group_that_holds_its_bucket(sealed_app):
+    # Stats by level take their longest duration from the highest latency
+    # bucket they count, reading only the row groups whose statistics hold
+    # that bucket: here one row group (8 entries) holds nothing but it.
+    def entry(i):
+        slow = 16 <= i < 24
+        return make_entry(i, projectId="proj_x", containerId="cnt_x", tsMs=1_800_000_000_000 + i,
+                          level="error" if slow or i % 3 == 0 else "info",
+                          durationMs=5000.0 + (i - 16) * 0.001 if slow else 10.0 + i)
+
+    store = Store(sealed_app.test_client())
+    store.ingest([entry(i) for i in range(200)])
+    before = [store.page(STATS, level="error")["latency"]["max"],
+              store.page(STATS, level="error", projectId="proj_x")["latency"]["max"]]
+    assert before == [5000.007, 5000.007]
+    assert seal(sealed_app, hot_rows=100, segment_rows=64) == 64
+    assert [store.page(STATS, level="error")["latency"]["max"],
+            store.page(STATS, level="error", projectId="proj_x")["latency"]["max"]] == before
+
+
 def merge(app, merge_rows):
     with db.using(app.extensions["logsvc"].store):
         total = 0
