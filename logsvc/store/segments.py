@@ -1919,10 +1919,18 @@ class Bloom:
         bits = stored[4:]
         return cls(bits, int.from_bytes(stored[:4], "big"), len(bits) * 8)
 
-    def _positions(self, word):
-        first, second = _hashed(word)
-        return [(first + i * second) % self.size for i in range(self.hashes)]
-
     def __contains__(self, word):
+        # A question asks every block of every segment for its few words:
+        # the positions are kept per word and filter size, and the first
+        # bit not set answers.
         bits = self.bits
-        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(word))
+        return all(bits[byte] & mask for byte, mask in _positions(word, self.size, self.hashes))
+
+
+@functools.lru_cache(maxsize=65536)
+def _positions(word, size, hashes):
+    """(byte, bit mask) of each of a word's bit positions in a filter of
+    `size` bits."""
+    first, second = _hashed(word)
+    return tuple(((first + i * second) % size >> 3, 1 << ((first + i * second) % size & 7))
+                 for i in range(hashes))
