@@ -168,6 +168,26 @@ def test_the_longest_of_a_level_is_found_in_the_row_group_that_holds_its_bucket(
             store.page(STATS, level="error", projectId="proj_x")["latency"]["max"]] == before
 
 
+@pytest.mark.postgres_only("PostgreSQL keeps the space of deleted segments in the table")
+def test_the_space_a_merge_freed_is_given_back_and_the_answers_stay(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(900))
+    before = answers(store)
+    assert seal(sealed_app, hot_rows=100, segment_rows=64) == 768
+    assert merge(sealed_app, 768) == 704  # eleven segments of 64 into one
+
+    def size():
+        return db.execute("SELECT pg_total_relation_size('segment')").fetchone()[0]
+
+    with db.using(sealed_app.extensions["logsvc"].store):
+        merged = db.call(size)
+        given = db.call(segments.reclaim, 0)
+        assert given > 0 and db.call(size) == merged - given
+        assert db.call(segments.reclaim, 0) == 0  # nothing left to give
+    segments._groups.clear()  # the rewritten table is read again
+    assert answers(store) == before
+
+
 def merge(app, merge_rows):
     with db.using(app.extensions["logsvc"].store):
         total = 0

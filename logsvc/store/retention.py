@@ -171,6 +171,7 @@ def seal_due(config):
         runtime.pause()
     while db.call(segments.split_once):
         runtime.pause()
+    db.call(segments.reclaim)
     horizon.trim(config.minute_counters_hours, horizon.grace_ms(config))
     return total
 

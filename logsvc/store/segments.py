@@ -401,6 +401,43 @@ def split_once():
     return len(blob)
 
 
+# PostgreSQL: a merge writes its segment beside the ones it replaces, and
+# the table keeps their space for later rows (a million entries: 100 MB
+# free beside 80 MB of segments). Past a quarter of the table and RECLAIM_MIN
+# bytes free, the table is rewritten (VACUUM FULL), while its segments
+# take at most RECLAIM_MAX_LIVE: the rewrite locks out sealed reads and
+# seals for as long as it copies (about a second for 100 MB), and waits
+# for its lock at most RECLAIM_WAIT. Past that size the free space is
+# left to be filled by the next seals.
+RECLAIM_MIN = 32 << 20
+RECLAIM_MAX_LIVE = 256 << 20
+RECLAIM_WAIT = "2s"
+
+
+@db.only("postgresql", default=0)
+def reclaim(min_free=RECLAIM_MIN, max_live=RECLAIM_MAX_LIVE):
+    """Give the segment table's free space back to the file system (see
+    RECLAIM_MIN); outside a transaction. Returns the bytes given back."""
+    import peewee
+
+    (total, live) = db.execute(
+        "SELECT pg_total_relation_size('segment'), "
+        "coalesce(sum(bytes + coalesce(length(words), 0)), 0) FROM segment").fetchone()
+    if total - live < max(min_free, total // 4) or live > max_live:
+        return 0
+    db.execute(f"SET lock_timeout = '{RECLAIM_WAIT}'")
+    try:
+        db.execute("VACUUM FULL segment")
+    except peewee.OperationalError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        return 0  # questions are reading segments: another round
+    finally:
+        db.execute("RESET lock_timeout")
+    (after,) = db.execute("SELECT pg_total_relation_size('segment')").fetchone()
+    return max(0, total - after)
+
+
 def merge_due(merge_rows, max_bytes=0):
     """Whether `merge_once` would merge (a read)."""
     return _merge_run(merge_rows, max_bytes) is not None
