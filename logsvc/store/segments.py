@@ -379,8 +379,10 @@ MERGE_SEGMENTS = 16
 def split_due():
     """Whether a segment keeps its bytes in its row, as before schema 19
     (SQLite; a read)."""
-    return db.execute("SELECT 1 FROM segment WHERE part_id IS NULL AND bytes > 0 "
-                      "LIMIT 1").fetchone() is not None
+    # By the length of `data` (the record's header gives it), not by
+    # part_id: a column after the Bloom filters is reached by walking
+    # their pages.
+    return db.execute("SELECT 1 FROM segment WHERE length(data) > 0 LIMIT 1").fetchone() is not None
 
 
 @db.only("sqlite", default=0)
@@ -390,7 +392,7 @@ def split_once():
     a round, so that its first questions do not walk the segment's pages.
     Returns its bytes (0: none left)."""
     with database.atomic():
-        found = db.execute("SELECT id, data FROM segment WHERE part_id IS NULL AND bytes > 0 "
+        found = db.execute("SELECT id, data FROM segment WHERE length(data) > 0 "
                            "ORDER BY min_id LIMIT 1").fetchone()
         if found is None:
             return 0
