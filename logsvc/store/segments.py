@@ -1702,10 +1702,11 @@ class _PartFile(io.RawIOBase):
             raise db.Stale(f"segment {self.meta['id']} is gone") from exc
         if self.blob is None:
             # Now that a handle holds the snapshot: the segment is still
-            # the one whose parts these are.
-            found = db.execute(f"SELECT part_id FROM segment WHERE {_THIS}",
-                               _this(self.meta)).fetchone()
-            if found is None or found[0] != self.part_id:
+            # there (its id range is its own, and its parts never change
+            # once it has them; the columns before its Bloom filters are
+            # read, not those behind their pages).
+            found = db.execute(f"SELECT 1 FROM segment WHERE {_THIS}", _this(self.meta)).fetchone()
+            if found is None:
                 blob.close()
                 raise db.Stale(f"segment {self.meta['id']} is gone")
         else:
