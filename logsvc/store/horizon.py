@@ -45,8 +45,10 @@ GRACE_MS = 60_000
 
 def floor():
     """The first minute the per-scope minute counters count (0: all)."""
-    row = db.execute("SELECT value FROM meta WHERE key = 'minute_floor'").fetchone()
-    return int(row[0].split()[0]) if row else 0
+    def read():
+        row = db.execute("SELECT value FROM meta WHERE key = 'minute_floor'").fetchone()
+        return int(row[0].split()[0]) if row else 0
+    return db.memoized("minute_floor", read)
 
 
 def floor_ms():

@@ -107,8 +107,10 @@ _DICTIONARY = ["kind", "level", "project_id", "container_id", "service_name", "m
 
 def sealed_through():
     """The highest id in a segment (0: none sealed yet)."""
-    row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
-    return int(row[0]) if row else 0
+    def read():
+        row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
+        return int(row[0]) if row else 0
+    return db.memoized("sealed_through", read)
 
 
 def _set_sealed_through(value):
@@ -691,7 +693,8 @@ def stage(filters, bucket=None):
     through = sealed_through()
     if not through:
         return False
-    version = db.execute("SELECT count(*), min(id), max(id) FROM segment").fetchone()
+    version = db.memoized("segment_version", lambda: tuple(db.execute(
+        "SELECT count(*), min(id), max(id) FROM segment").fetchone()))
     if not version[0]:
         return False
     key = id(database.connection())
@@ -726,7 +729,7 @@ def stage(filters, bucket=None):
 
 
 def _staging_table_exists():
-    return db.temp_table_exists("sealed_entry")
+    return db.memoized("sealed_entry", lambda: db.temp_table_exists("sealed_entry"), bool)
 
 
 def twin(sql):
