@@ -1000,9 +1000,13 @@ def _searched_words(filters):
     prefix a phrase may end with)."""
     if not filters.q:
         return None
-    return {word for group in fulltext.parse(filters.q)
-            for phrase in (*group.positive, *group.negative)
+    return {word for phrase in _phrases(fulltext.parse(filters.q))
             for word in _whole_words(phrase)}
+
+
+def _phrases(parsed):
+    """Every phrase of a parsed `q`, positive and negative."""
+    return [p for group in parsed for p in (*group.positive, *group.negative)]
 
 
 def _whole_words(phrase):
@@ -1013,8 +1017,7 @@ def _whole_words(phrase):
 def _single_words(parsed):
     """Whether every phrase of a parsed `q` is a single whole word: then an
     entry matches whatever text lies between its parts."""
-    return all(len(p.words) == 1 and not p.prefix
-               for group in parsed for p in (*group.positive, *group.negative))
+    return all(len(p.words) == 1 and not p.prefix for p in _phrases(parsed))
 
 
 def _may_hold(bloom, groups):
@@ -1067,10 +1070,10 @@ def _with_bodies(table, q, held, load, rarity=None):
     filter may hold the word. The words are looked for rarest first
     (`rarity`), each among the rows that held the ones before. Of the rows
     that may match, those with a body are read with it, unless their
-    block's bodies hold no word of `q` and each phrase is a single whole
-    word (then whatever the bodies say, the rest of the row decides; a
-    longer phrase may run from the url into `data` only where no word of a
-    body lies between)."""
+    block's bodies hold no word of `q` and the row matches alike whether
+    its bodies hold other words or none (always so when each phrase is a
+    single whole word; a longer phrase may run from the url into `data`
+    only where no word of a body lies between: `_undecided_by_bodies`)."""
     import numpy as np
     import pyarrow as pa
 
@@ -1166,8 +1169,7 @@ def _undecided_by_bodies(table, rows, parsed):
     a phrase cannot run through them) or none at all."""
     import numpy as np
 
-    words = {word for group in parsed for p in (*group.positive, *group.negative)
-             for word in p.words}
+    words = {word for p in _phrases(parsed) for word in p.words}
     between = "logsvcbody"
     while between in words:
         between += "0"
@@ -1180,7 +1182,7 @@ def _undecided_by_bodies(table, rows, parsed):
 
 
 def _any_prefix(parsed):
-    return any(p.prefix for group in parsed for p in (*group.positive, *group.negative))
+    return any(p.prefix for p in _phrases(parsed))
 
 
 # Rows that `fulltext.matches` checks in less time than Arrow's search
@@ -1524,17 +1526,7 @@ def _open(meta):
     gone: merged or dropped since the question chose it)."""
     if db.is_postgres():
         return _RangeFile(meta)
-    parts = _parts(meta)
-    if parts[0] is None:  # an earlier version's: in `data`
-        blob = _blobopen(meta)
-        if len(blob) == parts[2]:
-            return _BlobFile(blob)
-        # Moved into parts since this process looked (split_once).
-        blob.close()
-        with _cache_lock:
-            _segment_parts.pop(_key(meta), None)
-        parts = _parts(meta)
-    return _PartFile(meta, *parts)
+    return _sqlite_file(meta, *_parts(meta))
 
 
 def stored_bytes(segment_id):
@@ -1544,12 +1536,16 @@ def stored_bytes(segment_id):
     if found is None:
         raise db.Stale(f"segment {segment_id} is gone")
     meta = dict(zip(("id", "min_id", "max_id"), found))
-    if db.is_postgres() or found[3] is None:
-        file = _open(meta)
-    else:
-        file = _PartFile(meta, *found[3:])
-    with file:
+    with (_RangeFile(meta) if db.is_postgres() else _sqlite_file(meta, *found[3:])) as file:
         return file.read()
+
+
+def _sqlite_file(meta, part_id, part_bytes, size):
+    """SQLite: a segment's bytes as a file: its parts, or the `data` of its
+    row (an earlier version's segment), read as one part."""
+    if part_id is None:
+        return _PartFile(meta, "segment", meta["id"], max(1, size), size)
+    return _PartFile(meta, "segment_part", part_id, part_bytes, size)
 
 
 def _parts(meta):
@@ -1562,23 +1558,6 @@ def _parts(meta):
             raise db.Stale(f"segment {meta['id']} is gone")
         return tuple(found)
     return _cached(_segment_parts, _key(meta), _CACHE_FOOTERS, load)
-
-
-def _blobopen(meta):
-    """SQLite: the segment's Parquet bytes as a blob handle."""
-    import sqlite3
-
-    try:
-        blob = database.connection().blobopen("segment", "data", meta["id"], readonly=True)
-    except sqlite3.OperationalError as exc:
-        raise db.Stale(f"segment {meta['id']} is gone") from exc
-    # The open handle holds its snapshot: the row it reads is this one, not
-    # a later segment given the same id.
-    found = db.execute("SELECT min_id, max_id FROM segment WHERE id = ?", (meta["id"],)).fetchone()
-    if found is None or tuple(found) != (meta["min_id"], meta["max_id"]):
-        blob.close()
-        raise db.Stale(f"segment {meta['id']} is gone")
-    return blob
 
 
 def _metadata(meta):
@@ -1646,47 +1625,18 @@ class _RangeFile(io.RawIOBase):
         return self.at
 
 
-class _BlobFile(io.RawIOBase):
-    """A SQLite blob as the file pyarrow reads (on the thread that opened
-    it: pyarrow is asked to read with no threads of its own)."""
-
-    def __init__(self, blob):
-        super().__init__()
-        self.blob = blob
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def readinto(self, buffer):
-        data = self.blob.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def seek(self, offset, whence=0):
-        self.blob.seek(offset, whence)
-        return self.blob.tell()
-
-    def tell(self):
-        return self.blob.tell()
-
-    def close(self):
-        if not self.closed:
-            self.blob.close()
-        super().close()
-
-
 class _PartFile(io.RawIOBase):
-    """SQLite: a segment kept in parts as the file pyarrow reads, each part
-    read through a blob handle of its own. One handle stays open from the
-    first read on: the connection's snapshot, in which the segment was
-    found, is the one every part is read in."""
+    """SQLite: a segment's bytes as the file pyarrow reads, in parts of
+    `part_bytes`: the `data` of `table`'s rows from `first` on, each read
+    through a blob handle of its own (on the thread that opened it:
+    pyarrow is asked to read with no threads of its own). One handle stays
+    open from the first read on: the connection's snapshot, in which the
+    segment was found, is the one every part is read in."""
 
-    def __init__(self, meta, part_id, part_bytes, size):
+    def __init__(self, meta, table, first, part_bytes, size):
         super().__init__()
-        self.meta, self.part_id, self.part_bytes, self.size = meta, part_id, part_bytes, size
+        self.meta, self.table, self.first = meta, table, first
+        self.part_bytes, self.size = part_bytes, size
         self.at, self.part, self.blob = 0, None, None
 
     def readable(self):
@@ -1699,19 +1649,24 @@ class _PartFile(io.RawIOBase):
         import sqlite3
 
         try:
-            blob = database.connection().blobopen("segment_part", "data", self.part_id + part,
+            blob = database.connection().blobopen(self.table, "data", self.first + part,
                                                   readonly=True)
         except sqlite3.OperationalError as exc:
             raise db.Stale(f"segment {self.meta['id']} is gone") from exc
         if self.blob is None:
             # Now that a handle holds the snapshot: the segment is still
-            # there (its id range is its own, and its parts never change
-            # once it has them; the columns before its Bloom filters are
-            # read, not those behind their pages).
+            # there (its id range is its own; the columns before its Bloom
+            # filters are read, not those behind their pages), and its
+            # bytes are where this process remembered them (an earlier
+            # version's row may have been moved into parts since:
+            # split_once; the question is then asked again).
             found = db.execute(f"SELECT 1 FROM segment WHERE {_THIS}", _this(self.meta)).fetchone()
-            if found is None:
+            if found is None or len(blob) != min(self.part_bytes,
+                                                 self.size - part * self.part_bytes):
                 blob.close()
-                raise db.Stale(f"segment {self.meta['id']} is gone")
+                with _cache_lock:
+                    _segment_parts.pop(_key(self.meta), None)
+                raise db.Stale(f"segment {self.meta['id']} is gone or moved")
         else:
             self.blob.close()
         self.blob, self.part = blob, part
