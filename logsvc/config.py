@@ -51,6 +51,10 @@ class Config:
     merge_segments: int = 16
     # How often the background sealer looks for entries to seal.
     seal_interval_s: float = 30.0
+    # Seal and merge in a process of their own, one per host (sealer.py),
+    # at this much lower a priority (os.nice); off: in a serving worker.
+    seal_process: bool = True
+    seal_nice: int = 5
     # With hot_rows: hours of minute counters kept per scope and per route
     # (horizon.py); older minutes are counted from the entries. 0: all.
     minute_counters_hours: float = 6.0

@@ -608,6 +608,74 @@ def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
     server.stop()
 
 
+def _sealed_through(path):
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _seal_holder(path):
+    """The pid of the process that last held the seal lease."""
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT holder FROM lease WHERE name = 'seal'").fetchone()
+    return int(row[0].rsplit(":", 1)[1]) if row else None
+
+
+def _parent_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("PPid:"))
+    except FileNotFoundError:
+        return None
+
+
+def _wait_for(check, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    pytest.fail(what)
+
+
+@pytest.mark.sqlite_only("the test reads the lease from the store's file")
+def test_one_child_process_per_host_seals_and_ends_with_its_worker(tmp_path):
+    """Sealing runs in one process beside the workers, started by one of
+    them; when that worker is killed, its sealer ends too, and another
+    worker starts the next one."""
+    server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "50", "LOGSVC_SEGMENT_ROWS": "50",
+                                   "LOGSVC_SEAL_INTERVAL_S": "0.2"})
+    server.start()
+    path = tmp_path / "logs.db"
+    headers = {**server.headers, "Content-Type": "application/json"}
+    try:
+        response = requests.post(server.url + INGEST, data=orjson.dumps(corpus(300)),
+                                 headers=headers, timeout=30)
+        assert response.status_code == 200
+        _wait_for(lambda: _sealed_through(path) >= 200, "nothing was sealed")
+        workers = server.worker_pids()
+        sealer = _seal_holder(path)
+        assert sealer not in workers and _parent_of(sealer) in workers
+        children = [int(pid) for worker in workers for pid in subprocess.run(
+            ["pgrep", "-P", str(worker)], capture_output=True, text=True).stdout.split()]
+        assert children == [sealer]  # one for the host, not one per worker
+        os.kill(_parent_of(sealer), signal.SIGKILL)
+        _wait_for(lambda: _parent_of(sealer) is None, "the sealer outlived its worker",
+                  timeout=20)
+        response = requests.post(server.url + INGEST, data=orjson.dumps(corpus(300, 300)),
+                                 headers=headers, timeout=30)
+        assert response.status_code == 200
+        _wait_for(lambda: _sealed_through(path) >= 500, "nothing was sealed after the kill")
+        again = _seal_holder(path)
+        assert again != sealer and _parent_of(again) in server.worker_pids()
+        page = requests.get(server.url + LOGS, params={"limit": 1000}, headers=server.headers,
+                            timeout=30)
+        assert [e["id"] for e in page.json()["entries"]] == list(range(1, 601))
+    finally:
+        server.stop()
+
+
 T0 = 1_800_000_000_000  # on an hour
 HOUR = 3_600_000
 
