@@ -182,7 +182,9 @@ class Logsvc:
         self.data_dir = data_dir
         self.database_url = database_url
         self.hot_rows = hot_rows
-        env = {"LOGSVC_HOT_ROWS": str(hot_rows), "LOGSVC_SEAL_INTERVAL_S": "2"} if hot_rows else {}
+        env = {"LOGSVC_HOT_ROWS": str(hot_rows)}
+        if hot_rows:
+            env["LOGSVC_SEAL_INTERVAL_S"] = "2"
         self.server = Server(data_dir, workers=2, database_url=database_url, env=env)
         self.session = requests.Session()
         self.session.headers.update(HEADERS)
@@ -396,9 +398,10 @@ def main():
                              "(a gateway in front of them; at most 20)")
     parser.add_argument("--database-url", default="")
     parser.add_argument("--no-chdb", action="store_true")
-    parser.add_argument("--hot-rows", type=int, default=0,
+    parser.add_argument("--hot-rows", type=int, default=65_536,
                         help="LOGSVC_HOT_ROWS: seal all but the newest this many entries "
-                             "(segments.py), and wait for the sealer before measuring")
+                             "(segments.py), and wait for the sealer before measuring; "
+                             "0: every entry hot")
     parser.add_argument("--busy", action="store_true",
                         help=f"ask the questions again while {BUSY_RATE:,} entries/s arrive "
                              f"and a dashboard asks {DASHBOARD_HZ} times a second")

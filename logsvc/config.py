@@ -41,9 +41,9 @@ class Config:
     prune_interval_s: float = 60.0
     # Sealed segments (segments.py): the newest this many entries stay
     # whole, older ones are sealed into Parquet segments in the background.
-    # 0 (the default): nothing is sealed. See docs/operations.md for what
-    # sealing costs and saves today.
-    hot_rows: int = 0
+    # 0: nothing is sealed. See docs/operations.md ("Sealed segments") for
+    # what sealing costs and saves.
+    hot_rows: int = 65_536
     # Entries per sealed segment.
     segment_rows: int = 65_536
     # Runs of this many consecutive segments are merged into one in the
@@ -51,10 +51,6 @@ class Config:
     merge_segments: int = 16
     # How often the background sealer looks for entries to seal.
     seal_interval_s: float = 30.0
-    # Seal and merge in a process of their own, one per host (sealer.py),
-    # at this much lower a priority (os.nice); off: in a serving worker.
-    seal_process: bool = True
-    seal_nice: int = 5
     # With hot_rows: hours of minute counters kept per scope and per route
     # (horizon.py); older minutes are counted from the entries. 0: all.
     minute_counters_hours: float = 6.0

@@ -143,7 +143,7 @@ def start_background(app):
                                                 services.store, name="logsvc-retention")
             config = services.config
             if not config.read_only and config.hot_rows:
-                services.sealer = runtime.spawn(retention.supervise_sealing, config, services.store,
+                services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
                                                 name="logsvc-seal")
             if not config.read_only:
                 services.alerter = runtime.spawn(alerting.run_forever, config, services.store,

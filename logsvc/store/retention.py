@@ -22,7 +22,7 @@ import uuid
 from logsvc import runtime
 from logsvc.entry import now_ms
 
-from . import db, fulltext, horizon, lookup, partitions, query, rollup, sealer, segments
+from . import db, fulltext, horizon, lookup, partitions, query, rollup, segments
 from .db import database
 from .models import PruneLog
 
@@ -128,69 +128,33 @@ def run_forever(config, holder=None, store=None):
         runtime.sleep(config.prune_interval_s)
 
 
-def seal_forever(config, store=None, holder=None, alive=None):
-    """Seal (segments.py) while this process holds the seal lease, every
-    `seal_interval_s`, while `alive()` (by default, for ever)."""
+def seal_forever(config, store=None, holder=None):
+    """Seal (segments.py) in the background while this process holds the
+    seal lease."""
     if store is not None:
         db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
-    while alive is None or alive():
-        _seal_round(config, holder)
-        _sleep_while(alive, config.seal_interval_s)
-
-
-def supervise_sealing(config, store=None):
-    """A serving worker's part of sealing: each round, read what questions
-    read first of every segment (segments.warm), and keep the host's
-    sealing process running (sealer.py) when this worker holds the host's
-    lock; or seal here, without LOGSVC_SEAL_PROCESS or where no process
-    can be started."""
-    if store is not None:
-        db.use(store)
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    child = sealer.Child(config) if config.seal_process else None
     while True:
         try:
             db.call(segments.warm)
+            due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
+                   or db.call(segments.merge_due, config.merge_rows, config.merge_bytes)
+                   or db.call(segments.split_due)
+                   or db.call(horizon.due, config.minute_counters_hours,
+                              horizon.grace_ms(config)))
+            if due and db.call(take_lease, segments.LEASE_NAME, holder, 120):
+                try:
+                    seal_due(config)
+                finally:
+                    db.call(release_lease, segments.LEASE_NAME, holder)
         except Exception as exc:
-            if not db.is_transient_error(exc) and not db.unwritable_reason(exc):
-                log.exception("warming the segments failed")
-        if child is None or child.failed:
-            _seal_round(config, holder)
-        elif child.held():
-            child.keep_running()
+            reason = db.unwritable_reason(exc)
+            if reason:
+                db.note_write(exc)
+                log.warning("sealing skipped: %s", reason)
+            elif not db.is_transient_error(exc):
+                log.exception("sealing failed")
         runtime.sleep(config.seal_interval_s)
-
-
-def _seal_round(config, holder):
-    try:
-        due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
-               or db.call(segments.merge_due, config.merge_rows, config.merge_bytes)
-               or db.call(segments.split_due)
-               or db.call(horizon.due, config.minute_counters_hours,
-                          horizon.grace_ms(config)))
-        if due and db.call(take_lease, segments.LEASE_NAME, holder, 120):
-            try:
-                seal_due(config)
-            finally:
-                db.call(release_lease, segments.LEASE_NAME, holder)
-    except Exception as exc:
-        reason = db.unwritable_reason(exc)
-        if reason:
-            db.note_write(exc)
-            log.warning("sealing skipped: %s", reason)
-        elif not db.is_transient_error(exc):
-            log.exception("sealing failed")
-
-
-def _sleep_while(alive, seconds):
-    """Sleep `seconds`, or until `alive()` turns False (looked at every
-    second)."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if alive is not None and not alive():
-            return
-        runtime.sleep(min(1.0, left))
 
 
 def seal_due(config):
