@@ -324,15 +324,6 @@ def used_bytes():
     return (pages - free) * size
 
 
-@only("sqlite")
-def give_back_free_pages():
-    """SQLite: return the file's free pages to the file system (a store
-    made with auto_vacuum=INCREMENTAL, see enable_wal; else a no-op), after
-    a seal or a prune freed many. Outside a transaction: executescript
-    steps the pragma to its end (one step frees one page)."""
-    database.connection().executescript("PRAGMA incremental_vacuum;")
-
-
 def counts_connection(local, path, table_sql):
     """This thread's connection (kept on `local`) to a small SQLite file of
     counts that every worker of the host shares (`<data dir>/limits.db`:

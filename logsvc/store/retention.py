@@ -22,7 +22,7 @@ import uuid
 from logsvc import runtime
 from logsvc.entry import now_ms
 
-from . import db, fulltext, horizon, lookup, partitions, query, rollup, segments
+from . import db, fulltext, horizon, lookup, partitions, query, rollup, segments, wal
 from .db import database
 from .models import PruneLog
 
@@ -99,7 +99,7 @@ def _prune(config, now, batch, holder, lease_s):
     if removed:
         # SQLite: the file shrinks by what was removed (else it stays at its
         # largest, and LOGSVC_MAX_DISK_BYTES would bound only what is used).
-        db.call(db.give_back_free_pages)
+        db.call(wal.give_back_free_pages)
     return removed
 
 

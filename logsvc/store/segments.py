@@ -57,7 +57,7 @@ import orjson
 
 from logsvc.entry import COLUMNS, now_ms, row_to_dict
 
-from . import db, fulltext, lookup, names, sketch
+from . import db, fulltext, lookup, names, sketch, wal
 from .bodies import unpack_body, unpack_data
 from .db import database
 
@@ -141,6 +141,8 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
     # Row groups of ROW_GROUP entries, at least eight to a segment.
     blob, summary = (_build(columns, max(1, min(ROW_GROUP, segment_rows // 8))) if count
                      else (b"", None))
+    part_id = _write_parts(blob)
+    wal.make_room()
     with database.atomic():
         if sealed_through() != through:
             return 0  # another sealer moved on meanwhile
@@ -151,27 +153,28 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
         if stored != count:
             return 0  # read again next time
         if count:
-            _insert(through + 1, upto, count, blob, summary)
+            _insert(through + 1, upto, count, blob, summary, part_id)
             _remove_hot(through, upto, columns)
         _set_sealed_through(upto)
     if count:
         # SQLite: the removed documents' delete markers out of the indexes,
         # then the pages the removed rows and documents left, back to the
         # file system.
-        with database.atomic():
-            fulltext.optimize_sqlite()
-            lookup.optimize()
-        db.give_back_free_pages()
+        for optimize in (fulltext.optimize_sqlite, lookup.optimize):
+            wal.make_room()
+            with database.atomic():
+                optimize()
+        wal.give_back_free_pages()
     return max(count, 1)
 
 
-def _insert(min_id, max_id, rows, blob, summary):
+def _insert(min_id, max_id, rows, blob, summary, part_id=None):
     """Add a segment (`_build`'s or `_merged`'s file and summary). SQLite
-    keeps its bytes in parts (`_store_parts`), PostgreSQL in `data`."""
-    data, part_id, part_bytes = blob, None, None
-    if not db.is_postgres() and blob:
+    keeps its bytes in parts (`_write_parts`' from `part_id` on),
+    PostgreSQL in `data`."""
+    data, part_bytes = blob, None
+    if part_id is not None:
         data, part_bytes = b"", PART_BYTES
-        part_id = _store_parts(blob, part_bytes)
     db.execute(
         "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
         "words, data, created_ms, part_id, part_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -187,18 +190,53 @@ def _insert(min_id, max_id, rows, blob, summary):
 PART_BYTES = 256 << 10
 
 
-def _store_parts(blob, part_bytes):
+# Parts written per transaction by `_write_parts` (4 MB).
+PARTS_PER_WRITE = 16
+
+
+def _store_parts(blob, part_bytes, first=None):
     """SQLite: write `blob` as consecutive `segment_part` rows of
-    `part_bytes`; returns the first one's id."""
-    first = None
+    `part_bytes` (numbered from `first` on when given); returns the first
+    one's id."""
     for at in range(0, len(blob), part_bytes):
         cursor = db.execute("INSERT INTO segment_part (data) VALUES (?)",
                             (blob[at:at + part_bytes],))
         if first is None:
-            first = cursor.lastrowid
+            first = cursor.lastrowid - at // part_bytes
         elif cursor.lastrowid != first + at // part_bytes:  # one writer: cannot happen
             raise RuntimeError("segment parts not consecutive")
     return first
+
+
+@db.only("sqlite")
+def _write_parts(blob):
+    """SQLite: write a new segment's bytes as parts before the transaction
+    that adds it, PARTS_PER_WRITE parts per transaction (each after
+    `wal.make_room`), so that no transaction of the background is large.
+    Returns the first part's id (None: no bytes).
+
+    Until a segment names them, the parts are read by nobody; a seal that
+    finds its entries moved on, or a kill, leaves them behind, above every
+    part a segment names, where the next writer of parts (the sealer, under
+    its lease) removes them first (`_drop_unnamed_parts`)."""
+    if not blob:
+        return None
+    _drop_unnamed_parts()
+    first, step = None, PART_BYTES * PARTS_PER_WRITE
+    for at in range(0, len(blob), step):
+        wal.make_room()
+        with database.atomic():
+            start = _store_parts(blob[at:at + step], PART_BYTES,
+                                 None if first is None else first + at // PART_BYTES)
+        first = start if first is None else first
+    return first
+
+
+def _drop_unnamed_parts():
+    """SQLite: remove the parts above the last one a segment names (what a
+    seal or merge left that did not add its segment)."""
+    db.execute("DELETE FROM segment_part WHERE id > coalesce((SELECT max(part_id + "
+               "(bytes - 1) / part_bytes) FROM segment WHERE part_id IS NOT NULL), 0)")
 
 
 def create_parts_trigger():
@@ -393,7 +431,9 @@ def split_once():
     transaction: what an upgraded store's background work does, a segment
     a round, so that its first questions do not walk the segment's pages.
     Returns its bytes (0: none left)."""
+    wal.make_room()
     with database.atomic():
+        _drop_unnamed_parts()
         found = db.execute("SELECT id, data FROM segment WHERE length(data) > 0 "
                            "ORDER BY min_id LIMIT 1").fetchone()
         if found is None:
@@ -401,7 +441,7 @@ def split_once():
         blob = bytes(found[1])
         db.execute("UPDATE segment SET data = ?, part_id = ?, part_bytes = ? WHERE id = ?",
                    (b"", _store_parts(blob, PART_BYTES), PART_BYTES, found[0]))
-    db.give_back_free_pages()
+    wal.give_back_free_pages()
     return len(blob)
 
 
@@ -496,16 +536,19 @@ def merge_once(merge_rows, max_bytes=0):
     metas = [{"id": i, "min_id": low, "max_id": high, "blocks": None}
              for i, low, high, _, _ in run]
     blob, summary = _merged(metas)
+    part_id = _write_parts(blob)
     ids = [meta["id"] for meta in metas]
     marks = ", ".join("?" for _ in ids)
+    wal.make_room()
     with database.atomic():
         (present,) = db.execute(f"SELECT count(*) FROM segment WHERE id IN ({marks})",
                                 ids).fetchone()
         if present != len(ids):
             return 0
         db.execute(f"DELETE FROM segment WHERE id IN ({marks})", ids)
-        _insert(metas[0]["min_id"], metas[-1]["max_id"], summary["rows"], blob, summary)
-    db.give_back_free_pages()
+        _insert(metas[0]["min_id"], metas[-1]["max_id"], summary["rows"], blob, summary,
+                part_id)
+    wal.give_back_free_pages()
     return summary["rows"]
 
 

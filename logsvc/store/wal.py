@@ -31,6 +31,14 @@ times `LOGSVC_WAL_IDLE_S / 2` apart: workers started together would
 otherwise try at the same instants, each one's attempt making the other's
 a no-op, round after round (a 16 MB log still there a minute after a load,
 in three loads of five).
+
+The background's writes are bounded the same way: a seal, a merge and
+the work after them (the full-text indexes rewritten, free pages given
+back) are many transactions, each preceded by `make_room`, and none of
+them large: a segment's bytes are written a few parts per transaction
+before the one that adds the segment (segments.py), and free pages are
+given back GIVE_BACK_PAGES at a time. Without that, one seal of a busy
+store wrote 67 MB to the log on top of its limit.
 """
 import logging
 import os
@@ -95,6 +103,33 @@ def keep_trimmed(store, idle_s):
                 db.call(checkpoint, 0)
             except Exception:  # a busy or unwritable store: next round
                 log.debug("idle WAL checkpoint failed", exc_info=True)
+
+
+def make_room():
+    """`before_write` for this thread's store (on a database thread,
+    outside any transaction)."""
+    before_write(db.current())
+
+
+# Pages given back per step of `give_back_free_pages` (4 MB of 4 kB pages).
+GIVE_BACK_PAGES = 1024
+
+
+@db.only("sqlite")
+def give_back_free_pages(pages=GIVE_BACK_PAGES):
+    """SQLite: return the file's free pages to the file system (a store
+    made with auto_vacuum=INCREMENTAL, see db.enable_wal; else a no-op),
+    after a seal or a prune freed many: `pages` at a time, each step after
+    `make_room` (a step moves pages from the end of the file into free
+    ones and writes them to the log). Outside a transaction: executescript
+    steps the pragma to its end (one step frees one page)."""
+    connection = db.database.connection()
+    while connection.execute("PRAGMA freelist_count").fetchone()[0]:
+        make_room()
+        before = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+        if connection.execute("PRAGMA page_count").fetchone()[0] >= before:
+            return  # not a store made for it (auto_vacuum off)
 
 
 def before_write(store):
