@@ -963,6 +963,57 @@ def test_a_sealed_search_finds_what_the_live_tail_matches(rows, terms):
                      if fulltext.matches(parsed, fulltext.document(*row))]
 
 
+_PHRASE = st.sampled_from(["a", "ab", "b1", '"a b"', "a-b", "b1/ab", '"ab a b1"', "a.ab*",
+                           '"1 a"', "-a-b", "é/a", "i-k", "OR", "ss-1"])
+
+
+def _block_filter(rows):
+    """The filters `_block_blooms` makes of `rows` (url, request body,
+    response body, data) as one block."""
+    (filters,) = segments._block_blooms(
+        [r[0] for r in rows], [r[3] for r in rows], [None] * len(rows),
+        [r[1] for r in rows], [r[2] for r in rows], len(rows))
+    return segments._Split(*(segments.Bloom.load(f) for f in filters))
+
+
+def _admitted_block(rows, q):
+    filters = Filters(q=q)
+    return segments._may_hold(_block_filter(rows), segments._wanted_words(filters),
+                              segments._runs(filters))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(rows=st.lists(st.tuples(_COLUMN_TEXT, st.none() | _COLUMN_TEXT,
+                               st.none() | _COLUMN_TEXT, _COLUMN_TEXT), min_size=1, max_size=4),
+       terms=st.lists(_PHRASE, min_size=1, max_size=3))
+def test_a_block_whose_entry_matches_a_phrase_is_never_skipped_by_its_word_order(rows, terms):
+    # The head filter holds which words follow which in urls and `data`
+    # (_sequence_marks): a block is skipped for a phrase only where no
+    # entry's document can hold it, however it runs through the url, the
+    # bodies and `data`.
+    q = " ".join(terms)
+    try:
+        parsed = fulltext.parse(q)
+    except ValueError:
+        return
+    if any(fulltext.matches(parsed, fulltext.document(*row)) for row in rows):
+        assert _admitted_block(rows, q)
+
+
+def test_a_phrase_skips_the_blocks_whose_urls_hold_its_words_apart():
+    # Every word of /v1/invoices/4242 is in the block's urls (and bodies
+    # name invoices), but not in that order: the block is skipped, unless
+    # the phrase may run from a url into a body or a body into `data`.
+    apart = [("/v1/invoices/17", None, '{"resource":"invoices"}', '{"bytesIn":4242}'),
+             ("/v1/orders/4242", None, None, '{"bytesIn":5}')]
+    assert not _admitted_block(apart, "/v1/invoices/4242")
+    assert _admitted_block(apart, "v1/orders/4242")
+    assert _admitted_block(apart, '"17 resource invoices bytesin 4242"')
+    assert _admitted_block(
+        [("/v1/invoices", None, "4242 ok", None), *apart], "/v1/invoices/4242")
+    assert not _admitted_block(apart, '"invoices 17 v1"')
+
+
 @settings(max_examples=500, deadline=None)
 @given(rows=st.lists(st.tuples(_COLUMN_TEXT, st.none() | _COLUMN_TEXT,
                                st.none() | _COLUMN_TEXT, _COLUMN_TEXT, st.integers(-1, 2)),

@@ -98,6 +98,15 @@ def word_bytes(text):
     return {word.encode() for word in _WORD.findall(text.lower())}
 
 
+def ordered_word_bytes(text):
+    """The `words` of `text` in order, each as UTF-8 (empty for None)."""
+    if not text:
+        return []
+    if text.isascii():
+        return text.encode().translate(_ASCII_WORDS).split()
+    return [word.encode() for word in _WORD.findall(text.lower())]
+
+
 # SQLite (schema 12): an entry's document in the index also holds a word for
 # its project and one for its container, so that a tenant's search is one
 # query of the index, its words AND the tenant's: FTS5 steps through the

@@ -329,9 +329,11 @@ _BLOOMED = ("url", "data", "trace_id", "request_body", "response_body")
 def _block_blooms(urls, data, traces, request_bodies, response_bodies, block):
     """The dumped Bloom filters of each `block` rows, in the segment's
     order: one of the words of their urls and `data` and of their trace
-    ids, one of the words of their bodies. A search for words that no body
-    of a block holds then decodes only the block's small columns (an id in
-    a url path, a value of `data`)."""
+    ids, one of the words of their bodies, and one of how the words of
+    their urls and `data` follow each other (`_sequence_marks`). A search
+    for words that no body of a block holds then decodes only the block's
+    small columns (an id in a url path, a value of `data`), and a phrase
+    only the blocks where its words may follow each other."""
     blooms = []
     for start in range(0, len(urls), block):
         end = start + block
@@ -341,23 +343,77 @@ def _block_blooms(urls, data, traces, request_bodies, response_bodies, block):
         head.update((_TRACE_MARK + trace).encode() for trace in traces[start:end] if trace)
         body = fulltext.word_bytes("\n".join(filter(None, (*request_bodies[start:end],
                                                              *response_bodies[start:end]))))
-        blooms.append((Bloom.of(head).dump(), Bloom.of(body).dump()))
+        marks = set()
+        for url, datum in zip(urls[start:end], data[start:end]):
+            marks.update(_sequence_marks(url, datum))
+        blooms.append((Bloom.of(head).dump(), Bloom.of(body).dump(),
+                       Bloom.of(marks, _MARK_BITS, _MARK_HASHES).dump()))
     return blooms
 
 
 _TRACE_MARK = "\x00trace:"
+# The marks of word order in a block's third filter: two words that follow
+# each other in a url or in `data`; a url's last word; a `data`'s first
+# word. Asked together (every pair of a phrase, and its words), they are
+# kept in fewer bits than words: 6 a mark, 4 hashes, about 5 % false
+# positives (3 B an entry for the benchmark's urls and `data`).
+_PAIR_MARK, _END_MARK, _START_MARK = "\x00pair:", "\x00end:", "\x00start:"
+_MARK_BITS, _MARK_HASHES = 6, 4
+_PAIR_BYTES, _END_BYTES, _START_BYTES = (m.encode() for m in (_PAIR_MARK, _END_MARK,
+                                                               _START_MARK))
+
+
+def _sequence_marks(url, data):
+    """The marks of an entry's word order (_PAIR_MARK...): what `_may_run`
+    asks of a phrase."""
+    head, tail = fulltext.ordered_word_bytes(url), fulltext.ordered_word_bytes(data)
+    marks = [_PAIR_BYTES + a + b" " + b for words in (head, tail)
+             for a, b in zip(words, words[1:])]
+    if head:
+        marks.append(_END_BYTES + head[-1])
+    if tail:
+        marks.append(_START_BYTES + tail[0])
+    return marks
+
+
+def _may_run(split, words):
+    """Whether a phrase's whole `words` (two or more) may follow each other
+    in an entry of a block whose filters are `split` (a _Split with
+    marks). An entry's document is its url, its bodies, then its `data`
+    (fulltext.document), so the words follow each other within its url or
+    its `data`, or as words[:i] ending its url, words[i:j] in its bodies
+    (whose words the body filter holds; none when the url runs into
+    `data`) and words[j:] starting its `data`."""
+    marks, body = split.marks, split.body
+    n = len(words)
+    paired = [f"{_PAIR_MARK}{a} {b}" in marks for a, b in zip(words, words[1:])]
+    if all(paired):
+        return True
+    in_body = [word in body for word in words]
+    for i in range(n + 1):
+        if i and not (all(paired[:i - 1]) and f"{_END_MARK}{words[i - 1]}" in marks):
+            continue
+        for j in range(i, n + 1):
+            if j > i and not in_body[j - 1]:
+                break
+            if j == n or (all(paired[j:]) and f"{_START_MARK}{words[j]}" in marks):
+                return True
+    return False
 # The high bit of a segment's `words` header: each block has two filters
 # (_Split). Segments written by earlier versions have one, of all its
-# words and trace ids; readers take either.
+# words and trace ids; readers take either. The next bit: each block has a
+# third filter, of its marks of word order (_sequence_marks), which
+# segments written by earlier versions do not have.
 _SPLIT = 1 << 31
+_MARKED = 1 << 30
 
 
 def _words_value(row_group, blooms):
-    """A segment's `words`: the rows per block (4 bytes, _SPLIT set), then
-    each block's two Bloom filters, each its length (4 bytes) and its bytes
-    (Bloom.dump)."""
-    return (row_group | _SPLIT).to_bytes(4, "big") + b"".join(
-        len(b).to_bytes(4, "big") + b for pair in blooms for b in pair)
+    """A segment's `words`: the rows per block (4 bytes, _SPLIT and _MARKED
+    set), then each block's three Bloom filters, each its length (4 bytes)
+    and its bytes (Bloom.dump)."""
+    return (row_group | _SPLIT | _MARKED).to_bytes(4, "big") + b"".join(
+        len(b).to_bytes(4, "big") + b for filters in blooms for b in filters)
 
 
 def _unpack_blooms(stored):
@@ -367,17 +423,21 @@ def _unpack_blooms(stored):
     header = int.from_bytes(stored[:4], "big")
     blooms = _unpack(stored[4:])
     if header & _SPLIT:
-        return header & ~_SPLIT, [_Split(*blooms[at:at + 2]) for at in range(0, len(blooms), 2)]
+        step = 3 if header & _MARKED else 2
+        return header & ~(_SPLIT | _MARKED), [
+            _Split(*blooms[at:at + step]) for at in range(0, len(blooms), step)]
     return header, blooms
 
 
 class _Split:
-    """A block's two Bloom filters: `word in` it asks both."""
+    """A block's Bloom filters: of its head (url, `data`, trace ids), of
+    its bodies and (None in earlier segments) of its marks of word order.
+    `word in` it asks the first two."""
 
-    __slots__ = ("head", "body")
+    __slots__ = ("head", "body", "marks")
 
-    def __init__(self, head, body):
-        self.head, self.body = head, body
+    def __init__(self, head, body, marks=None):
+        self.head, self.body, self.marks = head, body, marks
 
     def __contains__(self, word):
         return word in self.head or word in self.body
@@ -914,7 +974,7 @@ def _chosen_segments(filters, after_id, upto_id):
     rows = db.execute(f"SELECT id, min_id, max_id FROM segment "
                       f"WHERE {' AND '.join(terms)} ORDER BY min_id", params).fetchall()
     chosen = []
-    wanted = _wanted_words(filters)
+    wanted, runs = _wanted_words(filters), _runs(filters)
     searched = _searched_words(filters)
     # Each group's positive whole words (a group without any reads bodies).
     needed = [] if searched is None else [
@@ -944,7 +1004,8 @@ def _chosen_segments(filters, after_id, upto_id):
                 for word in {word for group in wanted for word in group}:
                     rarity[word] = sum(word in blooms[at] for at in candidates) / len(candidates)
                 wanted = [tuple(sorted(group, key=rarity.get)) for group in wanted]
-            meta["blocks"] = (size, [at for at in candidates if _may_hold(blooms[at], wanted)])
+            meta["blocks"] = (size, [at for at in candidates
+                                     if _may_hold(blooms[at], wanted, runs)])
             meta["rarity"] = rarity
             if not meta["blocks"][1]:
                 continue
@@ -1063,8 +1124,26 @@ def _single_words(parsed):
     return all(len(p.words) == 1 and not p.prefix for p in _phrases(parsed))
 
 
-def _may_hold(bloom, groups):
-    return any(all(word in bloom for word in group) for group in groups)
+def _may_hold(bloom, groups, runs=None):
+    """Whether a block (its filter) may hold a match: all the words of a
+    group of `groups` (`_wanted_words`), and, where the filter has the
+    marks of word order, the group's phrases in order (`runs`: the whole
+    words of each group's phrases of two or more, `_runs`)."""
+    if runs is None or getattr(bloom, "marks", None) is None:
+        return any(all(word in bloom for word in group) for group in groups)
+    return any(all(word in bloom for word in group)
+               and all(_may_run(bloom, phrase) for phrase in phrases)
+               for group, phrases in zip(groups, runs))
+
+
+def _runs(filters):
+    """For each group of `_wanted_words(filters)`, the whole words of its
+    positive phrases of two or more of them (None: no `q`)."""
+    if not filters.q:
+        return None
+    return [tuple(words for phrase in group.positive
+                  if len(words := tuple(_whole_words(phrase))) > 1)
+            for group in fulltext.parse(filters.q)]
 
 
 def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=None):
@@ -1929,27 +2008,27 @@ class Bloom:
         self.bits, self.hashes, self.size = bits, hashes, size
 
     @classmethod
-    def of(cls, words):
+    def of(cls, words, bits_per_word=_BITS_PER_WORD, hashes=_HASHES):
         """The filter of `words` (distinct), its bits set all at once: each
         word's two hashes (`_hashed`'s, unchanged), then its positions
         (first + i * second) % size, computed from both hashes reduced by
         `size` so that they stay within 64 bits."""
         import numpy as np
 
-        size = -(-max(64, len(words) * _BITS_PER_WORD) // 8) * 8  # whole bytes
+        size = -(-max(64, len(words) * bits_per_word) // 8) * 8  # whole bytes
         if not words:
-            return cls(bytearray(size // 8), _HASHES, size)
+            return cls(bytearray(size // 8), hashes, size)
         digests = b"".join([_digest(word) for word in words])
         pairs = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         first = pairs[:, 0] % np.uint64(size)
         second = (pairs[:, 1] | np.uint64(1)) % np.uint64(size)
-        steps = np.arange(_HASHES, dtype=np.uint64)
+        steps = np.arange(hashes, dtype=np.uint64)
         positions = ((first[:, None] + steps[None, :] * second[:, None])
                      % np.uint64(size)).ravel()
         marks = np.zeros(size, dtype=np.uint8)
         marks[positions] = 1
         # Bit p is bit p & 7 of byte p >> 3: little-endian bit order.
-        return cls(bytearray(np.packbits(marks, bitorder="little").tobytes()), _HASHES, size)
+        return cls(bytearray(np.packbits(marks, bitorder="little").tobytes()), hashes, size)
 
     def dump(self):
         return self.hashes.to_bytes(4, "big") + bytes(self.bits)
