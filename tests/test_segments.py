@@ -939,6 +939,15 @@ _TERM = st.sampled_from(["a", "ab", "b1", "AB", "a*", "-a", "-b1", "NOT ab", '"a
                          "OR", "é", "i", "k", "ss", "1"])
 
 
+def _query(terms):
+    """The `q` of the terms, and it parsed (None: not a valid `q`)."""
+    q = " ".join(terms)
+    try:
+        return q, fulltext.parse(q)
+    except ValueError:
+        return q, None
+
+
 @settings(max_examples=500, deadline=None)
 @given(rows=st.lists(st.tuples(_COLUMN_TEXT, st.none() | _COLUMN_TEXT,
                                st.none() | _COLUMN_TEXT, _COLUMN_TEXT), min_size=1, max_size=6),
@@ -949,10 +958,8 @@ def test_a_sealed_search_finds_what_the_live_tail_matches(rows, terms):
     # they must find exactly the rows whose document matches.
     import pyarrow as pa
 
-    q = " ".join(terms)
-    try:
-        parsed = fulltext.parse(q)
-    except ValueError:
+    q, parsed = _query(terms)
+    if parsed is None:
         return
     table = pa.table({**{column: pa.array([r[at] for r in rows], pa.string()) for at, column in
                          enumerate(("url", "request_body", "response_body", "data"))},
@@ -987,14 +994,12 @@ def _admitted_block(rows, q):
                                st.none() | _COLUMN_TEXT, _COLUMN_TEXT), min_size=1, max_size=4),
        terms=st.lists(_PHRASE, min_size=1, max_size=3))
 def test_a_block_whose_entry_matches_a_phrase_is_never_skipped_by_its_word_order(rows, terms):
-    # The head filter holds which words follow which in urls and `data`
-    # (_sequence_marks): a block is skipped for a phrase only where no
+    # A block's filter of word order holds which words follow which in its
+    # urls and `data` (_sequence_marks): a block is skipped for a phrase only where no
     # entry's document can hold it, however it runs through the url, the
     # bodies and `data`.
-    q = " ".join(terms)
-    try:
-        parsed = fulltext.parse(q)
-    except ValueError:
+    q, parsed = _query(terms)
+    if parsed is None:
         return
     if any(fulltext.matches(parsed, fulltext.document(*row)) for row in rows):
         assert _admitted_block(rows, q)
@@ -1027,10 +1032,8 @@ def test_a_search_reading_bodies_only_where_they_may_decide_finds_what_the_live_
     # (_with_bodies); then as above.
     import pyarrow as pa
 
-    q = " ".join(terms)
-    try:
-        parsed = fulltext.parse(q)
-    except ValueError:
+    q, parsed = _query(terms)
+    if parsed is None:
         return
     columns = ("url", "request_body", "response_body", "data")
     whole = pa.table({**{column: pa.array([r[at] for r in rows], pa.string())
