@@ -123,25 +123,6 @@ def parts():
     return kept, wanted
 
 
-@pytest.mark.sqlite_only("SQLite keeps a segment's bytes in parts")
-def test_parts_a_seal_wrote_without_adding_its_segment_go_with_the_next_seal(
-        sealed_app, monkeypatch):
-    # A segment's parts are written before the transaction that adds it:
-    # a kill between them leaves parts no segment names.
-    monkeypatch.setattr(segments, "PART_BYTES", 2048)
-    store = Store(sealed_app.test_client())
-    store.ingest(corpus(400))
-    before = answers(store)
-    with db.using(sealed_app.extensions["logsvc"].store):
-        assert db.call(segments._write_parts, os.urandom(10_000)) is not None
-        assert db.call(parts) == (5, 0)
-    assert seal(sealed_app) == 256
-    with db.using(sealed_app.extensions["logsvc"].store):
-        kept, wanted = db.call(parts)
-        assert kept == wanted > 4
-    assert answers(store) == before
-
-
 @pytest.mark.sqlite_only("PostgreSQL keeps a segment's bytes in one bytea")
 def test_segments_kept_in_small_parts_answer_as_while_hot_and_leave_no_part_behind(
         sealed_app, monkeypatch):

@@ -141,7 +141,6 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
     # Row groups of ROW_GROUP entries, at least eight to a segment.
     blob, summary = (_build(columns, max(1, min(ROW_GROUP, segment_rows // 8))) if count
                      else (b"", None))
-    part_id = _write_parts(blob)
     wal.make_room()
     with database.atomic():
         if sealed_through() != through:
@@ -153,7 +152,7 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
         if stored != count:
             return 0  # read again next time
         if count:
-            _insert(through + 1, upto, count, blob, summary, part_id)
+            _insert(through + 1, upto, count, blob, summary)
             _remove_hot(through, upto, columns)
         _set_sealed_through(upto)
     if count:
@@ -168,13 +167,13 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
     return max(count, 1)
 
 
-def _insert(min_id, max_id, rows, blob, summary, part_id=None):
+def _insert(min_id, max_id, rows, blob, summary):
     """Add a segment (`_build`'s or `_merged`'s file and summary). SQLite
-    keeps its bytes in parts (`_write_parts`' from `part_id` on),
-    PostgreSQL in `data`."""
-    data, part_bytes = blob, None
-    if part_id is not None:
+    keeps its bytes in parts (`_store_parts`), PostgreSQL in `data`."""
+    data, part_id, part_bytes = blob, None, None
+    if not db.is_postgres() and blob:
         data, part_bytes = b"", PART_BYTES
+        part_id = _store_parts(blob, part_bytes)
     db.execute(
         "INSERT INTO segment (min_id, max_id, min_ts, max_ts, rows, bytes, projects, "
         "words, data, created_ms, part_id, part_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -190,53 +189,18 @@ def _insert(min_id, max_id, rows, blob, summary, part_id=None):
 PART_BYTES = 256 << 10
 
 
-# Parts written per transaction by `_write_parts` (4 MB).
-PARTS_PER_WRITE = 16
-
-
-def _store_parts(blob, part_bytes, first=None):
+def _store_parts(blob, part_bytes):
     """SQLite: write `blob` as consecutive `segment_part` rows of
-    `part_bytes` (numbered from `first` on when given); returns the first
-    one's id."""
+    `part_bytes`; returns the first one's id."""
+    first = None
     for at in range(0, len(blob), part_bytes):
         cursor = db.execute("INSERT INTO segment_part (data) VALUES (?)",
                             (blob[at:at + part_bytes],))
         if first is None:
-            first = cursor.lastrowid - at // part_bytes
+            first = cursor.lastrowid
         elif cursor.lastrowid != first + at // part_bytes:  # one writer: cannot happen
             raise RuntimeError("segment parts not consecutive")
     return first
-
-
-@db.only("sqlite")
-def _write_parts(blob):
-    """SQLite: write a new segment's bytes as parts before the transaction
-    that adds it, PARTS_PER_WRITE parts per transaction (each after
-    `wal.make_room`), so that no transaction of the background is large.
-    Returns the first part's id (None: no bytes).
-
-    Until a segment names them, the parts are read by nobody; a seal that
-    finds its entries moved on, or a kill, leaves them behind, above every
-    part a segment names, where the next writer of parts (the sealer, under
-    its lease) removes them first (`_drop_unnamed_parts`)."""
-    if not blob:
-        return None
-    _drop_unnamed_parts()
-    first, step = None, PART_BYTES * PARTS_PER_WRITE
-    for at in range(0, len(blob), step):
-        wal.make_room()
-        with database.atomic():
-            start = _store_parts(blob[at:at + step], PART_BYTES,
-                                 None if first is None else first + at // PART_BYTES)
-        first = start if first is None else first
-    return first
-
-
-def _drop_unnamed_parts():
-    """SQLite: remove the parts above the last one a segment names (what a
-    seal or merge left that did not add its segment)."""
-    db.execute("DELETE FROM segment_part WHERE id > coalesce((SELECT max(part_id + "
-               "(bytes - 1) / part_bytes) FROM segment WHERE part_id IS NOT NULL), 0)")
 
 
 def create_parts_trigger():
@@ -493,7 +457,6 @@ def split_once():
     Returns its bytes (0: none left)."""
     wal.make_room()
     with database.atomic():
-        _drop_unnamed_parts()
         found = db.execute("SELECT id, data FROM segment WHERE length(data) > 0 "
                            "ORDER BY min_id LIMIT 1").fetchone()
         if found is None:
@@ -596,7 +559,6 @@ def merge_once(merge_rows, max_bytes=0):
     metas = [{"id": i, "min_id": low, "max_id": high, "blocks": None}
              for i, low, high, _, _ in run]
     blob, summary = _merged(metas)
-    part_id = _write_parts(blob)
     ids = [meta["id"] for meta in metas]
     marks = ", ".join("?" for _ in ids)
     wal.make_room()
@@ -606,8 +568,7 @@ def merge_once(merge_rows, max_bytes=0):
         if present != len(ids):
             return 0
         db.execute(f"DELETE FROM segment WHERE id IN ({marks})", ids)
-        _insert(metas[0]["min_id"], metas[-1]["max_id"], summary["rows"], blob, summary,
-                part_id)
+        _insert(metas[0]["min_id"], metas[-1]["max_id"], summary["rows"], blob, summary)
     wal.give_back_free_pages()
     return summary["rows"]
 

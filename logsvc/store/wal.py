@@ -34,11 +34,11 @@ in three loads of five).
 
 The background's writes are bounded the same way: a seal, a merge and
 the work after them (the full-text indexes rewritten, free pages given
-back) are many transactions, each preceded by `make_room`, and none of
-them large: a segment's bytes are written a few parts per transaction
-before the one that adds the segment (segments.py), and free pages are
-given back GIVE_BACK_PAGES at a time. Without that, one seal of a busy
-store wrote 67 MB to the log on top of its limit.
+back) are many transactions, each preceded by `make_room`, and free
+pages are given back GIVE_BACK_PAGES at a time. Without that, one seal
+of a busy store wrote 67 MB to the log on top of its limit. The largest
+left is the one that adds a merged segment with its bytes (about 80 MB
+for a million entries).
 """
 import logging
 import os
