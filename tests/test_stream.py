@@ -626,16 +626,19 @@ def test_a_closed_stream_gives_its_slot_back_at_once(tmp_path):
     try:
         _, bearer = new_token(server)
         for _ in range(5):
-            response, stream = events(server, headers=bearer, replay=0)
-            next(stream)
-            response.close()
+            # Each stream is opened once the one before was hung up: within
+            # 3 s, the time the worker takes to see the hangup (a 429 until
+            # then), far less than the 15 s of a heartbeat.
             deadline = time.monotonic() + 3
             while True:
-                again = requests.get(server.url + STREAM, params={"replay": 0}, stream=True,
-                                     headers={**bearer, "Connection": "close"}, timeout=(5, 5))
-                again.close()
-                if again.status_code == 200:
+                response = requests.get(server.url + STREAM, params={"replay": 0},
+                                        stream=True, timeout=(5, 20),
+                                        headers={**bearer, "Connection": "close"})
+                if response.status_code == 200:
                     break
-                assert again.status_code == 429 and time.monotonic() < deadline
+                response.close()
+                assert response.status_code == 429 and time.monotonic() < deadline
+            next(sseclient.SSEClient(response).events())
+            response.close()
     finally:
         server.stop()
