@@ -363,6 +363,8 @@ def _may_run(split, words):
             if j == n or (all(paired[j:]) and f"{_START_MARK}{words[j]}" in marks):
                 return True
     return False
+
+
 # The high bit of a segment's `words` header: each block has two filters
 # (_Split). Segments written by earlier versions have one, of all its
 # words and trace ids; readers take either. The next bit: each block has a
