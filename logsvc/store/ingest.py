@@ -455,7 +455,7 @@ def _write_batch(entries, keys):
     # is taken, so that another process can write meanwhile.
     rows, bodies, documents, lookups, counted = _prepare(entries, postgres, numbered)
     counters = rollup.summarize(counted, ids=True)
-    wal.before_write(db.current())
+    wal.make_room()
     with database.atomic():
         last = IdSequence.take(len(entries))
         first = last - len(entries) + 1
