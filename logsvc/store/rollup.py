@@ -150,6 +150,21 @@ class Tier:
                 sets.append(f"{column} = {pick[0]}({ours}, {theirs})" if postgres else
                             f"{column} = coalesce({pick[1]}({ours}, {theirs}), {ours}, {theirs})")
         out[True] = upsert(columns)
+        if not postgres:
+            # SQLite, ingest: the rows staged before the write lock
+            # (`stage`), moved in one statement. Their id bounds are offsets
+            # in the batch (the first id is the statement's first
+            # parameter); the minute tiers take minutes from the floor on
+            # (the second).
+            staged = out[True][0]
+            picked = [f"{c} + ?1" if c in ("id_min", "id_max") else c for c in staged]
+            floor = "minute >= ?2" if table in horizon.TRIMMED else "?2 IS NOT NULL"
+            head, tail = out[True][1].split(" VALUES ", 1)
+            out["staged"] = (
+                f"CREATE TEMP TABLE IF NOT EXISTS {self.staged} ({', '.join(staged)})",
+                f"INSERT INTO temp.{self.staged} VALUES ({', '.join('?' for _ in staged)})",
+                f"{head} SELECT {', '.join(picked)} FROM temp.{self.staged} WHERE {floor}"
+                f"{tail[tail.index(' ON CONFLICT'):]}")
         return out
 
 
@@ -250,10 +265,16 @@ def add(rows, sign=1, weights=None):
     write(summarize(rows, sign, weights), sign)
 
 
-def write(summary, sign=1, first_id=None):
+def write(summary, sign=1, first_id=None, staged=False):
     """Apply what `summarize` prepared, in the writing transaction.
-    `first_id`: the id of the batch's first row (summarize(ids=True))."""
+    `first_id`: the id of the batch's first row (summarize(ids=True)).
+    `staged`: its rows were staged (`stage`, SQLite)."""
     floor = horizon.floor()
+    if staged:
+        for tier, rows, _ in summary:
+            if rows:
+                db.execute(tier.sql[False]["staged"][2], (first_id, floor))
+        return
     for tier, rows, folded in summary:
         if floor and tier.table in horizon.TRIMMED:
             # Minutes of a scope below the floor are not kept (horizon.py).
@@ -271,6 +292,26 @@ def write(summary, sign=1, first_id=None):
             _drop_empty(tier, folded)
             if tier.with_max:
                 _refresh_max(tier, folded)
+
+
+def stage(summary):
+    """SQLite: copy the rows of `summary` (summarize's, ids=True, adding)
+    into temporary tables of this connection, before the write lock is
+    taken: `write(summary, first_id=..., staged=True)` then moves each
+    tier's rows in one statement, and the lock is not held while Python
+    hands the rows to SQLite one by one (a third of the counters' time).
+    `unstage()` empties the tables after the transaction."""
+    for tier, rows, _ in summary:
+        if rows:
+            create, insert, _ = tier.sql[False]["staged"]
+            db.execute(create)
+            db.executemany(insert, rows)
+
+
+def unstage(summary):
+    for tier, rows, _ in summary:
+        if rows:
+            db.execute(f"DELETE FROM temp.{tier.staged}")
 
 
 def summarize(rows, sign=1, weights=None, ids=False):

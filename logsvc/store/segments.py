@@ -216,15 +216,16 @@ def create_parts_trigger():
 def _rows_to_seal(through, upto):
     """The entries with through < id <= upto, by id, as segment columns
     ({column of _schema(): [values]}, in the API's values), and beside them
-    (SQLite) "_indexed", the full-text index's document of each (what
-    `_remove_hot` hands back to the index)."""
+    (SQLite) "_indexed" and "_keys", the full-text and the lookup index's
+    document of each (what `_remove_hot` hands back to the indexes, made
+    here, before the write lock is taken)."""
     width = len(COLUMNS)
     postgres = db.is_postgres()
     sql = (f"SELECT {', '.join('e.' + c for c in COLUMNS)}, e.lat_bucket, "
            "b.request_body, b.request_body_z, b.response_body, b.response_body_z "
            "FROM entry e LEFT JOIN entry_body b ON b.entry_id = e.id "
            "WHERE e.id > ? AND e.id <= ? ORDER BY e.id")
-    columns = {name: [] for name in (*_schema().names, "_indexed")}
+    columns = {name: [] for name in (*_schema().names, "_indexed", "_keys")}
     # The stored forms as the API's values (rows.render_row's, without
     # what a segment does not keep).
     name_of = names.shower()
@@ -252,9 +253,11 @@ def _rows_to_seal(through, upto):
                                                           stored[width + 4]))
     texts = map(fulltext.document, columns["url"], request_bodies, response_bodies,
                 columns["data"])
-    columns["_indexed"] = [None] * len(rows) if postgres else list(map(
-        fulltext.indexed_document, texts, stored[COLUMNS.index("project_id")],
-        stored[COLUMNS.index("container_id")]))
+    if not postgres:
+        columns["_indexed"] = list(map(
+            fulltext.indexed_document, texts, stored[COLUMNS.index("project_id")],
+            stored[COLUMNS.index("container_id")]))
+        columns["_keys"] = list(map(lookup.document, columns["trace_id"], columns["client_ip"]))
     return columns
 
 
@@ -422,9 +425,7 @@ def _remove_hot(through, upto, columns):
     """Sealed entries leave `entry`, `entry_body` and the indexes
     (`columns`: `_rows_to_seal`'s, which hold the index's documents)."""
     fulltext.delete_documents(zip(columns["id"], columns["_indexed"]))
-    lookup.delete_documents(
-        (i, lookup.document(trace, address))
-        for i, trace, address in zip(columns["id"], columns["trace_id"], columns["client_ip"]))
+    lookup.delete_documents(zip(columns["id"], columns["_keys"]))
     db.execute("DELETE FROM entry_body WHERE entry_id > ? AND entry_id <= ?", (through, upto))
     db.execute("DELETE FROM entry WHERE id > ? AND id <= ?", (through, upto))
 
