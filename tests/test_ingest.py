@@ -291,3 +291,31 @@ def test_the_fast_ingest_path_matches_the_entry_schema(item):
     fields, errors = ingest.normalize(item, 16)
     assert errors == expected_errors
     assert fields == expected
+
+
+def test_a_batch_whose_transaction_failed_is_neither_stored_nor_counted_with_the_next(app, store):
+    """Ingest stages a batch's rows (SQLite: temporary tables of the
+    connection) before its transaction. A transaction that fails after
+    that, here because the batch's Idempotency-Key was stored meanwhile,
+    leaves nothing behind for the next batch written on that connection."""
+    from logsvc.store import db
+
+    first = [make_entry(i) for i in range(3)]
+    body = orjson.dumps(first)
+    response = store.client.post(INGEST, data=body, content_type="application/json",
+                                 headers={**store.headers, "Idempotency-Key": "k-1"})
+    assert response.json["accepted"] == 3
+    late = [ingest.normalize(make_entry(i), 65536)[0] for i in range(10, 17)]
+    after = [ingest.normalize(make_entry(i), 65536)[0] for i in range(20, 25)]
+    with db.using(app.extensions["logsvc"].store):
+        # On this thread, so that both writes use one connection.
+        key = ingest.IdempotencyKey("*", "k-1", body, 3600)
+        key.accept({"accepted": len(late), "rejected": [], "rejectedCount": 0}, [])
+        with pytest.raises(ingest._Replayed):
+            ingest._write(late, [(0, key)])
+        assert ingest._write(after) == (4, 8)
+    assert [e["url"] for e in store.page(order="asc", limit=100)["entries"]] == [
+        f"/v1/items/{i}" for i in (0, 1, 2, 20, 21, 22, 23, 24)]
+    stats = store.page("/api/proxy-logs/_logs/stats")
+    assert stats["total"] == 8
+    assert stats["byProject"] == {"proj_0": 3, "proj_1": 2, "proj_2": 3}

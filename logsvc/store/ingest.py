@@ -479,6 +479,7 @@ def _write_batch(entries, keys):
 
 def _stage(rows, counters):
     db.execute(_STAGE_ENTRY[0])
+    db.execute("DELETE FROM temp.entry_staged")  # see rollup.stage
     db.executemany(_STAGE_ENTRY[1], rows)
     rollup.stage(counters)
 

@@ -300,11 +300,14 @@ def stage(summary):
     taken: `write(summary, first_id=..., staged=True)` then moves each
     tier's rows in one statement, and the lock is not held while Python
     hands the rows to SQLite one by one (a third of the counters' time).
-    `unstage()` empties the tables after the transaction."""
+    `unstage()` empties the tables after the transaction; they are
+    emptied here first too, so that no row of a batch whose `unstage` did
+    not run is ever counted with the next."""
     for tier, rows, _ in summary:
         if rows:
             create, insert, _ = tier.sql[False]["staged"]
             db.execute(create)
+            db.execute(f"DELETE FROM temp.{tier.staged}")
             db.executemany(insert, rows)
 
 
