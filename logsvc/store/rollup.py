@@ -127,10 +127,11 @@ class Tier:
             sets.append(f"lat = logsvc_sketch_add({table}.lat, excluded.lat)")
         keys = ", ".join(self.keys)
 
-        def upsert(columns):
+        def upsert(columns, rows=None):
             names = ", ".join(columns)
-            rows = (f"SELECT {names} FROM {self.staged} ORDER BY {keys}" if postgres else
-                    f"VALUES ({', '.join('?' for _ in columns)})")
+            if rows is None:
+                rows = (f"SELECT {names} FROM {self.staged} ORDER BY {keys}" if postgres else
+                        f"VALUES ({', '.join('?' for _ in columns)})")
             return (columns, f"INSERT INTO {table} ({names}) {rows} "
                              f"ON CONFLICT ({keys}) DO UPDATE SET {', '.join(sets)}")
 
@@ -153,18 +154,16 @@ class Tier:
         if not postgres:
             # SQLite, ingest: the rows staged before the write lock
             # (`stage`), moved in one statement. Their id bounds are offsets
-            # in the batch (the first id is the statement's first
-            # parameter); the minute tiers take minutes from the floor on
-            # (the second).
-            staged = out[True][0]
-            picked = [f"{c} + ?1" if c in ("id_min", "id_max") else c for c in staged]
-            floor = "minute >= ?2" if table in horizon.TRIMMED else "?2 IS NOT NULL"
-            head, tail = out[True][1].split(" VALUES ", 1)
+            # in the batch (plus `:first`, the first id); the minute tiers
+            # take minutes from `:floor` on. (WHERE: an upsert's SELECT
+            # needs one.)
+            picked = ", ".join(f"{c} + :first" if c in ("id_min", "id_max") else c
+                               for c in columns)
+            floor = "minute >= :floor" if table in horizon.TRIMMED else "true"
             out["staged"] = (
-                f"CREATE TEMP TABLE IF NOT EXISTS {self.staged} ({', '.join(staged)})",
-                f"INSERT INTO temp.{self.staged} VALUES ({', '.join('?' for _ in staged)})",
-                f"{head} SELECT {', '.join(picked)} FROM temp.{self.staged} WHERE {floor}"
-                f"{tail[tail.index(' ON CONFLICT'):]}")
+                f"CREATE TEMP TABLE IF NOT EXISTS {self.staged} ({', '.join(columns)})",
+                f"INSERT INTO temp.{self.staged} VALUES ({', '.join('?' for _ in columns)})",
+                upsert(columns, f"SELECT {picked} FROM temp.{self.staged} WHERE {floor}")[1])
         return out
 
 
@@ -273,7 +272,8 @@ def write(summary, sign=1, first_id=None, staged=False):
     if staged:
         for tier, rows, _ in summary:
             if rows:
-                db.execute(tier.sql[False]["staged"][2], (first_id, floor))
+                # Named parameters: each statement takes those it names.
+                db.execute(tier.sql[False]["staged"][2], {"first": first_id, "floor": floor})
         return
     for tier, rows, folded in summary:
         if floor and tier.table in horizon.TRIMMED:
