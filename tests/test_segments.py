@@ -391,6 +391,55 @@ def test_a_merge_plan_takes_the_oldest_full_run_and_merges_an_entry_once():
     assert plan(stored_segments(*[64] * 16), 0) is None  # merging off
 
 
+@pytest.mark.sqlite_only("a read snapshot held on SQLite keeps its log from being cut")
+def test_a_merge_holds_no_read_snapshot_while_it_builds(sealed_app, tmp_path):
+    """A merge decodes and writes for tens of seconds on a large store: were
+    it reading its sources through open blob handles all along, their read
+    snapshot would keep every TRUNCATE checkpoint from cutting the log, and
+    the writers waiting on those checkpoints would time out."""
+    import threading
+
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(3000))
+    seal(sealed_app, hot_rows=100, segment_rows=256)
+    attempts, done = [], threading.Event()
+
+    def checkpoints():
+        # Another connection writes (so that the log has frames a reader
+        # may still need) and asks for the log to be cut, again and again.
+        other = sqlite3.connect(tmp_path / "logs.db", timeout=0, isolation_level=None)
+        other.execute("CREATE TABLE IF NOT EXISTS probe (x)")
+        while not done.is_set():
+            try:
+                other.execute("INSERT INTO probe VALUES (1)")
+                busy = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.OperationalError:  # locked by the merge's reads
+                busy = 1
+            attempts.append((time.monotonic(), not busy))
+            time.sleep(0.002)
+        other.close()
+
+    with db.using(sealed_app.extensions["logsvc"].store):
+        metas = db.call(lambda: [{"id": i, "min_id": low, "max_id": high, "blocks": None}
+                                 for i, low, high in db.execute(
+                                     "SELECT id, min_id, max_id FROM segment ORDER BY min_id")])
+        assert len(metas) == 11
+        watcher = threading.Thread(target=checkpoints)
+        watcher.start()
+        try:
+            start = time.monotonic()
+            _, summary = db.call(segments._merged, metas)
+            end = time.monotonic()
+        finally:
+            done.set()
+            watcher.join()
+    assert summary["rows"] == 11 * 256
+    # Past its first half the merge only decodes and writes: the log is cut
+    # at every attempt.
+    late = [ok for at, ok in attempts if (start + end) / 2 <= at <= end]
+    assert len(late) >= 3 and all(late), (len(attempts), late)
+
+
 def test_a_read_whose_segments_were_merged_meanwhile_is_answered_from_the_merged_one(
         sealed_app):
     store = Store(sealed_app.test_client())

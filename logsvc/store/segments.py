@@ -589,7 +589,14 @@ def _merged(metas):
 
     files, keys = [], []
     for at, meta in enumerate(metas):
-        file = _file(meta, dictionaries=False)
+        # Each source is read whole first (together at most a merged
+        # segment's entries, about 100 MB), so that no read snapshot is
+        # held while the merge decodes and writes for tens of seconds: on
+        # SQLite an open blob handle keeps its snapshot, and every TRUNCATE
+        # checkpoint (wal.py) then waited for it, holding the write lock
+        # away from ingest (30 s waits, and a 503, while loading ten
+        # million entries).
+        file = pq.ParquetFile(pa.BufferReader(stored_bytes(meta["id"])))
         files.append(file)
         key = file.read(columns=["project_id", "container_id", "ts_ms", "id"], use_threads=False)
         keys.append(pa.table({
