@@ -262,6 +262,14 @@ def edge(server):
     upstream_port, proxy_port = free_port(), free_port()
     upstream = subprocess.Popen([sys.executable, str(ROOT / "tests" / "upstream.py"),
                                  str(upstream_port)], cwd=ROOT)
+    # The upstream first: on a loaded machine it can start after the proxy,
+    # whose first requests would then be answered 502 without reaching it.
+    for _ in range(300):
+        try:
+            requests.get(f"http://127.0.0.1:{upstream_port}/nothing", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("LOGSVC_") or k == "LOGSVC_DATABASE_URL"}
     env.update(LOGSVC_URL=server.url, LOGSVC_TOKEN=ADMIN_TOKEN)
