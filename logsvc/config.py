@@ -54,6 +54,9 @@ class Config:
     # With hot_rows: hours of minute counters kept per scope and per route
     # (horizon.py); older minutes are counted from the entries. 0: all.
     minute_counters_hours: float = 6.0
+    # Sealed entries a page's `total` may decode beyond the segments its
+    # page read (query.py); past them the total is a lower bound. 0: all.
+    sealed_count_rows: int = 32_768
     workers: int = 2
     # gevent, threads, or auto (gevent when it has patched the process).
     concurrency: str = "auto"

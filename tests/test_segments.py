@@ -114,6 +114,38 @@ def test_every_question_has_the_same_answer_once_older_entries_are_sealed(sealed
         assert one == other, (path, params)
 
 
+def test_a_search_counts_its_sealed_total_within_a_page_share_of_work(make_app):
+    app = make_app(hot_rows=0, rate_limit_per_min=0, sealed_count_rows=8)
+    store = Store(app.test_client())
+    store.ingest(corpus(400))
+    # 49 segments of 8 entries: a page's count may decode 8 rows beyond
+    # the segments its page read, far fewer than those that may match.
+    assert seal(app, hot_rows=0, segment_rows=8) == 392  # the newest 8 stay hot
+    matching = [e["id"] for e in store.page(LOGS, q="word3", limit=400)["entries"]]
+    assert len(matching) == 29
+    assert store.page(STATS, q="word3")["total"] == 29  # stats count every match
+    # The newest two read the newest segments; the count goes on through
+    # a few more and says its total is a lower bound.
+    page = store.page(LOGS, q="word3", order="desc", limit=2)
+    assert [e["id"] for e in page["entries"]] == matching[:-3:-1]
+    assert page["totalExact"] is False
+    assert 2 < page["total"] < 29
+    # Each page is exact whatever its total says: paged through, every
+    # match once.
+    seen = []
+    for offset in range(0, 30, 4):
+        page = store.page(LOGS, q="word3", order="desc", limit=4, offset=offset)
+        assert page["total"] >= offset + len(page["entries"])
+        seen.extend(e["id"] for e in page["entries"])
+    assert seen == matching[::-1]
+    # A page that read every segment with a match counts them all.
+    page = store.page(LOGS, q="word3", limit=100)
+    assert (page["total"], page["totalExact"]) == (29, True)
+    # A filter the counters answer stays exact however many segments hold it.
+    page = store.page(LOGS, level="error", order="desc", limit=2)
+    assert page["totalExact"] is True
+
+
 def parts():
     """SQLite: the segment parts stored, and those the segments name (at
     2 KB a part)."""

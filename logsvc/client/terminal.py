@@ -175,7 +175,7 @@ def _query(args, client):
     for entry in page["entries"]:
         _print_entry(entry, args.ndjson, colour)
     exact = "" if page["totalExact"] else "at least "
-    cut = len(page["entries"]) < page["total"]
+    cut = len(page["entries"]) < page["total"] or not page["totalExact"]
     if not args.ndjson or cut:
         more = "; --all for every one" if cut and not args.last and not args.slowest else ""
         print(f"-- {len(page['entries'])} of {exact}{page['total']}{more} --", file=sys.stderr)

@@ -186,6 +186,8 @@ class Store:
         self.probe_after = 0.0  # when /healthz may next try a write (ops.py)
         # Seconds a read asked by a caller (`read`) may run (0: no limit).
         self.query_timeout_s = 0.0
+        # Sealed rows a page's count may decode beyond its page's (0: no limit).
+        self.sealed_count_rows = 0
 
     def close(self):
         """Close this store's connections (every thread's, on PostgreSQL)."""
@@ -242,6 +244,7 @@ def init(config):
     bound._lock = os_lock()
     store = Store(bound, postgres)
     store.query_timeout_s = float(getattr(config, "query_timeout_s", 0) or 0)
+    store.sealed_count_rows = int(getattr(config, "sealed_count_rows", 0) or 0)
     if not postgres:
         store.wal_limit = config.wal_checkpoint_mb * 1024 * 1024
     _last_opened = store

@@ -7,7 +7,8 @@ and a `Page` (how to page). `list_entries` runs its SQL on a database thread.
 dimensions or the time range (exact to the millisecond, and cheap at any
 size: see rollup.counted); otherwise it is a count capped at
 `offset + limit + COUNT_CAP` rows, and `totalExact` says whether the cap was
-reached.
+reached (or, for sealed entries, the store's `sealed_count_rows`: see
+segments.count).
 
 Sealed entries (segments.py) are no longer in `entry`: a page reaching
 them reads the segments too, merged by id with what the hot entries give;
@@ -320,11 +321,14 @@ def _count(filters, cap=None, memo=None):
             f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?) AS matched",
             [*params, cap + 1]).fetchone()
     through = segments.sealed_through()
+    complete = True
     if through and n <= cap:
         # The sealed entries, which `entry` no longer holds: only as many
-        # as the cap still needs.
-        n += segments.count(filters, upto_id=through, cap=cap - n, memo=memo)
-    return (cap, False) if n > cap else (n, True)
+        # as the cap still needs, and within a page's share of work.
+        sealed, complete = segments.count(filters, upto_id=through, cap=cap - n, memo=memo,
+                                          rows=db.current().sealed_count_rows or None)
+        n += sealed
+    return (cap, False) if n > cap else (n, complete)
 
 
 def _rollup_sum(f):

@@ -899,11 +899,30 @@ def slowest_key(item):
             item["id"])
 
 
-def count(filters, after_id=None, upto_id=None, cap=None, memo=None):
-    """How many sealed entries match (counting stops past `cap`)."""
-    n = 0
+def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
+    """(how many sealed entries match, whether that is all of them).
+    Counting stops past `cap`; with `rows`, it also stops before a segment
+    that `memo` does not hold yet would take the rows it decodes for the
+    count past that many (the segments a page has read are counted first,
+    at no cost): a rare word's newest page need not decode every row group
+    of the day that may hold it to say how many there are."""
+    n, spent = 0, 0
+    if memo is None:
+        memo = {}
     parsed = fulltext.parse(filters.q) if filters.q else None
-    for meta in _segments(filters, after_id, upto_id, memo):
+    chosen = _segments(filters, after_id, upto_id, memo)
+    if rows is not None:
+        held = [_matching_key(meta, filters, after_id, upto_id, _KEY_COLUMNS) in memo
+                for meta in chosen]
+        chosen = [meta for meta, known in zip(chosen, held) if known] \
+            + [meta for meta, known in zip(chosen, held) if not known]
+    for meta in chosen:
+        if rows is not None and _matching_key(
+                meta, filters, after_id, upto_id, _KEY_COLUMNS) not in memo:
+            cost = sum(end - first for _, first, end, _ in _parts_to_read(meta, filters))
+            if cost and spent + cost > rows:
+                return n, False
+            spent += cost
         table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
         if parsed is None:
             n += table.num_rows
@@ -911,10 +930,10 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None):
             for start in range(0, table.num_rows, _BATCH):
                 n += len(_passing(table.slice(start, _BATCH), parsed))
                 if cap is not None and n > cap:
-                    return n
+                    return n, False
         if cap is not None and n > cap:
-            return n
-    return n
+            return n, False
+    return n, True
 
 
 def _segments(filters, after_id, upto_id, memo=None):
@@ -1124,7 +1143,7 @@ def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=
     With `columns`, the rows hold those, the ones the filters read, the
     document's when there is a `q`, and "_pos" (`_read_groups`). With
     `bucket`, only the rows of that latency bucket."""
-    key = (_key(meta), filters, after_id, upto_id, columns, bucket)
+    key = _matching_key(meta, filters, after_id, upto_id, columns, bucket)
     if memo is not None and key in memo:
         return memo[key]
     if columns is not None:
@@ -1148,6 +1167,11 @@ def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=
     if memo is not None:
         memo[key] = table
     return table
+
+
+def _matching_key(meta, filters, after_id, upto_id, columns=None, bucket=None):
+    """What `_matching` keeps a segment's rows by in a request's memo."""
+    return (_key(meta), filters, after_id, upto_id, columns, bucket)
 
 
 def _with_bodies(table, q, held, load, rarity=None):
@@ -1805,21 +1829,10 @@ def _admitted(meta, filters):
     return starts, {g for g, group in enumerate(bounds) if _admits(group, filters)}
 
 
-def _read_groups(meta, filters=None, columns=None, bucket=None):
-    """The segment's rows (an Arrow table) that may hold a match: the row
-    groups whose statistics admit the filters' project, container and time
-    range, and of them the blocks of rows whose Bloom filters hold the
-    words asked for (meta["blocks"]: rows per block, the blocks kept).
-    With `columns` (a set), only those columns, and "_pos", each row's
-    place in the segment (what `_rows_at` reads the rest of a row by).
-    With `bucket`, only the row groups that hold durations of that latency
-    bucket."""
-    import numpy as np
-    import pyarrow as pa
-
+def _parts_to_read(meta, filters=None, bucket=None):
+    """What `_read_groups` decodes of a segment: (row group, first row, end
+    row, block) of each part, rows counted within the group."""
     starts, sizes, bounds = _layout(meta)
-    # (row group, first row, end row, block) of the parts to read, rows
-    # counted within the group.
     parts = [(g, 0, size, None) for g, size in enumerate(sizes)]
     if meta.get("blocks") is not None:
         size, kept = meta["blocks"]
@@ -1832,6 +1845,23 @@ def _read_groups(meta, filters=None, columns=None, bucket=None):
     if filters is not None:
         admitted = {g: _admits(bounds[g], filters, bucket) for g in {part[0] for part in parts}}
         parts = [part for part in parts if admitted[part[0]]]
+    return parts
+
+
+def _read_groups(meta, filters=None, columns=None, bucket=None):
+    """The segment's rows (an Arrow table) that may hold a match: the row
+    groups whose statistics admit the filters' project, container and time
+    range, and of them the blocks of rows whose Bloom filters hold the
+    words asked for (meta["blocks"]: rows per block, the blocks kept).
+    With `columns` (a set), only those columns, and "_pos", each row's
+    place in the segment (what `_rows_at` reads the rest of a row by).
+    With `bucket`, only the row groups that hold durations of that latency
+    bucket."""
+    import numpy as np
+    import pyarrow as pa
+
+    starts = _layout(meta)[0]
+    parts = _parts_to_read(meta, filters, bucket)
     schema = _schema()
     names = schema.names if columns is None else [c for c in schema.names if c in columns]
     # A search of segments whose blocks have a filter of their bodies

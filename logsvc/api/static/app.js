@@ -242,7 +242,8 @@ async function search() {
   const last = Math.min(ui.offset + body.entries.length, body.total);
   $("page-info").textContent = `${body.entries.length ? ui.offset + 1 : 0}–${last} of ${body.totalExact ? "" : "at least "}${body.total}`;
   $("newer").disabled = ui.offset === 0;
-  $("older").disabled = last >= body.total;
+  // A total that is a lower bound may have more past it: a full page says so.
+  $("older").disabled = body.totalExact ? last >= body.total : body.entries.length < PAGE;
 }
 
 $("newer").addEventListener("click", () => { ui.offset = Math.max(0, ui.offset - PAGE); search(); });
