@@ -56,7 +56,7 @@ class Config:
     minute_counters_hours: float = 6.0
     # Sealed entries a page's `total` may decode beyond the segments its
     # page read (query.py); past them the total is a lower bound. 0: all.
-    sealed_count_rows: int = 32_768
+    sealed_count_rows: int = 8_192
     workers: int = 2
     # gevent, threads, or auto (gevent when it has patched the process).
     concurrency: str = "auto"

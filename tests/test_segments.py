@@ -230,6 +230,29 @@ def merge(app, merge_rows):
         return total
 
 
+def test_a_project_row_groups_are_found_by_bisection_as_by_looking_at_each(sealed_app):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(900))
+    assert seal(sealed_app, hot_rows=100, segment_rows=64) == 768
+    assert merge(sealed_app, 320) == 640  # two segments of 320 (sorted as a whole), two of 64
+
+    def check():
+        checked = 0
+        for segment_id, low, high in db.execute(
+                "SELECT id, min_id, max_id FROM segment").fetchall():
+            meta = {"id": segment_id, "min_id": low, "max_id": high}
+            bounds = segments._layout(meta)[2]
+            for project in ("proj_0", "proj_1", "proj_2", "proj_9", "a", "zz"):
+                holding = [g for g, group in enumerate(bounds)
+                           if group["project_id"][0] <= project <= group["project_id"][1]]
+                assert list(segments._groups_of_project(meta, project)) == holding
+                checked += bool(holding)
+        return checked
+
+    with db.using(sealed_app.extensions["logsvc"].store):
+        assert db.call(check) >= 12  # three projects in each of four segments
+
+
 def segment_rows_of(app):
     with db.using(app.extensions["logsvc"].store):
         return db.call(lambda: [row[0] for row in db.execute(

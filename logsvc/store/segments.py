@@ -903,7 +903,7 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
     """(how many sealed entries match, whether that is all of them).
     Counting stops past `cap`; with `rows`, it also stops before a segment
     that `memo` does not hold yet would take the rows it decodes for the
-    count past that many (the segments a page has read are counted first,
+    count (at least a row group's) past that many (the segments a page has read are counted first,
     at no cost): a rare word's newest page need not decode every row group
     of the day that may hold it to say how many there are."""
     n, spent = 0, 0
@@ -919,8 +919,13 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
     for meta in chosen:
         if rows is not None and _matching_key(
                 meta, filters, after_id, upto_id, _KEY_COLUMNS) not in memo:
-            cost = sum(end - first for _, first, end, _ in _parts_to_read(meta, filters))
-            if cost and spent + cost > rows:
+            parts = _parts_to_read(meta, filters)
+            if not parts:
+                continue
+            # What it decodes, and at least a row group: opening a segment
+            # and searching its rows costs about that much whatever it holds.
+            cost = max(sum(end - first for _, first, end, _ in parts), max(_layout(meta)[1]))
+            if spent + cost > rows:
                 return n, False
             spent += cost
         table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
@@ -1593,6 +1598,7 @@ _groups = _Budgeted(224 << 20)  # (store, segment, row group, column) -> column
 _skips = _Budgeted(128 << 20)
 _segment_projects = collections.OrderedDict()
 _segment_parts = collections.OrderedDict()
+_project_bounds = collections.OrderedDict()  # _groups_of_project of each segment
 
 
 # The segment `meta` names, unless it is gone (merged or dropped, its id
@@ -1826,14 +1832,41 @@ def _admitted(meta, filters):
     """(the first row of each row group, the row groups whose statistics
     admit the filters' project, container and time range) of a segment."""
     starts, _, bounds = _layout(meta)
-    return starts, {g for g, group in enumerate(bounds) if _admits(group, filters)}
+    groups = range(len(bounds))
+    if filters.project_id is not None:
+        groups = _groups_of_project(meta, filters.project_id)
+    return starts, {g for g in groups if _admits(bounds[g], filters)}
+
+
+def _groups_of_project(meta, project):
+    """The row groups whose project bounds hold `project`: a segment's rows
+    are sorted by project, so these are consecutive, found by bisection
+    (a merged segment has 512 row groups, and a search of a tenant asks
+    each segment of the day)."""
+    def load():
+        bounds = _layout(meta)[2]
+        if not all("project_id" in group for group in bounds):
+            return None
+        lows = [group["project_id"][0] for group in bounds]
+        highs = [group["project_id"][1] for group in bounds]
+        if lows != sorted(lows) or highs != sorted(highs):
+            return None  # not sorted by project (never written so)
+        return lows, highs
+    index = _cached(_project_bounds, _key(meta), _CACHE_FOOTERS, load)
+    if index is None:
+        return range(len(_layout(meta)[2]))
+    lows, highs = index
+    return range(bisect.bisect_left(highs, project), bisect.bisect_right(lows, project))
 
 
 def _parts_to_read(meta, filters=None, bucket=None):
     """What `_read_groups` decodes of a segment: (row group, first row, end
     row, block) of each part, rows counted within the group."""
     starts, sizes, bounds = _layout(meta)
-    parts = [(g, 0, size, None) for g, size in enumerate(sizes)]
+    groups = range(len(sizes))
+    if filters is not None and filters.project_id is not None:
+        groups = _groups_of_project(meta, filters.project_id)
+    parts = [(g, 0, sizes[g], None) for g in groups]
     if meta.get("blocks") is not None:
         size, kept = meta["blocks"]
         parts = []
