@@ -2,6 +2,7 @@
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -241,6 +242,34 @@ def test_cli_query_all_exports_every_match_and_a_cut_page_says_so(server):
     assert cli(server, "query", "--all", "--last", "5").returncode == 2
     stats = cli(server, "stats", "--project", "p", "--kind", "event", "--q", "x")
     assert stats.returncode == 0 and "2,500" in stats.stdout
+
+
+def test_a_cli_page_whose_total_is_a_lower_bound_says_so_and_offers_the_rest(tmp_path):
+    # Sealed in segments of 64, and a page's count reads 8 rows beyond its
+    # own segments: a search's total is then a lower bound.
+    server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "64", "LOGSVC_SEGMENT_ROWS": "64",
+                                   "LOGSVC_SEAL_INTERVAL_S": "0.2", "LOGSVC_MERGE_SEGMENTS": "0",
+                                   "LOGSVC_SEALED_COUNT_ROWS": "8"}).start()
+    try:
+        requests.post(server.url + "/api/proxy-logs/_ingest", headers=ADMIN, timeout=30,
+                      json=[{"kind": "event", "url": f"/x/{i}/{'odd' if i % 2 else 'even'}",
+                             "projectId": "p"} for i in range(600)]).raise_for_status()
+        deadline = time.monotonic() + 30
+        while True:
+            page = requests.get(server.url + "/api/proxy-logs/_logs", headers=ADMIN, timeout=10,
+                                params={"q": "odd", "order": "desc", "limit": 5}).json()
+            if not page["totalExact"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert page["totalExact"] is False and 5 <= page["total"] < 300
+        shown = cli(server, "query", "--q", "odd", "--limit", "5", "--ndjson")
+        assert len(shown.stdout.splitlines()) == 5, shown.stderr
+        assert re.search(r"^-- 5 of at least \d+; --all for every one --$", shown.stderr, re.M), \
+            shown.stderr
+        everything = cli(server, "query", "--q", "odd", "--all", "--ndjson")
+        assert len(everything.stdout.splitlines()) == 300
+    finally:
+        server.stop()
 
 
 def test_a_refused_cli_says_which_token_it_sent_and_where_tokens_are(server, tmp_path):

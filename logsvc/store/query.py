@@ -130,8 +130,11 @@ _SLOWEST = "e.lat_bucket DESC, e.duration_ms DESC, e.id DESC"
 def _list_entries(filters, page):
     through = segments.sealed_through()
     if through and (page.after_id is None or page.after_id < through):
-        return _list_with_sealed(filters, page, through)
-    return _list_stored(filters, page)
+        found = _list_with_sealed(filters, page, through)
+    else:
+        found = _list_stored(filters, page)
+    segments.check_sealed_through(through)
+    return found
 
 
 def _bodies(page):

@@ -113,6 +113,18 @@ def sealed_through():
     return db.memoized("sealed_through", read)
 
 
+def check_sealed_through(through):
+    """Raise db.Stale when a seal has moved the watermark since a read took
+    it as `through` (the call is then run again): the entries that seal
+    took left the hot tier, and the read, which chose its segments up to
+    `through` and its hot entries above it, may have found them in
+    neither. Each statement reads its own snapshot, so a read that spans
+    the two tiers asks once more after it has read them."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
+    if (int(row[0]) if row else 0) != through:
+        raise db.Stale("entries were sealed during the read")
+
+
 def _set_sealed_through(value):
     db.execute("INSERT INTO meta (key, value) VALUES ('sealed_through', ?) "
                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(value),))
