@@ -107,10 +107,12 @@ _DICTIONARY = ["kind", "level", "project_id", "container_id", "service_name", "m
 
 def sealed_through():
     """The highest id in a segment (0: none sealed yet)."""
-    def read():
-        row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
-        return int(row[0]) if row else 0
-    return db.memoized("sealed_through", read)
+    return db.memoized("sealed_through", _read_sealed_through)
+
+
+def _read_sealed_through():
+    row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def check_sealed_through(through):
@@ -120,8 +122,7 @@ def check_sealed_through(through):
     `through` and its hot entries above it, may have found them in
     neither. Each statement reads its own snapshot, so a read that spans
     the two tiers asks once more after it has read them."""
-    row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
-    if (int(row[0]) if row else 0) != through:
+    if _read_sealed_through() != through:
         raise db.Stale("entries were sealed during the read")
 
 
@@ -915,22 +916,23 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
     """(how many sealed entries match, whether that is all of them).
     Counting stops past `cap`; with `rows`, it also stops before a segment
     that `memo` does not hold yet would take the rows it decodes for the
-    count (at least a row group's) past that many (the segments a page has read are counted first,
-    at no cost): a rare word's newest page need not decode every row group
-    of the day that may hold it to say how many there are."""
+    count (at least a row group's) past that many. The segments a page has
+    read are counted first, at no cost: a rare word's newest page need not
+    decode every row group of the day that may hold it to say how many
+    there are."""
     n, spent = 0, 0
     if memo is None:
         memo = {}
     parsed = fulltext.parse(filters.q) if filters.q else None
+
+    def unread(meta):
+        return _matching_key(meta, filters, after_id, upto_id, _KEY_COLUMNS) not in memo
+
     chosen = _segments(filters, after_id, upto_id, memo)
     if rows is not None:
-        held = [_matching_key(meta, filters, after_id, upto_id, _KEY_COLUMNS) in memo
-                for meta in chosen]
-        chosen = [meta for meta, known in zip(chosen, held) if known] \
-            + [meta for meta, known in zip(chosen, held) if not known]
+        chosen.sort(key=unread)  # stable: those read first, in their order
     for meta in chosen:
-        if rows is not None and _matching_key(
-                meta, filters, after_id, upto_id, _KEY_COLUMNS) not in memo:
+        if rows is not None and unread(meta):
             parts = _parts_to_read(meta, filters)
             if not parts:
                 continue
@@ -1844,29 +1846,29 @@ def _admitted(meta, filters):
     """(the first row of each row group, the row groups whose statistics
     admit the filters' project, container and time range) of a segment."""
     starts, _, bounds = _layout(meta)
-    groups = range(len(bounds))
-    if filters.project_id is not None:
-        groups = _groups_of_project(meta, filters.project_id)
-    return starts, {g for g in groups if _admits(bounds[g], filters)}
+    return starts, {g for g in _groups_of_project(meta, filters.project_id)
+                    if _admits(bounds[g], filters)}
 
 
 def _groups_of_project(meta, project):
-    """The row groups whose project bounds hold `project`: a segment's rows
-    are sorted by project, so these are consecutive, found by bisection
-    (a merged segment has 512 row groups, and a search of a tenant asks
-    each segment of the day)."""
+    """The row groups whose project bounds hold `project` (None: every row
+    group): a segment's rows are sorted by project, so these are
+    consecutive, found by bisection (a merged segment has 512 row groups,
+    and a search of a tenant asks each segment of the day)."""
+    bounds = _layout(meta)[2]
+
     def load():
-        bounds = _layout(meta)[2]
         if not all("project_id" in group for group in bounds):
-            return None
+            return False  # kept: `_cached` keeps any value but None
         lows = [group["project_id"][0] for group in bounds]
         highs = [group["project_id"][1] for group in bounds]
         if lows != sorted(lows) or highs != sorted(highs):
-            return None  # not sorted by project (never written so)
+            return False  # not sorted by project (never written so)
         return lows, highs
-    index = _cached(_project_bounds, _key(meta), _CACHE_FOOTERS, load)
-    if index is None:
-        return range(len(_layout(meta)[2]))
+    index = _cached(_project_bounds, _key(meta), _CACHE_FOOTERS, load) \
+        if project is not None else False
+    if not index:
+        return range(len(bounds))
     lows, highs = index
     return range(bisect.bisect_left(highs, project), bisect.bisect_right(lows, project))
 
@@ -1875,10 +1877,8 @@ def _parts_to_read(meta, filters=None, bucket=None):
     """What `_read_groups` decodes of a segment: (row group, first row, end
     row, block) of each part, rows counted within the group."""
     starts, sizes, bounds = _layout(meta)
-    groups = range(len(sizes))
-    if filters is not None and filters.project_id is not None:
-        groups = _groups_of_project(meta, filters.project_id)
-    parts = [(g, 0, sizes[g], None) for g in groups]
+    parts = [(g, 0, sizes[g], None) for g in _groups_of_project(
+        meta, filters.project_id if filters is not None else None)]
     if meta.get("blocks") is not None:
         size, kept = meta["blocks"]
         parts = []
