@@ -522,6 +522,32 @@ def test_a_read_whose_segments_were_merged_meanwhile_is_answered_from_the_merged
     assert found[0]["url"] == sealed[0]["url"]
 
 
+@pytest.mark.parametrize("q", [None, "word2"])
+def test_a_catch_up_read_during_which_a_seal_commits_gets_every_entry_once(sealed_app, q):
+    """The live tail's catch-up reads the segments up to the watermark, then
+    the hot tier above it. A seal that commits between the two reads takes
+    out of the hot tier entries the segment read did not reach."""
+    from logsvc.store import query
+
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(300))
+    seal(sealed_app, hot_rows=200, segment_rows=64)  # 1-64 sealed, the rest hot
+    filters = Filters(q=q)
+    sealed = []
+
+    def hot(after, n, max_id):
+        if not sealed:  # another process seals before the hot read
+            while taken := segments.seal_once(0, 64):
+                sealed.append(taken)
+        return query._entries_stored(filters, after, n, max_id)
+
+    with db.using(sealed_app.extensions["logsvc"].store):
+        found = db.call(query._ascending, filters, 20, 1000, None, hot)
+        assert sum(sealed) == 192 and db.call(segments.sealed_through) == 256
+    assert [e["id"] for e in found] == [i for i in range(21, 301)
+                                        if q is None or (i - 1) % 2 and (i - 1) % 7 == 2]
+
+
 def test_keyset_paging_crosses_the_boundary_without_skipping_or_repeating(sealed_app):
     store = Store(sealed_app.test_client())
     store.ingest(corpus(300))

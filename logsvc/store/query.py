@@ -86,7 +86,10 @@ def last_entries(filters, n, max_id, addresses=True):
             f"{_SELECT} FROM {source} WHERE {where} AND {id_column} <= ? "
             f"ORDER BY {id_column} DESC LIMIT ?", [*params, max_id, n]).fetchall()
         found = [render_row(row, None, addresses) for row in reversed(rows)]
-        through = segments.sealed_through()
+        # Asked after the hot read: the entries a seal took meanwhile are in
+        # its segment, and the hot read may hold some of them too.
+        through = segments.sealed_through_now()
+        found = [entry for entry in found if entry["id"] > through]
         if through and len(found) < n:
             older = segments.read(filters, upto_id=min(max_id, through), order="desc",
                                   limit=n - len(found))
@@ -104,17 +107,11 @@ def high_water():
 def entries_from(after_id, limit):
     """Every stored entry with an id above `after_id`, ascending, as the
     API's entries (the live tail's ring)."""
-    found = []
-    through = segments.sealed_through()
-    if after_id < through:
-        found = segments.read(Filters(), after_id=after_id, upto_id=through, order="asc",
-                              limit=limit)
-        if len(found) >= limit:
-            return found
-        after_id, limit = through, limit - len(found)
-    return found + [render_row(row) for row in db.execute(
-        f"{_SELECT} FROM entry e WHERE e.id > ? ORDER BY e.id LIMIT ?",
-        (after_id, limit)).fetchall()]
+    def hot(after, n, max_id):
+        return [render_row(row) for row in db.execute(
+            f"{_SELECT} FROM entry e WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (after, n)).fetchall()]
+    return _ascending(Filters(), after_id, limit, None, hot)
 
 
 _SELECT = "SELECT " + ", ".join(f"e.{c}" for c in COLUMNS)
@@ -259,15 +256,40 @@ def _list_stored(filters, page, total=True):
 
 
 def _entries_after(filters, after_id, limit, max_id):
-    through = segments.sealed_through()
+    return _ascending(filters, after_id, limit, max_id,
+                      lambda after, n, upto: _entries_stored(filters, after, n, upto))
+
+
+def _ascending(filters, after_id, limit, max_id, hot):
+    """The first `limit` entries matching `filters` with after_id < id <=
+    max_id (None: no bound), oldest first, from the segments and then from
+    the hot tier through `hot(after, limit, max_id)`.
+
+    A seal that commits between the two reads moves entries out of the hot
+    tier into a segment this read did not choose: the hot read then lacks
+    them. So the watermark is asked again after the hot read; if it moved,
+    the hot entries above it are whole (no seal has taken any of them), and
+    those up to it are read from the segments, which now hold them."""
+    upto = _upper(max_id)
+    through = segments.sealed_through_now()
+    found = []
     if through and after_id < through:
-        upto = through if max_id is None else min(max_id, through)
-        older = segments.read(filters, after_id=after_id, upto_id=upto, order="asc",
-                              limit=limit)
-        if len(older) >= limit or (max_id is not None and max_id <= through):
-            return older
-        return [*older, *_entries_stored(filters, through, limit - len(older), max_id)]
-    return _entries_stored(filters, after_id, limit, max_id)
+        found = segments.read(filters, after_id=after_id, upto_id=min(upto, through),
+                              order="asc", limit=limit)
+        if len(found) >= limit or upto <= through:
+            return found
+        after_id = through
+    newer = hot(after_id, limit - len(found), max_id)
+    now = segments.sealed_through_now()
+    if now > after_id:
+        newer = [entry for entry in newer if entry["id"] > now]
+        found += segments.read(filters, after_id=after_id, upto_id=min(upto, now),
+                               order="asc", limit=limit - len(found))
+    return [*found, *newer][:limit]
+
+
+def _upper(max_id):
+    return float("inf") if max_id is None else max_id
 
 
 def _entries_stored(filters, after_id, limit, max_id):

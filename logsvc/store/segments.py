@@ -110,6 +110,11 @@ def sealed_through():
     return db.memoized("sealed_through", _read_sealed_through)
 
 
+def sealed_through_now():
+    """The watermark as committed now, never the value a read memoized."""
+    return _read_sealed_through()
+
+
 def _read_sealed_through():
     row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
     return int(row[0]) if row else 0
