@@ -31,3 +31,21 @@ def post_worker_init(worker):
 
     if hasattr(worker.wsgi, "extensions"):  # not gunicorn's stand-in for an app that failed
         start_background(worker.wsgi)
+
+
+# Sealing (LOGSVC_HOT_ROWS) runs in a process of its own beside the workers,
+# started once the master is ready and stopped with it (logsvc/sealer.py).
+_sealer = []
+
+
+def when_ready(server):
+    from logsvc import sealer
+
+    _sealer.append(sealer.start(_config))
+
+
+def on_exit(server):
+    from logsvc import sealer
+
+    for process in _sealer:
+        sealer.stop(process)

@@ -51,6 +51,9 @@ class Config:
     merge_segments: int = 16
     # How often the background sealer looks for entries to seal.
     seal_interval_s: float = 30.0
+    # Under gunicorn (gunicorn.conf.py), seal in a process of its own
+    # beside the workers (logsvc/sealer.py) rather than in a worker.
+    seal_process: bool = True
     # With hot_rows: hours of minute counters kept per scope and per route
     # (horizon.py); older minutes are counted from the entries. 0: all.
     minute_counters_hours: float = 6.0

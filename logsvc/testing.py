@@ -158,8 +158,23 @@ class Server:
         self.stop()
 
     def worker_pids(self):
+        """The gunicorn workers' pids (not the sealing process's)."""
+        return sorted(pid for pid in self._children() if not self._is_sealer(pid))
+
+    def sealer_pid(self):
+        """The sealing process's pid (logsvc/sealer.py), or None."""
+        return next((pid for pid in self._children() if self._is_sealer(pid)), None)
+
+    def _children(self):
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return sorted(int(pid) for pid in out.stdout.split())
+        return [int(pid) for pid in out.stdout.split()]
+
+    @staticmethod
+    def _is_sealer(pid):
+        try:  # its command line: python -m logsvc.sealer
+            return b"logsvc.sealer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
 
 
 def close_code(ws):

@@ -29,6 +29,7 @@ ALLOWED = {
                     "logsvc.config"},
     "logsvc.cli": {"logsvc.store", "logsvc.access", "logsvc.client", "logsvc.config",
                    "logsvc.demo"},
+    "logsvc.sealer": {"logsvc.server", "logsvc.store"},
     "logsvc.__main__": {"logsvc.cli"},
     "logsvc": set(),
 }

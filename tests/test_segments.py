@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -740,6 +741,54 @@ def test_a_live_tail_resuming_from_a_sealed_id_gets_every_entry_once(tmp_path):
     server.stop()
 
 
+def _sealed_by(path):
+    """(the watermark, the seal lease's holder) of a store's file."""
+    with sqlite3.connect(path) as conn:
+        through = conn.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
+        holder = conn.execute("SELECT holder FROM lease WHERE name = 'seal'").fetchone()
+    return int(through[0]) if through else 0, holder[0] if holder else None
+
+
+def _running(pid):
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status
+
+
+@pytest.mark.sqlite_only("the test reads the watermark and the lease from the store's file")
+@pytest.mark.parametrize("own_process", [True, False])
+def test_gunicorn_seals_in_a_process_of_its_own_that_ends_with_the_server(tmp_path, own_process):
+    server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "50", "LOGSVC_SEGMENT_ROWS": "50",
+                                   "LOGSVC_SEAL_INTERVAL_S": "0.2",
+                                   "LOGSVC_SEAL_PROCESS": "1" if own_process else "0"})
+    server.start()
+    sealer, workers = server.sealer_pid(), server.worker_pids()
+    assert len(workers) == 2 and (sealer is not None) == own_process
+    response = requests.post(server.url + INGEST, data=orjson.dumps(corpus(300)), timeout=30,
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                      "Content-Type": "application/json"})
+    assert response.status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _sealed_by(tmp_path / "logs.db")[0] < 200:
+        time.sleep(0.2)
+    through, holder = _sealed_by(tmp_path / "logs.db")
+    assert through == 200
+    sealed_in = int(holder.rsplit(":", 1)[1])
+    assert sealed_in == sealer if own_process else sealed_in in workers
+    if own_process:
+        # The master killed without a word: the sealing process ends too.
+        server.proc.kill()
+        server.proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(sealer):
+            time.sleep(0.1)
+        assert not _running(sealer)
+    else:
+        server.stop()
+
+
 T0 = 1_800_000_000_000  # on an hour
 HOUR = 3_600_000
 
@@ -897,6 +946,44 @@ def test_on_postgresql_a_sealed_partition_is_dropped_and_its_space_given_back(ma
         assert through == 384 and left == [6, 7]
         assert entry_bytes() < full * 0.5
     assert answers(store) == before  # nothing was lost with the tables
+
+
+@pytest.mark.postgres_only("partitions are PostgreSQL's")
+def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_later(make_app):
+    """Every read and write of `entry` queues behind a drop's lock of the
+    parents: a drop held up by a long read gives way, and the next round
+    drops the partition."""
+    import threading
+
+    from logsvc.store import partitions
+
+    app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
+    store = Store(app.test_client())
+    store.ingest(corpus(300))
+    held, release = threading.Event(), threading.Event()
+
+    def long_read():  # another connection, in a transaction that reads partition 0
+        with db.using(app.extensions["logsvc"].store), db.database.atomic():
+            db.execute("SELECT count(*) FROM entry_p0").fetchone()
+            held.set()
+            release.wait(30)
+
+    with db.using(app.extensions["logsvc"].store):
+        assert db.call(segments.seal_once, 100, 64) == 64
+        reader = threading.Thread(target=long_read)
+        reader.start()
+        try:
+            assert held.wait(30)
+            started = time.monotonic()
+            assert db.call(partitions.drop_sealed, 64) == []
+            assert time.monotonic() - started < 10
+            assert db.call(partitions.listed)[0] == 0
+        finally:
+            release.set()
+            reader.join()
+        assert db.call(partitions.drop_sealed, 64) == [0]
+        assert db.call(partitions.listed)[0] == 1
+    assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 301))
 
 
 @pytest.fixture

@@ -115,51 +115,97 @@ def drop_sealed(through):
     for n in listed():
         if (n + 1) * size > through:
             break
-        with db.database.atomic():
-            if db.execute(f"SELECT 1 FROM entry_p{n} LIMIT 1").fetchone():
-                break  # a seal of this range has not committed (or a clear raced it)
-            # As retention's drop: the parents to ourselves, before anything else.
-            db.execute("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
-            db.execute(f"DROP TABLE entry_body_p{n}")
-            db.execute(f"DROP TABLE entry_p{n}")
+        try:
+            with db.database.atomic():
+                # The parents to ourselves before the partition is touched
+                # at all: a process that holds a lock on the partition (a
+                # read) and then asks for the parents would wait for us
+                # while we wait for it, a deadlock.
+                _lock_parents()
+                if db.execute(f"SELECT 1 FROM entry_p{n} LIMIT 1").fetchone():
+                    break  # a seal of this range has not committed (or a clear raced it)
+                db.execute(f"DROP TABLE entry_body_p{n}")
+                db.execute(f"DROP TABLE entry_p{n}")
+        except _LockTimeout:
+            break  # a long read holds the tables: the next round
         dropped.append(n)
     return dropped
 
 
+# How long a drop waits for the parents: every read and write of `entry`
+# queues behind a lock asked for, so a drop that a long read holds up gives
+# way and is tried again later, rather than stalling them all.
+_LOCK_WAIT = "1s"
+
+
+class _LockTimeout(Exception):
+    """The parents were not had within _LOCK_WAIT."""
+
+
+def _lock_parents():
+    import peewee
+
+    db.execute(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'")
+    try:
+        db.execute("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
+    except peewee.OperationalError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        raise _LockTimeout() from exc
+    db.execute("SET LOCAL lock_timeout = 0")
+
+
 @db.only("postgresql", 0)
-def drop_expired(cutoff_ms, excess_rows, high_water):
+def drop_expired(cutoff_ms, excess_rows, high_water, sealed_through=0):
     """Drop the oldest partitions that retention may remove whole: every
     entry older than `cutoff_ms` (None: no age limit), or no more rows than
     `excess_rows` still over the row cap. Never the partition holding
-    `high_water`, which writers may still be filling. Returns the number of
-    entries removed. Each partition is one transaction."""
+    `high_water`, which writers may still be filling, nor those a seal
+    emptied (every id at or below `sealed_through`), which the sealer drops
+    (drop_sealed): two processes dropping one partition could deadlock.
+    Returns the number of entries removed. Each partition is one
+    transaction."""
     size = partition_rows()
     removed = 0
     for n in listed():
+        if (n + 1) * size <= sealed_through:
+            continue
         if (n + 1) * size > high_water:
             break
-        table = f"entry_p{n}"
-        with db.database.atomic():
-            count, newest, low, high = db.execute(
-                f"SELECT count(*), max(ts_ms), min(id), max(id) FROM {table}").fetchone()
-            expired = count == 0 or (cutoff_ms is not None and newest < cutoff_ms)
-            if not expired and count > excess_rows:
-                break
-            groups = db.execute(rollup.GROUPED.format(table=table)).fetchall() if count else []
-            # Dropping a partition needs the parents to itself. Taken before
-            # any counter row is touched, so a writer (which holds `entry`
-            # while it waits for counter rows) never waits on us in a cycle.
-            # The partition is below the high-water mark: nobody writes to
-            # it any more, so what was read above still holds.
-            db.execute("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
-            db.execute(f"DROP TABLE entry_body_p{n}")
-            db.execute(f"DROP TABLE {table}")
-            if count:
-                # After the drop: the longest durations left are recomputed
-                # from the entries that remain.
-                rollup.add([row[:11] for row in groups], sign=-1,
-                           weights=[row[11] for row in groups])
-                PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
+        try:
+            count = _drop_expired_one(n, cutoff_ms, excess_rows)
+        except _LockTimeout:
+            break  # a long read holds the tables: the next round
+        if count is None:
+            break
         removed += count
         excess_rows -= count
     return removed
+
+
+def _drop_expired_one(n, cutoff_ms, excess_rows):
+    """Drop partition `n` if it has expired (drop_expired): the entries it
+    held, or None when it has not."""
+    table = f"entry_p{n}"
+    with db.database.atomic():
+        count, newest, low, high = db.execute(
+            f"SELECT count(*), max(ts_ms), min(id), max(id) FROM {table}").fetchone()
+        expired = count == 0 or (cutoff_ms is not None and newest < cutoff_ms)
+        if not expired and count > excess_rows:
+            return None
+        groups = db.execute(rollup.GROUPED.format(table=table)).fetchall() if count else []
+        # Dropping a partition needs the parents to itself. Taken before
+        # any counter row is touched, so a writer (which holds `entry`
+        # while it waits for counter rows) never waits on us in a cycle.
+        # The partition is below the high-water mark: nobody writes to
+        # it any more, so what was read above still holds.
+        _lock_parents()
+        db.execute(f"DROP TABLE entry_body_p{n}")
+        db.execute(f"DROP TABLE {table}")
+        if count:
+            # After the drop: the longest durations left are recomputed
+            # from the entries that remain.
+            rollup.add([row[:11] for row in groups], sign=-1,
+                       weights=[row[11] for row in groups])
+            PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
+    return count

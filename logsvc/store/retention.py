@@ -123,53 +123,97 @@ def run_forever(config, holder=None, store=None):
             if reason:
                 db.note_write(exc)
                 log.warning("retention skipped: %s", reason)
+            elif db.is_transient_error(exc):
+                log.warning("retention run interrupted, tried again next round: %s",
+                            str(exc).splitlines()[0])
             else:
                 log.exception("retention run failed")
         runtime.sleep(config.prune_interval_s)
 
 
-def seal_forever(config, store=None, holder=None):
+def seal_forever(config, store=None, holder=None, keep=False, parent=None):
     """Seal (segments.py) in the background while this process holds the
-    seal lease."""
+    seal lease. A serving worker warms its caches each round and releases
+    the lease after each round of sealing. `keep` (the sealing process,
+    sealer.py): the lease is kept from round to round, renewed between
+    steps, and released when the process ends; it ends when its `parent`
+    is gone."""
     if store is not None:
         db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
-    while True:
-        try:
-            db.call(segments.warm)
-            due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
-                   or db.call(segments.merge_due, config.merge_rows, config.merge_bytes)
-                   or db.call(segments.split_due)
-                   or db.call(horizon.due, config.minute_counters_hours,
-                              horizon.grace_ms(config)))
-            if due and db.call(take_lease, segments.LEASE_NAME, holder, 120):
-                try:
-                    seal_due(config)
-                finally:
-                    db.call(release_lease, segments.LEASE_NAME, holder)
-        except Exception as exc:
-            reason = db.unwritable_reason(exc)
-            if reason:
-                db.note_write(exc)
-                log.warning("sealing skipped: %s", reason)
-            elif not db.is_transient_error(exc):
-                log.exception("sealing failed")
-        runtime.sleep(config.seal_interval_s)
+    lease_s = max(SEAL_LEASE_S, 4 * config.seal_interval_s)
+
+    held_until = [0.0]  # monotonic: when the lease this process holds expires
+
+    def renew():
+        """Renew the lease once half of it is gone (between steps, and each
+        round of the sealing process: a write, which an idle store is
+        spared in between)."""
+        if time.monotonic() < held_until[0] - lease_s / 2:
+            return
+        if not db.call(take_lease, segments.LEASE_NAME, holder, lease_s):
+            held_until[0] = 0.0
+            raise PruneBusy("the seal lease was lost; another sealer took over")
+        held_until[0] = time.monotonic() + lease_s
+
+    try:
+        while parent is None or os.getppid() == parent:
+            try:
+                if not keep:
+                    db.call(segments.warm)
+                due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
+                       or db.call(segments.merge_due, config.merge_rows, config.merge_bytes)
+                       or db.call(segments.split_due)
+                       or db.call(horizon.due, config.minute_counters_hours,
+                                  horizon.grace_ms(config)))
+                if keep and not due:
+                    renew()  # held from round to round
+                if due and db.call(take_lease, segments.LEASE_NAME, holder, lease_s):
+                    held_until[0] = time.monotonic() + lease_s
+                    try:
+                        seal_due(config, renew)
+                    finally:
+                        if not keep:
+                            db.call(release_lease, segments.LEASE_NAME, holder)
+            except PruneBusy:
+                pass  # another process seals
+            except Exception as exc:
+                reason = db.unwritable_reason(exc)
+                if reason:
+                    db.note_write(exc)
+                    log.warning("sealing skipped: %s", reason)
+                elif not db.is_transient_error(exc):
+                    log.exception("sealing failed")
+            runtime.sleep(config.seal_interval_s)
+    finally:
+        if keep:
+            try:
+                db.call(release_lease, segments.LEASE_NAME, holder)
+            except Exception:  # noqa: BLE001 - ending anyway; the lease expires
+                pass
 
 
-def seal_due(config):
+# How long a seal lease lasts unless renewed (at least four rounds).
+SEAL_LEASE_S = 120
+
+
+def seal_due(config, renew=None):
     """Seal every segment that is due (under the seal lease). On
     PostgreSQL, drop each partition a seal emptied (a store that seals has
-    a segment's ids in a partition: config.store_partition_rows). Returns
-    the entries sealed."""
+    a segment's ids in a partition: config.store_partition_rows). `renew`:
+    called between steps, to keep the lease. Returns the entries sealed."""
+    renew = renew or (lambda: None)
     total = 0
     while sealed := db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
         total += sealed
         db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
+        renew()
         runtime.pause()
     while db.call(segments.merge_once, config.merge_rows, config.merge_bytes):
+        renew()
         runtime.pause()
     while db.call(segments.split_once):
+        renew()
         runtime.pause()
     db.call(segments.reclaim)
     horizon.trim(config.minute_counters_hours, horizon.grace_ms(config))
@@ -196,7 +240,8 @@ def release_lease(name, holder):
 
 @db.only("postgresql", 0)
 def _drop_partitions(cutoff, max_rows):
-    return partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water())
+    return partitions.drop_expired(cutoff, _row_count() - max_rows, query.high_water(),
+                                   segments.sealed_through())
 
 
 def _drop_segment(cutoff=None):
