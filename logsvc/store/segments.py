@@ -51,7 +51,6 @@ import functools
 import hashlib
 import io
 import re
-import threading
 
 import orjson
 
@@ -1063,11 +1062,20 @@ def warm():
             _blooms(meta)
 
 
+def prepare_process():
+    """What a serving process does once, before it serves (server.py):
+    `_arrow_ready`."""
+    _arrow_ready()
+
+
 @functools.cache
 def _arrow_ready():
     """Arrow's first array made from a NumPy array looks for pandas, and
-    imports it where it is installed (a third of a second): done here,
-    by the background warming, rather than by a first question."""
+    imports it where it is installed (a third of a second): done once
+    before the process serves, rather than by a first question. Arrow
+    guards that look with a lock of `threading`, which under gevent is
+    gevent's: two database threads (real threads) contending for it
+    stalled a question for good."""
     import numpy as np
     import pyarrow as pa
 
@@ -1571,7 +1579,10 @@ def _entries(table, bodies):
 # about a MB, most of it its bodies; its other columns take a tenth of that, so
 # that the columns questions sort and filter by stay kept for many groups.
 _CACHE_FOOTERS = 4096
-_cache_lock = threading.Lock()
+# Taken by the database threads (real threads): a lock of the operating
+# system, not gevent's (a gevent lock contended between two of them left a
+# question waiting forever).
+_cache_lock = db.os_lock()
 
 
 class _Budgeted:
