@@ -33,7 +33,6 @@ import argparse  # noqa: E402
 import re  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -66,11 +65,6 @@ def warm(server, concurrent=32):
         for _ in range(4):
             requests.get(server.url + "/api/proxy-logs/_logs?limit=1", headers=HEADERS)
     gevent.joinall([gevent.spawn(ask) for _ in range(concurrent)])
-
-
-def worker_pids(server):
-    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def subscribe(port, container, latencies, ready, failures=None, beats=None):
@@ -146,7 +140,7 @@ def main():
         server = Server(data_dir, workers=2, database_url=args.database_url)
         try:
             port = int(server.url.rsplit(":", 1)[1])
-            pids = worker_pids(server)
+            pids = server.worker_pids()  # not the sealing process
             warm(server)
             before = rss_kib(pids)
             latencies, ready, failures = [], [], []
@@ -206,7 +200,7 @@ def idle(n, period=5, seconds=30):
         server = Server(data_dir, workers=2, env={"LOGSVC_HEARTBEAT_S": str(period)})
         try:
             port = int(server.url.rsplit(":", 1)[1])
-            pids = worker_pids(server)
+            pids = server.worker_pids()  # not the sealing process
             warm(server)
             before = rss_kib(pids)
             ready, failures = [], []

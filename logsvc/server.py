@@ -16,7 +16,7 @@ from . import alerting, runtime, syslogd
 from .access import authenticator, limits
 from .api import blueprints, deadline, errors, hosting, stream
 from .config import Config, ConfigError
-from .store import db, migrations, models, retention, segments, tail, wal
+from .store import db, migrations, models, retention, tail, wal
 
 
 @dataclasses.dataclass
@@ -139,8 +139,6 @@ def start_background(app):
         return services.background
     with _starting:
         if services.background is None:
-            if services.config.hot_rows:
-                segments.prepare_process()
             services.background = runtime.spawn(retention.run_forever, services.config, None,
                                                 services.store, name="logsvc-retention")
             config = services.config

@@ -106,15 +106,11 @@ _DICTIONARY = ["kind", "level", "project_id", "container_id", "service_name", "m
 
 def sealed_through():
     """The highest id in a segment (0: none sealed yet)."""
-    return db.memoized("sealed_through", _read_sealed_through)
+    return db.memoized("sealed_through", sealed_through_now)
 
 
 def sealed_through_now():
     """The watermark as committed now, never the value a read memoized."""
-    return _read_sealed_through()
-
-
-def _read_sealed_through():
     row = db.execute("SELECT value FROM meta WHERE key = 'sealed_through'").fetchone()
     return int(row[0]) if row else 0
 
@@ -126,7 +122,7 @@ def check_sealed_through(through):
     `through` and its hot entries above it, may have found them in
     neither. Each statement reads its own snapshot, so a read that spans
     the two tiers asks once more after it has read them."""
-    if _read_sealed_through() != through:
+    if sealed_through_now() != through:
         raise db.Stale("entries were sealed during the read")
 
 
@@ -285,6 +281,7 @@ def _build(columns, row_group=ROW_GROUP):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    _arrow_ready()
     projects, containers = columns["project_id"], columns["container_id"]
     times, ids = columns["ts_ms"], columns["id"]
     order = sorted(range(len(ids)),
@@ -605,6 +602,7 @@ def _merged(metas):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    _arrow_ready()
     files, keys = [], []
     for at, meta in enumerate(metas):
         # Each source is read whole first (together at most a merged
@@ -1062,24 +1060,28 @@ def warm():
             _blooms(meta)
 
 
-def prepare_process():
-    """What a serving process does once, before it serves (server.py):
-    `_arrow_ready`."""
-    _arrow_ready()
-
-
-@functools.cache
 def _arrow_ready():
-    """Arrow's first array made from a NumPy array looks for pandas, and
-    imports it where it is installed (a third of a second): done once
-    before the process serves, rather than by a first question. Arrow
-    guards that look with a lock of `threading`, which under gevent is
-    gevent's: two database threads (real threads) contending for it
-    stalled a question for good."""
-    import numpy as np
-    import pyarrow as pa
+    """Before a process's first Arrow array: Arrow's first array looks for
+    pandas, and imports it where it is installed (a third of a second),
+    under a lock of `threading`, which under gevent is gevent's. Two
+    database threads (real threads) contending for it stalled a question
+    for good, so the first look is made here, one thread at a time under a
+    lock of the operating system: every read of a segment's bytes
+    (`_open`) and every segment built or merged (`_build`, `_merged`) asks
+    first, and the background warming makes it early."""
+    if _arrow_looked:
+        return
+    with _arrow_lock:
+        if not _arrow_looked:
+            import numpy as np
+            import pyarrow as pa
 
-    pa.array(np.zeros(1, dtype=np.int64))
+            pa.array(np.zeros(1, dtype=np.int64))
+            _arrow_looked.append(True)
+
+
+_arrow_lock = db.os_lock()
+_arrow_looked = []
 
 
 def _projects(meta):
@@ -1678,6 +1680,7 @@ def _file(meta, dictionaries=True):
 def _open(meta):
     """The segment's Parquet bytes as a file (db.Stale if the segment is
     gone: merged or dropped since the question chose it)."""
+    _arrow_ready()
     if db.is_postgres():
         return _RangeFile(meta)
     return _sqlite_file(meta, *_parts(meta))
