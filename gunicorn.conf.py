@@ -34,7 +34,8 @@ def post_worker_init(worker):
 
 
 # Sealing (LOGSVC_HOT_ROWS) runs in a process of its own beside the workers,
-# started once the master is ready and stopped with it (logsvc/sealer.py).
+# started once the master is ready, started again should it die, and
+# stopped with the master (logsvc/sealer.py).
 _sealer = []
 
 
@@ -47,5 +48,5 @@ def when_ready(server):
 def on_exit(server):
     from logsvc import sealer
 
-    for process in _sealer:
-        sealer.stop(process)
+    for sealing in _sealer:
+        sealer.stop(sealing)

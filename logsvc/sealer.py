@@ -7,45 +7,121 @@ statements each wait up to the interpreter's switch interval). So under
 gunicorn (gunicorn.conf.py) the master starts this process beside the
 workers, `python -m logsvc.sealer`, on the same settings. It takes the seal
 lease and keeps it, renewing it between steps; the workers' own sealers
-find the lease held and only warm their caches. Should this process die,
-its lease expires and a worker's sealer takes over; other WSGI servers seal
-in their workers as before. LOGSVC_SEAL_PROCESS=0 turns it off.
+find the lease held and only warm their caches. Other WSGI servers seal in
+their workers as before. LOGSVC_SEAL_PROCESS=0 turns it off.
+
+Should the process die (killed, out of memory), the master starts another
+after a pause (RESTART_S, doubled while it keeps dying soon after its
+start), and the new one takes over the dead one's lease at once: the
+master tells it which holder it replaces. Until then the lease is the dead
+process's, and a worker's sealer takes over only once it expires.
 
 The process ends with its parent (the gunicorn master): on SIGTERM, and on
 Linux when the parent dies without a word."""
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 log = logging.getLogger("logsvc.sealer")
 
 MODULE = "logsvc.sealer"  # in its command line (testing.Server tells it by that)
 
 
+# The pause before the process is started again after it died; doubled
+# (up to RESTART_MAX_S) while each one dies within STEADY_S of its start.
+RESTART_S = 1.0
+RESTART_MAX_S = 60.0
+STEADY_S = 60.0
+
+
+def holder(pid):
+    """The seal lease's holder name of process `pid` on this host (what
+    retention.seal_forever holds it as)."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+class Sealing:
+    """The sealing process of a gunicorn master, started again whenever it
+    dies until `stop`."""
+
+    def __init__(self):
+        self.process = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self, replaces=None):
+        env = dict(os.environ, LOGSVC_SEALER_PARENT=str(os.getpid()))
+        env.pop("LOGSVC_SEALER_REPLACES", None)
+        if replaces:
+            env["LOGSVC_SEALER_REPLACES"] = replaces
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self.process = subprocess.Popen([sys.executable, "-m", MODULE], env=env)
+        log.info("sealing in process %d", self.process.pid)
+
+    def watch(self):
+        """Start the process again each time it ends, until `stop` (a
+        thread of the master: the master reaps its children itself, so the
+        wait may find the process gone without its status)."""
+        pause = RESTART_S
+        while not self._stopping.is_set():
+            process, started = self.process, time.monotonic()
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            pause = RESTART_S if time.monotonic() - started > STEADY_S else pause
+            log.warning("the sealing process %d ended (exit status %s); another starts in "
+                        "%.0f s", process.pid, code, pause)
+            if self._stopping.wait(pause):
+                return
+            pause = min(RESTART_MAX_S, pause * 2)
+            try:
+                self.start(replaces=holder(process.pid))
+            except OSError as exc:  # tried again after the next pause
+                log.warning("the sealing process could not be started: %s", exc)
+
+    def stop(self, timeout_s=10):
+        """Stop the process (it releases the seal lease), killed after
+        `timeout_s`; it is not started again."""
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def start(config):
-    """Start the sealing process for `config` (None when the store does not
-    seal, is read-only, or LOGSVC_SEAL_PROCESS is off). Called by the
-    gunicorn master once it is ready, before its workers are forked."""
+    """Start the sealing process for `config` and keep it running (None
+    when the store does not seal, is read-only, or LOGSVC_SEAL_PROCESS is
+    off). Called by the gunicorn master once it is ready, before its
+    workers are forked."""
     if not (config.seal_process and config.hot_rows) or config.read_only:
         return None
-    process = subprocess.Popen([sys.executable, "-m", MODULE],
-                               env=dict(os.environ, LOGSVC_SEALER_PARENT=str(os.getpid())))
-    log.info("sealing in process %d", process.pid)
-    return process
+    sealing = Sealing()
+    sealing.start()
+    # A thread of the master, not a forked child's: PR_SET_PDEATHSIG
+    # signals the process when the thread that started it ends, and this
+    # one lives as long as the master.
+    threading.Thread(target=sealing.watch, name="logsvc-sealer-watch", daemon=True).start()
+    return sealing
 
 
-def stop(process, timeout_s=10):
-    """Ask the process to stop (it releases the seal lease), then kill it."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def stop(sealing, timeout_s=10):
+    """Stop the sealing process for good."""
+    if sealing is not None:
+        sealing.stop(timeout_s)
 
 
 def _end_with_parent():
@@ -73,10 +149,17 @@ def main():
     if os.getppid() != parent:
         return 0  # the parent died before the signal was asked for
     from logsvc.server import create_app
-    from logsvc.store import retention
+    from logsvc.store import db, retention, segments
 
     services = create_app().extensions["logsvc"]
-    retention.seal_forever(services.config, services.store, keep=True, parent=parent)
+    config, me = services.config, holder(os.getpid())
+    replaces = os.environ.get("LOGSVC_SEALER_REPLACES")
+    if replaces:
+        db.use(services.store)
+        if db.call(retention.take_over_lease, segments.LEASE_NAME, replaces, me,
+                   retention.seal_lease_s(config)):
+            log.info("took the seal lease over from %s, which ended", replaces)
+    retention.seal_forever(config, services.store, holder=me, keep=True, parent=parent)
     return 0
 
 

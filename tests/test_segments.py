@@ -789,6 +789,45 @@ def test_gunicorn_seals_in_a_process_of_its_own_that_ends_with_the_server(tmp_pa
         server.stop()
 
 
+@pytest.mark.sqlite_only("the test reads the watermark and the lease from the store's file")
+def test_a_sealing_process_that_dies_is_started_again_and_takes_its_lease_over_at_once(tmp_path):
+    server = Server(tmp_path, env={"LOGSVC_HOT_ROWS": "50", "LOGSVC_SEGMENT_ROWS": "50",
+                                   "LOGSVC_SEAL_INTERVAL_S": "0.2"})
+    server.start()
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+
+    def sealed_through_at_least(count, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _sealed_by(tmp_path / "logs.db")[0] < count:
+            time.sleep(0.2)
+        return _sealed_by(tmp_path / "logs.db")
+
+    try:
+        first = server.sealer_pid()
+        assert requests.post(server.url + INGEST, data=orjson.dumps(corpus(300)), timeout=30,
+                             headers=headers).status_code == 200
+        through, holder = sealed_through_at_least(200, 30)
+        assert through >= 200 and int(holder.rsplit(":", 1)[1]) == first
+        workers = server.worker_pids()
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and server.sealer_pid() in (None, first):
+            time.sleep(0.1)
+        second = server.sealer_pid()
+        assert second not in (None, first)
+        # Well within the dead process's lease (two minutes): the new
+        # process took it over and seals what arrives next.
+        assert requests.post(server.url + INGEST, data=orjson.dumps(corpus(300, 300)), timeout=30,
+                             headers=headers).status_code == 200
+        through, holder = sealed_through_at_least(500, 30)
+        assert through >= 500
+        assert int(holder.rsplit(":", 1)[1]) == second
+        assert server.worker_pids() == workers  # the workers went on serving
+    finally:
+        server.stop()
+    assert not _running(second)
+
+
 T0 = 1_800_000_000_000  # on an hour
 HOUR = 3_600_000
 

@@ -141,7 +141,7 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None):
     if store is not None:
         db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
-    lease_s = max(SEAL_LEASE_S, 4 * config.seal_interval_s)
+    lease_s = seal_lease_s(config)
 
     held_until = [0.0]  # monotonic: when the lease this process holds expires
 
@@ -197,6 +197,10 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None):
 SEAL_LEASE_S = 120
 
 
+def seal_lease_s(config):
+    return max(SEAL_LEASE_S, 4 * config.seal_interval_s)
+
+
 def seal_due(config, renew=None):
     """Seal every segment that is due (under the seal lease). On
     PostgreSQL, drop each partition a seal emptied (a store that seals has
@@ -232,6 +236,17 @@ def take_lease(name, holder, seconds):
                    (name, holder, now + int(seconds * 1000), now))
         (current,) = db.execute("SELECT holder FROM lease WHERE name = ?", (name,)).fetchone()
         return current == holder
+
+
+def take_over_lease(name, dead, holder, seconds):
+    """Take the named lease from `dead`, a holder known to be gone (a
+    sealing process its master saw end), without waiting for it to
+    expire. True if `holder` now holds it; False if it is not `dead`'s."""
+    with database.atomic():
+        db.execute("UPDATE lease SET holder = ?, expires_ms = ? WHERE name = ? AND holder = ?",
+                   (holder, now_ms() + int(seconds * 1000), name, dead))
+        found = db.execute("SELECT holder FROM lease WHERE name = ?", (name,)).fetchone()
+        return found is not None and found[0] == holder
 
 
 def release_lease(name, holder):
