@@ -20,6 +20,7 @@ embedded server do so before the application is imported), else threads.
 """
 import gc
 import select
+import sys
 import threading
 import time
 
@@ -112,14 +113,28 @@ def wait_readable(fileno, timeout):
         select.select([fileno], [], [], timeout)
 
 
-def tune_gc():
-    """For a serving process, once the application is made: the objects
-    made so far are frozen (the collector never walks them again), and the
-    collector's youngest generation is collected every 50,000 new objects
-    instead of 700. Ingest makes a few hundred thousand short-lived
-    containers per request (decoded entries, their rows, the counters'
-    sums) and frees them by reference counting; at the default thresholds
-    the collector ran hundreds of times per batch, walking the batch still
-    in use each time: about an eighth of ingest's time (bench/scale.py)."""
+# How long a thread holding the interpreter lock keeps it while another
+# waits (Python's default: 5 ms). See tune_for_serving.
+SWITCH_INTERVAL_S = 0.001
+
+
+def tune_for_serving():
+    """For a serving process, once the application is made:
+
+    - The objects made so far are frozen (the collector never walks them
+      again), and the collector's youngest generation is collected every
+      50,000 new objects instead of 700. Ingest makes a few hundred
+      thousand short-lived containers per request (decoded entries, their
+      rows, the counters' sums) and frees them by reference counting; at
+      the default thresholds the collector ran hundreds of times per
+      batch, walking the batch still in use each time: about an eighth of
+      ingest's time (bench/scale.py).
+    - The interpreter hands its lock to a waiting thread after 1 ms
+      instead of 5 (SWITCH_INTERVAL_S). A question's database thread
+      takes the lock back after each SQLite call; while an ingest batch's
+      thread runs Python (its rows, its counters' sums), each of those
+      waited up to 5 ms, and a question of a dozen statements waited tens
+      of milliseconds behind a batch (bench/scale.py --busy)."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)

@@ -175,7 +175,7 @@ def serve():
     try:
         config = Config.from_env()
         app = create_app(config)
-        runtime.tune_gc()
+        runtime.tune_for_serving()
     except (ConfigError, db.UnsupportedDatabase, migrations.SchemaTooNew) as exc:
         print(f"logsvc: {exc}", file=sys.stderr)
         return 2
