@@ -36,17 +36,13 @@ def post_worker_init(worker):
 # Sealing (LOGSVC_HOT_ROWS) runs in a process of its own beside the workers,
 # started once the master is ready, started again should it die, and
 # stopped with the master (logsvc/sealer.py).
-_sealer = []
-
-
 def when_ready(server):
     from logsvc import sealer
 
-    _sealer.append(sealer.start(_config))
+    sealer.start(_config)
 
 
 def on_exit(server):
     from logsvc import sealer
 
-    for sealing in _sealer:
-        sealer.stop(sealing)
+    sealer.stop_all()

@@ -111,17 +111,22 @@ def start(config):
         return None
     sealing = Sealing()
     sealing.start()
-    # A thread of the master, not a forked child's: PR_SET_PDEATHSIG
-    # signals the process when the thread that started it ends, and this
-    # one lives as long as the master.
+    # A thread of the master: PR_SET_PDEATHSIG signals the process when the
+    # thread that started it ends, and this one lives as long as the master.
     threading.Thread(target=sealing.watch, name="logsvc-sealer-watch", daemon=True).start()
+    _started.append(sealing)
     return sealing
 
 
-def stop(sealing, timeout_s=10):
-    """Stop the sealing process for good."""
-    if sealing is not None:
-        sealing.stop(timeout_s)
+def stop_all(timeout_s=10):
+    """Stop the sealing processes `start` started, for good. (Kept here,
+    not in gunicorn.conf.py: gunicorn reads its settings file again on
+    SIGHUP, and this module stays.)"""
+    while _started:
+        _started.pop().stop(timeout_s)
+
+
+_started = []
 
 
 def _end_with_parent():

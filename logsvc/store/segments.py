@@ -84,6 +84,7 @@ _HASHES = 7
 # it is used: a store that seals nothing never loads it.
 @functools.cache
 def _schema():
+    _arrow_ready()
     import pyarrow as pa
 
     return pa.schema([
@@ -278,6 +279,7 @@ def _build(columns, row_group=ROW_GROUP):
     """(Parquet bytes, summary) of segment columns (`_rows_to_seal`'s),
     sorted by scope and time, in row groups of `row_group` rows, each with
     a Bloom filter of its words."""
+    _arrow_ready()
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -597,6 +599,7 @@ def _merged(metas):
     at a time as the merged order reaches it, so that what is held decoded
     at once is a row group of each source and the merged file, not every
     row."""
+    _arrow_ready()
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -738,6 +741,7 @@ def _values(column, convert=None):
     one (once per distinct value). A dictionary column's (the names) are
     made from its dictionary, a value per distinct name, not an object per
     row."""
+    _arrow_ready()
     import pyarrow as pa
 
     if not pa.types.is_dictionary(column.type):
@@ -803,6 +807,7 @@ def stage(filters, bucket=None):
         table = _matching(meta, filters, None, through, columns=frozenset(_STAGED_COLUMNS),
                           bucket=bucket)
         if bucket is not None and table.num_rows:
+            _arrow_ready()
             import pyarrow.compute as pc
 
             table = table.filter(pc.equal(table["lat_bucket"], bucket))
@@ -880,6 +885,7 @@ def _slowest(chosen, filters, after_id, upto_id, limit, bodies, memo):
     """The `limit` longest sealed matches of the segments `chosen`: each
     one's longest, ranked together by their key columns; only those
     returned are read whole."""
+    _arrow_ready()
     import pyarrow as pa
 
     ranked = []
@@ -1061,20 +1067,28 @@ def warm():
 
 
 def _arrow_ready():
-    """Before a process's first Arrow array: Arrow's first array looks for
-    pandas, and imports it where it is installed (a third of a second),
-    under a lock of `threading`, which under gevent is gevent's. Two
-    database threads (real threads) contending for it stalled a question
-    for good, so the first look is made here, one thread at a time under a
-    lock of the operating system: every read of a segment's bytes
-    (`_open`) and every segment built or merged (`_build`, `_merged`) asks
-    first, and the background warming makes it early."""
+    """Before any use of Arrow in a process: its modules are imported, and
+    its first array made, here, one thread at a time under a lock of the
+    operating system. Every function of this module that imports numpy or
+    pyarrow calls it first.
+
+    Under gevent, the import machinery's per-module locks and the lock
+    under which Arrow's first array looks for pandas are gevent's, and the
+    database threads are real threads. A thread that released such a lock
+    wakes its waiter through its own event loop; when it then blocked on a
+    lock of the operating system (this one, or the segments' cache), the
+    waiter never woke, and every later question of the worker waited for
+    it: two database threads importing pyarrow (or pyarrow.compute) at
+    once stalled a worker for good. Once imported, a module is taken from
+    `sys.modules` without any lock."""
     if _arrow_looked:
         return
     with _arrow_lock:
         if not _arrow_looked:
             import numpy as np
             import pyarrow as pa
+            import pyarrow.compute
+            import pyarrow.parquet
 
             pa.array(np.zeros(1, dtype=np.int64))
             _arrow_looked.append(True)
@@ -1226,6 +1240,7 @@ def _with_bodies(table, q, held, load, rarity=None):
     its bodies hold other words or none (always so when each phrase is a
     single whole word; a longer phrase may run from the url into `data`
     only where no word of a body lies between: `_undecided_by_bodies`)."""
+    _arrow_ready()
     import numpy as np
     import pyarrow as pa
 
@@ -1246,6 +1261,7 @@ def _with_bodies(table, q, held, load, rarity=None):
 
 def _with_bodies_read(table, blocks, q, held, load, rarity):
     """`_with_bodies` of rows all read without their bodies."""
+    _arrow_ready()
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -1319,6 +1335,7 @@ def _undecided_by_bodies(table, rows, parsed):
     words searched), those whose match does not depend on their bodies:
     the same whether the bodies hold words (none of the phrases', so that
     a phrase cannot run through them) or none at all."""
+    _arrow_ready()
     import numpy as np
 
     words = {word for p in _phrases(parsed) for word in p.words}
@@ -1394,6 +1411,7 @@ def _prefiltered(table, q, rarity=None):
     that is not known), each among the rows that held the words before it:
     the others then search few rows (an id in a path beside `v1` and
     `users`)."""
+    _arrow_ready()
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -1469,6 +1487,7 @@ def _mask(table, filters, after_id, upto_id):
     """The rows of `table` that pass every filter but `q`, as a boolean
     array (None: no filter), computed column by column (filtering by an
     expression plans a query first: 0.7 ms a call on a row group)."""
+    _arrow_ready()
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -1671,6 +1690,7 @@ def _file(meta, dictionaries=True):
     through its incremental blob I/O, PostgreSQL by ranges of the bytea
     (stored uncompressed out of line, so that a range reads its own pages:
     migrations.py)."""
+    _arrow_ready()
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(_open(meta), metadata=_metadata(meta), pre_buffer=False,
@@ -1721,6 +1741,7 @@ def _parts(meta):
 
 def _metadata(meta):
     """The segment's Parquet metadata (its footer), kept per process."""
+    _arrow_ready()
     import pyarrow.parquet as pq
 
     def load():
@@ -1921,6 +1942,7 @@ def _read_groups(meta, filters=None, columns=None, bucket=None):
     place in the segment (what `_rows_at` reads the rest of a row by).
     With `bucket`, only the row groups that hold durations of that latency
     bucket."""
+    _arrow_ready()
     import numpy as np
     import pyarrow as pa
 
@@ -1965,6 +1987,7 @@ def _read_groups(meta, filters=None, columns=None, bucket=None):
 def _rows_at(meta, positions, columns):
     """The `columns` of the segment's rows at `positions` (`_pos` values),
     in that order."""
+    _arrow_ready()
     import pyarrow as pa
 
     starts, _, _ = _layout(meta)
@@ -2002,6 +2025,7 @@ class _GroupReader:
         self.file = None  # opened for the first column not kept
 
     def group(self, g, names):
+        _arrow_ready()
         import pyarrow as pa
 
         found = {name: _groups.get((*self.key, g, name)) for name in names}
@@ -2081,6 +2105,7 @@ class Bloom:
         word's two hashes (`_hashed`'s, unchanged), then its positions
         (first + i * second) % size, computed from both hashes reduced by
         `size` so that they stay within 64 bits."""
+        _arrow_ready()
         import numpy as np
 
         size = -(-max(64, len(words) * bits_per_word) // 8) * 8  # whole bytes
