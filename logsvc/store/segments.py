@@ -283,7 +283,6 @@ def _build(columns, row_group=ROW_GROUP):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _arrow_ready()
     projects, containers = columns["project_id"], columns["container_id"]
     times, ids = columns["ts_ms"], columns["id"]
     order = sorted(range(len(ids)),
@@ -605,7 +604,6 @@ def _merged(metas):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    _arrow_ready()
     files, keys = [], []
     for at, meta in enumerate(metas):
         # Each source is read whole first (together at most a merged
