@@ -6,13 +6,14 @@ applications in one process work on two stores and share nothing.
 """
 import dataclasses
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
 
 from flask import Flask
 
-from . import alerting, runtime, syslogd
+from . import alerting, runtime, sealer, syslogd
 from .access import authenticator, limits
 from .api import blueprints, deadline, errors, hosting, stream
 from .config import Config, ConfigError
@@ -143,8 +144,11 @@ def start_background(app):
                                                 services.store, name="logsvc-retention")
             config = services.config
             if not config.read_only and config.hot_rows:
+                # Beside a sealing process (sealer.py), the lease is left
+                # to it: its start takes a few seconds, the workers' none.
+                wait_s = retention.seal_lease_s(config) if os.environ.get(sealer.STANDING_BY) else 0
                 services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
-                                                name="logsvc-seal")
+                                                None, False, None, wait_s, name="logsvc-seal")
             if not config.read_only:
                 services.alerter = runtime.spawn(alerting.run_forever, config, services.store,
                                                  name="logsvc-alerts")

@@ -131,19 +131,22 @@ def run_forever(config, holder=None, store=None):
         runtime.sleep(config.prune_interval_s)
 
 
-def seal_forever(config, store=None, holder=None, keep=False, parent=None):
+def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_s=0):
     """Seal (segments.py) in the background while this process holds the
     seal lease. A serving worker warms its caches each round and releases
     the lease after each round of sealing. `keep` (the sealing process,
     sealer.py): the lease is kept from round to round, renewed between
     steps, and released when the process ends; it ends when its `parent`
-    is gone."""
+    is gone. `wait_s`: the lease is not taken before that many seconds
+    have passed (a worker beside a sealing process; caches are warmed
+    meanwhile)."""
     if store is not None:
         db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     lease_s = seal_lease_s(config)
 
     held_until = [0.0]  # monotonic: when the lease this process holds expires
+    not_before = time.monotonic() + wait_s
 
     def renew():
         """Renew the lease once half of it is gone (between steps, and each
@@ -168,6 +171,7 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None):
                                   horizon.grace_ms(config)))
                 if keep and not due:
                     renew()  # held from round to round
+                due = due and time.monotonic() >= not_before
                 if due and db.call(take_lease, segments.LEASE_NAME, holder, lease_s):
                     held_until[0] = time.monotonic() + lease_s
                     try:
