@@ -31,12 +31,6 @@ log = logging.getLogger("logsvc.sealer")
 
 MODULE = "logsvc.sealer"  # in its command line (testing.Server tells it by that)
 
-# Set in the master's environment once it started the process, so that the
-# workers it forks next know a sealing process is there (server.py): they
-# leave the seal lease to it, taking it only should it stay unheld for a
-# whole lease (the process cannot start).
-STANDING_BY = "LOGSVC_SEALER_STARTED"
-
 
 # The pause before the process is started again after it died; doubled
 # (up to RESTART_MAX_S) while each one dies within STEADY_S of its start.
@@ -117,7 +111,9 @@ def start(config):
         return None
     sealing = Sealing()
     sealing.start()
-    os.environ[STANDING_BY] = "1"
+    # The workers forked next leave the seal lease to the process
+    # (retention.SEALER_STARTED).
+    os.environ["LOGSVC_SEALER_STARTED"] = "1"
     # A thread of the master: PR_SET_PDEATHSIG signals the process when the
     # thread that started it ends, and this one lives as long as the master.
     threading.Thread(target=sealing.watch, name="logsvc-sealer-watch", daemon=True).start()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import alerting, runtime, sealer, syslogd
+from . import alerting, runtime, syslogd
 from .access import authenticator, limits
 from .api import blueprints, deadline, errors, hosting, stream
 from .config import Config, ConfigError
@@ -146,7 +146,7 @@ def start_background(app):
             if not config.read_only and config.hot_rows:
                 # Beside a sealing process (sealer.py), the lease is left
                 # to it: its start takes a few seconds, the workers' none.
-                wait_s = retention.seal_lease_s(config) if os.environ.get(sealer.STANDING_BY) else 0
+                wait_s = retention.seal_lease_s(config) if os.environ.get(retention.SEALER_STARTED) else 0
                 services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
                                                 None, False, None, wait_s, name="logsvc-seal")
             if not config.read_only:

@@ -131,6 +131,13 @@ def run_forever(config, holder=None, store=None):
         runtime.sleep(config.prune_interval_s)
 
 
+# Set in a gunicorn master's environment once it started a sealing process
+# (sealer.py), so that the workers it forks next know one is there: they
+# leave the seal lease to it (seal_forever's `wait_s`), taking it only
+# should it stay unheld for a whole lease (the process cannot start).
+SEALER_STARTED = "LOGSVC_SEALER_STARTED"
+
+
 def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_s=0):
     """Seal (segments.py) in the background while this process holds the
     seal lease. A serving worker warms its caches each round and releases
