@@ -50,12 +50,12 @@ def check_sweep(params, enabled):
 def page(cursor, filters, page_size, include_request_body, include_response_body,
          secret, ttl_s):
     """(entries, next cursor or None) for one page of the sweep."""
-    if cursor == "start":
+    if cursor == "start":  # a snapshot taken now: its first page is never late
         state = {"h": db.call(query.high_water), "a": 0, "t": now_ms()}
     else:
         state = decode(cursor, secret)
-    if now_ms() - state["t"] > ttl_s * 1000 or db.call(_lost_rows, state):
-        raise SnapshotExpired()
+        if now_ms() - state["t"] > ttl_s * 1000 or db.call(_lost_rows, state):
+            raise SnapshotExpired()
     result = query.list_entries(filters, query.Page(
         limit=page_size, after_id=state["a"], max_id=state["h"],
         include_request_body=include_request_body,
