@@ -286,6 +286,52 @@ def test_merged_segments_answer_every_question_as_the_segments_they_replace(seal
     assert runs == sorted(set(projects))
 
 
+def test_warmed_small_columns_answer_as_row_groups_decoded_one_by_one(sealed_app, monkeypatch):
+    store = Store(sealed_app.test_client())
+    store.ingest(corpus(900))
+    assert seal(sealed_app, hot_rows=100, segment_rows=64) == 768
+    assert merge(sealed_app, 320) == 640
+    cold = answers(store)
+    handle = sealed_app.extensions["logsvc"].store
+
+    def metas():
+        return [{"id": i, "min_id": low, "max_id": high} for i, low, high in db.execute(
+            "SELECT id, min_id, max_id FROM segment ORDER BY min_id").fetchall()]
+
+    # Within its bytes, the newest segments first: here the newest alone.
+    monkeypatch.setattr(segments, "WARM_BYTES", 64 * 64 + 1)
+    with db.using(handle):
+        db.call(segments.warm)
+        warmed = db.call(lambda: [segments._warm_table(segments._key(m)) is not None
+                                  for m in metas()])
+    assert warmed == [False, False, False, True]
+    monkeypatch.setattr(segments, "WARM_BYTES", 112 << 20)
+    with db.using(handle):
+        db.call(segments.warm)
+        warmed = db.call(lambda: [segments._warm_table(segments._key(m)) for m in metas()])
+    assert all(table is not None for table in warmed)
+    assert [table.num_rows for table in warmed] == [320, 320, 64, 64]
+    assert set(warmed[0].column_names) == segments.WARM_COLUMNS
+    for (path, params), one, other in zip(QUESTIONS, cold, answers(store)):
+        assert one == other, (path, params)
+    # A count over partial minutes of every scope (a window not asked
+    # before) takes the warmed columns: no row group is decoded for it.
+    every = store.page(LOGS, limit=1000)["entries"]
+    assert len(every) == 900
+    expected = sum(1 for e in every
+                   if e["level"] == "error" and 1800000111111 <= e["tsMs"] < 1800004444444)
+    segments._groups.clear()
+    page = store.page(STATS, since="1800000111111", until="1800004444444", level="error")
+    assert page["total"] == expected > 0
+    assert segments._groups.held == 0
+    # Merged away, a segment's warmed columns go at the next warming.
+    assert merge(sealed_app, 64 * 2) == 128
+    with db.using(handle):
+        db.call(segments.warm)
+        keys = db.call(lambda: {segments._key(m) for m in metas()})
+    assert set(segments._warm_tables) == keys
+
+
 def test_segments_of_the_former_layout_are_read_and_merged_as_before(sealed_app):
     # Segments written by earlier versions have row groups of four Bloom
     # blocks (8,192 entries, blocks of 2,048); now a row group is a block.
