@@ -1077,24 +1077,34 @@ WARM_COLUMNS = frozenset(("id", "ts_ms", "status", "duration_ms", "lat_bucket", 
                           "route"))
 # What the warmed columns may take, beside the decoded columns' budget.
 WARM_BYTES = 112 << 20
+# Row groups decoded a round (a round of the background sealer, each
+# LOGSVC_SEAL_INTERVAL_S): about 0.1 s of a core, so that warming a merged
+# segment (448 row groups at 1M) is spread over a few rounds rather than
+# taken from the questions of one moment.
+WARM_GROUPS = 128
 # segment key -> its WARM_COLUMNS decoded, a chunk per row group (a table).
 _warm_tables = {}
+# segment key -> the row groups decoded so far, of the one being warmed.
+_warming = {}
 
 
 def _warm_columns(metas):
     """Decode the small columns (WARM_COLUMNS) of the segments `metas`,
-    newest first, while they fit in WARM_BYTES, and keep them apart from
-    the columns questions decode (which push each other out): each
-    segment once per process, so that the first question over a time
-    range finds them as the second does, and a scan of a whole segment
-    takes them as one table rather than a row group at a time."""
+    newest first, while they fit in WARM_BYTES, at most WARM_GROUPS row
+    groups a call, and keep them apart from the columns questions decode
+    (which push each other out): each segment once per process, so that
+    the first question over a time range finds them as the second does,
+    and a scan of a whole segment takes them as one table rather than a
+    row group at a time."""
     _arrow_ready()
     import pyarrow as pa
 
+    groups_left = WARM_GROUPS
     live = {_key(meta) for meta in metas}
     with _cache_lock:
-        for key in [key for key in _warm_tables if key not in live]:
-            del _warm_tables[key]  # merged, dropped, or another store's
+        for kept in (_warm_tables, _warming):
+            for key in [key for key in kept if key not in live]:
+                del kept[key]  # merged, dropped, or another store's
         room = WARM_BYTES - sum(table.nbytes for table in _warm_tables.values())
     names = [name for name in _schema().names if name in WARM_COLUMNS]
     for meta in metas:
@@ -1102,14 +1112,21 @@ def _warm_columns(metas):
         if key in _warm_tables:
             continue
         sizes = _layout(meta)[1]
-        if sum(sizes) * 64 > room:
+        if sum(sizes) * 64 > room or groups_left <= 0:
             break
+        groups = _warming.setdefault(key, [])
         try:
             file = _file(meta)
-            groups = [file.read_row_group(g, columns=names, use_threads=False)
-                      for g in range(len(sizes))]
+            while len(groups) < len(sizes) and groups_left > 0:
+                groups.append(file.read_row_group(len(groups), columns=names,
+                                                  use_threads=False))
+                groups_left -= 1
         except db.Stale:
+            _warming.pop(key, None)
             continue  # merged or dropped meanwhile
+        if len(groups) < len(sizes):
+            break  # the rest next round
+        del _warming[key]
         table = pa.table([pa.chunked_array([chunk for group in groups
                                             for chunk in group[name].chunks],
                                            type=groups[0].schema.field(name).type)
