@@ -1127,13 +1127,10 @@ def _warm_columns(metas):
         if len(groups) < len(sizes):
             break  # the rest next round
         del _warming[key]
-        table = pa.table([pa.chunked_array([chunk for group in groups
-                                            for chunk in group[name].chunks],
+        # A chunk per row group: what `_GroupReader.group` takes by its number.
+        table = pa.table([pa.chunked_array([group[name].combine_chunks() for group in groups],
                                            type=groups[0].schema.field(name).type)
                           for name in names], names=names)
-        if [len(group) for group in groups] != sizes or any(
-                column.num_chunks != len(sizes) for column in table.columns):
-            continue  # not a chunk per row group (never written so)
         with _cache_lock:
             _warm_tables[key] = table
         room -= table.nbytes
