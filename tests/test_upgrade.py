@@ -655,3 +655,75 @@ def test_a_version_16_store_counts_its_entries_per_container_and_per_service(mak
     mine, wanted = counted()
     assert mine == wanted and sum(n for _, n in mine) == 400
     assert store.page(STATS)["byContainer"] == {f"gw_{i}": 100 for i in range(4)}
+
+
+@pytest.mark.postgres_only("the processes that open a new PostgreSQL store take turns through a lock")
+def test_processes_that_waited_while_the_store_was_created_leave_it_as_made(tmp_path):
+    """Several processes open a new store at once, beside processes
+    creating the stores of other schemas (the lock is the database's): all
+    find no store, then take turns. The first creates it; those after it
+    must find it made and change nothing. (They once redid its DDL, taking
+    locks on `entry` and then asking for `id_sequence`'s row: a deadlock
+    with the first ingest, which creates a partition of `entry` while
+    holding that row.)"""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psycopg2
+
+    from logsvc.testing import ROOT
+
+    url = os.environ["LOGSVC_DATABASE_URL"]
+    schema = url.rsplit("search_path%3D", 1)[1]
+    others = [f"{schema}_other{n}" for n in range(2)]
+    holder = psycopg2.connect(url)
+    holder.autocommit = True
+    cursor = holder.cursor()
+    for other in others:
+        cursor.execute(f"CREATE SCHEMA {other}")
+
+    def opening(name):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSVC_")}
+        env["LOGSVC_DATABASE_URL"] = url.replace(f"search_path%3D{schema}",
+                                                 f"search_path%3D{name}")
+        env["LOGSVC_DATA_DIR"] = str(tmp_path / name)
+        return subprocess.Popen([sys.executable, "-m", "logsvc", "migrate"], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def waiting():
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                       "AND NOT granted AND objid = %s", (migrations._SCHEMA_LOCK,))
+        return cursor.fetchone()[0]
+
+    cursor.execute(f"SELECT pg_advisory_lock({migrations._SCHEMA_LOCK})")
+    processes = []
+    try:
+        for name in (schema, *others, schema, schema):
+            processes.append(opening(name))
+            deadline = time.monotonic() + 60
+            while waiting() < len(processes):  # in line, having found no store
+                assert time.monotonic() < deadline, "the process did not wait for the lock"
+                time.sleep(0.05)
+    finally:
+        cursor.execute(f"SELECT pg_advisory_unlock({migrations._SCHEMA_LOCK})")
+    try:
+        for process in processes:
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+        # What the first made in its one transaction (the function merging
+        # sketches, the partition size) is as it made it: those after it
+        # replaced nothing.
+        cursor.execute("SELECT xmin::text FROM pg_proc WHERE proname = 'logsvc_sketch_add' "
+                       "AND pronamespace = current_schema()::regnamespace")
+        (function_made_by,) = cursor.fetchone()
+        cursor.execute("SELECT xmin::text FROM meta WHERE key = 'partition_rows'")
+        assert cursor.fetchone() == (function_made_by,)
+        cursor.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert cursor.fetchone() == (str(migrations.SCHEMA_VERSION),)
+    finally:
+        for other in others:
+            cursor.execute(f"DROP SCHEMA {other} CASCADE")
+        holder.close()

@@ -160,7 +160,8 @@ def register(app):
                                        "until it accepts them again (reads still work)",
                                   {"Retry-After": str(UNWRITABLE_RETRY_S)})
         if db.is_transient_error(exc):
-            log.warning("store unavailable: %s", type(exc).__name__)
+            log.warning("store unavailable: %s: %s", type(exc).__name__,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else "")
             return error_response(503, "The store is busy or unreachable; retry shortly",
                                   {"Retry-After": "1"})
         log.exception("unexpected error: %s", type(exc).__name__)

@@ -14,6 +14,8 @@ A step is written for a store of the version before it, whose tables
 serves is left to the background (version 13's segments are sealed by the
 sealer, not by the upgrade).
 """
+import peewee
+
 from logsvc.entry import coerce_duration, derive_route
 
 from . import db, fulltext, lookup, names, rollup, segments, sketch
@@ -364,12 +366,36 @@ def create_schema(partition_rows=1_000_000):
     Entry._meta.table_settings = ["PARTITION BY RANGE (id)"] if postgres else []
     entry_indexes(postgres)
     EntryBody._meta.table_settings = ["PARTITION BY RANGE (entry_id)"] if postgres else []
+    if not postgres:
+        _create(postgres, partition_rows)
+        return
+    # Every worker of every host runs this at start: one at a time, and
+    # none once another has made the store current (its DDL would lock
+    # tables that the first one's writers are using). The lock is the
+    # session's, taken before the transaction begins, so that the version
+    # is read in a transaction that began after the one before committed.
+    # Taken inside the transaction (as it once was), a process that had
+    # waited for it still found no version at times, while many stores
+    # were being created on one server, and made the store again: holding
+    # locks on `entry`, it asked for `id_sequence`'s row, and deadlocked
+    # with the first ingest, which creates a partition of `entry` while
+    # holding that row (the ingest failed with a 503).
+    db.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
+    try:
+        _create(postgres, partition_rows)
+    finally:
+        try:
+            db.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
+        except (peewee.InterfaceError, peewee.OperationalError):
+            pass  # the connection is gone, and its lock with it
+
+
+_SCHEMA_LOCK = 7106737
+
+
+def _create(postgres, partition_rows):
     with database.atomic():
         if postgres:
-            # Every worker of every host runs this at start: one at a time,
-            # and none once another has made the store current (its DDL
-            # would lock tables that the first one's writers are using).
-            db.execute("SELECT pg_advisory_xact_lock(7106737)")
             if stored_version() == SCHEMA_VERSION:
                 return
             db.execute(_PG_SKETCH_ADD)
