@@ -319,3 +319,55 @@ def test_a_batch_whose_transaction_failed_is_neither_stored_nor_counted_with_the
     stats = store.page("/api/proxy-logs/_logs/stats")
     assert stats["total"] == 8
     assert stats["byProject"] == {"proj_0": 3, "proj_1": 2, "proj_2": 3}
+
+
+@pytest.mark.postgres_only("partitions of `entry` are PostgreSQL's")
+def test_a_batch_that_postgresql_rolls_back_to_break_a_deadlock_is_written_again(make_app):
+    """The writer that needs a new partition locks `entry`, then
+    `entry_body`, while it holds the id sequence's row. A transaction that
+    holds `entry_body` and then asks for `entry` deadlocks with it; the
+    server rolls one of them back (the writer: it waited first). The batch
+    is written again once the other is done, and the request gets its 200,
+    every entry stored once."""
+    import os
+    import threading
+    import time
+
+    import psycopg2
+
+    from logsvc.testing import Store
+
+    app = make_app(partition_rows=10)
+    store = Store(app.test_client())
+    store.ingest([make_entry(i) for i in range(10)])  # partition 0, full
+    other = psycopg2.connect(os.environ["LOGSVC_DATABASE_URL"])
+    watcher = psycopg2.connect(os.environ["LOGSVC_DATABASE_URL"])
+    watcher.autocommit = True
+    cursor = other.cursor()
+    cursor.execute("SET deadlock_timeout = '30s'")  # the writer finds the deadlock first
+    cursor.execute("SELECT count(*) FROM entry_body")  # holds entry_body from here on
+    outcome = {}
+
+    def other_asks_for_entry():
+        with watcher.cursor() as look:
+            deadline = time.monotonic() + 30
+            while True:  # until the writer waits for entry_body
+                look.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                             "AND relation = 'entry_body'::regclass")
+                if look.fetchone()[0] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        cursor.execute("SELECT count(*) FROM entry")  # waits for the writer: a deadlock
+        outcome["entries seen"] = cursor.fetchone()[0]
+        other.commit()
+
+    thread = threading.Thread(target=other_asks_for_entry)
+    thread.start()
+    answer = store.ingest([make_entry(i) for i in range(10, 15)])  # needs partition 1
+    thread.join(30)
+    assert outcome == {"entries seen": 10}  # it went on once the writer was rolled back
+    assert (answer["accepted"], answer["firstId"], answer["lastId"]) == (5, 11, 15)
+    assert sorted(e["id"] for e in store.page(limit=100)["entries"]) == list(range(1, 16))
+    assert store.page("/api/proxy-logs/_logs/stats")["total"] == 15
+    other.close()
+    watcher.close()

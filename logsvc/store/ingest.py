@@ -446,15 +446,38 @@ TAIL_CHANNEL = "logsvc_entries"  # PostgreSQL NOTIFY channel of committed ingest
 def _write(entries, keys=()):
     """Insert a batch in one transaction; return its first and last id.
     `keys`: (offset in the batch, IdempotencyKey) of its keyed requests."""
-    try:
-        prepare_bodies()  # the store's compression dictionary, once
-        written = _write_batch(entries, keys)
-    except BaseException as exc:
-        partitions.forget()  # it may have made partitions that rolled back
-        db.note_write(exc)
-        raise
-    db.note_write()
-    return written
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            prepare_bodies()  # the store's compression dictionary, once
+            written = _write_batch(entries, keys)
+        except BaseException as exc:
+            partitions.forget()  # it may have made partitions that rolled back
+            if attempt < WRITE_ATTEMPTS and _chosen_to_roll_back(exc):
+                continue  # nothing of it was stored: the same batch again
+            db.note_write(exc)
+            raise
+        db.note_write()
+        return written
+
+
+# PostgreSQL: a writer that creates a partition of `entry` locks the table
+# while it holds the id sequence's row; should another transaction need
+# them in the other order, the server rolls one back (a deadlock) and the
+# batch is written again, up to this many times in all.
+WRITE_ATTEMPTS = 3
+
+
+def _chosen_to_roll_back(exc):
+    """Whether PostgreSQL rolled the transaction back to break a deadlock
+    or a serialization conflict (nothing of it stays; it may be run again)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "pgcode", None) in ("40P01", "40001"):
+            return True
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = inner or exc.__cause__ or exc.__context__
+    return False
 
 
 def _write_batch(entries, keys):

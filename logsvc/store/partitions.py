@@ -4,7 +4,10 @@ Partition n holds the ids n*R+1 .. (n+1)*R, where R is the store's
 `partition_rows` (kept in `meta`, decided when the store was created, the
 same on every host). `entry_p<n>` and `entry_body_p<n>` are created
 together by the writer that first needs them, while it holds the id
-sequence's row lock, so two writers never race to create one.
+sequence's row lock, so two writers never race to create one. Should a
+transaction holding `entry_body` ask for `entry` meanwhile, the server
+breaks the deadlock by rolling one back; a writer rolled back writes its
+batch again (ingest.WRITE_ATTEMPTS).
 
 Retention drops a whole partition once every entry in it is expired (or
 the row cap says it must go): it subtracts the partition's share of the
