@@ -54,6 +54,9 @@ class Config:
     # Under gunicorn (gunicorn.conf.py), seal in a process of its own
     # beside the workers (logsvc/sealer.py) rather than in a worker.
     seal_process: bool = True
+    # How much the sealing process lowers its CPU priority (nice, 0-19):
+    # the workers' requests go first, and sealing takes the time they leave.
+    seal_nice: int = 10
     # With hot_rows: hours of minute counters kept per scope and per route
     # (horizon.py); older minutes are counted from the entries. 0: all.
     minute_counters_hours: float = 6.0
@@ -138,6 +141,8 @@ class Config:
             except ValueError:
                 raise ConfigError(f"LOGSVC_WEBHOOK_ALLOW: {network!r} is not a network "
                                   "(such as 127.0.0.1/32 or 10.0.0.0/8)") from None
+        if values.get("seal_nice", 0) > 19:
+            raise ConfigError(f"LOGSVC_SEAL_NICE={values['seal_nice']} is not within 0-19")
         for name in ("syslog_udp", "syslog_tcp"):
             if values.get(name):
                 host, _, port = values[name].rpartition(":")

@@ -834,6 +834,9 @@ def test_gunicorn_seals_in_a_process_of_its_own_that_ends_with_the_server(tmp_pa
     sealed_in = int(holder.rsplit(":", 1)[1])
     assert sealed_in == sealer if own_process else sealed_in in workers
     if own_process:
+        # It runs at a lower priority than the workers (LOGSVC_SEAL_NICE).
+        served_at = os.getpriority(os.PRIO_PROCESS, workers[0])
+        assert os.getpriority(os.PRIO_PROCESS, sealer) == min(19, served_at + 10)
         # The master killed without a word: the sealing process ends too.
         server.proc.kill()
         server.proc.wait()
