@@ -68,7 +68,8 @@ def test_settings_come_from_the_environment():
 
 
 @pytest.mark.parametrize("name, value", [("LOGSVC_PORT", "http"), ("LOGSVC_WORKERS", "-2"),
-                                         ("LOGSVC_ADMIN_FANOUT", "perhaps")])
+                                         ("LOGSVC_ADMIN_FANOUT", "perhaps"),
+                                         ("LOGSVC_SEAL_NICE", "25")])
 def test_a_bad_setting_is_named_in_the_error(name, value):
     with pytest.raises(ConfigError, match=name):
         Config.from_env({name: value})

@@ -161,7 +161,7 @@ def register(app):
                                   {"Retry-After": str(UNWRITABLE_RETRY_S)})
         if db.is_transient_error(exc):
             log.warning("store unavailable: %s: %s", type(exc).__name__,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+                        (str(exc).strip().splitlines() or [""])[0])
             return error_response(503, "The store is busy or unreachable; retry shortly",
                                   {"Retry-After": "1"})
         log.exception("unexpected error: %s", type(exc).__name__)

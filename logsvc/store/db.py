@@ -617,23 +617,36 @@ def is_transient_error(exc):
     return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and _is_locked(exc)
 
 
-def unwritable_reason(exc):
-    """Why `exc` says the store takes no writes at all for now (read-only,
-    disk full), or None when it says something else."""
+def _causes(exc):
+    """`exc` and the exceptions behind it, each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        code = getattr(exc, "sqlite_errorname", None) or getattr(exc, "pgcode", None)
-        if code in ("SQLITE_READONLY", "25006") or "readonly database" in str(exc):
-            return "the store is read-only"
-        if code in ("SQLITE_FULL", "53100") or "database or disk is full" in str(exc):
-            return "the store's disk is full"
-        if isinstance(exc, sqlite3.OperationalError) and "read-only" in str(exc):
-            return "the store is read-only"
+        yield exc
         # peewee wraps the driver's exception: it is the first argument.
         inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
         exc = inner or exc.__cause__ or exc.__context__
+
+
+def unwritable_reason(exc):
+    """Why `exc` says the store takes no writes at all for now (read-only,
+    disk full), or None when it says something else."""
+    for cause in _causes(exc):
+        code = getattr(cause, "sqlite_errorname", None) or getattr(cause, "pgcode", None)
+        if code in ("SQLITE_READONLY", "25006") or "readonly database" in str(cause):
+            return "the store is read-only"
+        if code in ("SQLITE_FULL", "53100") or "database or disk is full" in str(cause):
+            return "the store's disk is full"
+        if isinstance(cause, sqlite3.OperationalError) and "read-only" in str(cause):
+            return "the store is read-only"
     return None
+
+
+def rolled_back_to_retry(exc):
+    """Whether PostgreSQL rolled the transaction back to break a deadlock
+    or a serialization conflict: nothing of it stays, and it may be run
+    again."""
+    return any(getattr(cause, "pgcode", None) in ("40P01", "40001") for cause in _causes(exc))
 
 
 def probe_unwritable(config):

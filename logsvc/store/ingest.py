@@ -452,7 +452,7 @@ def _write(entries, keys=()):
             written = _write_batch(entries, keys)
         except BaseException as exc:
             partitions.forget()  # it may have made partitions that rolled back
-            if attempt < WRITE_ATTEMPTS and _chosen_to_roll_back(exc):
+            if attempt < WRITE_ATTEMPTS and db.rolled_back_to_retry(exc):
                 continue  # nothing of it was stored: the same batch again
             db.note_write(exc)
             raise
@@ -465,19 +465,6 @@ def _write(entries, keys=()):
 # them in the other order, the server rolls one back (a deadlock) and the
 # batch is written again, up to this many times in all.
 WRITE_ATTEMPTS = 3
-
-
-def _chosen_to_roll_back(exc):
-    """Whether PostgreSQL rolled the transaction back to break a deadlock
-    or a serialization conflict (nothing of it stays; it may be run again)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if getattr(exc, "pgcode", None) in ("40P01", "40001"):
-            return True
-        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
-        exc = inner or exc.__cause__ or exc.__context__
-    return False
 
 
 def _write_batch(entries, keys):
