@@ -250,3 +250,48 @@ def test_a_worker_reconnects_after_its_database_connections_are_killed(hosts):
         if response.status_code != 503:
             break
     assert response.status_code == 200 and response.json()["firstId"] == 2
+
+
+def _connections():
+    """This test's servers' open connections (conftest names them after
+    the schema), the asking one aside."""
+    import psycopg2
+
+    admin = psycopg2.connect(os.environ["LOGSVC_DATABASE_URL"])
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                           "AND datname = current_database() "
+                           "AND application_name = current_setting('application_name')")
+            return cursor.fetchone()[0]
+    finally:
+        admin.close()
+
+
+@pytest.mark.postgres_only("what is counted is PostgreSQL's clients")
+def test_a_worker_idle_between_bursts_keeps_its_connections(tmp_path):
+    # gevent's thread pool let a database thread idle for 5 s go, and the
+    # next burst started another, which opened a connection more; the
+    # one of the thread that had gone stayed open. Bursts with pauses
+    # longer than that ran a server out of PostgreSQL's clients.
+    server = Server(tmp_path, workers=1, env={"LOGSVC_DB_THREADS": "4",
+                                              "LOGSVC_HOT_ROWS": "0"}).start()
+
+    def burst(n):
+        def ask():
+            for _ in range(5):
+                assert requests.get(server.url + LOGS, headers=ADMIN).status_code == 200
+        post(server, [make_entry(n, tsMs=None)])
+        askers = [threading.Thread(target=ask) for _ in range(8)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join()
+
+    burst(1)
+    after_first = _connections()
+    for n in range(2, 5):
+        time.sleep(6.5)
+        burst(n)
+    assert _connections() <= after_first
+    server.stop()

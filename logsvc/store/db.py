@@ -39,6 +39,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from urllib.parse import quote, unquote, urlsplit
 
 import gevent
@@ -121,19 +122,25 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._opened = []
+        # Weakly: a connection belongs to its thread's state, and goes
+        # (closed by psycopg2) with a thread that ends.
+        self._opened = weakref.WeakSet()
         self._opened_lock = os_lock()
 
     def _connect(self):
         conn = super()._connect()
         with self._opened_lock:
-            self._opened = [c for c in self._opened if not c.closed]
-            self._opened.append(conn)
+            self._opened.add(conn)
         return conn
+
+    def opened(self):
+        """How many of its connections are open."""
+        with self._opened_lock:
+            return sum(1 for conn in self._opened if not conn.closed)
 
     def close_all(self):
         with self._opened_lock:
-            opened, self._opened = self._opened, []
+            opened, self._opened = list(self._opened), weakref.WeakSet()
         for conn in opened:
             try:
                 conn.close()
@@ -682,8 +689,19 @@ def note_write(failure=None):
 
 
 def _configure_pool(size):
+    """Under gevent: at least `size` database threads, kept for the life of
+    the process. gevent's pool lets a thread idle for 5 s go by default
+    (GEVENT_THREADPOOL_IDLE_TASK_TIMEOUT), and the next call made another,
+    which opened another connection: on PostgreSQL, a worker that was idle
+    at times between bursts had opened a connection more every few seconds
+    until the server refused new clients."""
     if not runtime.cooperative():
         return
     pool = gevent.get_hub().threadpool
+    # gevent's setting takes positive numbers only; -1 (no timeout) is what
+    # the pool takes as its own. Each thread reads it when it starts (one
+    # started before may still end once; its replacement stays).
+    if hasattr(pool, "_idle_task_timeout"):
+        pool._idle_task_timeout = -1
     if pool.maxsize < size:
         pool.maxsize = size
