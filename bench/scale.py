@@ -195,9 +195,24 @@ class Logsvc:
 
         def send(numbered):
             number, (body, size) = numbered
-            response = sessions[number % IN_FLIGHT].post(
-                self.server.url + "/api/proxy-logs/_ingest", data=body, headers=headers,
-                timeout=600)
+            # As a shipper does: a batch whose connection broke (a
+            # keep-alive connection the server closed as it was reused, a
+            # 503 of a busy store) is sent again under the same key, which
+            # stores it once.
+            keyed = {**headers, "Idempotency-Key": f"scale-{number}"}
+            for attempt in range(5):
+                try:
+                    response = sessions[number % IN_FLIGHT].post(
+                        self.server.url + "/api/proxy-logs/_ingest", data=body, headers=keyed,
+                        timeout=600)
+                except requests.ConnectionError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(1)
+                    continue
+                if response.status_code != 503 or attempt == 4:
+                    break
+                time.sleep(1)
             assert response.status_code == 200 and response.json()["accepted"] == size, \
                 response.text[:300]
 

@@ -1048,9 +1048,9 @@ def test_on_postgresql_a_sealed_partition_is_dropped_and_its_space_given_back(ma
 
 @pytest.mark.postgres_only("partitions are PostgreSQL's")
 def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_later(make_app):
-    """Every read and write of `entry` queues behind a drop's lock of the
-    parents: a drop held up by a long read gives way, and the next round
-    drops the partition."""
+    """A drop held up by a long read gives way, and the next round drops
+    the partition; meanwhile writes go on (a lock of the parents queued
+    every write of `entry` behind it until it gave way)."""
     import threading
 
     from logsvc.store import partitions
@@ -1073,15 +1073,64 @@ def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_lat
         try:
             assert held.wait(30)
             started = time.monotonic()
-            assert db.call(partitions.drop_sealed, 64) == []
+            tried = {}
+
+            def drop():
+                with db.using(app.extensions["logsvc"].store):
+                    tried["dropped"] = db.call(partitions.drop_sealed, 64)
+                    tried["at"] = time.monotonic()
+
+            dropping = threading.Thread(target=drop)
+            dropping.start()
+            time.sleep(0.3)  # the drop waits for the long read
+            # Ids 301-310: a partition there is already (no new one to make).
+            assert store.ingest(corpus(10))["accepted"] == 10
+            written = time.monotonic()
+            dropping.join()
+            assert tried["dropped"] == [] and written < tried["at"]
             assert time.monotonic() - started < 10
             assert db.call(partitions.listed)[0] == 0
         finally:
             release.set()
             reader.join()
-        assert db.call(partitions.drop_sealed, 64) == [0]
+        # A later round (one that a read of the moment holds up again
+        # gives way too).
+        deadline = time.monotonic() + 30
+        while (dropped := db.call(partitions.drop_sealed, 64)) == [] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert dropped == [0]
         assert db.call(partitions.listed)[0] == 1
-    assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 301))
+    assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 311))
+
+
+@pytest.mark.postgres_only("partitions are PostgreSQL's")
+def test_on_postgresql_a_sealed_partition_detached_but_not_dropped_is_dropped_later(make_app):
+    """A process that ended between detaching a sealed partition and
+    dropping it left a table that no parent lists: the next round drops
+    it (and never a partition of ids not sealed)."""
+    from logsvc.store import partitions
+
+    app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
+    store = Store(app.test_client())
+    store.ingest(corpus(300))
+
+    def tables():
+        return sorted(name for (name,) in db.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = to_regnamespace(current_schema()) "
+            "AND relkind = 'r' AND (relname LIKE 'entry\\_p%' OR relname LIKE 'entry\\_body\\_p%')"
+        ).fetchall())
+
+    with db.using(app.extensions["logsvc"].store):
+        assert db.call(segments.seal_once, 100, 64) == 64
+        for parent in ("entry_body", "entry"):
+            db.call(db.execute, f"ALTER TABLE {parent} DETACH PARTITION {parent}_p0")
+        # And one of ids not sealed, detached by hand: not ours to drop.
+        db.call(db.execute, "ALTER TABLE entry_body DETACH PARTITION entry_body_p3")
+        assert db.call(partitions.listed)[0] == 1
+        assert db.call(partitions.drop_sealed, 64) == []
+        left = db.call(tables)
+        assert "entry_p0" not in left and "entry_body_p0" not in left
+        assert "entry_body_p3" in left and "entry_p1" in left
 
 
 @pytest.fixture

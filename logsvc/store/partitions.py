@@ -112,8 +112,79 @@ def drop_sealed(through):
     entries live in segments now. Nothing is subtracted from the counters
     and nothing goes to prune_log: no entry is removed. Dropping the table
     gives its space back at once; the deleted rows' would stay until a
-    VACUUM FULL. Returns the partitions dropped."""
+    VACUUM FULL. Returns the partitions dropped.
+
+    From PostgreSQL 14 on, each partition is first detached CONCURRENTLY:
+    that waits for the transactions that may still read it but blocks no
+    one meanwhile. Locking the parents instead (before 14) queued every
+    read and write of `entry` behind the lock asked for: under a steady
+    load, whose ingest transactions run a second or two each, the drop
+    rarely had them within _LOCK_WAIT, and each try held ingest up."""
     size = partition_rows()
+    if not _detaches_concurrently():
+        return _drop_sealed_locked(through, size)
+    _drop_detached(through, size)
+    dropped = []
+    for n in listed():
+        if (n + 1) * size > through:
+            break
+        if db.execute(f"SELECT 1 FROM entry_p{n} LIMIT 1").fetchone():
+            break  # a seal of this range has not committed (or a clear raced it)
+        try:
+            for parent in ("entry_body", "entry"):
+                _detach(parent, f"{parent}_p{n}")
+        except _LockTimeout:
+            break  # a long read still sees it: the detach is finished next round
+        db.execute(f"DROP TABLE IF EXISTS entry_body_p{n}")
+        db.execute(f"DROP TABLE IF EXISTS entry_p{n}")
+        dropped.append(n)
+    return dropped
+
+
+def _detaches_concurrently():
+    state = db.current().partitions
+    if state.get("concurrently") is None:
+        (version,) = db.execute("SHOW server_version_num").fetchone()
+        state["concurrently"] = int(version) >= 140000
+    return state["concurrently"]
+
+
+def _detach(parent, child):
+    """Detach `child` from `parent` (outside a transaction), or finish a
+    detach that an earlier try left pending (it gave way to a long read,
+    or its process ended); nothing when it is detached already."""
+    import peewee
+
+    found = db.execute("SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(?) "
+                       "AND inhparent = to_regclass(?)", (child, parent)).fetchone()
+    if found is None:
+        return
+    db.execute(f"SET lock_timeout = '{_LOCK_WAIT}'")
+    try:
+        db.execute(f"ALTER TABLE {parent} DETACH PARTITION {child} "
+                   f"{'FINALIZE' if found[0] else 'CONCURRENTLY'}")
+    except peewee.OperationalError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        raise _LockTimeout() from exc
+    finally:
+        db.execute("RESET lock_timeout")
+
+
+def _drop_detached(through, size):
+    """Drop the partitions of sealed ids that were detached whole but not
+    dropped yet (the process ended in between)."""
+    for (name,) in db.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND NOT c.relispartition "
+            "AND (c.relname LIKE 'entry\\_p%' OR c.relname LIKE 'entry\\_body\\_p%')").fetchall():
+        number = name.rsplit("_p", 1)[1]
+        if number.isdigit() and (int(number) + 1) * size <= through:
+            db.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _drop_sealed_locked(through, size):
+    """drop_sealed before PostgreSQL 14: under a lock of the parents."""
     dropped = []
     for n in listed():
         if (n + 1) * size > through:
