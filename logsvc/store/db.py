@@ -133,11 +133,6 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             self._opened.add(conn)
         return conn
 
-    def opened(self):
-        """How many of its connections are open."""
-        with self._opened_lock:
-            return sum(1 for conn in self._opened if not conn.closed)
-
     def close_all(self):
         with self._opened_lock:
             opened, self._opened = list(self._opened), weakref.WeakSet()
