@@ -205,13 +205,11 @@ class Logsvc:
                     response = sessions[number % IN_FLIGHT].post(
                         self.server.url + "/api/proxy-logs/_ingest", data=body, headers=keyed,
                         timeout=600)
+                    if response.status_code != 503:
+                        break
                 except requests.ConnectionError:
                     if attempt == 4:
                         raise
-                    time.sleep(1)
-                    continue
-                if response.status_code != 503 or attempt == 4:
-                    break
                 time.sleep(1)
             assert response.status_code == 200 and response.json()["accepted"] == size, \
                 response.text[:300]

@@ -153,20 +153,14 @@ def _detach(parent, child):
     """Detach `child` from `parent` (outside a transaction), or finish a
     detach that an earlier try left pending (it gave way to a long read,
     or its process ended); nothing when it is detached already."""
-    import peewee
-
     found = db.execute("SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(?) "
                        "AND inhparent = to_regclass(?)", (child, parent)).fetchone()
     if found is None:
         return
     db.execute(f"SET lock_timeout = '{_LOCK_WAIT}'")
     try:
-        db.execute(f"ALTER TABLE {parent} DETACH PARTITION {child} "
-                   f"{'FINALIZE' if found[0] else 'CONCURRENTLY'}")
-    except peewee.OperationalError as exc:
-        if "lock timeout" not in str(exc):
-            raise
-        raise _LockTimeout() from exc
+        _giving_way(f"ALTER TABLE {parent} DETACH PARTITION {child} "
+                    f"{'FINALIZE' if found[0] else 'CONCURRENTLY'}")
     finally:
         db.execute("RESET lock_timeout")
 
@@ -213,20 +207,26 @@ _LOCK_WAIT = "1s"
 
 
 class _LockTimeout(Exception):
-    """The parents were not had within _LOCK_WAIT."""
+    """The locks were not had within _LOCK_WAIT."""
 
 
 def _lock_parents():
+    db.execute(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'")
+    _giving_way("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
+    db.execute("SET LOCAL lock_timeout = 0")
+
+
+def _giving_way(statement):
+    """Run `statement` under the lock_timeout set; _LockTimeout when its
+    locks were not had in time."""
     import peewee
 
-    db.execute(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'")
     try:
-        db.execute("LOCK TABLE entry, entry_body IN ACCESS EXCLUSIVE MODE")
+        db.execute(statement)
     except peewee.OperationalError as exc:
         if "lock timeout" not in str(exc):
             raise
         raise _LockTimeout() from exc
-    db.execute("SET LOCAL lock_timeout = 0")
 
 
 @db.only("postgresql", 0)
