@@ -99,7 +99,9 @@ def _prune(config, now, batch, holder, lease_s):
     if removed:
         # SQLite: the file shrinks by what was removed (else it stays at its
         # largest, and LOGSVC_MAX_DISK_BYTES would bound only what is used).
+        # PostgreSQL: the dropped segments' space is reused by the next.
         db.call(wal.give_back_free_pages)
+        db.call(segments.vacuum)
     return removed
 
 
@@ -224,9 +226,13 @@ def seal_due(config, renew=None):
         db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
         renew()
         runtime.pause()
+    merged = 0
     while db.call(segments.merge_once, config.merge_rows, config.merge_bytes):
+        merged += 1
         renew()
         runtime.pause()
+    if merged:
+        db.call(segments.vacuum)
     while db.call(segments.split_once):
         renew()
         runtime.pause()

@@ -487,16 +487,44 @@ def split_once():
 
 
 # PostgreSQL: a merge writes its segment beside the ones it replaces, and
-# the table keeps their space for later rows (a million entries: 100 MB
-# free beside 80 MB of segments). Past a quarter of the table and RECLAIM_MIN
-# bytes free, the table is rewritten (VACUUM FULL), while its segments
-# take at most RECLAIM_MAX_LIVE: the rewrite locks out sealed reads and
-# seals for as long as it copies (about a second for 100 MB), and waits
-# for its lock at most RECLAIM_WAIT. Past that size the free space is
-# left to be filled by the next seals.
+# a deleted segment's space stays in the table (a million entries: 100 MB
+# free beside 80 MB of segments). `vacuum` makes it reusable as soon as
+# segments are deleted (a merge, retention), so that the next seals fill
+# it rather than grow the table. Past a quarter of the table and
+# RECLAIM_MIN bytes free, the table is rewritten (VACUUM FULL), while its
+# segments take at most RECLAIM_MAX_LIVE: the rewrite locks out sealed
+# reads and seals for as long as it copies (about a second for 100 MB),
+# and waits for its lock at most RECLAIM_WAIT. Past that size the free
+# space is left to be filled by the next seals, and the store's size
+# (db.used_bytes) does not count it.
 RECLAIM_MIN = 32 << 20
 RECLAIM_MAX_LIVE = 256 << 20
 RECLAIM_WAIT = "2s"
+# The table's bytes for a segment's bytes: TOAST stores them in chunks of
+# about 2 KB, four to a page, each with its row header and index entry.
+_STORED_SHARE = 1.05
+
+
+@db.only("postgresql", default=None)
+def vacuum():
+    """Make the space of deleted segments reusable (VACUUM: it holds up
+    no read, seal or merge); outside a transaction."""
+    db.execute("VACUUM segment")
+
+
+@db.only("postgresql", default=0)
+def free_bytes():
+    """What the segment table holds beyond its segments: space that later
+    segments take before the table grows (once vacuumed)."""
+    total, live = _sizes()
+    return max(0, total - int(live * _STORED_SHARE))
+
+
+def _sizes():
+    # pg_column_size: the stored size, read from the TOAST pointer.
+    return db.execute(
+        "SELECT pg_total_relation_size('segment'), coalesce(sum(pg_column_size(data) "
+        "+ coalesce(pg_column_size(words), 0)), 0) FROM segment").fetchone()
 
 
 @db.only("postgresql", default=0)
@@ -505,9 +533,7 @@ def reclaim(min_free=RECLAIM_MIN, max_live=RECLAIM_MAX_LIVE):
     RECLAIM_MIN); outside a transaction. Returns the bytes given back."""
     import peewee
 
-    (total, live) = db.execute(
-        "SELECT pg_total_relation_size('segment'), "
-        "coalesce(sum(bytes + coalesce(length(words), 0)), 0) FROM segment").fetchone()
+    total, live = _sizes()
     if total - live < max(min_free, total // 4) or live > max_live:
         return 0
     db.execute(f"SET lock_timeout = '{RECLAIM_WAIT}'")
