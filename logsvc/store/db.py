@@ -316,16 +316,13 @@ def enable_wal(path, patience_s=30.0):
 
 def used_bytes():
     """What the store takes: SQLite's pages in use (free pages are reused
-    before the file grows), PostgreSQL's tables and indexes in its schema
-    but the segment table's free space (segments.free_bytes)."""
+    before the file grows), PostgreSQL's tables and indexes in its schema."""
     if is_postgres():
-        from . import segments
-
         (n,) = execute(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')").fetchone()
-        return int(n) - segments.free_bytes()
+        return int(n)
     (pages,) = execute("PRAGMA page_count").fetchone()
     (free,) = execute("PRAGMA freelist_count").fetchone()
     (size,) = execute("PRAGMA page_size").fetchone()

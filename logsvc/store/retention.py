@@ -226,13 +226,13 @@ def seal_due(config, renew=None):
         db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
         renew()
         runtime.pause()
-    merged = 0
     while db.call(segments.merge_once, config.merge_rows, config.merge_bytes):
-        merged += 1
         renew()
         runtime.pause()
-    if merged:
-        db.call(segments.vacuum)
+    # Every round, not only after a merge: under a steady ingest, the
+    # transactions running when a merge ends keep its old segments' space
+    # from being freed until they end.
+    db.call(segments.vacuum)
     while db.call(segments.split_once):
         renew()
         runtime.pause()
@@ -309,10 +309,17 @@ def _rows_within(max_bytes):
     """How many entries fit in `max_bytes` at the store's present bytes per
     entry (LOGSVC_MAX_DISK_BYTES): retention keeps the newest that many."""
     rows = _row_count()
-    used = db.used_bytes()
+    used = used_bytes()
     if not rows or used <= max_bytes:
         return rows
     return int(rows * max_bytes / used)
+
+
+def used_bytes():
+    """What LOGSVC_MAX_DISK_BYTES bounds: the store's bytes (db.used_bytes)
+    less, on PostgreSQL, the segment table's free space, which the next
+    segments take before the table grows (segments.free_bytes)."""
+    return db.used_bytes() - segments.free_bytes()
 
 
 def _row_count():

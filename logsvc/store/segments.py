@@ -488,15 +488,15 @@ def split_once():
 
 # PostgreSQL: a merge writes its segment beside the ones it replaces, and
 # a deleted segment's space stays in the table (a million entries: 100 MB
-# free beside 80 MB of segments). `vacuum` makes it reusable as soon as
-# segments are deleted (a merge, retention), so that the next seals fill
-# it rather than grow the table. Past a quarter of the table and
+# free beside 80 MB of segments). `vacuum`, run after each round of seals
+# and merges and after retention, makes it reusable, so that the next
+# seals fill it rather than grow the table. Past a quarter of the table and
 # RECLAIM_MIN bytes free, the table is rewritten (VACUUM FULL), while its
 # segments take at most RECLAIM_MAX_LIVE: the rewrite locks out sealed
 # reads and seals for as long as it copies (about a second for 100 MB),
 # and waits for its lock at most RECLAIM_WAIT. Past that size the free
 # space is left to be filled by the next seals, and the store's size
-# (db.used_bytes) does not count it.
+# (retention.used_bytes) does not count it.
 RECLAIM_MIN = 32 << 20
 RECLAIM_MAX_LIVE = 256 << 20
 RECLAIM_WAIT = "2s"
