@@ -250,6 +250,17 @@ class Logsvc:
             if floor[0] == floor[2]:
                 break
             time.sleep(1)
+        # PostgreSQL: the partitions a seal emptied are dropped by the next
+        # rounds (a detach gives way to the transactions of the moment).
+        while self.database_url and time.perf_counter() - start < timeout_s:
+            if not self._rows(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind = 'r' "
+                    "AND c.relname ~ '^entry_p[0-9]+$' AND "
+                    f"(substr(c.relname, 8)::bigint + 1) * {SEGMENT_ROWS} "
+                    f"<= {self.sealed_through()}"):
+                break
+            time.sleep(1)
         return time.perf_counter() - start
 
     def sealed_through(self):

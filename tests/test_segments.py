@@ -1040,17 +1040,19 @@ def test_on_postgresql_a_sealed_partition_is_dropped_and_its_space_given_back(ma
         assert retention.seal_due(config) == 64 * 6
         through = db.call(segments.sealed_through)
         left = db.call(partitions.listed)
-        # Every partition below the watermark is gone, not just emptied.
-        assert through == 384 and left == [6, 7]
+        # Every partition below the watermark is gone, not just emptied;
+        # the next four are made ahead of the writers (partitions.prepare).
+        assert through == 384 and left == [6, 7, 8, 9, 10, 11]
         assert entry_bytes() < full * 0.5
     assert answers(store) == before  # nothing was lost with the tables
 
 
 @pytest.mark.postgres_only("partitions are PostgreSQL's")
 def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_later(make_app):
-    """A drop held up by a long read gives way, and the next round drops
-    the partition; meanwhile writes go on (a lock of the parents queued
-    every write of `entry` behind it until it gave way)."""
+    """A drop held up by a long read gives way (after its wait, here a
+    second), and the next round drops the partition; meanwhile writes go
+    on (a lock of the parents queued every write of `entry` behind it
+    until it gave way)."""
     import threading
 
     from logsvc.store import partitions
@@ -1077,7 +1079,7 @@ def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_lat
 
             def drop():
                 with db.using(app.extensions["logsvc"].store):
-                    tried["dropped"] = db.call(partitions.drop_sealed, 64)
+                    tried["dropped"] = db.call(partitions.drop_sealed, 64, "1s")
                     tried["at"] = time.monotonic()
 
             dropping = threading.Thread(target=drop)
@@ -1101,6 +1103,47 @@ def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_lat
         assert dropped == [0]
         assert db.call(partitions.listed)[0] == 1
     assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 311))
+
+
+@pytest.mark.postgres_only("partitions are PostgreSQL's")
+def test_on_postgresql_partitions_are_made_ahead_without_waiting_for_reads(make_app):
+    """The background makes the next partitions while a long transaction
+    reads `entry` (a writer's CREATE TABLE ... PARTITION OF would wait for
+    it, and hold every later read and write up behind it), and writers
+    then find them."""
+    import threading
+
+    from logsvc.store import partitions, query
+
+    app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
+    store = Store(app.test_client())
+    store.ingest(corpus(100))  # ids 1-100: partitions 0 and 1
+    held, release = threading.Event(), threading.Event()
+
+    def long_read():
+        with db.using(app.extensions["logsvc"].store), db.database.atomic():
+            db.execute("SELECT count(*) FROM entry").fetchone()
+            held.set()
+            release.wait(30)
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    try:
+        assert held.wait(30)
+        with db.using(app.extensions["logsvc"].store):
+            started = time.monotonic()
+            assert db.call(lambda: partitions.prepare(query.high_water(), 3)) == [2, 3, 4]
+            assert time.monotonic() - started < 0.9  # (a lock wait gives way at 1 s)
+            assert db.call(partitions.listed) == [0, 1, 2, 3, 4]
+            assert db.call(lambda: partitions.prepare(query.high_water(), 3)) == []
+    finally:
+        release.set()
+        reader.join()
+    assert store.ingest(corpus(200, start=100))["accepted"] == 200  # ids 101-300
+    with db.using(app.extensions["logsvc"].store):
+        assert db.call(partitions.listed) == [0, 1, 2, 3, 4]  # none more to make
+        assert db.call(lambda: db.execute("SELECT count(*) FROM entry_p3").fetchone()[0]) == 64
+    assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 301))
 
 
 @pytest.mark.postgres_only("partitions are PostgreSQL's")

@@ -216,13 +216,16 @@ def seal_lease_s(config):
 
 def seal_due(config, renew=None):
     """Seal every segment that is due (under the seal lease). On
-    PostgreSQL, drop each partition a seal emptied (a store that seals has
-    a segment's ids in a partition: config.store_partition_rows). `renew`:
+    PostgreSQL, make the next partitions ahead of the writers and drop
+    each partition a seal emptied (a store that seals has a segment's ids
+    in a partition: config.store_partition_rows). `renew`:
     called between steps, to keep the lease. Returns the entries sealed."""
     renew = renew or (lambda: None)
     total = 0
+    db.call(lambda: partitions.prepare(query.high_water()))
     while sealed := db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
         total += sealed
+        db.call(lambda: partitions.prepare(query.high_water()))
         db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
         renew()
         runtime.pause()
