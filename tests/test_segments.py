@@ -1147,6 +1147,66 @@ def test_on_postgresql_partitions_are_made_ahead_without_waiting_for_reads(make_
 
 
 @pytest.mark.postgres_only("partitions are PostgreSQL's")
+def test_on_postgresql_a_writer_and_the_background_making_one_partition_both_go_on(make_app):
+    """A writer that needs a partition the background is making at that
+    moment waits for it and writes into it (its own creation fails on the
+    name the other took), and the background leaves one a writer is
+    making to it."""
+    import threading
+
+    from logsvc.store import partitions, query
+
+    app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
+    store = Store(app.test_client())
+    store.ingest(corpus(100))  # partitions 0 and 1
+    made, commit = threading.Event(), threading.Event()
+
+    def background():  # what prepare does for partition 2, held open a while
+        with db.using(app.extensions["logsvc"].store), db.database.atomic():
+            for parent in ("entry", "entry_body"):
+                db.execute(f"CREATE TABLE {parent}_p2 (LIKE {parent})")
+                db.execute(f"ALTER TABLE {parent} ATTACH PARTITION {parent}_p2 "
+                           f"FOR VALUES FROM (129) TO (193)")
+            made.set()
+            commit.wait(30)
+
+    maker = threading.Thread(target=background)
+    maker.start()
+    try:
+        assert made.wait(30)
+        threading.Timer(1.0, commit.set).start()
+        # Ids 101-200: partitions 1, 2 (being made) and 3.
+        assert store.ingest(corpus(100, start=100))["accepted"] == 100
+    finally:
+        commit.set()
+        maker.join()
+    with db.using(app.extensions["logsvc"].store):
+        assert db.call(partitions.listed) == [0, 1, 2, 3]
+    made.clear()
+    commit.clear()
+
+    def writer():  # a writer making partition 4 (ids 257-320), held open a while
+        with db.using(app.extensions["logsvc"].store), db.database.atomic():
+            partitions.ensure(257, 260)
+            made.set()
+            commit.wait(30)
+
+    maker = threading.Thread(target=writer)
+    maker.start()
+    try:
+        assert made.wait(30)
+        threading.Timer(0.5, commit.set).start()
+        with db.using(app.extensions["logsvc"].store):
+            # Partitions 4 and 5 are due; 4 is the writer's once it commits.
+            assert db.call(lambda: partitions.prepare(query.high_water(), 2)) == [5]
+            assert db.call(partitions.listed) == [0, 1, 2, 3, 4, 5]
+    finally:
+        commit.set()
+        maker.join()
+    assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 201))
+
+
+@pytest.mark.postgres_only("partitions are PostgreSQL's")
 def test_on_postgresql_a_sealed_partition_detached_but_not_dropped_is_dropped_later(make_app):
     """A process that ended between detaching a sealed partition and
     dropping it left a table that no parent lists: the next round drops

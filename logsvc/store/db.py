@@ -644,11 +644,17 @@ def unwritable_reason(exc):
     return None
 
 
+def has_pgcode(exc, *codes):
+    """Whether PostgreSQL raised `exc` (or an exception behind it) with one
+    of the error `codes`."""
+    return any(getattr(cause, "pgcode", None) in codes for cause in _causes(exc))
+
+
 def rolled_back_to_retry(exc):
     """Whether PostgreSQL rolled the transaction back to break a deadlock
     or a serialization conflict: nothing of it stays, and it may be run
     again."""
-    return any(getattr(cause, "pgcode", None) in ("40P01", "40001") for cause in _causes(exc))
+    return has_pgcode(exc, "40P01", "40001")
 
 
 def probe_unwritable(config):

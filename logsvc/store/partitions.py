@@ -52,12 +52,19 @@ def ensure(first_id, last_id):
     with store.lock:
         if last_id <= store.partitions["covered"]:
             return
+    import peewee
+
     for n in range((first_id - 1) // size, (last_id - 1) // size + 1):
         low, high = n * size + 1, (n + 1) * size + 1
-        db.execute(f"CREATE TABLE IF NOT EXISTS entry_p{n} PARTITION OF entry "
-                   f"FOR VALUES FROM ({low}) TO ({high})")
-        db.execute(f"CREATE TABLE IF NOT EXISTS entry_body_p{n} PARTITION OF entry_body "
-                   f"FOR VALUES FROM ({low}) TO ({high})")
+        try:
+            with db.database.atomic():  # a savepoint of the writer's transaction
+                for parent in ("entry", "entry_body"):
+                    db.execute(f"CREATE TABLE IF NOT EXISTS {parent}_p{n} PARTITION OF {parent} "
+                               f"FOR VALUES FROM ({low}) TO ({high})")
+        except peewee.DatabaseError as exc:
+            if not db.has_pgcode(exc, *_MADE_MEANWHILE):
+                raise
+            # `prepare` made it while this waited: it is attached.
     with store.lock:
         # Only when ids are handed out from below: a partition once made
         # is there for every later writer of this process.
@@ -79,6 +86,8 @@ def prepare(high_water, ahead=AHEAD):
     waits for all of them. One that waits past _LOCK_WAIT (a detach under
     way on another host) is left to the next round. Returns the
     partitions made."""
+    import peewee
+
     size = partition_rows()
     filling = high_water // size  # the partition of id high_water + 1
     made = []
@@ -92,13 +101,24 @@ def prepare(high_water, ahead=AHEAD):
             with db.database.atomic():
                 db.execute(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'")
                 for parent in missing:
-                    db.execute(f"CREATE TABLE {parent}_p{n} (LIKE {parent})")
+                    # (The name waits for a writer making the same table.)
+                    _giving_way(f"CREATE TABLE {parent}_p{n} (LIKE {parent})")
                     _giving_way(f"ALTER TABLE {parent} ATTACH PARTITION {parent}_p{n} "
                                 f"FOR VALUES FROM ({n * size + 1}) TO ({(n + 1) * size + 1})")
         except _LockTimeout:
             break
+        except peewee.DatabaseError as exc:
+            if not db.has_pgcode(exc, *_MADE_MEANWHILE):
+                raise
+            continue  # a writer made it meanwhile
         made.append(n)
     return made
+
+
+# A table of that name was created by another transaction while this one
+# waited for it (the catalog's unique names: duplicate_table, or
+# unique_violation when both were under way at once).
+_MADE_MEANWHILE = ("42P07", "23505")
 
 
 @db.only("postgresql", ())
