@@ -1,12 +1,14 @@
 """Sealed segments: older entries sealed into compact segments answer every
 question exactly as they did while hot, across the boundary, through
 retention, a clear, an upgrade and a kill in the middle of a seal."""
+import contextlib
 import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -509,8 +511,6 @@ def test_a_merge_holds_no_read_snapshot_while_it_builds(sealed_app, tmp_path):
     it reading its sources through open blob handles all along, their read
     snapshot would keep every TRUNCATE checkpoint from cutting the log, and
     the writers waiting on those checkpoints would time out."""
-    import threading
-
     store = Store(sealed_app.test_client())
     store.ingest(corpus(3000))
     seal(sealed_app, hot_rows=100, segment_rows=256)
@@ -1053,8 +1053,6 @@ def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_lat
     second), and the next round drops the partition; meanwhile writes go
     on (a lock of the parents queued every write of `entry` behind it
     until it gave way)."""
-    import threading
-
     from logsvc.store import partitions
 
     app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
@@ -1111,8 +1109,6 @@ def test_on_postgresql_partitions_are_made_ahead_without_waiting_for_reads(make_
     reads `entry` (a writer's CREATE TABLE ... PARTITION OF would wait for
     it, and hold every later read and write up behind it), and writers
     then find them."""
-    import threading
-
     from logsvc.store import partitions, query
 
     app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
@@ -1146,63 +1142,57 @@ def test_on_postgresql_partitions_are_made_ahead_without_waiting_for_reads(make_
     assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 301))
 
 
+@contextlib.contextmanager
+def _held_open(app, work, commit_after_s):
+    """Run `work` in a transaction of another thread, committed
+    `commit_after_s` seconds after the block starts (or as it ends)."""
+    made, commit = threading.Event(), threading.Event()
+
+    def run():
+        with db.using(app.extensions["logsvc"].store), db.database.atomic():
+            work()
+            made.set()
+            commit.wait(30)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert made.wait(30)
+        threading.Timer(commit_after_s, commit.set).start()
+        yield
+    finally:
+        commit.set()
+        thread.join()
+
+
 @pytest.mark.postgres_only("partitions are PostgreSQL's")
 def test_on_postgresql_a_writer_and_the_background_making_one_partition_both_go_on(make_app):
     """A writer that needs a partition the background is making at that
     moment waits for it and writes into it (its own creation fails on the
     name the other took), and the background leaves one a writer is
     making to it."""
-    import threading
-
     from logsvc.store import partitions, query
 
     app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
     store = Store(app.test_client())
     store.ingest(corpus(100))  # partitions 0 and 1
-    made, commit = threading.Event(), threading.Event()
 
-    def background():  # what prepare does for partition 2, held open a while
-        with db.using(app.extensions["logsvc"].store), db.database.atomic():
-            for parent in ("entry", "entry_body"):
-                db.execute(f"CREATE TABLE {parent}_p2 (LIKE {parent})")
-                db.execute(f"ALTER TABLE {parent} ATTACH PARTITION {parent}_p2 "
-                           f"FOR VALUES FROM (129) TO (193)")
-            made.set()
-            commit.wait(30)
+    def background():  # what prepare does for partition 2
+        for parent in ("entry", "entry_body"):
+            db.execute(f"CREATE TABLE {parent}_p2 (LIKE {parent})")
+            db.execute(f"ALTER TABLE {parent} ATTACH PARTITION {parent}_p2 "
+                       f"FOR VALUES FROM (129) TO (193)")
 
-    maker = threading.Thread(target=background)
-    maker.start()
-    try:
-        assert made.wait(30)
-        threading.Timer(1.0, commit.set).start()
+    with _held_open(app, background, commit_after_s=1.0):
         # Ids 101-200: partitions 1, 2 (being made) and 3.
         assert store.ingest(corpus(100, start=100))["accepted"] == 100
-    finally:
-        commit.set()
-        maker.join()
     with db.using(app.extensions["logsvc"].store):
         assert db.call(partitions.listed) == [0, 1, 2, 3]
-    made.clear()
-    commit.clear()
-
-    def writer():  # a writer making partition 4 (ids 257-320), held open a while
-        with db.using(app.extensions["logsvc"].store), db.database.atomic():
-            partitions.ensure(257, 260)
-            made.set()
-            commit.wait(30)
-
-    maker = threading.Thread(target=writer)
-    maker.start()
-    try:
-        assert made.wait(30)
-        threading.Timer(0.5, commit.set).start()
-        with db.using(app.extensions["logsvc"].store):
-            # Partitions 4 and 5 are due; 4 is the writer's once it commits.
+        # A writer making partition 4 (ids 257-320): partitions 4 and 5
+        # are due, and 4 is the writer's once it commits.
+        with _held_open(app, lambda: partitions.ensure(257, 260), commit_after_s=0.5):
             assert db.call(lambda: partitions.prepare(query.high_water(), 2)) == [5]
-            assert db.call(partitions.listed) == [0, 1, 2, 3, 4, 5]
-    finally:
-        commit.set()
-        maker.join()
+        assert db.call(partitions.listed) == [0, 1, 2, 3, 4, 5]
     assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 201))
 
 
@@ -1277,8 +1267,6 @@ def test_on_a_small_filesystem_retention_by_size_keeps_room_and_tails_are_told(
                     event = None
                     if delivered and delivered[-1] >= total:
                         return
-
-    import threading
 
     rng = random.Random(5)
     words = [f"w{rng.getrandbits(20):x}" for _ in range(500)]
