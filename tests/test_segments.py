@@ -1114,27 +1114,17 @@ def test_on_postgresql_partitions_are_made_ahead_without_waiting_for_reads(make_
     app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
     store = Store(app.test_client())
     store.ingest(corpus(100))  # ids 1-100: partitions 0 and 1
-    held, release = threading.Event(), threading.Event()
 
-    def long_read():
-        with db.using(app.extensions["logsvc"].store), db.database.atomic():
-            db.execute("SELECT count(*) FROM entry").fetchone()
-            held.set()
-            release.wait(30)
+    def long_read():  # held until the block ends
+        db.execute("SELECT count(*) FROM entry").fetchone()
 
-    reader = threading.Thread(target=long_read)
-    reader.start()
-    try:
-        assert held.wait(30)
-        with db.using(app.extensions["logsvc"].store):
-            started = time.monotonic()
-            assert db.call(lambda: partitions.prepare(query.high_water(), 3)) == [2, 3, 4]
-            assert time.monotonic() - started < 0.9  # (a lock wait gives way at 1 s)
-            assert db.call(partitions.listed) == [0, 1, 2, 3, 4]
-            assert db.call(lambda: partitions.prepare(query.high_water(), 3)) == []
-    finally:
-        release.set()
-        reader.join()
+    with _held_open(app, long_read, commit_after_s=30), \
+            db.using(app.extensions["logsvc"].store):
+        started = time.monotonic()
+        assert db.call(lambda: partitions.prepare(query.high_water(), 3)) == [2, 3, 4]
+        assert time.monotonic() - started < 0.9  # (a lock wait gives way at 1 s)
+        assert db.call(partitions.listed) == [0, 1, 2, 3, 4]
+        assert db.call(lambda: partitions.prepare(query.high_water(), 3)) == []
     assert store.ingest(corpus(200, start=100))["accepted"] == 200  # ids 101-300
     with db.using(app.extensions["logsvc"].store):
         assert db.call(partitions.listed) == [0, 1, 2, 3, 4]  # none more to make
