@@ -21,6 +21,8 @@ drops both tables, all in one transaction. That costs the same at 100
 million rows as at one million; only the partition that straddles the
 cutoff is pruned row by row.
 """
+import peewee
+
 from logsvc.entry import now_ms
 
 from . import db, rollup
@@ -52,8 +54,6 @@ def ensure(first_id, last_id):
     with store.lock:
         if last_id <= store.partitions["covered"]:
             return
-    import peewee
-
     for n in range((first_id - 1) // size, (last_id - 1) // size + 1):
         low, high = n * size + 1, (n + 1) * size + 1
         try:
@@ -86,21 +86,17 @@ def prepare(high_water, ahead=AHEAD):
     waits for all of them. One that waits past _LOCK_WAIT (a detach under
     way on another host) is left to the next round. Returns the
     partitions made."""
-    import peewee
-
     size = partition_rows()
     filling = high_water // size  # the partition of id high_water + 1
+    there = set(listed())  # (both tables of a partition are made together)
     made = []
     for n in range(filling + 1, filling + 1 + ahead):
-        missing = [parent for parent in ("entry", "entry_body")
-                   if db.execute("SELECT to_regclass(?)", (f"{parent}_p{n}",)).fetchone()[0]
-                   is None]
-        if not missing:
+        if n in there:
             continue
         try:
             with db.database.atomic():
                 db.execute(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'")
-                for parent in missing:
+                for parent in ("entry", "entry_body"):
                     # (The name waits for a writer making the same table.)
                     _giving_way(f"CREATE TABLE {parent}_p{n} (LIKE {parent})")
                     _giving_way(f"ALTER TABLE {parent} ATTACH PARTITION {parent}_p{n} "
@@ -288,8 +284,6 @@ def _lock_parents():
 def _giving_way(statement):
     """Run `statement` under the lock_timeout set; _LockTimeout when its
     locks were not had in time."""
-    import peewee
-
     try:
         db.execute(statement)
     except peewee.OperationalError as exc:
