@@ -412,6 +412,14 @@ def execute(text, params=()):
     return database.execute_sql(sql(text), params)
 
 
+def execute_literal(text):
+    """PostgreSQL: run `text`, one statement or several separated by `;`,
+    with its values written in it (no placeholders: nothing in it is
+    taken as one), in one exchange with the server."""
+    with database.connection().cursor() as cursor:
+        cursor.execute(text)
+
+
 def table_exists(name):
     """Whether the store has table `name` (in the schema it works in): one
     catalog lookup. (peewee's table_exists lists every table of the
