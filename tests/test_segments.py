@@ -1041,8 +1041,9 @@ def test_on_postgresql_a_sealed_partition_is_dropped_and_its_space_given_back(ma
         through = db.call(segments.sealed_through)
         left = db.call(partitions.listed)
         # Every partition below the watermark is gone, not just emptied;
-        # the next four are made ahead of the writers (partitions.prepare).
-        assert through == 384 and left == [6, 7, 8, 9, 10, 11]
+        # the next two are made ahead of the writers (partitions.prepare:
+        # AHEAD_FIRST, the pace of ingest not known yet).
+        assert through == 384 and left == [6, 7, 8, 9]
         assert entry_bytes() < full * 0.5
     assert answers(store) == before  # nothing was lost with the tables
 
@@ -1101,6 +1102,37 @@ def test_on_postgresql_a_partition_drop_gives_way_to_a_long_read_and_is_done_lat
         assert dropped == [0]
         assert db.call(partitions.listed)[0] == 1
     assert [e["id"] for e in store.page(limit=500)["entries"]] == list(range(1, 311))
+
+
+@pytest.mark.postgres_only("partitions are PostgreSQL's")
+def test_on_postgresql_as_many_partitions_are_made_ahead_as_the_pace_of_ingest_needs(make_app):
+    """Each empty partition made ahead is planned by every question that
+    reads `entry`: the background makes as many as the writers fill in two
+    of its rounds at the pace since its last round (at least one, at most
+    AHEAD), and after a burst the next partitions are made one by one."""
+    from logsvc.store import partitions, query
+
+    app = make_app(hot_rows=100, segment_rows=64, rate_limit_per_min=0)
+    store = Store(app.test_client())
+    store.ingest(corpus(100))  # ids 1-100: partitions 0 and 1
+    with db.using(app.extensions["logsvc"].store):
+        def count(high_water, at):
+            return db.call(lambda: partitions.ahead_count(high_water, 30, now=at))
+
+        base = time.monotonic() - 300  # the rounds below ended before now
+        assert count(100, base) == partitions.AHEAD_FIRST  # no pace known yet
+        assert count(100, base + 30) == 1  # idle: the next one only
+        assert count(100 + 64 * 10, base + 60) == partitions.AHEAD  # a burst: the most
+        assert count(100 + 64 * 10 + 40, base + 90) == 2  # 40 ids a round: 80 in two
+        assert count(100 + 64 * 10 + 40, base + 200) == 1
+        # Made by the background's round: the partition of the next id and
+        # the one after it (what an idle store's pace asks).
+        from logsvc.store import retention
+
+        config = app.extensions["logsvc"].config
+        retention.seal_due(config)
+        assert db.call(partitions.listed) == [0, 1, 2]
+        assert db.call(query.high_water) == 100
 
 
 @pytest.mark.postgres_only("partitions are PostgreSQL's")

@@ -3,8 +3,8 @@
 Partition n holds the ids n*R+1 .. (n+1)*R, where R is the store's
 `partition_rows` (kept in `meta`, decided when the store was created, the
 same on every host). `entry_p<n>` and `entry_body_p<n>` are made ahead of
-the writers by the background work (`prepare`, AHEAD partitions beyond
-the one being filled), each as a table of its own then attached, which
+the writers by the background work (`prepare`, up to AHEAD partitions
+beyond the one being filled, as many as the pace of ingest needs), each as a table of its own then attached, which
 holds up no read or write of `entry`. A writer that finds its partition
 missing (a new store, a background that fell behind) creates it with
 `CREATE TABLE ... PARTITION OF`, while it holds the id sequence's row
@@ -21,6 +21,8 @@ drops both tables, all in one transaction. That costs the same at 100
 million rows as at one million; only the partition that straddles the
 cutoff is pruned row by row.
 """
+import time
+
 import peewee
 
 from logsvc.entry import now_ms
@@ -72,8 +74,30 @@ def ensure(first_id, last_id):
         state["covered"] = max(state["covered"], ((last_id - 1) // size + 1) * size)
 
 
-# Partitions made ahead of the one being filled (`prepare`).
+# Partitions made ahead of the one being filled (`prepare`): at most
+# AHEAD, as many as the writers fill in two rounds of the background work
+# at the pace seen since the last round (`ahead_count`), AHEAD_FIRST before a
+# pace is known. Each attached partition, even an empty one, is planned
+# by every question that reads `entry`: at a million entries four empty
+# ones took the planning of a tenant's stats from 2.4 to 5.1 ms.
 AHEAD = 4
+AHEAD_FIRST = 2
+
+
+@db.only("postgresql", 0)
+def ahead_count(high_water, interval_s, now=None):
+    """How many partitions `prepare` makes ahead now (see AHEAD), from
+    the ids taken since this process last asked (one round before)."""
+    now = time.monotonic() if now is None else now
+    store = db.current()
+    with store.lock:
+        last = store.partitions.get("pace")
+        store.partitions["pace"] = (now, high_water)
+    if last is None or now <= last[0]:
+        return AHEAD_FIRST
+    per_s = max(0, high_water - last[1]) / (now - last[0])
+    needed = -(-int(per_s * 2 * max(interval_s, now - last[0])) // partition_rows())
+    return min(AHEAD, max(1, needed))
 
 
 @db.only("postgresql", ())

@@ -222,10 +222,11 @@ def seal_due(config, renew=None):
     called between steps, to keep the lease. Returns the entries sealed."""
     renew = renew or (lambda: None)
     total = 0
-    db.call(lambda: partitions.prepare(query.high_water()))
+    ahead = db.call(lambda: partitions.ahead_count(query.high_water(), config.seal_interval_s))
+    db.call(lambda: partitions.prepare(query.high_water(), ahead))
     while sealed := db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
         total += sealed
-        db.call(lambda: partitions.prepare(query.high_water()))
+        db.call(lambda: partitions.prepare(query.high_water(), ahead))
         db.call(lambda: partitions.drop_sealed(segments.sealed_through()))
         renew()
         runtime.pause()
