@@ -246,6 +246,25 @@ def test_stats_without_a_scope_count_each_container_and_service_exactly(make_app
     check()
 
 
+def test_names_with_quotes_percent_signs_and_backslashes_are_counted_exactly(store):
+    """The counters of a batch's few rows go to PostgreSQL with their values
+    written in the statement (rollup.INLINE_ROWS): a name with a quote, a
+    percent sign, a backslash or a question mark is counted as sent."""
+    services = ("o'brien-api", "50%-svc", "back\\slash", "what?svc", "naïve-svc")
+    urls = ("/v1/it's/1", "/v1/100%25/2", "/v1/a%5Cb/3", "/v1/q?x=%s", "/v1/ünï/5")
+    store.ingest([make_entry(i, serviceName=services[i % 5], url=urls[i % 5],
+                             projectId="proj_0", containerId="cnt_0") for i in range(50)])
+    stats = store.page(STATS)
+    assert stats["byService"] == {name: 10 for name in services}
+    assert sum(row["total"] for row in stats["byRoute"]) == sum(
+        stats["byKind"][kind] for kind in ("response", "event"))
+    scoped = store.page(STATS, projectId="proj_0", containerId="cnt_0")
+    assert scoped["byService"] == stats["byService"]
+    routes = {row["route"] for row in scoped["byRoute"]}
+    assert routes == {row["route"] for row in stats["byRoute"]}
+    assert any("'" in route for route in routes) and any("%" in route for route in routes)
+
+
 def test_stats_has_every_breakdown(store):
     store.ingest([make_entry(i) for i in range(8)])
     stats = store.page(STATS)

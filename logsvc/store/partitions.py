@@ -4,8 +4,9 @@ Partition n holds the ids n*R+1 .. (n+1)*R, where R is the store's
 `partition_rows` (kept in `meta`, decided when the store was created, the
 same on every host). `entry_p<n>` and `entry_body_p<n>` are made ahead of
 the writers by the background work (`prepare`, up to AHEAD partitions
-beyond the one being filled, as many as the pace of ingest needs), each as a table of its own then attached, which
-holds up no read or write of `entry`. A writer that finds its partition
+beyond the one being filled, as many as the pace of ingest needs), each
+as a table of its own then attached, which holds up no read or write of
+`entry`. A writer that finds its partition
 missing (a new store, a background that fell behind) creates it with
 `CREATE TABLE ... PARTITION OF`, while it holds the id sequence's row
 lock, so two writers never race to create one; that statement waits for
