@@ -90,6 +90,13 @@ HOUR_MS = 3_600_000
 _KEYS = ", ".join(ROLLUP_DIMENSIONS)
 
 
+# PostgreSQL: the type of each counter column that is not a bigint
+# (`_inline`'s arrays).
+_PG_TYPES = {"project_id": "text", "container_id": "text", "service_name": "text",
+             "route": "text", "level": "text", "lat": "text", "lat_max": "float8",
+             "one": "int2", "status_class": "int2"}
+
+
 class Tier:
     """One counter table: its key columns, its time column (None: all
     time), and the tier (or the base accumulation of `add`) it is summed
@@ -129,15 +136,10 @@ class Tier:
 
         def upsert(columns, rows=None):
             names = ", ".join(columns)
-            moved = ""
-            if rows is None and postgres:
-                # The staged rows are taken out as they are moved (see
-                # _upsert), in key order.
-                moved = f"WITH moved AS (DELETE FROM {self.staged} RETURNING {names}) "
-                rows = f"SELECT {names} FROM moved ORDER BY {keys}"
-            elif rows is None:
-                rows = f"VALUES ({', '.join('?' for _ in columns)})"
-            return (columns, f"{moved}INSERT INTO {table} ({names}) {rows} "
+            if rows is None:
+                rows = (f"SELECT {names} FROM {self.staged} ORDER BY {keys}" if postgres else
+                        f"VALUES ({', '.join('?' for _ in columns)})")
+            return (columns, f"INSERT INTO {table} ({names}) {rows} "
                              f"ON CONFLICT ({keys}) DO UPDATE SET {', '.join(sets)}")
 
         # Subtracting leaves lat_max to refresh_max.
@@ -157,8 +159,11 @@ class Tier:
                             f"{column} = coalesce({pick[1]}({ours}, {theirs}), {ours}, {theirs})")
         out[True] = upsert(columns)
         if postgres:
-            # Adding, with the values in the statement (see INLINE_ROWS).
-            out["inline"] = upsert(columns, "VALUES_")[1]
+            # Adding, with the values in the statement (see INLINE_ROWS):
+            # a literal array per column, whose elements unnest as rows.
+            arrays = ", ".join(f"{{{c}}}::{_PG_TYPES.get(c, 'bigint')}[]" for c in columns)
+            out["inline"] = upsert(columns, f"SELECT * FROM unnest({arrays}) "
+                                            f"AS u ({', '.join(columns)}) ORDER BY {keys}")[1]
         if not postgres:
             # SQLite, ingest: the rows staged before the write lock
             # (`stage`), moved in one statement. Their id bounds are offsets
@@ -308,21 +313,31 @@ def write(summary, sign=1, first_id=None, staged=False):
     _flush(pending)
 
 
-# PostgreSQL: a tier that a batch adds this many rows or fewer to (the
-# tiers of every scope, of a service, of a route: a row or a few per
-# minute) is written with its values in the statement, and those of
-# consecutive such tiers go to the server together, in one exchange,
-# rather than three statements each (see _upsert). Their order is kept:
-# concurrent writers lock the tiers' rows in one order.
-INLINE_ROWS = 32
+# PostgreSQL: a tier that a batch adds this many rows or fewer to is
+# written with its values in the statement, one array literal a column,
+# and the statements of consecutive such tiers go to the server together,
+# in one exchange, rather than four each (a temporary table made if
+# missing, filled by COPY, moved, emptied: see _upsert). Their order is
+# kept: concurrent writers lock the tiers' rows in one order. A batch of
+# 5,000 entries adds more rows than this to a scope's minutes.
+INLINE_ROWS = 2_000
 
 
 def _inline(tier, rows):
     """The upsert of `rows` into `tier` (adding) with the values in it."""
     quote = db.database.connection().cursor().mogrify
-    marks = "(" + ", ".join("%s" for _ in rows[0]) + ")"
-    values = ", ".join(quote(marks, row).decode() for row in rows)
-    return tier.sql[True]["inline"].replace("VALUES_", f"VALUES {values}", 1)
+    columns = tier.sql[True][True][0]
+    literals = {}
+    for at, column in enumerate(columns):
+        kind = _PG_TYPES.get(column, "bigint")
+        values = [row[at] for row in rows]
+        if kind == "text":
+            items = ["NULL" if v is None else
+                     '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+        else:
+            items = ["NULL" if v is None else repr(v) for v in values]
+        literals[column] = quote("%s", ("{" + ",".join(items) + "}",)).decode()
+    return tier.sql[True]["inline"].format(**literals)
 
 
 def _flush(pending):
@@ -678,22 +693,17 @@ def _upsert(tier, sign, rows):
     # key order (concurrent writers lock rows in one order). Sent as one
     # multi-row VALUES, each of their values was quoted in Python and
     # parsed by the server: 34 µs a row of `rollup_minute`. Their keys are
-    # distinct, as ON CONFLICT needs. The statement deletes the rows it
-    # moves (a tier may be written twice in a transaction), and the server
-    # empties the table's file at commit (ON COMMIT DELETE ROWS), so that
-    # it never grows by the rows deleted: no vacuum visits a temporary
-    # table. (A TRUNCATE after each batch did the same in a statement of
-    # its own: 29 of them a batch, a fifth of a small batch's time.)
-    if not db.database.in_transaction():
-        # Outside a transaction each statement commits, and the copied
-        # rows would be gone before the statement that moves them.
-        with db.database.atomic():
-            _upsert(tier, sign, rows)
-        return
-    db.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {tier.staged} (LIKE {tier.table}) "
-               "ON COMMIT DELETE ROWS")
+    # distinct, as ON CONFLICT needs. Emptied by TRUNCATE, not DELETE: no
+    # vacuum ever visits a temporary table, which would grow by every row
+    # a long-lived connection ever staged. (Not ON COMMIT DELETE ROWS:
+    # the server then truncates every such table of the session at the
+    # end of each transaction that touched any temporary table, a read of
+    # sealed entries included: 29 of them added 88 ms to each.) The tiers
+    # a batch adds few rows to skip this (INLINE_ROWS).
+    db.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {tier.staged} (LIKE {tier.table})")
     db.copy(tier.staged, columns, rows)
     db.execute(statement)
+    db.execute(f"TRUNCATE {tier.staged}")
 
 
 # Reading. Each question is split by time (signed_spans) into whole hours,
