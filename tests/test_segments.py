@@ -536,20 +536,30 @@ def test_a_merge_holds_no_read_snapshot_while_it_builds(sealed_app, tmp_path):
                                  for i, low, high in db.execute(
                                      "SELECT id, min_id, max_id FROM segment ORDER BY min_id")])
         assert len(metas) == 11
-        watcher = threading.Thread(target=checkpoints)
-        watcher.start()
-        try:
-            start = time.monotonic()
-            _, summary = db.call(segments._merged, metas)
-            end = time.monotonic()
-        finally:
-            done.set()
-            watcher.join()
-    assert summary["rows"] == 11 * 256
-    # Past its first half the merge only decodes and writes: the log is cut
-    # at every attempt.
-    late = [ok for at, ok in attempts if (start + end) / 2 <= at <= end]
-    assert len(late) >= 3 and all(late), (len(attempts), late)
+        # On a loaded machine the watcher may get few turns during one
+        # merge: the merge is built again until it saw three late attempts.
+        late = []
+        for _ in range(5):
+            attempts.clear()
+            done.clear()
+            watcher = threading.Thread(target=checkpoints)
+            watcher.start()
+            try:
+                start = time.monotonic()
+                _, summary = db.call(segments._merged, metas)
+                end = time.monotonic()
+            finally:
+                done.set()
+                watcher.join()
+            assert summary["rows"] == 11 * 256
+            # Past its first half the merge only decodes and writes: the log
+            # is cut at every attempt.
+            now_late = [ok for at, ok in attempts if (start + end) / 2 <= at <= end]
+            assert all(now_late), (len(attempts), now_late)
+            late += now_late
+            if len(late) >= 3:
+                break
+    assert len(late) >= 3, late
 
 
 def test_a_read_whose_segments_were_merged_meanwhile_is_answered_from_the_merged_one(
