@@ -6,11 +6,11 @@ same on every host). `entry_p<n>` and `entry_body_p<n>` are made ahead of
 the writers by the background work (`prepare`, up to AHEAD partitions
 beyond the one being filled, as many as the pace of ingest needs), each
 as a table of its own then attached, which holds up no read or write of
-`entry`. A writer that finds its partition
-missing (a new store, a background that fell behind) creates it with
-`CREATE TABLE ... PARTITION OF`, while it holds the id sequence's row
-lock, so two writers never race to create one; that statement waits for
-every transaction using `entry` and holds up all that come after it.
+`entry`. A writer that finds its partition missing (a new store, a
+background that fell behind) creates it with `CREATE TABLE ... PARTITION
+OF`, while it holds the id sequence's row lock, so two writers never race
+to create one; that statement waits for every transaction using `entry`
+and holds up all that come after it.
 Should a transaction holding `entry_body` ask for `entry` meanwhile, the
 server breaks the deadlock by rolling one back; a writer rolled back
 writes its batch again (ingest.WRITE_ATTEMPTS).

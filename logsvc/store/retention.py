@@ -222,8 +222,9 @@ def seal_due(config, renew=None):
     called between steps, to keep the lease. Returns the entries sealed."""
     renew = renew or (lambda: None)
     total = 0
-    ahead = db.call(lambda: partitions.ahead_count(query.high_water(), config.seal_interval_s))
-    db.call(lambda: partitions.prepare(query.high_water(), ahead))
+    high_water = db.call(query.high_water)
+    ahead = db.call(partitions.ahead_count, high_water, config.seal_interval_s)
+    db.call(partitions.prepare, high_water, ahead)
     while sealed := db.call(segments.seal_once, config.hot_rows, max(1, config.segment_rows)):
         total += sealed
         db.call(lambda: partitions.prepare(query.high_water(), ahead))

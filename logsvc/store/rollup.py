@@ -325,18 +325,17 @@ INLINE_ROWS = 2_000
 
 def _inline(tier, rows):
     """The upsert of `rows` into `tier` (adding) with the values in it."""
-    quote = db.database.connection().cursor().mogrify
     columns = tier.sql[True][True][0]
     literals = {}
-    for at, column in enumerate(columns):
-        kind = _PG_TYPES.get(column, "bigint")
-        values = [row[at] for row in rows]
-        if kind == "text":
-            items = ["NULL" if v is None else
-                     '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
-        else:
-            items = ["NULL" if v is None else repr(v) for v in values]
-        literals[column] = quote("%s", ("{" + ",".join(items) + "}",)).decode()
+    with db.database.connection().cursor() as cursor:
+        for at, column in enumerate(columns):
+            values = [row[at] for row in rows]
+            if _PG_TYPES.get(column) == "text":
+                items = ["NULL" if v is None else
+                         '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+            else:
+                items = ["NULL" if v is None else repr(v) for v in values]
+            literals[column] = cursor.mogrify("%s", ("{" + ",".join(items) + "}",)).decode()
     return tier.sql[True]["inline"].format(**literals)
 
 
