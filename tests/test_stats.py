@@ -246,6 +246,55 @@ def test_stats_without_a_scope_count_each_container_and_service_exactly(make_app
     check()
 
 
+def test_a_large_batch_summed_in_columns_is_counted_exactly(make_app):
+    """A batch of COLUMNAR_ROWS entries or more is summed per tier by
+    Arrow's group-by, not by the loop that sums smaller ones: every
+    breakdown, latency, route and minute it adds equals a count of the
+    entries, and so after retention takes some away (a subtraction, by the
+    loop) and small batches add more."""
+    app = make_app(retention_days=0)
+    store = Store(app.test_client())
+    services = ("user-api", "billing-api", None, "search")
+    containers = ("gw_0", "gw_1", None)
+    urls = ("/v1/a/1", "/v1/b/22?x=1", None, "/v2/c/9/d")
+
+    def entry(i):
+        return make_entry(i, tsMs=BASE + i * 7_919 % (3 * HOUR), projectId=f"proj_{i % 3}",
+                          containerId=containers[i % 3], serviceName=services[i * 7 % 4],
+                          url=urls[i * 3 % 4], level=("info", "warn", "error", "debug")[i % 7 % 4],
+                          status=(200, 404, 503, None, 302)[i % 11 % 5],
+                          durationMs=(None, 0, 12.5, 3, 850.25, 40_000)[i % 13 % 6])
+
+    batch = [entry(i) for i in range(rollup.COLUMNAR_ROWS + 500)]
+    store.ingest(batch)
+    windows = [(None, None), (BASE, BASE + HOUR), (BASE + 17, BASE + 2 * HOUR - 70_001),
+               (BASE + HOUR + 1_000, None)]
+    scopes = [(None, None), ("proj_1", None), ("proj_2", "gw_1")]
+
+    def check():
+        for since, until in windows:
+            for project_id, container_id in scopes:
+                for params, kept in (({}, {}), ({"level": "error"}, {"levels": ["error"]}),
+                                     ({"status": "5xx"}, {"statuses": ["5xx"]})):
+                    query = {k: v for k, v in (("since", since), ("until", until),
+                                               ("projectId", project_id),
+                                               ("containerId", container_id)) if v is not None}
+                    assert_stats(store.page(STATS, **query, **params),
+                                 truth(project_id, container_id, since, until, **kept))
+        histogram = store.page(HISTOGRAM, bucket="1m", since=BASE, until=BASE + 30 * 60_000)
+        for item in histogram["buckets"]:
+            expected = truth(None, None, item["tsMs"], item["tsMs"] + 60_000)
+            assert (item["total"], item["byLevel"]) == (expected["total"], expected["byLevel"])
+
+    check()
+    assert store.page(STATS)["total"] == len(batch)
+    assert retention.prune(app.extensions["logsvc"].config.replace(max_rows=1_000)) == \
+        len(batch) - 1_000
+    check()
+    store.ingest([entry(i) for i in range(len(batch), len(batch) + 40)])
+    check()
+
+
 def test_names_with_quotes_percent_signs_and_backslashes_are_counted_exactly(store):
     """The counters of a batch's few rows go to PostgreSQL with their values
     written in the statement (rollup.INLINE_ROWS): a name with a quote, a

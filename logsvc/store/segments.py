@@ -84,7 +84,7 @@ _HASHES = 7
 # it is used: a store that seals nothing never loads it.
 @functools.cache
 def _schema():
-    _arrow_ready()
+    arrow_ready()
     import pyarrow as pa
 
     return pa.schema([
@@ -279,7 +279,7 @@ def _build(columns, row_group=ROW_GROUP):
     """(Parquet bytes, summary) of segment columns (`_rows_to_seal`'s),
     sorted by scope and time, in row groups of `row_group` rows, each with
     a Bloom filter of its words."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -624,7 +624,7 @@ def _merged(metas):
     at a time as the merged order reaches it, so that what is held decoded
     at once is a row group of each source and the merged file, not every
     row."""
-    _arrow_ready()
+    arrow_ready()
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -765,7 +765,7 @@ def _values(column, convert=None):
     one (once per distinct value). A dictionary column's (the names) are
     made from its dictionary, a value per distinct name, not an object per
     row."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow as pa
 
     if not pa.types.is_dictionary(column.type):
@@ -831,7 +831,7 @@ def stage(filters, bucket=None):
         table = _matching(meta, filters, None, through, columns=frozenset(_STAGED_COLUMNS),
                           bucket=bucket)
         if bucket is not None and table.num_rows:
-            _arrow_ready()
+            arrow_ready()
             import pyarrow.compute as pc
 
             table = table.filter(pc.equal(table["lat_bucket"], bucket))
@@ -909,7 +909,7 @@ def _slowest(chosen, filters, after_id, upto_id, limit, bodies, memo):
     """The `limit` longest sealed matches of the segments `chosen`: each
     one's longest, ranked together by their key columns; only those
     returned are read whole."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow as pa
 
     ranked = []
@@ -1080,7 +1080,7 @@ def warm():
                        "ORDER BY min_id").fetchall()
     names.warm()
     if found:
-        _arrow_ready()
+        arrow_ready()
     filters = sum(row[3] or 0 for row in found) <= _skips.budget
     metas = [{"id": segment_id, "min_id": low, "max_id": high}
              for segment_id, low, high, _ in found]
@@ -1122,7 +1122,7 @@ def _warm_columns(metas):
     the first question over a time range finds them as the second does,
     and a scan of a whole segment takes them as one table rather than a
     row group at a time."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow as pa
 
     groups_left = WARM_GROUPS
@@ -1167,7 +1167,7 @@ def _warm_table(key):
     return _warm_tables.get(key)
 
 
-def _arrow_ready():
+def arrow_ready():
     """Before any use of Arrow in a process: its modules are imported, and
     its first array made, here, one thread at a time under a lock of the
     operating system. Every function of this module that imports numpy or
@@ -1341,7 +1341,7 @@ def _with_bodies(table, q, held, load, rarity=None):
     its bodies hold other words or none (always so when each phrase is a
     single whole word; a longer phrase may run from the url into `data`
     only where no word of a body lies between: `_undecided_by_bodies`)."""
-    _arrow_ready()
+    arrow_ready()
     import numpy as np
     import pyarrow as pa
 
@@ -1362,7 +1362,7 @@ def _with_bodies(table, q, held, load, rarity=None):
 
 def _with_bodies_read(table, blocks, q, held, load, rarity):
     """`_with_bodies` of rows all read without their bodies."""
-    _arrow_ready()
+    arrow_ready()
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -1436,7 +1436,7 @@ def _undecided_by_bodies(table, rows, parsed):
     words searched), those whose match does not depend on their bodies:
     the same whether the bodies hold words (none of the phrases', so that
     a phrase cannot run through them) or none at all."""
-    _arrow_ready()
+    arrow_ready()
     import numpy as np
 
     words = {word for p in _phrases(parsed) for word in p.words}
@@ -1512,7 +1512,7 @@ def _prefiltered(table, q, rarity=None):
     that is not known), each among the rows that held the words before it:
     the others then search few rows (an id in a path beside `v1` and
     `users`)."""
-    _arrow_ready()
+    arrow_ready()
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -1588,7 +1588,7 @@ def _mask(table, filters, after_id, upto_id):
     """The rows of `table` that pass every filter but `q`, as a boolean
     array (None: no filter), computed column by column (filtering by an
     expression plans a query first: 0.7 ms a call on a row group)."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -1791,7 +1791,7 @@ def _file(meta, dictionaries=True):
     through its incremental blob I/O, PostgreSQL by ranges of the bytea
     (stored uncompressed out of line, so that a range reads its own pages:
     migrations.py)."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(_open(meta), metadata=_metadata(meta), pre_buffer=False,
@@ -1801,7 +1801,7 @@ def _file(meta, dictionaries=True):
 def _open(meta):
     """The segment's Parquet bytes as a file (db.Stale if the segment is
     gone: merged or dropped since the question chose it)."""
-    _arrow_ready()
+    arrow_ready()
     if db.is_postgres():
         return _RangeFile(meta)
     return _sqlite_file(meta, *_parts(meta))
@@ -1842,7 +1842,7 @@ def _parts(meta):
 
 def _metadata(meta):
     """The segment's Parquet metadata (its footer), kept per process."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow.parquet as pq
 
     def load():
@@ -2043,7 +2043,7 @@ def _read_groups(meta, filters=None, columns=None, bucket=None):
     place in the segment (what `_rows_at` reads the rest of a row by).
     With `bucket`, only the row groups that hold durations of that latency
     bucket."""
-    _arrow_ready()
+    arrow_ready()
     import numpy as np
     import pyarrow as pa
 
@@ -2094,7 +2094,7 @@ def _warm_ranges(table, ranges, columns):
     """The rows of a segment's warmed columns (`table`) in `ranges` (rows
     of the segment, ascending), consecutive ranges taken as one slice,
     with "_pos" when `columns` were asked (see _read_groups)."""
-    _arrow_ready()
+    arrow_ready()
     import numpy as np
     import pyarrow as pa
 
@@ -2116,7 +2116,7 @@ def _warm_ranges(table, ranges, columns):
 def _rows_at(meta, positions, columns):
     """The `columns` of the segment's rows at `positions` (`_pos` values),
     in that order."""
-    _arrow_ready()
+    arrow_ready()
     import pyarrow as pa
 
     starts, _, _ = _layout(meta)
@@ -2154,7 +2154,7 @@ class _GroupReader:
         self.file = None  # opened for the first column not kept
 
     def group(self, g, names):
-        _arrow_ready()
+        arrow_ready()
         import pyarrow as pa
 
         warm = _warm_table(self.key)
@@ -2236,7 +2236,7 @@ class Bloom:
         word's two hashes (`_hashed`'s, unchanged), then its positions
         (first + i * second) % size, computed from both hashes reduced by
         `size` so that they stay within 64 bits."""
-        _arrow_ready()
+        arrow_ready()
         import numpy as np
 
         size = -(-max(64, len(words) * bits_per_word) // 8) * 8  # whole bytes
