@@ -294,7 +294,8 @@ def write(summary, sign=1, first_id=None, staged=False):
             # Minutes of a scope below the floor are not kept (horizon.py).
             at = tier.keys.index("minute")
             rows = [row for row in rows if row[at] >= floor]
-            folded = {key: value for key, value in folded.items() if key[at] >= floor}
+            if folded is not None:  # (summarize's sums per key: see COLUMNAR_ROWS)
+                folded = {key: value for key, value in folded.items() if key[at] >= floor}
         if tier.with_ids and sign > 0:
             # Each row ends with the offsets in the batch of its least and
             # greatest row (None: not known).
