@@ -283,9 +283,16 @@ class Logsvc:
             return conn.execute(sql).fetchall()
 
     def get(self, path, **params):
+        return orjson.loads(self.answer(path, **params))
+
+    def answer(self, path, **params):
+        """The answer as sent, JSON text: what the questions are timed by,
+        as ClickHouse's side gets its JSONCompact text (neither is decoded
+        into Python objects while timed; the standard library's decoding of
+        a page of 200 entries takes about a millisecond)."""
         response = self.session.get(self.server.url + path, params=params, timeout=600)
         assert response.status_code == 200, (path, params, response.text[:300])
-        return response.json()
+        return response.content
 
     def disk_bytes(self):
         if not self.database_url:
@@ -504,48 +511,48 @@ def main():
                 logs = "/api/proxy-logs/_logs"
                 questions = {
                     "level=error&order=desc&limit=200":
-                        lambda: logsvc.get(logs, level="error", order="desc", limit=200),
+                        lambda: logsvc.answer(logs, level="error", order="desc", limit=200),
                     "projectId=…&order=desc&limit=200":
-                        lambda: logsvc.get(logs, projectId=mid_project, order="desc", limit=200),
-                    "traceId=…": lambda: logsvc.get(logs, traceId=trace_id),
-                    "url path (q=)": lambda: logsvc.get(logs, q=url_part, order="desc",
+                        lambda: logsvc.answer(logs, projectId=mid_project, order="desc", limit=200),
+                    "traceId=…": lambda: logsvc.answer(logs, traceId=trace_id),
+                    "url path (q=)": lambda: logsvc.answer(logs, q=url_part, order="desc",
                                                          limit=200),
-                    "a word in response bodies": lambda: logsvc.get(logs, q=RARE_WORD,
+                    "a word in response bodies": lambda: logsvc.answer(logs, q=RARE_WORD,
                                                                     order="desc", limit=200),
-                    "/stats": lambda: logsvc.get(logs + "/stats"),
-                    "/stats?since=1h": lambda: logsvc.get(logs + "/stats", since=hour_ago),
+                    "/stats": lambda: logsvc.answer(logs + "/stats"),
+                    "/stats?since=1h": lambda: logsvc.answer(logs + "/stats", since=hour_ago),
                     "/stats?projectId=…&since=1h":
-                        lambda: logsvc.get(logs + "/stats", projectId=mid_project, since=hour_ago),
-                    "histogram 24h/5m": lambda: logsvc.get(logs + "/stats/histogram", bucket="5m",
+                        lambda: logsvc.answer(logs + "/stats", projectId=mid_project, since=hour_ago),
+                    "histogram 24h/5m": lambda: logsvc.answer(logs + "/stats/histogram", bucket="5m",
                                                            since=day_ago, until=now_ms),
-                    "p95 by route, tenant, last hour": lambda: logsvc.get(
-                        logs + "/stats", projectId=mid_project, since=hour_ago)["byRoute"],
-                    "slowest 200 of a tenant": lambda: logsvc.get(
+                    "p95 by route, tenant, last hour": lambda: logsvc.answer(
+                        logs + "/stats", projectId=mid_project, since=hour_ago),
+                    "slowest 200 of a tenant": lambda: logsvc.answer(
                         logs, projectId=mid_project, order="slowest", limit=200),
                     # Two filters, or a filter and a time range: which index
                     # finds the page (store/planner.py).
                     "status=2xx&order=desc&limit=200":
-                        lambda: logsvc.get(logs, status="2xx", order="desc", limit=200),
-                    "a small tenant's errors, newest 200": lambda: logsvc.get(
+                        lambda: logsvc.answer(logs, status="2xx", order="desc", limit=200),
+                    "a small tenant's errors, newest 200": lambda: logsvc.answer(
                         logs, projectId=small_project, level="error", order="desc", limit=200),
-                    "5xx of an hour 12 h ago, newest 200": lambda: logsvc.get(
+                    "5xx of an hour 12 h ago, newest 200": lambda: logsvc.answer(
                         logs, status="5xx", since=noon, until=noon + 3_600_000, order="desc",
                         limit=200),
                     "/stats?level=error&since=1h":
-                        lambda: logsvc.get(logs + "/stats", level="error", since=hour_ago),
+                        lambda: logsvc.answer(logs + "/stats", level="error", since=hour_ago),
                     # A level over all time, and a day of it by the hour:
                     # the counters by level and status class (rollup.py).
-                    "/stats?level=error": lambda: logsvc.get(logs + "/stats", level="error"),
-                    "histogram 24h/1h of errors": lambda: logsvc.get(
+                    "/stats?level=error": lambda: logsvc.answer(logs + "/stats", level="error"),
+                    "histogram 24h/1h of errors": lambda: logsvc.answer(
                         logs + "/stats/histogram", bucket="1h", level="error", since=day_ago,
                         until=now_ms),
                     # A word that every entry holds (each url starts /v1/):
                     # the full-text index walked newest first (planner.py).
-                    "a word of every entry (q=v1), newest 200": lambda: logsvc.get(
+                    "a word of every entry (q=v1), newest 200": lambda: logsvc.answer(
                         logs, q="v1", order="desc", limit=200),
                     # The same word in the least busy tenant (what a scoped
                     # token asks): the tenant's word in the index (fulltext.py).
-                    "q=v1 of the least busy tenant, newest 200": lambda: logsvc.get(
+                    "q=v1 of the least busy tenant, newest 200": lambda: logsvc.answer(
                         logs, q="v1", projectId=small_project, order="desc", limit=200),
                 }
                 for name, ask in questions.items():
