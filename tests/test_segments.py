@@ -1512,19 +1512,19 @@ _PHRASE = st.sampled_from(["a", "ab", "b1", '"a b"', "a-b", "b1/ab", '"ab a b1"'
                            '"1 a"', "-a-b", "é/a", "i-k", "OR", "ss-1"])
 
 
-def _block_filter(rows):
-    """The filters `_block_blooms` makes of `rows` (url, request body,
-    response body, data) as one block."""
-    (filters,) = segments._block_blooms(
+def _admitted_block(rows, q):
+    """Whether a search for `q` reads the block of `rows` (url, request
+    body, response body, data): its filters made as a seal makes them,
+    stored and read back as a segment's, and asked as a search asks every
+    block of a segment at once."""
+    filters = Filters(q=q)
+    blocks = segments._block_blooms(
         [r[0] for r in rows], [r[3] for r in rows], [None] * len(rows),
         [r[1] for r in rows], [r[2] for r in rows], len(rows))
-    return segments._Split(*(segments.Bloom.load(f) for f in filters))
-
-
-def _admitted_block(rows, q):
-    filters = Filters(q=q)
-    return segments._may_hold(_block_filter(rows), segments._wanted_words(filters),
-                              segments._runs(filters))
+    _, blooms, holding = segments._unpack_blooms(segments._words_value(len(rows), blocks))
+    held = segments._held(holding, blooms, [0])
+    return segments._holding_blocks(blooms, [0], held, segments._wanted_words(filters),
+                                    segments._runs(filters)) == [0]
 
 
 @settings(max_examples=1000, deadline=None)

@@ -401,16 +401,20 @@ def _words_value(row_group, blooms):
 
 
 def _unpack_blooms(stored):
-    """(rows per block, [the filter of each block]) of a segment's `words`:
-    a _Split, or a Bloom of all its words (earlier versions)."""
+    """(rows per block, [the filter of each block], _Holding) of a
+    segment's `words`: a _Split, or a Bloom of all its words (earlier
+    versions). The filters are views of one copy of `stored`."""
     stored = bytes(stored)
     header = int.from_bytes(stored[:4], "big")
-    blooms = _unpack(stored[4:])
+    view = memoryview(stored)
+    blooms, places = _unpack(view[4:], 4)
+    step = (3 if header & _MARKED else 2) if header & _SPLIT else 1
+    # Of a _Split, its head and its body filters are asked for words.
+    holding = _Holding(stored, [places[kind::step] for kind in range(min(step, 2))])
     if header & _SPLIT:
-        step = 3 if header & _MARKED else 2
         return header & ~(_SPLIT | _MARKED), [
-            _Split(*blooms[at:at + step]) for at in range(0, len(blooms), step)]
-    return header, blooms
+            _Split(*blooms[at:at + step]) for at in range(0, len(blooms), step)], holding
+    return header, blooms, holding
 
 
 class _Split:
@@ -427,13 +431,62 @@ class _Split:
         return word in self.head or word in self.body
 
 
-def _unpack(stored):
-    out, at = [], 0
+def _unpack(stored, base=0):
+    """The filters of `stored` (each its length, then Bloom.dump's bytes),
+    and where each one's bits begin (`base` + offset), how many there are
+    and its hash count."""
+    out, places, at = [], [], 0
     while at < len(stored):
         size = int.from_bytes(stored[at:at + 4], "big")
-        out.append(Bloom.load(stored[at + 4:at + 4 + size]))
+        bloom = Bloom.load(stored[at + 4:at + 4 + size])
+        out.append(bloom)
+        places.append((base + at + 8, bloom.size, bloom.hashes))
         at += 4 + size
-    return out
+    return out, places
+
+
+class _Holding:
+    """A segment's Bloom filters side by side: `blocks(word)` tells for
+    every block at once (numpy) whether its filters may hold the word, as
+    `word in` its filter does block by block in Python (a trace id's
+    lookup asked some 1,800 filters at 1M, 2.7 ms of its 4.2). `places`:
+    per kind of filter asked (a _Split's head and body, or the one Bloom),
+    where each block's bits lie in `stored`, their count and hash count."""
+
+    def __init__(self, stored, places):
+        arrow_ready()
+        import numpy as np
+
+        self.bits = np.frombuffer(stored, dtype=np.uint8)
+        self.kinds = []
+        for kind in places:
+            if len({hashes for _, _, hashes in kind}) > 1:
+                self.kinds = None  # not seen: asked one by one
+                return
+            self.kinds.append((np.array([at for at, _, _ in kind], dtype=np.int64),
+                               np.array([size for _, size, _ in kind], dtype=np.uint64),
+                               kind[0][2] if kind else 0))
+
+    def blocks(self, word):
+        """A boolean per block: may its filters hold `word`; None when the
+        filters cannot be asked together."""
+        if self.kinds is None:
+            return None
+        import numpy as np
+
+        first, second = _hashed(word)
+        held = None
+        for starts, sizes, hashes in self.kinds:
+            # Bloom's positions (first + i * second) % size, from both
+            # hashes reduced by the size first: within 64 bits.
+            base, step = np.uint64(first) % sizes, np.uint64(second) % sizes
+            found = np.ones(len(sizes), dtype=bool)
+            for i in range(hashes):
+                bit = (base + np.uint64(i) * step) % sizes
+                found &= ((self.bits[starts + (bit >> np.uint64(3)).astype(np.int64)]
+                           >> (bit & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
+            held = found if held is None else held | found
+        return held
 
 
 def _remove_hot(through, upto, columns):
@@ -1033,7 +1086,7 @@ def _chosen_segments(filters, after_id, upto_id):
         if filters.project_id is not None and filters.project_id not in _projects(meta):
             continue
         if wanted:
-            size, blooms = _blooms(meta)
+            size, blooms, holding = _blooms(meta)
             # The blocks of the row groups that the project, container and
             # time range admit, and of them those that may hold the words.
             candidates = range(len(blooms))
@@ -1042,12 +1095,12 @@ def _chosen_segments(filters, after_id, upto_id):
                 starts, admitted = _admitted(meta, filters)
                 candidates = [at for at in candidates
                               if bisect.bisect_right(starts, at * size) - 1 in admitted]
+            held = _held(holding, blooms, candidates)
             if not rarity and candidates:
                 for word in {word for group in wanted for word in group}:
-                    rarity[word] = sum(word in blooms[at] for at in candidates) / len(candidates)
+                    rarity[word] = held(word).sum() / len(candidates)
                 wanted = [tuple(sorted(group, key=rarity.get)) for group in wanted]
-            meta["blocks"] = (size, [at for at in candidates
-                                     if _may_hold(blooms[at], wanted, runs)])
+            meta["blocks"] = (size, _holding_blocks(blooms, candidates, held, wanted, runs))
             meta["rarity"] = rarity
             if not meta["blocks"][1]:
                 continue
@@ -1264,16 +1317,49 @@ def _single_words(parsed):
     return all(len(p.words) == 1 and not p.prefix for p in _phrases(parsed))
 
 
-def _may_hold(bloom, groups, runs=None):
-    """Whether a block (its filter) may hold a match: all the words of a
-    group of `groups` (`_wanted_words`), and, where the filter has the
-    marks of word order, the group's phrases in order (`runs`: the whole
-    words of each group's phrases of two or more, `_runs`)."""
-    if runs is None or getattr(bloom, "marks", None) is None:
-        return any(all(word in bloom for word in group) for group in groups)
-    return any(all(word in bloom for word in group)
-               and all(_may_run(bloom, phrase) for phrase in phrases)
-               for group, phrases in zip(groups, runs))
+def _held(holding, blooms, candidates):
+    """word -> a boolean array over `candidates` (block numbers): may the
+    block's filters hold the word (each word asked once)."""
+    arrow_ready()
+    import numpy as np
+
+    chosen = np.asarray(candidates, dtype=np.int64)
+    asked = {}
+
+    def held(word):
+        found = asked.get(word)
+        if found is None:
+            every = holding.blocks(word)
+            found = asked[word] = (every[chosen] if every is not None else np.array(
+                [word in blooms[at] for at in candidates], dtype=bool))
+        return found
+    return held
+
+
+def _holding_blocks(blooms, candidates, held, groups, runs=None):
+    """The blocks of `candidates` that may hold a match: all the words of a
+    group of `groups` (`_wanted_words`; `held` asks every block for a word
+    at once), and, where a block's filter has the marks of word order, the
+    group's phrases in order (`runs`: the whole words of each group's
+    phrases of two or more, `_runs`)."""
+    import numpy as np
+
+    kept = np.zeros(len(candidates), dtype=bool)
+    for index, group in enumerate(groups):
+        may = np.ones(len(candidates), dtype=bool)
+        for word in group:
+            may &= held(word)
+            if not may.any():
+                break
+        phrases = runs[index] if runs is not None else ()
+        if phrases:
+            for at in np.flatnonzero(may):
+                bloom = blooms[candidates[at]]
+                if getattr(bloom, "marks", None) is not None \
+                        and not all(_may_run(bloom, phrase) for phrase in phrases):
+                    may[at] = False
+        kept |= may
+    return [candidates[at] for at in np.flatnonzero(kept)]
 
 
 def _runs(filters):
@@ -2259,7 +2345,8 @@ class Bloom:
 
     @classmethod
     def load(cls, stored):
-        stored = bytes(stored)
+        """The filter of Bloom.dump's bytes (a view of them when `stored`
+        is a memoryview: no copy)."""
         bits = stored[4:]
         return cls(bits, int.from_bytes(stored[:4], "big"), len(bits) * 8)
 
