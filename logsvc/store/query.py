@@ -167,8 +167,15 @@ def _list_with_sealed(filters, page, through):
                              limit=count, bodies=bodies, slowest=slowest, memo=memo)
 
     if page.order == "slowest":
-        found = sorted([*hot(need), *sealed(need, "desc", slowest=True)],
-                       key=segments.slowest_key, reverse=True)
+        older = sealed(need, "desc", slowest=True)
+        count = need
+        if len(older) >= need:
+            # Only the hot entries slower than the page's last sealed one
+            # can be on the page: found by their keys first, read whole
+            # after (most of a long history's slowest are sealed).
+            floor = segments.slowest_key(older[need - 1])
+            count = sum(key > floor for key in _slowest_keys(filters, page, need))
+        found = sorted([*hot(count), *older], key=segments.slowest_key, reverse=True)
     elif page.last is not None:  # the newest, returned oldest first
         newer = hot(need)
         found = [*reversed(sealed(need - len(newer), "desc")), *newer]
@@ -194,6 +201,21 @@ def _list_with_sealed(filters, page, through):
     if page.last is not None or page.after_id is not None:
         result["nextAfterId"] = entries[-1]["id"] if entries else page.after_id
     return result
+
+
+def _slowest_keys(filters, page, limit):
+    """The `slowest` order's keys (segments.slowest_key) of the first
+    `limit` hot entries in that order."""
+    where, params = where_sql(filters.replace(timed=True))
+    sql = f"SELECT e.lat_bucket, e.duration_ms, e.id FROM entry e WHERE {where}"
+    if page.after_id is not None:
+        sql += " AND e.id > ?"
+        params.append(page.after_id)
+    if page.max_id is not None:
+        sql += " AND e.id <= ?"
+        params.append(page.max_id)
+    params.append(limit)
+    return [tuple(row) for row in db.execute(f"{sql} ORDER BY {_SLOWEST} LIMIT ?", params)]
 
 
 def _list_stored(filters, page, total=True):

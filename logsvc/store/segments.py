@@ -964,13 +964,18 @@ def _slowest(chosen, filters, after_id, upto_id, limit, bodies, memo):
     returned are read whole."""
     arrow_ready()
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     ranked = []
     for at, meta in enumerate(chosen):
         table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
         if table.num_rows:
-            top = table.select(["lat_bucket", "duration_ms", "id", "_pos"]).sort_by(
-                _SLOWEST).slice(0, limit)
+            keys = table.select(["lat_bucket", "duration_ms", "id", "_pos"])
+            if keys.num_rows > limit:
+                # The `limit` first in the order, selected without sorting
+                # them all (a merged segment's million: 170 ms sorted).
+                keys = keys.take(pc.select_k_unstable(keys, k=limit, sort_keys=_SLOWEST))
+            top = keys.sort_by(_SLOWEST)
             ranked.append(top.append_column("_segment", pa.array([at] * top.num_rows,
                                                                   pa.int32())))
     if not ranked:
