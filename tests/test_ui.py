@@ -46,7 +46,7 @@ def ingest(server, entries):
     return response.json()
 
 
-def wait(condition, seconds=15):
+def wait(condition, seconds=30):
     """The first true value of `condition()`; an element it looks for that
     the page has not drawn yet counts as not yet."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
