@@ -82,6 +82,11 @@ QUESTIONS = [
     (HISTOGRAM, {"since": "1800000123456", "until": "1800002345678", "bucket": "1m"}),
     (HISTOGRAM, {"level": "error", "since": "1800000123456", "until": "1800003000000",
                  "bucket": "5m"}),
+    # Filters the counters do not keep: the sealed entries grouped in columns.
+    (STATS, {"kind": "request", "method": "GET,DELETE"}),
+    (STATS, {"method": "POST", "serviceName": "billing-api", "sort": "p95"}),
+    (HISTOGRAM, {"method": "DELETE", "since": "1800000000000", "until": "1800003000000",
+                 "bucket": "5m"}),
 ]
 
 

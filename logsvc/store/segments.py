@@ -1002,6 +1002,24 @@ def slowest_key(item):
             item["id"])
 
 
+def matching_columns(filters, upto_id, columns):
+    """The sealed entries matching `filters` with id <= upto_id, as Arrow
+    tables of `columns` (one a segment): what stats over filters the
+    counters do not keep count, without making an entry of each row."""
+    arrow_ready()
+    import pyarrow as pa
+
+    parsed = fulltext.parse(filters.q) if filters.q else None
+    for meta in _segments(filters, None, upto_id):
+        table = _matching(meta, filters, None, upto_id, columns=frozenset(columns))
+        if parsed is not None and table.num_rows:
+            kept = [start + i for start in range(0, table.num_rows, _BATCH)
+                    for i in _passing(table.slice(start, _BATCH), parsed)]
+            table = table.take(pa.array(kept, pa.int64()))
+        if table.num_rows:
+            yield table.select(list(columns))
+
+
 def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
     """(how many sealed entries match, whether that is all of them).
     Counting stops past `cap`; with `rows`, it also stops before a segment

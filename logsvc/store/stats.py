@@ -112,7 +112,7 @@ def summary(filters, top_routes=TOP_ROUTES, sort="total"):
             routes = rollup.class_routes(f, found)
         else:
             result, counts, longest, routes, spans = _raw_summary(
-                *planner.where_sql(f, EVERY, ordered=False), sealed=_sealed_rows(f),
+                *planner.where_sql(f, EVERY, ordered=False), filters=f,
                 requests="request" in f.kinds)
             result["latency"] = sketch.summary(counts, longest, minimum=spans.pop(None, (None,))[0])
             result["byRoute"] = _by_route(routes, top_routes, sort, lambda wanted: spans)
@@ -408,39 +408,96 @@ _CHUNK = 10_000
 _ORDER = {"byLevel": LEVELS, "byKind": KINDS, "byStatus": STATUS_CLASSES, "bySource": SOURCES}
 
 
-def _sealed_rows(filters):
+def _sealed_tables(filters, columns):
     """The sealed entries that match `filters` (segments.py: `entry` no
-    longer holds them), as _RAW_SQL's rows, with their time."""
+    longer holds them), as Arrow tables of their `columns`."""
     through = segments.sealed_through()
-    if not through:
-        return ()
-    stored, lettered = names.stored, names.lettered
-    return [(stored(e["projectId"]), stored(e["containerId"]), stored(e["serviceName"]),
-             lettered("level", e["level"]), lettered("kind", e["kind"]), e["status"],
-             lettered("source", e["source"]), stored(e["route"]),
-             None if e["durationMs"] is None else sketch.bucket_of(e["durationMs"]),
-             -1.0 if e["durationMs"] is None else float(e["durationMs"]), e["tsMs"])
-            for e in segments.read(filters, upto_id=through, order="asc")]
+    return segments.matching_columns(filters, through, columns) if through else ()
 
 
-def _raw_summary(where, params, sealed=(), requests=False):
+def _grouped(table, keys, aggregates=()):
+    """The rows of `table` grouped by `keys`: (key values..., count, the
+    aggregates asked) tuples."""
+    grouped = table.unify_dictionaries().group_by(list(keys), use_threads=False).aggregate(
+        [([], "count_all"), *aggregates])
+    names_out = [*keys, "count_all", *(f"{c}_{f}" for c, f in aggregates)]
+    return list(zip(*(grouped.column(name).to_pylist() for name in names_out)))
+
+
+def _stored_keys(rows, columns):
+    """`rows` (tuples) with their values of `columns` (their kinds: a name,
+    or the level, kind or source) in the stored forms of `entry`, each
+    distinct value looked up once."""
+    seen = {}
+
+    def stored(kind, value):
+        found = seen.get((kind, value), seen)
+        if found is seen:
+            found = seen[kind, value] = (names.stored(value) if kind == "name" else
+                                         names.lettered(kind, value) if value is not None
+                                         else None)
+        return found
+    return [tuple(stored(kind, value) if kind else value for kind, value in zip(columns, row))
+            + row[len(columns):] for row in rows]
+
+
+def _sealed_summary(filters, requests, scopes, values, routes, spans):
+    """Add the sealed entries that match `filters` into `_raw_summary`'s
+    counters (by Arrow's group-by: no entry made of each row); returns
+    their longest duration (-1.0: none)."""
+    longest = -1.0
+    skipped = () if requests else ("request",)
+    for table in _sealed_tables(filters, _SEALED_COLUMNS):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for row in _stored_keys(_grouped(table, ("project_id", "container_id", "service_name")),
+                                ("name", "name", "name")):
+            scopes[row[:3]] += row[3]
+        for row in _stored_keys(_grouped(table, ("level", "kind", "status", "source")),
+                                ("level", "kind", None, "source")):
+            values[row[:4]] += row[4]
+        for row in _stored_keys(_grouped(table, ("route", "lat_bucket", "level", "kind")),
+                                ("name", None, "level", "kind")):
+            routes[row[:4]] += row[4]
+        timed = table.filter(pc.is_valid(table.column("duration_ms")))
+        if not timed.num_rows:
+            continue
+        extremes = pc.min_max(timed.column("duration_ms"))
+        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        longest = max(longest, high)
+        every = spans.get(None, (math.inf, -math.inf))
+        spans[None] = (min(every[0], low), max(every[1], high))
+        calls = timed.filter(pc.is_valid(timed.column("route")))
+        if skipped:
+            calls = calls.filter(pc.invert(pc.is_in(calls.column("kind"),
+                                                    value_set=pa.array(skipped))))
+        for route, _, shortest, most in _stored_keys(
+                _grouped(calls, ("route",), [("duration_ms", "min"), ("duration_ms", "max")]),
+                ("name",)):
+            span = spans.get(route)
+            spans[route] = (shortest, most) if span is None else (
+                min(span[0], shortest), max(span[1], most))
+    return longest
+
+
+_SEALED_COLUMNS = ("project_id", "container_id", "service_name", "level", "kind", "status",
+                   "source", "route", "lat_bucket", "duration_ms")
+
+
+def _raw_summary(where, params, filters=None, requests=False):
     """(summary, {latency bucket: count}, longest, routes as rollup.routes
     gives them, {route: (shortest, longest) of its calls, None: of every
-    entry}) of the entries matching `where`, and the `sealed` rows
-    (_sealed_rows) beside them. A route counts calls, not request entries,
-    unless `requests` (the question asks for requests)."""
+    entry}) of the entries matching `where`, and of the sealed entries
+    matching `filters` beside them (None: none). A route counts calls, not
+    request entries, unless `requests` (the question asks for requests)."""
     scopes, values, routes = Counter(), Counter(), Counter()
     longest = -1.0  # durations are never negative
     spans = {}
     skipped = () if requests else {names.lettered("kind", "request"), "request"}
     cursor = db.execute(_RAW_SQL.format(where=where), params)
-    if sealed:
-        rows = [row[:10] for row in sealed]
-        scopes.update(map(_SCOPE_OF, rows))
-        values.update(map(_VALUES_OF, rows))
-        routes.update(map(_ROUTE_OF, rows))
-        longest = max(longest, max(map(_DURATION_OF, rows)))
-        _add_spans(spans, rows, skipped)
+    if filters is not None:
+        longest = _sealed_summary(filters, requests, scopes, values, routes, spans)
     while rows := cursor.fetchmany(_CHUNK):
         scopes.update(map(_SCOPE_OF, rows))
         values.update(map(_VALUES_OF, rows))
@@ -589,14 +646,14 @@ def _raw_buckets(size_ms, start, end, filters):
         f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, e.lat_bucket, count(*), "
         f"MAX(e.duration_ms) FROM entry e WHERE {condition} "
         f"GROUP BY b, e.level, e.lat_bucket", params).fetchall()
-    sealed = Counter()
-    longest_sealed = {}
-    for row in _sealed_rows(filters):
-        key = (row[10] // size_ms * size_ms, row[3], row[8])
-        sealed[key] += 1
-        if row[9] >= 0:
-            longest_sealed[key] = max(longest_sealed.get(key, row[9]), row[9])
-    grouped.extend((*key, n, longest_sealed.get(key)) for key, n in sealed.items())
+    for table in _sealed_tables(filters, ("ts_ms", "level", "lat_bucket", "duration_ms")):
+        import pyarrow as pa
+
+        starts = table.column("ts_ms").to_numpy() // size_ms * size_ms
+        table = table.append_column("b", pa.array(starts))
+        grouped.extend(_stored_keys(
+            _grouped(table, ("b", "level", "lat_bucket"), [("duration_ms", "max")]),
+            (None, "level", None)))
     for b, level, bucket, n, longest in grouped:
         counted.setdefault(b, [0] * len(LEVELS))[
             LEVELS.index(names.unlettered("level", level))] += n
