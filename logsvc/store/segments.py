@@ -1446,10 +1446,10 @@ def _with_bodies(table, q, held, load, rarity=None):
     filter may hold the word. The words are looked for rarest first
     (`rarity`), each among the rows that held the ones before. Of the rows
     that may match, those with a body are read with it, unless their
-    block's bodies hold no word of `q` and the row matches alike whether
-    its bodies hold other words or none (always so when each phrase is a
-    single whole word; a longer phrase may run from the url into `data`
-    only where no word of a body lies between: `_undecided_by_bodies`)."""
+    block's bodies hold no phrase of `q` whole and the row matches alike
+    whatever its bodies hold (always so when each phrase is a single whole
+    word; a longer phrase may also run into or out of the bodies:
+    `_bordering`)."""
     arrow_ready()
     import numpy as np
     import pyarrow as pa
@@ -1519,10 +1519,12 @@ def _with_bodies_read(table, blocks, q, held, load, rarity):
             body = bodied if prefix else bodied & per_block(lambda words, w=word: w in words)
             ok[among] = in_head(word, among) | body[among]
         may |= ok
-    # The rows whose block's bodies hold no word searched: bodies that
-    # cannot decide, unless their having words or none does (a phrase
-    # that runs from the url into `data` only where no body lies between).
-    quiet = bodied & ~per_block(bool) if not _any_prefix(parsed) else None
+    # The rows whose block's bodies hold no phrase searched whole (each of
+    # its words): bodies that cannot decide, unless a phrase may run into
+    # them from the url or out of them into `data` (_bordering).
+    phrases = _phrases(parsed)
+    quiet = None if _any_prefix(parsed) else bodied & ~per_block(
+        lambda words: any(all(word in words for word in p.words) for p in phrases))
     if not may.all():
         table, bodied = table.filter(pa.array(may)), bodied[may]
         quiet = None if quiet is None else quiet[may]
@@ -1530,7 +1532,8 @@ def _with_bodies_read(table, blocks, q, held, load, rarity):
         if _single_words(parsed):
             bodied &= ~quiet
         else:
-            bodied[_undecided_by_bodies(table, np.flatnonzero(quiet), parsed)] = False
+            rows = np.flatnonzero(quiet)
+            bodied[rows[~_bordering(table, rows, phrases)]] = False
     if not bodied.any():
         return table
     kept, back = table.filter(pa.array(~bodied)), table.filter(pa.array(bodied))
@@ -1540,24 +1543,36 @@ def _with_bodies_read(table, blocks, q, held, load, rarity):
     return pa.concat_tables((kept, back))
 
 
-def _undecided_by_bodies(table, rows, parsed):
-    """Of `rows` (indexes of `table`, rows whose bodies hold none of the
-    words searched), those whose match does not depend on their bodies:
-    the same whether the bodies hold words (none of the phrases', so that
-    a phrase cannot run through them) or none at all."""
+def _bordering(table, rows, phrases):
+    """Of `rows` (indexes of `table`), whether a phrase of several words may
+    run from each one's url into its bodies, or from its bodies into its
+    `data` (an entry's document is its url, bodies and data in that order):
+    its url ends with a word of a phrase that another follows, or its data
+    begins with one that another precedes. A row's bodies that hold no
+    phrase whole and border none decide nothing: the row matches alike
+    with or without them. Rows beyond ASCII border, to be safe (their
+    words are Unicode's)."""
     arrow_ready()
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    words = {word for p in _phrases(parsed) for word in p.words}
-    between = "logsvcbody"
-    while between in words:
-        between += "0"
-    taken = table.select(["url", "data"]).take(rows)
-    document, matches = fulltext.document, fulltext.matches
-    same = [matches(parsed, document(url, None, None, data))
-            == matches(parsed, document(url, between, None, data))
-            for url, data in zip(taken["url"].to_pylist(), taken["data"].to_pylist())]
-    return rows[np.asarray(same, dtype=bool)]
+    leading = pa.array(sorted({w for p in phrases for w in p.words[:-1]}), pa.string())
+    trailing = pa.array(sorted({w for p in phrases for w in p.words[1:]}), pa.string())
+    taken = table.select(["url", "data"]).take(pa.array(rows, pa.int64()))
+
+    def word(column, pattern, among):
+        text = pc.utf8_lower(taken[column].cast(pa.string()))
+        found = pc.struct_field(pc.extract_regex(text, pattern), "w")
+        return pc.fill_null(pc.is_in(found, value_set=among), False)
+
+    ends = word("url", r"(?P<w>[0-9a-z]+)[^0-9a-z]*$", leading)
+    starts = word("data", r"^[^0-9a-z]*(?P<w>[0-9a-z]+)", trailing)
+    wide = pc.invert(pc.and_(pc.fill_null(pc.string_is_ascii(taken["url"].cast(pa.string())), True),
+                             pc.fill_null(pc.string_is_ascii(taken["data"].cast(pa.string())),
+                                          True)))
+    border = pc.or_(pc.or_(ends, starts), wide)
+    return np.asarray(border.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _any_prefix(parsed):
