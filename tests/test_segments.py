@@ -82,6 +82,13 @@ QUESTIONS = [
     (HISTOGRAM, {"since": "1800000123456", "until": "1800002345678", "bucket": "1m"}),
     (HISTOGRAM, {"level": "error", "since": "1800000123456", "until": "1800003000000",
                  "bucket": "5m"}),
+    # Offsets on either side of the boundary, and across it, both ways:
+    # the matches passed over are counted where they lie.
+    (LOGS, {"offset": 250, "limit": 20}), (LOGS, {"offset": 100, "order": "desc", "limit": 60}),
+    (LOGS, {"offset": 300, "order": "desc", "limit": 30}), (LOGS, {"offset": 399}),
+    (LOGS, {"q": "word3", "offset": 20, "limit": 7}),
+    (LOGS, {"q": "word3", "offset": 25, "order": "desc", "limit": 3}),
+    (LOGS, {"level": "error", "offset": 40, "order": "desc", "limit": 9}),
     # Filters the counters do not keep: the sealed entries grouped in columns.
     (STATS, {"kind": "request", "method": "GET,DELETE"}),
     (STATS, {"method": "POST", "serviceName": "billing-api", "sort": "p95"}),

@@ -151,20 +151,20 @@ def _list_with_sealed(filters, page, through):
     bodies = _bodies(page)
     memo = {}  # the segments' matching rows, for the page and its total
 
-    def hot(count, after_id=page.after_id):
+    def hot(count, after_id=page.after_id, offset=0):
         if count <= 0:
             return []
         if page.last is not None:
             asked = dataclasses.replace(page, last=count, offset=0)
         else:
-            asked = dataclasses.replace(page, limit=count, offset=0, after_id=after_id)
+            asked = dataclasses.replace(page, limit=count, offset=offset, after_id=after_id)
         return _list_stored(filters, asked, total=False)["entries"]
 
-    def sealed(count, order, slowest=False):
+    def sealed(count, order, slowest=False, skip=None):
         if count <= 0 or (page.after_id is not None and page.after_id >= upto):
             return []
         return segments.read(filters, after_id=page.after_id, upto_id=upto, order=order,
-                             limit=count, bodies=bodies, slowest=slowest, memo=memo)
+                             limit=count, bodies=bodies, slowest=slowest, memo=memo, skip=skip)
 
     if page.order == "slowest":
         older = sealed(need, "desc", slowest=True)
@@ -181,18 +181,26 @@ def _list_with_sealed(filters, page, through):
         found = [*reversed(sealed(need - len(newer), "desc")), *newer]
         found = found[max(0, len(found) - need):]
     elif page.order == "asc":
-        older = sealed(need, "asc")
+        # The offset's matches are passed over where they lie, never read
+        # whole: the sealed ones first, then, when they ran out, the hot.
+        skip = [page.offset]
+        older = sealed(limit, "asc", skip=skip)
         after = page.after_id if page.after_id is not None and page.after_id > through \
             else (through if page.after_id is not None else None)
-        found = [*older, *hot(need - len(older), after)]
+        found = [*older, *hot(limit - len(older), after, offset=skip[0])]
     else:
-        newer = hot(need)
-        found = [*newer, *sealed(need - len(newer), "desc")]
+        newer = hot(limit, offset=page.offset)
+        skip = [0]
+        if not newer and page.offset:  # the page lies past the hot matches
+            skip[0] = page.offset - _hot_count(filters, page, page.offset)
+        found = [*newer, *sealed(limit - len(newer), "desc", skip=skip)]
     if page.last is not None:
         entries = found[:len(found) - page.offset] if page.offset else found
         entries = entries[-limit:] if entries else []
-    else:
+    elif page.order == "slowest":
         entries = found[page.offset:page.offset + limit]
+    else:
+        entries = found
     total, exact = _count(filters, page.offset + limit + COUNT_CAP, memo)
     if entries:
         total = max(total, page.offset + len(entries))
@@ -201,6 +209,22 @@ def _list_with_sealed(filters, page, through):
     if page.last is not None or page.after_id is not None:
         result["nextAfterId"] = entries[-1]["id"] if entries else page.after_id
     return result
+
+
+def _hot_count(filters, page, cap):
+    """How many hot entries match `filters` within the page's id bounds,
+    counted up to `cap`."""
+    where, params = where_sql(filters)
+    sql = f"SELECT 1 FROM entry e WHERE {where}"
+    if page.after_id is not None:
+        sql += " AND e.id > ?"
+        params.append(page.after_id)
+    if page.max_id is not None:
+        sql += " AND e.id <= ?"
+        params.append(page.max_id)
+    params.append(cap)
+    (n,) = db.execute(f"SELECT count(*) FROM ({sql} LIMIT ?) AS matched", params).fetchone()
+    return n
 
 
 def _slowest_keys(filters, page, limit):

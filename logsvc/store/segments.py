@@ -915,14 +915,16 @@ _FROM_ENTRY = re.compile(r"\bFROM entry\b(?!_)")
 # --- reading ---------------------------------------------------------------------
 
 def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=None,
-         slowest=False, memo=None):
+         slowest=False, memo=None, skip=None):
     """The sealed entries matching `filters` with after_id < id <= upto_id,
     as the API's entries: newest first (`desc`),
     oldest first (`asc`), or longest first (`slowest`), at most `limit`
     (None: all). `bodies`: (request wanted, response wanted), or None.
     `memo`: a dict that `read` and `count` share within one request, so
     that a segment's matching rows are found once for the page and its
-    total."""
+    total. `skip` (not with `slowest`): a list of one number, the matches
+    to pass over first (a page's offset), never read whole; what is left
+    of it when the matches ran out stays there."""
     chosen = _segments(filters, after_id, upto_id, memo)
     if order == "desc" or slowest:
         chosen.reverse()
@@ -937,9 +939,13 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
             continue
         table = table.sort_by(_SLOWEST if slowest else
                               [("id", "descending" if order == "desc" else "ascending")])
+        if skip and skip[0] and not filters.q:
+            passed = min(skip[0], table.num_rows)  # every row a match: passed by number
+            skip[0] -= passed
+            table = table.slice(passed)
         taken = 0
         want = None if limit is None or slowest else limit - len(found)
-        for batch in _batches(table, filters, bodies, meta, want):
+        for batch in _batches(table, filters, bodies, meta, want, skip):
             found.extend(batch)
             taken += len(batch)
             if limit is not None and len(found) >= limit and not slowest:
@@ -1768,11 +1774,12 @@ _ENTRY_COLUMNS = frozenset(COLUMNS)
 _WITH_BODIES = _ENTRY_COLUMNS | {"request_body", "response_body"}
 
 
-def _batches(table, filters, bodies, meta=None, want=None):
+def _batches(table, filters, bodies, meta=None, want=None, skip=None):
     """The API's entries of `table`'s rows, in its order, that pass `q`,
-    a batch at a time (with `want`, no more than that many in all). With
-    `meta`, `table` holds some columns of that segment's rows
-    (`_matching`'s), and the rows that pass are read whole."""
+    a batch at a time (with `want`, no more than that many in all; with
+    `skip`, past as many as it says, as `read` takes it). With `meta`,
+    `table` holds some columns of that segment's rows (`_matching`'s), and
+    the rows that pass are read whole."""
     parsed = fulltext.parse(filters.q) if filters.q else None
     for start in range(0, table.num_rows, _BATCH):
         part = table.slice(start, _BATCH)
@@ -1782,6 +1789,12 @@ def _batches(table, filters, bodies, meta=None, want=None):
                 continue
             if len(passing) < part.num_rows:
                 part = part.take(passing)
+        if skip and skip[0]:
+            passed = min(skip[0], part.num_rows)
+            skip[0] -= passed
+            part = part.slice(passed)
+            if not part.num_rows:
+                continue
         if want is not None and part.num_rows > want:
             part = part.slice(0, want)  # read whole only the rows returned
         if meta is not None:
