@@ -447,6 +447,38 @@ def test_a_search_that_skips_the_bodies_of_a_block_finds_what_it_found_while_hot
     assert [store.page(path, **params) for path, params in questions] == before
 
 
+def test_a_search_asks_only_the_urls_and_data_whose_block_may_hold_its_word(sealed_app):
+    # A segment of 512 entries in 8 blocks of 64 (one scope: a block is 64
+    # consecutive entries). "zulu" is in the urls of blocks 2 and 5, the
+    # data of block 3, and bodies here and there: the other blocks' urls
+    # and data are not searched for it (their filter lacks it), and every
+    # search finds what it found while the entries were hot.
+    def entry(i):
+        block = i // 64
+        url = f"/shop/zulu/{i}" if block in (2, 5) else f"/shop/item{i % 9}"
+        data = {"note": "zulu omega" if block == 3 else "omega", "n": i}
+        body = f"kilo{i % 5} zulu" if i % 37 == 0 else (f"kilo{i % 5}" if i % 2 else None)
+        return make_entry(i, projectId="proj_x", containerId="cnt_x", url=url, data=data,
+                          responseBody=body)
+
+    store = Store(sealed_app.test_client())
+    store.ingest([entry(i) for i in range(600)])
+    searches = ["zulu", "ZULU omega", "zulu OR item3", '"shop zulu"', "zulu -kilo1",
+                '"omega zulu"', "zul*", "kilo2 zulu", '"zulu 130"', "item7 OR kilo3"]
+    questions = [(path, {"q": q, **extra}) for q in searches
+                 for path, extra in ((LOGS, {"limit": 600}), (STATS, {}))]
+    before = [store.page(path, **params) for path, params in questions]
+    assert before[0]["total"] == 64 * 3 + sum(1 for i in range(600) if i % 37 == 0
+                                              and i // 64 not in (2, 3, 5))
+    assert seal(sealed_app, hot_rows=80, segment_rows=512) == 512
+    with db.using(sealed_app.extensions["logsvc"].store):
+        (meta,) = db.call(segments._chosen_segments, Filters(q="zulu"), None, None)
+        size, heads = meta["heads"]
+        assert size == 64
+        assert list(heads["zulu"]) == [False, False, True, True, False, True, False, False]
+    assert [store.page(path, **params) for path, params in questions] == before
+
+
 def test_segments_with_one_bloom_filter_a_block_answer_as_before(sealed_app):
     # Segments written by earlier versions have one filter a block, of all
     # its words and trace ids: they answer as the new ones do.

@@ -467,16 +467,17 @@ class _Holding:
                                np.array([size for _, size, _ in kind], dtype=np.uint64),
                                kind[0][2] if kind else 0))
 
-    def blocks(self, word):
-        """A boolean per block: may its filters hold `word`; None when the
-        filters cannot be asked together."""
-        if self.kinds is None:
+    def blocks(self, word, kind=None):
+        """A boolean per block: may its filters hold `word` (with `kind`,
+        that filter of each block only: 0 its head, 1 its bodies); None
+        when the filters cannot be asked together, or lack that kind."""
+        if self.kinds is None or (kind is not None and kind >= len(self.kinds)):
             return None
         import numpy as np
 
         first, second = _hashed(word)
         held = None
-        for starts, sizes, hashes in self.kinds:
+        for starts, sizes, hashes in self.kinds if kind is None else self.kinds[kind:kind + 1]:
             # Bloom's positions (first + i * second) % size, from both
             # hashes reduced by the size first: within 64 bits.
             base, step = np.uint64(first) % sizes, np.uint64(second) % sizes
@@ -1134,6 +1135,11 @@ def _chosen_segments(filters, after_id, upto_id):
             if not meta["blocks"][1]:
                 continue
             if searched is not None and isinstance(blooms[meta["blocks"][1][0]], _Split):
+                # Each word's blocks whose urls and data may hold it: the
+                # others' are not searched for it (_prefiltered).
+                heads = {word: holding.blocks(word, kind=0) for word in searched}
+                if all(held is not None for held in heads.values()):
+                    meta["heads"] = (size, heads)
                 # The blocks whose bodies lack a word that each group
                 # needs, and the words searched that their bodies may
                 # hold: their bodies are read only for the rows that need
@@ -1427,7 +1433,7 @@ def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=
                              lambda positions: _rows_at(meta, positions, _BODIES),
                              meta.get("rarity"))
     if filters.q and table.num_rows > _CHECKED_ALONE:
-        table = _prefiltered(table, filters.q, meta.get("rarity"))
+        table = _prefiltered(table, filters.q, meta.get("rarity"), meta.get("heads"))
     if memo is not None:
         memo[key] = table
     return table
@@ -1617,12 +1623,13 @@ def _filtered_columns(filters, after_id=None, upto_id=None):
 _KEY_COLUMNS = frozenset(("id", "lat_bucket", "duration_ms"))
 
 _TEXT_COLUMNS = ("url", "data", "request_body", "response_body")
+_HEAD = ("url", "data")  # what a block's head filter holds the words of
 _BODIES = ("request_body", "response_body")
 # fulltext.document's arguments.
 _DOCUMENT = ("url", "request_body", "response_body", "data")
 
 
-def _prefiltered(table, q, rarity=None):
+def _prefiltered(table, q, rarity=None, heads=None):
     """The rows that may match `q`, found with Arrow's vectorised string
     search over the document's columns; `_batches` and `count` check the
     rest exactly with `fulltext.matches`.
@@ -1641,7 +1648,12 @@ def _prefiltered(table, q, rarity=None):
     of the blocks whose Bloom filter may hold it; the longest first where
     that is not known), each among the rows that held the words before it:
     the others then search few rows (an id in a path beside `v1` and
-    `users`)."""
+    `users`).
+
+    `heads`: (rows per block, {word: for each block of the segment,
+    whether the filter of its urls and data may hold the word}); the urls
+    and data of the other blocks' rows (by "_pos") are not searched for
+    that whole word, which they cannot hold (a word only in bodies)."""
     arrow_ready()
     import numpy as np
     import pyarrow as pa
@@ -1653,10 +1665,27 @@ def _prefiltered(table, q, rarity=None):
     if not all(any(p.words[0].isascii() for p in group.positive) for group in parsed):
         return table  # a group without an ASCII word: every row may match
 
-    def each(rows, test):
+    def each(rows, test, word=None):
+        """Which of `rows` pass `test` in a text column; with `word` (a
+        whole word), the urls and data are asked only where their block's
+        filter may hold it."""
+        head = None
+        if word is not None and heads is not None and word in heads[1] \
+                and "_pos" in rows.column_names:
+            size, held = heads
+            head = held[word][rows["_pos"].to_numpy() // size]
         found = None
         for column in _TEXT_COLUMNS:
-            one = pc.fill_null(test(rows[column]), False)
+            if head is None or column not in _HEAD or head.all():
+                one = pc.fill_null(test(rows[column]), False)
+            elif not head.any():
+                continue
+            else:
+                asked = np.zeros(rows.num_rows, dtype=bool)
+                asked[np.flatnonzero(head)] = pc.fill_null(
+                    test(rows[column].filter(pa.array(head))), False).to_numpy(
+                    zero_copy_only=False)
+                one = pa.array(asked)
             found = one if found is None else pc.or_(found, one)
         return found
 
@@ -1672,7 +1701,8 @@ def _prefiltered(table, q, rarity=None):
         # "İ" is a spelling of "i" that RE2 does not fold: a word with an
         # "i" is looked for by its longest part without one.
         part = max(word.split("i"), key=len)
-        hit = each(rows, lambda c: pc.match_substring(c, part or word, ignore_case=True))
+        whole = None if phrase.prefix and word == phrase.words[-1] else word
+        hit = each(rows, lambda c: pc.match_substring(c, part or word, ignore_case=True), whole)
         if not part:  # "i", "ii": and every row beyond ASCII
             hit = pc.or_(hit, pc.invert(ascii(rows)))
         if single:
@@ -1680,7 +1710,7 @@ def _prefiltered(table, q, rarity=None):
             # one: only over the rows that hold the word somewhere.
             held = rows.filter(hit)
             exact = pc.or_(each(held, lambda c: pc.match_substring_regex(
-                c, pattern(phrase, word))), pc.invert(ascii(held)))
+                c, pattern(phrase, word)), whole), pc.invert(ascii(held)))
             mask = np.zeros(rows.num_rows, dtype=bool)
             mask[np.flatnonzero(hit.to_numpy(zero_copy_only=False))] = exact.to_numpy(
                 zero_copy_only=False)
