@@ -929,6 +929,9 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
     chosen = _segments(filters, after_id, upto_id, memo)
     if order == "desc" or slowest:
         chosen.reverse()
+    arrow_ready()
+    import pyarrow.compute as pc
+
     if slowest and limit is not None and not filters.q:
         return _slowest(chosen, filters, after_id, upto_id, limit, bodies, memo)
     found = []
@@ -938,8 +941,14 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
         table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
         if table.num_rows == 0:
             continue
-        table = table.sort_by(_SLOWEST if slowest else
-                              [("id", "descending" if order == "desc" else "ascending")])
+        by_id = [("id", "descending" if order == "desc" else "ascending")]
+        first = None if slowest or filters.q or limit is None else \
+            limit - len(found) + (skip[0] if skip else 0)
+        if first is not None and table.num_rows > 4 * first:
+            # Every row a match: the first by id are selected, not all
+            # sorted (a merged segment's million: 100 ms).
+            table = table.take(pc.select_k_unstable(table, k=first, sort_keys=by_id))
+        table = table.sort_by(_SLOWEST if slowest else by_id)
         if skip and skip[0] and not filters.q:
             passed = min(skip[0], table.num_rows)  # every row a match: passed by number
             skip[0] -= passed
