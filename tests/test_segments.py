@@ -86,6 +86,7 @@ QUESTIONS = [
     # the matches passed over are counted where they lie.
     (LOGS, {"offset": 250, "limit": 20}), (LOGS, {"offset": 100, "order": "desc", "limit": 60}),
     (LOGS, {"offset": 300, "order": "desc", "limit": 30}), (LOGS, {"offset": 399}),
+    (LOGS, {"offset": 150, "order": "desc", "limit": 3}), (LOGS, {"limit": 3}),
     (LOGS, {"q": "word3", "offset": 20, "limit": 7}),
     (LOGS, {"q": "word3", "offset": 25, "order": "desc", "limit": 3}),
     (LOGS, {"level": "error", "offset": 40, "order": "desc", "limit": 9}),
