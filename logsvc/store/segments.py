@@ -1033,7 +1033,10 @@ def matching_columns(filters, upto_id, columns):
                     for i in _passing(table.slice(start, _BATCH), parsed)]
             table = table.take(pa.array(kept, pa.int64()))
         if table.num_rows:
-            yield table.select(list(columns))
+            # One chunk (a row group's each, read from a merged segment:
+            # hundreds), so that each step over it is one call, not one a
+            # row group.
+            yield table.select(list(columns)).unify_dictionaries().combine_chunks()
 
 
 def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
