@@ -448,6 +448,26 @@ def test_a_search_that_skips_the_bodies_of_a_block_finds_what_it_found_while_hot
     assert [store.page(path, **params) for path, params in questions] == before
 
 
+def test_a_search_of_a_large_segment_pages_and_counts_window_by_window(sealed_app):
+    # A page of a search looks at a segment's rows a window at a time by id
+    # (4,096, then four times as many), and its total goes on where the
+    # page stopped: pages on either side of a window's end, and past them,
+    # and every total, are what they were while the entries were hot.
+    store = Store(sealed_app.test_client())
+    for start in range(0, 6000, 2000):
+        store.ingest(corpus(2000, start))
+    questions = [(LOGS, {"q": q, **extra}) for q in ("reset", "word3", "ada5 OR word6")
+                 for extra in ({"limit": 100}, {"offset": 1990, "limit": 30},
+                               {"offset": 2100, "order": "desc", "limit": 40},
+                               {"offset": 200, "limit": 10, "projectId": "proj_1"},
+                               {"order": "desc", "limit": 5})]
+    questions += [(STATS, {"q": "reset"}), (STATS, {"q": "word3", "level": "error"})]
+    before = [store.page(path, **params) for path, params in questions]
+    assert before[0]["total"] == 3000 and len(before[1]["entries"]) == 30
+    assert seal(sealed_app, hot_rows=800, segment_rows=5120) == 5120
+    assert [store.page(path, **params) for path, params in questions] == before
+
+
 def test_a_search_asks_only_the_urls_and_data_whose_block_may_hold_its_word(sealed_app):
     # A segment of 512 entries in 8 blocks of 64 (one scope: a block is 64
     # consecutive entries). "zulu" is in the urls of blocks 2 and 5, the

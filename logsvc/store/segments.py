@@ -936,6 +936,18 @@ def read(filters, after_id=None, upto_id=None, order="desc", limit=None, bodies=
         return _slowest(chosen, filters, after_id, upto_id, limit, bodies, memo)
     found = []
     for meta in chosen:
+        if filters.q and limit is not None and not slowest:
+            # Words: the rows are searched in windows by id, until the page
+            # has its matches (a common word's first page need not search
+            # the whole segment).
+            want = limit - len(found)
+            for part in _windows(meta, filters, after_id, upto_id, memo, order):
+                for batch in _batches(part, filters, bodies, meta, want, skip):
+                    found.extend(batch)
+                    want -= len(batch)
+                if want <= 0:
+                    return found[:limit]
+            continue
         # The rows are found, ordered and checked by a few columns; only
         # those returned are read whole.
         table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
@@ -1053,7 +1065,9 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
     parsed = fulltext.parse(filters.q) if filters.q else None
 
     def unread(meta):
-        return _matching_key(meta, filters, after_id, upto_id, _KEY_COLUMNS) not in memo
+        return (_matching_key(meta, filters, after_id, upto_id, _KEY_COLUMNS), True) not in memo \
+            and not any(_windows_key(meta, filters, after_id, upto_id, order) in memo
+                        for order in ("desc", "asc"))
 
     chosen = _segments(filters, after_id, upto_id, memo)
     if rows is not None:
@@ -1069,17 +1083,57 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
             if spent + cost > rows:
                 return n, False
             spent += cost
-        table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS)
         if parsed is None:
-            n += table.num_rows
+            n += _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS).num_rows
         else:
-            for start in range(0, table.num_rows, _BATCH):
-                n += len(_passing(table.slice(start, _BATCH), parsed))
-                if cap is not None and n > cap:
-                    return n, False
+            # In the windows a page searched, and past them (a common
+            # word's count stops at the cap, having searched that many).
+            order = next((order for order in ("desc", "asc")
+                          if _windows_key(meta, filters, after_id, upto_id, order) in memo),
+                         "asc")
+            for part in _windows(meta, filters, after_id, upto_id, memo, order):
+                for start in range(0, part.num_rows, _BATCH):
+                    n += len(_passing(part.slice(start, _BATCH), parsed))
+                    if cap is not None and n > cap:
+                        return n, False
         if cap is not None and n > cap:
             return n, False
     return n, True
+
+
+# The rows a search of words looks at first in a segment (`_windows`), each
+# window then four times the one before.
+_WINDOW = 4_096
+
+
+def _windows(meta, filters, after_id, upto_id, memo, order):
+    """The rows of a segment that pass the filters and may match `q`
+    (`_matching`'s, with _prefiltered's marks), in `order` of id, a window
+    at a time: the rows are searched for the words one window after
+    another, as the caller asks for more. A request's `read` and `count`
+    share the windows searched (`memo`)."""
+    key = _windows_key(meta, filters, after_id, upto_id, order)
+    state = None if memo is None else memo.get(key)
+    if state is None:
+        table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS, prefilter=False)
+        state = {"table": table.sort_by([("id", "descending" if order == "desc"
+                                          else "ascending")]), "parts": []}
+        if memo is not None:
+            memo[key] = state
+    table, parts = state["table"], state["parts"]
+    start, size, at = 0, _WINDOW, 0
+    while start < table.num_rows:
+        if at == len(parts):
+            part = table.slice(start, size)
+            if part.num_rows > _CHECKED_ALONE:
+                part = _prefiltered(part, filters.q, meta.get("rarity"), meta.get("heads"))
+            parts.append(part)
+        yield parts[at]
+        start, size, at = start + size, size * 4, at + 1
+
+
+def _windows_key(meta, filters, after_id, upto_id, order):
+    return ("windows", order, _matching_key(meta, filters, after_id, upto_id, _KEY_COLUMNS))
 
 
 def _segments(filters, after_id, upto_id, memo=None):
@@ -1419,13 +1473,14 @@ def _runs(filters):
             for group in fulltext.parse(filters.q)]
 
 
-def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=None):
+def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=None,
+              prefilter=True):
     """The rows of one segment that pass the filters Arrow can apply (all
     but `q`, which `_batches` checks); kept in `memo` when one is given.
     With `columns`, the rows hold those, the ones the filters read, the
     document's when there is a `q`, and "_pos" (`_read_groups`). With
     `bucket`, only the rows of that latency bucket."""
-    key = _matching_key(meta, filters, after_id, upto_id, columns, bucket)
+    key = (_matching_key(meta, filters, after_id, upto_id, columns, bucket), prefilter)
     if memo is not None and key in memo:
         return memo[key]
     if columns is not None:
@@ -1444,7 +1499,7 @@ def _matching(meta, filters, after_id, upto_id, memo=None, columns=None, bucket=
         table = _with_bodies(table, filters.q, meta["bodies"],
                              lambda positions: _rows_at(meta, positions, _BODIES),
                              meta.get("rarity"))
-    if filters.q and table.num_rows > _CHECKED_ALONE:
+    if filters.q and prefilter and table.num_rows > _CHECKED_ALONE:
         table = _prefiltered(table, filters.q, meta.get("rarity"), meta.get("heads"))
     if memo is not None:
         memo[key] = table
