@@ -1112,24 +1112,42 @@ def _windows(meta, filters, after_id, upto_id, memo, order):
     at a time: the rows are searched for the words one window after
     another, as the caller asks for more. A request's `read` and `count`
     share the windows searched (`memo`)."""
+    arrow_ready()
+    import numpy as np
+    import pyarrow as pa
+
     key = _windows_key(meta, filters, after_id, upto_id, order)
     state = None if memo is None else memo.get(key)
     if state is None:
         table = _matching(meta, filters, after_id, upto_id, memo, _KEY_COLUMNS, prefilter=False)
-        state = {"table": table.sort_by([("id", "descending" if order == "desc"
-                                          else "ascending")]), "parts": []}
+        # A window's rows are picked when it is asked, by a mask of their
+        # ids between its bounds (found by partition, not by sorting them
+        # all): the rows hold their text, a chunk a row group, and sorting
+        # or taking them whole copies every body.
+        ids = table["id"].to_numpy()
+        state = {"table": table, "ranks": -ids if order == "desc" else ids, "parts": []}
         if memo is not None:
             memo[key] = state
-    table, parts = state["table"], state["parts"]
-    start, size, at = 0, _WINDOW, 0
+    table, ranks, parts = state["table"], state["ranks"], state["parts"]
+    by_id = [("id", "descending" if order == "desc" else "ascending")]
+    start, size, at, low = 0, _WINDOW, 0, None
     while start < table.num_rows:
+        end = min(start + size, table.num_rows)
+        high = np.partition(ranks, end - 1)[end - 1] if end < table.num_rows else None
         if at == len(parts):
-            part = table.slice(start, size)
+            mask = None
+            if low is not None or high is not None:
+                mask = np.ones(table.num_rows, dtype=bool)
+                if low is not None:
+                    mask &= ranks > low
+                if high is not None:
+                    mask &= ranks <= high
+            part = (table if mask is None else table.filter(pa.array(mask))).sort_by(by_id)
             if part.num_rows > _CHECKED_ALONE:
                 part = _prefiltered(part, filters.q, meta.get("rarity"), meta.get("heads"))
             parts.append(part)
         yield parts[at]
-        start, size, at = start + size, size * 4, at + 1
+        start, size, at, low = end, size * 4, at + 1, high
 
 
 def _windows_key(meta, filters, after_id, upto_id, order):
