@@ -1035,20 +1035,33 @@ def matching_columns(filters, upto_id, columns):
     tables of `columns` (one a segment): what stats over filters the
     counters do not keep count, without making an entry of each row."""
     arrow_ready()
+    import numpy as np
     import pyarrow as pa
 
     parsed = fulltext.parse(filters.q) if filters.q else None
     for meta in _segments(filters, None, upto_id):
         table = _matching(meta, filters, None, upto_id, columns=frozenset(columns))
+        selected = table.select(list(columns))
         if parsed is not None and table.num_rows:
-            kept = [start + i for start in range(0, table.num_rows, _BATCH)
-                    for i in _passing(table.slice(start, _BATCH), parsed)]
-            table = table.take(pa.array(kept, pa.int64()))
-        if table.num_rows:
+            # The rows _prefiltered decided are kept as they are; the rest
+            # are checked one by one (filtered, not taken: taking from the
+            # row groups' chunks copies every body).
+            keep = np.zeros(table.num_rows, dtype=bool)
+            if "_sure" in table.column_names:
+                keep |= np.asarray(table["_sure"].to_numpy(zero_copy_only=False), dtype=bool)
+            unsure = np.flatnonzero(~keep)
+            if len(unsure):
+                doubtful = table.select(list(_DOCUMENT)).filter(pa.array(~keep))
+                for start in range(0, len(unsure), _BATCH):
+                    keep[unsure[start:start + _BATCH][
+                        _passing(doubtful.slice(start, _BATCH), parsed)]] = True
+            if not keep.all():
+                selected = selected.filter(pa.array(keep))
+        if selected.num_rows:
             # One chunk (a row group's each, read from a merged segment:
             # hundreds), so that each step over it is one call, not one a
             # row group.
-            yield table.select(list(columns)).unify_dictionaries().combine_chunks()
+            yield selected.unify_dictionaries().combine_chunks()
 
 
 def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
