@@ -1834,8 +1834,10 @@ def _prefiltered(table, q, rarity=None, heads=None):
         found.append(rows)
     rows = found[0]
     if len(found) > 1:
-        at = sorted({i for rows in found for i in rows["_row"].to_pylist()})
-        rows = table.take(pa.array(at, pa.int64())).drop_columns(["_row"])
+        keep = np.zeros(table.num_rows, dtype=bool)  # filtered: a take copies every body
+        for rows in found:
+            keep[rows["_row"].to_numpy()] = True
+        rows = table.filter(pa.array(keep)).drop_columns(["_row"])
     if single:
         rows = rows.append_column("_sure", ascii(rows) if rows.num_rows else
                                   pa.array([], pa.bool_()))
