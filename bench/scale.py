@@ -28,6 +28,11 @@ by route on ClickHouse's (its route column filled with the same rule).
 The url question is a phrase search on our side (`q=/v1/orders/4242`, the
 path's words in order) and a LIKE '%...%' on ClickHouse's (served by its
 ngram index); the body question is a word on both (`hasToken` on theirs).
+The last five are what a newcomer asks first of the whole day: the first
+page (oldest first, the API's default order), a page 5,000 entries in, a
+url path as a phrase (a LIKE on theirs), a word common in urls and
+bodies oldest first (`hasToken` on both columns), and the stats of a
+method, which our counters do not keep.
 
 Prints one table of medians and logsvc/chdb ratios. With --busy, the
 questions are asked again while a writer sends 2,000 entries a second
@@ -554,6 +559,17 @@ def main():
                     # token asks): the tenant's word in the index (fulltext.py).
                     "q=v1 of the least busy tenant, newest 200": lambda: logsvc.answer(
                         logs, q="v1", projectId=small_project, order="desc", limit=200),
+                    # What a newcomer asks first, over the whole day: the
+                    # first page (oldest first, the default order), a page
+                    # far in, a url path as a phrase, a common word oldest
+                    # first, the stats of a field the counters do not keep.
+                    "the first page, oldest 100": lambda: logsvc.answer(logs, limit=100),
+                    "offset=5000, 100": lambda: logsvc.answer(logs, offset=5000, limit=100),
+                    "a path as a phrase (q=\"/v1/orders\"), newest 200": lambda: logsvc.answer(
+                        logs, q='"/v1/orders"', order="desc", limit=200),
+                    "a common word (q=orders), oldest 100": lambda: logsvc.answer(
+                        logs, q="orders", limit=100),
+                    "/stats?method=POST": lambda: logsvc.answer(logs + "/stats", method="POST"),
                 }
                 for name, ask in questions.items():
                     print(f"logsvc: {name}", flush=True)
@@ -632,6 +648,16 @@ def main():
                     "q=v1 of the least busy tenant, newest 200":
                         f"SELECT * FROM logs WHERE projectId = '{small_project}' "
                         "AND hasToken(url, 'v1') ORDER BY tsMs DESC LIMIT 200",
+                    "the first page, oldest 100": "SELECT * FROM logs ORDER BY tsMs LIMIT 100",
+                    "offset=5000, 100":
+                        "SELECT * FROM logs ORDER BY tsMs LIMIT 100 OFFSET 5000",
+                    "a path as a phrase (q=\"/v1/orders\"), newest 200":
+                        "SELECT * FROM logs WHERE url LIKE '%/v1/orders%' "
+                        "ORDER BY tsMs DESC LIMIT 200",
+                    "a common word (q=orders), oldest 100":
+                        "SELECT * FROM logs WHERE hasToken(url, 'orders') "
+                        "OR hasToken(responseBody, 'orders') ORDER BY tsMs LIMIT 100",
+                    "/stats?method=POST": f"{sel} WHERE method = 'POST' {breakdowns}",
                 }
                 for name, text in sql.items():
                     print(f"chdb: {name}", flush=True)
