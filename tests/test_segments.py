@@ -448,23 +448,29 @@ def test_a_search_that_skips_the_bodies_of_a_block_finds_what_it_found_while_hot
     assert [store.page(path, **params) for path, params in questions] == before
 
 
-def test_a_search_of_a_large_segment_pages_and_counts_window_by_window(sealed_app):
+def test_a_search_of_a_large_segment_pages_and_counts_window_by_window(make_app):
     # A page of a search looks at a segment's rows a window at a time by id
-    # (4,096, then four times as many), and its total goes on where the
-    # page stopped: pages on either side of a window's end, and past them,
-    # and every total, are what they were while the entries were hot.
+    # (4,096, then four times as many; past half the rows, or after a
+    # window of few candidates, the rest at once), and its total goes on
+    # where the page stopped: pages on either side of a window's end, and
+    # past them, and every total, are what they were while hot (counted
+    # whole: no limit to the rows a total decodes).
+    sealed_app = make_app(hot_rows=0, rate_limit_per_min=0, sealed_count_rows=0)
     store = Store(sealed_app.test_client())
-    for start in range(0, 6000, 2000):
-        store.ingest(corpus(2000, start))
-    questions = [(LOGS, {"q": q, **extra}) for q in ("reset", "word3", "ada5 OR word6")
-                 for extra in ({"limit": 100}, {"offset": 1990, "limit": 30},
-                               {"offset": 2100, "order": "desc", "limit": 40},
+    for start in range(0, 10_000, 2_500):
+        store.ingest(corpus(2_500, start))
+    questions = [(LOGS, {"q": q, **extra})
+                 for q in ("reset", "word3", "ada5 OR word6", "word3 ada1*")
+                 for extra in ({"limit": 100}, {"offset": 4050, "limit": 30},
+                               {"offset": 4100, "order": "desc", "limit": 40},
                                {"offset": 200, "limit": 10, "projectId": "proj_1"},
                                {"order": "desc", "limit": 5})]
     questions += [(STATS, {"q": "reset"}), (STATS, {"q": "word3", "level": "error"})]
     before = [store.page(path, **params) for path, params in questions]
-    assert before[0]["total"] == 3000 and len(before[1]["entries"]) == 30
-    assert seal(sealed_app, hot_rows=800, segment_rows=5120) == 5120
+    assert before[0]["total"] == 5000 and len(before[1]["entries"]) == 30
+    assert before[15]["total"] == sum(1 for i in range(10_000)  # few, in every block
+                                      if i % 6 == 3 and i % 7 == 3 and i % 11 in (1, 10))
+    assert seal(sealed_app, hot_rows=700, segment_rows=9216) == 9216
     assert [store.page(path, **params) for path, params in questions] == before
 
 

@@ -214,14 +214,7 @@ def _list_with_sealed(filters, page, through):
 def _hot_count(filters, page, cap):
     """How many hot entries match `filters` within the page's id bounds,
     counted up to `cap`."""
-    where, params = where_sql(filters)
-    sql = f"SELECT 1 FROM entry e WHERE {where}"
-    if page.after_id is not None:
-        sql += " AND e.id > ?"
-        params.append(page.after_id)
-    if page.max_id is not None:
-        sql += " AND e.id <= ?"
-        params.append(page.max_id)
+    sql, params = _hot_within(filters, page, "1")
     params.append(cap)
     (n,) = db.execute(f"SELECT count(*) FROM ({sql} LIMIT ?) AS matched", params).fetchone()
     return n
@@ -230,16 +223,24 @@ def _hot_count(filters, page, cap):
 def _slowest_keys(filters, page, limit):
     """The `slowest` order's keys (segments.slowest_key) of the first
     `limit` hot entries in that order."""
-    where, params = where_sql(filters.replace(timed=True))
-    sql = f"SELECT e.lat_bucket, e.duration_ms, e.id FROM entry e WHERE {where}"
+    sql, params = _hot_within(filters.replace(timed=True), page,
+                              "e.lat_bucket, e.duration_ms, e.id")
+    params.append(limit)
+    return [tuple(row) for row in db.execute(f"{sql} ORDER BY {_SLOWEST} LIMIT ?", params)]
+
+
+def _hot_within(filters, page, columns):
+    """(SELECT of `columns` of the hot entries matching `filters` within
+    the page's id bounds, its params)."""
+    where, params = where_sql(filters)
+    sql = f"SELECT {columns} FROM entry e WHERE {where}"
     if page.after_id is not None:
         sql += " AND e.id > ?"
         params.append(page.after_id)
     if page.max_id is not None:
         sql += " AND e.id <= ?"
         params.append(page.max_id)
-    params.append(limit)
-    return [tuple(row) for row in db.execute(f"{sql} ORDER BY {_SLOWEST} LIMIT ?", params)]
+    return sql, params
 
 
 def _list_stored(filters, page, total=True):

@@ -1117,6 +1117,8 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
 # The rows a search of words looks at first in a segment (`_windows`), each
 # window then four times the one before.
 _WINDOW = 4_096
+# A window whose candidates are fewer than one row in this many.
+_SPARSE = 64
 
 
 def _windows(meta, filters, after_id, upto_id, memo, order):
@@ -1143,23 +1145,32 @@ def _windows(meta, filters, after_id, upto_id, memo, order):
             memo[key] = state
     table, ranks, parts = state["table"], state["ranks"], state["parts"]
     by_id = [("id", "descending" if order == "desc" else "ascending")]
-    start, size, at, low = 0, _WINDOW, 0, None
-    while start < table.num_rows:
-        end = min(start + size, table.num_rows)
-        high = np.partition(ranks, end - 1)[end - 1] if end < table.num_rows else None
+    n = table.num_rows
+    start, size, at, low, sparse = 0, _WINDOW, 0, None, False
+    while start < n:
+        # Past half the rows, or once a window held few candidates
+        # (a rare word: its search will reach the rest), the rest is
+        # searched at once, in place: picking a window's rows copies them,
+        # bodies too.
+        rest = sparse or size * 2 > n
+        end = n if rest else start + size
+        high = None if rest else np.partition(ranks, end - 1)[end - 1]
         if at == len(parts):
-            mask = None
-            if low is not None or high is not None:
-                mask = np.ones(table.num_rows, dtype=bool)
+            if rest:
+                part = table
+            else:
+                mask = ranks <= high
                 if low is not None:
                     mask &= ranks > low
-                if high is not None:
-                    mask &= ranks <= high
-            part = (table if mask is None else table.filter(pa.array(mask))).sort_by(by_id)
+                part = table.filter(pa.array(mask))
             if part.num_rows > _CHECKED_ALONE:
                 part = _prefiltered(part, filters.q, meta.get("rarity"), meta.get("heads"))
-            parts.append(part)
+            if rest and low is not None:  # the windows before have these
+                ids = part["id"].to_numpy()
+                part = part.filter(pa.array((-ids if order == "desc" else ids) > low))
+            parts.append(part.sort_by(by_id))
         yield parts[at]
+        sparse = parts[at].num_rows * _SPARSE < end - start
         start, size, at, low = end, size * 4, at + 1, high
 
 
