@@ -777,7 +777,7 @@ def drop(segment_id):
     table = _read_groups({"id": segment_id, "min_id": row[0], "max_id": row[1]},
                          columns=frozenset(_COUNTED_COLUMNS))
     db.execute("DELETE FROM segment WHERE id = ?", (segment_id,))
-    return _stored_rows(table, _COUNTED_COLUMNS), row[0], row[1]
+    return stored_rows(table, _COUNTED_COLUMNS), row[0], row[1]
 
 
 def droppable(cutoff=None):
@@ -799,9 +799,9 @@ _NAMED = {"project_id", "container_id", "service_name", "method", "route"}
 _LETTERED = {"level", "kind", "source"}
 
 
-def _stored_rows(table, columns):
+def stored_rows(table, columns):
     """The rows of an Arrow table of sealed entries as `entry` stores them
-    (tuples of `columns`)."""
+    (tuples of `columns`; a column of another name as it is)."""
     converted = []
     for column in columns:
         if column in _NAMED:
@@ -820,6 +820,7 @@ def _values(column, convert=None):
     made from its dictionary, a value per distinct name, not an object per
     row."""
     arrow_ready()
+    import numpy as np
     import pyarrow as pa
 
     if not pa.types.is_dictionary(column.type):
@@ -833,7 +834,10 @@ def _values(column, convert=None):
         distinct = chunk.dictionary.to_pylist()
         if convert is not None:
             distinct = [convert(name) for name in distinct]
-        out.extend([None if i is None else distinct[i] for i in chunk.indices.to_pylist()])
+        # Each row takes its value by index (numpy), the last one a null's.
+        values = np.empty(len(distinct) + 1, dtype=object)
+        values[:len(distinct)] = distinct
+        out.extend(values[chunk.indices.fill_null(len(distinct)).to_numpy()].tolist())
     return out
 
 
@@ -892,7 +896,7 @@ def stage(filters, bucket=None):
         if not table.num_rows:
             continue
         any_rows = True
-        rows = _stored_rows(table, _STAGED_COLUMNS)
+        rows = stored_rows(table, _STAGED_COLUMNS)
         marks = ", ".join("?" for _ in _STAGED_COLUMNS)
         db.executemany(f"INSERT INTO sealed_entry ({', '.join(_STAGED_COLUMNS)}) "
                        f"VALUES ({marks}) ON CONFLICT (id) DO NOTHING", rows)

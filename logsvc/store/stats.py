@@ -415,39 +415,14 @@ def _sealed_tables(filters, columns):
     return segments.matching_columns(filters, through, columns) if through else ()
 
 
-def _grouped(table, keys, kinds, aggregates=()):
+def _grouped(table, keys, aggregates=()):
     """The rows of `table` grouped by `keys`: (key values..., count, the
-    aggregates asked) tuples, each key in the stored form of `entry` by
-    its kind in `kinds` (a name, the level, kind or source; None: as it
-    is). A key column of names comes as a dictionary: its few distinct
-    values are converted, and each row takes its own by index."""
-    segments.arrow_ready()
-    import numpy as np
-    import pyarrow as pa
-
+    aggregates asked) tuples, the keys as `entry` stores them
+    (segments.stored_rows)."""
     grouped = table.unify_dictionaries().group_by(list(keys), use_threads=False).aggregate(
         [([], "count_all"), *aggregates])
-    columns = []
-    for name, kind in zip([*keys, "count_all", *(f"{c}_{f}" for c, f in aggregates)],
-                          [*kinds, *(None for _ in range(1 + len(aggregates)))]):
-        column = grouped.column(name).combine_chunks()
-        if kind is not None and pa.types.is_dictionary(column.type):
-            distinct = [_stored(kind, value) for value in column.dictionary.to_pylist()]
-            values = np.array([*distinct, None], dtype=object)  # the last: a null key
-            columns.append(values[column.indices.fill_null(len(distinct)).to_numpy()].tolist())
-        elif kind is not None:
-            columns.append([_stored(kind, value) for value in column.to_pylist()])
-        else:
-            columns.append(column.to_pylist())
-    return list(zip(*columns))
-
-
-def _stored(kind, value):
-    """`value` of a segment's column in the stored form of `entry` (its
-    kind: "name", or the level, kind or source column)."""
-    if value is None:
-        return None
-    return names.stored(value) if kind == "name" else names.lettered(kind, value)
+    return segments.stored_rows(grouped, [*keys, "count_all",
+                                          *(f"{c}_{f}" for c, f in aggregates)])
 
 
 def _sealed_summary(filters, requests, scopes, values, routes, spans):
@@ -460,14 +435,11 @@ def _sealed_summary(filters, requests, scopes, values, routes, spans):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        for row in _grouped(table, ("project_id", "container_id", "service_name"),
-                            ("name", "name", "name")):
+        for row in _grouped(table, ("project_id", "container_id", "service_name")):
             scopes[row[:3]] += row[3]
-        for row in _grouped(table, ("level", "kind", "status", "source"),
-                            ("level", "kind", None, "source")):
+        for row in _grouped(table, ("level", "kind", "status", "source")):
             values[row[:4]] += row[4]
-        for row in _grouped(table, ("route", "lat_bucket", "level", "kind"),
-                            ("name", None, "level", "kind")):
+        for row in _grouped(table, ("route", "lat_bucket", "level", "kind")):
             routes[row[:4]] += row[4]
         timed = table.filter(pc.is_valid(table.column("duration_ms")))
         if not timed.num_rows:
@@ -482,7 +454,7 @@ def _sealed_summary(filters, requests, scopes, values, routes, spans):
             calls = calls.filter(pc.invert(pc.is_in(calls.column("kind"),
                                                     value_set=pa.array(skipped))))
         for route, _, shortest, most in _grouped(
-                calls, ("route",), ("name",), [("duration_ms", "min"), ("duration_ms", "max")]):
+                calls, ("route",), [("duration_ms", "min"), ("duration_ms", "max")]):
             span = spans.get(route)
             spans[route] = (shortest, most) if span is None else (
                 min(span[0], shortest), max(span[1], most))
@@ -659,8 +631,7 @@ def _raw_buckets(size_ms, start, end, filters):
 
         starts = table.column("ts_ms").to_numpy() // size_ms * size_ms
         table = table.append_column("b", pa.array(starts))
-        grouped.extend(_grouped(table, ("b", "level", "lat_bucket"), (None, "level", None),
-                                [("duration_ms", "max")]))
+        grouped.extend(_grouped(table, ("b", "level", "lat_bucket"), [("duration_ms", "max")]))
     for b, level, bucket, n, longest in grouped:
         counted.setdefault(b, [0] * len(LEVELS))[
             LEVELS.index(names.unlettered("level", level))] += n
