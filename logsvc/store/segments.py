@@ -1034,16 +1034,45 @@ def slowest_key(item):
             item["id"])
 
 
-def matching_columns(filters, upto_id, columns):
-    """The sealed entries matching `filters` with id <= upto_id, as Arrow
-    tables of `columns` (one a segment): what stats over filters the
-    counters do not keep count, without making an entry of each row."""
+def matching_arrays(filters, upto_id, columns):
+    """The sealed entries matching `filters` with id <= upto_id, as numpy
+    arrays of `columns`, a {column: array} a segment: what stats over
+    filters the counters do not keep group (`grouped`), without making an
+    entry, or even an Arrow row, of each match. A column of names, levels,
+    kinds or sources (_DICTIONARY) is (its distinct values, an Arrow
+    array; each row's index among them, -1 for none); a number's is a
+    numpy array (float, NaN for none, where it has nulls).
+
+    Without `q`, a trace id or a client ip, a segment whose small columns
+    are warm (`_warm_columns`) is filtered as a whole with a mask, its
+    names taken from their codes, kept per process (`_codes`); the others
+    go through `_matching`, as a page's do."""
     arrow_ready()
     import numpy as np
     import pyarrow as pa
 
     parsed = fulltext.parse(filters.q) if filters.q else None
+    plain = parsed is None and filters.trace_id is None and filters.client_ip is None
     for meta in _segments(filters, None, upto_id):
+        warm = _warm_table(_key(meta)) if plain else None
+        if warm is not None:
+            mask = _mask(warm, filters, None,
+                         upto_id if upto_id is not None and upto_id < meta["max_id"] else None,
+                         functools.partial(_codes, meta, warm))
+            picked = None if mask is None else np.flatnonzero(
+                mask.fill_null(False).to_numpy(zero_copy_only=False))
+            if picked is not None and not len(picked):
+                continue
+            arrays = {}
+            for column in columns:
+                if column in _DICTIONARY:
+                    values, codes = _codes(meta, warm, column)
+                    arrays[column] = (values, codes if picked is None else codes[picked])
+                else:
+                    numbers = _numbers(warm[column])
+                    arrays[column] = numbers if picked is None else numbers[picked]
+            yield arrays
+            continue
         table = _matching(meta, filters, None, upto_id, columns=frozenset(columns))
         selected = table.select(list(columns))
         if parsed is not None and table.num_rows:
@@ -1063,9 +1092,119 @@ def matching_columns(filters, upto_id, columns):
                 selected = selected.filter(pa.array(keep))
         if selected.num_rows:
             # One chunk (a row group's each, read from a merged segment:
-            # hundreds), so that each step over it is one call, not one a
-            # row group.
-            yield selected.unify_dictionaries().combine_chunks()
+            # hundreds), each name's codes against one dictionary.
+            selected = selected.unify_dictionaries().combine_chunks()
+            yield {column: _coded(selected[column].chunk(0)) if column in _DICTIONARY
+                   else _numbers(selected[column]) for column in columns}
+
+
+def _coded(array):
+    """(distinct values, each row's index among them as numpy, -1 for
+    none) of a dictionary array."""
+    arrow_ready()
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_dictionary(array.type):
+        array = pc.dictionary_encode(array)
+    return array.dictionary, pc.fill_null(array.indices, -1).to_numpy()
+
+
+def _numbers(column):
+    """A numeric column as numpy: its own type without nulls, else float
+    with NaN for each."""
+    arrow_ready()
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if not column.null_count:
+        return column.to_numpy()
+    return pc.fill_null(column.cast("float64"), np.nan).to_numpy()
+
+
+# (segment key, column) -> (values, codes): a warm segment's names as one
+# dictionary and each row's index in it (`_coded` over its row groups),
+# kept while its warm columns are (2 bytes a row a column, below 32,768
+# names).
+_warm_codes = {}
+
+
+def _codes(meta, warm, column):
+    """(distinct values, each row's index) of a column of names of a warm
+    segment (`matching_arrays`), made once per process."""
+    arrow_ready()
+    import numpy as np
+    import pyarrow.compute as pc
+
+    key = (_key(meta), column)
+    found = _warm_codes.get(key)
+    if found is None:
+        unified = warm.select([column]).unify_dictionaries()[column]
+        values = unified.chunk(0).dictionary
+        codes = np.concatenate([pc.fill_null(chunk.indices, -1).to_numpy()
+                                for chunk in unified.chunks])
+        found = (values, codes.astype(np.int16 if len(values) < 1 << 15 else np.int32))
+        with _cache_lock:
+            _warm_codes[key] = found
+    return found
+
+
+def grouped(arrays, keys, rows=None, extremes=None):
+    """The rows of `arrays` (`matching_arrays`'; with `rows`, the rows at
+    those indexes) grouped by `keys`: (key values..., count) tuples, the
+    keys as `entry` stores them (`stored_rows`), with `extremes` (a numeric
+    column) the least and the greatest of it after the count."""
+    arrow_ready()
+    import numpy as np
+    import pyarrow as pa
+
+    codes, sizes, decoders = [], [], []
+    for key in keys:
+        column = arrays[key]
+        if isinstance(column, tuple):
+            values, indexes = column
+            code = indexes.astype(np.int64) + 1  # 0: none
+            sizes.append(len(values) + 1)
+            decoders.append(lambda c, values=values: values.take(
+                pa.array(c - 1, mask=c == 0)))
+        else:
+            floating = column.dtype.kind == "f"
+            valid = ~np.isnan(column) if floating else None
+            present = column[valid] if floating else column
+            low = present.min() if len(present) else 0
+            code = (column - low + 1) if not floating else np.where(valid, column - low + 1, 0)
+            code = code.astype(np.int64)
+            sizes.append(int(code.max()) + 1 if len(code) else 1)
+            whole = key not in _schema().names or pa.types.is_integer(_schema().field(key).type)
+            decoders.append(lambda c, low=low, whole=whole: pa.array(
+                (c - 1 + low).astype(np.int64 if whole else np.float64), mask=c == 0))
+        codes.append(code if rows is None else code[rows])
+    combined = codes[0]
+    for code, size in zip(codes[1:], sizes[1:]):
+        combined = combined * size + code
+    out = {}
+    if extremes is None and np.prod(sizes, dtype=np.float64) <= 1 << 22:
+        counts = np.bincount(combined, minlength=1)
+        present = np.flatnonzero(counts)
+        counts = counts[present]
+    else:  # Arrow's hash aggregation (NaN taken as none)
+        table = {"key": combined}
+        if extremes is not None:
+            table["value"] = pa.array(arrays[extremes] if rows is None
+                                      else arrays[extremes][rows], from_pandas=True)
+        summed = pa.table(table).group_by("key", use_threads=False).aggregate(
+            [("key", "count")] + ([("value", "min"), ("value", "max")] if extremes else []))
+        present, counts = summed["key"].to_numpy(), summed["key_count"]
+        if extremes is not None:
+            out["least"], out["greatest"] = summed["value_min"], summed["value_max"]
+    parts = []
+    for size in reversed(sizes):
+        parts.append(present % size)
+        present = present // size
+    table = {key: decode(code) for key, decode, code in zip(keys, decoders, reversed(parts))}
+    table["count"] = pa.array(counts)
+    table.update(out)
+    return stored_rows(pa.table(table), list(table))
 
 
 def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
@@ -1331,7 +1470,10 @@ def _warm_columns(metas):
         for kept in (_warm_tables, _warming):
             for key in [key for key in kept if key not in live]:
                 del kept[key]  # merged, dropped, or another store's
-        room = WARM_BYTES - sum(table.nbytes for table in _warm_tables.values())
+        for key in [key for key in _warm_codes if key[0] not in live]:
+            del _warm_codes[key]
+        room = WARM_BYTES - sum(table.nbytes for table in _warm_tables.values()) - sum(
+            codes.nbytes for _, codes in _warm_codes.values())
     names = [name for name in _schema().names if name in WARM_COLUMNS]
     for meta in metas:
         key = _key(meta)
@@ -1859,12 +2001,12 @@ def _prefiltered(table, q, rarity=None, heads=None):
     return rows
 
 
-def _mask(table, filters, after_id, upto_id):
+def _mask(table, filters, after_id, upto_id, coded=None):
     """The rows of `table` that pass every filter but `q`, as a boolean
     array (None: no filter), computed column by column (filtering by an
-    expression plans a query first: 0.7 ms a call on a row group)."""
+    expression plans a query first: 0.7 ms a call on a row group). With
+    `coded`, `_among` compares names by `coded(column)`'s codes."""
     arrow_ready()
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     terms = []
@@ -1873,15 +2015,15 @@ def _mask(table, filters, after_id, upto_id):
     if upto_id is not None:
         terms.append(pc.less_equal(table["id"], upto_id))
     f = filters
-    if f.project_id is not None:
-        terms.append(pc.equal(table["project_id"], f.project_id))
-    if f.container_id is not None:
-        terms.append(pc.equal(table["container_id"], f.container_id))
-    for column, values in (("service_name", f.service_names), ("level", f.levels),
+    one = {column: (value,) for column, value in (
+        ("project_id", f.project_id), ("container_id", f.container_id)) if value is not None}
+    for column, values in (("project_id", one.get("project_id")),
+                           ("container_id", one.get("container_id")),
+                           ("service_name", f.service_names), ("level", f.levels),
                            ("kind", f.kinds), ("method", f.methods), ("source", f.sources),
                            ("route", f.routes)):
         if values:
-            terms.append(pc.is_in(table[column], value_set=pa.array(list(values), pa.string())))
+            terms.append(_among(table, column, values, coded))
     if f.trace_id is not None:
         terms.append(pc.equal(table["trace_id"], lookup.canonical("trace_id", f.trace_id)))
     if f.client_ip is not None:
@@ -1909,6 +2051,32 @@ def _mask(table, filters, after_id, upto_id):
     for term in terms[1:]:
         mask = pc.and_kleene(mask, term)
     return mask
+
+
+def _among(table, column, values, coded=None):
+    """Whether each row's `column` of names is one of `values` (a boolean
+    Arrow array, false for none). A dictionary column is compared by its
+    distinct values, each row taking its answer by index: with `coded`,
+    by the codes `coded(column)` gives (`_codes`), else a row group's
+    dictionary at a time (comparing the decoded text took twice as long)."""
+    arrow_ready()
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(list(values), pa.string())
+    if coded is not None:
+        distinct, codes = coded(column)
+        # Each code's answer, and a last one (False) that -1 (none) takes.
+        answers = np.zeros(len(distinct) + 1, dtype=bool)
+        answers[:-1] = pc.is_in(distinct, value_set=wanted).to_numpy(zero_copy_only=False)
+        return pa.array(answers[codes])
+    data = table[column]
+    if not pa.types.is_dictionary(data.type):
+        return pc.is_in(data, value_set=wanted)
+    return pa.chunked_array(
+        [pc.fill_null(pc.take(pc.is_in(chunk.dictionary, value_set=wanted), chunk.indices),
+                      False) for chunk in data.chunks], pa.bool_())
 
 
 _BATCH = 500

@@ -408,53 +408,44 @@ _CHUNK = 10_000
 _ORDER = {"byLevel": LEVELS, "byKind": KINDS, "byStatus": STATUS_CLASSES, "bySource": SOURCES}
 
 
-def _sealed_tables(filters, columns):
+def _sealed_arrays(filters, columns):
     """The sealed entries that match `filters` (segments.py: `entry` no
-    longer holds them), as Arrow tables of their `columns`."""
+    longer holds them), as numpy arrays of their `columns`, a segment at a
+    time (segments.matching_arrays)."""
     through = segments.sealed_through()
-    return segments.matching_columns(filters, through, columns) if through else ()
-
-
-def _grouped(table, keys, aggregates=()):
-    """The rows of `table` grouped by `keys`: (key values..., count, the
-    aggregates asked) tuples, the keys as `entry` stores them
-    (segments.stored_rows)."""
-    grouped = table.unify_dictionaries().group_by(list(keys), use_threads=False).aggregate(
-        [([], "count_all"), *aggregates])
-    return segments.stored_rows(grouped, [*keys, "count_all",
-                                          *(f"{c}_{f}" for c, f in aggregates)])
+    return segments.matching_arrays(filters, through, columns) if through else ()
 
 
 def _sealed_summary(filters, requests, scopes, values, routes, spans):
     """Add the sealed entries that match `filters` into `_raw_summary`'s
-    counters (by Arrow's group-by: no entry made of each row); returns
+    counters (grouped with numpy: no entry made of each row); returns
     their longest duration (-1.0: none)."""
+    import numpy as np
+
     longest = -1.0
     skipped = () if requests else ("request",)
-    for table in _sealed_tables(filters, _SEALED_COLUMNS):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        for row in _grouped(table, ("project_id", "container_id", "service_name")):
+    for arrays in _sealed_arrays(filters, _SEALED_COLUMNS):
+        for row in segments.grouped(arrays, ("project_id", "container_id", "service_name")):
             scopes[row[:3]] += row[3]
-        for row in _grouped(table, ("level", "kind", "status", "source")):
+        for row in segments.grouped(arrays, ("level", "kind", "status", "source")):
             values[row[:4]] += row[4]
-        for row in _grouped(table, ("route", "lat_bucket", "level", "kind")):
+        for row in segments.grouped(arrays, ("route", "lat_bucket", "level", "kind")):
             routes[row[:4]] += row[4]
-        timed = table.filter(pc.is_valid(table.column("duration_ms")))
-        if not timed.num_rows:
+        durations = arrays["duration_ms"]
+        timed = ~np.isnan(durations)
+        if not timed.any():
             continue
-        extremes = pc.min_max(timed.column("duration_ms"))
-        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        low, high = float(durations[timed].min()), float(durations[timed].max())
         longest = max(longest, high)
         every = spans.get(None, (math.inf, -math.inf))
         spans[None] = (min(every[0], low), max(every[1], high))
-        calls = timed.filter(pc.is_valid(timed.column("route")))
-        if skipped:
-            calls = calls.filter(pc.invert(pc.is_in(calls.column("kind"),
-                                                    value_set=pa.array(skipped))))
-        for route, _, shortest, most in _grouped(
-                calls, ("route",), [("duration_ms", "min"), ("duration_ms", "max")]):
+        kinds, kind_codes = arrays["kind"]
+        calls = timed & (arrays["route"][1] >= 0)
+        for at, kind in enumerate(kinds.to_pylist()):
+            if kind in skipped:
+                calls &= kind_codes != at
+        for route, _, shortest, most in segments.grouped(
+                arrays, ("route",), rows=np.flatnonzero(calls), extremes="duration_ms"):
             span = spans.get(route)
             spans[route] = (shortest, most) if span is None else (
                 min(span[0], shortest), max(span[1], most))
@@ -626,12 +617,10 @@ def _raw_buckets(size_ms, start, end, filters):
         f"SELECT (e.ts_ms / {size_ms}) * {size_ms} AS b, e.level, e.lat_bucket, count(*), "
         f"MAX(e.duration_ms) FROM entry e WHERE {condition} "
         f"GROUP BY b, e.level, e.lat_bucket", params).fetchall()
-    for table in _sealed_tables(filters, ("ts_ms", "level", "lat_bucket", "duration_ms")):
-        import pyarrow as pa
-
-        starts = table.column("ts_ms").to_numpy() // size_ms * size_ms
-        table = table.append_column("b", pa.array(starts))
-        grouped.extend(_grouped(table, ("b", "level", "lat_bucket"), [("duration_ms", "max")]))
+    for arrays in _sealed_arrays(filters, ("ts_ms", "level", "lat_bucket", "duration_ms")):
+        arrays["b"] = arrays["ts_ms"] // size_ms * size_ms
+        grouped.extend((*row[:4], greatest) for *row, _, greatest in segments.grouped(
+            arrays, ("b", "level", "lat_bucket"), extremes="duration_ms"))
     for b, level, bucket, n, longest in grouped:
         counted.setdefault(b, [0] * len(LEVELS))[
             LEVELS.index(names.unlettered("level", level))] += n
