@@ -1134,15 +1134,13 @@ def _codes(meta, warm, column):
     segment (`matching_arrays`), made once per process."""
     arrow_ready()
     import numpy as np
-    import pyarrow.compute as pc
 
     key = (_key(meta), column)
     found = _warm_codes.get(key)
     if found is None:
         unified = warm.select([column]).unify_dictionaries()[column]
         values = unified.chunk(0).dictionary
-        codes = np.concatenate([pc.fill_null(chunk.indices, -1).to_numpy()
-                                for chunk in unified.chunks])
+        codes = np.concatenate([_coded(chunk)[1] for chunk in unified.chunks])
         found = (values, codes.astype(np.int16 if len(values) < 1 << 15 else np.int32))
         with _cache_lock:
             _warm_codes[key] = found
@@ -2015,10 +2013,8 @@ def _mask(table, filters, after_id, upto_id, coded=None):
     if upto_id is not None:
         terms.append(pc.less_equal(table["id"], upto_id))
     f = filters
-    one = {column: (value,) for column, value in (
-        ("project_id", f.project_id), ("container_id", f.container_id)) if value is not None}
-    for column, values in (("project_id", one.get("project_id")),
-                           ("container_id", one.get("container_id")),
+    for column, values in (("project_id", f.project_id is not None and (f.project_id,)),
+                           ("container_id", f.container_id is not None and (f.container_id,)),
                            ("service_name", f.service_names), ("level", f.levels),
                            ("kind", f.kinds), ("method", f.methods), ("source", f.sources),
                            ("route", f.routes)):
