@@ -370,10 +370,11 @@ def unstage(summary):
             db.execute(f"DELETE FROM temp.{tier.staged}")
 
 
-# Adding this many rows or more, the tiers are summed by Arrow's group-by
-# (`_summarize_columns`): 17 µs an entry in batches of 5,000 where the loop
-# below takes 41-51; its fixed cost (some 75 group-bys and joins, ~22 ms)
-# makes it the slower below about a thousand.
+# Adding this many rows or more, the tiers are summed with numpy
+# (`_summarize_columns`): 25 µs an entry in batches of 5,000 where the loop
+# below takes 41-51 (Arrow's group-by, before, 32 on the same day); its fixed cost
+# (some 90 factorizations and sorts) makes it the slower below about a
+# thousand.
 COLUMNAR_ROWS = 2_000
 
 
@@ -479,83 +480,109 @@ def _offsets(minutes):
 
 
 def _summarize_columns(rows, sign, weights, ids):
-    """`summarize` of many rows, the same rows in every tier, summed by
-    Arrow: a column per count (an entry's 1, or its weight, under the
-    columns of its level, kind, source and status class), grouped by each
-    tier's keys, the latency sketches grouped by key and bucket and joined
-    to them. (tests/test_stats.py pins both ways to one answer.)"""
-    segments.arrow_ready()
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """`summarize` of many rows, the same rows in every tier, summed with
+    numpy: each key column factorized to codes, a tier's keys combined
+    into one code a group (prefixes shared between tiers), each count
+    column a weighted bincount of the groups, the latency sketches the
+    distinct (group, bucket) pairs in order. (tests/test_stats.py pins
+    both ways to one answer.)"""
+    import numpy as np
 
     postgres = db.is_postgres()
-    # Names are text on PostgreSQL and numbers packed in bytes on SQLite,
-    # where b"" (never a packed number) stands for a missing container or
-    # service while grouping, "" once out, as the loop keys them.
-    name = pa.string() if postgres else pa.binary()
-    empty = "" if postgres else b""
-    integer = pa.int64()
+    n = len(rows)
     (ts_ms, project_id, container_id, service_name, level, kind, status, source, route,
      bucket, duration) = zip(*rows)
-    minutes = [ts // MINUTE_MS for ts in ts_ms]
+    step = np.full(n, sign, np.int64) if weights is None else \
+        np.array([sign * w for w in weights], np.int64)
+    minute = np.array(ts_ms, np.int64) // MINUTE_MS
     classes = [s // 100 if s is not None and 100 <= s <= 599 else 0 for s in status]
-    step = pa.array([sign] * len(rows) if weights is None else [sign * w for w in weights],
-                    integer)
     stored_level = _STORED_LEVEL[postgres]
-    # The count column each entry adds to, per breakdown.
-    at = {breakdown: pa.array(values, pa.int8()) for breakdown, values in (
-        ("level", [LEVEL_AT[v] for v in level]), ("kind", [KIND_AT[v] for v in kind]),
-        ("source", [SOURCE_AT[v] for v in source]),
-        ("status", [STATUS_AT[_CLASS[c]] if c else -1 for c in classes]))}
-    columns = {
-        "minute": pa.array(minutes, integer),
-        "hour": pa.array([m // 60 for m in minutes], integer),
-        "five_minutes": pa.array([m // 5 for m in minutes], integer),
-        "one": pa.array([0] * len(rows), integer),
-        "project_id": pa.array(project_id, name),
-        "container_id": pa.array([empty if v is None else v for v in container_id], name),
-        "service_name": pa.array([empty if v is None else v for v in service_name], name),
-        "route": pa.array(route, name),
-        "level": pa.array([stored_level[v] for v in level], pa.string()),
-        "status_class": pa.array(classes, integer),
-        "bucket": pa.array(bucket, integer),
-        "duration": pa.array(duration, pa.float64()),
-        "n": step,
+    level_at = np.array([LEVEL_AT[v] for v in level], np.int64)
+    kind_at = np.array([KIND_AT[v] for v in kind], np.int64)
+    # The count column each entry adds to, per breakdown (-1: none).
+    columns_at = np.stack((np.zeros(n, np.int64), level_at, kind_at,
+                           np.array([SOURCE_AT[v] for v in source], np.int64),
+                           np.array([STATUS_AT[_CLASS[c]] if c else -1 for c in classes],
+                                    np.int64)))
+    timed = np.array([b is not None for b in bucket], bool)
+    buckets = np.array([-1 if b is None else b for b in bucket], np.int64)
+    longest = np.array([-np.inf if d is None else d for d in duration], np.float64)
+    errors = step * (level_at == LEVEL_AT["error"])
+    values = {  # each key column's value per row, as the tiers key it
+        "project_id": project_id,
+        "container_id": ["" if v is None else v for v in container_id],
+        "service_name": ["" if v is None else v for v in service_name],
+        "route": route, "level": [stored_level[v] for v in level], "status_class": classes,
     }
-    for index, column in enumerate(COUNT_COLUMNS[1:], 1):
-        breakdown = column.split("_", 1)[0]
-        columns[column] = pc.multiply(pc.cast(pc.equal(at[breakdown], index), integer), step)
-    columns["errors"] = columns["level_error"]
-    entries = pa.table(columns)
-    # A route's counts are calls (see the loop).
-    calls = entries.filter(pc.and_(pc.is_valid(entries.column("route")),
-                                   pc.not_equal(at["kind"], KIND_AT["request"])))
-    offsets = _offsets(minutes) if ids else {}
+    numbers = {"minute": minute, "hour": minute // 60, "five_minutes": minute // 5,
+               "one": np.zeros(n, np.int64)}
+    coded, groups = {}, {}
+
+    def codes(key):
+        """(a code for each row's value of key column `key`, how many)."""
+        found = coded.get(key)
+        if found is None:
+            if key in numbers:
+                distinct, inverse = np.unique(numbers[key], return_inverse=True)
+                found = (inverse, len(distinct))
+            else:
+                index = {}
+                found = (np.array([index.setdefault(v, len(index)) for v in values[key]],
+                                  np.int64), len(index))
+            coded[key] = found
+        return found
+
+    def grouped(keys, among):
+        """(the group of each row of `among`, how many groups, the first
+        row of each) by the tier keys `keys`; a tier's groups are its
+        prefix's, split by its last key (a prefix is grouped once)."""
+        found = groups.get((keys, among is None))
+        if found is None:
+            last, size = codes(keys[-1])
+            last = last if among is None else last[among]
+            combined = last if len(keys) == 1 else grouped(keys[:-1], among)[0] * size + last
+            distinct, first, inverse = np.unique(combined, return_index=True,
+                                                 return_inverse=True)
+            found = groups[(keys, among is None)] = (inverse, len(distinct), first)
+        return found
+
+    calls = np.flatnonzero(np.array([r is not None for r in route], bool)
+                           & (kind_at != KIND_AT["request"]))
+    offsets = _offsets(minute.tolist()) if ids else {}
     summary = []
-    for tiers, base in ((TIERS, entries), (ROUTE_TIERS, calls)):
-        timed = base.filter(pc.is_valid(base.column("bucket")))
+    for tiers, among in ((TIERS, None), (ROUTE_TIERS, calls)):
+        rows_of = np.arange(n) if among is None else among
         for tier in tiers.values():
-            keys = list(tier.keys)
-            sums = [(c, "sum") for c in tier.counts]
-            grouped = base.group_by(keys, use_threads=False).aggregate(
-                sums + ([("duration", "max")] if tier.with_max else []))
+            keys = tier.keys
+            group, size, first = grouped(tuple(keys), among)
+            at = rows_of[first]  # a row of each group, for its key values
+            parts = [numbers[k][at].tolist() if k in numbers else
+                     [values[k][i] for i in at.tolist()] for k in keys]
+            weight = step[rows_of]
+            if tier.counts is COUNT_COLUMNS:
+                spots = columns_at[:, rows_of]
+                kept = spots >= 0
+                flat = (group * WIDTH + spots)[kept]
+                sums = np.bincount(flat, np.broadcast_to(weight, spots.shape)[kept],
+                                   size * WIDTH).reshape(size, WIDTH)
+            elif tier.counts is ROUTE_COUNT_COLUMNS:
+                sums = np.stack((np.bincount(group, weight, size),
+                                 np.bincount(group, errors[rows_of], size)), axis=1)
+            else:
+                sums = np.bincount(group, weight, size)[:, None]
+            counted = np.rint(sums).astype(np.int64).tolist()
+            if postgres:  # zeros as NULL but `n` (see Tier)
+                counted = [[row[0], *(v or None for v in row[1:])] for row in counted]
+            extra = []
             if tier.with_lat:
-                grouped = grouped.join(_sketched(timed, keys), keys, join_type="left outer",
-                                       use_threads=False)
-            parts = [grouped.column(k).to_pylist() for k in keys]
-            if not postgres:
-                parts = [["" if v == b"" else v for v in part]
-                         if k in ("container_id", "service_name") else part
-                         for k, part in zip(keys, parts)]
-            for index, column in enumerate(tier.counts):
-                values = grouped.column(f"{column}_sum").to_pylist()
-                # PostgreSQL: zeros as NULL but `n` (see Tier).
-                parts.append([v or None for v in values] if postgres and index else values)
-            if tier.with_lat:
-                parts.append(grouped.column("lat").to_pylist())
+                extra.append(_sketch_texts(group, size, timed[rows_of], buckets[rows_of],
+                                           weight))
             if tier.with_max:
-                parts.append(grouped.column("duration_max").to_pylist())
-            found = list(zip(*parts))
+                most = np.full(size, -np.inf)
+                np.maximum.at(most, group, longest[rows_of])
+                extra.append([None if v == -np.inf else v for v in most.tolist()])
+            found = [(*key, *counts, *more) for key, counts, more in
+                     zip(zip(*parts), counted, zip(*extra) if extra else ((),) * size)]
             if tier.with_ids:
                 found = [(*row, *offsets.get(row[0], (None, None))) for row in found]
             if postgres:  # in key order, see _rows
@@ -565,23 +592,27 @@ def _summarize_columns(rows, sign, weights, ids):
     return summary
 
 
-def _sketched(timed, keys):
-    """The stored sketch (sketch.dumps's text) of each key of `keys` among
-    the rows of `timed` (those with a latency bucket): a table of the keys
-    and `lat`."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _sketch_texts(group, size, timed, buckets, weight):
+    """The stored sketch (sketch.dumps's text) of each of `size` groups,
+    from its rows' latency buckets (those `timed`) and weights; None for a
+    group without one."""
+    import numpy as np
 
-    pairs = timed.group_by([*keys, "bucket"], use_threads=False).aggregate(
-        [("n", "sum")]).sort_by("bucket")
-    text = pc.binary_join_element_wise(pc.cast(pairs.column("bucket"), pa.string()),
-                                       pc.cast(pairs.column("n_sum"), pa.string()), ",")
-    # A list keeps its group's rows in their order: by bucket.
-    listed = pa.table([*(pairs.column(k) for k in keys), text], names=[*keys, "pair"]).group_by(
-        keys, use_threads=False).aggregate([("pair", "list")])
-    return pa.table([*(listed.column(k) for k in keys), pc.binary_join_element_wise(
-        pa.scalar("["), pc.binary_join(listed.column("pair_list"), ","), pa.scalar("]"), "")],
-        names=[*keys, "lat"])
+    texts = [None] * size
+    if not timed.any():
+        return texts
+    span = int(buckets.max()) + 1
+    pairs, inverse = np.unique(group[timed] * span + buckets[timed], return_inverse=True)
+    counts = np.rint(np.bincount(inverse, weight[timed], len(pairs))).astype(np.int64)
+    groups = pairs // span
+    items = [f"{b},{c}" for b, c in zip((pairs % span).tolist(), counts.tolist())]
+    # Each group's pairs are consecutive, in bucket order.
+    starts = np.flatnonzero(np.diff(groups, prepend=-1)).tolist()
+    ends = starts[1:] + [len(items)]
+    for g, start, end in zip(groups[starts].tolist(), starts, ends):
+        texts[g] = f"[{items[start]}]" if end - start == 1 else \
+            "[" + ",".join(items[start:end]) + "]"
+    return texts
 
 
 _CLASS = {c: f"{c}xx" for c in range(1, 6)}
