@@ -247,8 +247,8 @@ def test_stats_without_a_scope_count_each_container_and_service_exactly(make_app
 
 
 def test_a_large_batch_summed_in_columns_is_counted_exactly(make_app):
-    """A batch of COLUMNAR_ROWS entries or more is summed per tier by
-    Arrow's group-by, not by the loop that sums smaller ones: every
+    """A batch of COLUMNAR_ROWS entries or more is summed per tier with
+    numpy, not by the loop that sums smaller ones: every
     breakdown, latency, route and minute it adds equals a count of the
     entries, and so after retention takes some away (a subtraction, by the
     loop) and small batches add more."""

@@ -371,11 +371,12 @@ def unstage(summary):
 
 
 # Adding this many rows or more, the tiers are summed with numpy
-# (`_summarize_columns`): 25 µs an entry in batches of 5,000 where the loop
-# below takes 41-51 (Arrow's group-by, before, 32 on the same day); its fixed cost
-# (some 90 factorizations and sorts) makes it the slower below about a
-# thousand.
-COLUMNAR_ROWS = 2_000
+# (`_summarize_columns`): 25 µs an entry in batches of 5,000, 34-40 in
+# batches of 1,000, where the loop below takes 41-80 (Arrow's group-by,
+# before, 32 at 5,000 on the same day); its fixed cost (some 90
+# factorizations and sorts) makes it the slower below about 400 (at 200:
+# 60-68 against 44-51).
+COLUMNAR_ROWS = 500
 
 
 def summarize(rows, sign=1, weights=None, ids=False):
