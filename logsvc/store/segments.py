@@ -1465,9 +1465,6 @@ def _warm_columns(metas):
     groups_left = WARM_GROUPS
     live = {_key(meta) for meta in metas}
     with _cache_lock:
-        # The warm columns of segments merged or dropped since: a merged
-        # segment's are taken from its sources' (`_rebuilt`).
-        gone = {key: table for key, table in _warm_tables.items() if key not in live}
         for kept in (_warm_tables, _warming):
             for key in [key for key in kept if key not in live]:
                 del kept[key]  # merged, dropped, or another store's
@@ -1481,19 +1478,7 @@ def _warm_columns(metas):
         if key in _warm_tables:
             continue
         sizes = _layout(meta)[1]
-        if sum(sizes) * 64 > room:
-            break
-        if gone and key not in _warming:
-            try:
-                table = _rebuilt(meta, gone, sizes)
-            except db.Stale:
-                continue  # merged or dropped meanwhile
-            if table is not None:
-                with _cache_lock:
-                    _warm_tables[key] = table
-                room -= table.nbytes
-                continue
-        if groups_left <= 0:
+        if sum(sizes) * 64 > room or groups_left <= 0:
             break
         groups = _warming.setdefault(key, [])
         try:
@@ -1515,38 +1500,6 @@ def _warm_columns(metas):
         with _cache_lock:
             _warm_tables[key] = table
         room -= table.nbytes
-
-
-def _rebuilt(meta, held, sizes):
-    """The warm columns of a merged segment, taken row by row, by id, from
-    those of the segments it merged (`held`: the warm columns of segments
-    gone since the last round) rather than decoded from its file: the
-    first questions after a merge then find them as they found the merged
-    ones' (decoding them is spread over several rounds). Only its ids are
-    decoded, and each must be found among theirs (else None: decoded)."""
-    arrow_ready()
-    import numpy as np
-    import pyarrow as pa
-
-    store, _, low, high = _key(meta)
-    sources = [table for (owner, _, first, last), table in held.items()
-               if owner == store and low <= first and last <= high]
-    if not sources:
-        return None
-    ids = _file(meta).read(columns=["id"], use_threads=False)["id"].to_numpy()
-    rows = pa.concat_tables(sources).unify_dictionaries().combine_chunks()
-    known = rows["id"].to_numpy()
-    by_id = np.argsort(known, kind="stable")
-    at = by_id[np.minimum(np.searchsorted(known, ids, sorter=by_id), len(known) - 1)]
-    if len(ids) != sum(sizes) or not np.array_equal(known[at], ids):
-        return None  # a source not held, or rows not theirs
-    taken = rows.take(pa.array(at))
-    starts = np.cumsum([0, *sizes[:-1]]).tolist()
-    # A chunk per row group, as `_warm_columns` keeps them.
-    return pa.table([pa.chunked_array([whole.slice(start, size)
-                                       for start, size in zip(starts, sizes)], type=whole.type)
-                     for whole in (column.combine_chunks() for column in taken.columns)],
-                    names=taken.column_names)
 
 
 def _warm_table(key):
