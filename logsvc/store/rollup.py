@@ -551,21 +551,21 @@ def _summarize_columns(rows, sign, weights, ids):
                            & (kind_at != KIND_AT["request"]))
     offsets = _offsets(minute.tolist()) if ids else {}
     summary = []
+    kept = columns_at >= 0
+    counted_weights = np.broadcast_to(step, columns_at.shape)[kept]
     for tiers, among in ((TIERS, None), (ROUTE_TIERS, calls)):
+        # The tiers' rows: every entry, or the calls (route tiers).
         rows_of = np.arange(n) if among is None else among
+        weight = step[rows_of]
         for tier in tiers.values():
             keys = tier.keys
             group, size, first = grouped(tuple(keys), among)
             at = rows_of[first]  # a row of each group, for its key values
             parts = [numbers[k][at].tolist() if k in numbers else
                      [values[k][i] for i in at.tolist()] for k in keys]
-            weight = step[rows_of]
-            if tier.counts is COUNT_COLUMNS:
-                spots = columns_at[:, rows_of]
-                kept = spots >= 0
-                flat = (group * WIDTH + spots)[kept]
-                sums = np.bincount(flat, np.broadcast_to(weight, spots.shape)[kept],
-                                   size * WIDTH).reshape(size, WIDTH)
+            if tier.counts is COUNT_COLUMNS:  # the scope tiers, of every entry
+                flat = (group * WIDTH + columns_at)[kept]
+                sums = np.bincount(flat, counted_weights, size * WIDTH).reshape(size, WIDTH)
             elif tier.counts is ROUTE_COUNT_COLUMNS:
                 sums = np.stack((np.bincount(group, weight, size),
                                  np.bincount(group, errors[rows_of], size)), axis=1)
@@ -611,8 +611,7 @@ def _sketch_texts(group, size, timed, buckets, weight):
     starts = np.flatnonzero(np.diff(groups, prepend=-1)).tolist()
     ends = starts[1:] + [len(items)]
     for g, start, end in zip(groups[starts].tolist(), starts, ends):
-        texts[g] = f"[{items[start]}]" if end - start == 1 else \
-            "[" + ",".join(items[start:end]) + "]"
+        texts[g] = "[" + ",".join(items[start:end]) + "]"
     return texts
 
 
