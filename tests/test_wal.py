@@ -12,6 +12,7 @@ import orjson
 import pytest
 import requests
 
+from logsvc.store import db
 from logsvc.testing import INGEST, LOGS, Server, gz, make_entry
 
 STREAM = LOGS + "/stream"
@@ -165,3 +166,44 @@ def test_an_idle_log_is_given_back_while_a_tail_stays_open(tmp_path):
     assert trimmed == 0
     assert total == 2 * PER_BATCH
     assert len(seen) == len(set(seen)) == 2 * PER_BATCH
+
+
+@pytest.mark.sqlite_only("PostgreSQL's writers queue for their row locks in order")
+def test_a_waiting_writer_gets_in_between_another_writers_transactions(make_app):
+    """A thread writing transaction after transaction (as the background's
+    seal and the pages it gives back do) lets a writer that waits in
+    SQLite's busy handler go first, instead of leaving it the microseconds
+    between two of its transactions."""
+    store = make_app().extensions["logsvc"].store
+    events, lock = [], threading.Lock()
+    holding = threading.Event()
+
+    def note(event):
+        with lock:
+            events.append(event)
+
+    def steps():
+        with db.using(store):
+            for n in range(15):
+                with db.database.atomic():
+                    db.execute("INSERT INTO meta (key, value) VALUES (?, 'x')", (f"turn-a{n}",))
+                    if n == 2:
+                        holding.set()  # the other writer starts waiting now
+                    time.sleep(0.04)  # the write lock held, as a seal's step holds it
+                note(f"a{n}")
+
+    def one_write():
+        holding.wait(10)
+        with db.using(store), db.database.atomic():
+            db.execute("INSERT INTO meta (key, value) VALUES ('turn-b', 'x')")
+        note("b")
+
+    threads = [threading.Thread(target=steps), threading.Thread(target=one_write)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(events) == sorted(["b", *(f"a{n}" for n in range(15))])
+    # It waited for the transaction it found (and perhaps one more), not
+    # for all of them.
+    assert events.index("b") <= events.index("a4"), events
