@@ -45,6 +45,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import gevent
 import peewee
+from gevent import monkey
 
 from logsvc import runtime
 
@@ -161,8 +162,6 @@ def os_lock():
     """A lock of the operating system, also when gevent has patched
     `threading`: the database threads are real threads, and a gevent lock
     shared between them can stall."""
-    from gevent import monkey
-
     return monkey.get_original("_thread", "allocate_lock")()
 
 
@@ -202,7 +201,7 @@ class _TakingTurns(peewee.SqliteDatabase):
                 deadline = time.monotonic() + self._patience_s
                 with self._turns.waiting():
                     while True:
-                        _real_sleep(self.RETRY_S)
+                        real_sleep(self.RETRY_S)
                         if self._began(cursor, statement, time.monotonic() > deadline):
                             return
             finally:
@@ -232,14 +231,13 @@ class _TakingTurns(peewee.SqliteDatabase):
 
 
 class _TurnFile:
-    """The lock file of `_TakingTurns`, and when each of this process's
-    threads last committed. A lock is taken on a descriptor opened for it
-    (flock locks belong to an open file: threads of one process see each
-    other's)."""
+    """The lock file of `_TakingTurns`, and when this thread last committed.
+    A lock is taken on a descriptor opened for it (flock locks belong to
+    an open file: threads of one process see each other's)."""
 
     def __init__(self, path):
         self.path = path
-        self.last = {}  # OS thread -> when it last committed or rolled back
+        self.thread = _os_local()  # .ended: when it last committed or rolled back
 
     def _open(self):
         try:
@@ -259,10 +257,10 @@ class _TurnFile:
                 os.close(fd)  # and its lock with it
 
     def ended(self):
-        self.last[_os_thread()] = time.monotonic()
+        self.thread.ended = time.monotonic()
 
     def let_waiters_in(self):
-        ended = self.last.get(_os_thread())
+        ended = getattr(self.thread, "ended", None)
         if ended is None or time.monotonic() >= ended + _TakingTurns.TURN_S:
             return
         fd = self._open()
@@ -273,7 +271,7 @@ class _TurnFile:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:  # someone waits for the write lock
-                    _real_sleep(_TakingTurns.RETRY_S)
+                    real_sleep(_TakingTurns.RETRY_S)
                     continue
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 return
@@ -281,16 +279,11 @@ class _TurnFile:
             os.close(fd)
 
 
-def _os_thread():
-    from gevent import monkey
-
-    return monkey.get_original("_thread", "get_ident")()
-
-
-def _real_sleep(seconds):
-    from gevent import monkey
-
-    monkey.get_original("time", "sleep")(seconds)
+# The operating system's sleep and thread-local values, also once gevent
+# has patched them: for code that runs on the database threads (real
+# threads), where gevent's would be per greenlet or yield to its hub.
+real_sleep = monkey.get_original("time", "sleep")
+_os_local = monkey.get_original("threading", "local")
 
 
 _converted = {}

@@ -45,8 +45,6 @@ import os
 import random
 import time
 
-from gevent import monkey
-
 from .. import runtime
 from . import db
 
@@ -54,7 +52,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_WAIT_MS = 5_000
 PATIENCE_S = 60.0
-_sleep = monkey.get_original("time", "sleep")  # this runs on a real thread
 
 
 def _log_path(store):
@@ -144,4 +141,4 @@ def before_write(store):
             # Write anyway: losing the batch would be worse than a big log.
             log.warning("WAL checkpoint kept busy for %.0f s; writing anyway", PATIENCE_S)
             return
-        _sleep(0.01)
+        db.real_sleep(0.01)  # this runs on a database thread
