@@ -32,6 +32,23 @@ def test_level_accepts_a_comma_separated_union(filled):
     assert page["total"] == len(ids(page)) and page["totalExact"] is True
 
 
+@pytest.mark.parametrize("params, predicate", [
+    ({"level": "warn,error", "serviceName": "billing-api"},
+     lambda e: e["status"] in (404, 429, 500, 503) and e["serviceName"] == "billing-api"),
+    ({"status": "2xx,5xx", "serviceName": "user-api"},
+     lambda e: e["status"] in (200, 201, 500, 503) and e["serviceName"] == "user-api"),
+    ({"kind": "request,event"}, lambda e: e["kind"] != "response")])
+def test_a_total_of_several_values_counts_each_where_a_counter_row_lacks_one(
+        filled, params, predicate):
+    # A page of one: the total is the counters' alone, not the page's length.
+    # Most counter rows hold one level, class or kind of the two (PostgreSQL
+    # keeps the other's count as NULL).
+    wanted = len(expected_ids(predicate))
+    for paging in ({"limit": 1}, {"last": 1}, {"limit": 1, "offset": 5, "order": "desc"}):
+        page = filled.page(**params, **paging)
+        assert (page["total"], page["totalExact"]) == (wanted, True), paging
+
+
 def test_repeated_level_parameters_are_a_union_too(filled):
     assert filled.page(level=["warn", "error"])["total"] == filled.page(level="warn,error")["total"]
 

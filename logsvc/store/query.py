@@ -379,8 +379,10 @@ def _count(filters, cap=None, memo=None):
                                 columns=columns)
         if source is None:
             return 0, True
+        # Each column summed on its own: PostgreSQL keeps a count of 0 as
+        # NULL (rollup.Tier), and a row's `a + b` would be NULL with it.
         (n,) = db.execute(
-            f"SELECT CAST(coalesce(SUM({' + '.join(columns)}), 0) AS BIGINT) "
+            f"SELECT CAST({' + '.join(f'coalesce(SUM({c}), 0)' for c in columns)} AS BIGINT) "
             f"FROM ({source[0]}) AS counted "
             f"WHERE {where}", [*source[1], *params]).fetchone()
         return n, True
