@@ -43,6 +43,7 @@ QUESTIONS = [
     (LOGS, {}), (LOGS, {"order": "desc"}), (LOGS, {"last": 17}),
     (LOGS, {"afterId": 50, "limit": 30}), (LOGS, {"offset": 140, "limit": 20}),
     (LOGS, {"order": "slowest", "limit": 50}), (LOGS, {"order": "desc", "offset": 300}),
+    (LOGS, {"order": "slowest", "limit": 0}), (LOGS, {"limit": 0, "order": "desc"}),
     (LOGS, {"q": "word3"}), (LOGS, {"q": "word3", "order": "desc", "limit": 15}),
     (LOGS, {"q": "word3", "includeResponseBody": "true", "includeRequestBody": "true"}),
     (LOGS, {"q": "zanzibar1 OR word2"}), (LOGS, {"q": "zanz*", "order": "desc"}),

@@ -169,7 +169,7 @@ def _list_with_sealed(filters, page, through):
     if page.order == "slowest":
         older = sealed(need, "desc", slowest=True)
         count = need
-        if len(older) >= need:
+        if need and len(older) >= need:
             # Only the hot entries slower than the page's last sealed one
             # can be on the page: found by their keys first, read whole
             # after (most of a long history's slowest are sealed).
