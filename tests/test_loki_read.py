@@ -269,6 +269,21 @@ def test_what_is_not_supported_or_malformed_is_a_400_that_says_so(loaded, params
     assert names in found["message"], found  # Grafana shows `message`
 
 
+@pytest.mark.parametrize("path", ["/query_range", "/query", "/labels", "/label/level/values",
+                                  "/series", "/index/stats"])
+@pytest.mark.parametrize("name, value", [
+    ("start", "9" * 30), ("end", "-" + "9" * 25), ("end", "9" * 12 + ".5"),
+    ("start", "9999-12-31T00:00:00Z"), ("time", "9" * 20)])
+def test_a_time_beyond_what_nanoseconds_hold_is_a_400_naming_it(loaded, path, name, value):
+    params = {"query": '{projectId="shop"}', "match[]": '{projectId="shop"}', name: value}
+    response = loaded.get(API + path, query_string=params, headers=ADMIN)
+    if (name == "time") != (path == "/query"):
+        assert response.status_code == 200  # a parameter the endpoint does not take
+        return
+    assert response.status_code == 400, response.data
+    assert f"'{name}'" in response.json["message"] and "out of range" in response.json["message"]
+
+
 # --- access ----------------------------------------------------------------------
 
 def test_a_credential_sees_its_own_scope_only_through_every_endpoint(loaded):
