@@ -269,6 +269,21 @@ def test_what_is_not_supported_or_malformed_is_a_400_that_says_so(loaded, params
     assert names in found["message"], found  # Grafana shows `message`
 
 
+def test_a_sum_of_series_is_rounded_once_whatever_order_they_come_in(client):
+    # Ten series of 0.1 ms each: added one by one in floating point they
+    # make 0.9999999999999999 (and another order may make another number).
+    Store(client).ingest([{"kind": "event", "projectId": "p", "serviceName": f"s{i}",
+                           "url": "/x", "durationMs": 0.1, "tsMs": T0 + 1_000}
+                          for i in range(10)])
+    # (An average per series is not added up by the store: the series are.)
+    found = matrix(client, 'sum(avg_over_time({projectId="p"} | unwrap durationMs [1h]))',
+                   step="3600")
+    assert found == {(): {(T0 + 3_600_000) // 1000: "1"}}
+    average = matrix(client, 'avg(avg_over_time({projectId="p"} | unwrap durationMs [1h]))',
+                     step="3600")
+    assert average == {(): {(T0 + 3_600_000) // 1000: "0.1"}}
+
+
 @pytest.mark.parametrize("path", ["/query_range", "/query", "/labels", "/label/level/values",
                                   "/series", "/index/stats"])
 @pytest.mark.parametrize("name, value", [

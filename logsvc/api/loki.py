@@ -605,9 +605,9 @@ def _window(function, cells, range_ms, parameter):
     if not timed:
         return None
     if function == "sum_over_time":
-        return float(sum(c.total_ms for c in cells))
+        return math.fsum(c.total_ms for c in cells)
     if function == "avg_over_time":
-        return sum(c.total_ms for c in cells) / timed
+        return math.fsum(c.total_ms for c in cells) / timed
     if function == "min_over_time":
         return float(min(c.least_ms for c in cells if c.least_ms is not None))
     most = max((c.most_ms for c in cells if c.most_ms is not None), default=None)
@@ -708,15 +708,17 @@ def _aggregate(node, grid, scope):
 
 
 def _combine(operation, values):
+    # Sums of floats correctly rounded (math.fsum): the same answer whatever
+    # order the series come in (hot or sealed entries, SQLite or PostgreSQL).
     if operation == "sum":
-        return float(sum(values))
+        return math.fsum(values)
     if operation == "count":
         return float(len(values))
     if operation == "min":
         return float(min(values))
     if operation == "max":
         return float(max(values))
-    return sum(values) / len(values)  # avg
+    return math.fsum(values) / len(values)  # avg
 
 
 def _top(node, found, key_of):
