@@ -108,6 +108,28 @@ def test_otlp_that_cannot_be_read_is_a_4xx_and_stores_nothing(client, body, cont
     assert entries(client) == []
 
 
+@pytest.mark.parametrize("request_body, named", [
+    ({"resourceLogs": 7}, "resourceLogs must be a list"),
+    ({"resourceLogs": ["x"]}, "each of resourceLogs must be an object"),
+    ({"resourceLogs": [{"resource": "shop"}]}, "resource must be an object"),
+    ({"resourceLogs": [{"resource": {"attributes": 3}}]}, "attributes must be a list"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": True}]}]}, "logRecords must be a list"),
+    ({"resourceLogs": [{"scopeLogs": "x"}]}, "scopeLogs must be a list"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [
+        {"body": {"stringValue": "ok"}},
+        {"attributes": [{"key": "k", "value": {"arrayValue": [1]}}]}]}]}]},
+     "arrayValue must be an object"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [
+        {"attributes": [{"key": "k", "value": {"kvlistValue": {"values": "v"}}}]}]}]}]},
+     "attributes must be a list")])
+def test_otlp_json_of_the_wrong_shape_is_a_400_naming_the_part_and_stores_nothing(
+        client, request_body, named):
+    response = client.post("/otlp/v1/logs", json=request_body, headers=ADMIN)
+    assert response.status_code == 400, response.data
+    assert named in response.json["message"]
+    assert entries(client) == []
+
+
 def test_a_loki_push_stores_each_line_with_its_labels(client):
     push = {"streams": [
         {"stream": {"projectId": "shop", "serviceName": "edge", "level": "warn", "job": "nginx"},

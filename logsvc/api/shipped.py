@@ -162,15 +162,35 @@ def _any_value(value):
     if "bytesValue" in value:
         return value["bytesValue"]
     if "arrayValue" in value:
-        return [_any_value(v) for v in (value["arrayValue"] or {}).get("values", [])]
+        return [_any_value(v) for v in _list(_object(value["arrayValue"], "arrayValue")
+                                              .get("values"), "arrayValue.values")]
     if "kvlistValue" in value:
-        return _attributes((value["kvlistValue"] or {}).get("values", []))
+        return _attributes(_object(value["kvlistValue"], "kvlistValue").get("values"))
     return None
+
+
+def _object(value, what):
+    """`value` as an object of the request ({} for none); ValueError if it
+    is something else (a body of the wrong shape is the sender's error)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be an object")
+    return value
+
+
+def _list(value, what):
+    """`value` as a list of the request ([] for none), as `_object`."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list")
+    return value
 
 
 def _attributes(items):
     out = {}
-    for item in items or ():
+    for item in _list(items, "attributes"):
         try:
             # Most attributes are strings: read without a call.
             key, value = item["key"], item["value"]["stringValue"]
@@ -199,12 +219,13 @@ def otlp_entries(request):
     if not isinstance(request, dict):
         raise ValueError("the body must be an ExportLogsServiceRequest object")
     entries = []
-    for resource_logs in request.get("resourceLogs") or []:
-        if not isinstance(resource_logs, dict):
-            raise ValueError("resourceLogs must hold objects")
-        resource = _attributes((resource_logs.get("resource") or {}).get("attributes"))
-        for scope_logs in resource_logs.get("scopeLogs") or []:
-            for record in (scope_logs or {}).get("logRecords") or []:
+    for resource_logs in _list(request.get("resourceLogs"), "resourceLogs"):
+        resource_logs = _object(resource_logs, "each of resourceLogs")
+        resource = _attributes(_object(resource_logs.get("resource"), "resource")
+                               .get("attributes"))
+        for scope_logs in _list(resource_logs.get("scopeLogs"), "scopeLogs"):
+            records = _object(scope_logs, "each of scopeLogs").get("logRecords")
+            for record in _list(records, "logRecords"):
                 if not isinstance(record, dict):
                     raise ValueError("logRecords must hold objects")
                 attributes = {**resource, **_attributes(record.get("attributes"))}
