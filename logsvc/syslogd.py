@@ -46,7 +46,12 @@ class Collector:
         self.stored = 0
 
     def add(self, message):
-        entry = syslog.entry_of(message, self.project)
+        try:
+            entry = syslog.entry_of(message, self.project)
+        except Exception:  # one message must not stop the listener
+            log.exception("syslog: a message could not be read; kept as its text")
+            entry = {"kind": "event", "projectId": self.project,
+                     "data": {"message": message.decode("utf-8", "replace")}}
         if entry is None:
             return
         with self.lock:

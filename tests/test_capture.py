@@ -382,6 +382,12 @@ def test_access_log_lines_become_entries(line, expected):
 def test_unreadable_lines_are_skipped():
     assert parse_line("garbage") is None and parse_line("{not json") is None
     assert parse_line('{"a": 1}') is None and parse_line("") is None
+    # JSON that looks like Caddy's or Traefik's with a field of another type
+    # or out of range: not theirs, and the import goes on.
+    for line in ('{"request": "GET / HTTP/1.1", "ts": 1}',
+                 '{"RequestMethod": "GET", "StartUTC": 5}',
+                 '{"RequestMethod": "GET", "StartUTC": "2024-06-12T14:33:54Z", "Duration": 1e400}'):
+        assert parse_line(line) is None, line
 
 
 def test_the_import_command_sends_a_file_with_progress(server, tmp_path):

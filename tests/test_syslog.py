@@ -66,6 +66,13 @@ def test_access_log_lines_become_calls():
     assert haproxy["data"]["backend"] == "app" and haproxy["data"]["server"] == "srv1"
 
 
+def test_a_json_body_of_no_known_access_log_format_is_kept_as_a_message():
+    # "request" as a string is not Caddy's log (an object there).
+    found = entry_of(b'<190>nginx: {"status": 500, "request": "POST /pay HTTP/1.1"}', "edge", NOW)
+    assert found["kind"] == "event"
+    assert found["data"]["message"].strip() == '{"status": 500, "request": "POST /pay HTTP/1.1"}'
+
+
 def test_tcp_framing_octet_counted_and_newline_ended():
     one, two = b"<13>1 - - a - - - first", b"<13>1 - - a - - - second\nline"
     found, rest = frames(b"%d %s%d %s" % (len(one), one, len(two), two) + b"<13>third\n<13>fo")

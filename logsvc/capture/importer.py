@@ -40,7 +40,8 @@ def parse_line(line, fmt="auto"):
             return _caddy(record)
         if fmt == "traefik" or (fmt == "json" and "RequestMethod" in record):
             return _traefik(record)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        # (A field of another type than the format's, a number out of range.)
         return None
     return None
 
