@@ -61,7 +61,10 @@ def resolve(url, allow=()):
     URL whose every address may be called; WebhookRefused otherwise."""
     if not isinstance(url, str) or len(url) > MAX_URL:
         raise WebhookRefused(f"Must be an http or https URL of at most {MAX_URL} characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise WebhookRefused(f"Is not a URL ({exc})") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("Must be an http or https URL with a host")
     if parts.username or parts.password:

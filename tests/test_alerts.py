@@ -120,6 +120,7 @@ def test_a_rule_is_created_read_changed_and_deleted(client, receiver):
     ({"filters": {"q": '"unclosed'}}, "filters.q"),
     ({"webhook": "ftp://hooks.example.com/x"}, "webhook"),
     ({"webhook": "http://user:secret@hooks.example.com/x"}, "webhook"),
+    ({"webhook": "http://[::1/hook"}, "webhook"),
     ({"labels": {"bad key": "x"}}, "labels"),
     ({"enabled": "maybe"}, "enabled"),
 ])
