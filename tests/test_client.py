@@ -306,6 +306,14 @@ def test_cli_errors_are_one_line_naming_the_problem(server, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
         f"logsvc: cannot read {tmp_path / 'missing.ndjson'}: No such file or directory"]
+    broken = tmp_path / "broken.ndjson"
+    broken.write_text('{"kind": "event", "url": "/a"}\n\n{"kind": \n')
+    unread = cli(server, "ingest", str(broken))
+    assert unread.returncode == 2
+    assert unread.stderr.strip().splitlines() == [
+        f"logsvc: {broken}: line 3 is not JSON: unexpected end of data at column 10; "
+        "nothing was sent"]
+    assert cli(server, "query", "--ndjson").stdout == ""  # the good first line neither
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -234,10 +234,22 @@ def _ingest(args, client):
     with handle:
         raw = handle.read()
     stripped = raw.lstrip()
+    # Read whole before anything is sent: a file that is not JSON is named
+    # with its line, and none of it is stored.
     if stripped.startswith(b"["):
-        items = orjson.loads(raw)
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _unreadable(args.file, f"not a JSON array ({exc})")
     else:
-        items = [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+        items = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    return _unreadable(args.file, f"line {number} is not JSON: {exc.msg} at "
+                                                  f"column {exc.colno}")
     total = {"accepted": 0, "rejected": []}
     for start in range(0, len(items), args.batch):
         answer = client.ingest(items[start:start + args.batch], batch_size=args.batch)
@@ -249,6 +261,12 @@ def _ingest(args, client):
                       "firstRejected": total["rejected"][:5]}))
     if total["rejected"] and not total["accepted"]:
         raise ApiError(422, "every entry was rejected")
+
+
+def _unreadable(name, why):
+    print(f"logsvc: {'standard input' if name == '-' else name}: {why}; nothing was sent",
+          file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _import(args, client):
