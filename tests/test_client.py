@@ -191,6 +191,11 @@ def test_cli_ingest_query_and_stats(server, tmp_path):
     assert "id=40" in table.stdout and "-- 2 of 40 --" in table.stderr
     stats = cli(server, "stats")
     assert "total" in stats.stdout and "40" in stats.stdout and "level" in stats.stdout
+    # One object over several lines, as the API takes one.
+    pretty = tmp_path / "one.json"
+    pretty.write_text(json.dumps({**entries(1)[0], "url": "/pretty"}, indent=2))
+    done = cli(server, "ingest", str(pretty))
+    assert done.returncode == 0 and json.loads(done.stdout)["accepted"] == 1, done.stderr
 
 
 def output_lines(proc):

@@ -243,7 +243,12 @@ def _ingest(args, client):
             return _unreadable(args.file, f"not a JSON array ({exc})")
     else:
         items = []
-        for number, line in enumerate(raw.splitlines(), 1):
+        if stripped.startswith(b"{") and b"\n" in stripped.strip():
+            try:  # one object over several lines (as the API takes one)
+                items = [orjson.loads(raw)]
+            except orjson.JSONDecodeError:
+                items = []  # NDJSON, read line by line below
+        for number, line in enumerate(raw.splitlines() if not items else (), 1):
             if line.strip():
                 try:
                     items.append(orjson.loads(line))
