@@ -319,6 +319,11 @@ def test_cli_errors_are_one_line_naming_the_problem(server, tmp_path):
         f"logsvc: {broken}: line 3 is not JSON: unexpected end of data at column 10; "
         "nothing was sent"]
     assert cli(server, "query", "--ndjson").stdout == ""  # the good first line neither
+    state = tmp_path / "no-such-dir" / "tail.state"
+    unwritable = cli(server, "tail", "--state-file", str(state))
+    assert unwritable.returncode == 2 and unwritable.stdout == ""
+    assert unwritable.stderr.strip().splitlines() == [
+        f"logsvc: cannot write the state file {state}: No such file or directory"]
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -127,6 +127,9 @@ def run(args, config):
     except requests.ConnectionError:
         print(f"logsvc: cannot reach {client.base_url}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except _StateUnwritable as exc:
+        print(f"logsvc: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:  # a file given on the command line
         if isinstance(exc, requests.RequestException):
             raise
@@ -146,6 +149,9 @@ def _tail(args, client):
         with open(args.state_file) as handle:
             text = handle.read().strip()
             position = int(text) if text.isdigit() else None
+    # Where it will resume from, written before anything is shown: a state
+    # file that cannot be written is said at once.
+    _remember(args.state_file, "" if position is None else str(position))
     colour = sys.stdout.isatty()
     for item in client.stream(last_event_id=position, replay=args.replay, **_filter_params(args)):
         if isinstance(item, Gap):
@@ -354,11 +360,19 @@ def _print_entry(entry, as_json, colour):
     print(line, flush=True)
 
 
+class _StateUnwritable(Exception):
+    pass
+
+
 def _remember(path, value):
     if path:
-        with open(path + ".tmp", "w") as handle:
-            handle.write(value)
-        os.replace(path + ".tmp", path)
+        try:
+            with open(path + ".tmp", "w") as handle:
+                handle.write(value)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            raise _StateUnwritable(f"cannot write the state file {path}: "
+                                   f"{exc.strerror or exc}") from None
 
 
 def _alerts_list(args, client):
