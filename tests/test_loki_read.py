@@ -144,6 +144,47 @@ def test_the_label_browser_lists_labels_and_values_of_the_range(loaded):
                end=str((T0 - 3_600_000) * NS))["data"] == []
 
 
+def test_a_label_some_entries_lack_is_listed_and_a_check_looks_past_the_first_sets(client):
+    # The first entry has no method and no status; a label is listed when
+    # any entry of the range has it.
+    store = Store(client)
+    store.ingest([{"kind": "event", "projectId": "aa", "url": "/tick", "tsMs": T0 + i}
+                  for i in range(60)])
+    store.ingest([{"kind": "response", "projectId": "zz", "method": "GET", "status": 200,
+                   "url": "/v1/x", "tsMs": T0 + 1_000}])
+    window = {"start": str(T0 * NS), "end": str((T0 + 3_600_000) * NS)}
+    assert {"method", "status"} <= set(get(client, "/labels", **window)["data"])
+    # A selector the index cannot narrow (checked set by set): the sixty
+    # entries of `aa` sort first and fail it; `zz`'s labels are still found.
+    found = get(client, "/labels", query='{projectId!~"a+"} != "nothing"', **window)["data"]
+    assert {"projectId", "method", "status"} <= set(found)
+    assert get(client, "/label/method/values", query='{projectId!~"a+"} != "nothing"',
+               **window)["data"] == ["GET"]
+
+
+def test_the_label_browser_answers_the_same_once_the_entries_are_sealed(make_app):
+    from logsvc.store import db, segments
+
+    app = make_app(hot_rows=0, segment_rows=16, rate_limit_per_min=0)
+    client = app.test_client()
+    Store(client).ingest(corpus())
+    window = {"start": str(T0 * NS), "end": str((T0 + 3_600_000) * NS)}
+    asked = [("/labels", {}), ("/labels", {"query": '{projectId="blog"} |= "declined"'}),
+             *((f"/label/{label}/values", {}) for label in ("method", "status", "route",
+                                                           "containerId")),
+             ("/label/status/values", {"query": '{level="error"}'}),
+             ("/label/method/values", {"query": '{projectId=~"sh.*"} != "declined"'}),
+             ("/series", {"match[]": '{level=~"error|warn"}'})]
+    before = [get(client, path, **window, **params)["data"] for path, params in asked]
+    with db.using(app.extensions["logsvc"].store):
+        while db.call(segments.seal_once, 8, 16):
+            pass
+        assert db.call(segments.sealed_through) == 96  # six segments; the newest 24 hot
+    after = [get(client, path, **window, **params)["data"] for path, params in asked]
+    for (path, params), one, other in zip(asked, before, after):
+        assert one == other, (path, params)
+
+
 def test_logs_volume_matches_the_native_histogram(loaded):
     # Grafana's histogram above Explore.
     query = 'sum by (level, detected_level) (count_over_time({projectId="shop"} ' \

@@ -908,14 +908,21 @@ def _values(plan, label, limit, summary=None):
         if label == "route":
             return sorted(row["route"] for row in summary["byRoute"])[:limit]
         return sorted(key for key, n in summary[_SUMMARY_KEYS[label]].items() if n)[:limit]
-    wanted = limit if not plan.checks else limit * 50
-    found = series.distinct(plan.filters, (label,) if not plan.checks else LABELS, wanted)
+    # With checks, the label sets of the matches are looked at (as many as
+    # `series` reads), then checked: a few of them may all fail the checks.
+    wanted = limit if not plan.checks else max(limit, _SERIES_LIMIT)
+    found = series.distinct(plan.filters, (label,) if not plan.checks else LABELS, wanted,
+                            present=not plan.checks)
     if plan.checks:
         rows = [dict(zip(LABELS, row)) for row in found]
         values = {row[label] for row in rows if _passes_labels(plan, row)}
     else:
         values = {row[0] for row in found}
     return sorted(str(v) for v in values if v is not None)[:limit]
+
+
+# The label sets a question about series reads at most.
+_SERIES_LIMIT = 5000
 
 
 def _passes_labels(plan, labels):
@@ -948,7 +955,7 @@ def series_list():
             plan = Plan(parsed, scope, since, until)
             if plan.empty:
                 continue
-            for row in series.distinct(plan.filters, LABELS, 5000):
+            for row in series.distinct(plan.filters, LABELS, _SERIES_LIMIT):
                 labels = {k: str(v) for k, v in zip(LABELS, row) if v is not None}
                 key = tuple(labels.items())
                 if key not in seen and (not plan.checks or _passes_labels(plan, dict(

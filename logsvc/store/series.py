@@ -95,27 +95,35 @@ def add_entry(cells, key, item, timed=True):
     return cell
 
 
-def distinct(filters, labels, limit):
+def distinct(filters, labels, limit, present=False):
     """Up to `limit` distinct tuples of `labels`' values among the entries
-    matching `filters`."""
-    return db.read(_distinct, filters, tuple(labels), limit)
+    matching `filters` (the first `limit` in order of their values);
+    `present`: only tuples without a missing value."""
+    return db.read(_distinct, filters, tuple(labels), limit, present)
 
 
-def _distinct(filters, labels, limit):
+def _distinct(filters, labels, limit, present):
     condition, params = planner.where_sql(filters, _EVERY, ordered=False)
-    columns = ", ".join(f"e.{LABEL_COLUMNS[label]}" for label in labels)
-    rows = db.execute(f"SELECT DISTINCT {columns} FROM entry e WHERE {condition} LIMIT ?",
-                      [*params, limit]).fetchall()
+    columns = [LABEL_COLUMNS[label] for label in labels]
+    if present:
+        condition += "".join(f" AND e.{column} IS NOT NULL" for column in columns)
+    rows = db.execute(f"SELECT DISTINCT {', '.join('e.' + c for c in columns)} FROM entry e "
+                      f"WHERE {condition} LIMIT ?", [*params, limit]).fetchall()
     shown = _shower(labels)
     found = {tuple(show(value) for show, value in zip(shown, row)) for row in rows}
     through = segments.sealed_through()
     if through and len(found) < limit:
-        for item in segments.read(filters, upto_id=through, order="desc"):
-            found.add(tuple(item[label] for label in labels))
+        # The sealed matches grouped by their columns (stats does the
+        # same), a segment at a time: no entry is made of each match.
+        for arrays in segments.matching_arrays(filters, through, columns):
+            for row in segments.grouped(arrays, columns):
+                values = tuple(show(value) for show, value in zip(shown, row[:-1]))
+                if not present or None not in values:
+                    found.add(values)
             if len(found) >= limit:
                 break
     return sorted(found, key=lambda values: tuple("" if v is None else str(v)
-                                                  for v in values))
+                                                  for v in values))[:limit]
 
 
 def _shower(labels):
