@@ -162,7 +162,7 @@ def test_a_label_some_entries_lack_is_listed_and_a_check_looks_past_the_first_se
                **window)["data"] == ["GET"]
 
 
-def test_the_label_browser_answers_the_same_once_the_entries_are_sealed(make_app):
+def test_the_label_browser_and_metrics_answer_the_same_once_the_entries_are_sealed(make_app):
     from logsvc.store import db, segments
 
     app = make_app(hot_rows=0, segment_rows=16, rate_limit_per_min=0)
@@ -175,7 +175,17 @@ def test_the_label_browser_answers_the_same_once_the_entries_are_sealed(make_app
              ("/label/status/values", {"query": '{level="error"}'}),
              ("/label/method/values", {"query": '{projectId=~"sh.*"} != "declined"'}),
              ("/series", {"match[]": '{level=~"error|warn"}'})]
+    asked += [("/query_range", {"query": query, "step": step}) for query, step in (
+        ('sum by (method) (count_over_time({projectId=~".+"}[5m]))', "300"),
+        ('quantile_over_time(0.9, {projectId="shop"} | unwrap durationMs [10m])', "600"),
+        ('sum by (level, status) (sum_over_time({projectId=~".+"} | unwrap durationMs [1h]))',
+         "3600"),
+        ('avg_over_time({projectId="blog"} | unwrap durationMs [5m])', "60"),
+        ('max by (route) (max_over_time({level!="info"} | unwrap durationMs [1h]))', "3600"),
+        ('min_over_time({projectId="shop"} | unwrap durationMs [30m])', "1800"),
+        ('sum(rate({projectId="shop", level="error"}[2m]))', "120"))]
     before = [get(client, path, **window, **params)["data"] for path, params in asked]
+    assert all(found["result"] for found in before[-7:])
     with db.using(app.extensions["logsvc"].store):
         while db.call(segments.seal_once, 8, 16):
             pass

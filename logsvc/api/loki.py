@@ -568,7 +568,8 @@ def _range(node, grid, scope, group):
         key = tuple(sorted((label, str(v)) for label, v in zip(labels, values)
                            if v is not None))
         points = {}
-        for k, t in enumerate(grid.times):
+        for k in _steps_holding(row, per_step, width, len(grid.times)):
+            t = grid.times[k]
             first = k * per_step if len(grid.times) > 1 else 0
             window = [row[j] for j in range(first, first + width) if j in row]
             value = _window(function, window, r, node.parameter)
@@ -577,6 +578,21 @@ def _range(node, grid, scope, group):
         if points:
             result[key] = _merge_into(result.get(key), points)
     return result
+
+
+def _steps_holding(row, per_step, width, steps):
+    """The steps whose window (buckets k × per_step up to width more) holds
+    a bucket of `row`, in order: a sparse series (one stream of thousands)
+    is not walked step by step over the whole range."""
+    if steps == 1:
+        return [0]
+    if len(row) * width >= steps:
+        return range(steps)
+    found = set()
+    for j in row:
+        found.update(range(max(0, -(-(j - width + 1) // per_step)),
+                           min(steps - 1, j // per_step) + 1))
+    return sorted(found)
 
 
 def _merge_into(held, points):

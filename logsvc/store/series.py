@@ -74,10 +74,49 @@ def _buckets(filters, origin, size_ms, labels, timed):
         cell.add(n, n_timed, total or 0.0, least, most, bucket)
     through = segments.sealed_through()
     if through:
-        for item in segments.read(filters, upto_id=through, order="asc"):
-            add_entry(cells, ((item["tsMs"] - origin) // size_ms,
-                              tuple(item[label] for label in labels)), item, timed)
+        _add_sealed(cells, filters, through, origin, size_ms, labels, timed)
     return cells
+
+
+def _add_sealed(cells, filters, through, origin, size_ms, labels, timed):
+    """Count the sealed matches into `cells`, grouped with Arrow a segment
+    at a time (as stats groups them): no entry is made of each match."""
+    segments.arrow_ready()
+    import numpy as np
+    import pyarrow as pa
+
+    columns = [LABEL_COLUMNS[label] for label in labels]
+    wanted = ["ts_ms", *columns, "duration_ms", *(["lat_bucket"] if timed else [])]
+    keys = ["_b", *columns, *(["lat_bucket"] if timed else [])]
+    for arrays in segments.matching_arrays(filters, through, wanted):
+        stamps = arrays["ts_ms"]
+        if not len(stamps):
+            continue
+        table = {"_b": (stamps.astype(np.int64) - origin) // size_ms}
+        values = {}
+        for column in keys[1:]:
+            found = arrays[column]
+            if isinstance(found, tuple):  # (its distinct values, each row's index; -1: none)
+                values[column], indexes = found
+                table[column] = pa.array(indexes, mask=indexes < 0)
+            else:
+                table[column] = pa.array(found, from_pandas=True)  # NaN: none
+        table["_d"] = pa.array(arrays["duration_ms"], from_pandas=True)
+        summed = pa.table(table).group_by(keys, use_threads=False).aggregate(
+            [([], "count_all"), ("_d", "count"), ("_d", "sum"), ("_d", "min"), ("_d", "max")])
+        shown = [values[c].take(summed[c]).to_pylist() if c in values else
+                 [None if v is None else int(v) for v in summed[c].to_pylist()]
+                 for c in keys[1:]]
+        width = len(columns)
+        for b, n, n_timed, total, least, most, *key in zip(
+                summed["_b"].to_pylist(), summed["count_all"].to_pylist(),
+                summed["_d_count"].to_pylist(), summed["_d_sum"].to_pylist(),
+                summed["_d_min"].to_pylist(), summed["_d_max"].to_pylist(), *shown):
+            cell_key = (b, tuple(key[:width]))
+            cell = cells.get(cell_key)
+            if cell is None:
+                cell = cells[cell_key] = Cell()
+            cell.add(n, n_timed, total or 0.0, least, most, key[width] if timed else None)
 
 
 def add_entry(cells, key, item, timed=True):
