@@ -81,42 +81,51 @@ def _buckets(filters, origin, size_ms, labels, timed):
 def _add_sealed(cells, filters, through, origin, size_ms, labels, timed):
     """Count the sealed matches into `cells`, grouped with Arrow a segment
     at a time (as stats groups them): no entry is made of each match."""
-    segments.arrow_ready()
     import numpy as np
-    import pyarrow as pa
 
     columns = [LABEL_COLUMNS[label] for label in labels]
-    wanted = ["ts_ms", *columns, "duration_ms", *(["lat_bucket"] if timed else [])]
     keys = ["_b", *columns, *(["lat_bucket"] if timed else [])]
+    wanted = ["ts_ms", *columns, "duration_ms", *(["lat_bucket"] if timed else [])]
+    width = len(columns)
     for arrays in segments.matching_arrays(filters, through, wanted):
-        stamps = arrays["ts_ms"]
-        if not len(stamps):
+        if not len(arrays["ts_ms"]):
             continue
-        table = {"_b": (stamps.astype(np.int64) - origin) // size_ms}
-        values = {}
-        for column in keys[1:]:
-            found = arrays[column]
-            if isinstance(found, tuple):  # (its distinct values, each row's index; -1: none)
-                values[column], indexes = found
-                table[column] = pa.array(indexes, mask=indexes < 0)
-            else:
-                table[column] = pa.array(found, from_pandas=True)  # NaN: none
-        table["_d"] = pa.array(arrays["duration_ms"], from_pandas=True)
-        summed = pa.table(table).group_by(keys, use_threads=False).aggregate(
-            [([], "count_all"), ("_d", "count"), ("_d", "sum"), ("_d", "min"), ("_d", "max")])
-        shown = [values[c].take(summed[c]).to_pylist() if c in values else
-                 [None if v is None else int(v) for v in summed[c].to_pylist()]
-                 for c in keys[1:]]
-        width = len(columns)
-        for b, n, n_timed, total, least, most, *key in zip(
-                summed["_b"].to_pylist(), summed["count_all"].to_pylist(),
-                summed["_d_count"].to_pylist(), summed["_d_sum"].to_pylist(),
-                summed["_d_min"].to_pylist(), summed["_d_max"].to_pylist(), *shown):
+        arrays["_b"] = (arrays["ts_ms"].astype(np.int64) - origin) // size_ms
+        summed, shown = _sealed_groups(arrays, keys, [
+            ([], "count_all"), ("_d", "count"), ("_d", "sum"), ("_d", "min"), ("_d", "max")])
+        for b, *key, n, n_timed, total, least, most in zip(
+                *shown, *(summed[name].to_pylist() for name in (
+                    "count_all", "_d_count", "_d_sum", "_d_min", "_d_max"))):
             cell_key = (b, tuple(key[:width]))
             cell = cells.get(cell_key)
             if cell is None:
                 cell = cells[cell_key] = Cell()
             cell.add(n, n_timed, total or 0.0, least, most, key[width] if timed else None)
+
+
+def _sealed_groups(arrays, keys, aggregations):
+    """(the groups of `arrays` (`segments.matching_arrays`', with
+    "duration_ms" as "_d") by `keys` with `aggregations`, Arrow's group-by
+    table; the keys' values of each group as the API shows them, a list a
+    key). Arrow hashes the key columns as they are: any number of keys of
+    any number of values each."""
+    segments.arrow_ready()
+    import pyarrow as pa
+
+    table, values = {}, {}
+    for column in keys:
+        found = arrays[column]
+        if isinstance(found, tuple):  # (its distinct values, each row's index; -1: none)
+            values[column], indexes = found
+            table[column] = pa.array(indexes, mask=indexes < 0)
+        else:
+            table[column] = pa.array(found, from_pandas=True)  # NaN: none
+    if "duration_ms" in arrays:
+        table["_d"] = pa.array(arrays["duration_ms"], from_pandas=True)
+    summed = pa.table(table).group_by(keys, use_threads=False).aggregate(aggregations)
+    shown = [values[c].take(summed[c]).to_pylist() if c in values else
+             [None if v is None else int(v) for v in summed[c].to_pylist()] for c in keys]
+    return summed, shown
 
 
 def add_entry(cells, key, item, timed=True):
@@ -155,8 +164,7 @@ def _distinct(filters, labels, limit, present):
         # The sealed matches grouped by their columns (stats does the
         # same), a segment at a time: no entry is made of each match.
         for arrays in segments.matching_arrays(filters, through, columns):
-            for row in segments.grouped(arrays, columns):
-                values = tuple(show(value) for show, value in zip(shown, row[:-1]))
+            for values in zip(*_sealed_groups(arrays, columns, [([], "count_all")])[1]):
                 if not present or None not in values:
                     found.add(values)
             if len(found) >= limit:
