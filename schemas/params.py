@@ -15,8 +15,12 @@ from logsvc.store import fulltext
 from logsvc.store.query import MAX_LIMIT
 from logsvc.store.stats import BUCKETS, ROUTE_SORTS
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
-_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+# A duration back from now, as Loki and Prometheus write them: one or more
+# number-unit parts, largest first by custom ("1h30m", "2d12h", "1w").
+_DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w))+$")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+                "w": 7 * 86_400_000}
 _STATUS = re.compile(r"^(?:(\d{3})|([1-5])xx|(\d{3})-(\d{3}))$", re.IGNORECASE)
 
 
@@ -108,8 +112,9 @@ class StatusSpec(fields.Field):
 
 
 class Instant(fields.Field):
-    """Epoch milliseconds, an ISO-8601 date-time, or a duration back from
-    now ('15m', '2h', '7d'; one reaching before 1970 means 1970)."""
+    """Epoch milliseconds, an ISO-8601 date-time, `now`, or a duration back
+    from now ('15m', '2h', '1h30m', '7d', '1w'; one reaching before 1970
+    means 1970)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = str(value).strip()
@@ -117,11 +122,14 @@ class Instant(fields.Field):
             if int(text) > entry.MAX_TS_MS:
                 raise ValidationError("Out of range: after the year 9999.")
             return int(text)
-        match = _DURATION.match(text)
-        if match:
-            if len(match[1]) > 12:
+        if text.lower() == "now":
+            return time.time_ns() // 1_000_000
+        if _DURATION.match(text):
+            parts = _DURATION_PART.findall(text)
+            if any(len(number) > 12 for number, _ in parts):
                 raise ValidationError("Out of range: a duration of at most 12 digits.")
-            return max(0, time.time_ns() // 1_000_000 - int(match[1]) * _DURATION_MS[match[2]])
+            back = sum(int(number) * _DURATION_MS[unit] for number, unit in parts)
+            return max(0, time.time_ns() // 1_000_000 - back)
         try:
             return entry.coerce_iso(text)
         except ValueError as exc:
@@ -129,7 +137,8 @@ class Instant(fields.Field):
                 raise ValidationError("Out of range: before 1970 or after the year 9999.") \
                     from None
             raise ValidationError(
-                "Not epoch milliseconds, an ISO-8601 date-time or a duration like 15m."
+                "Not epoch milliseconds, an ISO-8601 date-time, now or a duration like 15m "
+                "or 1h30m."
             ) from None
 
 

@@ -206,6 +206,13 @@ def test_since_accepts_a_duration_back_from_now(store):
     now = domain.now_ms()
     store.ingest([make_entry(0, tsMs=now - 3_600_000), make_entry(1, tsMs=now - 60_000)])
     assert ids(store.page(since="5m")) == [2]
+    # As Loki and Prometheus write durations; `now` for an end.
+    assert ids(store.page(since="1h30m")) == [1, 2] and ids(store.page(since="2m30s")) == [2]
+    assert ids(store.page(since="1w", until="now")) == [1, 2]
+    assert ids(store.page(since="1w", until="59m")) == [1]
+    for wrong in ("1.5h", "-5m", "1h-30m", "h", "5 m"):
+        response = store.get(since=wrong)
+        assert response.status_code == 400 and "'since'" in response.json["message"], wrong
 
 
 # --- formats ---------------------------------------------------------------------
