@@ -885,8 +885,15 @@ def labels():
         plan = _selector_plan(scope, since, until)
         if plan.empty:
             return []
+        if plan.checks:
+            # The label sets of the matches read once, checked, and every
+            # label any of them has (not a read of them per label).
+            rows = [dict(zip(LABELS, row))
+                    for row in series.distinct(plan.filters, LABELS, _SERIES_LIMIT)]
+            passing = [row for row in rows if _passes_labels(plan, row)]
+            return [label for label in LABELS if any(row[label] is not None for row in passing)]
         summary = None
-        if not plan.checks and stats.from_counters(plan.filters):
+        if stats.from_counters(plan.filters):
             summary = stats.summary(plan.filters, top_routes=1)
             if not summary["total"]:
                 return []
