@@ -11,16 +11,11 @@ import time
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from logsvc import entry
+from logsvc.api.logql import LogQLError, duration_ms
 from logsvc.store import fulltext
 from logsvc.store.query import MAX_LIMIT
 from logsvc.store.stats import BUCKETS, ROUTE_SORTS
 
-# A duration back from now, as Loki and Prometheus write them: one or more
-# number-unit parts, largest first by custom ("1h30m", "2d12h", "1w").
-_DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w))+$")
-_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
-_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
-                "w": 7 * 86_400_000}
 _STATUS = re.compile(r"^(?:(\d{3})|([1-5])xx|(\d{3})-(\d{3}))$", re.IGNORECASE)
 
 
@@ -124,11 +119,13 @@ class Instant(fields.Field):
             return int(text)
         if text.lower() == "now":
             return time.time_ns() // 1_000_000
-        if _DURATION.match(text):
-            parts = _DURATION_PART.findall(text)
-            if any(len(number) > 12 for number, _ in parts):
+        try:  # a duration as Loki and Prometheus write them: 15m, 1h30m, 1w
+            back = duration_ms(text)
+        except LogQLError:
+            back = None
+        if back is not None:
+            if re.search(r"\d{13}", text):
                 raise ValidationError("Out of range: a duration of at most 12 digits.")
-            back = sum(int(number) * _DURATION_MS[unit] for number, unit in parts)
             return max(0, time.time_ns() // 1_000_000 - back)
         try:
             return entry.coerce_iso(text)

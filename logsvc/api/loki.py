@@ -83,29 +83,24 @@ def _time_ns(name, default_ns):
     if value is None or value == "":
         return default_ns
     value = value.strip()
-    ns = None
     if re.fullmatch(r"-?[0-9]+", value):
         number = int(value)
         ns = number * 1_000_000_000 if len(value.lstrip("-")) <= 10 else number
     elif re.fullmatch(r"-?[0-9]*\.[0-9]+|-?[0-9]+\.[0-9]*", value):
         ns = float(value) * 1e9
-    if ns is not None:
-        # Nanoseconds as Loki keeps them: a signed 64-bit number.
-        if not -_MAX_NS <= ns <= _MAX_NS:
-            raise _bad(f"Invalid query parameter '{name}': out of range (nanoseconds "
-                       "up to the year 2262)")
-        return int(ns)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise _bad(f"Invalid query parameter '{name}': not a time (nanoseconds, seconds "
-                   "or RFC 3339)") from None
-    if parsed.tzinfo is None:
-        raise _bad(f"Invalid query parameter '{name}': an RFC 3339 time needs its offset")
-    ns = int(parsed.timestamp() * 1e6) * 1000
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _bad(f"Invalid query parameter '{name}': not a time (nanoseconds, seconds "
+                       "or RFC 3339)") from None
+        if parsed.tzinfo is None:
+            raise _bad(f"Invalid query parameter '{name}': an RFC 3339 time needs its offset")
+        ns = int(parsed.timestamp() * 1e6) * 1000
+    # Nanoseconds as Loki keeps them: a signed 64-bit number.
     if not -_MAX_NS <= ns <= _MAX_NS:
         raise _bad(f"Invalid query parameter '{name}': out of range (up to the year 2262)")
-    return ns
+    return int(ns)
 
 
 _MAX_NS = 2**63 - 1

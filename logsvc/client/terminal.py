@@ -248,19 +248,21 @@ def _ingest(args, client):
         except orjson.JSONDecodeError as exc:
             return _unreadable(args.file, f"not a JSON array ({exc})")
     else:
-        items = []
+        items = None
         if stripped.startswith(b"{") and b"\n" in stripped.strip():
             try:  # one object over several lines (as the API takes one)
                 items = [orjson.loads(raw)]
             except orjson.JSONDecodeError:
-                items = []  # NDJSON, read line by line below
-        for number, line in enumerate(raw.splitlines() if not items else (), 1):
-            if line.strip():
-                try:
-                    items.append(orjson.loads(line))
-                except orjson.JSONDecodeError as exc:
-                    return _unreadable(args.file, f"line {number} is not JSON: {exc.msg} at "
-                                                  f"column {exc.colno}")
+                pass  # NDJSON
+        if items is None:
+            items = []
+            for number, line in enumerate(raw.splitlines(), 1):
+                if line.strip():
+                    try:
+                        items.append(orjson.loads(line))
+                    except orjson.JSONDecodeError as exc:
+                        return _unreadable(args.file, f"line {number} is not JSON: {exc.msg} "
+                                                      f"at column {exc.colno}")
     total = {"accepted": 0, "rejected": []}
     for start in range(0, len(items), args.batch):
         answer = client.ingest(items[start:start + args.batch], batch_size=args.batch)
