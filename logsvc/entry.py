@@ -234,6 +234,21 @@ def coerce_ts_ms(value):
     return value
 
 
+# Prometheus-style durations (`5m`, `1h30m`, `60000ms`, `1w`): what LogQL's
+# ranges and steps and the since/until of a search are written in.
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+                   "w": 604_800_000, "y": 31_536_000_000}
+_DURATION = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|y))+")
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d|w|y)")
+
+
+def parse_duration_ms(text):
+    """A Prometheus-style duration in ms; ValueError if `text` is not one."""
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
 def coerce_iso(value):
     if not isinstance(value, str):
         raise ValueError("Not a valid ISO-8601 date-time.")

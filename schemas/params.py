@@ -11,7 +11,6 @@ import time
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from logsvc import entry
-from logsvc.api.logql import LogQLError, duration_ms
 from logsvc.store import fulltext
 from logsvc.store.query import MAX_LIMIT
 from logsvc.store.stats import BUCKETS, ROUTE_SORTS
@@ -120,8 +119,8 @@ class Instant(fields.Field):
         if text.lower() == "now":
             return time.time_ns() // 1_000_000
         try:  # a duration as Loki and Prometheus write them: 15m, 1h30m, 1w
-            back = duration_ms(text)
-        except LogQLError:
+            back = entry.parse_duration_ms(text)
+        except ValueError:
             back = None
         if back is not None:
             if re.search(r"\d{13}", text):

@@ -19,6 +19,8 @@ Anything else is a LogQLError whose message says what is not supported.
 import dataclasses
 import re
 
+from logsvc.entry import parse_duration_ms
+
 MATCH_OPS = ("=~", "!~", "!=", "=")
 LINE_OPS = ("|=", "!=", "|~", "!~")
 COMPARE_OPS = ("==", "!=", ">=", "<=", "=~", "!~", ">", "<", "=")
@@ -30,9 +32,6 @@ UNWRAPPED = {"quantile_over_time", "avg_over_time", "sum_over_time", "min_over_t
 AGGREGATIONS = {"sum", "count", "min", "max", "avg", "topk", "bottomk"}
 _UNSUPPORTED_STAGES = {"line_format", "label_format", "pattern", "regexp", "unpack",
                        "decolorize", "keep", "distinct"}
-_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
-                   "w": 604_800_000, "y": 31_536_000_000}
-_DURATION = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|y))+")
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<string>"(?:[^"\\]|\\.)*"|`[^`]*`)
@@ -103,10 +102,11 @@ class Binary:
 
 def duration_ms(text, name="duration"):
     """A Prometheus-style duration (`5m`, `1h30m`, `60000ms`) in ms."""
-    if not _DURATION.fullmatch(text):
-        raise LogQLError(f"invalid {name} {text!r}: use a number and a unit, such as 5m")
-    return sum(int(n) * _DURATION_UNITS[unit]
-               for n, unit in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", text))
+    try:
+        return parse_duration_ms(text)
+    except ValueError:
+        raise LogQLError(f"invalid {name} {text!r}: use a number and a unit, such as 5m") \
+            from None
 
 
 def parse(text):
