@@ -1854,3 +1854,34 @@ def test_a_search_reading_bodies_only_where_they_may_decide_finds_what_the_live_
             kept = segments._prefiltered(kept, q)
         found = sorted(kept["_pos"][i].as_py() for i in segments._passing(kept, parsed))
         assert found == expected, prefilter
+
+
+def test_decoded_columns_past_the_budget_keep_the_part_that_fits():
+    # A question that decodes more than the budget (a common word searched
+    # in a merged segment: its urls, data and bodies) finds, asked again,
+    # the values that fit still kept, rather than none: least recently used
+    # alone would have evicted each one just before it was needed again.
+    cache = segments._Budgeted(100, stale_s=60.0)
+    wanted = [("segment", group, "response_body") for group in range(10)]
+
+    def ask():
+        hits = 0
+        for at, key in enumerate(wanted):
+            if cache.get(key) is not None:
+                hits += 1
+            else:
+                assert cache.put(key, f"decoded {at}", 20) == f"decoded {at}"
+        return hits
+
+    assert ask() == 0
+    assert ask() == ask() == 5
+    assert cache.held == 100
+    # Values unused for stale_s make room for others: another question
+    # asked later is kept, least recently used first out.
+    cache.stale_s = 0.05
+    time.sleep(0.1)
+    assert cache.put(("other", 0, "url"), "other", 30) == "other"
+    assert cache.get(("other", 0, "url")) == "other"
+    assert cache.get(wanted[0]) is None and cache.get(wanted[1]) is None
+    assert cache.get(wanted[4]) == "decoded 4"
+    assert cache.held == 90
