@@ -149,6 +149,9 @@ def start_background(app):
                 wait_s = retention.seal_lease_s(config) if os.environ.get(retention.SEALER_STARTED) else 0
                 services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
                                                 None, False, None, wait_s, name="logsvc-seal")
+            elif not config.read_only:
+                services.sealer = runtime.spawn(retention.count_forever, config, services.store,
+                                                name="logsvc-count")
             if not config.read_only:
                 services.alerter = runtime.spawn(alerting.run_forever, config, services.store,
                                                  name="logsvc-alerts")

@@ -362,6 +362,7 @@ def test_stats_bad_parameters_are_400(store, params):
 
 def test_stats_cost_does_not_read_the_entry_table(store):
     store.ingest([make_entry(i) for i in range(20)])
+    db.call(rollup.count_all)  # the background's part of the counters, done now
     db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
     assert store.page(STATS)["total"] == 20
 
@@ -374,6 +375,7 @@ def test_stats_of_a_level_or_a_status_class_are_read_from_the_counters(store, pa
     store.ingest([make_entry(i, level=("info", "warn", "error")[i % 4 % 3]) for i in range(60)])
     before = store.page(STATS, **params)
     assert before["total"] > 0
+    db.call(rollup.count_all)  # the background's part of the counters, done now
     db.call(lambda: db.database.execute_sql("DELETE FROM entry"))  # counters untouched
     after = store.page(STATS, **params)
     assert {k: after[k] for k in ("total", "byProject", "byLevel", "byStatus", "byKind")} == {
@@ -462,3 +464,83 @@ def test_the_route_table_is_ranked_by_the_column_asked_for(store, sort, expected
 def test_an_unknown_route_sort_is_a_400_naming_it(store):
     response = store.get(STATS, sort="fastest")
     assert response.status_code == 400 and "'sort'" in response.json["message"]
+
+
+def test_a_scopes_counters_are_counted_in_the_background_and_answer_the_same_before(make_app):
+    # An ingest adds its entries to the tiers of every scope (`*_all`)
+    # only; the tiers of each scope are counted in the background
+    # (rollup.count_pending), and until then their readers add the entries
+    # not yet counted from `entry` (rollup.source): every answer is the
+    # same before, while part of them is counted, and after.
+    app = make_app(rate_limit_per_min=0)
+    store = Store(app.test_client())
+    entries = [make_entry(i, tsMs=BASE + i * 37_000 + i % 7, durationMs=(i * 7) % 300 + 0.5,
+                          level=("info", "warn", "error")[i * 5 % 7 % 3],
+                          url=f"/v1/{('users', 'orders')[i % 2]}/{i}")
+               for i in range(600)]
+    store.ingest(entries[:400])
+    store.ingest(entries[400:])
+    span = {"since": str(BASE + 1_234_567), "until": str(BASE + 5 * HOUR + 89_999)}
+    questions = [
+        (STATS, {}), (STATS, {"projectId": "proj_1"}),
+        (STATS, {"projectId": "proj_2", "containerId": "cnt_3"}),
+        (STATS, {"projectId": "proj_0", **span}), (STATS, {"level": "error"}),
+        (STATS, {"level": "error", "projectId": "proj_2"}),
+        (STATS, {"status": "5xx", "projectId": "proj_0", **span}),
+        (STATS, {"level": "warn,error", "projectId": "proj_1", "containerId": "cnt_1"}),
+        (HISTOGRAM, {"bucket": "5m", "projectId": "proj_1", **span}),
+        (HISTOGRAM, {"bucket": "1h", "level": "error", "projectId": "proj_0", **span}),
+        ("/api/proxy-logs/_logs", {"projectId": "proj_2", "level": "error", "limit": "0"}),
+        ("/api/proxy-logs/_logs", {"serviceName": "billing-api", "limit": "0", **span}),
+        ("/api/proxy-logs/_logs", {"projectId": "proj_1", "minDurationMs": "0", "limit": "0"}),
+    ]
+
+    def answers():
+        return [store.page(path, **params) for path, params in questions]
+
+    def rows(table):
+        return db.call(lambda: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    with db.using(app.extensions["logsvc"].store):
+        assert db.call(rollup.counted_through) == 0
+        assert rows("rollup_hour") == rows("rollup_class_total") == rows("rollup_route_hour") == 0
+        assert rows("rollup_hour_all") > 0  # every scope's, by the ingest
+        pending = answers()
+        assert db.call(rollup.count_pending, None, 250) == 250
+        partly = answers()
+        db.call(rollup.count_all)
+        assert db.call(rollup.counted_through) == 600
+        counted = answers()
+        assert rows("rollup_hour") > 0
+        assert db.call(rollup.count_pending) == 0  # nothing left
+    assert pending[0]["total"] == 600 and pending[1]["total"] == 200
+    for (path, params), one, two, three in zip(questions, pending, partly, counted):
+        assert one == two == three, (path, params)
+    assert_stats(counted[1], truth(project_id="proj_1"))
+
+
+def test_entries_removed_before_they_are_counted_leave_the_counters_exact(make_app):
+    # Retention counts what it removes first: nothing is subtracted from a
+    # scope's counters that they did not hold.
+    app = make_app(rate_limit_per_min=0)
+    store = Store(app.test_client())
+    store.ingest([make_entry(i, durationMs=i % 50 + 1) for i in range(300)])
+    handle = app.extensions["logsvc"].store
+    with db.using(handle):
+        assert db.call(rollup.count_pending, None, 100) == 100
+        removed = retention.prune(app.extensions["logsvc"].config.replace(max_rows=120),
+                                  batch=50)
+        assert removed == 180
+        assert db.call(rollup.counted_through) >= 180
+        for project in ("proj_0", "proj_1", "proj_2"):
+            assert_stats(store.page(STATS, projectId=project), truth(project_id=project))
+        db.call(rollup.count_all)
+        for project in ("proj_0", "proj_1", "proj_2"):
+            assert_stats(store.page(STATS, projectId=project), truth(project_id=project))
+        by_scope = dict(db.call(lambda: db.execute(
+            "SELECT project_id || '/' || container_id || '/' || service_name, n "
+            "FROM rollup_total").fetchall()))
+        grouped = dict(db.call(lambda: db.execute(
+            "SELECT project_id || '/' || coalesce(container_id, '') || '/' || "
+            "coalesce(service_name, ''), count(*) FROM entry GROUP BY 1").fetchall()))
+    assert by_scope == grouped and sum(grouped.values()) == 120

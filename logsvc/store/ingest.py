@@ -476,7 +476,7 @@ def _write_batch(entries, keys):
     # Everything that does not need the ids is done before the write lock
     # is taken, so that another process can write meanwhile.
     rows, bodies, documents, lookups, counted = _prepare(entries, postgres, numbered)
-    counters = rollup.summarize(counted, ids=True)
+    counters = rollup.summarize(counted, ids=True, deferred=False)
     if not postgres:
         # The rows go into temporary tables of this connection first, so
         # that the write lock is held while SQLite copies them, not while

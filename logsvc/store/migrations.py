@@ -23,7 +23,7 @@ from .db import database
 from .models import ALL_MODELS, ROLLUP_MODELS, Entry, EntryBody, IdSequence, Meta, entry_indexes
 from .rollup import COUNT_COLUMNS, ROLLUP_DIMENSIONS, ROUTE_COUNT_COLUMNS
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 20
 
 
 # Columns that later versions added to tables that existed before them:
@@ -239,6 +239,14 @@ def _v18_to_v19():
         segments.create_parts_trigger()
 
 
+def _v19_to_v20():
+    # Version 20: the counters with a row per scope and unit are counted in
+    # the background (rollup.DEFERRED): every entry stored so far is in
+    # them, so the watermark starts at the last id handed out.
+    (last,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
+    rollup.set_counted_through(last)
+
+
 # PostgreSQL: the storage of a counter table whose rows are rewritten all
 # the time (the all-time tiers: a scope's row takes every batch of it). With
 # half of each page free, a row's new version goes in the same page (a
@@ -286,6 +294,7 @@ STEPS = (
     _v16_to_v17,
     _v17_to_v18,
     _v18_to_v19,
+    _v19_to_v20,
 )
 assert len(STEPS) == SCHEMA_VERSION - 1
 
@@ -418,6 +427,7 @@ def _create(postgres, partition_rows):
         row = Meta.get_or_none(Meta.key == "schema_version")
         if row is None:
             Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
+            rollup.set_counted_through(0)  # a new store: nothing to count yet
             return
         version = int(row.value)
         if version > SCHEMA_VERSION:

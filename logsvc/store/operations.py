@@ -11,7 +11,7 @@ import orjson
 
 from logsvc.entry import now_ms
 
-from . import db, fulltext, ingest, lookup, segments
+from . import db, fulltext, ingest, lookup, rollup, segments
 from .db import database
 from .models import (
     ROLLUP_MODELS,
@@ -42,6 +42,7 @@ def clear():
             segments.clear()
             for table in ("entry_body", "entry", *(model._meta.table_name for model in ROLLUP_MODELS)):
                 db.execute(f"DELETE FROM {table}")
+            rollup.set_counted_through(next_seq)  # nothing below it is left to count
             now = now_ms()
             if seq:
                 PruneLog.create(ts_ms=now, min_id=1, max_id=seq)

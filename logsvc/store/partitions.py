@@ -355,6 +355,8 @@ def _drop_expired_one(n, cutoff_ms, excess_rows):
         expired = count == 0 or (cutoff_ms is not None and newest < cutoff_ms)
         if not expired and count > excess_rows:
             return None
+        if count:
+            rollup.count_all(high)  # what is subtracted below is in every tier first
         groups = db.execute(rollup.GROUPED.format(table=table)).fetchall() if count else []
         # Dropping a partition needs the parents to itself. Taken before
         # any counter row is touched, so a writer (which holds `entry`

@@ -340,7 +340,7 @@ class _Counts:
     def _scope(self, project_id, container_id=None):
         where, params = rollup.scope_where(project_id, container_id)
         (n,) = db.execute("SELECT CAST(coalesce(SUM(n), 0) AS BIGINT) FROM "
-                          f"rollup_container_total WHERE {' AND '.join(where)}",
+                          f"{rollup.source('rollup_container_total')} WHERE {' AND '.join(where)}",
                           params).fetchone()
         return n
 

@@ -168,9 +168,20 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_
             raise PruneBusy("the seal lease was lost; another sealer took over")
         held_until[0] = time.monotonic() + lease_s
 
+    # The counters' background part (rollup.count_pending) is counted here
+    # every COUNT_INTERVAL_S, by the sealing process or, without one, by
+    # the workers; sealing is looked at every seal_interval_s.
+    counts = keep or not wait_s
+    next_round = 0.0
     try:
         while parent is None or os.getppid() == parent:
             try:
+                if counts:
+                    db.call(rollup.count_all)
+                if time.monotonic() < next_round:
+                    runtime.sleep(min(config.seal_interval_s, COUNT_INTERVAL_S))
+                    continue
+                next_round = time.monotonic() + config.seal_interval_s
                 if not keep:
                     db.call(segments.warm)
                 due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
@@ -197,13 +208,43 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_
                     log.warning("sealing skipped: %s", reason)
                 elif not db.is_transient_error(exc):
                     log.exception("sealing failed")
-            runtime.sleep(config.seal_interval_s)
+            runtime.sleep(min(config.seal_interval_s, COUNT_INTERVAL_S))
     finally:
         if keep:
             try:
                 db.call(release_lease, segments.LEASE_NAME, holder)
             except Exception:  # noqa: BLE001 - ending anyway; the lease expires
                 pass
+
+
+# How often the entries not yet in the counters counted in the background
+# are added to them (rollup.DEFERRED): what a reader adds from `entry` in
+# the meantime, about this many seconds of ingest.
+COUNT_INTERVAL_S = 1.0
+COUNT_LEASE = "count"
+COUNT_LEASE_S = 30
+
+
+def count_forever(config, store=None, holder=None):
+    """Count in the background (rollup.count_pending) where no sealer
+    does: a store whose entries all stay hot (LOGSVC_HOT_ROWS=0). One
+    process of all counts at a time, under a lease taken only while
+    something is left to count (an idle store is not written to)."""
+    if store is not None:
+        db.use(store)
+    holder = holder or f"{socket.gethostname()}:{os.getpid()}:count"
+    while True:
+        try:
+            if (db.call(rollup.pending)
+                    and db.call(take_lease, COUNT_LEASE, holder, COUNT_LEASE_S)):
+                db.call(rollup.count_all)
+        except Exception as exc:
+            reason = db.unwritable_reason(exc)
+            if reason:
+                db.note_write(exc)
+            elif not db.is_transient_error(exc):
+                log.exception("counting failed")
+        runtime.sleep(COUNT_INTERVAL_S)
 
 
 # How long a seal lease lasts unless renewed (at least four rounds).
@@ -338,6 +379,9 @@ def _delete_batch(where, params):
         ids = [row[0] for row in db.execute(f"SELECT id FROM entry WHERE {where}", params)]
         if not ids:
             return 0
+        # Counted first, if they are not yet: what is subtracted below
+        # must be in every tier.
+        rollup.count_all(max(ids))
         # What the counters lose is what the DELETE removed, not what was
         # selected: on PostgreSQL another prune may have removed some first.
         fulltext.delete_sqlite(ids)  # SQLite's side indexes first (db.only)

@@ -57,6 +57,8 @@ route). Subtraction cannot lower a maximum by itself: after retention,
 the rows whose `lat_max` may have been a removed entry's are recomputed
 from the finer tier (minutes from `entry`), so `lat_max` stays exact too.
 """
+import re
+
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
 from . import db, horizon, names, segments, sketch
@@ -260,6 +262,125 @@ ROUTE_TIERS = {t.table: t for t in (
          "rollup_route_class_hour_all", lambda k: k[1:]),
 )}
 
+# Counted in the background, not by the ingest that stores an entry: the
+# tiers with a row per scope (or route) and unit, five in six of the rows
+# a batch adds (and half of an entry's time when each ingest added them).
+# `count_pending` adds the entries above the counted watermark (meta
+# `counted_through`) to them, a batch of up to COUNT_ROWS at a time, so
+# that an hour's or all time's row of a scope takes one addition a batch,
+# not one a request; readers take such a tier through `source`, which adds
+# the entries above the watermark as rows of it (one an entry), so every
+# answer counts every stored entry. The tiers of every scope (`*_all`) are
+# still added to by each ingest: a few rows a batch, and the minutes' id
+# bounds that planner.py reads.
+DEFERRED = frozenset(
+    table for tiers in (TIERS, ROUTE_TIERS) for table in tiers if not table.endswith("_all"))
+COUNT_ROWS = 16_384
+COUNTED_THROUGH = segments.COUNTED_THROUGH
+
+
+def _pending_sql(tier, columns):
+    """The entries above the watermark as rows of `tier` (its `columns`)."""
+    keys = {"minute": f"e.ts_ms / {MINUTE_MS}", "hour": f"e.ts_ms / {HOUR_MS}",
+            "project_id": "e.project_id", "container_id": "coalesce(e.container_id, '')",
+            "service_name": "coalesce(e.service_name, '')", "level": "e.level",
+            "status_class": "CASE WHEN e.status >= 100 AND e.status <= 599 "
+                            "THEN e.status / 100 ELSE 0 END",
+            "route": "e.route"}
+    picked = {**{k: keys[k] for k in tier.keys},
+              "lat": "CASE WHEN e.lat_bucket IS NULL THEN NULL "
+                     "ELSE '[' || e.lat_bucket || ',1]' END",
+              "lat_max": "e.duration_ms"}
+    if tier.counts is ROUTE_COUNT_COLUMNS:
+        picked.update(n="1", errors=_entry_expression("level_error"))
+    else:
+        picked.update({c: _entry_expression(c) for c in tier.counts})
+    picked = [picked[c] for c in columns]
+    where = f"e.id > {COUNTED_THROUGH}"
+    if tier.counts is ROUTE_COUNT_COLUMNS:  # calls (summarize)
+        where += (f" AND e.route IS NOT NULL AND e.kind NOT IN ({_either('kind', 'request')})")
+    return f"SELECT {', '.join(picked)} FROM entry e WHERE {where}"
+
+
+def tier_columns(tier):
+    return [*tier.keys, *tier.counts] + (["lat"] if tier.with_lat else []) + \
+        (["lat_max"] if tier.with_max else [])
+
+
+def source(table, alias=None, used=None):
+    """What a reader selects the rows of counter `table` from (as `alias`,
+    by default its name): the table; for one counted in the background
+    (DEFERRED), its rows and the entries above the watermark as rows of
+    it. `used`: the SQL that reads it (its columns named there are the
+    ones selected; SQLite reads every column a union selects, the
+    latency sketches too)."""
+    alias = alias or table
+    if table not in DEFERRED:
+        return table if alias == table else f"{table} {alias}"
+    tier = TIERS.get(table) or ROUTE_TIERS[table]
+    columns = tier_columns(tier)
+    if used is not None:
+        columns = [c for c in columns if re.search(rf"\b{c}\b", used)] or columns[:1]
+    return (f"(SELECT {', '.join(columns)} FROM {table} UNION ALL "
+            f"{_pending_sql(tier, columns)}) AS {alias}")
+
+
+counted_through = segments.counted_through
+set_counted_through = segments.set_counted_through
+
+
+def count_pending(upto=None, limit=COUNT_ROWS):
+    """Add the entries above the watermark, up to id `upto` (None: every
+    committed one) and at most `limit` of them, to the DEFERRED tiers, and
+    move the watermark past them: read and summed first, written in one
+    transaction that checks the watermark has not moved meanwhile (another
+    process counted them). Returns how many ids it moved past (0: none
+    pending)."""
+    through = counted_through()
+    high = _high_water() if upto is None else upto
+    end = min(high, through + limit) if limit else high
+    if end <= through:
+        return 0
+    rows = db.execute(f"SELECT {ROW_SQL} FROM entry WHERE id > ? AND id <= ? ORDER BY id",
+                      (through, end)).fetchall()
+    summary = summarize(rows, deferred=True) if rows else []
+    with db.database.atomic():
+        if db.is_postgres():  # one counter at a time, and after the deletes of the moment
+            row = db.execute("SELECT value FROM meta WHERE key = 'counted_through' "
+                             "FOR UPDATE").fetchone()
+            moved = row is not None and int(row[0]) != through
+        else:
+            moved = counted_through() != through
+        if moved:
+            return 0
+        if summary:
+            write(summary)
+        set_counted_through(end)
+    return end - through
+
+
+def pending():
+    """Whether entries wait to be counted (a read)."""
+    return _high_water() > counted_through()
+
+
+def _high_water():
+    """The last id handed out and committed (models.IdSequence's)."""
+    (last,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
+    return last
+
+
+def count_all(upto=None):
+    """count_pending until nothing is pending up to `upto` (None: every
+    committed entry): what a seal, a deletion and a reader of the tables
+    themselves need first."""
+    while count_pending(upto):
+        pass
+
+
+segments.count_first = count_all  # a seal counts what it takes first
+
+
 # The columns of `entry` that `add` takes, in order.
 ROW_SQL = ("ts_ms, project_id, container_id, service_name, level, kind, status, source, "
            "route, lat_bucket, duration_ms")
@@ -379,14 +500,16 @@ def unstage(summary):
 COLUMNAR_ROWS = 500
 
 
-def summarize(rows, sign=1, weights=None, ids=False):
+def summarize(rows, sign=1, weights=None, ids=False, deferred=None):
     """The upserts that `add` makes, as [(tier, rows, sums per key)]: pure
     computation, which ingest does before it takes the write lock. With
     `ids`, the rows are a batch in id order, whose first id `write` takes:
     each minute's id bounds are then kept. (Adding COLUMNAR_ROWS rows or
-    more, the sums per key are None: only a subtraction needs them.)"""
+    more, the sums per key are None: only a subtraction needs them.)
+    `deferred`: True for the DEFERRED tiers only, False for the others
+    only, None for all."""
     if sign > 0 and len(rows) >= COLUMNAR_ROWS:
-        return _summarize_columns(rows, sign, weights, ids)
+        return _summarize_columns(rows, sign, weights, ids, deferred)
     # Accumulations: [counts, {bucket: count} or None, longest or None]
     scopes, routes, route_minutes = {}, {}, {}
     classes, route_classes = {}, {}
@@ -461,6 +584,8 @@ def summarize(rows, sign=1, weights=None, ids=False):
             folded = summed[tier.table] = (
                 source if tier.key_from is None else
                 _fold(source, tier.key_from) if tier.with_lat else _fold_n(source, tier.key_from))
+            if not _chosen(tier, deferred):
+                continue
             rows = _rows(tier, folded, sign, postgres)
             if tier.with_ids and sign > 0:
                 rows = [(*row, *offsets.get(row[0], (None, None))) for row in rows]
@@ -480,7 +605,11 @@ def _offsets(minutes):
     return offsets
 
 
-def _summarize_columns(rows, sign, weights, ids):
+def _chosen(tier, deferred):
+    return deferred is None or (tier.table in DEFERRED) == deferred
+
+
+def _summarize_columns(rows, sign, weights, ids, deferred=None):
     """`summarize` of many rows, the same rows in every tier, summed with
     numpy: each key column factorized to codes, a tier's keys combined
     into one code a group (prefixes shared between tiers), each count
@@ -558,6 +687,8 @@ def _summarize_columns(rows, sign, weights, ids):
         rows_of = np.arange(n) if among is None else among
         weight = step[rows_of]
         for tier in tiers.values():
+            if not _chosen(tier, deferred):
+                continue
             keys = tier.keys
             group, size, first = grouped(tuple(keys), among)
             at = rows_of[first]  # a row of each group, for its key values
@@ -664,6 +795,9 @@ def rebuild(tables=None):
         after = found[-1]["id"]
     if "rollup_minute_all" in chosen:
         fill_id_bounds()
+    if DEFERRED & set(chosen):
+        # Every stored entry is counted (a schema upgrade: no writer).
+        set_counted_through(_high_water())
 
 
 def _stored_row(e):
@@ -805,7 +939,8 @@ def _refresh_max(tier, folded):
                      f"AND f.{finer_time} < ({table}.{tier.time_column} + 1) * {per}")
     condition = " AND ".join(where) or "TRUE"
     db.executemany(
-        f"UPDATE {table} SET lat_max = (SELECT MAX(f.lat_max) FROM {finer} f "
+        f"UPDATE {table} SET lat_max = (SELECT MAX(f.lat_max) FROM "
+        f"{source(finer, 'f', 'lat_max ' + condition)} "
         f"WHERE {condition}) WHERE {match} AND lat_max <= ?",
         [(*key, longest) for key, longest in keys])
 
@@ -1309,7 +1444,7 @@ def _tier_part(table, start, end, project_id, container_id, select, also=None):
     if start is not None and tier.time_column is not None:
         where.append(f"{tier.time_column} >= ? AND {tier.time_column} < ?")
         params += [start, end]
-    sql = f"SELECT {select} FROM {table}"
+    sql = f"SELECT {select} FROM {source(table, used=' '.join([select, *where]))}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     return sql, params

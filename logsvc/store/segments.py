@@ -128,6 +128,31 @@ def check_sealed_through(through):
         raise db.Stale("entries were sealed during the read")
 
 
+# The watermark of the counters counted in the background (rollup.py's
+# DEFERRED), read in the statement that reads them: one snapshot for both.
+# (A store of schema 19 or before, not yet upgraded, has none: it counted
+# every entry as it stored it.)
+COUNTED_THROUGH = ("coalesce((SELECT CAST(value AS BIGINT) FROM meta WHERE key = "
+                   "'counted_through'), (SELECT last_id FROM id_sequence WHERE name = 'entry'))")
+
+
+def counted_through():
+    """Every entry up to this id is in the counters counted in the background."""
+    (value,) = db.execute(f"SELECT {COUNTED_THROUGH}").fetchone()
+    return int(value or 0)
+
+
+def set_counted_through(value):
+    db.execute("INSERT INTO meta (key, value) VALUES ('counted_through', ?) "
+               "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(value),))
+
+
+# What a seal runs first with the last id it takes: the counters' readers
+# add the entries not counted yet from `entry`, which the seal empties, so
+# they are counted first (rollup.count_all, set by rollup.py).
+count_first = None
+
+
 def _set_sealed_through(value):
     db.execute("INSERT INTO meta (key, value) VALUES ('sealed_through', ?) "
                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(value),))
@@ -151,6 +176,8 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
     if not due(hot_rows, segment_rows):
         return 0
     upto = through + segment_rows
+    if count_first is not None:
+        count_first(upto)
     columns = _rows_to_seal(through, upto)
     count = len(columns["id"])
     # Row groups of ROW_GROUP entries, at least eight to a segment.
@@ -158,7 +185,7 @@ def seal_once(hot_rows, segment_rows=SEGMENT_ROWS):
                      else (b"", None))
     wal.make_room()
     with database.atomic():
-        if sealed_through() != through:
+        if sealed_through() != through or counted_through() < upto:
             return 0  # another sealer moved on meanwhile
         # Ids below the high-water mark are settled; only retention (or a
         # clear) may have removed some of them since they were read.

@@ -585,13 +585,15 @@ def _counted_buckets(minutes, start, end, filters):
     bucket_of = f"({unit} / {per_bucket}) * {per_bucket}" if per_bucket > 1 else unit
     levels = ", ".join(f"CAST(SUM(level_{name}) AS BIGINT)" for name in LEVELS)
     condition = " AND ".join(where)
-    rows = db.execute(f"SELECT {bucket_of} AS b, {levels} FROM {table} "
+    counted_from = rollup.source(table, used=f"{levels} {condition} {unit}")
+    rows = db.execute(f"SELECT {bucket_of} AS b, {levels} FROM {counted_from} "
                       f"WHERE {condition} GROUP BY b", params).fetchall()
     counted = {row[0] * unit_ms: row[1:] for row in rows}
     # Latency per bucket: the sketches of its rows merged.
     texts, longest = {}, {}
     for b, lat, top in db.execute(
-            f"SELECT {bucket_of} AS b, lat, {longest_of} FROM {table} "
+            f"SELECT {bucket_of} AS b, lat, {longest_of} FROM "
+            f"{rollup.source(table, used=f'lat {longest_of} {condition} {unit}')} "
             f"WHERE {condition} AND lat IS NOT NULL", params):
         texts.setdefault(b, []).append(lat)
         if top is not None and (longest.get(b) is None or top > longest[b]):
