@@ -156,6 +156,7 @@ def main():
     signal.signal(signal.SIGINT, _stop)
     if os.getppid() != parent:
         return 0  # the parent died before the signal was asked for
+    from logsvc import runtime
     from logsvc.server import create_app
     from logsvc.store import db, retention, segments
 
@@ -172,6 +173,11 @@ def main():
         if db.call(retention.take_over_lease, segments.LEASE_NAME, replaces, me,
                    retention.seal_lease_s(config)):
             log.info("took the seal lease over from %s, which ended", replaces)
+    # The counters counted in the background too, beside the seals and
+    # merges (a merge takes a minute at times; its thread inherits the
+    # priority above).
+    runtime.spawn(retention.count_forever, config, services.store, None, 0, parent,
+                  name="logsvc-count")
     retention.seal_forever(config, services.store, holder=me, keep=True, parent=parent)
     return 0
 

@@ -36,6 +36,7 @@ class Services:
     background: object = None  # retention's task, once started
     wal_keeper: object = None  # SQLite: the idle write-ahead log's trimmer
     sealer: object = None  # the background sealer (segments.py)
+    counter: object = None  # the counters counted in the background (rollup.py)
     alerter: object = None  # the alert rules' evaluator (alerting.py)
     syslog: object = None  # the syslog listeners, in one process a host (syslogd.py)
 
@@ -149,9 +150,11 @@ def start_background(app):
                 wait_s = retention.seal_lease_s(config) if os.environ.get(retention.SEALER_STARTED) else 0
                 services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
                                                 None, False, None, wait_s, name="logsvc-seal")
-            elif not config.read_only:
-                services.sealer = runtime.spawn(retention.count_forever, config, services.store,
-                                                name="logsvc-count")
+            if not config.read_only:
+                # Beside a sealing process, it counts (sealer.py).
+                wait_s = retention.seal_lease_s(config) if os.environ.get(retention.SEALER_STARTED) else 0
+                services.counter = runtime.spawn(retention.count_forever, config, services.store,
+                                                 None, wait_s, name="logsvc-count")
             if not config.read_only:
                 services.alerter = runtime.spawn(alerting.run_forever, config, services.store,
                                                  name="logsvc-alerts")

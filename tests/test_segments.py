@@ -978,7 +978,7 @@ def _sealer(data_dir, hot_rows, segment_rows, log):
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "from logsvc.config import Config\n"
-        "from logsvc.store import db, segments\n"
+        "from logsvc.store import db, rollup, segments  # rollup: a seal counts first\n"
         f"config = Config.from_env().replace(data_dir={str(data_dir)!r})\n"
         "db.init(config)\n"
         f"while (db.call(segments.seal_once, {hot_rows}, {segment_rows})\n"

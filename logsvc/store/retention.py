@@ -168,20 +168,9 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_
             raise PruneBusy("the seal lease was lost; another sealer took over")
         held_until[0] = time.monotonic() + lease_s
 
-    # The counters' background part (rollup.count_pending) is counted here
-    # every COUNT_INTERVAL_S, by the sealing process or, without one, by
-    # the workers; sealing is looked at every seal_interval_s.
-    counts = keep or not wait_s
-    next_round = 0.0
     try:
         while parent is None or os.getppid() == parent:
             try:
-                if counts:
-                    db.call(rollup.count_all)
-                if time.monotonic() < next_round:
-                    runtime.sleep(min(config.seal_interval_s, COUNT_INTERVAL_S))
-                    continue
-                next_round = time.monotonic() + config.seal_interval_s
                 if not keep:
                     db.call(segments.warm)
                 due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
@@ -208,7 +197,7 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_
                     log.warning("sealing skipped: %s", reason)
                 elif not db.is_transient_error(exc):
                     log.exception("sealing failed")
-            runtime.sleep(min(config.seal_interval_s, COUNT_INTERVAL_S))
+            runtime.sleep(config.seal_interval_s)
     finally:
         if keep:
             try:
@@ -225,17 +214,21 @@ COUNT_LEASE = "count"
 COUNT_LEASE_S = 30
 
 
-def count_forever(config, store=None, holder=None):
-    """Count in the background (rollup.count_pending) where no sealer
-    does: a store whose entries all stay hot (LOGSVC_HOT_ROWS=0). One
-    process of all counts at a time, under a lease taken only while
-    something is left to count (an idle store is not written to)."""
+def count_forever(config, store=None, holder=None, wait_s=0, parent=None):
+    """Count the counters counted in the background (rollup.count_pending)
+    every COUNT_INTERVAL_S: in the sealing process (sealer.py, at its
+    lower priority), else in the workers. One process of all counts at a
+    time, under a lease taken only while something is left to count (an
+    idle store is not written to); `wait_s`: not before that many seconds
+    have passed (a worker beside a sealing process, which counts). Ends
+    when its `parent` is gone."""
     if store is not None:
         db.use(store)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:count"
-    while True:
+    not_before = time.monotonic() + wait_s
+    while parent is None or os.getppid() == parent:
         try:
-            if (db.call(rollup.pending)
+            if (time.monotonic() >= not_before and db.call(rollup.pending)
                     and db.call(take_lease, COUNT_LEASE, holder, COUNT_LEASE_S)):
                 db.call(rollup.count_all)
         except Exception as exc:
