@@ -337,7 +337,9 @@ def count_pending(upto=None, limit=COUNT_ROWS):
     process counted them). Returns how many ids it moved past (0: none
     pending)."""
     through = counted_through()
-    high = _high_water() if upto is None else upto
+    # Never past the ids committed: those of a transaction under way are
+    # counted once it commits.
+    high = _high_water() if upto is None else min(upto, _high_water())
     end = min(high, through + limit) if limit else high
     if end <= through:
         return 0
@@ -371,11 +373,12 @@ def _high_water():
 
 
 def count_all(upto=None):
-    """count_pending until nothing is pending up to `upto` (None: every
-    committed entry): what a seal, a deletion and a reader of the tables
-    themselves need first."""
-    while count_pending(upto):
-        pass
+    """count_pending until every entry up to id `upto` (None: every
+    committed one) is counted, by this process or another: what a seal, a
+    deletion and a reader of the tables themselves need first."""
+    target = _high_water() if upto is None else min(upto, _high_water())
+    while counted_through() < target:
+        count_pending(target)
 
 
 segments.count_first = count_all  # a seal counts what it takes first
