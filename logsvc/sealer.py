@@ -156,7 +156,6 @@ def main():
     signal.signal(signal.SIGINT, _stop)
     if os.getppid() != parent:
         return 0  # the parent died before the signal was asked for
-    from logsvc import runtime
     from logsvc.server import create_app
     from logsvc.store import db, retention, segments
 
@@ -176,8 +175,8 @@ def main():
     # The counters counted in the background too, beside the seals and
     # merges (a merge takes a minute at times; its thread inherits the
     # priority above).
-    runtime.spawn(retention.count_forever, config, services.store, None, 0, parent,
-                  name="logsvc-count")
+    threading.Thread(target=retention.count_forever, name="logsvc-count", daemon=True,
+                     args=(config, services.store, None, 0, parent)).start()
     retention.seal_forever(config, services.store, holder=me, keep=True, parent=parent)
     return 0
 

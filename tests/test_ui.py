@@ -117,7 +117,9 @@ def test_a_scoped_user_sees_only_their_scope(browser, server):
     containers = browser.execute_script(
         "return [...document.querySelectorAll('#entries tbody tr')].map(r => r.cells[8].textContent)")
     assert set(containers) == {"cnt_1"}
-    assert browser.execute_script("return document.getElementById('tile-total').textContent") == "2"
+    # The tiles come with their own request (refreshStats), not with the rows.
+    assert wait(lambda: browser.execute_script(
+        "return document.getElementById('tile-total').textContent") == "2")
 
 
 def test_filters_live_in_the_page_url_and_a_shared_url_restores_them(browser, server):
