@@ -144,18 +144,15 @@ def start_background(app):
             services.background = runtime.spawn(retention.run_forever, services.config, None,
                                                 services.store, name="logsvc-retention")
             config = services.config
+            # Beside a sealing process (sealer.py), sealing and counting are
+            # left to it: its start takes a few seconds, the workers' none.
+            wait_s = retention.seal_lease_s(config) if os.environ.get(retention.SEALER_STARTED) else 0
             if not config.read_only and config.hot_rows:
-                # Beside a sealing process (sealer.py), the lease is left
-                # to it: its start takes a few seconds, the workers' none.
-                wait_s = retention.seal_lease_s(config) if os.environ.get(retention.SEALER_STARTED) else 0
                 services.sealer = runtime.spawn(retention.seal_forever, config, services.store,
                                                 None, False, None, wait_s, name="logsvc-seal")
             if not config.read_only:
-                # Beside a sealing process, it counts (sealer.py).
-                wait_s = retention.seal_lease_s(config) if os.environ.get(retention.SEALER_STARTED) else 0
                 services.counter = runtime.spawn(retention.count_forever, config, services.store,
                                                  None, wait_s, name="logsvc-count")
-            if not config.read_only:
                 services.alerter = runtime.spawn(alerting.run_forever, config, services.store,
                                                  name="logsvc-alerts")
             if not config.read_only and (config.syslog_udp or config.syslog_tcp):

@@ -243,8 +243,7 @@ def _v19_to_v20():
     # Version 20: the counters with a row per scope and unit are counted in
     # the background (rollup.DEFERRED): every entry stored so far is in
     # them, so the watermark starts at the last id handed out.
-    (last,) = db.execute("SELECT last_id FROM id_sequence WHERE name = 'entry'").fetchone()
-    rollup.set_counted_through(last)
+    rollup.set_counted_through(IdSequence.high_water())
 
 
 # PostgreSQL: the storage of a counter table whose rows are rewritten all

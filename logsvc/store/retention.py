@@ -190,13 +190,8 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_
                             db.call(release_lease, segments.LEASE_NAME, holder)
             except PruneBusy:
                 pass  # another process seals
-            except Exception as exc:
-                reason = db.unwritable_reason(exc)
-                if reason:
-                    db.note_write(exc)
-                    log.warning("sealing skipped: %s", reason)
-                elif not db.is_transient_error(exc):
-                    log.exception("sealing failed")
+            except Exception as exc:  # noqa: BLE001 - logged by _failed
+                _failed("sealing", exc)
             runtime.sleep(config.seal_interval_s)
     finally:
         if keep:
@@ -231,13 +226,21 @@ def count_forever(config, store=None, holder=None, wait_s=0, parent=None):
             if (time.monotonic() >= not_before and db.call(rollup.pending)
                     and db.call(take_lease, COUNT_LEASE, holder, COUNT_LEASE_S)):
                 db.call(rollup.count_all)
-        except Exception as exc:
-            reason = db.unwritable_reason(exc)
-            if reason:
-                db.note_write(exc)
-            elif not db.is_transient_error(exc):
-                log.exception("counting failed")
+        except Exception as exc:  # noqa: BLE001 - logged by _failed
+            _failed("counting", exc)
         runtime.sleep(COUNT_INTERVAL_S)
+
+
+def _failed(doing, exc):
+    """A round of background work that raised: a store that refuses
+    writes is noted (and the round skipped), a passing error waits for the
+    next round, any other is logged."""
+    reason = db.unwritable_reason(exc)
+    if reason:
+        db.note_write(exc)
+        log.warning("%s skipped: %s", doing, reason)
+    elif not db.is_transient_error(exc):
+        log.exception("%s failed", doing)
 
 
 # How long a seal lease lasts unless renewed (at least four rounds).

@@ -120,6 +120,9 @@ class Tier:
         self.with_max = (counts is COUNT_COLUMNS and with_lat) if with_max is None else with_max
         self.with_ids = with_ids  # id_min and id_max, widened by each batch
         self.staged = f"{table}_staged"  # PostgreSQL: see _upsert
+        # Its columns, keys first.
+        self.columns = ([*keys, *counts] + (["lat"] if self.with_lat else [])
+                        + (["lat_max"] if self.with_max else []))
         self.sql = {postgres: self._sql(postgres) for postgres in (False, True)}
 
     def _sql(self, postgres):
@@ -127,8 +130,7 @@ class Tier:
         rows are the statement's parameters, on PostgreSQL they are first
         copied into the tier's staging table (see _upsert)."""
         table, counts = self.table, self.counts
-        columns = ([*self.keys, *counts] + (["lat"] if self.with_lat else [])
-                   + (["lat_max"] if self.with_max else []))
+        columns = self.columns
         sets = [f"{c} = {table}.{c} + excluded.{c}" if c == "n" or not postgres else
                 f"{c} = nullif(coalesce({table}.{c}, 0) + coalesce(excluded.{c}, 0), 0)"
                 for c in counts]
@@ -302,11 +304,6 @@ def _pending_sql(tier, columns):
     return f"SELECT {', '.join(picked)} FROM entry e WHERE {where}"
 
 
-def tier_columns(tier):
-    return [*tier.keys, *tier.counts] + (["lat"] if tier.with_lat else []) + \
-        (["lat_max"] if tier.with_max else [])
-
-
 def source(table, alias=None, used=None):
     """What a reader selects the rows of counter `table` from (as `alias`,
     by default its name): the table; for one counted in the background
@@ -318,7 +315,7 @@ def source(table, alias=None, used=None):
     if table not in DEFERRED:
         return table if alias == table else f"{table} {alias}"
     tier = TIERS.get(table) or ROUTE_TIERS[table]
-    columns = tier_columns(tier)
+    columns = tier.columns
     if used is not None:
         columns = [c for c in columns if re.search(rf"\b{c}\b", used)] or columns[:1]
     return (f"(SELECT {', '.join(columns)} FROM {table} UNION ALL "
