@@ -313,6 +313,33 @@ def test_a_search_counts_its_sealed_total_within_a_page_share_of_work(make_app):
     assert page["totalExact"] is True
 
 
+@pytest.mark.parametrize("count_rows, expected", [(8, "lower bound"), (0, "exact")])
+def test_a_common_words_total_counts_what_its_page_searched_of_a_large_segment(
+        make_app, count_rows, expected):
+    """A word half the entries hold in their url: the oldest page searches
+    the first window of a segment whose 8,192 candidates hold it (the 4,096
+    oldest of them), more than the page needs. The total counts the hot
+    matches and that window; the segment's other candidates are searched
+    only within the page's share of work (LOGSVC_SEALED_COUNT_ROWS; 0: all
+    of them)."""
+    app = make_app(hot_rows=0, rate_limit_per_min=0, sealed_count_rows=count_rows)
+    store = Store(app.test_client())
+    total = 16_384 + 100
+    for start in range(0, total, 5_000):
+        store.ingest([make_entry(i, url=f"/v1/{'common' if i % 2 == 0 else 'other'}/{i}",
+                                 tsMs=1_800_000_000_000 + i)
+                      for i in range(start, min(total, start + 5_000))])
+    assert seal(app, hot_rows=0, segment_rows=16_384) == 16_384  # the newest 100 stay hot
+    page = store.page(LOGS, q="common", limit=10)
+    assert [e["id"] for e in page["entries"]] == list(range(1, 21, 2))  # oldest first
+    if expected == "exact":
+        assert (page["total"], page["totalExact"]) == (8_192 + 50, True)
+    else:
+        assert (page["total"], page["totalExact"]) == (50 + 4_096, False)
+    # However a page's total was counted, stats count every match.
+    assert store.page(STATS, q="common")["total"] == 8_192 + 50
+
+
 def parts():
     """SQLite: the segment parts stored, and those the segments name (at
     2 KB a part)."""

@@ -1237,10 +1237,13 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
     """(how many sealed entries match, whether that is all of them).
     Counting stops past `cap`; with `rows`, it also stops before a segment
     that `memo` does not hold yet would take the rows it decodes for the
-    count (at least a row group's) past that many. The segments a page has
-    read are counted first, at no cost: a rare word's newest page need not
-    decode every row group of the day that may hold it to say how many
-    there are."""
+    count (at least a row group's) past that many, or before the rows of
+    a segment that a page's search of words has not reached yet (its
+    windows, `_windows`) would. The segments a page has read are counted
+    first, as far as it searched them, at no cost: a rare word's newest
+    page need not decode every row group of the day that may hold it to
+    say how many there are, nor a common word's oldest page search all of
+    a merged segment's rows past the 4,096 that gave it its matches."""
     n, spent = 0, 0
     if memo is None:
         memo = {}
@@ -1273,11 +1276,20 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
             order = next((order for order in ("desc", "asc")
                           if _windows_key(meta, filters, after_id, upto_id, order) in memo),
                          "asc")
-            for part in _windows(meta, filters, after_id, upto_id, memo, order):
+            # The windows a page searched are counted at no cost; the rows
+            # past them (a common word's page searches a few thousand of a
+            # merged segment's hundreds of thousands) count against `rows`.
+            searched = memo.get(_windows_key(meta, filters, after_id, upto_id, order))
+            for at, part in enumerate(_windows(meta, filters, after_id, upto_id, memo, order)):
                 for start in range(0, part.num_rows, _BATCH):
                     n += len(_passing(part.slice(start, _BATCH), parsed))
                     if cap is not None and n > cap:
                         return n, False
+                if rows is not None and searched is not None \
+                        and at + 1 == len(searched["parts"]) and searched["left"]:
+                    if spent + searched["left"] > rows:
+                        return n, False
+                    spent += searched["left"]
         if cap is not None and n > cap:
             return n, False
     return n, True
@@ -1309,7 +1321,9 @@ def _windows(meta, filters, after_id, upto_id, memo, order):
         # all): the rows hold their text, a chunk a row group, and sorting
         # or taking them whole copies every body.
         ids = table["id"].to_numpy()
-        state = {"table": table, "ranks": -ids if order == "desc" else ids, "parts": []}
+        # "left": the rows not in a window searched yet.
+        state = {"table": table, "ranks": -ids if order == "desc" else ids, "parts": [],
+                 "left": len(ids)}
         if memo is not None:
             memo[key] = state
     table, ranks, parts = state["table"], state["ranks"], state["parts"]
@@ -1338,6 +1352,7 @@ def _windows(meta, filters, after_id, upto_id, memo, order):
                 ids = part["id"].to_numpy()
                 part = part.filter(pa.array((-ids if order == "desc" else ids) > low))
             parts.append(part.sort_by(by_id))
+            state["left"] = n - end
         yield parts[at]
         sparse = parts[at].num_rows * _SPARSE < end - start
         start, size, at, low = end, size * 4, at + 1, high
