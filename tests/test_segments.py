@@ -340,6 +340,64 @@ def test_a_common_words_total_counts_what_its_page_searched_of_a_large_segment(
     assert store.page(STATS, q="common")["total"] == 8_192 + 50
 
 
+# Stats the counters cannot answer: every filter the hot entries' table
+# applies (hotcolumns.py), alone and together.
+RAW_STATS = [
+    {"method": "POST"}, {"method": "GET,DELETE", "projectId": "proj_1"},
+    {"minDurationMs": "300"}, {"maxDurationMs": "200", "kind": "response,event"},
+    {"serviceName": "billing-api", "source": "edge"}, {"route": "/v1/items/:id"},
+    {"status": "500-599", "method": "DELETE"}, {"status": "200-299,404", "containerId": "cnt_2",
+                                                "projectId": "proj_2", "method": "GET"},
+    {"method": "GET", "since": "1800000700000", "until": "1800002100000"},
+    {"kind": "request", "level": "info,error", "method": "POST,GET"},
+]
+
+
+def test_stats_of_the_hot_entries_from_a_workers_table_answer_as_entry_does(make_app):
+    """Stats over filters the counters lack count the hot entries from the
+    table a worker keeps of them (hotcolumns.py) once its background made
+    it: the same answers as from `entry`, as entries arrive, are sealed and
+    are removed (a table that still held removed entries would count them)."""
+    from logsvc.store import hotcolumns
+
+    app = make_app(hot_rows=0, rate_limit_per_min=0)
+    kept = app.extensions["logsvc"].store
+    store = Store(app.test_client())
+    store.ingest(corpus(300))
+    assert seal(app, hot_rows=100, segment_rows=64) == 192  # 108 hot
+
+    def answers():
+        return [store.page(STATS, **question) for question in RAW_STATS]
+
+    def from_entry_and_table(hot):
+        """The answers read from `entry` (no table kept), then from the
+        table the background's round made of the `hot` entries."""
+        kept.hot_columns = None
+        plain = answers()  # and a question asked for the table
+        with db.using(kept):
+            db.call(hotcolumns.warm)
+        assert kept.hot_columns.table.num_rows == hot
+        return plain, answers()
+
+    plain, tabled = from_entry_and_table(108)
+    assert plain == tabled and sum(a["total"] for a in plain) > 0
+    # New entries: the questions bring the table up to them.
+    store.ingest(corpus(40, start=300))
+    brought = answers()
+    assert kept.hot_columns.high == 340
+    assert brought == list(from_entry_and_table(148)[0])
+    # Sealed meanwhile: the table's front is cut at the watermark.
+    assert seal(app, hot_rows=50, segment_rows=64) == 64
+    assert answers() == from_entry_and_table(84)[0]
+    # Removed by retention: the table no longer serves until made again.
+    with db.using(kept):
+        assert db.call(retention._delete_batch, "id <= ?", [270]) == 14
+    after = answers()
+    plain, tabled = from_entry_and_table(70)
+    assert after == plain == tabled
+    assert [a["total"] for a in after] != [a["total"] for a in brought]
+
+
 def parts():
     """SQLite: the segment parts stored, and those the segments name (at
     2 KB a part)."""

@@ -296,6 +296,8 @@ class Store:
         self.database = database
         self.postgres = postgres
         self.committer = None  # ingest's group commit, made by the first write
+        self.hot_columns = None  # the hot entries' columns, see hotcolumns.py
+        self.hot_columns_wanted = None  # when a question last asked for them
         self.partitions = {"rows": None, "covered": -1}  # see partitions.py
         self.lock = os_lock()
         self.closed = False

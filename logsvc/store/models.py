@@ -641,6 +641,17 @@ class PruneLog(BaseModel):
     min_id = peewee.BigIntegerField()
     max_id = peewee.BigIntegerField()
 
+    @classmethod
+    def record(cls, ts_ms, min_id, max_id):
+        """Log a removal, in its transaction, and count it in meta
+        `removals`: what a process that keeps entries' columns
+        (hotcolumns.py) reads to know that some it kept are gone. (The
+        log's ids would not do: on PostgreSQL they commit out of order.)"""
+        cls.create(ts_ms=ts_ms, min_id=min_id, max_id=max_id)
+        db.execute("INSERT INTO meta (key, value) VALUES ('removals', '1') "
+                   "ON CONFLICT (key) DO UPDATE SET "
+                   "value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)")
+
 
 class Segment(BaseModel):
     """A sealed segment of entries (segments.py): a Parquet file and what

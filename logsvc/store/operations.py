@@ -45,7 +45,7 @@ def clear():
             rollup.set_counted_through(next_seq)  # nothing below it is left to count
             now = now_ms()
             if seq:
-                PruneLog.create(ts_ms=now, min_id=1, max_id=seq)
+                PruneLog.record(now, 1, seq)
             marker = orjson.dumps({"atMs": now, "throughId": seq, "nextId": next_seq + 1}).decode()
             (Meta.insert(key="cleared", value=marker)
              .on_conflict(conflict_target=[Meta.key], update={Meta.value: marker}).execute())

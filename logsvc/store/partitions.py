@@ -371,5 +371,5 @@ def _drop_expired_one(n, cutoff_ms, excess_rows):
             # from the entries that remain.
             rollup.add([row[:11] for row in groups], sign=-1,
                        weights=[row[11] for row in groups])
-            PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
+            PruneLog.record(now_ms(), low, high)
     return count

@@ -22,7 +22,7 @@ import uuid
 from logsvc import runtime
 from logsvc.entry import now_ms
 
-from . import db, fulltext, horizon, lookup, partitions, query, rollup, segments, wal
+from . import db, fulltext, horizon, hotcolumns, lookup, partitions, query, rollup, segments, wal
 from .db import database
 from .models import PruneLog
 
@@ -173,6 +173,7 @@ def seal_forever(config, store=None, holder=None, keep=False, parent=None, wait_
             try:
                 if not keep:
                     db.call(segments.warm)
+                    db.call(hotcolumns.warm)
                 due = (db.call(segments.due, config.hot_rows, max(1, config.segment_rows))
                        or db.call(segments.merge_due, config.merge_rows, config.merge_bytes)
                        or db.call(segments.split_due)
@@ -332,7 +333,7 @@ def _drop_segment(cutoff=None):
         rows, low, high = dropped
         if rows:
             rollup.add(rows, sign=-1)
-        PruneLog.create(ts_ms=now_ms(), min_id=low, max_id=high)
+        PruneLog.record(now_ms(), low, high)
         return len(rows)
 
 
@@ -390,5 +391,5 @@ def _delete_batch(where, params):
         if not deleted:
             return 0
         rollup.add(deleted, sign=-1)
-        PruneLog.create(ts_ms=now_ms(), min_id=min(ids), max_id=max(ids))
+        PruneLog.record(now_ms(), min(ids), max(ids))
         return len(deleted)

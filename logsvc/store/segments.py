@@ -104,6 +104,18 @@ _DICTIONARY = ["kind", "level", "project_id", "container_id", "service_name", "m
                "source", "route"]
 
 
+@functools.cache
+def schema_of(columns):
+    """The fields of `columns` (a tuple) as a row group decodes them: the
+    names, levels, kinds and sources as dictionaries."""
+    arrow_ready()
+    import pyarrow as pa
+
+    fields = [_schema().field(name) for name in columns]
+    return pa.schema([field.with_type(pa.dictionary(pa.int32(), field.type))
+                      if field.name in _DICTIONARY else field for field in fields])
+
+
 # --- the watermark ------------------------------------------------------------
 
 def sealed_through():
@@ -1124,6 +1136,21 @@ def matching_arrays(filters, upto_id, columns):
             selected = selected.unify_dictionaries().combine_chunks()
             yield {column: _coded(selected[column].chunk(0)) if column in _DICTIONARY
                    else _numbers(selected[column]) for column in columns}
+
+
+def hot_arrays(table, filters, columns):
+    """`matching_arrays`'s arrays of a table of hot entries
+    (hotcolumns.table) for the rows that match `filters` (neither `q`, a
+    trace id nor a client ip: see matching_arrays); None when none does."""
+    if table.num_rows:
+        mask = _mask(table, filters, None, None)
+        if mask is not None:
+            table = table.filter(mask)
+    if not table.num_rows:
+        return None
+    selected = table.select(list(columns)).unify_dictionaries().combine_chunks()
+    return {column: _coded(selected[column].chunk(0)) if column in _DICTIONARY
+            else _numbers(selected[column]) for column in columns}
 
 
 def _coded(array):

@@ -51,7 +51,7 @@ from collections import Counter
 
 from logsvc.entry import KINDS, LEVELS, SOURCES, STATUS_CLASSES, now_ms
 
-from . import db, horizon, names, planner, rollup, segments, sketch
+from . import db, horizon, hotcolumns, names, planner, rollup, segments, sketch
 from .query import InvalidParameter
 from .rollup import COUNT_COLUMNS
 
@@ -416,15 +416,29 @@ def _sealed_arrays(filters, columns):
     return segments.matching_arrays(filters, through, columns) if through else ()
 
 
-def _sealed_summary(filters, requests, scopes, values, routes, spans):
-    """Add the sealed entries that match `filters` into `_raw_summary`'s
-    counters (grouped with numpy: no entry made of each row); returns
-    their longest duration (-1.0: none)."""
+def _hot_arrays(filters):
+    """The hot entries that match `filters` as `_sealed_arrays` gives a
+    segment's (from this process's table of them, hotcolumns.py): [] when
+    none does, None when they are to be read from `entry` (a filter the
+    table cannot apply, or too many hot entries to keep)."""
+    if filters.q or filters.trace_id is not None or filters.client_ip is not None:
+        return None
+    table = hotcolumns.table()
+    if table is None:
+        return None
+    arrays = segments.hot_arrays(table, filters, _SEALED_COLUMNS)
+    return [] if arrays is None else [arrays]
+
+
+def _grouped_summary(found, requests, scopes, values, routes, spans):
+    """Add entries given as numpy arrays (`_sealed_arrays`, `_hot_arrays`)
+    into `_raw_summary`'s counters (grouped with numpy: no entry made of
+    each row); returns their longest duration (-1.0: none)."""
     import numpy as np
 
     longest = -1.0
     skipped = () if requests else ("request",)
-    for arrays in _sealed_arrays(filters, _SEALED_COLUMNS):
+    for arrays in found:
         for row in segments.grouped(arrays, ("project_id", "container_id", "service_name")):
             scopes[row[:3]] += row[3]
         for row in segments.grouped(arrays, ("level", "kind", "status", "source")):
@@ -466,15 +480,23 @@ def _raw_summary(where, params, filters=None, requests=False):
     longest = -1.0  # durations are never negative
     spans = {}
     skipped = () if requests else {names.lettered("kind", "request"), "request"}
-    cursor = db.execute(_RAW_SQL.format(where=where), params)
+    hot = None if filters is None else _hot_arrays(filters)
+    if hot is not None:
+        longest = _grouped_summary(hot, requests, scopes, values, routes, spans)
+    cursor = db.execute(_RAW_SQL.format(where=where), params) if hot is None else None
     if filters is not None:
-        longest = _sealed_summary(filters, requests, scopes, values, routes, spans)
-    while rows := cursor.fetchmany(_CHUNK):
+        longest = max(longest, _grouped_summary(_sealed_arrays(filters, _SEALED_COLUMNS),
+                                                requests, scopes, values, routes, spans))
+    while cursor is not None and (rows := cursor.fetchmany(_CHUNK)):
         scopes.update(map(_SCOPE_OF, rows))
         values.update(map(_VALUES_OF, rows))
         routes.update(map(_ROUTE_OF, rows))
         longest = max(longest, max(map(_DURATION_OF, rows)))
         _add_spans(spans, rows, skipped)
+    if filters is not None:
+        # The hot entries and the segments were read in snapshots of their
+        # own: a seal between them is read again (see check_sealed_through).
+        segments.check_sealed_through(segments.sealed_through())
     result = _empty()
     _add_scopes(result, ((*key, n) for key, n in scopes.items()))
     result["total"] = scopes.total()
