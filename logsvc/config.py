@@ -63,6 +63,9 @@ class Config:
     # Sealed entries a page's `total` may decode beyond the segments its
     # page read (query.py); past them the total is a lower bound. 0: all.
     sealed_count_rows: int = 8_192
+    # Stats over filters the counters lack: each worker keeps the small
+    # columns of up to this many hot entries (hotcolumns.py). 0: none.
+    hot_columns_rows: int = 131_072
     workers: int = 2
     # gevent, threads, or auto (gevent when it has patched the process).
     concurrency: str = "auto"

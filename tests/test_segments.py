@@ -18,7 +18,17 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logsvc.store import db, fulltext, horizon, migrations, partitions, retention, rollup, segments
+from logsvc.store import (
+    db,
+    fulltext,
+    horizon,
+    hotcolumns,
+    migrations,
+    partitions,
+    retention,
+    rollup,
+    segments,
+)
 from logsvc.store.filters import Filters
 from logsvc.testing import ADMIN_TOKEN, INGEST, LOGS, ROOT, Server, Store, make_entry
 
@@ -355,47 +365,43 @@ RAW_STATS = [
 
 def test_stats_of_the_hot_entries_from_a_workers_table_answer_as_entry_does(make_app):
     """Stats over filters the counters lack count the hot entries from the
-    table a worker keeps of them (hotcolumns.py) once its background made
-    it: the same answers as from `entry`, as entries arrive, are sealed and
-    are removed (a table that still held removed entries would count them)."""
-    from logsvc.store import hotcolumns
-
-    app = make_app(hot_rows=0, rate_limit_per_min=0)
-    kept = app.extensions["logsvc"].store
-    store = Store(app.test_client())
+    table a worker keeps of them (hotcolumns.py): the same answers as a
+    worker that reads them from `entry` (LOGSVC_HOT_COLUMNS_ROWS=0), on the
+    same store, as entries arrive, are sealed and are removed (a table that
+    still held removed entries would count them)."""
+    tabled = make_app(hot_rows=0, rate_limit_per_min=0)
+    plain = make_app(hot_rows=0, rate_limit_per_min=0, hot_columns_rows=0)
+    kept = tabled.extensions["logsvc"].store
+    store, reader = Store(tabled.test_client()), Store(plain.test_client())
     store.ingest(corpus(300))
-    assert seal(app, hot_rows=100, segment_rows=64) == 192  # 108 hot
+    assert seal(tabled, hot_rows=100, segment_rows=64) == 192  # 108 hot
 
-    def answers():
-        return [store.page(STATS, **question) for question in RAW_STATS]
-
-    def from_entry_and_table(hot):
-        """The answers read from `entry` (no table kept), then from the
-        table the background's round made of the `hot` entries."""
-        kept.hot_columns = None
-        plain = answers()  # and a question asked for the table
-        with db.using(kept):
-            db.call(hotcolumns.warm)
+    def same(hot):
+        """The answers of both, and the hot entries the table held."""
+        answers = [store.page(STATS, **question) for question in RAW_STATS]
+        assert answers == [reader.page(STATS, **question) for question in RAW_STATS]
         assert kept.hot_columns.table.num_rows == hot
-        return plain, answers()
+        assert plain.extensions["logsvc"].store.hot_columns is None
+        return answers
 
-    plain, tabled = from_entry_and_table(108)
-    assert plain == tabled and sum(a["total"] for a in plain) > 0
-    # New entries: the questions bring the table up to them.
+    first = same(108)  # made whole by the first question
+    assert sum(a["total"] for a in first) > 0
+    # New entries: the questions bring the table up to them; the round of
+    # the background work, to what arrived since.
     store.ingest(corpus(40, start=300))
-    brought = answers()
-    assert kept.hot_columns.high == 340
-    assert brought == list(from_entry_and_table(148)[0])
+    assert [a["total"] for a in same(148)] != [a["total"] for a in first]
+    store.ingest(corpus(10, start=340))
+    with db.using(kept):
+        db.call(hotcolumns.warm)
+    assert kept.hot_columns.high == 350
+    same(158)
     # Sealed meanwhile: the table's front is cut at the watermark.
-    assert seal(app, hot_rows=50, segment_rows=64) == 64
-    assert answers() == from_entry_and_table(84)[0]
-    # Removed by retention: the table no longer serves until made again.
+    assert seal(tabled, hot_rows=50, segment_rows=64) == 64
+    same(94)
+    # Removed by retention: the table is made again.
     with db.using(kept):
         assert db.call(retention._delete_batch, "id <= ?", [270]) == 14
-    after = answers()
-    plain, tabled = from_entry_and_table(70)
-    assert after == plain == tabled
-    assert [a["total"] for a in after] != [a["total"] for a in brought]
+    same(80)
 
 
 def parts():

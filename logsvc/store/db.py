@@ -298,6 +298,7 @@ class Store:
         self.committer = None  # ingest's group commit, made by the first write
         self.hot_columns = None  # the hot entries' columns, see hotcolumns.py
         self.hot_columns_wanted = None  # when a question last asked for them
+        self.hot_columns_rows = 0  # hot entries past which none are kept (0: none)
         self.partitions = {"rows": None, "covered": -1}  # see partitions.py
         self.lock = os_lock()
         self.closed = False
@@ -370,6 +371,7 @@ def init(config):
     store = Store(bound, postgres)
     store.query_timeout_s = float(getattr(config, "query_timeout_s", 0) or 0)
     store.sealed_count_rows = int(getattr(config, "sealed_count_rows", 0) or 0)
+    store.hot_columns_rows = int(getattr(config, "hot_columns_rows", 0) or 0)
     if not postgres:
         store.wal_limit = config.wal_checkpoint_mb * 1024 * 1024
     _last_opened = store

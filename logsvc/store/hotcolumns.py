@@ -10,6 +10,7 @@ COLUMNS (as the API gives them: names as text) in one table, and a
 question brings it up to its own snapshot before it filters and groups it
 as it does a segment's (segments.hot_arrays):
 
+- the first question makes it whole (82,496 entries: about 0.3 s);
 - the entries committed since are read by id (ids commit in order:
   ingest.py), at most REFRESH_ROWS of them; those this snapshot does not
   see yet are left out;
@@ -17,14 +18,14 @@ as it does a segment's (segments.hot_arrays):
   segments.sealed_through) are cut off the front;
 - when entries were removed otherwise (retention, a dropped partition,
   `clear`: meta `removals`, which models.PruneLog.record counts in the
-  removal's transaction), the table no longer serves.
+  removal's transaction), it is made whole again.
 
-Reading 82,496 entries whole takes about 0.3 s, so a question never does:
-the background work of each worker makes the table and keeps it up to
-date each round (`warm`, beside segments.warm), while a question asked for
-it in the last WANTED_S. Until then, or when the table is further behind
-than REFRESH_ROWS, or past MAX_ROWS hot entries (a store that seals
-nothing, or a sealer far behind), a question reads `entry` as before.
+While such questions come (within WANTED_S), the background work of each
+worker brings the table up to date each round (`warm`, beside
+segments.warm), so that a question finds little to read. A table further
+behind than REFRESH_ROWS, and a store with more hot entries than
+LOGSVC_HOT_COLUMNS_ROWS (a store that seals nothing, a sealer far
+behind; 0 keeps no table), leave the question to read `entry` as before.
 """
 import time
 
@@ -32,15 +33,12 @@ from . import db, names, segments
 
 COLUMNS = ("id", "ts_ms", "kind", "level", "project_id", "container_id", "service_name",
            "method", "status", "source", "duration_ms", "route", "lat_bucket")
-# Four segments' worth: about 1 KB an entry while being read, 30 B kept.
-MAX_ROWS = 262_144
 _NAMED = ("project_id", "container_id", "service_name", "method", "route")
 _LETTERED = ("kind", "level", "source")
 # Appended chunks a table holds before they are combined into one.
 _CHUNKS = 32
-# A question brings the table up by at most this many entries (reading
-# them costs about 3 µs each); further behind, or before the background
-# made it, it reads `entry` as before.
+# A question brings its process's table up by at most this many entries
+# (about 3.5 µs each); further behind, it reads `entry` as before.
 REFRESH_ROWS = 32_768
 # The background keeps a table while a question asked for one this
 # recently (seconds).
@@ -59,18 +57,19 @@ class _Kept:
 
 def table():
     """The hot entries the caller's snapshot sees, as an Arrow table of
-    COLUMNS in id order, brought up to date here by at most REFRESH_ROWS
-    entries; None when this process keeps none to bring up to date (the
-    background's next round makes it, `warm`) or it is further behind."""
+    COLUMNS in id order; None when the caller is to read `entry` (the
+    store keeps no table, or has more hot entries than it keeps, or its
+    table is further behind than REFRESH_ROWS: the background's next round
+    brings it up)."""
     store = db.current()
     store.hot_columns_wanted = time.monotonic()
     return _brought_up(store, REFRESH_ROWS)
 
 
 def warm():
-    """Make or bring up to date this process's table of hot entries, if a
-    question asked for it in the last WANTED_S (each round of the
-    background work, as segments.warm)."""
+    """Bring this process's table of hot entries up to date, if a question
+    asked for it in the last WANTED_S (each round of the background work,
+    as segments.warm)."""
     store = db.current()
     wanted = store.hot_columns_wanted
     if wanted is None or time.monotonic() - wanted > WANTED_S:
@@ -87,19 +86,17 @@ def _brought_up(store, limit):
     through = segments.sealed_through()
     (high,) = db.execute("SELECT max(id) FROM entry").fetchone()
     high = through if high is None or high < through else high
-    if high - through > MAX_ROWS:
+    if high - through > store.hot_columns_rows:
         store.hot_columns = None
         return None
     row = db.execute("SELECT value FROM meta WHERE key = 'removals'").fetchone()
     removals = row[0] if row else None
     kept = store.hot_columns
     if kept is None or kept.removals != removals or kept.through > through:
-        if limit is not None:
-            return None
-        kept = _Kept(removals, through, through, _empty())
-    since = max(kept.high, through)
-    if limit is not None and high - since > limit:
+        kept = _Kept(removals, through, through, _empty())  # made whole
+    elif limit is not None and high - max(kept.high, through) > limit:
         return None
+    since = max(kept.high, through)
     found = kept.table
     if high > since:
         rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM entry "
