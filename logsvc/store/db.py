@@ -298,6 +298,7 @@ class Store:
         self.committer = None  # ingest's group commit, made by the first write
         self.hot_columns = None  # the hot entries' columns, see hotcolumns.py
         self.hot_columns_wanted = None  # when a question last asked for them
+        self.hot_columns_making = False  # being made in the background
         self.hot_columns_rows = 0  # hot entries past which none are kept (0: none)
         self.partitions = {"rows": None, "covered": -1}  # see partitions.py
         self.lock = os_lock()
