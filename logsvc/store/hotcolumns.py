@@ -28,6 +28,7 @@ behind than REFRESH_ROWS, and a store with more hot entries than
 LOGSVC_HOT_COLUMNS_ROWS (a store that seals nothing, a sealer far
 behind; 0 keeps no table), leave the question to read `entry` as before.
 """
+import functools
 import logging
 import time
 
@@ -173,15 +174,16 @@ def _arrow(rows):
         if not pa.types.is_dictionary(field.type):
             made.append(pa.array(values, field.type))
             continue
-        try:  # of one type (names: bytes on SQLite, text on PostgreSQL)
-            stored = pa.array(values).dictionary_encode()
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            stored = pa.array([None if v is None else str(v) for v in values],
-                              pa.string()).dictionary_encode()
-        if pa.types.is_null(stored.type.value_type):  # every value none
-            stored = pa.array(values, pa.string()).dictionary_encode()
-        distinct = [show(v) if name in _NAMED else names.unlettered(name, v)
-                    for v in stored.dictionary.to_pylist()]
+        translate = show if name in _NAMED else functools.partial(names.unlettered, name)
+        # SQLite stores names as numbers' bytes, PostgreSQL as text; levels,
+        # kinds and sources as text: each distinct value translated once.
+        stored = pa.array(values)
+        if not (pa.types.is_binary(stored.type) or pa.types.is_string(stored.type)):
+            made.append(pa.array([None if v is None else translate(v) for v in values],
+                                 pa.string()).dictionary_encode())  # none at all
+            continue
+        stored = stored.dictionary_encode()
         made.append(pa.DictionaryArray.from_arrays(
-            stored.indices.cast(pa.int32()), pa.array(distinct, pa.string())))
+            stored.indices.cast(pa.int32()),
+            pa.array([translate(v) for v in stored.dictionary.to_pylist()], pa.string())))
     return pa.table(made, schema=schema)

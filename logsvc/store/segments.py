@@ -1316,7 +1316,8 @@ def count(filters, after_id=None, upto_id=None, cap=None, memo=None, rows=None):
                         and at + 1 == len(searched["parts"]) and searched["left"]:
                     if spent + searched["left"] > rows:
                         return n, False
-                    spent += searched["left"]
+                    spent += searched["left"]  # the rest, once
+                    searched = None
         if cap is not None and n > cap:
             return n, False
     return n, True
