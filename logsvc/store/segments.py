@@ -1131,11 +1131,7 @@ def matching_arrays(filters, upto_id, columns):
             if not keep.all():
                 selected = selected.filter(pa.array(keep))
         if selected.num_rows:
-            # One chunk (a row group's each, read from a merged segment:
-            # hundreds), each name's codes against one dictionary.
-            selected = selected.unify_dictionaries().combine_chunks()
-            yield {column: _coded(selected[column].chunk(0)) if column in _DICTIONARY
-                   else _numbers(selected[column]) for column in columns}
+            yield _arrays(selected, columns)
 
 
 def hot_arrays(table, filters, columns):
@@ -1146,9 +1142,14 @@ def hot_arrays(table, filters, columns):
         mask = _mask(table, filters, None, None)
         if mask is not None:
             table = table.filter(mask)
-    if not table.num_rows:
-        return None
-    selected = table.select(list(columns)).unify_dictionaries().combine_chunks()
+    return _arrays(table.select(list(columns)), columns) if table.num_rows else None
+
+
+def _arrays(selected, columns):
+    """{column: array} of a table's rows as `matching_arrays` gives them:
+    in one chunk (a row group's each, read from a merged segment:
+    hundreds), each name's codes against one dictionary."""
+    selected = selected.unify_dictionaries().combine_chunks()
     return {column: _coded(selected[column].chunk(0)) if column in _DICTIONARY
             else _numbers(selected[column]) for column in columns}
 

@@ -45,6 +45,7 @@ sketches of the same rows, merged (sketch.py).
 (rollup.latency, rollup.routes); percentiles are within 1 % of the exact
 nearest-rank value, and `max` is exact.
 """
+import itertools
 import math
 import operator
 from collections import Counter
@@ -480,13 +481,13 @@ def _raw_summary(where, params, filters=None, requests=False):
     longest = -1.0  # durations are never negative
     spans = {}
     skipped = () if requests else {names.lettered("kind", "request"), "request"}
+    # The hot entries: from this process's table of them, else from `entry`.
     hot = None if filters is None else _hot_arrays(filters)
-    if hot is not None:
-        longest = _grouped_summary(hot, requests, scopes, values, routes, spans)
     cursor = db.execute(_RAW_SQL.format(where=where), params) if hot is None else None
     if filters is not None:
-        longest = max(longest, _grouped_summary(_sealed_arrays(filters, _SEALED_COLUMNS),
-                                                requests, scopes, values, routes, spans))
+        longest = _grouped_summary(
+            itertools.chain(hot or (), _sealed_arrays(filters, _SEALED_COLUMNS)),
+            requests, scopes, values, routes, spans)
     while cursor is not None and (rows := cursor.fetchmany(_CHUNK)):
         scopes.update(map(_SCOPE_OF, rows))
         values.update(map(_VALUES_OF, rows))
