@@ -298,7 +298,7 @@ class Store:
         self.committer = None  # ingest's group commit, made by the first write
         self.hot_columns = None  # the hot entries' columns, see hotcolumns.py
         self.hot_columns_wanted = None  # when a question last asked for them
-        self.hot_columns_making = False  # being made in the background
+        self.hot_columns_making = None  # the task that makes them, see hotcolumns.py
         self.hot_columns_rows = 0  # hot entries past which none are kept (0: none)
         self.partitions = {"rows": None, "covered": -1}  # see partitions.py
         self.lock = os_lock()
@@ -317,8 +317,12 @@ class Store:
         self.sealed_count_rows = 0
 
     def close(self):
-        """Close this store's connections (every thread's, on PostgreSQL)."""
+        """Close this store's connections (every thread's, on PostgreSQL),
+        once the table of hot entries being made from them is made."""
         self.closed = True
+        making = self.hot_columns_making
+        if making is not None and runtime.alive(making):
+            making.join(30)
         if isinstance(self.database, PostgresDatabase):
             self.database.close_all()
 

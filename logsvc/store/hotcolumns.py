@@ -73,9 +73,8 @@ def table():
     store.hot_columns_wanted = time.monotonic()
     found = _brought_up(store, REFRESH_ROWS)
     if found is _MISSING:
-        if not store.hot_columns_making:
-            store.hot_columns_making = True
-            runtime.spawn(_make, store, name="logsvc-hot-columns")
+        if not store.closed and not runtime.alive(store.hot_columns_making):
+            store.hot_columns_making = runtime.spawn(_make, store, name="logsvc-hot-columns")
         return None
     return found
 
@@ -86,8 +85,6 @@ def _make(store):
             db.call(_brought_up, store, None)
     except Exception as exc:  # noqa: BLE001 - a question reads `entry` meanwhile
         log.warning("the hot entries' columns were not made: %s", exc)
-    finally:
-        store.hot_columns_making = False
 
 
 def warm():
